@@ -1,0 +1,234 @@
+//! The graph as the analysis sees it: a petgraph DAG of ONNX nodes, with constants resolved.
+//!
+//! The `GraphProto` stays the single source of truth (so writing it back is lossless); this IR
+//! only indexes it. Edges run producer to consumer, one per activation, which gives topological
+//! order and reachability from petgraph. Constants are resolved once, through the `Identity`
+//! chains and `Constant` nodes that exporters emit, so rules ask "is this input a constant?"
+//! without caring how it was stored.
+
+use std::collections::{HashMap, HashSet};
+
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::onnx::proto::{attribute_proto::AttributeType, GraphProto, NodeProto, TensorProto};
+
+/// Where a constant tensor is stored in the proto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConstRef {
+    Initializer(usize),
+    /// The `value` attribute of the `Constant` node at this index.
+    ConstantNode(usize),
+}
+
+pub struct Ir {
+    pub dag: DiGraph<usize, ()>,
+    /// Node indices (into `GraphProto::node`) in topological order.
+    pub order: Vec<usize>,
+    pub producer: HashMap<String, usize>,
+    /// Who reads each value: (node index, input slot). Implicit reads from subgraphs use slot `usize::MAX`.
+    pub consumers: HashMap<String, Vec<(usize, usize)>>,
+    pub inputs: Vec<String>,
+    pub outputs: HashSet<String>,
+    consts: HashMap<String, ConstRef>,
+    /// Readers of each stored constant, through any alias, so a rewrite knows whether it may
+    /// change the tensor in place or must give its node a private copy.
+    pub const_uses: HashMap<ConstRef, usize>,
+    ranks: HashMap<String, usize>,
+}
+
+fn shadowed_by_input(g: &GraphProto) -> HashSet<&str> {
+    g.input.iter().filter_map(|i| i.name.as_deref()).collect()
+}
+
+/// Names a node reads inside its subgraphs (If/Loop/Scan bodies read outer values implicitly).
+fn implicit_reads(node: &NodeProto, out: &mut Vec<String>) {
+    for a in &node.attribute {
+        for g in a.g.iter().chain(a.graphs.iter()) {
+            for n in &g.node {
+                out.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());
+                implicit_reads(n, out);
+            }
+        }
+    }
+}
+
+impl Ir {
+    /// Builds the index, or names the node that makes the graph unusable (a cycle).
+    pub fn build(g: &GraphProto) -> Result<Ir, String> {
+        let inputs_shadow = shadowed_by_input(g);
+        let mut consts = HashMap::new();
+        for (i, t) in g.initializer.iter().enumerate() {
+            let name = t.name.clone().unwrap_or_default();
+            // An initializer that is also a graph input is only a default the caller may
+            // override, so it is not a constant.
+            if !inputs_shadow.contains(name.as_str()) {
+                consts.insert(name, ConstRef::Initializer(i));
+            }
+        }
+        let mut dag = DiGraph::new();
+        let idx: Vec<NodeIndex> = (0..g.node.len()).map(|i| dag.add_node(i)).collect();
+        let mut producer = HashMap::new();
+        for (i, n) in g.node.iter().enumerate() {
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                producer.insert(o.clone(), i);
+            }
+        }
+        let mut consumers: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        for (i, n) in g.node.iter().enumerate() {
+            let mut implicit = vec![];
+            implicit_reads(n, &mut implicit);
+            let reads = n
+                .input
+                .iter()
+                .cloned()
+                .enumerate()
+                .chain(implicit.into_iter().map(|s| (usize::MAX, s)));
+            for (slot, name) in reads.filter(|(_, s)| !s.is_empty()) {
+                if let Some(&p) = producer.get(&name) {
+                    dag.update_edge(idx[p], idx[i], ());
+                }
+                consumers.entry(name).or_default().push((i, slot));
+            }
+        }
+        let order = petgraph::algo::toposort(&dag, None).map_err(|c| {
+            let n = &g.node[dag[c.node_id()]];
+            format!(
+                "the graph has a cycle through node '{}' ({})",
+                n.name(),
+                n.op_type()
+            )
+        })?;
+        let order: Vec<usize> = order.into_iter().map(|i| dag[i]).collect();
+        // Constant nodes and Identity chains, in order, so an alias of an alias resolves.
+        for &i in &order {
+            let n = &g.node[i];
+            if n.domain().is_empty() || n.domain() == "ai.onnx" {
+                let out = n.output.first().cloned().unwrap_or_default();
+                match n.op_type() {
+                    "Constant"
+                        if n.attribute
+                            .iter()
+                            .any(|a| a.name() == "value" && a.t.is_some()) =>
+                    {
+                        consts.insert(out, ConstRef::ConstantNode(i));
+                    }
+                    "Identity" => {
+                        if let Some(&c) = n.input.first().and_then(|s| consts.get(s)) {
+                            consts.insert(out, c);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let outputs: HashSet<String> = g.output.iter().filter_map(|o| o.name.clone()).collect();
+        let mut const_uses: HashMap<ConstRef, usize> = HashMap::new();
+        for (name, readers) in &consumers {
+            if let Some(c) = consts.get(name) {
+                let real = readers.iter().filter(|(n, _)| {
+                    !(g.node[*n].op_type() == "Identity"
+                        && consts.contains_key(
+                            g.node[*n].output.first().map(String::as_str).unwrap_or(""),
+                        ))
+                });
+                *const_uses.entry(*c).or_default() += real.count();
+            }
+        }
+        for o in &outputs {
+            if let Some(c) = consts.get(o) {
+                *const_uses.entry(*c).or_default() += 1;
+            }
+        }
+        let mut ranks = HashMap::new();
+        for vi in g.input.iter().chain(&g.output).chain(&g.value_info) {
+            let shape = vi.r#type.as_ref().and_then(|t| match &t.value {
+                Some(crate::onnx::proto::type_proto::Value::TensorType(tt)) => tt.shape.as_ref(),
+                _ => None,
+            });
+            if let (Some(name), Some(shape)) = (&vi.name, shape) {
+                ranks.insert(name.clone(), shape.dim.len());
+            }
+        }
+        let inputs = g
+            .input
+            .iter()
+            .filter_map(|i| i.name.clone())
+            .filter(|n| !consts.contains_key(n))
+            .collect();
+        Ok(Ir {
+            dag,
+            order,
+            producer,
+            consumers,
+            inputs,
+            outputs,
+            consts,
+            const_uses,
+            ranks,
+        })
+    }
+
+    pub fn const_ref(&self, name: &str) -> Option<ConstRef> {
+        self.consts.get(name).copied()
+    }
+
+    pub fn is_const(&self, name: &str) -> bool {
+        self.consts.contains_key(name)
+    }
+
+    /// The tensor behind a constant value name.
+    pub fn const_tensor<'g>(&self, g: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
+        match self.consts.get(name)? {
+            ConstRef::Initializer(i) => g.initializer.get(*i),
+            ConstRef::ConstantNode(i) => g.node[*i]
+                .attribute
+                .iter()
+                .find(|a| a.name() == "value")
+                .and_then(|a| a.t.as_ref()),
+        }
+    }
+
+    /// The rank a value is declared with in the graph's type information, if any.
+    pub fn rank(&self, name: &str) -> Option<usize> {
+        self.ranks.get(name).copied()
+    }
+
+    pub fn readers(&self, name: &str) -> &[(usize, usize)] {
+        self.consumers.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// Attribute lookup with ONNX defaults, shared by the operator rules.
+pub trait NodeExt {
+    fn attr_i(&self, name: &str, default: i64) -> i64;
+    fn attr_f(&self, name: &str, default: f32) -> f32;
+    fn has_attr(&self, name: &str) -> bool;
+    fn has_subgraph(&self) -> bool;
+}
+
+impl NodeExt for NodeProto {
+    fn attr_i(&self, name: &str, default: i64) -> i64 {
+        self.attribute
+            .iter()
+            .find(|a| a.name() == name)
+            .and_then(|a| a.i)
+            .unwrap_or(default)
+    }
+    fn attr_f(&self, name: &str, default: f32) -> f32 {
+        self.attribute
+            .iter()
+            .find(|a| a.name() == name)
+            .and_then(|a| a.f)
+            .unwrap_or(default)
+    }
+    fn has_attr(&self, name: &str) -> bool {
+        self.attribute.iter().any(|a| a.name() == name)
+    }
+    fn has_subgraph(&self) -> bool {
+        self.attribute.iter().any(|a| {
+            a.r#type() == AttributeType::Graph
+                || a.r#type() == AttributeType::Graphs
+                || a.g.is_some()
+        })
+    }
+}

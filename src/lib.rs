@@ -1,0 +1,171 @@
+//! onnx-minimize: exact structural minimization of pruned ONNX models.
+//!
+//! Pruning zeroes weights but leaves tensors their dense shapes. This crate finds the channels
+//! that zero weights make dead (nothing needed reads them) or constant (the same value for every
+//! input), removes them, folds the constants into the next layer's bias, and checks with tract
+//! that the smaller model computes what the original did.
+//!
+//! The pipeline, one module each: [`onnx`] reads and writes models losslessly; [`ir`] indexes the
+//! graph; [`ops`] says what each operator means for channels; [`analysis`] decides what leaves;
+//! [`rewrite`] applies it; [`verify`] checks it; [`report`] tells what happened.
+//!
+//! ```no_run
+//! use onnx_minimize::{minimize_file, Options};
+//! let report = minimize_file("pruned.onnx".as_ref(), Some("small.onnx".as_ref()), &Options::default(), &|_| {})?;
+//! println!("{} -> {} parameters", report.before.params, report.after.params);
+//! # Ok::<(), onnx_minimize::Error>(())
+//! ```
+
+pub mod analysis;
+pub mod error;
+pub mod ir;
+pub mod onnx;
+pub mod ops;
+pub mod report;
+pub mod rewrite;
+pub mod verify;
+
+use std::path::Path;
+use std::time::Instant;
+
+pub use error::{Error, Result};
+pub use onnx::io::Model;
+use report::{Blocked, LayerReport, Report, Size};
+pub use verify::VerifyOptions;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `None` skips verification.
+    pub verify: Option<VerifyOptions>,
+    /// Write weights to `<output>.data`; by default, as the input did.
+    pub external_data: Option<bool>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            verify: Some(VerifyOptions::default()),
+            external_data: None,
+        }
+    }
+}
+
+/// What minimizing a model in memory removed.
+pub struct Minimized {
+    pub layers: Vec<LayerReport>,
+    pub blocked: Vec<Blocked>,
+}
+
+/// Minimizes a loaded model in place.
+pub fn minimize(model: &mut Model) -> Result<Minimized> {
+    let graph = model.graph();
+    let ir = ir::Ir::build(graph).map_err(|why| Error::Decode {
+        path: model.path.clone(),
+        why,
+    })?;
+    let plan = analysis::Analysis::run(graph, &ir).plan()?;
+    let (layers, blocked) = (plan.layers, plan.blocked);
+    rewrite::apply(model.graph_mut(), &ir, plan.edits);
+    Ok(Minimized { layers, blocked })
+}
+
+/// Parameters (elements of every stored tensor) of a model.
+pub fn param_count(model: &Model) -> u64 {
+    let g = model.graph();
+    let constants = g
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "Constant")
+        .flat_map(|n| n.attribute.iter().filter_map(|a| a.t.as_ref()));
+    g.initializer
+        .iter()
+        .chain(constants)
+        .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
+        .sum()
+}
+
+/// Reads `input`, minimizes it, verifies it and writes it to `output` (none: a dry run).
+/// Nothing is written unless verification passes (or is turned off).
+pub fn minimize_file(
+    input: &Path,
+    output: Option<&Path>,
+    opts: &Options,
+    progress: &dyn Fn(&str),
+) -> Result<Report> {
+    let start = Instant::now();
+    if let Some(out) = output {
+        let same = out == input
+            || std::fs::canonicalize(out)
+                .ok()
+                .zip(std::fs::canonicalize(input).ok())
+                .is_some_and(|(a, b)| a == b);
+        if same {
+            return Err(Error::Usage(format!(
+                "the output {} is the input: choose another output path",
+                out.display()
+            )));
+        }
+    }
+    progress(&format!("reading {}", input.display()));
+    let mut model = Model::load(input)?;
+    let before = Size {
+        params: param_count(&model),
+        bytes: model.disk_bytes(),
+    };
+    progress("analysing channels");
+    let t = Instant::now();
+    let Minimized { layers, blocked } = minimize(&mut model)?;
+    let seconds_analysis = t.elapsed().as_secs_f64();
+    let mut after = Size {
+        params: param_count(&model),
+        bytes: 0,
+    };
+    let mut verification = None;
+    // A dry run still writes, to a private folder, when it verifies: tract reads files.
+    let staging;
+    let target = match output {
+        Some(out) => Some(out.to_path_buf()),
+        None if opts.verify.is_some() => {
+            staging = tempfile::tempdir().map_err(|source| Error::Write {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+            Some(staging.path().join("minimized.onnx"))
+        }
+        None => None,
+    };
+    match &target {
+        None => after.bytes = prost::Message::encoded_len(&model.proto) as u64,
+        Some(out) => {
+            let external = opts.external_data.unwrap_or(model.had_external_data);
+            progress(&format!("writing {}", out.display()));
+            onnx::io::write_atomically(&model, out, external, |staged| {
+                let data = staged.with_file_name(format!(
+                    "{}.data",
+                    staged.file_name().unwrap_or_default().to_string_lossy()
+                ));
+                after.bytes = [staged, data.as_path()]
+                    .iter()
+                    .filter_map(|f| std::fs::metadata(f).ok())
+                    .map(|m| m.len())
+                    .sum();
+                if let Some(v) = &opts.verify {
+                    progress("verifying with tract");
+                    verification = Some(verify::verify(input, staged, model.graph(), v)?);
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(Report {
+        input: input.display().to_string(),
+        output: output.map(|o| o.display().to_string()),
+        layers,
+        blocked,
+        before,
+        after,
+        verification,
+        seconds_analysis,
+        seconds_total: start.elapsed().as_secs_f64(),
+    })
+}

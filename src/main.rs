@@ -1,0 +1,151 @@
+//! The `onnx-minimize` command line: a thin layer over the library's `minimize_file`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use onnx_minimize::{minimize_file, Error, Options, VerifyOptions};
+
+const AFTER_HELP: &str = "\
+EXAMPLES:
+  Minimize a pruned model, check it with tract, print what was removed:
+    onnx-minimize pruned.onnx small.onnx
+
+  Models with dynamic dimensions other than a batch: give the shapes to verify with:
+    onnx-minimize bert.onnx small.onnx --input-shape input_ids=1,128 --input-shape attention_mask=1,128
+
+  See what would be removed, without writing anything, as JSON for a pipeline:
+    onnx-minimize pruned.onnx --dry-run --report report.json
+
+HOW IT WORKS:
+  A channel (a unit of a Gemm/MatMul layer and every elementwise tensor that carries it) leaves
+  the model when no output depends on it: its weights into needed units are zero, or it is the
+  same constant for every input, in which case that constant is folded into the next layer's
+  bias. Channels that meet an operator without a rule, a graph input or a graph output are kept,
+  and the summary says which node kept them. The written model is run against the original with
+  tract on fresh random inputs; if any output deviates past --tolerance, nothing is written.
+
+EXIT STATUS:
+  0 success; 1 bad input or I/O error; 2 usage error; 3 verification found a difference
+  (a bug: please report it); 4 tract could not run a model (try --input-shape or --no-verify).";
+
+/// Make a pruned ONNX model physically smaller without changing what it computes.
+///
+/// Removes the units that pruning made dead or constant from fully-connected layers, folds the
+/// constants into biases, and verifies the result with tract before writing it.
+#[derive(Parser)]
+#[command(version, about, long_about, after_help = AFTER_HELP)]
+struct Cli {
+    /// The pruned model (.onnx; external data is read from beside it).
+    input: PathBuf,
+    /// Where to write the minimized model. Required unless --dry-run.
+    output: Option<PathBuf>,
+    /// Analyse and report only; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Write the report as JSON to this file ("-" for standard output).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Skip the tract check (faster on huge models; nothing then proves the output right).
+    #[arg(long)]
+    no_verify: bool,
+    /// Largest accepted output deviation, relative to each output's largest magnitude.
+    /// Default 1e-4, or 1e-2 for float16/bfloat16 outputs.
+    #[arg(long, value_name = "X")]
+    tolerance: Option<f64>,
+    /// Shape for an input during verification, as NAME=D1,D2,...; repeat per input.
+    /// Dynamic dimensions are otherwise tried at 1, 3 and 2.
+    #[arg(long, value_name = "NAME=DIMS", value_parser = parse_shape)]
+    input_shape: Vec<(String, Vec<usize>)>,
+    /// Number of random input sets to verify on.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    runs: usize,
+    /// Seed of the random verification inputs.
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+    /// Write weights to OUTPUT.data (default: as the input stores them).
+    #[arg(long, conflicts_with = "inline_data")]
+    external_data: bool,
+    /// Write weights inside the .onnx file (impossible above 2 GB).
+    #[arg(long)]
+    inline_data: bool,
+    /// No progress messages.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
+    let (name, dims) = s
+        .split_once('=')
+        .ok_or("expected NAME=D1,D2,... such as input=1,784")?;
+    let dims = dims
+        .split(',')
+        .map(|d| {
+            d.trim()
+                .parse::<usize>()
+                .map_err(|e| format!("bad dimension '{d}': {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((name.to_string(), dims))
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    if cli.output.is_none() && !cli.dry_run {
+        return Err(Error::Usage(
+            "give an output path, or --dry-run to only report".into(),
+        ));
+    }
+    let opts = Options {
+        verify: (!cli.no_verify).then(|| VerifyOptions {
+            tolerance: cli.tolerance,
+            input_shapes: cli.input_shape.iter().cloned().collect::<HashMap<_, _>>(),
+            runs: cli.runs,
+            seed: cli.seed,
+        }),
+        external_data: match (cli.external_data, cli.inline_data) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+    };
+    let start = Instant::now();
+    let quiet = cli.quiet;
+    let progress = move |msg: &str| {
+        if !quiet {
+            eprintln!("[{:>6.2}s] {msg}", start.elapsed().as_secs_f64());
+        }
+    };
+    let output = if cli.dry_run {
+        None
+    } else {
+        cli.output.as_deref()
+    };
+    let report = minimize_file(&cli.input, output, &opts, &progress)?;
+    if !quiet {
+        println!("{}", report.to_text());
+    }
+    if let Some(path) = &cli.report {
+        let json = serde_json::to_string_pretty(&report).expect("the report serializes");
+        if path.as_os_str() == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json).map_err(|source| Error::Write {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

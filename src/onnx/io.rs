@@ -1,0 +1,311 @@
+//! Reading and writing ONNX models: memory-mapped, external data resolved, written atomically.
+//!
+//! The whole `ModelProto` is decoded with prost from the newest `onnx-ml.proto`, so every field the
+//! schema knows survives a round trip. Weight bytes are never copied on the way in: `raw_data` is
+//! a `Bytes` slice of the mapped `.onnx` file, and external tensors become slices of their mapped
+//! `.data` file. Writing streams weights to disk one tensor at a time and hands the pages of the
+//! input back to the kernel as it goes, so resident memory follows the tensors being rewritten, not
+//! the model.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::{Mmap, UncheckedAdvice};
+use prost::Message;
+
+use super::proto::{tensor_proto::DataLocation, ModelProto, StringStringEntryProto, TensorProto};
+use crate::error::{Error, Result};
+
+/// The newest default-domain opset whose operators the rules were written against.
+pub const MAX_OPSET: i64 = 28;
+
+/// Tensors smaller than this stay inside the `.onnx` file when writing external data, as
+/// `onnx.save_model` does.
+const EXTERNAL_THRESHOLD: usize = 1024;
+
+/// A loaded model: the complete protobuf, with every tensor's bytes reachable through `raw_data`.
+pub struct Model {
+    pub proto: ModelProto,
+    pub path: PathBuf,
+    /// Whether any tensor was stored outside the `.onnx` file; the output follows the input.
+    pub had_external_data: bool,
+    maps: Vec<Arc<Mmap>>,
+}
+
+struct MapOwner(Arc<Mmap>);
+
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn map(path: &Path) -> std::io::Result<Arc<Mmap>> {
+    let file = File::open(path)?;
+    // SAFETY: the map is read-only; like every tool that maps its input, we rely on nobody
+    // truncating the model while it is being read.
+    Ok(Arc::new(unsafe { Mmap::map(&file)? }))
+}
+
+fn bytes_of(map: &Arc<Mmap>) -> Bytes {
+    Bytes::from_owner(MapOwner(map.clone()))
+}
+
+impl Model {
+    pub fn load(path: &Path) -> Result<Model> {
+        let read_err = |source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let map = map(path).map_err(read_err)?;
+        if map.is_empty() {
+            return Err(Error::Decode {
+                path: path.to_path_buf(),
+                why: "the file is empty".into(),
+            });
+        }
+        let proto = ModelProto::decode(bytes_of(&map)).map_err(|e| Error::Decode {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        if proto.graph.is_none() {
+            return Err(Error::Decode {
+                path: path.to_path_buf(),
+                why: "it has no graph".into(),
+            });
+        }
+        for op in &proto.opset_import {
+            let domain = op.domain.clone().unwrap_or_default();
+            let version = op.version.unwrap_or(0);
+            if (domain.is_empty() || domain == "ai.onnx") && version > MAX_OPSET {
+                return Err(Error::UnknownOpset {
+                    path: path.to_path_buf(),
+                    domain,
+                    version,
+                    max: MAX_OPSET,
+                });
+            }
+        }
+        let mut model = Model {
+            proto,
+            path: path.to_path_buf(),
+            had_external_data: false,
+            maps: vec![map],
+        };
+        model.resolve_external_data()?;
+        Ok(model)
+    }
+
+    /// Bytes of the model file and every data file it reads.
+    pub fn disk_bytes(&self) -> u64 {
+        self.maps.iter().map(|m| m.len() as u64).sum()
+    }
+
+    pub fn graph(&self) -> &super::proto::GraphProto {
+        self.proto.graph.as_ref().expect("checked at load")
+    }
+
+    pub fn graph_mut(&mut self) -> &mut super::proto::GraphProto {
+        self.proto.graph.as_mut().expect("checked at load")
+    }
+
+    /// Replaces every external reference by a slice of the mapped data file, so the rest of the
+    /// tool sees one kind of tensor.
+    fn resolve_external_data(&mut self) -> Result<()> {
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut files: HashMap<String, Arc<Mmap>> = HashMap::new();
+        let graph = self.proto.graph.as_mut().expect("checked at load");
+        for t in graph.initializer.iter_mut() {
+            if t.data_location != Some(DataLocation::External as i32) {
+                continue;
+            }
+            self.had_external_data = true;
+            let name = t.name.clone().unwrap_or_default();
+            let key = |k: &str| {
+                t.external_data
+                    .iter()
+                    .find(|e| e.key.as_deref() == Some(k))
+                    .and_then(|e| e.value.clone())
+            };
+            let location = key("location").ok_or_else(|| Error::ExternalData {
+                tensor: name.clone(),
+                path: dir.clone(),
+                why: "its external_data has no 'location'".into(),
+            })?;
+            let path = dir.join(&location);
+            if Path::new(&location).components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            }) {
+                return Err(Error::ExternalData {
+                    tensor: name,
+                    path,
+                    why: "its location must be a relative path inside the model's folder".into(),
+                });
+            }
+            let ext_err = |why: String| Error::ExternalData {
+                tensor: name.clone(),
+                path: path.clone(),
+                why,
+            };
+            let parse = |k: &str| {
+                key(k)
+                    .map(|v| {
+                        v.parse::<usize>()
+                            .map_err(|e| ext_err(format!("bad {k} '{v}': {e}")))
+                    })
+                    .transpose()
+            };
+            let offset = parse("offset")?.unwrap_or(0);
+            let length = parse("length")?;
+            let map = match files.get(&location) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = map(&path).map_err(|e| ext_err(e.to_string()))?;
+                    files.insert(location.clone(), m.clone());
+                    self.maps.push(m.clone());
+                    m
+                }
+            };
+            let end = length.map_or(map.len(), |l| offset + l);
+            if end > map.len() || offset > end {
+                return Err(ext_err(format!(
+                    "bytes {offset}..{end} lie past its end ({} bytes)",
+                    map.len()
+                )));
+            }
+            t.raw_data = Some(bytes_of(&map).slice(offset..end));
+            t.data_location = None;
+            t.external_data.clear();
+        }
+        Ok(())
+    }
+
+    /// Tells the kernel it may drop the pages behind `data` if they come from a mapped input file.
+    /// Only an optimisation: the pages are read again from disk if touched later.
+    pub fn release_pages(&self, data: &[u8]) {
+        let ptr = data.as_ptr() as usize;
+        for m in &self.maps {
+            let start = m.as_ptr() as usize;
+            if ptr >= start && ptr + data.len() <= start + m.len() && !data.is_empty() {
+                // SAFETY: the mapping is read-only and file-backed; dropped pages are re-read from
+                // the file, so no data is lost.
+                let _ = unsafe {
+                    m.unchecked_advise_range(UncheckedAdvice::DontNeed, ptr - start, data.len())
+                };
+            }
+        }
+    }
+
+    /// Writes the model to `path` (and `<file name>.data` beside it when `external`).
+    /// Not atomic on its own: see [`write_atomically`].
+    pub fn write(&self, path: &Path, external: bool) -> Result<()> {
+        let write_err = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| Error::Write { path: p, source }
+        };
+        let external = external || self.proto.encoded_len() > i32::MAX as usize;
+        let mut out = self.proto.clone();
+        if external {
+            let location = format!(
+                "{}.data",
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("model.onnx")
+            );
+            let data_path = path.with_file_name(&location);
+            let mut data = BufWriter::with_capacity(
+                1 << 20,
+                File::create(&data_path).map_err(write_err(&data_path))?,
+            );
+            let mut offset = 0usize;
+            let graph = out.graph.as_mut().expect("checked at load");
+            for t in graph.initializer.iter_mut() {
+                let Some(raw) = t.raw_data.take_if(|r| r.len() >= EXTERNAL_THRESHOLD) else {
+                    continue;
+                };
+                data.write_all(&raw).map_err(write_err(&data_path))?;
+                self.release_pages(&raw);
+                set_external(t, &location, offset, raw.len());
+                offset += raw.len();
+            }
+            data.into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .map_err(write_err(&data_path))?;
+        }
+        let mut file = BufWriter::new(File::create(path).map_err(write_err(path))?);
+        file.write_all(&out.encode_to_vec())
+            .map_err(write_err(path))?;
+        file.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(write_err(path))?;
+        Ok(())
+    }
+}
+
+fn set_external(t: &mut TensorProto, location: &str, offset: usize, length: usize) {
+    let entry = |k: &str, v: String| StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    t.data_location = Some(DataLocation::External as i32);
+    t.external_data = vec![
+        entry("location", location.into()),
+        entry("offset", offset.to_string()),
+        entry("length", length.to_string()),
+    ];
+}
+
+/// Writes the model into a private folder beside `path`, lets `check` inspect the written file
+/// there, and only then moves it (and its data file) into place. Any failure leaves nothing at
+/// `path`: no half-written model, no model that failed its check.
+pub fn write_atomically(
+    model: &Model,
+    path: &Path,
+    external: bool,
+    check: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("output path {} has no file name", path.display())))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".onnx-minimize-")
+        .tempdir_in(&dir)
+        .map_err(|source| Error::Write {
+            path: dir.clone(),
+            source,
+        })?;
+    let staged = staging.path().join(name);
+    model.write(&staged, external)?;
+    check(&staged)?;
+    let data_name = format!("{}.data", name.to_string_lossy());
+    let staged_data = staging.path().join(&data_name);
+    let final_data = path.with_file_name(&data_name);
+    if staged_data.exists() {
+        std::fs::rename(&staged_data, &final_data).map_err(|source| Error::Write {
+            path: final_data,
+            source,
+        })?;
+    }
+    std::fs::rename(&staged, path).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}

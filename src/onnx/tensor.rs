@@ -1,0 +1,327 @@
+//! Element access to initializer data in its stored type, without converting whole tensors.
+//!
+//! Weights stay in the bytes they were read in (a slice of the memory-mapped file); analysis reads
+//! elements one at a time as `f64`, and rewriting copies kept elements byte for byte, so a tensor
+//! that is only sliced is bit-identical to the original. Only folded biases are re-encoded.
+
+use super::proto::{tensor_proto::DataType, TensorProto};
+use crate::error::Error;
+
+/// Floating-point element types whose zeros and constants we can reason about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloatType {
+    F32,
+    F16,
+    Bf16,
+    F64,
+}
+
+impl FloatType {
+    pub fn from_onnx(data_type: i32) -> Option<Self> {
+        match DataType::try_from(data_type).ok()? {
+            DataType::Float => Some(Self::F32),
+            DataType::Float16 => Some(Self::F16),
+            DataType::Bfloat16 => Some(Self::Bf16),
+            DataType::Double => Some(Self::F64),
+            _ => None,
+        }
+    }
+
+    pub fn onnx(self) -> i32 {
+        (match self {
+            Self::F32 => DataType::Float,
+            Self::F16 => DataType::Float16,
+            Self::Bf16 => DataType::Bfloat16,
+            Self::F64 => DataType::Double,
+        }) as i32
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+            Self::F64 => 8,
+        }
+    }
+
+    /// Rounds a value to this type, the way the runtime would store it.
+    pub fn round(self, v: f64) -> f64 {
+        match self {
+            Self::F32 => v as f32 as f64,
+            Self::F16 => half::f16::from_f64(v).to_f64(),
+            Self::Bf16 => half::bf16::from_f64(v).to_f64(),
+            Self::F64 => v,
+        }
+    }
+
+    fn encode_into(self, v: f64, out: &mut Vec<u8>) {
+        match self {
+            Self::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+            Self::F16 => out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+            Self::Bf16 => out.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+            Self::F64 => out.extend_from_slice(&v.to_le_bytes()),
+        }
+    }
+}
+
+/// Where a tensor's elements live: packed little-endian bytes, or one of ONNX's typed fields.
+#[derive(Clone, Copy)]
+enum Repr<'a> {
+    Raw(&'a [u8]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    /// float16 and bfloat16 in `int32_data`, one element per int32, low 16 bits.
+    Bits16(&'a [i32]),
+}
+
+/// A read-only view of a float initializer's elements.
+#[derive(Clone, Copy)]
+pub struct Values<'a> {
+    pub dtype: FloatType,
+    pub dims: &'a [i64],
+    repr: Repr<'a>,
+}
+
+impl<'a> Values<'a> {
+    /// Views the tensor, or explains why it cannot be read as float weights.
+    pub fn of(t: &'a TensorProto) -> Result<Self, Error> {
+        let dtype =
+            FloatType::from_onnx(t.data_type()).ok_or_else(|| Error::UnsupportedTensor {
+                tensor: t.name.clone().unwrap_or_default(),
+                why: format!(
+                    "element type {} is not a float type (float32/16, bfloat16, float64)",
+                    DataType::try_from(t.data_type())
+                        .map(|d| d.as_str_name().to_string())
+                        .unwrap_or_else(|_| t.data_type().to_string())
+                ),
+            })?;
+        let n: i64 = t.dims.iter().product();
+        let repr = if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty() || n == 0) {
+            Repr::Raw(raw)
+        } else {
+            match dtype {
+                FloatType::F32 => Repr::F32(&t.float_data),
+                FloatType::F64 => Repr::F64(&t.double_data),
+                FloatType::F16 | FloatType::Bf16 => Repr::Bits16(&t.int32_data),
+            }
+        };
+        let v = Values {
+            dtype,
+            dims: &t.dims,
+            repr,
+        };
+        if v.len() as i64 != n {
+            return Err(Error::UnsupportedTensor {
+                tensor: t.name.clone().unwrap_or_default(),
+                why: format!(
+                    "holds {} elements but its dims {:?} need {n}",
+                    v.len(),
+                    t.dims
+                ),
+            });
+        }
+        Ok(v)
+    }
+
+    pub fn len(&self) -> usize {
+        match self.repr {
+            Repr::Raw(b) => b.len() / self.dtype.size(),
+            Repr::F32(v) => v.len(),
+            Repr::F64(v) => v.len(),
+            Repr::Bits16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, i: usize) -> f64 {
+        match self.repr {
+            Repr::Raw(b) => decode(self.dtype, &b[i * self.dtype.size()..]),
+            Repr::F32(v) => v[i] as f64,
+            Repr::F64(v) => v[i],
+            Repr::Bits16(v) => bits16(self.dtype, v[i] as u16),
+        }
+    }
+
+    /// Calls `f(index, value)` for every element that is not exactly zero, in order.
+    ///
+    /// Weight matrices are mostly zeros after pruning and can be gigabytes, so the per-type loops
+    /// are written out to keep the scan at memory speed.
+    pub fn for_each_nonzero(&self, mut f: impl FnMut(usize, f64)) {
+        match (self.repr, self.dtype) {
+            (Repr::Raw(b), FloatType::F32) => {
+                for (i, c) in b.chunks_exact(4).enumerate() {
+                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    if v != 0.0 {
+                        f(i, v as f64)
+                    }
+                }
+            }
+            (Repr::F32(v), _) => v
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| **x != 0.0)
+                .for_each(|(i, x)| f(i, *x as f64)),
+            (Repr::F64(v), _) => v
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| **x != 0.0)
+                .for_each(|(i, x)| f(i, *x)),
+            _ => (0..self.len()).for_each(|i| {
+                let v = self.get(i);
+                if v != 0.0 {
+                    f(i, v)
+                }
+            }),
+        }
+    }
+
+    /// Packs the elements at `indices` into raw bytes of the same type, bit for bit.
+    pub fn gather(&self, indices: impl Iterator<Item = usize>) -> Vec<u8> {
+        let size = self.dtype.size();
+        let mut out = Vec::new();
+        for i in indices {
+            match self.repr {
+                Repr::Raw(b) => out.extend_from_slice(&b[i * size..(i + 1) * size]),
+                Repr::Bits16(v) => out.extend_from_slice(&(v[i] as u16).to_le_bytes()),
+                _ => self.dtype.encode_into(self.get(i), &mut out),
+            }
+        }
+        out
+    }
+}
+
+fn decode(dtype: FloatType, b: &[u8]) -> f64 {
+    match dtype {
+        FloatType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+        FloatType::F64 => f64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+        FloatType::F16 | FloatType::Bf16 => bits16(dtype, u16::from_le_bytes([b[0], b[1]])),
+    }
+}
+
+fn bits16(dtype: FloatType, bits: u16) -> f64 {
+    match dtype {
+        FloatType::Bf16 => half::bf16::from_bits(bits).to_f64(),
+        _ => half::f16::from_bits(bits).to_f64(),
+    }
+}
+
+/// Encodes values as a raw-data tensor of the given type.
+pub fn encode(dtype: FloatType, values: &[f64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    for &v in values {
+        dtype.encode_into(v, &mut out);
+    }
+    out
+}
+
+/// A new initializer holding `raw` bytes; every other field of `like` (doc string, metadata) is kept.
+pub fn with_data(
+    like: &TensorProto,
+    dims: Vec<i64>,
+    dtype: FloatType,
+    raw: Vec<u8>,
+) -> TensorProto {
+    TensorProto {
+        dims,
+        data_type: Some(dtype.onnx()),
+        raw_data: Some(raw.into()),
+        float_data: vec![],
+        double_data: vec![],
+        int32_data: vec![],
+        ..like.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(dtype: FloatType, vals: &[f64]) -> TensorProto {
+        with_data(
+            &TensorProto::default(),
+            vec![vals.len() as i64],
+            dtype,
+            encode(dtype, vals),
+        )
+    }
+
+    #[test]
+    fn every_float_type_round_trips_and_finds_zeros() {
+        for dtype in [
+            FloatType::F32,
+            FloatType::F16,
+            FloatType::Bf16,
+            FloatType::F64,
+        ] {
+            let t = tensor(dtype, &[0.0, 1.5, -0.0, -2.0]);
+            let v = Values::of(&t).unwrap();
+            assert_eq!(
+                (0..4).map(|i| v.get(i)).collect::<Vec<_>>(),
+                vec![0.0, 1.5, 0.0, -2.0]
+            );
+            let mut nz = vec![];
+            v.for_each_nonzero(|i, x| nz.push((i, x)));
+            assert_eq!(nz, vec![(1, 1.5), (3, -2.0)]);
+            assert_eq!(v.gather([3, 1].into_iter()), encode(dtype, &[-2.0, 1.5]));
+        }
+    }
+
+    #[test]
+    fn typed_fields_are_read() {
+        let t = TensorProto {
+            dims: vec![2],
+            data_type: Some(FloatType::F32.onnx()),
+            float_data: vec![0.0, 3.0],
+            ..Default::default()
+        };
+        assert_eq!(Values::of(&t).unwrap().get(1), 3.0);
+        let h = TensorProto {
+            dims: vec![1],
+            data_type: Some(FloatType::F16.onnx()),
+            int32_data: vec![half::f16::from_f64(0.5).to_bits() as i32],
+            ..Default::default()
+        };
+        assert_eq!(Values::of(&h).unwrap().get(0), 0.5);
+    }
+
+    #[test]
+    fn integer_tensors_are_refused_by_name() {
+        let t = TensorProto {
+            name: Some("w".into()),
+            dims: vec![1],
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: vec![1],
+            ..Default::default()
+        };
+        let e = Values::of(&t).err().unwrap().to_string();
+        assert!(e.contains("w") && e.contains("INT64"), "{e}");
+    }
+}
+
+/// The elements of an int64 tensor (shape constants), from raw bytes or `int64_data`.
+pub fn int64s(t: &TensorProto) -> Vec<i64> {
+    match t.raw_data.as_ref().filter(|r| !r.is_empty()) {
+        Some(raw) => raw
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        None => t.int64_data.clone(),
+    }
+}
+
+/// An int64 tensor like `like` holding `vals`.
+pub fn with_int64s(like: &TensorProto, vals: &[i64]) -> TensorProto {
+    TensorProto {
+        raw_data: Some(
+            vals.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ),
+        int64_data: vec![],
+        ..like.clone()
+    }
+}

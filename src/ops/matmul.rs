@@ -1,0 +1,110 @@
+//! MatMul with a constant 2-D right operand: `Y[.., j] = sum_c X[.., c] W[c, j]`.
+//!
+//! Exporters emit it for `nn.Linear` on inputs of rank other than 2, followed by an `Add` of the
+//! bias, which the pointwise rules handle as a per-channel constant.
+
+use super::{Ctx, Linear, OpRule, Role, Weight};
+use crate::error::Result;
+use crate::onnx::proto::{NodeProto, TensorProto};
+use crate::onnx::tensor::{encode, with_data, Values};
+use crate::rewrite::Edit;
+
+pub struct MatMul;
+
+struct MatMulNode<'g> {
+    weight: Weight<'g>,
+    tensor: &'g TensorProto,
+}
+
+impl OpRule for MatMul {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["MatMul"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let (Some(a), Some(b)) = (node.input.first(), node.input.get(1)) else {
+            return Role::Opaque("it lacks an operand".into());
+        };
+        if cx.ir.is_const(a) {
+            return Role::Opaque(
+                "its left operand is a constant (W @ x is not supported yet)".into(),
+            );
+        }
+        let Some(tensor) = cx.const_tensor(b) else {
+            return Role::Opaque("its right operand is not a constant weight".into());
+        };
+        match Values::of(tensor) {
+            Ok(values) if values.dims.len() == 2 => {
+                let (k, n) = (values.dims[0] as usize, values.dims[1] as usize);
+                Role::Linear(Box::new(MatMulNode {
+                    weight: Weight {
+                        values,
+                        k,
+                        n,
+                        transposed: false,
+                    },
+                    tensor,
+                }))
+            }
+            Ok(_) => Role::Opaque("its weight is not a 2-D matrix".into()),
+            Err(e) => Role::Opaque(e.to_string()),
+        }
+    }
+}
+
+impl Linear for MatMulNode<'_> {
+    fn input_slot(&self) -> usize {
+        0
+    }
+
+    fn axes(&self) -> (isize, isize) {
+        (-1, -1)
+    }
+
+    fn weight(&self) -> &Weight<'_> {
+        &self.weight
+    }
+
+    fn alpha(&self) -> f64 {
+        1.0
+    }
+
+    fn bias(&self, _: usize) -> Option<f64> {
+        Some(0.0)
+    }
+
+    fn rewrite(
+        &self,
+        node: usize,
+        keep_in: &[usize],
+        keep_out: &[usize],
+        fold: &[f64],
+        edits: &mut Vec<Edit>,
+    ) -> Result<()> {
+        let w = &self.weight;
+        if keep_in.len() != w.k || keep_out.len() != w.n {
+            let raw = w.slice(keep_in, keep_out);
+            edits.push(Edit::Const {
+                node,
+                slot: 1,
+                tensor: with_data(
+                    self.tensor,
+                    w.sliced_dims(keep_in.len(), keep_out.len()),
+                    w.values.dtype,
+                    raw,
+                ),
+            });
+        }
+        if fold.iter().any(|&f| f != 0.0) {
+            let dtype = w.values.dtype;
+            let tensor = with_data(
+                &TensorProto::default(),
+                vec![keep_out.len() as i64],
+                dtype,
+                encode(dtype, fold),
+            );
+            edits.push(Edit::AddBias { node, tensor });
+        }
+        Ok(())
+    }
+}

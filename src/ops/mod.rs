@@ -1,0 +1,182 @@
+//! Operator rules: what each ONNX operator means for channels.
+//!
+//! A rule classifies one node into a [`Role`] the channel analysis understands:
+//! - [`Pointwise`]: output channel `c` depends only on input channel `c` (activations, bias adds,
+//!   layer scales, residual adds, gating, reshapes that keep the channel axis);
+//! - [`Linear`]: a weight matrix mixes input channels into output channels (Gemm, MatMul);
+//! - [`Role::Opaque`]: anything else. Its channels are kept, and the reason is reported.
+//!
+//! Adding an operator means adding one rule to the file of its family and listing it in [`RULES`].
+
+mod gemm;
+mod matmul;
+mod pointwise;
+mod shape;
+
+use crate::error::Result;
+use crate::ir::Ir;
+use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
+use crate::onnx::tensor::Values;
+use crate::rewrite::Edit;
+
+pub struct Ctx<'g> {
+    pub graph: &'g GraphProto,
+    pub ir: &'g Ir,
+}
+
+impl<'g> Ctx<'g> {
+    pub fn const_tensor(&self, name: &str) -> Option<&'g TensorProto> {
+        self.ir.const_tensor(self.graph, name)
+    }
+}
+
+pub trait OpRule: Sync {
+    fn op_types(&self) -> &'static [&'static str];
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g>;
+}
+
+pub enum Role<'g> {
+    Pointwise(Pointwise),
+    Linear(Box<dyn Linear + 'g>),
+    Opaque(String),
+}
+
+/// Scalar semantics of a pointwise operator on one channel: the values of all its inputs, in
+/// slot order (activations and per-channel constants alike), to its output.
+pub type Eval = Box<dyn Fn(&[f64]) -> f64 + Sync>;
+
+pub struct Pointwise {
+    /// Input slots holding activations; they share a channel space with output 0.
+    pub acts: Vec<usize>,
+    /// Input slots holding constants that broadcast along the channel axis (size 1 or the width);
+    /// sliced with the channels.
+    pub params: Vec<usize>,
+    pub eval: Eval,
+    /// `x * 0 == 0` whatever `x` is, so a zero operand makes the channel constant and its other
+    /// operand unused.
+    pub zero_absorbs: bool,
+    /// For reshapes: the slot of the int64 shape constant whose last entry is the channel width.
+    pub shape_slot: Option<usize>,
+    /// The channel axis this operator requires (reshapes only keep the last axis intact).
+    pub requires_axis: Option<isize>,
+}
+
+impl Pointwise {
+    pub fn new(acts: Vec<usize>, params: Vec<usize>, eval: Eval) -> Self {
+        Pointwise {
+            acts,
+            params,
+            eval,
+            zero_absorbs: false,
+            shape_slot: None,
+            requires_axis: None,
+        }
+    }
+}
+
+/// A weight matrix `W[c, j]` (input channel `c`, output channel `j`) as stored in the model.
+pub struct Weight<'g> {
+    pub values: Values<'g>,
+    pub k: usize,
+    pub n: usize,
+    /// Stored as `[N, K]` rather than `[K, N]` (Gemm with `transB`).
+    pub transposed: bool,
+}
+
+impl Weight<'_> {
+    pub fn for_each_nonzero(&self, mut f: impl FnMut(usize, usize, f64)) {
+        let (k, n) = (self.k, self.n);
+        if self.transposed {
+            self.values.for_each_nonzero(|i, w| f(i % k, i / k, w))
+        } else {
+            self.values.for_each_nonzero(|i, w| f(i / n, i % n, w))
+        }
+    }
+
+    /// The kept sub-matrix, in the stored layout and type, bit for bit.
+    pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
+        let (k, n) = (self.k, self.n);
+        if self.transposed {
+            self.values.gather(
+                keep_out
+                    .iter()
+                    .flat_map(|&j| keep_in.iter().map(move |&c| j * k + c)),
+            )
+        } else {
+            self.values.gather(
+                keep_in
+                    .iter()
+                    .flat_map(|&c| keep_out.iter().map(move |&j| c * n + j)),
+            )
+        }
+    }
+
+    pub fn sliced_dims(&self, keep_in: usize, keep_out: usize) -> Vec<i64> {
+        if self.transposed {
+            vec![keep_out as i64, keep_in as i64]
+        } else {
+            vec![keep_in as i64, keep_out as i64]
+        }
+    }
+}
+
+/// `y[.., j] = alpha * sum_c x[.., c] W[c, j] + bias[j]`.
+pub trait Linear {
+    /// The input slot of the activation `x`.
+    fn input_slot(&self) -> usize;
+    /// Channel axes (negative, counted from the end) of `x` and `y`.
+    fn axes(&self) -> (isize, isize);
+    fn weight(&self) -> &Weight<'_>;
+    fn alpha(&self) -> f64;
+    /// The constant added to output `j`, or `None` where it varies along another axis.
+    fn bias(&self, j: usize) -> Option<f64>;
+    /// Emits the edits that keep only `keep_in`/`keep_out` and add `fold[i]` to kept output
+    /// `keep_out[i]`'s bias.
+    fn rewrite(
+        &self,
+        node: usize,
+        keep_in: &[usize],
+        keep_out: &[usize],
+        fold: &[f64],
+        edits: &mut Vec<Edit>,
+    ) -> Result<()>;
+}
+
+static RULES: &[&dyn OpRule] = &[
+    &gemm::Gemm,
+    &matmul::MatMul,
+    &pointwise::Unary,
+    &pointwise::Binary,
+    &shape::PassThrough,
+    &shape::Reshape,
+    &shape::Flatten,
+];
+
+/// The role of a node; operators without a rule, or outside the default domain, are opaque.
+pub fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+    let domain = node.domain();
+    if !(domain.is_empty() || domain == "ai.onnx") {
+        return Role::Opaque(format!(
+            "operator {}::{} has no channel rule",
+            domain,
+            node.op_type()
+        ));
+    }
+    match RULES
+        .iter()
+        .find(|r| r.op_types().contains(&node.op_type()))
+    {
+        Some(rule) => rule.role(node, cx),
+        None => Role::Opaque(format!("operator {} has no channel rule", node.op_type())),
+    }
+}
+
+/// Every operator type with a rule, for `--help` and the README.
+pub fn supported() -> Vec<&'static str> {
+    let mut v: Vec<_> = RULES
+        .iter()
+        .flat_map(|r| r.op_types().iter().copied())
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,196 @@
+//! Elementwise operators: channel `c` of the output reads only channel `c` of the inputs.
+//!
+//! Their scalar semantics let the analysis push constants forward (`relu(b)`, `gelu(b)`,
+//! `k * scale`). Exported GELU in its Erf form (`x * 0.5 * (1 + erf(x / sqrt 2))`) is a chain of
+//! these, so it needs no pattern of its own.
+
+use super::{Ctx, Eval, OpRule, Pointwise, Role};
+use crate::ir::NodeExt;
+use crate::onnx::proto::NodeProto;
+use crate::onnx::tensor::Values;
+
+pub struct Unary;
+pub struct Binary;
+
+fn scalar_input(node: &NodeProto, cx: &Ctx, slot: usize) -> Result<Option<f64>, ()> {
+    match node.input.get(slot).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(name) => {
+            let t = cx.const_tensor(name).ok_or(())?;
+            let v = Values::of(t).map_err(|_| ())?;
+            if v.len() == 1 {
+                Ok(Some(v.get(0)))
+            } else {
+                Err(())
+            }
+        }
+    }
+}
+
+fn gelu_erf(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+fn gelu_tanh(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+}
+
+impl OpRule for Unary {
+    fn op_types(&self) -> &'static [&'static str] {
+        &[
+            "Relu",
+            "LeakyRelu",
+            "Elu",
+            "Selu",
+            "Celu",
+            "Sigmoid",
+            "HardSigmoid",
+            "HardSwish",
+            "Tanh",
+            "Softplus",
+            "Softsign",
+            "Exp",
+            "Log",
+            "Neg",
+            "Abs",
+            "Sqrt",
+            "Reciprocal",
+            "Erf",
+            "Gelu",
+            "Mish",
+            "Sin",
+            "Cos",
+            "Floor",
+            "Ceil",
+            "Sign",
+            "ThresholdedRelu",
+            "Clip",
+        ]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let a = |name: &str, d: f32| node.attr_f(name, d) as f64;
+        let eval: Eval = match node.op_type() {
+            "Relu" => Box::new(|x| x[0].max(0.0)),
+            "LeakyRelu" => {
+                let alpha = a("alpha", 0.01);
+                Box::new(move |x| if x[0] >= 0.0 { x[0] } else { alpha * x[0] })
+            }
+            "Elu" => {
+                let alpha = a("alpha", 1.0);
+                Box::new(move |x| {
+                    if x[0] >= 0.0 {
+                        x[0]
+                    } else {
+                        alpha * (x[0].exp() - 1.0)
+                    }
+                })
+            }
+            "Celu" => {
+                let alpha = a("alpha", 1.0);
+                Box::new(move |x| x[0].max(0.0) + (alpha * ((x[0] / alpha).exp() - 1.0)).min(0.0))
+            }
+            "Selu" => {
+                let (alpha, gamma) = (a("alpha", 1.673_263_2), a("gamma", 1.050_701));
+                Box::new(move |x| {
+                    gamma
+                        * if x[0] > 0.0 {
+                            x[0]
+                        } else {
+                            alpha * (x[0].exp() - 1.0)
+                        }
+                })
+            }
+            "Sigmoid" => Box::new(|x| 1.0 / (1.0 + (-x[0]).exp())),
+            "HardSigmoid" => {
+                let (alpha, beta) = (a("alpha", 0.2), a("beta", 0.5));
+                Box::new(move |x| (alpha * x[0] + beta).clamp(0.0, 1.0))
+            }
+            "HardSwish" => Box::new(|x| x[0] * (x[0] / 6.0 + 0.5).clamp(0.0, 1.0)),
+            "Tanh" => Box::new(|x| x[0].tanh()),
+            "Softplus" => Box::new(|x| x[0].exp().ln_1p()),
+            "Softsign" => Box::new(|x| x[0] / (1.0 + x[0].abs())),
+            "Exp" => Box::new(|x| x[0].exp()),
+            "Log" => Box::new(|x| x[0].ln()),
+            "Neg" => Box::new(|x| -x[0]),
+            "Abs" => Box::new(|x| x[0].abs()),
+            "Sqrt" => Box::new(|x| x[0].sqrt()),
+            "Reciprocal" => Box::new(|x| 1.0 / x[0]),
+            "Erf" => Box::new(|x| libm::erf(x[0])),
+            "Gelu" => match node
+                .attribute
+                .iter()
+                .find(|at| at.name() == "approximate")
+                .and_then(|at| at.s.as_deref())
+            {
+                Some(b"tanh") => Box::new(|x| gelu_tanh(x[0])),
+                _ => Box::new(|x| gelu_erf(x[0])),
+            },
+            "Mish" => Box::new(|x| x[0] * x[0].exp().ln_1p().tanh()),
+            "Sin" => Box::new(|x| x[0].sin()),
+            "Cos" => Box::new(|x| x[0].cos()),
+            "Floor" => Box::new(|x| x[0].floor()),
+            "Ceil" => Box::new(|x| x[0].ceil()),
+            "Sign" => Box::new(|x| if x[0] == 0.0 { 0.0 } else { x[0].signum() }),
+            "ThresholdedRelu" => {
+                let alpha = a("alpha", 1.0);
+                Box::new(move |x| if x[0] > alpha { x[0] } else { 0.0 })
+            }
+            "Clip" => {
+                // opset < 11 keeps the bounds in attributes, later opsets in optional inputs.
+                let (lo, hi) = match (scalar_input(node, cx, 1), scalar_input(node, cx, 2)) {
+                    (Ok(lo), Ok(hi)) => (
+                        lo.unwrap_or(a("min", f32::MIN)),
+                        hi.unwrap_or(a("max", f32::MAX)),
+                    ),
+                    _ => return Role::Opaque("its bounds are not scalar constants".into()),
+                };
+                Box::new(move |x| x[0].max(lo).min(hi))
+            }
+            other => unreachable!("{other} is listed in op_types"),
+        };
+        // Clip's bound inputs are scalars: the channel rule never slices them.
+        Role::Pointwise(Pointwise::new(vec![0], vec![], eval))
+    }
+}
+
+impl OpRule for Binary {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        if node.input.len() != 2 || node.input.iter().any(|s| s.is_empty()) {
+            return Role::Opaque("it does not have exactly two operands".into());
+        }
+        let (mut acts, mut params) = (vec![], vec![]);
+        for (slot, name) in node.input.iter().enumerate() {
+            if cx.ir.is_const(name) {
+                if let Some(Err(e)) = cx.const_tensor(name).map(Values::of) {
+                    return Role::Opaque(e.to_string());
+                }
+                params.push(slot);
+            } else {
+                acts.push(slot);
+            }
+        }
+        if acts.is_empty() {
+            return Role::Opaque("all its operands are constants".into());
+        }
+        let op = node.op_type();
+        let eval: Eval = match op {
+            "Add" => Box::new(|x| x[0] + x[1]),
+            "Sub" => Box::new(|x| x[0] - x[1]),
+            "Mul" => Box::new(|x| x[0] * x[1]),
+            "Div" => Box::new(|x| x[0] / x[1]),
+            "Pow" => Box::new(|x| x[0].powf(x[1])),
+            "Max" => Box::new(|x| x[0].max(x[1])),
+            "Min" => Box::new(|x| x[0].min(x[1])),
+            "PRelu" => Box::new(|x| if x[0] < 0.0 { x[1] * x[0] } else { x[0] }),
+            other => unreachable!("{other} is listed in op_types"),
+        };
+        let mut p = Pointwise::new(acts, params, eval);
+        p.zero_absorbs = op == "Mul";
+        Role::Pointwise(p)
+    }
+}

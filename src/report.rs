@@ -1,0 +1,146 @@
+//! What a run did, for people (a table) and pipelines (`--report report.json`).
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub node: String,
+    pub op: String,
+    pub inputs_before: usize,
+    pub inputs_after: usize,
+    pub outputs_before: usize,
+    pub outputs_after: usize,
+    /// Output channels that left because they were constant (folded into the next layer).
+    pub removed_constant: usize,
+    /// Output channels that left because nothing needed reads them.
+    pub removed_dead: usize,
+}
+
+/// A channel space that holds removable channels but could not shrink.
+#[derive(Debug, Clone, Serialize)]
+pub struct Blocked {
+    /// The tensors of the space.
+    pub values: Vec<String>,
+    pub width: usize,
+    /// Channels that no computation needs: they would have left but for `reasons`.
+    pub removable: usize,
+    /// Which graph input, output or node kept them.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Size {
+    /// Elements of all initializers and Constant-node tensors.
+    pub params: u64,
+    /// Bytes of the model file plus its external data.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputCheck {
+    pub output: String,
+    /// Largest |original - minimized| over all runs, divided by the largest |original|.
+    pub max_relative_deviation: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub runs: usize,
+    pub input_shapes: Vec<Vec<Vec<usize>>>,
+    pub tolerance: f64,
+    pub outputs: Vec<OutputCheck>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub input: String,
+    pub output: Option<String>,
+    pub layers: Vec<LayerReport>,
+    pub blocked: Vec<Blocked>,
+    pub before: Size,
+    pub after: Size,
+    pub verification: Option<Verification>,
+    pub seconds_analysis: f64,
+    pub seconds_total: f64,
+}
+
+impl Report {
+    /// A terminal summary: one line per layer, then sizes, blocks and the check.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<28} {:<7} {:>15} {:>15} {:>9} {:>9}",
+            "layer", "op", "inputs", "outputs", "constant", "dead"
+        );
+        for l in &self.layers {
+            let name = if l.node.len() > 28 {
+                format!("…{}", &l.node[l.node.len() - 27..])
+            } else {
+                l.node.clone()
+            };
+            let _ = writeln!(
+                s,
+                "{:<28} {:<7} {:>15} {:>15} {:>9} {:>9}",
+                name,
+                l.op,
+                format!("{} -> {}", l.inputs_before, l.inputs_after),
+                format!("{} -> {}", l.outputs_before, l.outputs_after),
+                l.removed_constant,
+                l.removed_dead
+            );
+        }
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let _ = writeln!(
+            s,
+            "parameters {} -> {} ({:.2}x smaller), bytes {} -> {} ({:.2}x smaller)",
+            self.before.params,
+            self.after.params,
+            ratio(self.before.params, self.after.params),
+            self.before.bytes,
+            self.after.bytes,
+            ratio(self.before.bytes, self.after.bytes)
+        );
+        for b in &self.blocked {
+            let mut values = b
+                .values
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if b.values.len() > 3 {
+                values.push_str(", …");
+            }
+            let _ = writeln!(
+                s,
+                "kept {} of {} removable channels of [{}] because of: {}",
+                b.removable,
+                b.width,
+                values,
+                b.reasons.join("; ")
+            );
+        }
+        match &self.verification {
+            Some(v) => {
+                let worst = v
+                    .outputs
+                    .iter()
+                    .map(|o| o.max_relative_deviation)
+                    .fold(0.0, f64::max);
+                let _ = writeln!(s, "verified with tract on {} input sets: max relative deviation {:.2e} (tolerance {:.0e})", v.runs, worst, v.tolerance);
+            }
+            None => {
+                let _ = writeln!(s, "not verified (--no-verify)");
+            }
+        }
+        let _ = write!(
+            s,
+            "took {:.2}s (analysis and rewrite {:.2}s)",
+            self.seconds_total, self.seconds_analysis
+        );
+        s
+    }
+}

@@ -1,0 +1,209 @@
+//! Applying a plan to the model: new tensors, new attributes, widths in the type information.
+//!
+//! Rules describe changes as [`Edit`]s against node inputs instead of touching the proto, so the
+//! analysis can borrow the graph while planning and the rewrite owns it afterwards. A constant
+//! shared by several nodes is never changed in place: the edited node gets a private copy.
+
+use std::collections::HashSet;
+
+use crate::ir::{ConstRef, Ir};
+use crate::onnx::proto::{type_proto, AttributeProto, GraphProto, NodeProto, TensorProto};
+
+pub enum Edit {
+    /// New contents for the constant that `node` reads at input `slot`.
+    Const {
+        node: usize,
+        slot: usize,
+        tensor: TensorProto,
+    },
+    /// A new constant input appended to `node` (a Gemm gaining its C).
+    AddInput {
+        node: usize,
+        tensor: TensorProto,
+    },
+    Attr {
+        node: usize,
+        attr: AttributeProto,
+    },
+    /// `Add(output, tensor)` inserted after `node`, which had no bias to fold constants into.
+    AddBias {
+        node: usize,
+        tensor: TensorProto,
+    },
+    /// A value's declared size along its channel axis changes.
+    Width {
+        value: String,
+        axis: isize,
+        from: usize,
+        to: usize,
+    },
+}
+
+struct Names(HashSet<String>);
+
+impl Names {
+    fn of(g: &GraphProto) -> Names {
+        let mut s: HashSet<String> = g
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.clone())
+            .collect();
+        for n in &g.node {
+            s.extend(n.input.iter().chain(&n.output).cloned());
+            s.insert(n.name().to_string());
+        }
+        Names(s)
+    }
+
+    fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut i = 1;
+        while self.0.contains(&name) {
+            name = format!("{base}_{i}");
+            i += 1;
+        }
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
+    let mut names = Names::of(g);
+    let mut orphaned = HashSet::new();
+    let mut bias_after = vec![];
+    for edit in edits {
+        match edit {
+            Edit::Const {
+                node,
+                slot,
+                mut tensor,
+            } => {
+                let input = g.node[node].input[slot].clone();
+                let cref = ir.const_ref(&input).expect("edits target constants");
+                if ir.const_uses.get(&cref).copied().unwrap_or(0) <= 1 {
+                    match cref {
+                        ConstRef::Initializer(i) => {
+                            tensor.name = g.initializer[i].name.clone();
+                            g.initializer[i] = tensor;
+                        }
+                        ConstRef::ConstantNode(i) => {
+                            let attr = g.node[i]
+                                .attribute
+                                .iter_mut()
+                                .find(|a| a.name() == "value")
+                                .expect("resolved at build");
+                            tensor.name = attr.t.as_ref().and_then(|t| t.name.clone());
+                            attr.t = Some(tensor);
+                        }
+                    }
+                } else {
+                    let name = names.fresh(&format!("{input}_min"));
+                    tensor.name = Some(name.clone());
+                    g.initializer.push(tensor);
+                    g.node[node].input[slot] = name;
+                    orphaned.insert(input);
+                }
+            }
+            Edit::AddInput { node, mut tensor } => {
+                let name = names.fresh(&format!("{}_folded_bias", g.node[node].name()));
+                tensor.name = Some(name.clone());
+                g.initializer.push(tensor);
+                let inputs = &mut g.node[node].input;
+                while inputs.len() < 2 {
+                    inputs.push(String::new());
+                }
+                inputs.truncate(2);
+                inputs.push(name);
+            }
+            Edit::Attr { node, attr } => {
+                let attrs = &mut g.node[node].attribute;
+                match attrs.iter_mut().find(|a| a.name == attr.name) {
+                    Some(a) => *a = attr,
+                    None => attrs.push(attr),
+                }
+            }
+            Edit::AddBias { node, tensor } => bias_after.push((node, tensor)),
+            Edit::Width {
+                value,
+                axis,
+                from,
+                to,
+            } => set_width(g, &value, axis, from, to),
+        }
+    }
+    // Insert from the back so earlier indices stay valid; right after the node keeps the order
+    // topological.
+    bias_after.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    for (node, mut tensor) in bias_after {
+        let out = g.node[node].output[0].clone();
+        let base = g.node[node].name().to_string();
+        let pre = names.fresh(&format!("{out}_before_folded_bias"));
+        let bias = names.fresh(&format!("{base}_folded_bias"));
+        g.node[node].output[0] = pre.clone();
+        tensor.name = Some(bias.clone());
+        g.initializer.push(tensor);
+        let add = NodeProto {
+            name: Some(names.fresh(&format!("{base}_folded_bias_add"))),
+            op_type: Some("Add".into()),
+            input: vec![pre, bias],
+            output: vec![out],
+            ..Default::default()
+        };
+        g.node.insert(node + 1, add);
+    }
+    drop_unread(g, &orphaned);
+}
+
+/// Removes the constants in `candidates` that nothing reads any more.
+fn drop_unread(g: &mut GraphProto, candidates: &HashSet<String>) {
+    if candidates.is_empty() {
+        return;
+    }
+    let mut read: HashSet<&str> = g.output.iter().filter_map(|o| o.name.as_deref()).collect();
+    let mut stack: Vec<&GraphProto> = vec![g];
+    while let Some(graph) = stack.pop() {
+        for n in &graph.node {
+            read.extend(n.input.iter().map(String::as_str));
+            for a in &n.attribute {
+                stack.extend(a.g.iter().chain(a.graphs.iter()));
+            }
+        }
+    }
+    let dead: HashSet<String> = candidates
+        .iter()
+        .filter(|c| !read.contains(c.as_str()))
+        .cloned()
+        .collect();
+    g.initializer
+        .retain(|t| !t.name.as_ref().is_some_and(|n| dead.contains(n)));
+}
+
+fn set_width(g: &mut GraphProto, value: &str, axis: isize, from: usize, to: usize) {
+    for vi in g
+        .value_info
+        .iter_mut()
+        .chain(g.output.iter_mut())
+        .filter(|v| v.name.as_deref() == Some(value))
+    {
+        let Some(type_proto::Value::TensorType(t)) =
+            vi.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            continue;
+        };
+        let Some(shape) = t.shape.as_mut() else {
+            continue;
+        };
+        let pos = shape.dim.len() as isize + axis;
+        if pos < 0 {
+            continue;
+        }
+        let dim = &mut shape.dim[pos as usize];
+        if let Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(d)) =
+            dim.value.as_mut()
+        {
+            if *d == from as i64 {
+                *d = to as i64;
+            }
+        }
+    }
+}

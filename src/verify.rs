@@ -1,0 +1,296 @@
+//! Verification: tract runs the original and the minimized model on the same random inputs.
+//!
+//! Inputs are fresh random tensors (not anything the analysis looked at), on several shapes where
+//! the model has dynamic dimensions, so a rewrite that only holds for one batch size is caught.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tract_onnx::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::onnx::proto::{
+    tensor_proto::DataType, tensor_shape_proto::dimension, type_proto, GraphProto,
+};
+use crate::report::{OutputCheck, Verification};
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Largest accepted deviation relative to each output's scale; by default 1e-4, or 1e-2 for
+    /// models with 16-bit float outputs.
+    pub tolerance: Option<f64>,
+    /// Shapes for inputs with dynamic dimensions, by input name.
+    pub input_shapes: HashMap<String, Vec<usize>>,
+    /// How many input sets to try.
+    pub runs: usize,
+    pub seed: u64,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            tolerance: None,
+            input_shapes: HashMap::new(),
+            runs: 3,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// Sizes tried for dynamic dimensions, one per run: 1 first, then others, so that a rewrite
+/// that only works for batch 1 is caught.
+const DYNAMIC_SIZES: [usize; 3] = [1, 3, 2];
+
+struct InputSpec {
+    name: String,
+    elem: i32,
+    dims: Vec<Option<usize>>,
+}
+
+fn input_specs(g: &GraphProto) -> Vec<InputSpec> {
+    let inits: std::collections::HashSet<&str> = g
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    g.input
+        .iter()
+        .filter(|i| !inits.contains(i.name()))
+        .map(|i| {
+            let (elem, dims) = match i.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(type_proto::Value::TensorType(t)) => (
+                    t.elem_type(),
+                    t.shape
+                        .as_ref()
+                        .map(|s| {
+                            s.dim
+                                .iter()
+                                .map(|d| match d.value {
+                                    Some(dimension::Value::DimValue(v)) if v > 0 => {
+                                        Some(v as usize)
+                                    }
+                                    _ => None,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+                _ => (DataType::Float as i32, vec![]),
+            };
+            InputSpec {
+                name: i.name().to_string(),
+                elem,
+                dims,
+            }
+        })
+        .collect()
+}
+
+fn random_tensor(rng: &mut StdRng, elem: i32, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let normal = |rng: &mut StdRng| {
+        // Box-Muller: unit normal values exercise both signs of every activation.
+        let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    };
+    let t = match DataType::try_from(elem).unwrap_or(DataType::Float) {
+        DataType::Double => {
+            Tensor::from_shape(shape, &(0..n).map(|_| normal(rng)).collect::<Vec<f64>>())
+        }
+        DataType::Float16 => Tensor::from_shape(
+            shape,
+            &(0..n)
+                .map(|_| half::f16::from_f64(normal(rng)))
+                .collect::<Vec<_>>(),
+        ),
+        DataType::Int64 => Tensor::from_shape(
+            shape,
+            &(0..n)
+                .map(|_| rng.random_range(0..2i64))
+                .collect::<Vec<_>>(),
+        ),
+        DataType::Int32 => Tensor::from_shape(
+            shape,
+            &(0..n)
+                .map(|_| rng.random_range(0..2i32))
+                .collect::<Vec<_>>(),
+        ),
+        DataType::Bool => Tensor::from_shape(
+            shape,
+            &(0..n).map(|_| rng.random::<bool>()).collect::<Vec<_>>(),
+        ),
+        DataType::Float => Tensor::from_shape(
+            shape,
+            &(0..n).map(|_| normal(rng) as f32).collect::<Vec<_>>(),
+        ),
+        other => {
+            return Err(Error::Usage(format!(
+                "cannot make random inputs of type {}",
+                other.as_str_name()
+            )))
+        }
+    };
+    t.map_err(|e| Error::Usage(format!("cannot make an input of shape {shape:?}: {e}")))
+}
+
+fn tract_err(path: &Path) -> impl Fn(TractError) -> Error + '_ {
+    move |e| Error::Tract {
+        model: path.display().to_string(),
+        why: format!("{e:#}"),
+    }
+}
+
+fn run(model: &InferenceModel, path: &Path, inputs: &[Tensor]) -> Result<TVec<TValue>> {
+    let err = tract_err(path);
+    let mut m = model.clone();
+    // Exporters declare intermediate shapes with symbols (dynamo's `batch`), which tract will not
+    // unify with the concrete shapes tried here; the operators alone determine every shape.
+    let sources: Vec<usize> = m
+        .input_outlets()
+        .map_err(&err)?
+        .iter()
+        .map(|o| o.node)
+        .collect();
+    for node in m
+        .nodes_mut()
+        .iter_mut()
+        .filter(|n| !sources.contains(&n.id))
+    {
+        node.outputs
+            .iter_mut()
+            .for_each(|o| o.fact = InferenceFact::default());
+    }
+    for (i, t) in inputs.iter().enumerate() {
+        m = m
+            .with_input_fact(i, InferenceFact::dt_shape(t.datum_type(), t.shape()))
+            .map_err(&err)?;
+    }
+    let plan = m
+        .into_optimized()
+        .map_err(&err)?
+        .into_runnable()
+        .map_err(&err)?;
+    plan.run(inputs.iter().map(|t| t.clone().into_tvalue()).collect())
+        .map_err(&err)
+}
+
+/// Runs both models and returns the deviations, or [`Error::Diverged`] past the tolerance.
+pub fn verify(
+    original: &Path,
+    minimized: &Path,
+    graph: &GraphProto,
+    opts: &VerifyOptions,
+) -> Result<Verification> {
+    let start = Instant::now();
+    let specs = input_specs(graph);
+    let sixteen =
+        graph
+            .output
+            .iter()
+            .any(|o| match o.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(type_proto::Value::TensorType(t)) => {
+                    [DataType::Float16 as i32, DataType::Bfloat16 as i32].contains(&t.elem_type())
+                }
+                _ => false,
+            });
+    let tolerance = opts.tolerance.unwrap_or(if sixteen { 1e-2 } else { 1e-4 });
+    for name in opts.input_shapes.keys() {
+        if !specs.iter().any(|s| &s.name == name) {
+            let known: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::Usage(format!(
+                "--input-shape names '{name}', but the model's inputs are {known:?}"
+            )));
+        }
+    }
+    let load = |p: &Path| tract_onnx::onnx().model_for_path(p).map_err(tract_err(p));
+    let (a, b) = (load(original)?, load(minimized)?);
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut worst: Vec<f64> = vec![];
+    let mut shapes = vec![];
+    let names: Vec<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
+    for r in 0..opts.runs.max(1) {
+        let set: Vec<Vec<usize>> = specs
+            .iter()
+            .map(|s| match opts.input_shapes.get(&s.name) {
+                Some(shape) => shape.clone(),
+                None => s
+                    .dims
+                    .iter()
+                    .map(|d| d.unwrap_or(DYNAMIC_SIZES[r % DYNAMIC_SIZES.len()]))
+                    .collect(),
+            })
+            .collect();
+        let inputs = specs
+            .iter()
+            .zip(&set)
+            .map(|(s, shape)| random_tensor(&mut rng, s.elem, shape))
+            .collect::<Result<Vec<_>>>()?;
+        let ya = run(&a, original, &inputs)?;
+        let yb = run(&b, minimized, &inputs)?;
+        worst.resize(ya.len(), 0.0);
+        for (i, (x, y)) in ya.iter().zip(&yb).enumerate() {
+            let output = names.get(i).cloned().unwrap_or_else(|| format!("#{i}"));
+            let dev = deviation(x, y).map_err(|why| Error::Tract {
+                model: minimized.display().to_string(),
+                why: format!("output '{output}': {why}"),
+            })?;
+            if !(dev <= tolerance) {
+                return Err(Error::Diverged {
+                    output,
+                    deviation: dev,
+                    tolerance,
+                    run: r,
+                });
+            }
+            worst[i] = worst[i].max(dev);
+        }
+        shapes.push(set);
+    }
+    Ok(Verification {
+        runs: shapes.len(),
+        input_shapes: shapes,
+        tolerance,
+        outputs: worst
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| OutputCheck {
+                output: names.get(i).cloned().unwrap_or_default(),
+                max_relative_deviation: d,
+            })
+            .collect(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// max |x - y| / max |x|, with the scale floored so all-zero outputs compare absolutely.
+fn deviation(x: &Tensor, y: &Tensor) -> std::result::Result<f64, String> {
+    if x.shape() != y.shape() {
+        return Err(format!("shape {:?} became {:?}", x.shape(), y.shape()));
+    }
+    let cast = |t: &Tensor| {
+        t.cast_to::<f64>()
+            .map(|c| c.into_owned())
+            .map_err(|e| e.to_string())
+    };
+    let (x, y) = (cast(x)?, cast(y)?);
+    let (x, y) = (
+        x.to_plain_array_view::<f64>().map_err(|e| e.to_string())?,
+        y.to_plain_array_view::<f64>().map_err(|e| e.to_string())?,
+    );
+    let mut scale: f64 = 0.0;
+    let mut diff: f64 = 0.0;
+    for (a, b) in x.iter().zip(y.iter()) {
+        scale = scale.max(a.abs());
+        diff = if a == b {
+            diff
+        } else {
+            diff.max((a - b).abs())
+        };
+        if a.is_nan() != b.is_nan() {
+            diff = f64::INFINITY;
+        }
+    }
+    Ok(diff / scale.max(f32::EPSILON as f64))
+}
