@@ -42,6 +42,9 @@ impl Space {
     }
 }
 
+/// (node index, input slot) of a pointwise node's constant operand.
+type ParamKey = (usize, usize);
+
 /// A per-channel constant operand of a pointwise node.
 struct Param<'g> {
     values: Values<'g>,
@@ -51,8 +54,7 @@ struct Param<'g> {
 
 impl Param<'_> {
     fn at(&self, c: usize) -> f64 {
-        self.values
-            .get(if self.channel_dim.is_some() { c } else { 0 })
+        self.values.get(if self.channel_dim.is_some() { c } else { 0 })
     }
 }
 
@@ -63,7 +65,7 @@ pub struct Analysis<'g> {
     names: Vec<&'g str>,
     space_of: Vec<usize>,
     spaces: HashMap<usize, Space>,
-    params: HashMap<(usize, usize), Param<'g>>,
+    params: HashMap<ParamKey, Param<'g>>,
     /// Per value: the constant of each channel (`None` = varies); empty when the width is unknown.
     consts: Vec<Vec<Option<f64>>>,
     needed: Vec<Vec<bool>>,
@@ -76,6 +78,8 @@ pub struct Plan {
     pub edits: Vec<Edit>,
     pub layers: Vec<LayerReport>,
     pub blocked: Vec<Blocked>,
+    /// Nodes whose channels are kept whole, and why.
+    pub opaque: Vec<String>,
 }
 
 impl<'g> Analysis<'g> {
@@ -144,16 +148,10 @@ impl<'g> Analysis<'g> {
         }
         self.space_of = (0..self.names.len()).map(|v| uf.find(v)).collect();
         let mut spaces: HashMap<usize, Space> = HashMap::new();
-        let claim = |spaces: &mut HashMap<usize, Space>,
-                     root: usize,
-                     axis: isize,
-                     width: usize,
-                     who: String| {
+        let claim = |spaces: &mut HashMap<usize, Space>, root: usize, axis: isize, width: usize, who: String| {
             let s = spaces.entry(root).or_default();
             if s.axis.is_some_and(|a| a != axis) || s.width.is_some_and(|w| w != width) {
-                s.pin(format!(
-                    "{who} disagrees with another layer on the channel axis or width"
-                ));
+                s.pin(format!("{who} disagrees with another layer on the channel axis or width"));
             }
             s.axis.get_or_insert(axis);
             s.width.get_or_insert(width);
@@ -169,10 +167,7 @@ impl<'g> Analysis<'g> {
                     let y = self.space_of[self.ids[node.output[0].as_str()]];
                     claim(&mut spaces, y, ao, w.n, self.node_label(n));
                     for o in node.output.iter().skip(1).filter(|o| self.is_act(o)) {
-                        spaces
-                            .entry(self.space_of[self.ids[o.as_str()]])
-                            .or_default()
-                            .pin(self.node_label(n));
+                        spaces.entry(self.space_of[self.ids[o.as_str()]]).or_default().pin(self.node_label(n));
                     }
                 }
                 Role::Opaque(why) => {
@@ -185,43 +180,23 @@ impl<'g> Analysis<'g> {
                         }
                     }
                     reads.extend(node.input.iter().chain(&node.output).chain(implicit));
-                    for v in reads
-                        .into_iter()
-                        .filter(|v| self.ids.contains_key(v.as_str()))
-                    {
-                        spaces
-                            .entry(self.space_of[self.ids[v.as_str()]])
-                            .or_default()
-                            .pin(who.clone());
+                    for v in reads.into_iter().filter(|v| self.ids.contains_key(v.as_str())) {
+                        spaces.entry(self.space_of[self.ids[v.as_str()]]).or_default().pin(who.clone());
                     }
                 }
                 Role::Pointwise(_) => {
-                    for o in node
-                        .output
-                        .iter()
-                        .skip(1)
-                        .filter(|o| self.ids.contains_key(o.as_str()))
-                    {
-                        spaces
-                            .entry(self.space_of[self.ids[o.as_str()]])
-                            .or_default()
-                            .pin(self.node_label(n));
+                    for o in node.output.iter().skip(1).filter(|o| self.ids.contains_key(o.as_str())) {
+                        spaces.entry(self.space_of[self.ids[o.as_str()]]).or_default().pin(self.node_label(n));
                     }
                 }
             }
         }
         for i in &ir.inputs {
-            spaces
-                .entry(self.space_of[self.ids[i.as_str()]])
-                .or_default()
-                .pin(format!("graph input '{i}'"));
+            spaces.entry(self.space_of[self.ids[i.as_str()]]).or_default().pin(format!("graph input '{i}'"));
         }
         for o in &ir.outputs {
             if let Some(&v) = self.ids.get(o.as_str()) {
-                spaces
-                    .entry(self.space_of[v])
-                    .or_default()
-                    .pin(format!("graph output '{o}'"));
+                spaces.entry(self.space_of[v]).or_default().pin(format!("graph output '{o}'"));
             }
         }
         // Pointwise constraints need the space's axis and width, known only now.
@@ -255,38 +230,24 @@ impl<'g> Analysis<'g> {
         p: &Pointwise,
         axis: isize,
         width: usize,
-    ) -> Result<Vec<((usize, usize), Param<'g>)>, String> {
+    ) -> Result<Vec<(ParamKey, Param<'g>)>, String> {
         let node = &self.cx.graph.node[n];
         if p.requires_axis.is_some_and(|a| a != axis) {
-            return Err(
-                "it only keeps the last axis intact, and the channels are on another".into(),
-            );
+            return Err("it only keeps the last axis intact, and the channels are on another".into());
         }
         if let Some(slot) = p.shape_slot {
-            let shape = int64s(
-                self.cx
-                    .const_tensor(&node.input[slot])
-                    .expect("checked by the rule"),
-            );
+            let shape = int64s(self.cx.const_tensor(&node.input[slot]).expect("checked by the rule"));
             if shape.last() != Some(&(width as i64)) {
-                return Err(format!(
-                    "its target shape {shape:?} does not end in the channel width {width}"
-                ));
+                return Err(format!("its target shape {shape:?} does not end in the channel width {width}"));
             }
         }
         let mut out = vec![];
         for &slot in &p.params {
-            let t = self
-                .cx
-                .const_tensor(&node.input[slot])
-                .expect("checked by the rule");
+            let t = self.cx.const_tensor(&node.input[slot]).expect("checked by the rule");
             let values = Values::of(t).map_err(|e| e.to_string())?;
             let dims = values.dims;
             let pos = dims.len() as isize + axis;
-            let others_one = dims
-                .iter()
-                .enumerate()
-                .all(|(i, &d)| d == 1 || i as isize == pos);
+            let others_one = dims.iter().enumerate().all(|(i, &d)| d == 1 || i as isize == pos);
             let at = if pos >= 0 { dims[pos as usize] } else { 1 };
             if !others_one || (at != 1 && at != width as i64) {
                 return Err(format!(
@@ -295,13 +256,7 @@ impl<'g> Analysis<'g> {
                 ));
             }
             let channel_dim = (at != 1).then_some(pos as usize);
-            out.push((
-                (n, slot),
-                Param {
-                    values,
-                    channel_dim,
-                },
-            ));
+            out.push(((n, slot), Param { values, channel_dim }));
         }
         Ok(out)
     }
@@ -324,9 +279,7 @@ impl<'g> Analysis<'g> {
 
     fn forward(&mut self) {
         let g = self.cx.graph;
-        self.consts = (0..self.names.len())
-            .map(|v| vec![None; self.width(v).unwrap_or(0)])
-            .collect();
+        self.consts = (0..self.names.len()).map(|v| vec![None; self.width(v).unwrap_or(0)]).collect();
         for &n in &self.cx.ir.order {
             let node = &g.node[n];
             let Some(out) = node.output.first().and_then(|o| self.value(o)) else {
@@ -348,9 +301,7 @@ impl<'g> Analysis<'g> {
                         if p.zero_absorbs && zero {
                             Some(0.0)
                         } else {
-                            args.into_iter()
-                                .collect::<Option<Vec<f64>>>()
-                                .map(|a| (p.eval)(&a))
+                            args.into_iter().collect::<Option<Vec<f64>>>().map(|a| (p.eval)(&a))
                         }
                     })
                     .collect(),
@@ -368,13 +319,7 @@ impl<'g> Analysis<'g> {
                             None => varies[j] = true,
                         });
                         (0..w.n)
-                            .map(|j| {
-                                if varies[j] {
-                                    None
-                                } else {
-                                    l.bias(j).map(|b| l.alpha() * acc[j] + b)
-                                }
-                            })
+                            .map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) })
                             .collect()
                     }
                 }
@@ -399,8 +344,7 @@ impl<'g> Analysis<'g> {
             let node = &g.node[n];
             match &self.roles[n] {
                 Role::Opaque(_) => {
-                    let reads: Vec<usize> =
-                        node.input.iter().filter_map(|i| self.value(i)).collect();
+                    let reads: Vec<usize> = node.input.iter().filter_map(|i| self.value(i)).collect();
                     for v in reads {
                         self.needed[v].iter_mut().for_each(|x| *x = true);
                     }
@@ -414,12 +358,8 @@ impl<'g> Analysis<'g> {
                         for &slot in &p.acts {
                             let a = self.value(&node.input[slot]).expect("activation");
                             let other_zero = p.zero_absorbs
-                                && (0..node.input.len())
-                                    .any(|s| s != slot && self.operand(n, p, s, c) == Some(0.0));
-                            if c < self.needed[a].len()
-                                && self.consts[a][c].is_none()
-                                && !other_zero
-                            {
+                                && (0..node.input.len()).any(|s| s != slot && self.operand(n, p, s, c) == Some(0.0));
+                            if c < self.needed[a].len() && self.consts[a][c].is_none() && !other_zero {
                                 marks.push((a, c));
                             }
                         }
@@ -430,10 +370,8 @@ impl<'g> Analysis<'g> {
                 }
                 Role::Linear(l) => {
                     let w = l.weight();
-                    let (Some(x), Some(y)) = (
-                        self.value(&node.input[l.input_slot()]),
-                        self.value(&node.output[0]),
-                    ) else {
+                    let (Some(x), Some(y)) = (self.value(&node.input[l.input_slot()]), self.value(&node.output[0]))
+                    else {
                         continue;
                     };
                     if self.needed[x].len() != w.k || self.needed[y].len() != w.n {
@@ -465,12 +403,8 @@ impl<'g> Analysis<'g> {
                 continue;
             }
             let vs = &members[root];
-            let mut keep: Vec<usize> = (0..width)
-                .filter(|&c| {
-                    vs.iter()
-                        .any(|&v| self.needed[v].get(c).copied().unwrap_or(true))
-                })
-                .collect();
+            let mut keep: Vec<usize> =
+                (0..width).filter(|&c| vs.iter().any(|&v| self.needed[v].get(c).copied().unwrap_or(true))).collect();
             if keep.len() == width {
                 continue;
             }
@@ -484,10 +418,7 @@ impl<'g> Analysis<'g> {
     }
 
     fn kept(&self, v: usize, width: usize) -> Vec<usize> {
-        self.keep
-            .get(&self.space_of[v])
-            .cloned()
-            .unwrap_or_else(|| (0..width).collect())
+        self.keep.get(&self.space_of[v]).cloned().unwrap_or_else(|| (0..width).collect())
     }
 
     /// Turns the decision into edits, and reports per layer and per block.
@@ -519,9 +450,7 @@ impl<'g> Analysis<'g> {
                     if keep_in.len() < w.k || keep_out.len() < w.n {
                         l.rewrite(n, &keep_in, &keep_out, &fold, &mut edits)?;
                     }
-                    let constant = (0..w.n)
-                        .filter(|j| !keep_out.contains(j) && self.consts[y][*j].is_some())
-                        .count();
+                    let constant = (0..w.n).filter(|j| !keep_out.contains(j) && self.consts[y][*j].is_some()).count();
                     layers.push(LayerReport {
                         node: node.name().to_string(),
                         op: node.op_type().to_string(),
@@ -556,11 +485,7 @@ impl<'g> Analysis<'g> {
                         let t = self.cx.const_tensor(&node.input[slot]).expect("constant");
                         let mut shape = int64s(t);
                         *shape.last_mut().expect("checked") = keep.len() as i64;
-                        edits.push(Edit::Const {
-                            node: n,
-                            slot,
-                            tensor: with_int64s(t, &shape),
-                        });
+                        edits.push(Edit::Const { node: n, slot, tensor: with_int64s(t, &shape) });
                     }
                 }
                 Role::Opaque(_) => {}
@@ -578,11 +503,19 @@ impl<'g> Analysis<'g> {
                 to: keep.len(),
             });
         }
-        Ok(Plan {
-            edits,
-            layers,
-            blocked: self.blocked(),
-        })
+        let opaque = self
+            .cx
+            .ir
+            .order
+            .iter()
+            .filter_map(|&n| match &self.roles[n] {
+                Role::Opaque(why) if !matches!(g.node[n].op_type(), "Constant") => {
+                    Some(format!("{}: {why}", self.node_label(n)))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(Plan { edits, layers, blocked: self.blocked(), opaque })
     }
 
     /// Spaces that hold removable channels but are pinned, and why: the report's answer to
@@ -601,23 +534,17 @@ impl<'g> Analysis<'g> {
                 continue;
             };
             let vs = &members[&root];
-            let removable = (0..width)
-                .filter(|&c| {
-                    vs.iter()
-                        .all(|&v| !self.needed[v].get(c).copied().unwrap_or(true))
-                })
-                .count();
+            // Opaque readers mark everything needed, so count what is constant as well.
+            let free = |v: usize, c: usize| {
+                !self.needed[v].get(c).copied().unwrap_or(true) || self.consts[v].get(c).copied().flatten().is_some()
+            };
+            let removable = (0..width).filter(|&c| vs.iter().all(|&v| free(v, c))).count();
             if removable == 0 {
                 continue;
             }
             let mut values: Vec<String> = vs.iter().map(|&v| self.names[v].to_string()).collect();
             values.sort();
-            out.push(Blocked {
-                values,
-                width,
-                removable,
-                reasons: s.pins.clone(),
-            });
+            out.push(Blocked { values, width, removable, reasons: s.pins.clone() });
         }
         out
     }

@@ -5,37 +5,22 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
 
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 
     #[error("{path} is not a valid ONNX model ({why}); is it truncated, or not an .onnx file?")]
     Decode { path: PathBuf, why: String },
 
     #[error("tensor '{tensor}' keeps its data in {path}, which cannot be read ({why}); keep the .data file next to the model under the name the model gives")]
-    ExternalData {
-        tensor: String,
-        path: PathBuf,
-        why: String,
-    },
+    ExternalData { tensor: String, path: PathBuf, why: String },
 
     #[error("tensor '{tensor}': {why}")]
     UnsupportedTensor { tensor: String, why: String },
 
     #[error("{path} imports opset {version} of domain '{domain}', newer than the {max} onnx-minimize knows; its operators may mean something else, so nothing is rewritten")]
-    UnknownOpset {
-        path: PathBuf,
-        domain: String,
-        version: i64,
-        max: i64,
-    },
+    UnknownOpset { path: PathBuf, domain: String, version: i64, max: i64 },
 
     #[error("{0}")]
     Usage(String),
@@ -44,12 +29,7 @@ pub enum Error {
     Tract { model: String, why: String },
 
     #[error("verification failed: output '{output}' differs by {deviation:.3e} (relative to its scale) on input set {run}, above the tolerance {tolerance:.1e}; no file was written. Please report this model: it is a bug")]
-    Diverged {
-        output: String,
-        deviation: f64,
-        tolerance: f64,
-        run: usize,
-    },
+    Diverged { output: String, deviation: f64, tolerance: f64, run: usize },
 }
 
 impl Error {

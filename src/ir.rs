@@ -77,12 +77,7 @@ impl Ir {
         for (i, n) in g.node.iter().enumerate() {
             let mut implicit = vec![];
             implicit_reads(n, &mut implicit);
-            let reads = n
-                .input
-                .iter()
-                .cloned()
-                .enumerate()
-                .chain(implicit.into_iter().map(|s| (usize::MAX, s)));
+            let reads = n.input.iter().cloned().enumerate().chain(implicit.into_iter().map(|s| (usize::MAX, s)));
             for (slot, name) in reads.filter(|(_, s)| !s.is_empty()) {
                 if let Some(&p) = producer.get(&name) {
                     dag.update_edge(idx[p], idx[i], ());
@@ -92,11 +87,7 @@ impl Ir {
         }
         let order = petgraph::algo::toposort(&dag, None).map_err(|c| {
             let n = &g.node[dag[c.node_id()]];
-            format!(
-                "the graph has a cycle through node '{}' ({})",
-                n.name(),
-                n.op_type()
-            )
+            format!("the graph has a cycle through node '{}' ({})", n.name(), n.op_type())
         })?;
         let order: Vec<usize> = order.into_iter().map(|i| dag[i]).collect();
         // Constant nodes and Identity chains, in order, so an alias of an alias resolves.
@@ -105,11 +96,7 @@ impl Ir {
             if n.domain().is_empty() || n.domain() == "ai.onnx" {
                 let out = n.output.first().cloned().unwrap_or_default();
                 match n.op_type() {
-                    "Constant"
-                        if n.attribute
-                            .iter()
-                            .any(|a| a.name() == "value" && a.t.is_some()) =>
-                    {
+                    "Constant" if n.attribute.iter().any(|a| a.name() == "value" && a.t.is_some()) => {
                         consts.insert(out, ConstRef::ConstantNode(i));
                     }
                     "Identity" => {
@@ -127,9 +114,7 @@ impl Ir {
             if let Some(c) = consts.get(name) {
                 let real = readers.iter().filter(|(n, _)| {
                     !(g.node[*n].op_type() == "Identity"
-                        && consts.contains_key(
-                            g.node[*n].output.first().map(String::as_str).unwrap_or(""),
-                        ))
+                        && consts.contains_key(g.node[*n].output.first().map(String::as_str).unwrap_or("")))
                 });
                 *const_uses.entry(*c).or_default() += real.count();
             }
@@ -149,23 +134,8 @@ impl Ir {
                 ranks.insert(name.clone(), shape.dim.len());
             }
         }
-        let inputs = g
-            .input
-            .iter()
-            .filter_map(|i| i.name.clone())
-            .filter(|n| !consts.contains_key(n))
-            .collect();
-        Ok(Ir {
-            dag,
-            order,
-            producer,
-            consumers,
-            inputs,
-            outputs,
-            consts,
-            const_uses,
-            ranks,
-        })
+        let inputs = g.input.iter().filter_map(|i| i.name.clone()).filter(|n| !consts.contains_key(n)).collect();
+        Ok(Ir { dag, order, producer, consumers, inputs, outputs, consts, const_uses, ranks })
     }
 
     pub fn const_ref(&self, name: &str) -> Option<ConstRef> {
@@ -180,11 +150,9 @@ impl Ir {
     pub fn const_tensor<'g>(&self, g: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
         match self.consts.get(name)? {
             ConstRef::Initializer(i) => g.initializer.get(*i),
-            ConstRef::ConstantNode(i) => g.node[*i]
-                .attribute
-                .iter()
-                .find(|a| a.name() == "value")
-                .and_then(|a| a.t.as_ref()),
+            ConstRef::ConstantNode(i) => {
+                g.node[*i].attribute.iter().find(|a| a.name() == "value").and_then(|a| a.t.as_ref())
+            }
         }
     }
 
@@ -208,27 +176,17 @@ pub trait NodeExt {
 
 impl NodeExt for NodeProto {
     fn attr_i(&self, name: &str, default: i64) -> i64 {
-        self.attribute
-            .iter()
-            .find(|a| a.name() == name)
-            .and_then(|a| a.i)
-            .unwrap_or(default)
+        self.attribute.iter().find(|a| a.name() == name).and_then(|a| a.i).unwrap_or(default)
     }
     fn attr_f(&self, name: &str, default: f32) -> f32 {
-        self.attribute
-            .iter()
-            .find(|a| a.name() == name)
-            .and_then(|a| a.f)
-            .unwrap_or(default)
+        self.attribute.iter().find(|a| a.name() == name).and_then(|a| a.f).unwrap_or(default)
     }
     fn has_attr(&self, name: &str) -> bool {
         self.attribute.iter().any(|a| a.name() == name)
     }
     fn has_subgraph(&self) -> bool {
-        self.attribute.iter().any(|a| {
-            a.r#type() == AttributeType::Graph
-                || a.r#type() == AttributeType::Graphs
-                || a.g.is_some()
-        })
+        self.attribute
+            .iter()
+            .any(|a| a.r#type() == AttributeType::Graph || a.r#type() == AttributeType::Graphs || a.g.is_some())
     }
 }

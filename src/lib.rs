@@ -43,10 +43,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            verify: Some(VerifyOptions::default()),
-            external_data: None,
-        }
+        Options { verify: Some(VerifyOptions::default()), external_data: None }
     }
 }
 
@@ -54,19 +51,17 @@ impl Default for Options {
 pub struct Minimized {
     pub layers: Vec<LayerReport>,
     pub blocked: Vec<Blocked>,
+    pub opaque: Vec<String>,
 }
 
 /// Minimizes a loaded model in place.
 pub fn minimize(model: &mut Model) -> Result<Minimized> {
     let graph = model.graph();
-    let ir = ir::Ir::build(graph).map_err(|why| Error::Decode {
-        path: model.path.clone(),
-        why,
-    })?;
+    let ir = ir::Ir::build(graph).map_err(|why| Error::Decode { path: model.path.clone(), why })?;
     let plan = analysis::Analysis::run(graph, &ir).plan()?;
-    let (layers, blocked) = (plan.layers, plan.blocked);
+    let (layers, blocked, opaque) = (plan.layers, plan.blocked, plan.opaque);
     rewrite::apply(model.graph_mut(), &ir, plan.edits);
-    Ok(Minimized { layers, blocked })
+    Ok(Minimized { layers, blocked, opaque })
 }
 
 /// Parameters (elements of every stored tensor) of a model.
@@ -77,59 +72,35 @@ pub fn param_count(model: &Model) -> u64 {
         .iter()
         .filter(|n| n.op_type() == "Constant")
         .flat_map(|n| n.attribute.iter().filter_map(|a| a.t.as_ref()));
-    g.initializer
-        .iter()
-        .chain(constants)
-        .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
-        .sum()
+    g.initializer.iter().chain(constants).map(|t| t.dims.iter().product::<i64>().max(0) as u64).sum()
 }
 
 /// Reads `input`, minimizes it, verifies it and writes it to `output` (none: a dry run).
 /// Nothing is written unless verification passes (or is turned off).
-pub fn minimize_file(
-    input: &Path,
-    output: Option<&Path>,
-    opts: &Options,
-    progress: &dyn Fn(&str),
-) -> Result<Report> {
+pub fn minimize_file(input: &Path, output: Option<&Path>, opts: &Options, progress: &dyn Fn(&str)) -> Result<Report> {
     let start = Instant::now();
     if let Some(out) = output {
         let same = out == input
-            || std::fs::canonicalize(out)
-                .ok()
-                .zip(std::fs::canonicalize(input).ok())
-                .is_some_and(|(a, b)| a == b);
+            || std::fs::canonicalize(out).ok().zip(std::fs::canonicalize(input).ok()).is_some_and(|(a, b)| a == b);
         if same {
-            return Err(Error::Usage(format!(
-                "the output {} is the input: choose another output path",
-                out.display()
-            )));
+            return Err(Error::Usage(format!("the output {} is the input: choose another output path", out.display())));
         }
     }
     progress(&format!("reading {}", input.display()));
     let mut model = Model::load(input)?;
-    let before = Size {
-        params: param_count(&model),
-        bytes: model.disk_bytes(),
-    };
+    let before = Size { params: param_count(&model), bytes: model.disk_bytes() };
     progress("analysing channels");
     let t = Instant::now();
-    let Minimized { layers, blocked } = minimize(&mut model)?;
+    let Minimized { layers, blocked, opaque } = minimize(&mut model)?;
     let seconds_analysis = t.elapsed().as_secs_f64();
-    let mut after = Size {
-        params: param_count(&model),
-        bytes: 0,
-    };
+    let mut after = Size { params: param_count(&model), bytes: 0 };
     let mut verification = None;
     // A dry run still writes, to a private folder, when it verifies: tract reads files.
     let staging;
     let target = match output {
         Some(out) => Some(out.to_path_buf()),
         None if opts.verify.is_some() => {
-            staging = tempfile::tempdir().map_err(|source| Error::Write {
-                path: std::env::temp_dir(),
-                source,
-            })?;
+            staging = tempfile::tempdir().map_err(|source| Error::Write { path: std::env::temp_dir(), source })?;
             Some(staging.path().join("minimized.onnx"))
         }
         None => None,
@@ -140,15 +111,10 @@ pub fn minimize_file(
             let external = opts.external_data.unwrap_or(model.had_external_data);
             progress(&format!("writing {}", out.display()));
             onnx::io::write_atomically(&model, out, external, |staged| {
-                let data = staged.with_file_name(format!(
-                    "{}.data",
-                    staged.file_name().unwrap_or_default().to_string_lossy()
-                ));
-                after.bytes = [staged, data.as_path()]
-                    .iter()
-                    .filter_map(|f| std::fs::metadata(f).ok())
-                    .map(|m| m.len())
-                    .sum();
+                let data =
+                    staged.with_file_name(format!("{}.data", staged.file_name().unwrap_or_default().to_string_lossy()));
+                after.bytes =
+                    [staged, data.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
                 if let Some(v) = &opts.verify {
                     progress("verifying with tract");
                     verification = Some(verify::verify(input, staged, model.graph(), v)?);
@@ -162,6 +128,7 @@ pub fn minimize_file(
         output: output.map(|o| o.display().to_string()),
         layers,
         blocked,
+        opaque,
         before,
         after,
         verification,

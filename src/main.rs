@@ -77,25 +77,17 @@ struct Cli {
 }
 
 fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
-    let (name, dims) = s
-        .split_once('=')
-        .ok_or("expected NAME=D1,D2,... such as input=1,784")?;
+    let (name, dims) = s.split_once('=').ok_or("expected NAME=D1,D2,... such as input=1,784")?;
     let dims = dims
         .split(',')
-        .map(|d| {
-            d.trim()
-                .parse::<usize>()
-                .map_err(|e| format!("bad dimension '{d}': {e}"))
-        })
+        .map(|d| d.trim().parse::<usize>().map_err(|e| format!("bad dimension '{d}': {e}")))
         .collect::<Result<_, _>>()?;
     Ok((name.to_string(), dims))
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
     if cli.output.is_none() && !cli.dry_run {
-        return Err(Error::Usage(
-            "give an output path, or --dry-run to only report".into(),
-        ));
+        return Err(Error::Usage("give an output path, or --dry-run to only report".into()));
     }
     let opts = Options {
         verify: (!cli.no_verify).then(|| VerifyOptions {
@@ -117,11 +109,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             eprintln!("[{:>6.2}s] {msg}", start.elapsed().as_secs_f64());
         }
     };
-    let output = if cli.dry_run {
-        None
-    } else {
-        cli.output.as_deref()
-    };
+    let output = if cli.dry_run { None } else { cli.output.as_deref() };
     let report = minimize_file(&cli.input, output, &opts, &progress)?;
     if !quiet {
         println!("{}", report.to_text());
@@ -131,10 +119,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         if path.as_os_str() == "-" {
             println!("{json}");
         } else {
-            std::fs::write(path, json).map_err(|source| Error::Write {
-                path: path.clone(),
-                source,
-            })?;
+            std::fs::write(path, json).map_err(|source| Error::Write { path: path.clone(), source })?;
         }
     }
     Ok(())

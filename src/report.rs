@@ -50,6 +50,8 @@ pub struct Verification {
     pub tolerance: f64,
     pub outputs: Vec<OutputCheck>,
     pub seconds: f64,
+    /// tract could not run the model in its own float types, so both were compared as float32.
+    pub as_float32: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +60,8 @@ pub struct Report {
     pub output: Option<String>,
     pub layers: Vec<LayerReport>,
     pub blocked: Vec<Blocked>,
+    /// Nodes without a channel rule (or whose operands it does not cover), with the reason.
+    pub opaque: Vec<String>,
     pub before: Size,
     pub after: Size,
     pub verification: Option<Verification>,
@@ -76,11 +80,7 @@ impl Report {
             "layer", "op", "inputs", "outputs", "constant", "dead"
         );
         for l in &self.layers {
-            let name = if l.node.len() > 28 {
-                format!("…{}", &l.node[l.node.len() - 27..])
-            } else {
-                l.node.clone()
-            };
+            let name = if l.node.len() > 28 { format!("…{}", &l.node[l.node.len() - 27..]) } else { l.node.clone() };
             let _ = writeln!(
                 s,
                 "{:<28} {:<7} {:>15} {:>15} {:>9} {:>9}",
@@ -104,13 +104,7 @@ impl Report {
             ratio(self.before.bytes, self.after.bytes)
         );
         for b in &self.blocked {
-            let mut values = b
-                .values
-                .iter()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ");
+            let mut values = b.values.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
             if b.values.len() > 3 {
                 values.push_str(", …");
             }
@@ -123,24 +117,28 @@ impl Report {
                 b.reasons.join("; ")
             );
         }
+        for o in self.opaque.iter().take(10) {
+            let _ = writeln!(s, "opaque {o}");
+        }
+        if self.opaque.len() > 10 {
+            let _ = writeln!(s, "… and {} more opaque nodes (see --report)", self.opaque.len() - 10);
+        }
         match &self.verification {
             Some(v) => {
-                let worst = v
-                    .outputs
-                    .iter()
-                    .map(|o| o.max_relative_deviation)
-                    .fold(0.0, f64::max);
-                let _ = writeln!(s, "verified with tract on {} input sets: max relative deviation {:.2e} (tolerance {:.0e})", v.runs, worst, v.tolerance);
+                let worst = v.outputs.iter().map(|o| o.max_relative_deviation).fold(0.0, f64::max);
+                let how =
+                    if v.as_float32 { " (as float32 copies: tract cannot run the model's own types)" } else { "" };
+                let _ = writeln!(
+                    s,
+                    "verified with tract on {} input sets{how}: max relative deviation {:.2e} (tolerance {:.0e})",
+                    v.runs, worst, v.tolerance
+                );
             }
             None => {
                 let _ = writeln!(s, "not verified (--no-verify)");
             }
         }
-        let _ = write!(
-            s,
-            "took {:.2}s (analysis and rewrite {:.2}s)",
-            self.seconds_total, self.seconds_analysis
-        );
+        let _ = write!(s, "took {:.2}s (analysis and rewrite {:.2}s)", self.seconds_total, self.seconds_analysis);
         s
     }
 }

@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use crate::ir::{ConstRef, Ir};
 use crate::onnx::proto::{type_proto, AttributeProto, GraphProto, NodeProto, TensorProto};
 
+// Edits are few (a handful per layer), so their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Edit {
     /// New contents for the constant that `node` reads at input `slot`.
     Const {
@@ -43,11 +45,7 @@ struct Names(HashSet<String>);
 
 impl Names {
     fn of(g: &GraphProto) -> Names {
-        let mut s: HashSet<String> = g
-            .initializer
-            .iter()
-            .filter_map(|t| t.name.clone())
-            .collect();
+        let mut s: HashSet<String> = g.initializer.iter().filter_map(|t| t.name.clone()).collect();
         for n in &g.node {
             s.extend(n.input.iter().chain(&n.output).cloned());
             s.insert(n.name().to_string());
@@ -73,11 +71,7 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
     let mut bias_after = vec![];
     for edit in edits {
         match edit {
-            Edit::Const {
-                node,
-                slot,
-                mut tensor,
-            } => {
+            Edit::Const { node, slot, mut tensor } => {
                 let input = g.node[node].input[slot].clone();
                 let cref = ir.const_ref(&input).expect("edits target constants");
                 if ir.const_uses.get(&cref).copied().unwrap_or(0) <= 1 {
@@ -123,12 +117,7 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
                 }
             }
             Edit::AddBias { node, tensor } => bias_after.push((node, tensor)),
-            Edit::Width {
-                value,
-                axis,
-                from,
-                to,
-            } => set_width(g, &value, axis, from, to),
+            Edit::Width { value, axis, from, to } => set_width(g, &value, axis, from, to),
         }
     }
     // Insert from the back so earlier indices stay valid; right after the node keeps the order
@@ -169,25 +158,13 @@ fn drop_unread(g: &mut GraphProto, candidates: &HashSet<String>) {
             }
         }
     }
-    let dead: HashSet<String> = candidates
-        .iter()
-        .filter(|c| !read.contains(c.as_str()))
-        .cloned()
-        .collect();
-    g.initializer
-        .retain(|t| !t.name.as_ref().is_some_and(|n| dead.contains(n)));
+    let dead: HashSet<String> = candidates.iter().filter(|c| !read.contains(c.as_str())).cloned().collect();
+    g.initializer.retain(|t| !t.name.as_ref().is_some_and(|n| dead.contains(n)));
 }
 
 fn set_width(g: &mut GraphProto, value: &str, axis: isize, from: usize, to: usize) {
-    for vi in g
-        .value_info
-        .iter_mut()
-        .chain(g.output.iter_mut())
-        .filter(|v| v.name.as_deref() == Some(value))
-    {
-        let Some(type_proto::Value::TensorType(t)) =
-            vi.r#type.as_mut().and_then(|t| t.value.as_mut())
-        else {
+    for vi in g.value_info.iter_mut().chain(g.output.iter_mut()).filter(|v| v.name.as_deref() == Some(value)) {
+        let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
             continue;
         };
         let Some(shape) = t.shape.as_mut() else {
@@ -198,9 +175,7 @@ fn set_width(g: &mut GraphProto, value: &str, axis: isize, from: usize, to: usiz
             continue;
         }
         let dim = &mut shape.dim[pos as usize];
-        if let Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(d)) =
-            dim.value.as_mut()
-        {
+        if let Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(d)) = dim.value.as_mut() {
             if *d == from as i64 {
                 *d = to as i64;
             }

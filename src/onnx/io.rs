@@ -57,45 +57,24 @@ fn bytes_of(map: &Arc<Mmap>) -> Bytes {
 
 impl Model {
     pub fn load(path: &Path) -> Result<Model> {
-        let read_err = |source| Error::Read {
-            path: path.to_path_buf(),
-            source,
-        };
+        let read_err = |source| Error::Read { path: path.to_path_buf(), source };
         let map = map(path).map_err(read_err)?;
         if map.is_empty() {
-            return Err(Error::Decode {
-                path: path.to_path_buf(),
-                why: "the file is empty".into(),
-            });
+            return Err(Error::Decode { path: path.to_path_buf(), why: "the file is empty".into() });
         }
-        let proto = ModelProto::decode(bytes_of(&map)).map_err(|e| Error::Decode {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-        })?;
+        let proto = ModelProto::decode(bytes_of(&map))
+            .map_err(|e| Error::Decode { path: path.to_path_buf(), why: e.to_string() })?;
         if proto.graph.is_none() {
-            return Err(Error::Decode {
-                path: path.to_path_buf(),
-                why: "it has no graph".into(),
-            });
+            return Err(Error::Decode { path: path.to_path_buf(), why: "it has no graph".into() });
         }
         for op in &proto.opset_import {
             let domain = op.domain.clone().unwrap_or_default();
             let version = op.version.unwrap_or(0);
             if (domain.is_empty() || domain == "ai.onnx") && version > MAX_OPSET {
-                return Err(Error::UnknownOpset {
-                    path: path.to_path_buf(),
-                    domain,
-                    version,
-                    max: MAX_OPSET,
-                });
+                return Err(Error::UnknownOpset { path: path.to_path_buf(), domain, version, max: MAX_OPSET });
             }
         }
-        let mut model = Model {
-            proto,
-            path: path.to_path_buf(),
-            had_external_data: false,
-            maps: vec![map],
-        };
+        let mut model = Model { proto, path: path.to_path_buf(), had_external_data: false, maps: vec![map] };
         model.resolve_external_data()?;
         Ok(model)
     }
@@ -116,11 +95,7 @@ impl Model {
     /// Replaces every external reference by a slice of the mapped data file, so the rest of the
     /// tool sees one kind of tensor.
     fn resolve_external_data(&mut self) -> Result<()> {
-        let dir = self
-            .path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut files: HashMap<String, Arc<Mmap>> = HashMap::new();
         let graph = self.proto.graph.as_mut().expect("checked at load");
         for t in graph.initializer.iter_mut() {
@@ -129,42 +104,27 @@ impl Model {
             }
             self.had_external_data = true;
             let name = t.name.clone().unwrap_or_default();
-            let key = |k: &str| {
-                t.external_data
-                    .iter()
-                    .find(|e| e.key.as_deref() == Some(k))
-                    .and_then(|e| e.value.clone())
-            };
+            let key =
+                |k: &str| t.external_data.iter().find(|e| e.key.as_deref() == Some(k)).and_then(|e| e.value.clone());
             let location = key("location").ok_or_else(|| Error::ExternalData {
                 tensor: name.clone(),
                 path: dir.clone(),
                 why: "its external_data has no 'location'".into(),
             })?;
             let path = dir.join(&location);
-            if Path::new(&location).components().any(|c| {
-                !matches!(
-                    c,
-                    std::path::Component::Normal(_) | std::path::Component::CurDir
-                )
-            }) {
+            if Path::new(&location)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+            {
                 return Err(Error::ExternalData {
                     tensor: name,
                     path,
                     why: "its location must be a relative path inside the model's folder".into(),
                 });
             }
-            let ext_err = |why: String| Error::ExternalData {
-                tensor: name.clone(),
-                path: path.clone(),
-                why,
-            };
+            let ext_err = |why: String| Error::ExternalData { tensor: name.clone(), path: path.clone(), why };
             let parse = |k: &str| {
-                key(k)
-                    .map(|v| {
-                        v.parse::<usize>()
-                            .map_err(|e| ext_err(format!("bad {k} '{v}': {e}")))
-                    })
-                    .transpose()
+                key(k).map(|v| v.parse::<usize>().map_err(|e| ext_err(format!("bad {k} '{v}': {e}")))).transpose()
             };
             let offset = parse("offset")?.unwrap_or(0);
             let length = parse("length")?;
@@ -179,10 +139,7 @@ impl Model {
             };
             let end = length.map_or(map.len(), |l| offset + l);
             if end > map.len() || offset > end {
-                return Err(ext_err(format!(
-                    "bytes {offset}..{end} lie past its end ({} bytes)",
-                    map.len()
-                )));
+                return Err(ext_err(format!("bytes {offset}..{end} lie past its end ({} bytes)", map.len())));
             }
             t.raw_data = Some(bytes_of(&map).slice(offset..end));
             t.data_location = None;
@@ -200,9 +157,7 @@ impl Model {
             if ptr >= start && ptr + data.len() <= start + m.len() && !data.is_empty() {
                 // SAFETY: the mapping is read-only and file-backed; dropped pages are re-read from
                 // the file, so no data is lost.
-                let _ = unsafe {
-                    m.unchecked_advise_range(UncheckedAdvice::DontNeed, ptr - start, data.len())
-                };
+                let _ = unsafe { m.unchecked_advise_range(UncheckedAdvice::DontNeed, ptr - start, data.len()) };
             }
         }
     }
@@ -217,17 +172,9 @@ impl Model {
         let external = external || self.proto.encoded_len() > i32::MAX as usize;
         let mut out = self.proto.clone();
         if external {
-            let location = format!(
-                "{}.data",
-                path.file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("model.onnx")
-            );
+            let location = format!("{}.data", path.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx"));
             let data_path = path.with_file_name(&location);
-            let mut data = BufWriter::with_capacity(
-                1 << 20,
-                File::create(&data_path).map_err(write_err(&data_path))?,
-            );
+            let mut data = BufWriter::with_capacity(1 << 20, File::create(&data_path).map_err(write_err(&data_path))?);
             let mut offset = 0usize;
             let graph = out.graph.as_mut().expect("checked at load");
             for t in graph.initializer.iter_mut() {
@@ -239,27 +186,17 @@ impl Model {
                 set_external(t, &location, offset, raw.len());
                 offset += raw.len();
             }
-            data.into_inner()
-                .map_err(|e| e.into_error())
-                .and_then(|f| f.sync_all())
-                .map_err(write_err(&data_path))?;
+            data.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(write_err(&data_path))?;
         }
         let mut file = BufWriter::new(File::create(path).map_err(write_err(path))?);
-        file.write_all(&out.encode_to_vec())
-            .map_err(write_err(path))?;
-        file.into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
-            .map_err(write_err(path))?;
+        file.write_all(&out.encode_to_vec()).map_err(write_err(path))?;
+        file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(write_err(path))?;
         Ok(())
     }
 }
 
 fn set_external(t: &mut TensorProto, location: &str, offset: usize, length: usize) {
-    let entry = |k: &str, v: String| StringStringEntryProto {
-        key: Some(k.into()),
-        value: Some(v),
-    };
+    let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
     t.data_location = Some(DataLocation::External as i32);
     t.external_data = vec![
         entry("location", location.into()),
@@ -281,16 +218,12 @@ pub fn write_atomically(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Usage(format!("output path {} has no file name", path.display())))?;
+    let name =
+        path.file_name().ok_or_else(|| Error::Usage(format!("output path {} has no file name", path.display())))?;
     let staging = tempfile::Builder::new()
         .prefix(".onnx-minimize-")
         .tempdir_in(&dir)
-        .map_err(|source| Error::Write {
-            path: dir.clone(),
-            source,
-        })?;
+        .map_err(|source| Error::Write { path: dir.clone(), source })?;
     let staged = staging.path().join(name);
     model.write(&staged, external)?;
     check(&staged)?;
@@ -298,14 +231,8 @@ pub fn write_atomically(
     let staged_data = staging.path().join(&data_name);
     let final_data = path.with_file_name(&data_name);
     if staged_data.exists() {
-        std::fs::rename(&staged_data, &final_data).map_err(|source| Error::Write {
-            path: final_data,
-            source,
-        })?;
+        std::fs::rename(&staged_data, &final_data).map_err(|source| Error::Write { path: final_data, source })?;
     }
-    std::fs::rename(&staged, path).map_err(|source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    std::fs::rename(&staged, path).map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
     Ok(())
 }

@@ -85,16 +85,15 @@ pub struct Values<'a> {
 impl<'a> Values<'a> {
     /// Views the tensor, or explains why it cannot be read as float weights.
     pub fn of(t: &'a TensorProto) -> Result<Self, Error> {
-        let dtype =
-            FloatType::from_onnx(t.data_type()).ok_or_else(|| Error::UnsupportedTensor {
-                tensor: t.name.clone().unwrap_or_default(),
-                why: format!(
-                    "element type {} is not a float type (float32/16, bfloat16, float64)",
-                    DataType::try_from(t.data_type())
-                        .map(|d| d.as_str_name().to_string())
-                        .unwrap_or_else(|_| t.data_type().to_string())
-                ),
-            })?;
+        let dtype = FloatType::from_onnx(t.data_type()).ok_or_else(|| Error::UnsupportedTensor {
+            tensor: t.name.clone().unwrap_or_default(),
+            why: format!(
+                "element type {} is not a float type (float32/16, bfloat16, float64)",
+                DataType::try_from(t.data_type())
+                    .map(|d| d.as_str_name().to_string())
+                    .unwrap_or_else(|_| t.data_type().to_string())
+            ),
+        })?;
         let n: i64 = t.dims.iter().product();
         let repr = if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty() || n == 0) {
             Repr::Raw(raw)
@@ -105,19 +104,11 @@ impl<'a> Values<'a> {
                 FloatType::F16 | FloatType::Bf16 => Repr::Bits16(&t.int32_data),
             }
         };
-        let v = Values {
-            dtype,
-            dims: &t.dims,
-            repr,
-        };
+        let v = Values { dtype, dims: &t.dims, repr };
         if v.len() as i64 != n {
             return Err(Error::UnsupportedTensor {
                 tensor: t.name.clone().unwrap_or_default(),
-                why: format!(
-                    "holds {} elements but its dims {:?} need {n}",
-                    v.len(),
-                    t.dims
-                ),
+                why: format!("holds {} elements but its dims {:?} need {n}", v.len(), t.dims),
             });
         }
         Ok(v)
@@ -159,16 +150,8 @@ impl<'a> Values<'a> {
                     }
                 }
             }
-            (Repr::F32(v), _) => v
-                .iter()
-                .enumerate()
-                .filter(|(_, x)| **x != 0.0)
-                .for_each(|(i, x)| f(i, *x as f64)),
-            (Repr::F64(v), _) => v
-                .iter()
-                .enumerate()
-                .filter(|(_, x)| **x != 0.0)
-                .for_each(|(i, x)| f(i, *x)),
+            (Repr::F32(v), _) => v.iter().enumerate().filter(|(_, x)| **x != 0.0).for_each(|(i, x)| f(i, *x as f64)),
+            (Repr::F64(v), _) => v.iter().enumerate().filter(|(_, x)| **x != 0.0).for_each(|(i, x)| f(i, *x)),
             _ => (0..self.len()).for_each(|i| {
                 let v = self.get(i);
                 if v != 0.0 {
@@ -218,12 +201,7 @@ pub fn encode(dtype: FloatType, values: &[f64]) -> Vec<u8> {
 }
 
 /// A new initializer holding `raw` bytes; every other field of `like` (doc string, metadata) is kept.
-pub fn with_data(
-    like: &TensorProto,
-    dims: Vec<i64>,
-    dtype: FloatType,
-    raw: Vec<u8>,
-) -> TensorProto {
+pub fn with_data(like: &TensorProto, dims: Vec<i64>, dtype: FloatType, raw: Vec<u8>) -> TensorProto {
     TensorProto {
         dims,
         data_type: Some(dtype.onnx()),
@@ -235,33 +213,37 @@ pub fn with_data(
     }
 }
 
+/// The elements of an int64 tensor (shape constants), from raw bytes or `int64_data`.
+pub fn int64s(t: &TensorProto) -> Vec<i64> {
+    match t.raw_data.as_ref().filter(|r| !r.is_empty()) {
+        Some(raw) => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+        None => t.int64_data.clone(),
+    }
+}
+
+/// An int64 tensor like `like` holding `vals`.
+pub fn with_int64s(like: &TensorProto, vals: &[i64]) -> TensorProto {
+    TensorProto {
+        raw_data: Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
+        int64_data: vec![],
+        ..like.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tensor(dtype: FloatType, vals: &[f64]) -> TensorProto {
-        with_data(
-            &TensorProto::default(),
-            vec![vals.len() as i64],
-            dtype,
-            encode(dtype, vals),
-        )
+        with_data(&TensorProto::default(), vec![vals.len() as i64], dtype, encode(dtype, vals))
     }
 
     #[test]
     fn every_float_type_round_trips_and_finds_zeros() {
-        for dtype in [
-            FloatType::F32,
-            FloatType::F16,
-            FloatType::Bf16,
-            FloatType::F64,
-        ] {
+        for dtype in [FloatType::F32, FloatType::F16, FloatType::Bf16, FloatType::F64] {
             let t = tensor(dtype, &[0.0, 1.5, -0.0, -2.0]);
             let v = Values::of(&t).unwrap();
-            assert_eq!(
-                (0..4).map(|i| v.get(i)).collect::<Vec<_>>(),
-                vec![0.0, 1.5, 0.0, -2.0]
-            );
+            assert_eq!((0..4).map(|i| v.get(i)).collect::<Vec<_>>(), vec![0.0, 1.5, 0.0, -2.0]);
             let mut nz = vec![];
             v.for_each_nonzero(|i, x| nz.push((i, x)));
             assert_eq!(nz, vec![(1, 1.5), (3, -2.0)]);
@@ -298,30 +280,5 @@ mod tests {
         };
         let e = Values::of(&t).err().unwrap().to_string();
         assert!(e.contains("w") && e.contains("INT64"), "{e}");
-    }
-}
-
-/// The elements of an int64 tensor (shape constants), from raw bytes or `int64_data`.
-pub fn int64s(t: &TensorProto) -> Vec<i64> {
-    match t.raw_data.as_ref().filter(|r| !r.is_empty()) {
-        Some(raw) => raw
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-        None => t.int64_data.clone(),
-    }
-}
-
-/// An int64 tensor like `like` holding `vals`.
-pub fn with_int64s(like: &TensorProto, vals: &[i64]) -> TensorProto {
-    TensorProto {
-        raw_data: Some(
-            vals.iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ),
-        int64_data: vec![],
-        ..like.clone()
     }
 }

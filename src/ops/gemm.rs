@@ -44,27 +44,15 @@ impl OpRule for Gemm {
         let (c, c_tensor) = match input(2) {
             None => (None, None),
             Some(c) => match cx.const_tensor(c).map(|t| (Values::of(t), t)) {
-                Some((Ok(v), t))
-                    if v.dims.len() <= 2
-                        && v.dims.last().is_none_or(|&d| d == 1 || d as usize == n) =>
-                {
+                Some((Ok(v), t)) if v.dims.len() <= 2 && v.dims.last().is_none_or(|&d| d == 1 || d as usize == n) => {
                     (Some(v), Some(t))
                 }
-                _ => {
-                    return Role::Opaque(
-                        "its C operand is not a constant broadcast over the output".into(),
-                    )
-                }
+                _ => return Role::Opaque("its C operand is not a constant broadcast over the output".into()),
             },
         };
         Role::Linear(Box::new(GemmNode {
             node,
-            weight: Weight {
-                values,
-                k,
-                n,
-                transposed: trans_b,
-            },
+            weight: Weight { values, k, n, transposed: trans_b },
             trans_a: node.attr_i("transA", 0) != 0,
             alpha: node.attr_f("alpha", 1.0) as f64,
             beta: node.attr_f("beta", 1.0) as f64,
@@ -125,12 +113,7 @@ impl Linear for GemmNode<'_> {
             edits.push(Edit::Const {
                 node,
                 slot: 1,
-                tensor: with_data(
-                    self.b_tensor,
-                    w.sliced_dims(keep_in.len(), keep_out.len()),
-                    w.values.dtype,
-                    raw,
-                ),
+                tensor: with_data(self.b_tensor, w.sliced_dims(keep_in.len(), keep_out.len()), w.values.dtype, raw),
             });
         }
         let folds = fold.iter().any(|&f| f != 0.0);
@@ -138,53 +121,32 @@ impl Linear for GemmNode<'_> {
         match (&self.c, self.c_tensor) {
             (Some(c), Some(t)) if self.beta != 0.0 => {
                 // C is [rows, cols] after broadcasting; rows > 1 only for a per-sample C.
-                let rows = if c.dims.len() == 2 {
-                    c.dims[0] as usize
-                } else {
-                    1
-                };
+                let rows = if c.dims.len() == 2 { c.dims[0] as usize } else { 1 };
                 let cols = c.dims.last().copied().unwrap_or(1) as usize;
                 if cols == 1 && !folds {
                     return Ok(()); // a broadcast C needs no slicing
                 }
                 let vals: Vec<f64> = (0..rows)
                     .flat_map(|r| keep_out.iter().enumerate().map(move |(i, &j)| (r, i, j)))
-                    .map(|(r, i, j)| {
-                        c.get(r * cols + if cols == 1 { 0 } else { j }) + fold[i] / self.beta
-                    })
+                    .map(|(r, i, j)| c.get(r * cols + if cols == 1 { 0 } else { j }) + fold[i] / self.beta)
                     .collect();
                 let dims = if c.dims.len() == 2 {
                     vec![rows as i64, keep_out.len() as i64]
                 } else {
                     vec![keep_out.len() as i64]
                 };
-                edits.push(Edit::Const {
-                    node,
-                    slot: 2,
-                    tensor: with_data(t, dims, c.dtype, encode(c.dtype, &vals)),
-                });
+                edits.push(Edit::Const { node, slot: 2, tensor: with_data(t, dims, c.dtype, encode(c.dtype, &vals)) });
             }
             _ if folds => {
                 // No C (or beta == 0, which ignores it): the folded constants become the new C.
-                let tensor = with_data(
-                    &TensorProto::default(),
-                    vec![keep_out.len() as i64],
-                    dtype,
-                    encode(dtype, fold),
-                );
+                let tensor =
+                    with_data(&TensorProto::default(), vec![keep_out.len() as i64], dtype, encode(dtype, fold));
                 if self.node.input.len() > 2 && !self.node.input[2].is_empty() {
-                    edits.push(Edit::Const {
-                        node,
-                        slot: 2,
-                        tensor,
-                    });
+                    edits.push(Edit::Const { node, slot: 2, tensor });
                 } else {
                     edits.push(Edit::AddInput { node, tensor });
                 }
-                edits.push(Edit::Attr {
-                    node,
-                    attr: float_attr("beta", 1.0),
-                });
+                edits.push(Edit::Attr { node, attr: float_attr("beta", 1.0) });
             }
             _ => {}
         }

@@ -26,9 +26,7 @@ impl OpRule for MatMul {
             return Role::Opaque("it lacks an operand".into());
         };
         if cx.ir.is_const(a) {
-            return Role::Opaque(
-                "its left operand is a constant (W @ x is not supported yet)".into(),
-            );
+            return Role::Opaque("its left operand is a constant (W @ x is not supported yet)".into());
         }
         let Some(tensor) = cx.const_tensor(b) else {
             return Role::Opaque("its right operand is not a constant weight".into());
@@ -36,15 +34,7 @@ impl OpRule for MatMul {
         match Values::of(tensor) {
             Ok(values) if values.dims.len() == 2 => {
                 let (k, n) = (values.dims[0] as usize, values.dims[1] as usize);
-                Role::Linear(Box::new(MatMulNode {
-                    weight: Weight {
-                        values,
-                        k,
-                        n,
-                        transposed: false,
-                    },
-                    tensor,
-                }))
+                Role::Linear(Box::new(MatMulNode { weight: Weight { values, k, n, transposed: false }, tensor }))
             }
             Ok(_) => Role::Opaque("its weight is not a 2-D matrix".into()),
             Err(e) => Role::Opaque(e.to_string()),
@@ -87,22 +77,12 @@ impl Linear for MatMulNode<'_> {
             edits.push(Edit::Const {
                 node,
                 slot: 1,
-                tensor: with_data(
-                    self.tensor,
-                    w.sliced_dims(keep_in.len(), keep_out.len()),
-                    w.values.dtype,
-                    raw,
-                ),
+                tensor: with_data(self.tensor, w.sliced_dims(keep_in.len(), keep_out.len()), w.values.dtype, raw),
             });
         }
         if fold.iter().any(|&f| f != 0.0) {
             let dtype = w.values.dtype;
-            let tensor = with_data(
-                &TensorProto::default(),
-                vec![keep_out.len() as i64],
-                dtype,
-                encode(dtype, fold),
-            );
+            let tensor = with_data(&TensorProto::default(), vec![keep_out.len() as i64], dtype, encode(dtype, fold));
             edits.push(Edit::AddBias { node, tensor });
         }
         Ok(())

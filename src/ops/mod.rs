@@ -63,14 +63,7 @@ pub struct Pointwise {
 
 impl Pointwise {
     pub fn new(acts: Vec<usize>, params: Vec<usize>, eval: Eval) -> Self {
-        Pointwise {
-            acts,
-            params,
-            eval,
-            zero_absorbs: false,
-            shape_slot: None,
-            requires_axis: None,
-        }
+        Pointwise { acts, params, eval, zero_absorbs: false, shape_slot: None, requires_axis: None }
     }
 }
 
@@ -97,17 +90,9 @@ impl Weight<'_> {
     pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
         let (k, n) = (self.k, self.n);
         if self.transposed {
-            self.values.gather(
-                keep_out
-                    .iter()
-                    .flat_map(|&j| keep_in.iter().map(move |&c| j * k + c)),
-            )
+            self.values.gather(keep_out.iter().flat_map(|&j| keep_in.iter().map(move |&c| j * k + c)))
         } else {
-            self.values.gather(
-                keep_in
-                    .iter()
-                    .flat_map(|&c| keep_out.iter().map(move |&j| c * n + j)),
-            )
+            self.values.gather(keep_in.iter().flat_map(|&c| keep_out.iter().map(move |&j| c * n + j)))
         }
     }
 
@@ -156,16 +141,9 @@ static RULES: &[&dyn OpRule] = &[
 pub fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
     let domain = node.domain();
     if !(domain.is_empty() || domain == "ai.onnx") {
-        return Role::Opaque(format!(
-            "operator {}::{} has no channel rule",
-            domain,
-            node.op_type()
-        ));
+        return Role::Opaque(format!("operator {}::{} has no channel rule", domain, node.op_type()));
     }
-    match RULES
-        .iter()
-        .find(|r| r.op_types().contains(&node.op_type()))
-    {
+    match RULES.iter().find(|r| r.op_types().contains(&node.op_type())) {
         Some(rule) => rule.role(node, cx),
         None => Role::Opaque(format!("operator {} has no channel rule", node.op_type())),
     }
@@ -173,10 +151,7 @@ pub fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
 
 /// Every operator type with a rule, for `--help` and the README.
 pub fn supported() -> Vec<&'static str> {
-    let mut v: Vec<_> = RULES
-        .iter()
-        .flat_map(|r| r.op_types().iter().copied())
-        .collect();
+    let mut v: Vec<_> = RULES.iter().flat_map(|r| r.op_types().iter().copied()).collect();
     v.sort();
     v
 }

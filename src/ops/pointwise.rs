@@ -78,13 +78,7 @@ impl OpRule for Unary {
             }
             "Elu" => {
                 let alpha = a("alpha", 1.0);
-                Box::new(move |x| {
-                    if x[0] >= 0.0 {
-                        x[0]
-                    } else {
-                        alpha * (x[0].exp() - 1.0)
-                    }
-                })
+                Box::new(move |x| if x[0] >= 0.0 { x[0] } else { alpha * (x[0].exp() - 1.0) })
             }
             "Celu" => {
                 let alpha = a("alpha", 1.0);
@@ -92,14 +86,7 @@ impl OpRule for Unary {
             }
             "Selu" => {
                 let (alpha, gamma) = (a("alpha", 1.673_263_2), a("gamma", 1.050_701));
-                Box::new(move |x| {
-                    gamma
-                        * if x[0] > 0.0 {
-                            x[0]
-                        } else {
-                            alpha * (x[0].exp() - 1.0)
-                        }
-                })
+                Box::new(move |x| gamma * if x[0] > 0.0 { x[0] } else { alpha * (x[0].exp() - 1.0) })
             }
             "Sigmoid" => Box::new(|x| 1.0 / (1.0 + (-x[0]).exp())),
             "HardSigmoid" => {
@@ -117,15 +104,12 @@ impl OpRule for Unary {
             "Sqrt" => Box::new(|x| x[0].sqrt()),
             "Reciprocal" => Box::new(|x| 1.0 / x[0]),
             "Erf" => Box::new(|x| libm::erf(x[0])),
-            "Gelu" => match node
-                .attribute
-                .iter()
-                .find(|at| at.name() == "approximate")
-                .and_then(|at| at.s.as_deref())
-            {
-                Some(b"tanh") => Box::new(|x| gelu_tanh(x[0])),
-                _ => Box::new(|x| gelu_erf(x[0])),
-            },
+            "Gelu" => {
+                match node.attribute.iter().find(|at| at.name() == "approximate").and_then(|at| at.s.as_deref()) {
+                    Some(b"tanh") => Box::new(|x| gelu_tanh(x[0])),
+                    _ => Box::new(|x| gelu_erf(x[0])),
+                }
+            }
             "Mish" => Box::new(|x| x[0] * x[0].exp().ln_1p().tanh()),
             "Sin" => Box::new(|x| x[0].sin()),
             "Cos" => Box::new(|x| x[0].cos()),
@@ -139,10 +123,7 @@ impl OpRule for Unary {
             "Clip" => {
                 // opset < 11 keeps the bounds in attributes, later opsets in optional inputs.
                 let (lo, hi) = match (scalar_input(node, cx, 1), scalar_input(node, cx, 2)) {
-                    (Ok(lo), Ok(hi)) => (
-                        lo.unwrap_or(a("min", f32::MIN)),
-                        hi.unwrap_or(a("max", f32::MAX)),
-                    ),
+                    (Ok(lo), Ok(hi)) => (lo.unwrap_or(a("min", f32::MIN)), hi.unwrap_or(a("max", f32::MAX))),
                     _ => return Role::Opaque("its bounds are not scalar constants".into()),
                 };
                 Box::new(move |x| x[0].max(lo).min(hi))

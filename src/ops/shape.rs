@@ -22,9 +22,10 @@ impl OpRule for PassThrough {
         match node.op_type() {
             // Dropout is the identity at inference; its mask output is another matter.
             "Dropout"
-                if node.output.get(1).is_some_and(|m| {
-                    !m.is_empty() && (!cx.ir.readers(m).is_empty() || cx.ir.outputs.contains(m))
-                }) =>
+                if node
+                    .output
+                    .get(1)
+                    .is_some_and(|m| !m.is_empty() && (!cx.ir.readers(m).is_empty() || cx.ir.outputs.contains(m))) =>
             {
                 Role::Opaque("its mask output is used".into())
             }
@@ -37,11 +38,7 @@ impl OpRule for PassThrough {
                     Ok(DataType::Bfloat16) => |x| half::bf16::from_f64(x).to_f64(),
                     _ => return Role::Opaque("it casts to a non-float type".into()),
                 };
-                Role::Pointwise(Pointwise::new(
-                    vec![0],
-                    vec![],
-                    Box::new(move |x| round(x[0])),
-                ))
+                Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(move |x| round(x[0]))))
             }
             _ => Role::Pointwise(identity()),
         }
@@ -81,7 +78,9 @@ impl OpRule for Flatten {
         let axis = node.attr_i("axis", 1);
         let axis = if axis < 0 { axis + rank as i64 } else { axis };
         if axis != rank as i64 - 1 {
-            return Role::Opaque("it merges the channel axis with others (feature-map flattening is not supported yet)".into());
+            return Role::Opaque(
+                "it merges the channel axis with others (feature-map flattening is not supported yet)".into(),
+            );
         }
         let mut p = identity();
         p.requires_axis = Some(-1);

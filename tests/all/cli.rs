@@ -1,0 +1,153 @@
+//! The command line on good and bad input: clear errors, documented exit codes, no stray files.
+
+use crate::common::{bin, fixture, mlp, node, write, Form, Layer};
+use std::process::{Command, Output};
+
+fn run(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tiny() -> onnx_minimize::onnx::proto::ModelProto {
+    let l = |n_in, n_out, w: Vec<f32>| Layer {
+        n_in,
+        n_out,
+        w,
+        bias: Some(vec![0.5; n_out]),
+        form: Form::Gemm { trans_b: true, alpha: 1.0, beta: 1.0 },
+        act: Some("Relu"),
+    };
+    mlp(&[l(2, 2, vec![1.0, 0.0, 0.0, 0.0]), l(2, 1, vec![1.0, 1.0])])
+}
+
+#[test]
+fn main_job_on_the_lenet_fixture_writes_report_and_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small.onnx");
+    let report = dir.path().join("r.json");
+    let o =
+        run(&[fixture("lenet300_pruned_dynamo.onnx").as_os_str(), out.as_os_str(), os("--report"), report.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("300 -> 252") && text.contains("verified with tract"), "{text}");
+    assert!(stderr(&o).contains("verifying with tract"), "progress is shown");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(json["after"]["params"].as_u64() < json["before"]["params"].as_u64());
+    assert!(out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no staging folder is left behind");
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small.onnx");
+    let o = run(&[
+        fixture("mlp_dead_units_ts.onnx").as_os_str(),
+        out.as_os_str(),
+        os("--dry-run"),
+        os("-q"),
+        os("--report"),
+        os("-"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!out.exists());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"verification\""));
+}
+
+#[test]
+fn help_teaches() {
+    let o = run(&[os("--help")]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    for needle in ["EXAMPLES", "EXIT STATUS", "--input-shape", "--dry-run", "--report"] {
+        assert!(text.contains(needle), "{needle}");
+    }
+}
+
+/// Each bad input: its exit status and a message that names the culprit.
+#[test]
+fn bad_input_gets_a_clear_error_and_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("out.onnx");
+    let check = |args: Vec<&std::ffi::OsStr>, code: i32, needles: &[&str]| {
+        let o = run(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: '{n}' not in {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{args:?} left an output");
+    };
+
+    let junk = d.join("junk.onnx");
+    std::fs::write(&junk, b"this is not a protobuf at all \xff\xff\xff").unwrap();
+    check(vec![junk.as_os_str(), out.as_os_str()], 1, &["junk.onnx", "not a valid ONNX model"]);
+
+    let truncated = d.join("truncated.onnx");
+    let bytes = std::fs::read(fixture("lenet300_pruned_ts.onnx")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    check(vec![truncated.as_os_str(), out.as_os_str()], 1, &["truncated.onnx"]);
+
+    let empty = d.join("empty.onnx");
+    std::fs::write(&empty, b"").unwrap();
+    check(vec![empty.as_os_str(), out.as_os_str()], 1, &["empty"]);
+
+    check(vec![d.join("missing.onnx").as_os_str(), out.as_os_str()], 1, &["missing.onnx"]);
+
+    let no_data = d.join("lenet_ext.onnx");
+    std::fs::copy(fixture("lenet300_pruned_dynamo_ext.onnx"), &no_data).unwrap();
+    check(vec![no_data.as_os_str(), out.as_os_str()], 1, &["lenet300_pruned_dynamo_ext.onnx.data", "tensor"]);
+
+    let mut m = tiny();
+    m.opset_import[0].version = Some(99);
+    let future = write(d, "future.onnx", &m);
+    check(vec![future.as_os_str(), out.as_os_str()], 1, &["opset 99"]);
+
+    let mut m = tiny();
+    let g = m.graph.as_mut().unwrap();
+    let mut custom = node("Frobnicate", "mystery", &["a0"], &["f"], vec![]);
+    custom.domain = Some("com.example".into());
+    g.node.insert(2, custom);
+    g.node[3].input[0] = "f".into();
+    let exotic = write(d, "exotic.onnx", &m);
+    check(vec![exotic.as_os_str(), out.as_os_str()], 4, &["tract cannot run", "--no-verify"]);
+    let o = run(&[exotic.as_os_str(), os("--dry-run"), os("--no-verify")]);
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("com.example::Frobnicate has no channel rule"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    let mut m = tiny();
+    let w = &mut m.graph.as_mut().unwrap().initializer[0];
+    w.data_type = Some(onnx_minimize::onnx::proto::tensor_proto::DataType::Int32 as i32);
+    let ints = write(d, "ints.onnx", &m);
+    let o = run(&[ints.as_os_str(), os("--dry-run"), os("--no-verify")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("INT32 is not a float type"));
+
+    let good = write(d, "good.onnx", &tiny());
+    check(vec![good.as_os_str(), good.as_os_str()], 2, &["is the input"]);
+    check(vec![good.as_os_str()], 2, &["--dry-run"]);
+    check(vec![good.as_os_str(), out.as_os_str(), os("--input-shape"), os("nope=1,2")], 2, &["nope", "\"x\""]);
+    check(vec![good.as_os_str(), out.as_os_str(), os("--input-shape"), os("x=1,a")], 2, &["bad dimension"]);
+    let unwritable = d.join("no/such/dir/out.onnx");
+    let o = run(&[good.as_os_str(), unwritable.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot write"), "{}", stderr(&o));
+
+    // Dynamic dimensions need no shape: they are tried at several sizes; or given explicitly.
+    let o =
+        run(&[good.as_os_str(), out.as_os_str(), os("--input-shape"), os("x=5,2"), os("-q"), os("--report"), os("-")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("5,\n          2"));
+}

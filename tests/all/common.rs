@@ -1,0 +1,155 @@
+//! Builders for small ONNX models, shared by the integration tests.
+
+use onnx_minimize::onnx::proto::*;
+use prost::Message;
+use std::path::{Path, PathBuf};
+
+pub fn f32_tensor(name: &str, dims: &[usize], vals: &[f32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(tensor_proto::DataType::Float as i32),
+        raw_data: Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
+        ..Default::default()
+    }
+}
+
+pub fn value_info(name: &str, elem: tensor_proto::DataType, dims: &[Option<usize>]) -> ValueInfoProto {
+    use tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(v) => Value::DimValue(*v as i64),
+                None => Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+pub fn attr_i(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_proto::AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+pub fn attr_f(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_proto::AttributeType::Float as i32),
+        f: Some(v),
+        ..Default::default()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Form {
+    Gemm { trans_b: bool, alpha: f32, beta: f32 },
+    MatMulAdd,
+}
+
+/// A fully-connected layer: `w[j * n_in + c]` is the weight from input `c` to output `j`.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub n_in: usize,
+    pub n_out: usize,
+    pub w: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+    pub form: Form,
+    pub act: Option<&'static str>,
+}
+
+/// An MLP `x [batch, n_in] -> y [batch, n_out]` in opset 17.
+pub fn mlp(layers: &[Layer]) -> ModelProto {
+    let mut g = GraphProto { name: Some("mlp".into()), ..Default::default() };
+    g.input.push(value_info("x", tensor_proto::DataType::Float, &[None, Some(layers[0].n_in)]));
+    let mut cur = "x".to_string();
+    for (i, l) in layers.iter().enumerate() {
+        let out = format!("h{i}");
+        let wname = format!("w{i}");
+        let transposed: Vec<f32> =
+            (0..l.n_in).flat_map(|c| (0..l.n_out).map(move |j| (c, j))).map(|(c, j)| l.w[j * l.n_in + c]).collect();
+        match &l.form {
+            Form::Gemm { trans_b, alpha, beta } => {
+                if *trans_b {
+                    g.initializer.push(f32_tensor(&wname, &[l.n_out, l.n_in], &l.w));
+                } else {
+                    g.initializer.push(f32_tensor(&wname, &[l.n_in, l.n_out], &transposed));
+                }
+                let mut inputs = vec![cur.as_str(), wname.as_str()];
+                let bname = format!("b{i}");
+                if let Some(b) = &l.bias {
+                    g.initializer.push(f32_tensor(&bname, &[l.n_out], b));
+                    inputs.push(&bname);
+                }
+                let attrs = vec![attr_i("transB", *trans_b as i64), attr_f("alpha", *alpha), attr_f("beta", *beta)];
+                g.node.push(node("Gemm", &format!("fc{i}"), &inputs, &[&out], attrs));
+            }
+            Form::MatMulAdd => {
+                g.initializer.push(f32_tensor(&wname, &[l.n_in, l.n_out], &transposed));
+                let mm = if l.bias.is_some() { format!("mm{i}") } else { out.clone() };
+                g.node.push(node("MatMul", &format!("fc{i}"), &[&cur, &wname], &[&mm], vec![]));
+                if let Some(b) = &l.bias {
+                    let bname = format!("b{i}");
+                    g.initializer.push(f32_tensor(&bname, &[l.n_out], b));
+                    g.node.push(node("Add", &format!("bias{i}"), &[&mm, &bname], &[&out], vec![]));
+                }
+            }
+        }
+        cur = out;
+        if let Some(act) = l.act {
+            let a = format!("a{i}");
+            g.node.push(node(act, &format!("act{i}"), &[&cur], &[&a], vec![]));
+            cur = a;
+        }
+    }
+    g.node.push(node("Identity", "out", &[&cur], &["y"], vec![]));
+    g.output.push(value_info("y", tensor_proto::DataType::Float, &[None, Some(layers.last().unwrap().n_out)]));
+    ModelProto {
+        ir_version: Some(8),
+        producer_name: Some("onnx-minimize tests".into()),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        graph: Some(g),
+        ..Default::default()
+    }
+}
+
+pub fn write(dir: &Path, name: &str, m: &ModelProto) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    p
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_onnx-minimize"))
+}

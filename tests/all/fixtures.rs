@@ -1,0 +1,44 @@
+//! Every committed PyTorch export: minimized, verified by tract, and shrunk exactly as far as
+//! the generator (which knows the pruned units from the PyTorch side) says is possible.
+
+use crate::common::fixture;
+use onnx_minimize::{minimize_file, Options};
+
+#[test]
+fn every_fixture_shrinks_to_its_fixpoint_and_verifies() {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("manifest.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = manifest["fixtures"].as_array().unwrap();
+    assert!(fixtures.len() >= 17);
+    for f in fixtures {
+        let file = f["file"].as_str().unwrap();
+        let out = dir.path().join(file);
+        let report = minimize_file(&fixture(file), Some(&out), &Options::default(), &|_| {})
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let v = report.verification.as_ref().expect("verified");
+        assert_eq!(v.runs, 3, "{file}");
+        assert!(v.input_shapes.iter().any(|s| s[0][0] != 1), "{file}: tried another batch size");
+        for (i, layer) in f["hidden_layers"].as_array().unwrap().iter().enumerate() {
+            let expected = layer["fixpoint"]["remaining"].as_u64().unwrap() as usize;
+            assert_eq!(report.layers[i].outputs_after, expected, "{file}: hidden layer {i}");
+            assert_eq!(report.layers[i + 1].inputs_after, expected, "{file}: layer {} inputs", i + 1);
+        }
+        assert!(report.after.params < report.before.params, "{file}");
+        assert!(report.after.bytes < report.before.bytes, "{file}");
+        let last = report.layers.last().unwrap();
+        assert_eq!(last.outputs_after, last.outputs_before, "{file}: graph outputs keep their shape");
+        if let Some(unused) = f["unused_input_features"].as_u64().filter(|&u| u > 0) {
+            let input = report.blocked.iter().find(|b| b.reasons.iter().any(|r| r.starts_with("graph input"))).unwrap();
+            assert_eq!(input.removable as u64, unused, "{file}: unused input features are reported");
+        }
+        // One pass reaches the fixed point: a second finds nothing more.
+        let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
+        assert!(
+            again.layers.iter().all(|l| l.outputs_after == l.outputs_before && l.inputs_after == l.inputs_before),
+            "{file}"
+        );
+        // The output keeps the input's storage: external data stays external.
+        assert_eq!(f["external_data"].is_string(), dir.path().join(format!("{file}.data")).exists(), "{file}");
+    }
+}
