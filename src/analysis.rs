@@ -24,7 +24,7 @@ use crate::ir::Ir;
 use crate::onnx::proto::GraphProto;
 use crate::onnx::tensor::{int64s, with_data, with_int64s, Values};
 use crate::ops::{self, Ctx, Pointwise, Role};
-use crate::report::{Blocked, LayerReport};
+use crate::report::{Blocked, GatheredInput, LayerReport};
 use crate::rewrite::Edit;
 
 #[derive(Default, Clone)]
@@ -71,6 +71,9 @@ pub struct Analysis<'g> {
     needed: Vec<Vec<bool>>,
     /// Per space root: the kept channels, for spaces that shrink.
     keep: HashMap<usize, Vec<usize>>,
+    gather_inputs: bool,
+    /// Graph inputs read through a Gather, with their space.
+    gathered: HashMap<String, usize>,
 }
 
 /// What the analysis decided, as edits to apply and a report of layers and blocks.
@@ -80,11 +83,16 @@ pub struct Plan {
     pub blocked: Vec<Blocked>,
     /// Nodes whose channels are kept whole, and why.
     pub opaque: Vec<String>,
+    pub gathered: Vec<GatheredInput>,
 }
 
 impl<'g> Analysis<'g> {
-    pub fn run(graph: &'g GraphProto, ir: &'g Ir) -> Analysis<'g> {
-        let cx = Ctx { graph, ir };
+    /// `release` is told when a weight's bytes are no longer needed, so that the pages of a
+    /// memory-mapped model can go back to the kernel (see [`crate::Model::release_pages`]).
+    /// With `gather_inputs`, features of a graph input that nothing needs are dropped by a Gather
+    /// in front of its readers instead of being kept.
+    pub fn run(graph: &'g GraphProto, ir: &'g Ir, release: &'g dyn Fn(&[u8]), gather_inputs: bool) -> Analysis<'g> {
+        let cx = Ctx { graph, ir, release };
         let roles: Vec<Role<'g>> = graph.node.iter().map(|n| ops::role(n, &cx)).collect();
         let mut a = Analysis {
             cx,
@@ -97,6 +105,8 @@ impl<'g> Analysis<'g> {
             consts: vec![],
             needed: vec![],
             keep: HashMap::new(),
+            gather_inputs,
+            gathered: HashMap::new(),
         };
         a.build_spaces();
         a.forward();
@@ -192,7 +202,14 @@ impl<'g> Analysis<'g> {
             }
         }
         for i in &ir.inputs {
-            spaces.entry(self.space_of[self.ids[i.as_str()]]).or_default().pin(format!("graph input '{i}'"));
+            let root = self.space_of[self.ids[i.as_str()]];
+            // With gathering on, an input keeps its declared shape and a Gather in front of its
+            // readers selects the features that are used; one input per space keeps that simple.
+            if self.gather_inputs && !self.gathered.values().any(|&r| r == root) {
+                self.gathered.insert(i.clone(), root);
+            } else {
+                spaces.entry(root).or_default().pin(format!("graph input '{i}'"));
+            }
         }
         for o in &ir.outputs {
             if let Some(&v) = self.ids.get(o.as_str()) {
@@ -318,6 +335,7 @@ impl<'g> Analysis<'g> {
                             Some(k) => acc[j] += wv * k,
                             None => varies[j] = true,
                         });
+                        (self.cx.release)(w.values.raw());
                         (0..w.n)
                             .map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) })
                             .collect()
@@ -386,6 +404,7 @@ impl<'g> Analysis<'g> {
                             nx[c] = true;
                         }
                     });
+                    (self.cx.release)(w.values.raw());
                     self.needed[y] = ny;
                 }
             }
@@ -450,7 +469,10 @@ impl<'g> Analysis<'g> {
                     if keep_in.len() < w.k || keep_out.len() < w.n {
                         l.rewrite(n, &keep_in, &keep_out, &fold, &mut edits)?;
                     }
-                    let constant = (0..w.n).filter(|j| !keep_out.contains(j) && self.consts[y][*j].is_some()).count();
+                    (self.cx.release)(w.values.raw());
+                    let mut kept = vec![false; w.n];
+                    keep_out.iter().for_each(|&j| kept[j] = true);
+                    let constant = (0..w.n).filter(|&j| !kept[j] && self.consts[y][j].is_some()).count();
                     layers.push(LayerReport {
                         node: node.name().to_string(),
                         op: node.op_type().to_string(),
@@ -491,11 +513,22 @@ impl<'g> Analysis<'g> {
                 Role::Opaque(_) => {}
             }
         }
+        let mut gathered = vec![];
         for (v, name) in self.names.iter().enumerate() {
             let Some(keep) = self.keep.get(&self.space_of[v]) else {
                 continue;
             };
             let s = &self.spaces[&self.space_of[v]];
+            if self.gathered.contains_key(*name) {
+                let axis = s.axis.expect("decided");
+                edits.push(Edit::GatherInput { input: name.to_string(), axis, keep: keep.clone() });
+                gathered.push(GatheredInput {
+                    input: name.to_string(),
+                    features: s.width.expect("decided"),
+                    kept: keep.len(),
+                });
+                continue;
+            }
             edits.push(Edit::Width {
                 value: name.to_string(),
                 axis: s.axis.expect("decided"),
@@ -515,7 +548,7 @@ impl<'g> Analysis<'g> {
                 _ => None,
             })
             .collect();
-        Ok(Plan { edits, layers, blocked: self.blocked(), opaque })
+        Ok(Plan { edits, layers, blocked: self.blocked(), opaque, gathered })
     }
 
     /// Spaces that hold removable channels but are pinned, and why: the report's answer to

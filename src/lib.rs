@@ -39,11 +39,14 @@ pub struct Options {
     pub verify: Option<VerifyOptions>,
     /// Write weights to `<output>.data`; by default, as the input did.
     pub external_data: Option<bool>,
+    /// Drop graph-input features that nothing reads, with a Gather in front of their readers.
+    /// The input keeps its declared shape.
+    pub gather_inputs: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { verify: Some(VerifyOptions::default()), external_data: None }
+        Options { verify: Some(VerifyOptions::default()), external_data: None, gather_inputs: false }
     }
 }
 
@@ -52,16 +55,18 @@ pub struct Minimized {
     pub layers: Vec<LayerReport>,
     pub blocked: Vec<Blocked>,
     pub opaque: Vec<String>,
+    pub gathered: Vec<report::GatheredInput>,
 }
 
 /// Minimizes a loaded model in place.
-pub fn minimize(model: &mut Model) -> Result<Minimized> {
+pub fn minimize(model: &mut Model, opts: &Options) -> Result<Minimized> {
     let graph = model.graph();
     let ir = ir::Ir::build(graph).map_err(|why| Error::Decode { path: model.path.clone(), why })?;
-    let plan = analysis::Analysis::run(graph, &ir).plan()?;
-    let (layers, blocked, opaque) = (plan.layers, plan.blocked, plan.opaque);
+    let release = |bytes: &[u8]| model.release_pages(bytes);
+    let plan = analysis::Analysis::run(graph, &ir, &release, opts.gather_inputs).plan()?;
+    let (layers, blocked, opaque, gathered) = (plan.layers, plan.blocked, plan.opaque, plan.gathered);
     rewrite::apply(model.graph_mut(), &ir, plan.edits);
-    Ok(Minimized { layers, blocked, opaque })
+    Ok(Minimized { layers, blocked, opaque, gathered })
 }
 
 /// Parameters (elements of every stored tensor) of a model.
@@ -91,7 +96,7 @@ pub fn minimize_file(input: &Path, output: Option<&Path>, opts: &Options, progre
     let before = Size { params: param_count(&model), bytes: model.disk_bytes() };
     progress("analysing channels");
     let t = Instant::now();
-    let Minimized { layers, blocked, opaque } = minimize(&mut model)?;
+    let Minimized { layers, blocked, opaque, gathered } = minimize(&mut model, opts)?;
     let seconds_analysis = t.elapsed().as_secs_f64();
     let mut after = Size { params: param_count(&model), bytes: 0 };
     let mut verification = None;
@@ -129,6 +134,7 @@ pub fn minimize_file(input: &Path, output: Option<&Path>, opts: &Options, progre
         layers,
         blocked,
         opaque,
+        gathered_inputs: gathered,
         before,
         after,
         verification,

@@ -71,6 +71,10 @@ struct Cli {
     /// Write weights inside the .onnx file (impossible above 2 GB).
     #[arg(long)]
     inline_data: bool,
+    /// Drop graph-input features that no computation reads, through a Gather in front of the
+    /// input's readers (the input keeps its shape; callers pass the same tensors).
+    #[arg(long)]
+    gather_inputs: bool,
     /// No progress messages.
     #[arg(short, long)]
     quiet: bool,
@@ -101,6 +105,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             (_, true) => Some(false),
             _ => None,
         },
+        gather_inputs: cli.gather_inputs,
     };
     let start = Instant::now();
     let quiet = cli.quiet;

@@ -28,6 +28,14 @@ pub struct Blocked {
     pub reasons: Vec<String>,
 }
 
+/// A graph input whose unused features a Gather now drops (`--gather-inputs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct GatheredInput {
+    pub input: String,
+    pub features: usize,
+    pub kept: usize,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Size {
     /// Elements of all initializers and Constant-node tensors.
@@ -62,6 +70,7 @@ pub struct Report {
     pub blocked: Vec<Blocked>,
     /// Nodes without a channel rule (or whose operands it does not cover), with the reason.
     pub opaque: Vec<String>,
+    pub gathered_inputs: Vec<GatheredInput>,
     pub before: Size,
     pub after: Size,
     pub verification: Option<Verification>,
@@ -103,6 +112,13 @@ impl Report {
             self.after.bytes,
             ratio(self.before.bytes, self.after.bytes)
         );
+        for i in &self.gathered_inputs {
+            let _ = writeln!(
+                s,
+                "input '{}' is read through a Gather of the {} of its {} features in use",
+                i.input, i.kept, i.features
+            );
+        }
         for b in &self.blocked {
             let mut values = b.values.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
             if b.values.len() > 3 {

@@ -32,6 +32,12 @@ pub enum Edit {
         node: usize,
         tensor: TensorProto,
     },
+    /// Readers of graph input `input` read only features `keep` (along `axis`), through a Gather.
+    GatherInput {
+        input: String,
+        axis: isize,
+        keep: Vec<usize>,
+    },
     /// A value's declared size along its channel axis changes.
     Width {
         value: String,
@@ -69,6 +75,7 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
     let mut names = Names::of(g);
     let mut orphaned = HashSet::new();
     let mut bias_after = vec![];
+    let mut gathers = vec![];
     for edit in edits {
         match edit {
             Edit::Const { node, slot, mut tensor } => {
@@ -118,6 +125,7 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
             }
             Edit::AddBias { node, tensor } => bias_after.push((node, tensor)),
             Edit::Width { value, axis, from, to } => set_width(g, &value, axis, from, to),
+            Edit::GatherInput { input, axis, keep } => gathers.push((input, axis, keep)),
         }
     }
     // Insert from the back so earlier indices stay valid; right after the node keeps the order
@@ -139,6 +147,37 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
             ..Default::default()
         };
         g.node.insert(node + 1, add);
+    }
+    // Last, as they shift every node index: Gathers in front of all nodes.
+    for (input, axis, keep) in gathers {
+        let kept = names.fresh(&format!("{input}_kept"));
+        let indices = names.fresh(&format!("{input}_kept_indices"));
+        for n in g.node.iter_mut() {
+            n.input.iter_mut().filter(|i| **i == input).for_each(|i| *i = kept.clone());
+        }
+        let idx: Vec<i64> = keep.iter().map(|&c| c as i64).collect();
+        g.initializer.push(TensorProto {
+            name: Some(indices.clone()),
+            dims: vec![idx.len() as i64],
+            data_type: Some(crate::onnx::proto::tensor_proto::DataType::Int64 as i32),
+            raw_data: Some(idx.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
+            ..Default::default()
+        });
+        let axis_attr = AttributeProto {
+            name: Some("axis".into()),
+            r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Int as i32),
+            i: Some(axis as i64),
+            ..Default::default()
+        };
+        let gather = NodeProto {
+            name: Some(names.fresh(&format!("{input}_gather_used_features"))),
+            op_type: Some("Gather".into()),
+            input: vec![input, indices],
+            output: vec![kept],
+            attribute: vec![axis_attr],
+            ..Default::default()
+        };
+        g.node.insert(0, gather);
     }
     drop_unread(g, &orphaned);
 }

@@ -114,6 +114,14 @@ impl<'a> Values<'a> {
         Ok(v)
     }
 
+    /// The packed bytes, when the tensor is stored as raw data (empty otherwise).
+    pub fn raw(&self) -> &'a [u8] {
+        match self.repr {
+            Repr::Raw(b) => b,
+            _ => &[],
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self.repr {
             Repr::Raw(b) => b.len() / self.dtype.size(),

@@ -22,6 +22,8 @@ use crate::rewrite::Edit;
 pub struct Ctx<'g> {
     pub graph: &'g GraphProto,
     pub ir: &'g Ir,
+    /// Called with weight bytes the analysis has finished reading.
+    pub release: &'g dyn Fn(&[u8]),
 }
 
 impl<'g> Ctx<'g> {

@@ -32,6 +32,13 @@ fn every_fixture_shrinks_to_its_fixpoint_and_verifies() {
             let input = report.blocked.iter().find(|b| b.reasons.iter().any(|r| r.starts_with("graph input"))).unwrap();
             assert_eq!(input.removable as u64, unused, "{file}: unused input features are reported");
         }
+        if f["unused_input_features"].as_u64().is_some_and(|u| u > 0) {
+            let opts = Options { gather_inputs: true, ..Default::default() };
+            let gathered = minimize_file(&fixture(file), Some(&dir.path().join("g.onnx")), &opts, &|_| {}).unwrap();
+            let unused = f["unused_input_features"].as_u64().unwrap() as usize;
+            assert_eq!(gathered.layers[0].inputs_after, gathered.layers[0].inputs_before - unused, "{file}");
+            assert!(gathered.after.params < report.after.params);
+        }
         // One pass reaches the fixed point: a second finds nothing more.
         let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
         assert!(

@@ -65,15 +65,15 @@ fn locally_removable(layers: &[Layer]) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn minimized_mlps_compute_the_same_and_shrink(seed in any::<u64>(), depth in 1usize..4) {
+    fn minimized_mlps_compute_the_same_and_shrink(seed in any::<u64>(), depth in 1usize..4, gather_inputs in any::<bool>()) {
         let layers = random_mlp(seed, depth);
         let dir = tempfile::tempdir().unwrap();
         let input = write(dir.path(), "in.onnx", &mlp(&layers));
         let out = dir.path().join("out.onnx");
-        let report = minimize_file(&input, Some(&out), &Options::default(), &|_| {})
+        let report = minimize_file(&input, Some(&out), &Options { gather_inputs, ..Default::default() }, &|_| {})
             .map_err(|e| TestCaseError::fail(format!("{e}\n{layers:?}")))?;
         prop_assert!(report.verification.is_some());
         if locally_removable(&layers) {
