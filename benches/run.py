@@ -26,7 +26,7 @@ Two caveats, both recorded in results.json:
 * Linux charges the parent's peak RSS at ``exec`` time to the child's ``ru_maxrss``.  This
   script therefore imports nothing but the standard library (ONNX files are inspected in a
   separate, unmeasured child) and measures that floor by running ``/bin/true`` the same
-  way (``spawn_floor_mb``, ~14 MB).  A peak at the floor is marked ``*`` in the table.
+  way (``spawn_floor_mb``, ~16 MB).  A peak at the floor is marked ``*`` in the table.
 * ``ru_maxrss`` counts resident file-backed pages too: a tool that mmaps the model and
   touches all of it is charged the model's size even though the kernel can drop those
   pages at will.  The sampled peaks of ``RssAnon``/``RssFile`` (from /proc every 20 ms)
@@ -257,15 +257,16 @@ def tail(path: str, lines: int = 8, limit: int = 2000) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])[-limit:]
 
 
-def run_json(cmd: list[str]) -> dict:
+def run_json(cmd: list[str], what: str) -> dict:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])}... failed: {r.stderr.strip()[-1500:]}")
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"{what} failed: {last}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def inspect(path: str) -> dict:
-    return run_json([PY, "-c", INSPECT, path])
+    return run_json([PY, "-c", INSPECT, path], f"inspecting {path}")
 
 
 def warm(paths: list[str]) -> None:
@@ -306,7 +307,7 @@ def machine_info(binary: str) -> dict:
     except OSError:
         commit = ""
     try:
-        versions = run_json([PY, "-c", INSPECT, "--versions"])
+        versions = run_json([PY, "-c", INSPECT, "--versions"], "importing onnx")
     except Exception as e:  # noqa: BLE001
         versions = {"error": str(e)}
     return {
@@ -383,7 +384,7 @@ def run_tool(tool: str, model: dict, args) -> dict:
     info = model["info"]
     entry = {"tool": tool, "label": TOOLS[tool], "repeats": []}
     if tool == "verify" and info["params"] > VERIFY_LIMIT and not args.verify_large:
-        entry["status"] = f"skipped (> {VERIFY_LIMIT:.0e} params; --verify-large)"
+        entry["status"] = f"skipped (> {size_tag(int(VERIFY_LIMIT))} params; --verify-large)"
         return entry
     for i in range(args.repeat):
         work = os.path.join(args.out, "work", model["name"], tool)
@@ -479,7 +480,8 @@ def markdown(results: dict) -> str:
     for model in results["models"]:
         info = model.get("info")
         if not info:
-            lines.append(f"| {model['name']} | | | | | | | | {model.get('error', 'no info')} |")
+            err = " ".join(str(model.get("error", "no info")).split()).replace("|", "/")
+            lines.append(f"| {model['name']} | | | | | | | | {err} |")
             continue
         for e in model["runs"]:
             if "wall_s" not in e:
@@ -532,7 +534,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench-out", help="output directory (models/, work/, logs/, results.*)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per (model, tool)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run before it is killed")
-    ap.add_argument("--verify-large", action="store_true", help=f"also verify models above {VERIFY_LIMIT:.0e} params")
+    ap.add_argument("--verify-large", action="store_true", help=f"also verify models above {size_tag(int(VERIFY_LIMIT))} params")
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of " + ",".join(TOOLS))
     ap.add_argument("--keep-outputs", action="store_true", help="keep the last output of each run in OUT/work/")
     ap.add_argument("--sparsity", type=float, default=0.9, help="for generated models")

@@ -542,9 +542,7 @@ impl<'g> Analysis<'g> {
             .order
             .iter()
             .filter_map(|&n| match &self.roles[n] {
-                Role::Opaque(why) if !matches!(g.node[n].op_type(), "Constant") => {
-                    Some(format!("{}: {why}", self.node_label(n)))
-                }
+                Role::Opaque(why) if why != ops::CONSTANT => Some(format!("{}: {why}", self.node_label(n))),
                 _ => None,
             })
             .collect();

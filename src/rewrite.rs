@@ -182,23 +182,34 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
     drop_unread(g, &orphaned);
 }
 
-/// Removes the constants in `candidates` that nothing reads any more.
+/// Removes the constants in `candidates` that nothing reads any more, and the Identity or
+/// Constant nodes that only fed them, following alias chains back to the stored tensor.
 fn drop_unread(g: &mut GraphProto, candidates: &HashSet<String>) {
-    if candidates.is_empty() {
-        return;
-    }
-    let mut read: HashSet<&str> = g.output.iter().filter_map(|o| o.name.as_deref()).collect();
-    let mut stack: Vec<&GraphProto> = vec![g];
-    while let Some(graph) = stack.pop() {
-        for n in &graph.node {
-            read.extend(n.input.iter().map(String::as_str));
-            for a in &n.attribute {
-                stack.extend(a.g.iter().chain(a.graphs.iter()));
+    let mut candidates = candidates.clone();
+    while !candidates.is_empty() {
+        let mut read: HashSet<String> = g.output.iter().filter_map(|o| o.name.clone()).collect();
+        let mut stack: Vec<&GraphProto> = vec![g];
+        while let Some(graph) = stack.pop() {
+            for n in &graph.node {
+                read.extend(n.input.iter().cloned());
+                for a in &n.attribute {
+                    stack.extend(a.g.iter().chain(a.graphs.iter()));
+                }
             }
         }
+        let dead = |name: &str| candidates.contains(name) && !read.contains(name);
+        let mut upstream = HashSet::new();
+        g.node.retain(|n| {
+            let alias = matches!(n.op_type(), "Identity" | "Constant") && n.output.len() == 1;
+            if alias && dead(&n.output[0]) {
+                upstream.extend(n.input.iter().cloned());
+                return false;
+            }
+            true
+        });
+        g.initializer.retain(|t| !t.name.as_deref().is_some_and(dead));
+        candidates = upstream;
     }
-    let dead: HashSet<String> = candidates.iter().filter(|c| !read.contains(c.as_str())).cloned().collect();
-    g.initializer.retain(|t| !t.name.as_ref().is_some_and(|n| dead.contains(n)));
 }
 
 fn set_width(g: &mut GraphProto, value: &str, axis: isize, from: usize, to: usize) {

@@ -30,8 +30,10 @@ impl OpRule for Gemm {
         let Some(b_tensor) = input(1).and_then(|b| cx.const_tensor(b)) else {
             return Role::Opaque("its B operand is not a constant weight".into());
         };
-        if input(0).is_some_and(|a| cx.ir.is_const(a)) {
-            return Role::Opaque("its A operand is a constant".into());
+        match input(0) {
+            None => return Role::Opaque("it has no A operand".into()),
+            Some(a) if cx.ir.is_const(a) => return Role::Opaque("its A operand is a constant".into()),
+            _ => {}
         }
         let values = match Values::of(b_tensor) {
             Ok(v) if v.dims.len() == 2 => v,

@@ -139,15 +139,35 @@ static RULES: &[&dyn OpRule] = &[
     &shape::Flatten,
 ];
 
+/// The reason given for nodes that only produce constants; they are not reported as blockers.
+pub const CONSTANT: &str = "it computes a constant";
+
 /// The role of a node; operators without a rule, or outside the default domain, are opaque.
 pub fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+    match node.output.first() {
+        None => return Role::Opaque("it has no output".into()),
+        Some(o) if o.is_empty() => return Role::Opaque("its first output is unnamed".into()),
+        // Identity of a weight, Constant: resolved as constants by the IR, no activation here.
+        Some(o) if cx.ir.is_const(o) => return Role::Opaque(CONSTANT.into()),
+        _ => {}
+    }
     let domain = node.domain();
     if !(domain.is_empty() || domain == "ai.onnx") {
         return Role::Opaque(format!("operator {}::{} has no channel rule", domain, node.op_type()));
     }
-    match RULES.iter().find(|r| r.op_types().contains(&node.op_type())) {
+    let role = match RULES.iter().find(|r| r.op_types().contains(&node.op_type())) {
         Some(rule) => rule.role(node, cx),
-        None => Role::Opaque(format!("operator {} has no channel rule", node.op_type())),
+        None => return Role::Opaque(format!("operator {} has no channel rule", node.op_type())),
+    };
+    // The analysis relies on activation slots naming activations; malformed or constant-only
+    // nodes are opaque rather than trusted.
+    let is_act = |slot: usize| node.input.get(slot).is_some_and(|s| !s.is_empty() && !cx.ir.is_const(s));
+    match &role {
+        Role::Pointwise(p) if p.acts.is_empty() || !p.acts.iter().all(|&s| is_act(s)) => {
+            Role::Opaque("its operands are constants or missing".into())
+        }
+        Role::Linear(l) if !is_act(l.input_slot()) => Role::Opaque("its data operand is a constant or missing".into()),
+        _ => role,
     }
 }
 

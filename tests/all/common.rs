@@ -153,3 +153,65 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_onnx-minimize"))
 }
+
+/// A hand-built graph, for operator-pattern tests.
+pub struct G {
+    pub g: GraphProto,
+    rng: u64,
+}
+
+impl G {
+    pub fn new(input: &str, dims: &[Option<usize>]) -> G {
+        let mut g = GraphProto { name: Some("g".into()), ..Default::default() };
+        g.input.push(value_info(input, tensor_proto::DataType::Float, dims));
+        G { g, rng: 0x9e3779b97f4a7c15 }
+    }
+
+    /// Deterministic values in [-1, 1).
+    pub fn rand(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 7;
+                self.rng ^= self.rng << 17;
+                (self.rng >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// A `[rows, cols]` weight whose listed rows are zero.
+    pub fn weight(&mut self, name: &str, rows: usize, cols: usize, zero_rows: &[usize]) -> &mut Self {
+        let mut w = self.rand(rows * cols);
+        for &r in zero_rows {
+            w[r * cols..(r + 1) * cols].iter_mut().for_each(|x| *x = 0.0);
+        }
+        self.init(name, &[rows, cols], &w)
+    }
+
+    pub fn init(&mut self, name: &str, dims: &[usize], vals: &[f32]) -> &mut Self {
+        self.g.initializer.push(f32_tensor(name, dims, vals));
+        self
+    }
+
+    pub fn op(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> &mut Self {
+        let name = format!("{op}_{}", self.g.node.len());
+        self.g.node.push(node(op, &name, inputs, &[output], attrs));
+        self
+    }
+
+    pub fn rank(&mut self, name: &str, dims: &[Option<usize>]) -> &mut Self {
+        self.g.value_info.push(value_info(name, tensor_proto::DataType::Float, dims));
+        self
+    }
+
+    pub fn model(&self, output: &str, dims: &[Option<usize>]) -> ModelProto {
+        let mut g = self.g.clone();
+        g.output.push(value_info(output, tensor_proto::DataType::Float, dims));
+        ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+            graph: Some(g),
+            ..Default::default()
+        }
+    }
+}

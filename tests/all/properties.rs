@@ -83,3 +83,26 @@ proptest! {
         prop_assert_eq!(again.after.params, again.before.params, "a second pass removes nothing more");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Corrupted models (bytes flipped, cut short) give an error or a model, never a panic.
+    #[test]
+    fn corrupted_models_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>(), truncate in any::<bool>()) {
+        let mut bytes = std::fs::read(crate::common::fixture("mlp_gelu_erf_ts.onnx")).unwrap();
+        for (i, b) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] ^= b;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("bad.onnx");
+        std::fs::write(&input, &bytes).unwrap();
+        let opts = Options { verify: None, ..Default::default() };
+        let result = std::panic::catch_unwind(|| minimize_file(&input, None, &opts, &|_| {}).map(|_| ()));
+        prop_assert!(result.is_ok(), "panicked");
+    }
+}

@@ -1,0 +1,145 @@
+//! Operator patterns exporters emit, each built by hand, minimized, and checked by tract.
+
+use crate::common::{attr_f, attr_i, write, G};
+use onnx_minimize::onnx::proto::{attribute_proto::AttributeType, AttributeProto, ModelProto};
+use onnx_minimize::report::Report;
+use onnx_minimize::{minimize_file, Options};
+
+fn minimize(m: &ModelProto) -> (Report, onnx_minimize::Model) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.onnx", m);
+    let out = dir.path().join("out.onnx");
+    let report = minimize_file(&input, Some(&out), &Options::default(), &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.verification.is_some());
+    (report, onnx_minimize::Model::load(&out).unwrap())
+}
+
+fn widths(r: &Report) -> Vec<(usize, usize)> {
+    r.layers.iter().map(|l| (l.inputs_after, l.outputs_after)).collect()
+}
+
+const B: Option<usize> = None;
+
+#[test]
+fn pointwise_zoo_between_layers() {
+    // Per-channel scale with zeros, shift, divide, PReLU, Clip, Erf-GELU, Dropout, Cast, LeakyRelu.
+    let mut g = G::new("x", &[B, Some(5)]);
+    g.weight("w1", 8, 5, &[1, 6]).init("b1", &[8], &[0.5, -1.0, 0.3, 0.2, 0.1, 0.0, 2.0, -0.4]);
+    g.init("scale", &[1, 8], &[1.0, 2.0, 0.0, 1.5, 1.0, 1.0, 0.5, 1.0]);
+    g.init("shift", &[8], &[0.1; 8]).init("div", &[8], &[2.0; 8]).init("slope", &[8], &[0.2; 8]);
+    g.init("lo", &[], &[-0.5]).init("hi", &[], &[0.75]).init("sqrt2", &[], &[std::f32::consts::SQRT_2]);
+    g.init("one", &[], &[1.0]).init("half", &[], &[0.5]);
+    g.op("Gemm", &["x", "w1", "b1"], "h", vec![attr_i("transB", 1)]);
+    g.op("Mul", &["h", "scale"], "s", vec![]).op("Sub", &["s", "shift"], "t", vec![]).op(
+        "Div",
+        &["t", "div"],
+        "u",
+        vec![],
+    );
+    g.op("PRelu", &["u", "slope"], "p", vec![]).op("Clip", &["p", "lo", "hi"], "c", vec![]);
+    // GELU as the TorchScript exporter writes it at opset 17.
+    g.op("Div", &["c", "sqrt2"], "e0", vec![]).op("Erf", &["e0"], "e1", vec![]).op("Add", &["e1", "one"], "e2", vec![]);
+    g.op("Mul", &["c", "e2"], "e3", vec![]).op("Mul", &["e3", "half"], "gelu", vec![]);
+    g.op("Dropout", &["gelu"], "d", vec![]);
+    let to = AttributeProto {
+        name: Some("to".into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(1),
+        ..Default::default()
+    };
+    g.op("Cast", &["d"], "k", vec![to]).op("LeakyRelu", &["k"], "l", vec![attr_f("alpha", 0.1)]);
+    g.weight("w2", 3, 8, &[]).init("b2", &[3], &[0.0; 3]);
+    g.op("Gemm", &["l", "w2", "b2"], "y", vec![attr_i("transB", 1)]);
+    let (r, _) = minimize(&g.model("y", &[B, Some(3)]));
+    // Rows 1 and 6 are constant, channel 2 is scaled by zero: all three leave.
+    assert_eq!(widths(&r), vec![(5, 5), (5, 3)]);
+}
+
+#[test]
+fn shared_weights_through_identity_get_private_copies() {
+    let mut g = G::new("x", &[B, Some(4)]);
+    g.weight("w1", 6, 4, &[0, 3]).init("b1", &[6], &[1.0; 6]).weight("w2", 3, 6, &[]);
+    g.op("Gemm", &["x", "w1", "b1"], "h", vec![attr_i("transB", 1)]).op("Relu", &["h"], "a", vec![]);
+    g.op("Identity", &["w2"], "w2_alias", vec![]);
+    g.op("Gemm", &["a", "w2"], "y1", vec![attr_i("transB", 1)]);
+    g.op("Gemm", &["a", "w2_alias"], "y2", vec![attr_i("transB", 1)]);
+    g.op("Add", &["y1", "y2"], "y", vec![]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(3)]));
+    assert_eq!(widths(&r), vec![(4, 4), (4, 3), (4, 3)]);
+    // The shared original is gone; each reader has its own sliced copy with a folded bias.
+    assert!(m.graph().initializer.iter().all(|t| t.name() != "w2"));
+}
+
+#[test]
+fn constant_node_weights_and_a_channel_keeping_reshape() {
+    let mut g = G::new("x", &[B, Some(2), Some(3)]);
+    let w = g.rand(3 * 5);
+    let mut w = w;
+    (0..3).for_each(|c| w[c * 5 + 2] = 0.0); // output 2 of the MatMul reads nothing
+    let t = crate::common::f32_tensor("w", &[3, 5], &w);
+    let value = AttributeProto {
+        name: Some("value".into()),
+        r#type: Some(AttributeType::Tensor as i32),
+        t: Some(t),
+        ..Default::default()
+    };
+    g.g.node.push(crate::common::node("Constant", "const_w", &[], &["w"], vec![value]));
+    g.init("b", &[5], &[0.1, 0.2, 0.3, 0.4, 0.5]);
+    let shape = onnx_minimize::onnx::proto::TensorProto {
+        name: Some("shape".into()),
+        dims: vec![2],
+        data_type: Some(7),
+        int64_data: vec![-1, 5],
+        ..Default::default()
+    };
+    g.g.initializer.push(shape);
+    g.op("MatMul", &["x", "w"], "mm", vec![]).op("Add", &["mm", "b"], "h", vec![]).op("Tanh", &["h"], "t", vec![]);
+    g.op("Reshape", &["t", "shape"], "flat", vec![]);
+    g.weight("w2", 3, 5, &[]);
+    g.op("Gemm", &["flat", "w2"], "y", vec![attr_i("transB", 1)]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(3)]));
+    assert_eq!(widths(&r), vec![(3, 4), (4, 3)]);
+    let shape = m.graph().initializer.iter().find(|t| t.name() == "shape").unwrap();
+    assert_eq!(onnx_minimize::onnx::tensor::int64s(shape), vec![-1, 4]);
+}
+
+#[test]
+fn residual_adds_and_gating_share_one_space() {
+    // Two writers into one stream: a channel leaves only when both agree.
+    let mut g = G::new("x", &[B, Some(4)]);
+    g.weight("wa", 6, 4, &[0, 1, 5]).weight("wb", 6, 4, &[0, 1, 2]).weight("wg", 6, 4, &[0]);
+    g.op("Gemm", &["x", "wa"], "a", vec![attr_i("transB", 1)]);
+    g.op("Gemm", &["x", "wb"], "b", vec![attr_i("transB", 1)]);
+    g.op("Gemm", &["x", "wg"], "gl", vec![attr_i("transB", 1)]).op("Sigmoid", &["gl"], "gate", vec![]);
+    g.op("Add", &["a", "b"], "s", vec![]).op("Mul", &["s", "gate"], "m", vec![]);
+    g.weight("wo", 2, 6, &[]);
+    g.op("Gemm", &["m", "wo"], "y", vec![attr_i("transB", 1)]);
+    let (r, _) = minimize(&g.model("y", &[B, Some(2)]));
+    // Channel 0 is zero in a and b (so s = 0 and m = 0); channel 1 is zero in a and b too.
+    assert_eq!(widths(&r), vec![(4, 4), (4, 4), (4, 4), (4, 2)]);
+}
+
+#[test]
+fn an_opaque_operator_keeps_its_channels_and_says_so() {
+    let mut g = G::new("x", &[B, Some(4)]);
+    g.weight("w1", 6, 4, &[2]).weight("w2", 3, 6, &[]);
+    g.op("Gemm", &["x", "w1"], "h", vec![attr_i("transB", 1)]).op("Softmax", &["h"], "s", vec![attr_i("axis", 1)]);
+    g.op("Gemm", &["s", "w2"], "y", vec![attr_i("transB", 1)]);
+    let (r, _) = minimize(&g.model("y", &[B, Some(3)]));
+    assert_eq!(widths(&r), vec![(4, 6), (6, 3)]);
+    assert!(r.blocked.iter().any(|b| b.reasons.iter().any(|w| w.contains("Softmax"))), "{:?}", r.blocked);
+}
+
+#[test]
+fn flatten_that_keeps_the_last_axis() {
+    let mut g = G::new("x", &[B, Some(4)]);
+    g.weight("w1", 6, 4, &[1, 4]).weight("w2", 2, 6, &[]);
+    g.op("Gemm", &["x", "w1"], "h", vec![attr_i("transB", 1)]).rank("h", &[B, Some(6)]);
+    g.op("Flatten", &["h"], "f", vec![attr_i("axis", 1)]);
+    g.op("Gemm", &["f", "w2"], "y", vec![attr_i("transB", 1)]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(2)]));
+    assert_eq!(widths(&r), vec![(4, 4), (4, 2)]);
+    // The declared intermediate shape follows the new width.
+    let vi = m.graph().value_info.iter().find(|v| v.name() == "h").unwrap();
+    assert!(format!("{vi:?}").contains("DimValue(4)"));
+}
