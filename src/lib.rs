@@ -19,6 +19,7 @@
 pub mod analysis;
 pub mod error;
 pub mod ir;
+pub mod npy;
 pub mod onnx;
 pub mod ops;
 pub mod report;

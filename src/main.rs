@@ -52,13 +52,17 @@ struct Cli {
     #[arg(long)]
     no_verify: bool,
     /// Largest accepted output deviation, relative to each output's largest magnitude.
-    /// Default 1e-4, or 1e-2 for float16/bfloat16 outputs.
+    /// Default 1e-4, or 1e-2 for models with float16/bfloat16 weights.
     #[arg(long, value_name = "X")]
     tolerance: Option<f64>,
     /// Shape for an input during verification, as NAME=D1,D2,...; repeat per input.
     /// Dynamic dimensions are otherwise tried at 1, 3 and 2.
     #[arg(long, value_name = "NAME=DIMS", value_parser = parse_shape)]
     input_shape: Vec<(String, Vec<usize>)>,
+    /// Inputs of your own to verify on (besides the random ones): FILE.npz holding one array
+    /// per model input, or NAME=FILE.npy per input; repeatable.
+    #[arg(long, value_name = "FILE")]
+    inputs: Vec<onnx_minimize::npy::InputFile>,
     /// Number of random input sets to verify on.
     #[arg(long, default_value_t = 3, value_name = "N")]
     runs: usize,
@@ -99,6 +103,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             input_shapes: cli.input_shape.iter().cloned().collect::<HashMap<_, _>>(),
             runs: cli.runs,
             seed: cli.seed,
+            inputs: cli.inputs.clone(),
         }),
         external_data: match (cli.external_data, cli.inline_data) {
             (true, _) => Some(true),

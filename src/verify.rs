@@ -24,11 +24,13 @@ pub struct VerifyOptions {
     /// How many input sets to try.
     pub runs: usize,
     pub seed: u64,
+    /// Inputs of the user's own to check on, besides the random ones.
+    pub inputs: Vec<crate::npy::InputFile>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions { tolerance: None, input_shapes: HashMap::new(), runs: 3, seed: 0x5eed }
+        VerifyOptions { tolerance: None, input_shapes: HashMap::new(), runs: 3, seed: 0x5eed, inputs: vec![] }
     }
 }
 
@@ -202,19 +204,30 @@ fn compare(
     let mut worst: Vec<f64> = vec![];
     let mut shapes = vec![];
     let names: Vec<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
-    for r in 0..opts.runs.max(1) {
-        let set: Vec<Vec<usize>> = specs
-            .iter()
-            .map(|s| match opts.input_shapes.get(&s.name) {
-                Some(shape) => shape.clone(),
-                None => s.dims.iter().map(|d| d.unwrap_or(DYNAMIC_SIZES[r % DYNAMIC_SIZES.len()])).collect(),
-            })
-            .collect();
-        let inputs = specs
-            .iter()
-            .zip(&set)
-            .map(|(s, shape)| random_tensor(&mut rng, s.elem, shape))
-            .collect::<Result<Vec<_>>>()?;
+    let user = crate::npy::read_inputs(&opts.inputs)?;
+    if let Some(missing) = specs.iter().find(|s| !user.is_empty() && !user.contains_key(&s.name)) {
+        let given: Vec<_> = user.keys().collect();
+        return Err(Error::Usage(format!("--inputs gives {given:?} but not the model's input '{}'", missing.name)));
+    }
+    // The user's inputs first, when given, then random ones.
+    let offset = usize::from(!user.is_empty());
+    for r in 0..opts.runs.max(1) + offset {
+        let inputs = if r < offset {
+            specs.iter().map(|s| user[&s.name].clone()).collect()
+        } else {
+            let size = DYNAMIC_SIZES[(r - offset) % DYNAMIC_SIZES.len()];
+            specs
+                .iter()
+                .map(|s| {
+                    let shape = match opts.input_shapes.get(&s.name) {
+                        Some(shape) => shape.clone(),
+                        None => s.dims.iter().map(|d| d.unwrap_or(size)).collect(),
+                    };
+                    random_tensor(&mut rng, s.elem, &shape)
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let set: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
         let ya = run(&a, original, &inputs)?;
         let yb = run(&b, minimized, &inputs)?;
         worst.resize(ya.len(), 0.0);

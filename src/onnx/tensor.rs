@@ -173,9 +173,27 @@ impl<'a> Values<'a> {
     pub fn gather(&self, indices: impl Iterator<Item = usize>) -> Vec<u8> {
         let size = self.dtype.size();
         let mut out = Vec::new();
+        if let Repr::Raw(b) = self.repr {
+            // Kept elements come in long runs (whole rows, spans of columns): copy runs, not elements.
+            let mut run: Option<(usize, usize)> = None;
+            for i in indices {
+                run = match run {
+                    Some((start, end)) if end == i => Some((start, i + 1)),
+                    Some((start, end)) => {
+                        out.extend_from_slice(&b[start * size..end * size]);
+                        Some((i, i + 1))
+                    }
+                    None => Some((i, i + 1)),
+                };
+            }
+            if let Some((start, end)) = run {
+                out.extend_from_slice(&b[start * size..end * size]);
+            }
+            return out;
+        }
         for i in indices {
             match self.repr {
-                Repr::Raw(b) => out.extend_from_slice(&b[i * size..(i + 1) * size]),
+                Repr::Raw(_) => unreachable!("handled above"),
                 Repr::Bits16(v) => out.extend_from_slice(&(v[i] as u16).to_le_bytes()),
                 _ => self.dtype.encode_into(self.get(i), &mut out),
             }

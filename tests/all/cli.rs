@@ -151,3 +151,62 @@ fn bad_input_gets_a_clear_error_and_no_file() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("5,\n          2"));
 }
+
+#[test]
+fn user_inputs_from_npz_and_npy_are_verified_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = |shape: &str| {
+        let h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n");
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b
+    };
+    let mut npy = header("(4, 784)");
+    npy.extend((0..4 * 784).flat_map(|i| ((i % 7) as f32 * 0.1).to_le_bytes()));
+    let npy_path = dir.path().join("x.npy");
+    std::fs::write(&npy_path, &npy).unwrap();
+    let arg = format!("input={}", npy_path.display());
+    let out = dir.path().join("out.onnx");
+    let o = run(&[
+        fixture("lenet300_pruned_ts.onnx").as_os_str(),
+        out.as_os_str(),
+        os("--inputs"),
+        os(&arg),
+        os("-q"),
+        os("--report"),
+        os("-"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["verification"]["runs"], 4);
+    assert_eq!(json["verification"]["input_shapes"][0][0], serde_json::json!([4, 784]));
+
+    let npz = dir.path().join("inputs.npz");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+    zip.start_file(
+        "input.npy",
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut zip, &npy).unwrap();
+    zip.finish().unwrap();
+    let o = run(&[
+        fixture("lenet300_pruned_ts.onnx").as_os_str(),
+        out.as_os_str(),
+        os("--inputs"),
+        npz.as_os_str(),
+        os("-q"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let wrong = format!("nope={}", npy_path.display());
+    let o = run(&[
+        fixture("lenet300_pruned_ts.onnx").as_os_str(),
+        dir.path().join("o2.onnx").as_os_str(),
+        os("--inputs"),
+        os(&wrong),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not the model's input 'input'"), "{}", stderr(&o));
+}
