@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use onnx_minimize::{minimize_file, Error, Options, VerifyOptions};
 
 const AFTER_HELP: &str = "\
@@ -36,7 +36,7 @@ EXIT STATUS:
 /// Removes the units that pruning made dead or constant from fully-connected layers, folds the
 /// constants into biases, and verifies the result with tract before writing it.
 #[derive(Parser)]
-#[command(version, about, long_about, after_help = AFTER_HELP)]
+#[command(version, about, long_about, after_help = "More with --help: examples, how it works, exit status, operators.")]
 struct Cli {
     /// The pruned model (.onnx; external data is read from beside it).
     input: PathBuf,
@@ -136,7 +136,14 @@ fn run(cli: Cli) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let ops = onnx_minimize::ops::supported().join(", ");
+    let command = Cli::command()
+        .after_long_help(format!("{AFTER_HELP}\n\nOPERATORS WITH CHANNEL RULES (all others are kept whole):\n  {ops}"));
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -65,7 +65,7 @@ fn dry_run_writes_nothing() {
 fn help_teaches() {
     let o = run(&[os("--help")]);
     let text = String::from_utf8_lossy(&o.stdout);
-    for needle in ["EXAMPLES", "EXIT STATUS", "--input-shape", "--dry-run", "--report"] {
+    for needle in ["EXAMPLES", "EXIT STATUS", "--input-shape", "--dry-run", "--report", "OPERATORS", "Gemm"] {
         assert!(text.contains(needle), "{needle}");
     }
 }
@@ -209,4 +209,12 @@ fn user_inputs_from_npz_and_npy_are_verified_on() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not the model's input 'input'"), "{}", stderr(&o));
+}
+
+#[test]
+fn readme_lists_every_supported_operator() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for op in onnx_minimize::ops::supported() {
+        assert!(readme.contains(&format!("`{op}`")), "README does not list {op}");
+    }
 }

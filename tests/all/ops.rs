@@ -143,3 +143,46 @@ fn flatten_that_keeps_the_last_axis() {
     let vi = m.graph().value_info.iter().find(|v| v.name() == "h").unwrap();
     assert!(format!("{vi:?}").contains("DimValue(4)"));
 }
+
+/// Weights stored in typed fields (`float_data`) and as bfloat16 are read, sliced and folded in
+/// their own type.
+#[test]
+fn typed_fields_and_bfloat16_weights() {
+    use onnx_minimize::onnx::proto::{tensor_proto::DataType, type_proto};
+    use onnx_minimize::onnx::tensor::{encode, with_data, FloatType, Values};
+    let build = || {
+        let mut g = G::new("x", &[B, Some(4)]);
+        g.weight("w1", 6, 4, &[0, 5]).init("b1", &[6], &[0.5; 6]).weight("w2", 2, 6, &[]).init("b2", &[2], &[0.0; 2]);
+        g.op("Gemm", &["x", "w1", "b1"], "h", vec![attr_i("transB", 1)]).op("Tanh", &["h"], "a", vec![]);
+        g.op("Gemm", &["a", "w2", "b2"], "y", vec![attr_i("transB", 1)]);
+        g.model("y", &[B, Some(2)])
+    };
+    let mut typed = build();
+    for t in typed.graph.as_mut().unwrap().initializer.iter_mut() {
+        let v = Values::of(t).unwrap();
+        t.float_data = (0..v.len()).map(|i| v.get(i) as f32).collect();
+        t.raw_data = None;
+    }
+    let (r, m) = minimize(&typed);
+    assert_eq!(widths(&r), vec![(4, 4), (4, 2)]);
+    assert!(m.graph().initializer.iter().all(|t| Values::of(t).is_ok()));
+
+    let mut bf16 = build();
+    for t in bf16.graph.as_mut().unwrap().initializer.iter_mut() {
+        let v = Values::of(t).unwrap();
+        let vals: Vec<f64> = (0..v.len()).map(|i| v.get(i)).collect();
+        *t = with_data(t, t.dims.clone(), FloatType::Bf16, encode(FloatType::Bf16, &vals));
+    }
+    let g = bf16.graph.as_mut().unwrap();
+    for vi in g.input.iter_mut().chain(g.output.iter_mut()) {
+        if let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            t.elem_type = Some(DataType::Bfloat16 as i32);
+        }
+    }
+    let (r, m) = minimize(&bf16);
+    assert_eq!(widths(&r), vec![(4, 4), (4, 2)]);
+    assert!(r.verification.as_ref().unwrap().as_float32);
+    // The folded bias is stored as bfloat16, like the weights.
+    let b2 = m.graph().initializer.iter().find(|t| t.name() == "b2").unwrap();
+    assert_eq!(Values::of(b2).unwrap().dtype, FloatType::Bf16);
+}
