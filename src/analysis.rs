@@ -1,17 +1,20 @@
 //! Channel analysis: which channels of which tensors are dead or constant, and which can leave.
 //!
-//! Follows docs/design.md ("minimization math"):
-//! 1. **Spaces.** Pointwise operators tie their activations into one channel space (union-find);
-//!    linear layers border spaces and fix their axis and width. Graph inputs, graph outputs and
-//!    opaque operators *pin* the spaces they touch: those keep every channel, and the pin's
-//!    reason is reported.
-//! 2. **Forward constancy.** A channel is constant when it is the same number for every input and
-//!    position: a linear output whose weights over non-constant inputs are all zero, or a pointwise
-//!    function of constants.
-//! 3. **Backward need.** A channel is needed when it is not constant and something needed reads
-//!    it with a non-zero weight. Graph outputs are needed.
-//! 4. **Decision.** A channel leaves a space when no value of the space needs it. Its producers'
-//!    rows go; readers of a constant channel fold it into their bias.
+//! Follows docs/design.md:
+//! 1. **Layout.** Every activation gets a channel axis (counted from the end), a width, a rank
+//!    where known, and a block size (entries per channel along the axis: 1, or `H * W` once a
+//!    feature map is flattened into a Gemm). Linear layers and convolutions fix them; pointwise
+//!    operators, reshapes, concatenations and splits carry them along, to a fixed point.
+//! 2. **Channel classes.** Union-find over individual channels: a pointwise operator ties channel
+//!    `c` of its inputs and output, a concatenation ties input channel `c` to output channel
+//!    `offset + c`. A class is a set of channels that must be kept or removed together.
+//! 3. **Forward constancy.** A channel is constant when it is the same number for every input
+//!    and position.
+//! 4. **Backward need.** A channel is needed when it is not constant (or its constant cannot be
+//!    folded exactly) and something needed reads it with a non-zero weight.
+//! 5. **Decision.** A class leaves when none of its channels is needed and none belongs to a
+//!    *forced* tensor: graph inputs and outputs, tensors an opaque operator touches, tensors
+//!    whose layout is ambiguous. Forced tensors keep every channel; the report says why.
 //!
 //! One forward and one backward pass reach the fixed point on a DAG; the tests check that a
 //! second minimization removes nothing more.
@@ -21,26 +24,11 @@ use std::collections::HashMap;
 use petgraph::unionfind::UnionFind;
 
 use crate::ir::Ir;
-use crate::onnx::proto::GraphProto;
+use crate::onnx::proto::{tensor_proto::DataType, GraphProto, TensorProto};
 use crate::onnx::tensor::{int64s, with_data, with_int64s, Values};
-use crate::ops::{self, Ctx, Pointwise, Role};
+use crate::ops::{self, Ctx, Layout, Pointwise, Role};
 use crate::report::{Blocked, GatheredInput, LayerReport};
 use crate::rewrite::Edit;
-
-#[derive(Default, Clone)]
-struct Space {
-    axis: Option<isize>,
-    width: Option<usize>,
-    pins: Vec<String>,
-}
-
-impl Space {
-    fn pin(&mut self, why: String) {
-        if !self.pins.contains(&why) {
-            self.pins.push(why);
-        }
-    }
-}
 
 /// (node index, input slot) of a pointwise node's constant operand.
 type ParamKey = (usize, usize);
@@ -58,24 +46,6 @@ impl Param<'_> {
     }
 }
 
-pub struct Analysis<'g> {
-    cx: Ctx<'g>,
-    roles: Vec<Role<'g>>,
-    ids: HashMap<&'g str, usize>,
-    names: Vec<&'g str>,
-    space_of: Vec<usize>,
-    spaces: HashMap<usize, Space>,
-    params: HashMap<ParamKey, Param<'g>>,
-    /// Per value: the constant of each channel (`None` = varies); empty when the width is unknown.
-    consts: Vec<Vec<Option<f64>>>,
-    needed: Vec<Vec<bool>>,
-    /// Per space root: the kept channels, for spaces that shrink.
-    keep: HashMap<usize, Vec<usize>>,
-    gather_inputs: bool,
-    /// Graph inputs read through a Gather, with their space.
-    gathered: HashMap<String, usize>,
-}
-
 /// What the analysis decided, as edits to apply and a report of layers and blocks.
 pub struct Plan {
     pub edits: Vec<Edit>,
@@ -84,6 +54,30 @@ pub struct Plan {
     /// Nodes whose channels are kept whole, and why.
     pub opaque: Vec<String>,
     pub gathered: Vec<GatheredInput>,
+}
+
+pub struct Analysis<'g> {
+    cx: Ctx<'g>,
+    roles: Vec<Role<'g>>,
+    ids: HashMap<&'g str, usize>,
+    names: Vec<&'g str>,
+    axis: Vec<Option<isize>>,
+    width: Vec<Option<usize>>,
+    rank: Vec<Option<usize>>,
+    /// Entries per channel along the axis; `None` until a consumer fixes it.
+    block: Vec<Option<usize>>,
+    /// Why a value keeps all its channels (empty: it need not).
+    forced: Vec<Vec<String>>,
+    params: HashMap<ParamKey, Param<'g>>,
+    /// Per value: the constant of each channel (`None` = varies); empty when the width is unknown.
+    consts: Vec<Vec<Option<f64>>>,
+    needed: Vec<Vec<bool>>,
+    /// Start of each value's channels in the channel index space.
+    offset: Vec<usize>,
+    classes: UnionFind<usize>,
+    kept_class: Vec<bool>,
+    gather_inputs: bool,
+    gathered: Vec<usize>,
 }
 
 impl<'g> Analysis<'g> {
@@ -99,29 +93,28 @@ impl<'g> Analysis<'g> {
             roles,
             ids: HashMap::new(),
             names: vec![],
-            space_of: vec![],
-            spaces: HashMap::new(),
+            axis: vec![],
+            width: vec![],
+            rank: vec![],
+            block: vec![],
+            forced: vec![],
             params: HashMap::new(),
             consts: vec![],
             needed: vec![],
-            keep: HashMap::new(),
+            offset: vec![],
+            classes: UnionFind::new(0),
+            kept_class: vec![],
             gather_inputs,
-            gathered: HashMap::new(),
+            gathered: vec![],
         };
-        a.build_spaces();
+        a.collect_values();
+        a.infer_layout();
+        a.check_operands();
+        a.build_classes();
         a.forward();
         a.backward();
         a.decide();
         a
-    }
-
-    fn id(&mut self, name: &'g str) -> usize {
-        if let Some(&i) = self.ids.get(name) {
-            return i;
-        }
-        self.names.push(name);
-        self.ids.insert(name, self.names.len() - 1);
-        self.names.len() - 1
     }
 
     fn node_label(&self, n: usize) -> String {
@@ -133,112 +126,338 @@ impl<'g> Analysis<'g> {
         !name.is_empty() && !self.cx.ir.is_const(name)
     }
 
-    fn build_spaces(&mut self) {
+    fn value(&self, name: &str) -> Option<usize> {
+        self.ids.get(name).copied()
+    }
+
+    fn input(&self, n: usize, slot: usize) -> usize {
+        self.ids[self.cx.graph.node[n].input[slot].as_str()]
+    }
+
+    fn output(&self, n: usize, slot: usize) -> usize {
+        self.ids[self.cx.graph.node[n].output[slot].as_str()]
+    }
+
+    fn force(&mut self, v: usize, why: String) {
+        if !self.forced[v].contains(&why) {
+            self.forced[v].push(why);
+        }
+    }
+
+    fn collect_values(&mut self) {
         let g = self.cx.graph;
         let ir = self.cx.ir;
-        // Every activation gets an id.
+        let add = |a: &mut Self, name: &'g str| {
+            if !a.ids.contains_key(name) {
+                a.names.push(name);
+                a.ids.insert(name, a.names.len() - 1);
+            }
+        };
         for name in ir.inputs.iter().map(String::as_str) {
-            self.id(name);
+            add(self, name);
         }
         for n in &g.node {
             for v in n.input.iter().chain(&n.output) {
                 if self.is_act(v) {
-                    self.id(v);
+                    add(self, v);
                 }
             }
         }
-        let mut uf = UnionFind::new(self.names.len());
-        for &n in &ir.order {
-            if let Role::Pointwise(p) = &self.roles[n] {
-                let out = self.ids[g.node[n].output[0].as_str()];
-                for &slot in &p.acts {
-                    uf.union(out, self.ids[g.node[n].input[slot].as_str()]);
-                }
-            }
-        }
-        self.space_of = (0..self.names.len()).map(|v| uf.find(v)).collect();
-        let mut spaces: HashMap<usize, Space> = HashMap::new();
-        let claim = |spaces: &mut HashMap<usize, Space>, root: usize, axis: isize, width: usize, who: String| {
-            let s = spaces.entry(root).or_default();
-            if s.axis.is_some_and(|a| a != axis) || s.width.is_some_and(|w| w != width) {
-                s.pin(format!("{who} disagrees with another layer on the channel axis or width"));
-            }
-            s.axis.get_or_insert(axis);
-            s.width.get_or_insert(width);
-        };
-        for &n in &ir.order {
-            let node = &g.node[n];
-            match &self.roles[n] {
-                Role::Linear(l) => {
-                    let (ai, ao) = l.axes();
-                    let w = l.weight();
-                    let x = self.space_of[self.ids[node.input[l.input_slot()].as_str()]];
-                    claim(&mut spaces, x, ai, w.k, self.node_label(n));
-                    let y = self.space_of[self.ids[node.output[0].as_str()]];
-                    claim(&mut spaces, y, ao, w.n, self.node_label(n));
-                    for o in node.output.iter().skip(1).filter(|o| self.is_act(o)) {
-                        spaces.entry(self.space_of[self.ids[o.as_str()]]).or_default().pin(self.node_label(n));
-                    }
-                }
-                Role::Opaque(why) => {
-                    let who = format!("{}: {why}", self.node_label(n));
-                    let mut reads = vec![];
-                    let mut implicit = vec![];
-                    for a in &node.attribute {
-                        for sub in a.g.iter().chain(a.graphs.iter()) {
-                            implicit.extend(sub.node.iter().flat_map(|sn| sn.input.iter()));
-                        }
-                    }
-                    reads.extend(node.input.iter().chain(&node.output).chain(implicit));
-                    for v in reads.into_iter().filter(|v| self.ids.contains_key(v.as_str())) {
-                        spaces.entry(self.space_of[self.ids[v.as_str()]]).or_default().pin(who.clone());
-                    }
-                }
-                Role::Pointwise(_) => {
-                    for o in node.output.iter().skip(1).filter(|o| self.ids.contains_key(o.as_str())) {
-                        spaces.entry(self.space_of[self.ids[o.as_str()]]).or_default().pin(self.node_label(n));
-                    }
-                }
-            }
-        }
+        let count = self.names.len();
+        self.axis = vec![None; count];
+        self.width = vec![None; count];
+        self.rank = self.names.iter().map(|n| ir.rank(n)).collect();
+        self.block = vec![Some(1); count];
+        self.forced = vec![vec![]; count];
         for i in &ir.inputs {
-            let root = self.space_of[self.ids[i.as_str()]];
-            // With gathering on, an input keeps its declared shape and a Gather in front of its
-            // readers selects the features that are used; one input per space keeps that simple.
-            if self.gather_inputs && !self.gathered.values().any(|&r| r == root) {
-                self.gathered.insert(i.clone(), root);
+            let v = self.ids[i.as_str()];
+            if self.gather_inputs {
+                self.gathered.push(v);
             } else {
-                spaces.entry(root).or_default().pin(format!("graph input '{i}'"));
+                self.force(v, format!("graph input '{i}'"));
             }
         }
         for o in &ir.outputs {
-            if let Some(&v) = self.ids.get(o.as_str()) {
-                spaces.entry(self.space_of[v]).or_default().pin(format!("graph output '{o}'"));
+            if let Some(v) = self.value(o) {
+                self.force(v, format!("graph output '{o}'"));
             }
         }
-        // Pointwise constraints need the space's axis and width, known only now.
+        let roles = std::mem::take(&mut self.roles);
         for &n in &ir.order {
-            let Role::Pointwise(p) = &self.roles[n] else {
-                continue;
-            };
             let node = &g.node[n];
-            let root = self.space_of[self.ids[node.output[0].as_str()]];
-            let s = spaces.entry(root).or_default();
-            let (Some(axis), Some(width)) = (s.axis, s.width) else {
-                continue;
+            let label = self.node_label(n);
+            let touched: Vec<usize> = match &roles[n] {
+                Role::Opaque(why) => {
+                    let mut names: Vec<&String> = node.input.iter().chain(&node.output).collect();
+                    for a in &node.attribute {
+                        for sub in a.g.iter().chain(a.graphs.iter()) {
+                            names.extend(sub.node.iter().flat_map(|sn| sn.input.iter()));
+                        }
+                    }
+                    let vs: Vec<usize> = names.into_iter().filter_map(|s| self.value(s)).collect();
+                    for v in vs {
+                        self.force(v, format!("{label}: {why}"));
+                    }
+                    continue;
+                }
+                Role::Split { .. } => vec![],
+                _ => node.output.iter().skip(1).filter_map(|o| self.value(o)).collect(),
             };
-            match self.check_pointwise(n, p, axis, width) {
+            for v in touched {
+                self.force(v, format!("{label}: a secondary output"));
+            }
+        }
+        self.roles = roles;
+    }
+
+    /// Sets a layout fact, or forces the value when it contradicts what is known.
+    fn set<T: PartialEq + Copy>(
+        &mut self,
+        field: fn(&mut Self) -> &mut Vec<Option<T>>,
+        v: usize,
+        x: T,
+        who: &str,
+    ) -> bool {
+        match field(self)[v] {
+            Some(old) if old == x => false,
+            Some(_) => {
+                self.force(v, format!("{who} disagrees with another operator on its channel layout"));
+                false
+            }
+            None => {
+                field(self)[v] = Some(x);
+                true
+            }
+        }
+    }
+
+    fn copy_layout(&mut self, from: usize, to: usize, who: &str) -> bool {
+        let mut changed = false;
+        if let Some(a) = self.axis[from] {
+            changed |= self.set(|s| &mut s.axis, to, a, who);
+        }
+        if let Some(w) = self.width[from] {
+            changed |= self.set(|s| &mut s.width, to, w, who);
+        }
+        if let Some(b) = self.block[from] {
+            changed |= self.set(|s| &mut s.block, to, b, who);
+        }
+        changed
+    }
+
+    /// The channel axis counted from the start, where the rank is known.
+    fn position(&self, v: usize) -> Option<usize> {
+        let (r, a) = (self.rank[v]?, self.axis[v]?);
+        usize::try_from(r as isize + a).ok()
+    }
+
+    fn infer_layout(&mut self) {
+        let order = self.cx.ir.order.clone();
+        let roles = std::mem::take(&mut self.roles);
+        // Blocks of flattened feature maps are unknown until a Gemm reads them.
+        for &n in &order {
+            if let Role::Pointwise(Pointwise { layout: Layout::Flatten { .. } | Layout::Reshape { .. }, .. }) =
+                &roles[n]
+            {
+                let o = self.output(n, 0);
+                self.block[o] = None;
+            }
+        }
+        for _pass in 0..order.len().max(1) {
+            let mut changed = false;
+            for &n in order.iter().chain(order.iter().rev()) {
+                changed |= self.infer_node(n, &roles[n]);
+            }
+            if !changed {
+                break;
+            }
+        }
+        self.roles = roles;
+    }
+
+    fn infer_node(&mut self, n: usize, role: &Role) -> bool {
+        let node = &self.cx.graph.node[n];
+        let who = self.node_label(n);
+        let mut changed = false;
+        match role {
+            Role::Linear(l) => {
+                let (x, y) = (self.input(n, l.input_slot()), self.output(n, 0));
+                let ((ai, ao), (ri, ro)) = (l.axes(), l.ranks());
+                let (k, width_out) = (l.weight().k, l.weight().n);
+                changed |= self.set(|s| &mut s.axis, x, ai, &who);
+                changed |= self.set(|s| &mut s.axis, y, ao, &who);
+                changed |= self.set(|s| &mut s.width, y, width_out, &who);
+                if let Some(r) = ri {
+                    changed |= self.set(|s| &mut s.rank, x, r, &who);
+                }
+                if let Some(r) = ro.or(self.rank[x]) {
+                    changed |= self.set(|s| &mut s.rank, y, r, &who);
+                }
+                match (self.width[x], self.block[x]) {
+                    (_, Some(b)) if k % b == 0 => changed |= self.set(|s| &mut s.width, x, k / b, &who),
+                    (Some(w), None) if w > 0 && k % w == 0 => changed |= self.set(|s| &mut s.block, x, k / w, &who),
+                    (None, None) => {}
+                    _ => self.force(x, format!("{who}: its input width does not divide its weight")),
+                }
+            }
+            Role::Channelwise(c) => {
+                let (x, y) = (self.input(n, c.input_slot()), self.output(n, 0));
+                for v in [x, y] {
+                    changed |= self.set(|s| &mut s.axis, v, c.axis(), &who);
+                    changed |= self.set(|s| &mut s.rank, v, c.rank(), &who);
+                    changed |= self.set(|s| &mut s.width, v, c.width(), &who);
+                }
+            }
+            Role::Pointwise(p) => {
+                let o = self.output(n, 0);
+                let acts: Vec<usize> = p.acts.iter().map(|&s| self.input(n, s)).collect();
+                match &p.layout {
+                    Layout::Same => {
+                        for &a in &acts {
+                            changed |= self.copy_layout(a, o, &who);
+                            changed |= self.copy_layout(o, a, &who);
+                        }
+                        let param_rank =
+                            p.params.iter().filter_map(|&s| self.cx.const_tensor(&node.input[s])).map(|t| t.dims.len());
+                        let ranks: Option<Vec<usize>> = acts.iter().map(|&a| self.rank[a]).collect();
+                        if let Some(r) = ranks.and_then(|r| r.into_iter().chain(param_rank).max()) {
+                            changed |= self.set(|s| &mut s.rank, o, r, &who);
+                        }
+                    }
+                    Layout::Flatten { from } => changed |= self.infer_flatten(acts[0], o, Some(*from), &who),
+                    Layout::Reshape { slot } => {
+                        let shape = int64s(self.cx.const_tensor(&node.input[*slot]).expect("checked by the rule"));
+                        let x = acts[0];
+                        if self.axis[x] == Some(-1) {
+                            // Leading axes merge or split; the channel axis stays last and whole.
+                            changed |= self.set(|s| &mut s.axis, o, -1, &who);
+                            changed |= self.set(|s| &mut s.rank, o, shape.len(), &who);
+                            if let Some(w) = self.width[x] {
+                                changed |= self.set(|s| &mut s.width, o, w, &who);
+                            }
+                            if let Some(b) = self.block[x] {
+                                changed |= self.set(|s| &mut s.block, o, b, &who);
+                            }
+                        } else if shape.len() == 2 && self.position(x) == Some(1) {
+                            changed |= self.infer_flatten(x, o, None, &who);
+                        } else if self.axis[x].is_some() {
+                            self.force(x, format!("{who}: it reshapes the channel axis"));
+                            self.force(o, format!("{who}: it reshapes the channel axis"));
+                        }
+                    }
+                    Layout::Reduce { axes, keepdims } => {
+                        let x = acts[0];
+                        let (Some(r), Some(p)) = (self.rank[x], self.position(x)) else { return changed };
+                        let axes: Vec<usize> =
+                            axes.iter().map(|&a| if a < 0 { (a + r as i64) as usize } else { a as usize }).collect();
+                        if axes.contains(&p) {
+                            self.force(x, format!("{who}: it reduces over the channel axis"));
+                            return changed;
+                        }
+                        let (a, w) = (self.axis[x].expect("positioned"), self.width[x]);
+                        let (out_axis, out_rank) = if *keepdims {
+                            (a, r)
+                        } else {
+                            (a + axes.iter().filter(|&&q| q > p).count() as isize, r - axes.len())
+                        };
+                        changed |= self.set(|s| &mut s.axis, o, out_axis, &who);
+                        changed |= self.set(|s| &mut s.rank, o, out_rank, &who);
+                        if let Some(w) = w {
+                            changed |= self.set(|s| &mut s.width, o, w, &who);
+                        }
+                    }
+                }
+            }
+            Role::Concat { axis } => {
+                let ins: Vec<usize> = (0..node.input.len()).map(|s| self.input(n, s)).collect();
+                let o = self.output(n, 0);
+                let all: Vec<usize> = ins.iter().copied().chain([o]).collect();
+                if let Some(r) = all.iter().find_map(|&v| self.rank[v]) {
+                    let a = if *axis < 0 { *axis as isize } else { *axis as isize - r as isize };
+                    for &v in &all {
+                        changed |= self.set(|s| &mut s.axis, v, a, &who);
+                        changed |= self.set(|s| &mut s.rank, v, r, &who);
+                    }
+                    if let Some(total) = ins.iter().map(|&v| self.width[v]).sum::<Option<usize>>() {
+                        changed |= self.set(|s| &mut s.width, o, total, &who);
+                    }
+                }
+            }
+            Role::Split { axis, sizes, .. } => {
+                let x = self.input(n, 0);
+                let outs: Vec<usize> =
+                    (0..node.output.len()).filter(|&s| !node.output[s].is_empty()).map(|s| self.output(n, s)).collect();
+                if outs.len() != node.output.len() {
+                    return changed;
+                }
+                let all: Vec<usize> = outs.iter().copied().chain([x]).collect();
+                if let Some(r) = all.iter().find_map(|&v| self.rank[v]) {
+                    let a = if *axis < 0 { *axis as isize } else { *axis as isize - r as isize };
+                    for &v in &all {
+                        changed |= self.set(|s| &mut s.axis, v, a, &who);
+                        changed |= self.set(|s| &mut s.rank, v, r, &who);
+                    }
+                }
+                let sizes = if sizes.is_empty() {
+                    match self.width[x] {
+                        Some(w) if w % outs.len() == 0 => vec![w / outs.len(); outs.len()],
+                        _ => return changed,
+                    }
+                } else {
+                    sizes.clone()
+                };
+                if sizes.len() == outs.len() {
+                    changed |= self.set(|s| &mut s.width, x, sizes.iter().sum(), &who);
+                    for (&o, &w) in outs.iter().zip(&sizes) {
+                        changed |= self.set(|s| &mut s.width, o, w, &who);
+                    }
+                }
+            }
+            Role::Opaque(_) => {}
+        }
+        changed
+    }
+
+    /// `o = flatten(x)` from axis `from` (or a 2-D reshape when `None`): the channel axis either
+    /// stays whole and last, or turns into blocks of the flat axis.
+    fn infer_flatten(&mut self, x: usize, o: usize, from: Option<i64>, who: &str) -> bool {
+        let (Some(r), Some(p)) = (self.rank[x], self.position(x)) else { return false };
+        let from = from.map_or(1, |f| if f < 0 { f + r as i64 } else { f }) as usize;
+        let mut changed = self.set(|s| &mut s.axis, o, -1, who);
+        changed |= self.set(|s| &mut s.rank, o, 2, who);
+        if let Some(w) = self.width[x] {
+            changed |= self.set(|s| &mut s.width, o, w, who);
+        }
+        if p == r - 1 && from == r - 1 {
+            if let Some(b) = self.block[x] {
+                changed |= self.set(|s| &mut s.block, o, b, who);
+            }
+        } else if p != from || self.block[x] != Some(1) {
+            self.force(x, format!("{who}: it flattens the channel axis together with others"));
+            self.force(o, format!("{who}: it flattens the channel axis together with others"));
+        }
+        changed
+    }
+
+    /// Validates pointwise constants and reshape targets against the inferred layout.
+    fn check_operands(&mut self) {
+        let roles = std::mem::take(&mut self.roles);
+        for &n in &self.cx.ir.order.clone() {
+            let Role::Pointwise(p) = &roles[n] else { continue };
+            let o = self.output(n, 0);
+            let (Some(axis), Some(width)) = (self.axis[o], self.width[o]) else { continue };
+            match self.check_pointwise(n, p, axis, width, o) {
                 Ok(params) => self.params.extend(params),
-                Err(why) => s.pin(format!("{}: {why}", self.node_label(n))),
+                Err(why) => {
+                    let who = format!("{}: {why}", self.node_label(n));
+                    let acts: Vec<usize> = p.acts.iter().map(|&s| self.input(n, s)).collect();
+                    for v in acts.into_iter().chain([o]) {
+                        self.force(v, who.clone());
+                    }
+                }
             }
         }
-        // A pinned space whose width is ambiguous cannot carry per-channel facts.
-        for s in spaces.values_mut() {
-            if s.pins.iter().any(|p| p.contains("disagrees")) {
-                s.width = None;
-            }
-        }
-        self.spaces = spaces;
+        self.roles = roles;
     }
 
     fn check_pointwise(
@@ -247,15 +466,15 @@ impl<'g> Analysis<'g> {
         p: &Pointwise,
         axis: isize,
         width: usize,
+        o: usize,
     ) -> Result<Vec<(ParamKey, Param<'g>)>, String> {
         let node = &self.cx.graph.node[n];
-        if p.requires_axis.is_some_and(|a| a != axis) {
-            return Err("it only keeps the last axis intact, and the channels are on another".into());
-        }
-        if let Some(slot) = p.shape_slot {
+        if let Layout::Reshape { slot } = p.layout {
             let shape = int64s(self.cx.const_tensor(&node.input[slot]).expect("checked by the rule"));
-            if shape.last() != Some(&(width as i64)) {
-                return Err(format!("its target shape {shape:?} does not end in the channel width {width}"));
+            let last = *shape.last().unwrap_or(&0);
+            let entries = self.block[o].map(|b| (width * b) as i64);
+            if last != -1 && Some(last) != entries {
+                return Err(format!("its target shape {shape:?} does not end in the channel entries"));
             }
         }
         let mut out = vec![];
@@ -263,27 +482,108 @@ impl<'g> Analysis<'g> {
             let t = self.cx.const_tensor(&node.input[slot]).expect("checked by the rule");
             let values = Values::of(t).map_err(|e| e.to_string())?;
             let dims = values.dims;
-            let pos = dims.len() as isize + axis;
-            let others_one = dims.iter().enumerate().all(|(i, &d)| d == 1 || i as isize == pos);
-            let at = if pos >= 0 { dims[pos as usize] } else { 1 };
-            if !others_one || (at != 1 && at != width as i64) {
-                return Err(format!(
-                    "its constant '{}' of shape {dims:?} varies along more than the channel axis",
-                    node.input[slot]
-                ));
-            }
-            let channel_dim = (at != 1).then_some(pos as usize);
+            let channel_dim = if p.channel_params {
+                if dims.len() != 1 || dims[0] != width as i64 {
+                    return Err(format!("its constant '{}' is not a vector of {width}", node.input[slot]));
+                }
+                Some(0)
+            } else {
+                let pos = dims.len() as isize + axis;
+                let others_one = dims.iter().enumerate().all(|(i, &d)| d == 1 || i as isize == pos);
+                let at = if pos >= 0 { dims[pos as usize] } else { 1 };
+                if !others_one || (at != 1 && at != width as i64) {
+                    return Err(format!(
+                        "its constant '{}' of shape {dims:?} varies along more than the channel axis",
+                        node.input[slot]
+                    ));
+                }
+                (at != 1).then_some(pos as usize)
+            };
             out.push(((n, slot), Param { values, channel_dim }));
         }
         Ok(out)
     }
 
-    fn width(&self, v: usize) -> Option<usize> {
-        self.spaces.get(&self.space_of[v]).and_then(|s| s.width)
+    fn chan(&self, v: usize, c: usize) -> usize {
+        self.offset[v] + c
     }
 
-    fn value(&self, name: &str) -> Option<usize> {
-        self.ids.get(name).copied()
+    fn build_classes(&mut self) {
+        let mut total = 0;
+        self.offset = self
+            .width
+            .iter()
+            .map(|w| {
+                let at = total;
+                total += w.unwrap_or(0);
+                at
+            })
+            .collect();
+        self.classes = UnionFind::new(total);
+        let g = self.cx.graph;
+        let roles = std::mem::take(&mut self.roles);
+        for &n in &self.cx.ir.order {
+            let node = &g.node[n];
+            let tie = |a: &mut Self, x: usize, y: usize, xo: usize, yo: usize, w: usize| {
+                for c in 0..w {
+                    let (i, j) = (a.chan(x, xo + c), a.chan(y, yo + c));
+                    a.classes.union(i, j);
+                }
+            };
+            match &roles[n] {
+                Role::Pointwise(p) => {
+                    let o = self.output(n, 0);
+                    for &s in &p.acts {
+                        let a = self.input(n, s);
+                        match (self.width[a], self.width[o]) {
+                            (Some(wa), Some(wo)) if wa == wo => tie(self, a, o, 0, 0, wa),
+                            (None, None) => {}
+                            _ => {
+                                let who = format!("{}: it broadcasts along the channel axis", self.node_label(n));
+                                self.force(a, who.clone());
+                                self.force(o, who);
+                            }
+                        }
+                    }
+                }
+                Role::Channelwise(c) => {
+                    let (x, y) = (self.input(n, c.input_slot()), self.output(n, 0));
+                    tie(self, x, y, 0, 0, c.width());
+                }
+                Role::Concat { .. } => {
+                    let o = self.output(n, 0);
+                    let mut at = 0;
+                    for s in 0..node.input.len() {
+                        let x = self.input(n, s);
+                        let Some(w) = self.width[x].filter(|_| self.width[o].is_some()) else { break };
+                        tie(self, x, o, 0, at, w);
+                        at += w;
+                    }
+                }
+                Role::Split { .. } => {
+                    let x = self.input(n, 0);
+                    let mut at = 0;
+                    for s in 0..node.output.len() {
+                        let o = self.output(n, s);
+                        let Some(w) = self.width[o].filter(|_| self.width[x].is_some()) else { break };
+                        tie(self, x, o, at, 0, w);
+                        at += w;
+                    }
+                }
+                Role::Linear(_) | Role::Opaque(_) => {}
+            }
+        }
+        // A concatenation or split whose widths are not all known cannot be followed.
+        for &n in &self.cx.ir.order {
+            if let Role::Concat { .. } | Role::Split { .. } = &roles[n] {
+                let vs: Vec<usize> = node_values(g, n).filter_map(|s| self.value(s)).collect();
+                if vs.iter().any(|&v| self.width[v].is_none()) {
+                    let who = format!("{}: the widths of its parts are unknown", self.node_label(n));
+                    vs.into_iter().for_each(|v| self.force(v, who.clone()));
+                }
+            }
+        }
+        self.roles = roles;
     }
 
     /// The constant value of a pointwise node's operand at channel `c`, if it has one.
@@ -294,57 +594,92 @@ impl<'g> Analysis<'g> {
         }
     }
 
+    /// A linear node's input constants per weight row, with `None` where the constant cannot be
+    /// folded exactly (a padded Conv reading a non-zero constant).
+    fn linear_inputs(&self, x: usize, l: &dyn ops::Linear) -> Option<Vec<Option<f64>>> {
+        let b = self.block[x]?;
+        let xc = &self.consts[x];
+        if xc.len() * b != l.weight().k {
+            return None;
+        }
+        let exact = l.folds_constants();
+        Some((0..l.weight().k).map(|kc| xc[kc / b].filter(|&k| exact || k == 0.0)).collect())
+    }
+
     fn forward(&mut self) {
         let g = self.cx.graph;
-        self.consts = (0..self.names.len()).map(|v| vec![None; self.width(v).unwrap_or(0)]).collect();
+        self.consts = self.width.iter().map(|w| vec![None; w.unwrap_or(0)]).collect();
         for &n in &self.cx.ir.order {
             let node = &g.node[n];
-            let Some(out) = node.output.first().and_then(|o| self.value(o)) else {
-                continue;
-            };
-            let width = self.consts[out].len();
-            let result: Vec<Option<f64>> = match &self.roles[n] {
-                Role::Pointwise(p) => (0..width)
-                    .map(|c| {
-                        let mut args = Vec::with_capacity(node.input.len());
-                        let mut zero = false;
-                        for slot in 0..node.input.len() {
-                            let v = self.operand(n, p, slot, c);
-                            zero |= v == Some(0.0);
-                            if p.acts.contains(&slot) || p.params.contains(&slot) {
-                                args.push(v);
+            let results: Vec<(usize, Vec<Option<f64>>)> = match &self.roles[n] {
+                Role::Pointwise(p) => {
+                    let o = self.output(n, 0);
+                    let r = (0..self.consts[o].len())
+                        .map(|c| {
+                            let args: Vec<Option<f64>> = (0..node.input.len())
+                                .filter(|s| p.acts.contains(s) || p.params.contains(s))
+                                .map(|s| self.operand(n, p, s, c))
+                                .collect();
+                            if p.zero_absorbs && args.contains(&Some(0.0)) {
+                                Some(0.0)
+                            } else {
+                                args.into_iter().collect::<Option<Vec<f64>>>().and_then(|a| (p.eval)(&a))
                             }
-                        }
-                        if p.zero_absorbs && zero {
-                            Some(0.0)
-                        } else {
-                            args.into_iter().collect::<Option<Vec<f64>>>().map(|a| (p.eval)(&a))
-                        }
-                    })
-                    .collect(),
-                Role::Linear(l) => {
-                    let w = l.weight();
-                    let x = self.value(&node.input[l.input_slot()]).expect("activation");
-                    let xc = &self.consts[x];
-                    if xc.len() != w.k || width != w.n {
-                        vec![None; width]
-                    } else {
-                        let mut acc = vec![0.0; w.n];
-                        let mut varies = vec![false; w.n];
-                        w.for_each_nonzero(|c, j, wv| match xc[c] {
-                            Some(k) => acc[j] += wv * k,
-                            None => varies[j] = true,
-                        });
-                        (self.cx.release)(w.values.raw());
-                        (0..w.n)
-                            .map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) })
-                            .collect()
-                    }
+                        })
+                        .collect();
+                    vec![(o, r)]
                 }
-                Role::Opaque(_) => continue,
+                Role::Linear(l) => {
+                    let (x, y) = (self.input(n, l.input_slot()), self.output(n, 0));
+                    let w = l.weight();
+                    let r = match self.linear_inputs(x, l.as_ref()) {
+                        Some(xc) if self.consts[y].len() == w.n => {
+                            let mut acc = vec![0.0; w.n];
+                            let mut varies = vec![false; w.n];
+                            w.for_each_nonzero(|c, j, wv| match xc[c] {
+                                Some(k) => acc[j] += wv * k,
+                                None => varies[j] = true,
+                            });
+                            (self.cx.release)(w.values.raw());
+                            (0..w.n)
+                                .map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) })
+                                .collect()
+                        }
+                        _ => vec![None; self.consts[y].len()],
+                    };
+                    vec![(y, r)]
+                }
+                Role::Channelwise(ch) => {
+                    let (x, y) = (self.input(n, ch.input_slot()), self.output(n, 0));
+                    let r = (0..self.consts[y].len())
+                        .map(|c| ch.constant(c, self.consts[x].get(c).copied().flatten()))
+                        .collect();
+                    vec![(y, r)]
+                }
+                Role::Concat { .. } => {
+                    let o = self.output(n, 0);
+                    let r: Vec<Option<f64>> =
+                        (0..node.input.len()).flat_map(|s| self.consts[self.input(n, s)].clone()).collect();
+                    vec![(o, r)]
+                }
+                Role::Split { .. } => {
+                    let x = self.input(n, 0);
+                    let mut at = 0;
+                    (0..node.output.len())
+                        .map(|s| {
+                            let o = self.output(n, s);
+                            let w = self.consts[o].len();
+                            at += w;
+                            (o, self.consts[x].get(at - w..at).map(<[_]>::to_vec).unwrap_or_default())
+                        })
+                        .collect()
+                }
+                Role::Opaque(_) => vec![],
             };
-            if result.len() == width {
-                self.consts[out] = result;
+            for (v, r) in results {
+                if r.len() == self.consts[v].len() {
+                    self.consts[v] = r;
+                }
             }
         }
     }
@@ -352,7 +687,6 @@ impl<'g> Analysis<'g> {
     fn backward(&mut self) {
         let g = self.cx.graph;
         self.needed = self.consts.iter().map(|c| vec![false; c.len()]).collect();
-        // Values of unknown width are all needed; they are pinned and read as such.
         for o in &self.cx.ir.outputs {
             if let Some(v) = self.value(o) {
                 self.needed[v].iter_mut().for_each(|x| *x = true);
@@ -360,21 +694,18 @@ impl<'g> Analysis<'g> {
         }
         for &n in self.cx.ir.order.iter().rev() {
             let node = &g.node[n];
+            let mut marks: Vec<(usize, usize)> = vec![];
             match &self.roles[n] {
                 Role::Opaque(_) => {
-                    let reads: Vec<usize> = node.input.iter().filter_map(|i| self.value(i)).collect();
-                    for v in reads {
-                        self.needed[v].iter_mut().for_each(|x| *x = true);
+                    for v in node.input.iter().filter_map(|i| self.value(i)) {
+                        marks.extend((0..self.needed[v].len()).map(|c| (v, c)));
                     }
                 }
                 Role::Pointwise(p) => {
-                    let Some(out) = self.value(&node.output[0]) else {
-                        continue;
-                    };
-                    let mut marks = vec![];
-                    for c in (0..self.needed[out].len()).filter(|&c| self.needed[out][c]) {
+                    let o = self.output(n, 0);
+                    for c in (0..self.needed[o].len()).filter(|&c| self.needed[o][c]) {
                         for &slot in &p.acts {
-                            let a = self.value(&node.input[slot]).expect("activation");
+                            let a = self.input(n, slot);
                             let other_zero = p.zero_absorbs
                                 && (0..node.input.len()).any(|s| s != slot && self.operand(n, p, s, c) == Some(0.0));
                             if c < self.needed[a].len() && self.consts[a][c].is_none() && !other_zero {
@@ -382,62 +713,99 @@ impl<'g> Analysis<'g> {
                             }
                         }
                     }
-                    for (a, c) in marks {
-                        self.needed[a][c] = true;
-                    }
                 }
                 Role::Linear(l) => {
+                    let (x, y) = (self.input(n, l.input_slot()), self.output(n, 0));
                     let w = l.weight();
-                    let (Some(x), Some(y)) = (self.value(&node.input[l.input_slot()]), self.value(&node.output[0]))
-                    else {
-                        continue;
-                    };
-                    if self.needed[x].len() != w.k || self.needed[y].len() != w.n {
-                        self.needed[x].iter_mut().for_each(|v| *v = true);
-                        continue;
-                    }
-                    let ny = std::mem::take(&mut self.needed[y]);
-                    let xc = &self.consts[x];
-                    let nx = &mut self.needed[x];
-                    w.for_each_nonzero(|c, j, _| {
-                        if ny[j] && xc[c].is_none() {
-                            nx[c] = true;
+                    match self.linear_inputs(x, l.as_ref()) {
+                        Some(xc) if self.needed[y].len() == w.n => {
+                            let b = self.block[x].expect("checked");
+                            let ny = &self.needed[y];
+                            let mut nx = vec![false; self.needed[x].len()];
+                            w.for_each_nonzero(|kc, j, _| {
+                                if ny[j] && xc[kc].is_none() {
+                                    nx[kc / b] = true;
+                                }
+                            });
+                            (self.cx.release)(w.values.raw());
+                            marks.extend(nx.into_iter().enumerate().filter(|(_, m)| *m).map(|(c, _)| (x, c)));
                         }
-                    });
-                    (self.cx.release)(w.values.raw());
-                    self.needed[y] = ny;
+                        _ => marks.extend((0..self.needed[x].len()).map(|c| (x, c))),
+                    }
+                }
+                Role::Channelwise(ch) => {
+                    let (x, y) = (self.input(n, ch.input_slot()), self.output(n, 0));
+                    for c in (0..self.needed[y].len()).filter(|&c| self.needed[y][c]) {
+                        if c < self.needed[x].len() && ch.reads(c, self.consts[x][c]) {
+                            marks.push((x, c));
+                        }
+                    }
+                }
+                Role::Concat { .. } => {
+                    let o = self.output(n, 0);
+                    let mut at = 0;
+                    for s in 0..node.input.len() {
+                        let x = self.input(n, s);
+                        for c in 0..self.needed[x].len() {
+                            if self.needed[o].get(at + c).copied().unwrap_or(true) {
+                                marks.push((x, c));
+                            }
+                        }
+                        at += self.needed[x].len();
+                    }
+                }
+                Role::Split { .. } => {
+                    let x = self.input(n, 0);
+                    let mut at = 0;
+                    for s in 0..node.output.len() {
+                        let o = self.output(n, s);
+                        for c in (0..self.needed[o].len()).filter(|&c| self.needed[o][c]) {
+                            marks.push((x, at + c));
+                        }
+                        at += self.needed[o].len();
+                    }
+                }
+            }
+            for (v, c) in marks {
+                if let Some(m) = self.needed[v].get_mut(c) {
+                    *m = true;
                 }
             }
         }
     }
 
     fn decide(&mut self) {
-        let mut members: HashMap<usize, Vec<usize>> = HashMap::new();
+        let total = self.offset.last().copied().unwrap_or(0) + self.width.last().copied().flatten().unwrap_or(0);
+        let mut kept = vec![false; total];
         for v in 0..self.names.len() {
-            members.entry(self.space_of[v]).or_default().push(v);
+            let forced = !self.forced[v].is_empty();
+            for c in 0..self.width[v].unwrap_or(0) {
+                if forced || self.needed[v][c] {
+                    kept[self.classes.find(self.chan(v, c))] = true;
+                }
+            }
         }
-        for (root, s) in &self.spaces {
-            let Some(width) = s.width else { continue };
-            if !s.pins.is_empty() {
-                continue;
+        // A zero-width tensor is legal ONNX but not every runtime takes it: keep one channel,
+        // which costs nothing in exactness (unneeded channels only reach unneeded places).
+        loop {
+            let empty = (0..self.names.len()).find(|&v| {
+                let w = self.width[v].unwrap_or(0);
+                w > 0 && (0..w).all(|c| !kept[self.classes.find(self.chan(v, c))])
+            });
+            match empty {
+                Some(v) => kept[self.classes.find(self.chan(v, 0))] = true,
+                None => break,
             }
-            let vs = &members[root];
-            let mut keep: Vec<usize> =
-                (0..width).filter(|&c| vs.iter().any(|&v| self.needed[v].get(c).copied().unwrap_or(true))).collect();
-            if keep.len() == width {
-                continue;
-            }
-            // A zero-width tensor is legal ONNX but not every runtime takes it: keep one channel,
-            // which costs nothing in exactness (unneeded channels only reach unneeded places).
-            if keep.is_empty() {
-                keep.push(0);
-            }
-            self.keep.insert(*root, keep);
         }
+        self.kept_class = kept;
     }
 
-    fn kept(&self, v: usize, width: usize) -> Vec<usize> {
-        self.keep.get(&self.space_of[v]).cloned().unwrap_or_else(|| (0..width).collect())
+    /// The channels of `v` that stay (all of them when its width is unknown: `full`).
+    fn kept(&self, v: usize, full: usize) -> Vec<usize> {
+        match self.width[v] {
+            Some(w) => (0..w).filter(|&c| self.kept_class[self.classes.find(self.chan(v, c))]).collect(),
+            None => (0..full).collect(),
+        }
     }
 
     /// Turns the decision into edits, and reports per layer and per block.
@@ -448,47 +816,18 @@ impl<'g> Analysis<'g> {
         for &n in &self.cx.ir.order {
             let node = &g.node[n];
             match &self.roles[n] {
-                Role::Linear(l) => {
-                    let w = l.weight();
-                    let x = self.value(&node.input[l.input_slot()]).expect("activation");
-                    let y = self.value(&node.output[0]).expect("activation");
-                    let keep_in = self.kept(x, w.k);
-                    let keep_out = self.kept(y, w.n);
-                    let mut fold = vec![0.0; w.n];
-                    if keep_in.len() < w.k {
-                        let mut removed = vec![true; w.k];
-                        keep_in.iter().for_each(|&c| removed[c] = false);
-                        let xc = &self.consts[x];
-                        w.for_each_nonzero(|c, j, wv| {
-                            if let (true, Some(Some(k))) = (removed[c], xc.get(c)) {
-                                fold[j] += wv * k;
-                            }
-                        });
-                    }
-                    let fold: Vec<f64> = keep_out.iter().map(|&j| l.alpha() * fold[j]).collect();
-                    if keep_in.len() < w.k || keep_out.len() < w.n {
-                        l.rewrite(n, &keep_in, &keep_out, &fold, &mut edits)?;
-                    }
-                    (self.cx.release)(w.values.raw());
-                    let mut kept = vec![false; w.n];
-                    keep_out.iter().for_each(|&j| kept[j] = true);
-                    let constant = (0..w.n).filter(|&j| !kept[j] && self.consts[y][j].is_some()).count();
-                    layers.push(LayerReport {
-                        node: node.name().to_string(),
-                        op: node.op_type().to_string(),
-                        inputs_before: w.k,
-                        inputs_after: keep_in.len(),
-                        outputs_before: w.n,
-                        outputs_after: keep_out.len(),
-                        removed_constant: constant,
-                        removed_dead: w.n - keep_out.len() - constant,
-                    });
+                Role::Linear(l) => layers.push(self.plan_linear(n, l.as_ref(), &mut edits)?),
+                Role::Channelwise(ch) => {
+                    let x = self.input(n, ch.input_slot());
+                    ch.rewrite(n, &self.kept(x, ch.width()), &mut edits)?;
                 }
                 Role::Pointwise(p) => {
-                    let out = self.value(&node.output[0]).expect("activation");
-                    let Some(keep) = self.keep.get(&self.space_of[out]) else {
+                    let o = self.output(n, 0);
+                    let Some(w) = self.width[o] else { continue };
+                    let keep = self.kept(o, w);
+                    if keep.len() == w {
                         continue;
-                    };
+                    }
                     for &slot in &p.params {
                         let prm = &self.params[&(n, slot)];
                         if let Some(dim) = prm.channel_dim {
@@ -503,38 +842,64 @@ impl<'g> Analysis<'g> {
                             });
                         }
                     }
-                    if let Some(slot) = p.shape_slot {
+                    if let Layout::Reshape { slot } = p.layout {
                         let t = self.cx.const_tensor(&node.input[slot]).expect("constant");
                         let mut shape = int64s(t);
-                        *shape.last_mut().expect("checked") = keep.len() as i64;
-                        edits.push(Edit::Const { node: n, slot, tensor: with_int64s(t, &shape) });
+                        let last = shape.last_mut().expect("checked");
+                        if *last != -1 {
+                            *last = (keep.len() * self.block[o].expect("checked")) as i64;
+                            edits.push(Edit::Const { node: n, slot, tensor: with_int64s(t, &shape) });
+                        }
                     }
                 }
-                Role::Opaque(_) => {}
+                Role::Split { sizes, sizes_slot, .. } => {
+                    let x = self.input(n, 0);
+                    let mut new = vec![];
+                    for s in 0..node.output.len() {
+                        let o = self.output(n, s);
+                        new.push(self.kept(o, self.width[o].unwrap_or(0)).len() as i64);
+                    }
+                    let old: Vec<i64> =
+                        (0..node.output.len()).map(|s| self.width[self.output(n, s)].unwrap_or(0) as i64).collect();
+                    if new == old || self.width[x].is_none() {
+                        continue;
+                    }
+                    let tensor = TensorProto {
+                        dims: vec![new.len() as i64],
+                        data_type: Some(DataType::Int64 as i32),
+                        raw_data: Some(new.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
+                        ..Default::default()
+                    };
+                    match sizes_slot {
+                        Some(slot) => edits.push(Edit::Const { node: n, slot: *slot, tensor }),
+                        None if !sizes.is_empty() || self.cx.ir.opset < 13 => {
+                            edits.push(Edit::Attr { node: n, attr: ints_attr("split", new) })
+                        }
+                        None => {
+                            edits.push(Edit::RemoveAttr { node: n, name: "num_outputs".into() });
+                            edits.push(Edit::SetInput { node: n, slot: 1, tensor });
+                        }
+                    }
+                }
+                Role::Concat { .. } | Role::Opaque(_) => {}
             }
         }
         let mut gathered = vec![];
-        for (v, name) in self.names.iter().enumerate() {
-            let Some(keep) = self.keep.get(&self.space_of[v]) else {
-                continue;
-            };
-            let s = &self.spaces[&self.space_of[v]];
-            if self.gathered.contains_key(*name) {
-                let axis = s.axis.expect("decided");
-                edits.push(Edit::GatherInput { input: name.to_string(), axis, keep: keep.clone() });
-                gathered.push(GatheredInput {
-                    input: name.to_string(),
-                    features: s.width.expect("decided"),
-                    kept: keep.len(),
-                });
+        for v in 0..self.names.len() {
+            let (Some(w), Some(axis)) = (self.width[v], self.axis[v]) else { continue };
+            let keep = self.kept(v, w);
+            if keep.len() == w {
                 continue;
             }
-            edits.push(Edit::Width {
-                value: name.to_string(),
-                axis: s.axis.expect("decided"),
-                from: s.width.expect("decided"),
-                to: keep.len(),
-            });
+            let name = self.names[v].to_string();
+            let b = self.block[v].unwrap_or(1);
+            if self.gathered.contains(&v) {
+                let entries: Vec<usize> = keep.iter().flat_map(|&c| c * b..(c + 1) * b).collect();
+                gathered.push(GatheredInput { input: name.clone(), features: w * b, kept: entries.len() });
+                edits.push(Edit::GatherInput { input: name, axis, keep: entries });
+            } else {
+                edits.push(Edit::Width { value: name, axis, from: w * b, to: keep.len() * b });
+            }
         }
         let opaque = self
             .cx
@@ -549,34 +914,87 @@ impl<'g> Analysis<'g> {
         Ok(Plan { edits, layers, blocked: self.blocked(), opaque, gathered })
     }
 
-    /// Spaces that hold removable channels but are pinned, and why: the report's answer to
-    /// "why did this not shrink?".
-    fn blocked(&self) -> Vec<Blocked> {
-        let mut out = vec![];
-        let mut members: HashMap<usize, Vec<usize>> = HashMap::new();
-        for v in 0..self.names.len() {
-            members.entry(self.space_of[v]).or_default().push(v);
+    fn plan_linear(&self, n: usize, l: &dyn ops::Linear, edits: &mut Vec<Edit>) -> crate::error::Result<LayerReport> {
+        let node = &self.cx.graph.node[n];
+        let w = l.weight();
+        let (x, y) = (self.input(n, l.input_slot()), self.output(n, 0));
+        let b = self.block[x].filter(|b| self.width[x].map(|wx| wx * b) == Some(w.k));
+        // Input entries kept: whole blocks of kept channels.
+        let keep_in: Vec<usize> = match b {
+            Some(b) => self.kept(x, w.k / b).iter().flat_map(|&c| c * b..(c + 1) * b).collect(),
+            None => (0..w.k).collect(),
+        };
+        let keep_out = self.kept(y, w.n);
+        let mut fold = vec![0.0; w.n];
+        if keep_in.len() < w.k {
+            let mut removed = vec![true; w.k];
+            keep_in.iter().for_each(|&c| removed[c] = false);
+            let xc = self.linear_inputs(x, l).expect("a block means known constants");
+            w.for_each_nonzero(|kc, j, wv| {
+                if let (true, Some(k)) = (removed[kc], xc[kc]) {
+                    fold[j] += wv * k;
+                }
+            });
         }
-        let mut roots: Vec<_> = self.spaces.keys().copied().collect();
-        roots.sort();
-        for root in roots {
-            let s = &self.spaces[&root];
-            let (Some(width), false) = (s.width, s.pins.is_empty()) else {
-                continue;
-            };
-            let vs = &members[&root];
-            // Opaque readers mark everything needed, so count what is constant as well.
-            let free = |v: usize, c: usize| {
-                !self.needed[v].get(c).copied().unwrap_or(true) || self.consts[v].get(c).copied().flatten().is_some()
-            };
-            let removable = (0..width).filter(|&c| vs.iter().all(|&v| free(v, c))).count();
-            if removable == 0 {
-                continue;
+        let fold: Vec<f64> = keep_out.iter().map(|&j| l.alpha() * fold[j]).collect();
+        if keep_in.len() < w.k || keep_out.len() < w.n {
+            l.rewrite(n, &keep_in, &keep_out, &fold, edits)?;
+        }
+        (self.cx.release)(w.values.raw());
+        let mut kept = vec![false; w.n];
+        keep_out.iter().for_each(|&j| kept[j] = true);
+        let constant = (0..w.n).filter(|&j| !kept[j] && self.consts[y].get(j).copied().flatten().is_some()).count();
+        Ok(LayerReport {
+            node: node.name().to_string(),
+            op: node.op_type().to_string(),
+            inputs_before: w.k,
+            inputs_after: keep_in.len(),
+            outputs_before: w.n,
+            outputs_after: keep_out.len(),
+            removed_constant: constant,
+            removed_dead: w.n - keep_out.len() - constant,
+        })
+    }
+
+    /// Forced tensors that hold channels nothing needs, and why they were kept: the report's
+    /// answer to "why did this not shrink?".
+    fn blocked(&self) -> Vec<Blocked> {
+        let total = self.kept_class.len();
+        // A class is free when each of its channels is unneeded or constant.
+        let mut bound = vec![false; total];
+        for v in 0..self.names.len() {
+            for c in 0..self.width[v].unwrap_or(0) {
+                if self.needed[v][c] && self.consts[v][c].is_none() {
+                    bound[self.classes.find(self.chan(v, c))] = true;
+                }
             }
-            let mut values: Vec<String> = vs.iter().map(|&v| self.names[v].to_string()).collect();
-            values.sort();
-            out.push(Blocked { values, width, removable, reasons: s.pins.clone() });
+        }
+        let mut out = vec![];
+        for v in 0..self.names.len() {
+            let Some(w) = self.width[v].filter(|_| !self.forced[v].is_empty()) else { continue };
+            let removable = (0..w).filter(|&c| !bound[self.classes.find(self.chan(v, c))]).count();
+            if removable > 0 {
+                out.push(Blocked {
+                    values: vec![self.names[v].to_string()],
+                    width: w,
+                    removable,
+                    reasons: self.forced[v].clone(),
+                });
+            }
         }
         out
+    }
+}
+
+fn node_values(g: &GraphProto, n: usize) -> impl Iterator<Item = &str> {
+    g.node[n].input.iter().chain(&g.node[n].output).map(String::as_str)
+}
+
+fn ints_attr(name: &str, v: Vec<i64>) -> crate::onnx::proto::AttributeProto {
+    crate::onnx::proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Ints as i32),
+        ints: v,
+        ..Default::default()
     }
 }

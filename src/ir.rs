@@ -34,6 +34,8 @@ pub struct Ir {
     /// change the tensor in place or must give its node a private copy.
     pub const_uses: HashMap<ConstRef, usize>,
     ranks: HashMap<String, usize>,
+    /// The default-domain opset, where operators changed form (Split's sizes, Reduce's axes).
+    pub opset: i64,
 }
 
 fn shadowed_by_input(g: &GraphProto) -> HashSet<&str> {
@@ -54,7 +56,7 @@ fn implicit_reads(node: &NodeProto, out: &mut Vec<String>) {
 
 impl Ir {
     /// Builds the index, or names the node that makes the graph unusable (a cycle).
-    pub fn build(g: &GraphProto) -> Result<Ir, String> {
+    pub fn build(g: &GraphProto, opset: i64) -> Result<Ir, String> {
         let inputs_shadow = shadowed_by_input(g);
         let mut consts = HashMap::new();
         for (i, t) in g.initializer.iter().enumerate() {
@@ -135,7 +137,7 @@ impl Ir {
             }
         }
         let inputs = g.input.iter().filter_map(|i| i.name.clone()).filter(|n| !consts.contains_key(n)).collect();
-        Ok(Ir { dag, order, producer, consumers, inputs, outputs, consts, const_uses, ranks })
+        Ok(Ir { dag, order, producer, consumers, inputs, outputs, consts, const_uses, ranks, opset })
     }
 
     pub fn const_ref(&self, name: &str) -> Option<ConstRef> {

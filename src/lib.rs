@@ -62,7 +62,14 @@ pub struct Minimized {
 /// Minimizes a loaded model in place.
 pub fn minimize(model: &mut Model, opts: &Options) -> Result<Minimized> {
     let graph = model.graph();
-    let ir = ir::Ir::build(graph).map_err(|why| Error::Decode { path: model.path.clone(), why })?;
+    let opset = model
+        .proto
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
+        .and_then(|o| o.version)
+        .unwrap_or(crate::onnx::io::MAX_OPSET);
+    let ir = ir::Ir::build(graph, opset).map_err(|why| Error::Decode { path: model.path.clone(), why })?;
     let release = |bytes: &[u8]| model.release_pages(bytes);
     let plan = analysis::Analysis::run(graph, &ir, &release, opts.gather_inputs).plan()?;
     let (layers, blocked, opaque, gathered) = (plan.layers, plan.blocked, plan.opaque, plan.gathered);

@@ -18,14 +18,19 @@ pub enum Edit {
         slot: usize,
         tensor: TensorProto,
     },
-    /// A new constant input appended to `node` (a Gemm gaining its C).
-    AddInput {
+    /// A new constant at input `slot` of `node` (a Gemm gaining its C, a Split its sizes).
+    SetInput {
         node: usize,
+        slot: usize,
         tensor: TensorProto,
     },
     Attr {
         node: usize,
         attr: AttributeProto,
+    },
+    RemoveAttr {
+        node: usize,
+        name: String,
     },
     /// `Add(output, tensor)` inserted after `node`, which had no bias to fold constants into.
     AddBias {
@@ -105,17 +110,17 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
                     orphaned.insert(input);
                 }
             }
-            Edit::AddInput { node, mut tensor } => {
-                let name = names.fresh(&format!("{}_folded_bias", g.node[node].name()));
+            Edit::SetInput { node, slot, mut tensor } => {
+                let name = names.fresh(&format!("{}_input{slot}", g.node[node].name()));
                 tensor.name = Some(name.clone());
                 g.initializer.push(tensor);
                 let inputs = &mut g.node[node].input;
-                while inputs.len() < 2 {
-                    inputs.push(String::new());
+                if inputs.len() <= slot {
+                    inputs.resize(slot + 1, String::new());
                 }
-                inputs.truncate(2);
-                inputs.push(name);
+                inputs[slot] = name;
             }
+            Edit::RemoveAttr { node, name } => g.node[node].attribute.retain(|a| a.name() != name),
             Edit::Attr { node, attr } => {
                 let attrs = &mut g.node[node].attribute;
                 match attrs.iter_mut().find(|a| a.name == attr.name) {

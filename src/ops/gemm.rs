@@ -54,7 +54,7 @@ impl OpRule for Gemm {
         };
         Role::Linear(Box::new(GemmNode {
             node,
-            weight: Weight { values, k, n, transposed: trans_b },
+            weight: Weight { values, k, n, transposed: trans_b, spatial: 1 },
             trans_a: node.attr_i("transA", 0) != 0,
             alpha: node.attr_f("alpha", 1.0) as f64,
             beta: node.attr_f("beta", 1.0) as f64,
@@ -81,6 +81,10 @@ impl Linear for GemmNode<'_> {
 
     fn axes(&self) -> (isize, isize) {
         (if self.trans_a { -2 } else { -1 }, -1)
+    }
+
+    fn ranks(&self) -> (Option<usize>, Option<usize>) {
+        (Some(2), Some(2))
     }
 
     fn weight(&self) -> &Weight<'_> {
@@ -146,7 +150,7 @@ impl Linear for GemmNode<'_> {
                 if self.node.input.len() > 2 && !self.node.input[2].is_empty() {
                     edits.push(Edit::Const { node, slot: 2, tensor });
                 } else {
-                    edits.push(Edit::AddInput { node, tensor });
+                    edits.push(Edit::SetInput { node, slot: 2, tensor });
                 }
                 edits.push(Edit::Attr { node, attr: float_attr("beta", 1.0) });
             }

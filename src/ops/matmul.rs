@@ -34,7 +34,10 @@ impl OpRule for MatMul {
         match Values::of(tensor) {
             Ok(values) if values.dims.len() == 2 => {
                 let (k, n) = (values.dims[0] as usize, values.dims[1] as usize);
-                Role::Linear(Box::new(MatMulNode { weight: Weight { values, k, n, transposed: false }, tensor }))
+                Role::Linear(Box::new(MatMulNode {
+                    weight: Weight { values, k, n, transposed: false, spatial: 1 },
+                    tensor,
+                }))
             }
             Ok(_) => Role::Opaque("its weight is not a 2-D matrix".into()),
             Err(e) => Role::Opaque(e.to_string()),
@@ -49,6 +52,10 @@ impl Linear for MatMulNode<'_> {
 
     fn axes(&self) -> (isize, isize) {
         (-1, -1)
+    }
+
+    fn ranks(&self) -> (Option<usize>, Option<usize>) {
+        (None, None)
     }
 
     fn weight(&self) -> &Weight<'_> {

@@ -3,11 +3,15 @@
 //! A rule classifies one node into a [`Role`] the channel analysis understands:
 //! - [`Pointwise`]: output channel `c` depends only on input channel `c` (activations, bias adds,
 //!   layer scales, residual adds, gating, reshapes that keep the channel axis);
-//! - [`Linear`]: a weight matrix mixes input channels into output channels (Gemm, MatMul);
+//! - [`Linear`]: a weight matrix mixes input channels into output channels (Gemm, MatMul, Conv);
+//! - [`Channelwise`]: channel `c` of the output reads channel `c` of the input through its own
+//!   filter (depthwise Conv);
+//! - [`Role::Concat`], [`Role::Split`]: channels laid end to end;
 //! - [`Role::Opaque`]: anything else. Its channels are kept, and the reason is reported.
 //!
 //! Adding an operator means adding one rule to the file of its family and listing it in [`RULES`].
 
+mod conv;
 mod gemm;
 mod matmul;
 mod pointwise;
@@ -40,12 +44,40 @@ pub trait OpRule: Sync {
 pub enum Role<'g> {
     Pointwise(Pointwise),
     Linear(Box<dyn Linear + 'g>),
+    Channelwise(Box<dyn Channelwise + 'g>),
+    /// Output channels are the inputs' channels in order, along `axis` (as in the attribute).
+    Concat {
+        axis: i64,
+    },
+    /// Output `i` holds `sizes[i]` consecutive input channels along `axis`; `sizes` empty means
+    /// equal parts. `sizes_slot` is where the sizes live as a constant input, if they do.
+    Split {
+        axis: i64,
+        sizes: Vec<usize>,
+        sizes_slot: Option<usize>,
+    },
     Opaque(String),
 }
 
 /// Scalar semantics of a pointwise operator on one channel: the values of all its inputs, in
-/// slot order (activations and per-channel constants alike), to its output.
-pub type Eval = Box<dyn Fn(&[f64]) -> f64 + Sync>;
+/// slot order (activations and per-channel constants alike), to its output; `None` when the
+/// output is not constant even though the inputs are (an average pool that counts padding).
+pub type Eval = Box<dyn Fn(&[f64]) -> Option<f64> + Sync>;
+
+/// How a pointwise operator's output is laid out relative to its input.
+#[derive(Debug, Clone)]
+pub enum Layout {
+    /// Same channel axis (counted from the end, so broadcasting keeps it).
+    Same,
+    /// Flatten from axis `from`: keeps a last channel axis whole, or turns a channel axis at `from`
+    /// into blocks of the flat axis (a feature map into a Gemm).
+    Flatten { from: i64 },
+    /// Reshape to the constant shape at `slot`: either keeps the last axis, or flattens a feature
+    /// map into `[batch, features]`.
+    Reshape { slot: usize },
+    /// A reduction over `axes`, which must not include the channel axis.
+    Reduce { axes: Vec<i64>, keepdims: bool },
+}
 
 pub struct Pointwise {
     /// Input slots holding activations; they share a channel space with output 0.
@@ -57,15 +89,20 @@ pub struct Pointwise {
     /// `x * 0 == 0` whatever `x` is, so a zero operand makes the channel constant and its other
     /// operand unused.
     pub zero_absorbs: bool,
-    /// For reshapes: the slot of the int64 shape constant whose last entry is the channel width.
-    pub shape_slot: Option<usize>,
-    /// The channel axis this operator requires (reshapes only keep the last axis intact).
-    pub requires_axis: Option<isize>,
+    pub layout: Layout,
+    /// The constants are 1-D vectors indexed by channel whatever the axis (BatchNormalization),
+    /// rather than tensors broadcast against the activation.
+    pub channel_params: bool,
 }
 
 impl Pointwise {
     pub fn new(acts: Vec<usize>, params: Vec<usize>, eval: Eval) -> Self {
-        Pointwise { acts, params, eval, zero_absorbs: false, shape_slot: None, requires_axis: None }
+        Pointwise { acts, params, eval, zero_absorbs: false, layout: Layout::Same, channel_params: false }
+    }
+
+    /// A pointwise operator whose constant output is its constant input.
+    pub fn identity() -> Self {
+        Pointwise::new(vec![0], vec![], Box::new(|x| Some(x[0])))
     }
 }
 
@@ -74,15 +111,17 @@ pub struct Weight<'g> {
     pub values: Values<'g>,
     pub k: usize,
     pub n: usize,
-    /// Stored as `[N, K]` rather than `[K, N]` (Gemm with `transB`).
+    /// Stored as `[N, K]` rather than `[K, N]` (Gemm with `transB`, Conv).
     pub transposed: bool,
+    /// Kernel elements per (input, output) pair: 1, or `kh * kw` for Conv (`[N, K, kh, kw]`).
+    pub spatial: usize,
 }
 
 impl Weight<'_> {
     pub fn for_each_nonzero(&self, mut f: impl FnMut(usize, usize, f64)) {
-        let (k, n) = (self.k, self.n);
+        let (k, n, s) = (self.k, self.n, self.spatial);
         if self.transposed {
-            self.values.for_each_nonzero(|i, w| f(i % k, i / k, w))
+            self.values.for_each_nonzero(|i, w| f((i / s) % k, i / (s * k), w))
         } else {
             self.values.for_each_nonzero(|i, w| f(i / n, i % n, w))
         }
@@ -90,9 +129,13 @@ impl Weight<'_> {
 
     /// The kept sub-matrix, in the stored layout and type, bit for bit.
     pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
-        let (k, n) = (self.k, self.n);
+        let (k, n, s) = (self.k, self.n, self.spatial);
         if self.transposed {
-            self.values.gather(keep_out.iter().flat_map(|&j| keep_in.iter().map(move |&c| j * k + c)))
+            self.values.gather(
+                keep_out
+                    .iter()
+                    .flat_map(|&j| keep_in.iter().flat_map(move |&c| (0..s).map(move |e| (j * k + c) * s + e))),
+            )
         } else {
             self.values.gather(keep_in.iter().flat_map(|&c| keep_out.iter().map(move |&j| c * n + j)))
         }
@@ -100,7 +143,10 @@ impl Weight<'_> {
 
     pub fn sliced_dims(&self, keep_in: usize, keep_out: usize) -> Vec<i64> {
         if self.transposed {
-            vec![keep_out as i64, keep_in as i64]
+            let mut dims = self.values.dims.to_vec();
+            dims[0] = keep_out as i64;
+            dims[1] = keep_in as i64;
+            dims
         } else {
             vec![keep_in as i64, keep_out as i64]
         }
@@ -113,6 +159,14 @@ pub trait Linear {
     fn input_slot(&self) -> usize;
     /// Channel axes (negative, counted from the end) of `x` and `y`.
     fn axes(&self) -> (isize, isize);
+    /// Ranks of `x` and `y`, where the operator fixes them.
+    fn ranks(&self) -> (Option<usize>, Option<usize>);
+    /// Whether a constant input contributes the same to every output position, so it folds into
+    /// the bias. Not so for a Conv whose kernel can see zero padding: at the borders the padding
+    /// reads 0, not the constant.
+    fn folds_constants(&self) -> bool {
+        true
+    }
     fn weight(&self) -> &Weight<'_>;
     fn alpha(&self) -> f64;
     /// The constant added to output `j`, or `None` where it varies along another axis.
@@ -129,14 +183,34 @@ pub trait Linear {
     ) -> Result<()>;
 }
 
+/// Output channel `c` = a per-channel function of input channel `c` (a depthwise Conv).
+pub trait Channelwise {
+    fn input_slot(&self) -> usize;
+    fn axis(&self) -> isize;
+    fn rank(&self) -> usize;
+    fn width(&self) -> usize;
+    /// The output channel's constant, if it has one, given the input channel's.
+    fn constant(&self, c: usize, input: Option<f64>) -> Option<f64>;
+    /// Whether output channel `c` reads input channel `c` (given its constant, if any) in a way
+    /// that needs its value.
+    fn reads(&self, c: usize, input: Option<f64>) -> bool;
+    fn rewrite(&self, node: usize, keep: &[usize], edits: &mut Vec<Edit>) -> Result<()>;
+}
+
 static RULES: &[&dyn OpRule] = &[
     &gemm::Gemm,
     &matmul::MatMul,
+    &conv::Conv,
     &pointwise::Unary,
     &pointwise::Binary,
+    &pointwise::BatchNorm,
+    &pointwise::Pool,
+    &pointwise::Reduce,
     &shape::PassThrough,
     &shape::Reshape,
     &shape::Flatten,
+    &shape::Concat,
+    &shape::Split,
 ];
 
 /// The reason given for nodes that only produce constants; they are not reported as blockers.
@@ -167,6 +241,11 @@ pub fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
             Role::Opaque("its operands are constants or missing".into())
         }
         Role::Linear(l) if !is_act(l.input_slot()) => Role::Opaque("its data operand is a constant or missing".into()),
+        Role::Channelwise(c) if !is_act(c.input_slot()) => {
+            Role::Opaque("its data operand is a constant or missing".into())
+        }
+        Role::Concat { .. } if !(0..node.input.len()).all(is_act) => Role::Opaque("it concatenates constants".into()),
+        Role::Split { .. } if !is_act(0) => Role::Opaque("it splits a constant".into()),
         _ => role,
     }
 }

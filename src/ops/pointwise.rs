@@ -4,13 +4,19 @@
 //! `k * scale`). Exported GELU in its Erf form (`x * 0.5 * (1 + erf(x / sqrt 2))`) is a chain of
 //! these, so it needs no pattern of its own.
 
-use super::{Ctx, Eval, OpRule, Pointwise, Role};
+use super::{Ctx, Layout, OpRule, Pointwise, Role};
 use crate::ir::NodeExt;
 use crate::onnx::proto::NodeProto;
 use crate::onnx::tensor::Values;
 
+/// Scalar semantics that are defined for every constant input.
+type Total = Box<dyn Fn(&[f64]) -> f64 + Sync>;
+
 pub struct Unary;
 pub struct Binary;
+pub struct BatchNorm;
+pub struct Pool;
+pub struct Reduce;
 
 fn scalar_input(node: &NodeProto, cx: &Ctx, slot: usize) -> Result<Option<f64>, ()> {
     match node.input.get(slot).filter(|s| !s.is_empty()) {
@@ -70,7 +76,7 @@ impl OpRule for Unary {
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         let a = |name: &str, d: f32| node.attr_f(name, d) as f64;
-        let eval: Eval = match node.op_type() {
+        let eval: Total = match node.op_type() {
             "Relu" => Box::new(|x| x[0].max(0.0)),
             "LeakyRelu" => {
                 let alpha = a("alpha", 0.01);
@@ -131,7 +137,7 @@ impl OpRule for Unary {
             other => unreachable!("{other} is listed in op_types"),
         };
         // Clip's bound inputs are scalars: the channel rule never slices them.
-        Role::Pointwise(Pointwise::new(vec![0], vec![], eval))
+        Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(move |x| Some(eval(x)))))
     }
 }
 
@@ -159,7 +165,7 @@ impl OpRule for Binary {
             return Role::Opaque("all its operands are constants".into());
         }
         let op = node.op_type();
-        let eval: Eval = match op {
+        let eval: Total = match op {
             "Add" => Box::new(|x| x[0] + x[1]),
             "Sub" => Box::new(|x| x[0] - x[1]),
             "Mul" => Box::new(|x| x[0] * x[1]),
@@ -170,8 +176,86 @@ impl OpRule for Binary {
             "PRelu" => Box::new(|x| if x[0] < 0.0 { x[1] * x[0] } else { x[0] }),
             other => unreachable!("{other} is listed in op_types"),
         };
-        let mut p = Pointwise::new(acts, params, eval);
+        let mut p = Pointwise::new(acts, params, Box::new(move |x| Some(eval(x))));
         p.zero_absorbs = op == "Mul";
+        Role::Pointwise(p)
+    }
+}
+
+impl OpRule for BatchNorm {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["BatchNormalization"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        // Inference form only: the training outputs (running statistics) must be unused.
+        if node.output.iter().skip(1).any(|o| !o.is_empty()) || node.attr_i("training_mode", 0) != 0 {
+            return Role::Opaque("it runs in training mode".into());
+        }
+        if node.input.len() != 5 || !node.input[1..].iter().all(|i| cx.ir.is_const(i)) {
+            return Role::Opaque("its scale, bias, mean and variance are not all constants".into());
+        }
+        let eps = node.attr_f("epsilon", 1e-5) as f64;
+        let mut p = Pointwise::new(
+            vec![0],
+            vec![1, 2, 3, 4],
+            Box::new(move |x| Some(x[1] * (x[0] - x[3]) / (x[4] + eps).sqrt() + x[2])),
+        );
+        p.channel_params = true;
+        Role::Pointwise(p)
+    }
+}
+
+fn pads_zero(node: &NodeProto) -> bool {
+    let pads =
+        node.attribute.iter().find(|a| a.name() == "pads").map(|a| a.ints.iter().all(|&p| p == 0)).unwrap_or(true);
+    let auto = node.attribute.iter().find(|a| a.name() == "auto_pad").and_then(|a| a.s.as_deref());
+    pads && matches!(auto, None | Some(b"NOTSET") | Some(b"VALID"))
+}
+
+impl OpRule for Pool {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
+        if node.output.iter().skip(1).any(|o| !o.is_empty()) {
+            return Role::Opaque("its indices output is used".into());
+        }
+        match node.op_type() {
+            // Lp norms of a constant depend on the window size: constant in, unknown out.
+            "LpPool" | "GlobalLpPool" => {
+                Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(|x| (x[0] == 0.0).then_some(0.0))))
+            }
+            // Padding counted in the average turns a constant into a border effect (unless 0).
+            "AveragePool" if node.attr_i("count_include_pad", 0) != 0 && !pads_zero(node) => {
+                Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(|x| (x[0] == 0.0).then_some(0.0))))
+            }
+            // Max ignores padding; averages of a constant are the constant.
+            _ => Role::Pointwise(Pointwise::identity()),
+        }
+    }
+}
+
+impl OpRule for Reduce {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["ReduceMean", "ReduceMax", "ReduceMin"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        // Axes are an attribute before opset 18 and an input after.
+        let axes = match node.input.get(1).filter(|s| !s.is_empty()) {
+            Some(a) => match cx.const_tensor(a) {
+                Some(t) => crate::onnx::tensor::int64s(t),
+                None => return Role::Opaque("its axes are computed".into()),
+            },
+            None => node.attribute.iter().find(|a| a.name() == "axes").map(|a| a.ints.clone()).unwrap_or_default(),
+        };
+        if axes.is_empty() {
+            return Role::Opaque("it reduces over every axis, the channels too".into());
+        }
+        let mut p = Pointwise::identity();
+        p.layout = Layout::Reduce { axes, keepdims: node.attr_i("keepdims", 1) != 0 };
         Role::Pointwise(p)
     }
 }

@@ -1,17 +1,16 @@
-//! Operators that move data without mixing channels: identities, and reshapes that keep the
-//! channel axis last (merging or splitting the leading axes only).
+//! Operators that move data without mixing channels: identities, reshapes, concatenation and
+//! splitting along the channel axis.
 
-use super::{Ctx, OpRule, Pointwise, Role};
+use super::{Ctx, Layout, OpRule, Pointwise, Role};
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
+use crate::onnx::tensor::int64s;
 
 pub struct PassThrough;
 pub struct Reshape;
 pub struct Flatten;
-
-fn identity() -> Pointwise {
-    Pointwise::new(vec![0], vec![], Box::new(|x| x[0]))
-}
+pub struct Concat;
+pub struct Split;
 
 impl OpRule for PassThrough {
     fn op_types(&self) -> &'static [&'static str] {
@@ -38,9 +37,9 @@ impl OpRule for PassThrough {
                     Ok(DataType::Bfloat16) => |x| half::bf16::from_f64(x).to_f64(),
                     _ => return Role::Opaque("it casts to a non-float type".into()),
                 };
-                Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(move |x| round(x[0]))))
+                Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(move |x| Some(round(x[0])))))
             }
-            _ => Role::Pointwise(identity()),
+            _ => Role::Pointwise(Pointwise::identity()),
         }
     }
 }
@@ -57,9 +56,11 @@ impl OpRule for Reshape {
         if shape.data_type() != DataType::Int64 as i32 || shape.dims.len() != 1 {
             return Role::Opaque("its shape is not a 1-D int64 constant".into());
         }
-        let mut p = identity();
-        p.shape_slot = Some(1);
-        p.requires_axis = Some(-1);
+        if node.attr_i("allowzero", 0) != 0 && int64s(shape).contains(&0) {
+            return Role::Opaque("it has allowzero with a zero dimension".into());
+        }
+        let mut p = Pointwise::identity();
+        p.layout = Layout::Reshape { slot: 1 };
         Role::Pointwise(p)
     }
 }
@@ -69,21 +70,46 @@ impl OpRule for Flatten {
         &["Flatten"]
     }
 
-    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-        // Flatten to [prod(d[..axis]), prod(d[axis..])] keeps the last axis whole only when
-        // axis is the last one.
-        let Some(rank) = node.input.first().and_then(|i| cx.ir.rank(i)) else {
-            return Role::Opaque("the rank of its input is not declared".into());
-        };
-        let axis = node.attr_i("axis", 1);
-        let axis = if axis < 0 { axis + rank as i64 } else { axis };
-        if axis != rank as i64 - 1 {
-            return Role::Opaque(
-                "it merges the channel axis with others (feature-map flattening is not supported yet)".into(),
-            );
-        }
-        let mut p = identity();
-        p.requires_axis = Some(-1);
+    fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
+        let mut p = Pointwise::identity();
+        p.layout = Layout::Flatten { from: node.attr_i("axis", 1) };
         Role::Pointwise(p)
+    }
+}
+
+impl OpRule for Concat {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Concat"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
+        if !node.has_attr("axis") {
+            return Role::Opaque("it has no axis".into());
+        }
+        Role::Concat { axis: node.attr_i("axis", 0) }
+    }
+}
+
+impl OpRule for Split {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Split"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let axis = node.attr_i("axis", 0);
+        // Sizes: an input from opset 13, an attribute before; absent means equal parts.
+        let (sizes, slot) = match node.input.get(1).filter(|s| !s.is_empty()) {
+            Some(s) => match cx.const_tensor(s) {
+                Some(t) => (int64s(t), Some(1)),
+                None => return Role::Opaque("its split sizes are computed".into()),
+            },
+            None => {
+                (node.attribute.iter().find(|a| a.name() == "split").map(|a| a.ints.clone()).unwrap_or_default(), None)
+            }
+        };
+        if sizes.iter().any(|&s| s < 0) {
+            return Role::Opaque("its split sizes are negative".into());
+        }
+        Role::Split { axis, sizes: sizes.into_iter().map(|s| s as usize).collect(), sizes_slot: slot }
     }
 }

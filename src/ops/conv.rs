@@ -1,0 +1,218 @@
+//! Conv: a linear layer over channels with a spatial kernel (`group == 1`), or a per-channel
+//! filter (depthwise: `group == channels`, one filter per channel).
+//!
+//! Exporters fold BatchNorm into the Conv, so a dead filter arrives as a zero filter with a
+//! non-zero bias: a constant channel. A constant *input* channel folds into the next Conv's bias
+//! only when its kernel cannot see zero padding; otherwise it is kept (never folded inexactly).
+
+use super::{Channelwise, Ctx, Linear, OpRule, Role, Weight};
+use crate::error::Result;
+use crate::ir::NodeExt;
+use crate::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto, TensorProto};
+use crate::onnx::tensor::{encode, with_data, Values};
+use crate::rewrite::Edit;
+
+pub struct Conv;
+
+struct ConvNode<'g> {
+    weight: Weight<'g>,
+    w_tensor: &'g TensorProto,
+    bias: Option<(Values<'g>, &'g TensorProto)>,
+    padded: bool,
+}
+
+struct Depthwise<'g> {
+    filters: Values<'g>,
+    w_tensor: &'g TensorProto,
+    bias: Option<(Values<'g>, &'g TensorProto)>,
+    padded: bool,
+    channels: usize,
+    kernel: usize,
+}
+
+/// Whether the kernel can read zero padding anywhere.
+fn padded(node: &NodeProto) -> bool {
+    let pads = node.attribute.iter().find(|a| a.name() == "pads").is_some_and(|a| a.ints.iter().any(|&p| p != 0));
+    let auto = node.attribute.iter().find(|a| a.name() == "auto_pad").and_then(|a| a.s.as_deref());
+    pads || matches!(auto, Some(b"SAME_UPPER") | Some(b"SAME_LOWER"))
+}
+
+impl OpRule for Conv {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Conv"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let Some(w_tensor) = node.input.get(1).and_then(|w| cx.const_tensor(w)) else {
+            return Role::Opaque("its weight is not a constant".into());
+        };
+        let values = match Values::of(w_tensor) {
+            Ok(v) if v.dims.len() >= 3 => v,
+            Ok(_) => return Role::Opaque("its weight has fewer than 3 dimensions".into()),
+            Err(e) => return Role::Opaque(e.to_string()),
+        };
+        let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(b) => match cx.const_tensor(b).map(|t| (Values::of(t), t)) {
+                Some((Ok(v), t)) if v.dims.len() == 1 => Some((v, t)),
+                _ => return Role::Opaque("its bias is not a constant vector".into()),
+            },
+        };
+        let dims: Vec<usize> = values.dims.iter().map(|&d| d as usize).collect();
+        let kernel: usize = dims[2..].iter().product();
+        let group = node.attr_i("group", 1) as usize;
+        let padded = padded(node);
+        if group == 1 {
+            let weight = Weight { values, k: dims[1], n: dims[0], transposed: true, spatial: kernel };
+            Role::Linear(Box::new(ConvNode { weight, w_tensor, bias, padded }))
+        } else if dims[1] == 1 && dims[0] == group {
+            Role::Channelwise(Box::new(Depthwise { filters: values, w_tensor, bias, padded, channels: group, kernel }))
+        } else {
+            Role::Opaque(format!("it is a grouped convolution (group {group}) other than depthwise"))
+        }
+    }
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+/// The bias kept for `keep`, plus `fold`; appended as input 2 when the node had none.
+fn bias_edit(
+    node: usize,
+    bias: &Option<(Values, &TensorProto)>,
+    w: &Values,
+    keep: &[usize],
+    fold: &[f64],
+    edits: &mut Vec<Edit>,
+) {
+    let folds = fold.iter().any(|&f| f != 0.0);
+    match bias {
+        Some((b, t)) if folds || keep.len() != b.len() => {
+            let vals: Vec<f64> = keep.iter().zip(fold).map(|(&j, f)| b.get(j) + f).collect();
+            edits.push(Edit::Const {
+                node,
+                slot: 2,
+                tensor: with_data(t, vec![keep.len() as i64], b.dtype, encode(b.dtype, &vals)),
+            });
+        }
+        None if folds => {
+            let tensor = with_data(&TensorProto::default(), vec![keep.len() as i64], w.dtype, encode(w.dtype, fold));
+            edits.push(Edit::SetInput { node, slot: 2, tensor });
+        }
+        _ => {}
+    }
+}
+
+impl Linear for ConvNode<'_> {
+    fn input_slot(&self) -> usize {
+        0
+    }
+
+    fn axes(&self) -> (isize, isize) {
+        let a = -(self.weight.values.dims.len() as isize - 1);
+        (a, a)
+    }
+
+    fn ranks(&self) -> (Option<usize>, Option<usize>) {
+        let r = self.weight.values.dims.len();
+        (Some(r), Some(r))
+    }
+
+    fn folds_constants(&self) -> bool {
+        !self.padded
+    }
+
+    fn weight(&self) -> &Weight<'_> {
+        &self.weight
+    }
+
+    fn alpha(&self) -> f64 {
+        1.0
+    }
+
+    fn bias(&self, j: usize) -> Option<f64> {
+        Some(self.bias.as_ref().map_or(0.0, |(b, _)| b.get(j)))
+    }
+
+    fn rewrite(
+        &self,
+        node: usize,
+        keep_in: &[usize],
+        keep_out: &[usize],
+        fold: &[f64],
+        edits: &mut Vec<Edit>,
+    ) -> Result<()> {
+        let w = &self.weight;
+        if keep_in.len() != w.k || keep_out.len() != w.n {
+            let raw = w.slice(keep_in, keep_out);
+            edits.push(Edit::Const {
+                node,
+                slot: 1,
+                tensor: with_data(self.w_tensor, w.sliced_dims(keep_in.len(), keep_out.len()), w.values.dtype, raw),
+            });
+        }
+        bias_edit(node, &self.bias, &w.values, keep_out, fold, edits);
+        Ok(())
+    }
+}
+
+impl Depthwise<'_> {
+    fn filter_sum(&self, c: usize) -> (bool, f64) {
+        let k = self.kernel;
+        let vals = (c * k..(c + 1) * k).map(|i| self.filters.get(i));
+        vals.fold((false, 0.0), |(nz, s), v| (nz || v != 0.0, s + v))
+    }
+}
+
+impl Channelwise for Depthwise<'_> {
+    fn input_slot(&self) -> usize {
+        0
+    }
+
+    fn axis(&self) -> isize {
+        -(self.filters.dims.len() as isize - 1)
+    }
+
+    fn rank(&self) -> usize {
+        self.filters.dims.len()
+    }
+
+    fn width(&self) -> usize {
+        self.channels
+    }
+
+    fn constant(&self, c: usize, input: Option<f64>) -> Option<f64> {
+        let b = self.bias.as_ref().map_or(0.0, |(b, _)| b.get(c));
+        let (nonzero, sum) = self.filter_sum(c);
+        match input {
+            _ if !nonzero => Some(b),
+            Some(0.0) => Some(b),
+            Some(k) if !self.padded => Some(k * sum + b),
+            _ => None,
+        }
+    }
+
+    fn reads(&self, c: usize, input: Option<f64>) -> bool {
+        self.filter_sum(c).0 && (input.is_none() || (self.padded && input != Some(0.0)))
+    }
+
+    fn rewrite(&self, node: usize, keep: &[usize], edits: &mut Vec<Edit>) -> Result<()> {
+        if keep.len() == self.channels {
+            return Ok(());
+        }
+        let k = self.kernel;
+        let raw = self.filters.gather(keep.iter().flat_map(|&c| c * k..(c + 1) * k));
+        let mut dims = self.filters.dims.to_vec();
+        dims[0] = keep.len() as i64;
+        edits.push(Edit::Const { node, slot: 1, tensor: with_data(self.w_tensor, dims, self.filters.dtype, raw) });
+        bias_edit(node, &self.bias, &self.filters, keep, &vec![0.0; keep.len()], edits);
+        edits.push(Edit::Attr { node, attr: int_attr("group", keep.len() as i64) });
+        Ok(())
+    }
+}
