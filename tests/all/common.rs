@@ -215,3 +215,32 @@ impl G {
         }
     }
 }
+
+pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(attribute_proto::AttributeType::Ints as i32), ints: v.to_vec(), ..Default::default() }
+}
+
+impl G {
+    /// A `[out, in, k, k]` conv weight whose listed output filters are zero, and whose listed
+    /// input channels are read by no filter.
+    pub fn conv_weight(&mut self, name: &str, out: usize, inp: usize, k: usize, zero_filters: &[usize], unread: &[usize]) -> &mut Self {
+        let mut w = self.rand(out * inp * k * k);
+        for o in 0..out {
+            for i in 0..inp {
+                if zero_filters.contains(&o) || unread.contains(&i) {
+                    let at = (o * inp + i) * k * k;
+                    w[at..at + k * k].iter_mut().for_each(|x| *x = 0.0);
+                }
+            }
+        }
+        self.init(name, &[out, inp, k, k], &w)
+    }
+
+    /// `Conv(x, w, b)` with `pad` on every side.
+    pub fn conv(&mut self, x: &str, w: &str, b: Option<&str>, y: &str, pad: i64, group: i64) -> &mut Self {
+        let mut inputs = vec![x, w];
+        inputs.extend(b);
+        let attrs = vec![attr_ints("pads", &[pad; 4]), attr_i("group", group)];
+        self.op("Conv", &inputs, y, attrs)
+    }
+}

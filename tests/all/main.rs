@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so tract links once.
 
 mod cli;
+mod cnn;
 mod common;
 mod fixtures;
 mod io;

@@ -1,0 +1,112 @@
+//! Convolutional patterns, built by hand, minimized, and checked by tract at several batch sizes.
+
+use crate::common::{attr_i, write, G};
+use onnx_minimize::onnx::proto::ModelProto;
+use onnx_minimize::report::Report;
+use onnx_minimize::{minimize_file, Options};
+
+const B: Option<usize> = None;
+
+fn minimize(m: &ModelProto) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.onnx", m);
+    let out = dir.path().join("out.onnx");
+    let report = minimize_file(&input, Some(&out), &Options::default(), &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.verification.is_some());
+    report
+}
+
+fn widths(r: &Report) -> Vec<(usize, usize)> {
+    r.layers.iter().map(|l| (l.inputs_after, l.outputs_after)).collect()
+}
+
+fn image() -> G {
+    G::new("x", &[B, Some(3), Some(8), Some(8)])
+}
+
+fn bias(g: &mut G, name: &str, vals: &[f32]) {
+    g.init(name, &[vals.len()], vals);
+}
+
+/// BatchNorm folded into the conv: a dead filter is a zero filter with a non-zero bias, a
+/// constant channel. A 1x1 unpadded reader folds it; a padded 3x3 reader cannot, unless it is 0.
+#[test]
+fn constant_channels_fold_only_where_padding_cannot_see_them() {
+    let mut g = image();
+    g.conv_weight("w1", 6, 3, 3, &[1, 2, 4], &[]);
+    bias(&mut g, "b1", &[0.1, 0.7, 0.0, 0.2, -0.3, 0.5]);
+    g.conv("x", "w1", Some("b1"), "c1", 1, 1).op("Relu", &["c1"], "r1", vec![]);
+    // Channel 1 is the constant 0.7, channel 2 is 0, channel 4 is relu(-0.3) = 0.
+    g.conv_weight("w2", 4, 6, 3, &[], &[]);
+    bias(&mut g, "b2", &[0.0; 4]);
+    g.conv("r1", "w2", Some("b2"), "c2", 1, 1).op("Relu", &["c2"], "r2", vec![]);
+    g.conv_weight("w3", 5, 4, 1, &[3], &[]);
+    bias(&mut g, "b3", &[0.1, 0.2, 0.3, 0.4, 0.5]);
+    g.conv("r2", "w3", Some("b3"), "c3", 0, 1).op("Relu", &["c3"], "r3", vec![]);
+    g.conv_weight("w4", 2, 5, 1, &[], &[]);
+    g.conv("r3", "w4", None, "y", 0, 1);
+    let r = minimize(&g.model("y", &[B, Some(2), Some(8), Some(8)]));
+    // Layer 1 keeps channel 1 (0.7 read through padding); channels 2 and 4 (zero) leave.
+    // Layer 3's channel 3 (constant 0.4 after ReLU) folds into the unpadded 1x1 reader.
+    assert_eq!(widths(&r), vec![(3, 4), (4, 4), (4, 4), (4, 2)]);
+}
+
+#[test]
+fn depthwise_separable_with_batchnorm_and_pooling_into_a_flattened_head() {
+    let mut g = image();
+    g.conv_weight("w1", 8, 3, 1, &[0, 5], &[]);
+    bias(&mut g, "b1", &[0.0, 0.1, 0.2, 0.3, 0.4, 0.0, 0.6, 0.7]);
+    g.conv("x", "w1", Some("b1"), "c1", 0, 1);
+    // Unfolded BatchNorm, as a TorchScript export with do_constant_folding=False leaves it.
+    let ones = [1.0f32; 8];
+    g.init("bn_s", &[8], &[1.0, 2.0, 0.5, 1.0, 1.0, 1.5, 1.0, 1.0]).init("bn_b", &[8], &[0.0; 8]);
+    g.init("bn_m", &[8], &[0.0; 8]).init("bn_v", &[8], &ones);
+    g.op("BatchNormalization", &["c1", "bn_s", "bn_b", "bn_m", "bn_v"], "bn", vec![]);
+    g.op("Clip", &["bn"], "r1", vec![]);
+    // Depthwise 3x3 (pad 1): channels 0 and 5 are exactly 0 in, so their outputs are the bias.
+    g.conv_weight("dw", 8, 1, 3, &[3], &[]);
+    bias(&mut g, "dwb", &[0.5; 8]);
+    g.conv("r1", "dw", Some("dwb"), "d", 1, 8).op("Relu", &["d"], "r2", vec![]);
+    g.op("MaxPool", &["r2"], "p", vec![crate::common::attr_ints("kernel_shape", &[2, 2]), crate::common::attr_ints("strides", &[2, 2])]);
+    g.conv_weight("w3", 4, 8, 1, &[2], &[]);
+    g.conv("p", "w3", None, "c3", 0, 1);
+    // [B, 4, 4, 4] flattened: each channel owns 16 features of the Gemm.
+    g.op("Flatten", &["c3"], "f", vec![attr_i("axis", 1)]);
+    g.weight("wfc", 3, 64, &[]);
+    g.op("Gemm", &["f", "wfc"], "y", vec![attr_i("transB", 1)]);
+    let r = minimize(&g.model("y", &[B, Some(3)]));
+    // Channels 0, 5 (dead, through BN and depthwise: constant bias) and 3 (zero depthwise filter:
+    // constant bias) leave layer 1 and the depthwise conv; layer 3's zero filter 2 leaves, and
+    // with it 16 Gemm inputs.
+    assert_eq!(widths(&r), vec![(3, 5), (5, 3), (48, 3)]);
+}
+
+#[test]
+fn residual_concat_and_split_streams() {
+    let mut g = image();
+    g.conv_weight("wa", 6, 3, 3, &[0, 1], &[]).conv_weight("wb", 6, 3, 3, &[0, 2], &[]);
+    g.conv("x", "wa", None, "a", 1, 1).conv("x", "wb", None, "b", 1, 1);
+    // Residual: channel 0 is dead in both writers and leaves; 1 and 2 are dead in only one.
+    g.op("Add", &["a", "b"], "s", vec![]).op("Relu", &["s"], "rs", vec![]);
+    // Inception-style: concat the stream with a 4-channel branch whose channel 3 is dead.
+    g.conv_weight("wc", 4, 3, 1, &[3], &[]);
+    g.conv("x", "wc", None, "c", 0, 1);
+    g.op("Concat", &["rs", "c"], "cat", vec![attr_i("axis", 1)]);
+    // Split it back into 7 + 3 channels, each read by its own 1x1 conv, then summed.
+    let split = onnx_minimize::onnx::proto::TensorProto {
+        name: Some("sizes".into()),
+        dims: vec![2],
+        data_type: Some(7),
+        int64_data: vec![7, 3],
+        ..Default::default()
+    };
+    g.g.initializer.push(split);
+    g.g.node.push(crate::common::node("Split", "split", &["cat", "sizes"], &["s1", "s2"], vec![attr_i("axis", 1)]));
+    g.conv_weight("w1", 2, 7, 1, &[], &[]).conv_weight("w2", 2, 3, 1, &[], &[]);
+    g.conv("s1", "w1", None, "y1", 0, 1).conv("s2", "w2", None, "y2", 0, 1);
+    g.op("Add", &["y1", "y2"], "y", vec![]);
+    let r = minimize(&g.model("y", &[B, Some(2), Some(8), Some(8)]));
+    // cat = [rs(6) | c(4)] loses rs channel 0 and c channel 3: the split's first part (rs and
+    // c0) keeps 6 of 7, the second (c1..c3) 2 of 3. Layers in topological order: wc, wa, wb, w2, w1.
+    assert_eq!(widths(&r), vec![(3, 3), (3, 5), (3, 5), (2, 2), (6, 2)]);
+}
