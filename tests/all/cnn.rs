@@ -67,7 +67,12 @@ fn depthwise_separable_with_batchnorm_and_pooling_into_a_flattened_head() {
     g.conv_weight("dw", 8, 1, 3, &[3], &[]);
     bias(&mut g, "dwb", &[0.5; 8]);
     g.conv("r1", "dw", Some("dwb"), "d", 1, 8).op("Relu", &["d"], "r2", vec![]);
-    g.op("MaxPool", &["r2"], "p", vec![crate::common::attr_ints("kernel_shape", &[2, 2]), crate::common::attr_ints("strides", &[2, 2])]);
+    g.op(
+        "MaxPool",
+        &["r2"],
+        "p",
+        vec![crate::common::attr_ints("kernel_shape", &[2, 2]), crate::common::attr_ints("strides", &[2, 2])],
+    );
     g.conv_weight("w3", 4, 8, 1, &[2], &[]);
     g.conv("p", "w3", None, "c3", 0, 1);
     // [B, 4, 4, 4] flattened: each channel owns 16 features of the Gemm.

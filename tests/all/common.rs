@@ -217,13 +217,26 @@ impl G {
 }
 
 pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(attribute_proto::AttributeType::Ints as i32), ints: v.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_proto::AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
 }
 
 impl G {
     /// A `[out, in, k, k]` conv weight whose listed output filters are zero, and whose listed
     /// input channels are read by no filter.
-    pub fn conv_weight(&mut self, name: &str, out: usize, inp: usize, k: usize, zero_filters: &[usize], unread: &[usize]) -> &mut Self {
+    pub fn conv_weight(
+        &mut self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        k: usize,
+        zero_filters: &[usize],
+        unread: &[usize],
+    ) -> &mut Self {
         let mut w = self.rand(out * inp * k * k);
         for o in 0..out {
             for i in 0..inp {

@@ -106,3 +106,105 @@ proptest! {
         prop_assert!(result.is_ok(), "panicked");
     }
 }
+
+/// A random CNN: conv/depthwise/residual/concat blocks with random zero patterns, forced zero
+/// filters and constant channels, then a pooled or flattened head.
+fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
+    use crate::common::{attr_i, attr_ints, G};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let c0 = rng.random_range(1..4usize);
+    let mut g = G::new("x", &[None, Some(c0), Some(6), Some(6)]);
+    let (mut cur, mut ch) = ("x".to_string(), c0);
+    let blocks = rng.random_range(1..4);
+    let mut conv = |g: &mut G, rng: &mut StdRng, i: usize, x: &str, cin: usize, cout: usize, tag: &str| {
+        let k = [1usize, 3][rng.random_range(0..2)];
+        let pad = if k == 3 { 1 } else { 0 }; // spatial size stays 6x6 for residuals and concats
+        let zero: Vec<usize> = (0..cout).filter(|_| rng.random_bool(0.3)).collect();
+        let unread: Vec<usize> = (0..cin).filter(|_| rng.random_bool(0.2)).collect();
+        let (w, b, y) = (format!("w{tag}{i}"), format!("b{tag}{i}"), format!("y{tag}{i}"));
+        g.conv_weight(&w, cout, cin, k, &zero, &unread);
+        let sparsity = rng.random_range(0.0..0.7);
+        let t = g.g.initializer.last_mut().unwrap();
+        let mut vals: Vec<f32> =
+            t.raw_data.as_ref().unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        vals.iter_mut().for_each(|v| {
+            if rng.random_bool(sparsity) {
+                *v = 0.0
+            }
+        });
+        t.raw_data = Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into());
+        let bias: Vec<f32> =
+            (0..cout).map(|_| if rng.random_bool(0.3) { 0.0 } else { rng.random_range(-1.0..1.0) }).collect();
+        let with_bias = rng.random_bool(0.8);
+        if with_bias {
+            g.init(&b, &[cout], &bias);
+        }
+        g.conv(x, &w, with_bias.then_some(b.as_str()), &y, pad, 1);
+        y
+    };
+    for i in 0..blocks {
+        let cout = rng.random_range(2..7usize);
+        match rng.random_range(0..4) {
+            0 => {
+                let y = conv(&mut g, &mut rng, i, &cur, ch, cout, "c");
+                let a = format!("a{i}");
+                g.op(["Relu", "Sigmoid", "HardSwish"][rng.random_range(0..3)], &[&y], &a, vec![]);
+                (cur, ch) = (a, cout);
+            }
+            1 => {
+                // Depthwise 3x3 with zero filters.
+                let zero: Vec<usize> = (0..ch).filter(|_| rng.random_bool(0.3)).collect();
+                g.conv_weight(&format!("dw{i}"), ch, 1, 3, &zero, &[]);
+                g.init(&format!("dwb{i}"), &[ch], &(0..ch).map(|c| c as f32 * 0.1).collect::<Vec<_>>());
+                let y = format!("d{i}");
+                g.conv(&cur, &format!("dw{i}"), Some(&format!("dwb{i}")), &y, 1, ch as i64);
+                let a = format!("a{i}");
+                g.op("Relu", &[&y], &a, vec![]);
+                cur = a;
+            }
+            2 => {
+                // Residual: two writers of one stream.
+                let y1 = conv(&mut g, &mut rng, i, &cur, ch, cout, "r");
+                let y2 = conv(&mut g, &mut rng, i, &cur, ch, cout, "s");
+                let a = format!("a{i}");
+                g.op("Add", &[&y1, &y2], &a, vec![]);
+                (cur, ch) = (a, cout);
+            }
+            _ => {
+                let c2 = rng.random_range(1..4usize);
+                let y1 = conv(&mut g, &mut rng, i, &cur, ch, cout, "p");
+                let y2 = conv(&mut g, &mut rng, i, &cur, ch, c2, "q");
+                let a = format!("a{i}");
+                g.op("Concat", &[&y1, &y2], &a, vec![attr_i("axis", 1)]);
+                (cur, ch) = (a, cout + c2);
+            }
+        }
+    }
+    let out = rng.random_range(1..4usize);
+    if rng.random_bool(0.5) {
+        g.op("GlobalAveragePool", &[&cur], "gap", vec![]).op("Flatten", &["gap"], "f", vec![attr_i("axis", 1)]);
+        g.weight("wfc", out, ch, &[]);
+    } else {
+        g.op("MaxPool", &[&cur], "mp", vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])]);
+        g.op("Flatten", &["mp"], "f", vec![attr_i("axis", 1)]);
+        g.weight("wfc", out, ch * 9, &[]);
+    }
+    g.op("Gemm", &["f", "wfc"], "y", vec![attr_i("transB", 1)]);
+    g.model("y", &[None, Some(out)])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn minimized_cnns_compute_the_same(seed in any::<u64>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let input = write(dir.path(), "in.onnx", &random_cnn(seed));
+        let out = dir.path().join("out.onnx");
+        let report = minimize_file(&input, Some(&out), &Options::default(), &|_| {})
+            .map_err(|e| TestCaseError::fail(format!("seed {seed}: {e}")))?;
+        prop_assert!(report.after.params <= report.before.params);
+        let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
+        prop_assert_eq!(again.after.params, again.before.params, "a second pass removes nothing more");
+    }
+}
