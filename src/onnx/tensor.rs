@@ -145,23 +145,41 @@ impl<'a> Values<'a> {
     }
 
     /// Calls `f(index, value)` for every element that is not exactly zero, in order.
+    pub fn for_each_nonzero(&self, f: impl FnMut(usize, f64)) {
+        self.for_each_nonzero_in(0, self.len(), f)
+    }
+
+    /// Like [`Self::for_each_nonzero`] over elements `start..start + len`, with indices counted
+    /// from `start`.
     ///
-    /// Weight matrices are mostly zeros after pruning and can be gigabytes, so the per-type loops
-    /// are written out to keep the scan at memory speed.
-    pub fn for_each_nonzero(&self, mut f: impl FnMut(usize, f64)) {
+    /// Weight matrices are mostly zeros after pruning and can be gigabytes, so the float32 loop
+    /// skips zero pairs with one 64-bit test (both signs of zero) and runs at memory speed.
+    pub fn for_each_nonzero_in(&self, start: usize, len: usize, mut f: impl FnMut(usize, f64)) {
         match (self.repr, self.dtype) {
             (Repr::Raw(b), FloatType::F32) => {
-                for (i, c) in b.chunks_exact(4).enumerate() {
-                    let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let b = &b[start * 4..(start + len) * 4];
+                let mut pairs = b.chunks_exact(8);
+                for (p, c) in pairs.by_ref().enumerate() {
+                    let both = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                    if both & 0x7fff_ffff_7fff_ffff == 0 {
+                        continue;
+                    }
+                    for (h, q) in c.chunks_exact(4).enumerate() {
+                        let v = f32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+                        if v != 0.0 {
+                            f(2 * p + h, v as f64)
+                        }
+                    }
+                }
+                if let [a, b2, c, d] = *pairs.remainder() {
+                    let v = f32::from_le_bytes([a, b2, c, d]);
                     if v != 0.0 {
-                        f(i, v as f64)
+                        f(len - 1, v as f64)
                     }
                 }
             }
-            (Repr::F32(v), _) => v.iter().enumerate().filter(|(_, x)| **x != 0.0).for_each(|(i, x)| f(i, *x as f64)),
-            (Repr::F64(v), _) => v.iter().enumerate().filter(|(_, x)| **x != 0.0).for_each(|(i, x)| f(i, *x)),
-            _ => (0..self.len()).for_each(|i| {
-                let v = self.get(i);
+            _ => (0..len).for_each(|i| {
+                let v = self.get(start + i);
                 if v != 0.0 {
                     f(i, v)
                 }

@@ -118,12 +118,21 @@ pub struct Weight<'g> {
 }
 
 impl Weight<'_> {
+    /// Calls `f(c, j, w)` for every non-zero weight, row by row of the stored layout (no
+    /// division per element: this runs over every weight of the model, several times).
     pub fn for_each_nonzero(&self, mut f: impl FnMut(usize, usize, f64)) {
         let (k, n, s) = (self.k, self.n, self.spatial);
         if self.transposed {
-            self.values.for_each_nonzero(|i, w| f((i / s) % k, i / (s * k), w))
+            for j in 0..n {
+                match s {
+                    1 => self.values.for_each_nonzero_in(j * k, k, |c, w| f(c, j, w)),
+                    _ => self.values.for_each_nonzero_in(j * k * s, k * s, |e, w| f(e / s, j, w)),
+                }
+            }
         } else {
-            self.values.for_each_nonzero(|i, w| f(i / n, i % n, w))
+            for c in 0..k {
+                self.values.for_each_nonzero_in(c * n, n, |j, w| f(c, j, w));
+            }
         }
     }
 
