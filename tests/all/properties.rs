@@ -116,7 +116,7 @@ fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
     let mut g = G::new("x", &[None, Some(c0), Some(6), Some(6)]);
     let (mut cur, mut ch) = ("x".to_string(), c0);
     let blocks = rng.random_range(1..4);
-    let mut conv = |g: &mut G, rng: &mut StdRng, i: usize, x: &str, cin: usize, cout: usize, tag: &str| {
+    let conv = |g: &mut G, rng: &mut StdRng, i: usize, x: &str, cin: usize, cout: usize, tag: &str| {
         let k = [1usize, 3][rng.random_range(0..2)];
         let pad = if k == 3 { 1 } else { 0 }; // spatial size stays 6x6 for residuals and concats
         let zero: Vec<usize> = (0..cout).filter(|_| rng.random_bool(0.3)).collect();
