@@ -930,11 +930,20 @@ impl<'g> Analysis<'g> {
             let mut removed = vec![true; w.k];
             keep_in.iter().for_each(|&c| removed[c] = false);
             let xc = self.linear_inputs(x, l).expect("a block means known constants");
-            w.for_each_nonzero(|kc, j, wv| {
-                if let (true, Some(k)) = (removed[kc], xc[kc]) {
-                    fold[j] += wv * k;
+            let folded: Vec<(usize, f64)> =
+                (0..w.k).filter(|&c| removed[c]).filter_map(|c| xc[c].filter(|&k| k != 0.0).map(|k| (c, k))).collect();
+            // Reading the few folded columns directly beats scanning the whole matrix.
+            if folded.len() * w.spatial * keep_out.len() < w.k * w.n * w.spatial / 4 {
+                for &j in &keep_out {
+                    fold[j] = folded.iter().map(|&(c, k)| w.sum(c, j) * k).sum();
                 }
-            });
+            } else if !folded.is_empty() {
+                w.for_each_nonzero(|kc, j, wv| {
+                    if let (true, Some(k)) = (removed[kc], xc[kc]) {
+                        fold[j] += wv * k;
+                    }
+                });
+            }
         }
         let fold: Vec<f64> = keep_out.iter().map(|&j| l.alpha() * fold[j]).collect();
         if keep_in.len() < w.k || keep_out.len() < w.n {

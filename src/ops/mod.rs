@@ -136,6 +136,13 @@ impl Weight<'_> {
         }
     }
 
+    /// `sum_e W[c, j, e]` over the kernel: what a constant input `c` contributes to output `j`.
+    pub fn sum(&self, c: usize, j: usize) -> f64 {
+        let (k, n, s) = (self.k, self.n, self.spatial);
+        let at = if self.transposed { (j * k + c) * s } else { c * n + j };
+        (at..at + s).map(|i| self.values.get(i)).sum()
+    }
+
     /// The kept sub-matrix, in the stored layout and type, bit for bit.
     pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
         let (k, n, s) = (self.k, self.n, self.spatial);
