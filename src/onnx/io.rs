@@ -188,10 +188,66 @@ impl Model {
             }
             data.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(write_err(&data_path))?;
         }
-        let mut file = BufWriter::new(File::create(path).map_err(write_err(path))?);
-        file.write_all(&out.encode_to_vec()).map_err(write_err(path))?;
-        file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(write_err(path))?;
+        let file = File::create(path).map_err(write_err(path))?;
+        // Encoded straight into the file: an inline model is never held a second time in memory.
+        let mut sink = FileSink { file, buf: Vec::with_capacity(SINK_CAPACITY), error: None };
+        out.encode(&mut sink).expect("a file sink never runs out of space");
+        sink.flush().and_then(|f| f.sync_all()).map_err(write_err(path))?;
         Ok(())
+    }
+}
+
+const SINK_CAPACITY: usize = 1 << 20;
+
+/// A `BufMut` that streams what prost encodes into a file through a 1 MB buffer. I/O errors are
+/// kept and reported by [`FileSink::flush`], since `BufMut` cannot fail.
+struct FileSink {
+    file: File,
+    buf: Vec<u8>,
+    error: Option<std::io::Error>,
+}
+
+impl FileSink {
+    fn drain(&mut self) {
+        if self.error.is_none() {
+            if let Err(e) = self.file.write_all(&self.buf) {
+                self.error = Some(e);
+            }
+        }
+        self.buf.clear();
+    }
+
+    fn flush(mut self) -> std::io::Result<File> {
+        self.drain();
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(self.file),
+        }
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the vector's spare capacity, and `advance_mut` only counts bytes
+// the caller has initialised in it, as the trait requires.
+unsafe impl bytes::BufMut for FileSink {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX - self.buf.len()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        let len = self.buf.len() + cnt;
+        assert!(len <= self.buf.capacity(), "advanced past the chunk");
+        // SAFETY: the caller initialised `cnt` bytes of the chunk returned by `chunk_mut`.
+        unsafe { self.buf.set_len(len) };
+        if self.buf.len() == self.buf.capacity() {
+            self.drain();
+        }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.drain();
+        }
+        bytes::buf::UninitSlice::uninit(self.buf.spare_capacity_mut())
     }
 }
 
