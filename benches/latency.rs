@@ -2,6 +2,7 @@
 //!
 //! `cargo bench --bench latency -- MODEL.onnx [MODEL.onnx ...] --shape 1,3,224,224 [--iters 20]`
 //! prints one JSON line per model: load+optimise seconds and the median and minimum run time.
+//! Models are planned exactly as verification plans them (`onnx_minimize::verify::plan`).
 
 use std::time::Instant;
 
@@ -24,11 +25,9 @@ fn main() -> TractResult<()> {
     }
     for path in models {
         let start = Instant::now();
-        let plan = tract_onnx::onnx()
-            .model_for_path(&path)?
-            .with_input_fact(0, f32::fact(&shape).into())?
-            .into_optimized()?
-            .into_runnable()?;
+        let model = tract_onnx::onnx().model_for_path(&path)?;
+        let plan = onnx_minimize::verify::plan(&model, path.as_ref(), &[(f32::datum_type(), shape.clone())])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let load = start.elapsed().as_secs_f64();
         let n: usize = shape.iter().product();
         let input = Tensor::from_shape(&shape, &(0..n).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect::<Vec<_>>())?;

@@ -58,6 +58,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LENET = os.path.join(ROOT, "fixtures", "lenet300_pruned_dynamo.onnx")
 GEN = os.path.join(HERE, "gen_sparse_mlp.py")
+GEN_CNN = os.path.join(HERE, "gen_cnn.py")
+# Input shapes for the tract latency comparison (original vs minimized), by model name.
+LATENCY_SHAPES = {"lenet300_pruned_dynamo": "1,784", "resnet50_sparse": "1,3,224,224"}
 PY = sys.executable
 
 TOOLS = {
@@ -335,6 +338,9 @@ def resolve_models(args) -> list[dict]:
     for tok in [t.strip() for t in args.sizes.split(",") if t.strip()]:
         if tok == "lenet":
             models.append({"name": "lenet300_pruned_dynamo", "path": LENET, "kind": "fixture"})
+        elif tok == "resnet50":
+            path = os.path.join(args.out, "models", "resnet50_sparse.onnx")
+            models.append({"name": "resnet50_sparse", "path": path, "kind": "cnn"})
         elif tok.endswith(".onnx"):
             models.append({"name": os.path.basename(tok)[:-5], "path": os.path.abspath(tok), "kind": "file"})
         else:
@@ -347,6 +353,15 @@ def resolve_models(args) -> list[dict]:
 
 def generate(model: dict, args) -> dict | None:
     path = model["path"]
+    if model["kind"] == "cnn":
+        if os.path.exists(path):
+            return None
+        print(f"generating {path} ...", flush=True)
+        cmd = [PY, GEN_CNN, "--out", os.path.dirname(path), "--seed", str(args.seed)]
+        r = measure(cmd, os.path.join(args.out, "logs", f"{model['name']}.generate.log"), 3600)
+        if r["status"] != "ok":
+            raise RuntimeError(f"generating {path} failed:\n{r['log_tail']}")
+        return r
     meta_path = path[: -len(".onnx")] + ".meta.json"
     if os.path.exists(path) and os.path.exists(path + ".data"):
         return None
@@ -454,6 +469,23 @@ def run_tool(tool: str, model: dict, args) -> dict:
     return entry
 
 
+def latency(model: dict, args) -> dict:
+    """tract inference latency of the original and the minimized model (benches/latency.rs)."""
+    work = os.path.join(args.out, "work", model["name"], "latency")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    small = os.path.join(work, "minimized.onnx")
+    subprocess.run([args.binary, model["path"], small, "--no-verify", "-q"], check=True)
+    shape = LATENCY_SHAPES[model["name"]]
+    cmd = ["cargo", "bench", "-q", "--bench", "latency", "--", model["path"], small, "--shape", shape, "--iters", "30"]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    shutil.rmtree(work, ignore_errors=True)
+    result = {"shape": shape, "original": rows[0], "minimized": rows[1]}
+    print(f"  tract latency at {shape}: {rows[0]['median_ms']:.3f} ms -> {rows[1]['median_ms']:.3f} ms (median)", flush=True)
+    return result
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -521,6 +553,13 @@ def markdown(results: dict) -> str:
             )
             + "."
         )
+    lat = [mo for mo in results["models"] if mo.get("latency")]
+    if lat:
+        lines += ["", "tract inference latency (median of 30 runs after a warm-up, one thread):", ""]
+        lines += ["| model | input | original ms | minimized ms | speed-up |", "|---|---|---:|---:|---:|"]
+        for mo in lat:
+            a, b = mo["latency"]["original"]["median_ms"], mo["latency"]["minimized"]["median_ms"]
+            lines.append(f"| {mo['name']} | {mo['latency']['shape']} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -575,7 +614,7 @@ def main() -> None:
     for model in resolve_models(args):
         results["models"].append(model)
         try:
-            if model["kind"] == "generated":
+            if model["kind"] in ("generated", "cnn"):
                 g = generate(model, args)
                 if g:
                     model["generation"] = g
@@ -597,6 +636,8 @@ def main() -> None:
         for tool in tools:
             model["runs"].append(run_tool(tool, model, args))
             save()
+        if model["name"] in LATENCY_SHAPES:
+            model["latency"] = latency(model, args)
         save()
 
     if self_rss_mb() * 1024 > floor + 2048:

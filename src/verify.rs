@@ -98,7 +98,12 @@ fn tract_err(path: &Path) -> impl Fn(TractError) -> Error + '_ {
     move |e| Error::Tract { model: path.display().to_string(), why: format!("{e:#}") }
 }
 
-fn run(model: &InferenceModel, path: &Path, inputs: &[Tensor]) -> Result<TVec<TValue>> {
+/// An optimised tract plan of `model` (read from `path`) for inputs of these types and shapes.
+pub fn plan(
+    model: &InferenceModel,
+    path: &Path,
+    inputs: &[(DatumType, Vec<usize>)],
+) -> Result<Arc<TypedRunnableModel>> {
     let err = tract_err(path);
     let mut m = model.clone();
     // Exporters declare intermediate shapes with symbols (dynamo's `batch`), which tract will not
@@ -107,11 +112,15 @@ fn run(model: &InferenceModel, path: &Path, inputs: &[Tensor]) -> Result<TVec<TV
     for node in m.nodes_mut().iter_mut().filter(|n| !sources.contains(&n.id)) {
         node.outputs.iter_mut().for_each(|o| o.fact = InferenceFact::default());
     }
-    for (i, t) in inputs.iter().enumerate() {
-        m = m.with_input_fact(i, InferenceFact::dt_shape(t.datum_type(), t.shape())).map_err(&err)?;
+    for (i, (dt, shape)) in inputs.iter().enumerate() {
+        m = m.with_input_fact(i, InferenceFact::dt_shape(*dt, shape)).map_err(&err)?;
     }
-    let plan = m.into_optimized().map_err(&err)?.into_runnable().map_err(&err)?;
-    plan.run(inputs.iter().map(|t| t.clone().into_tvalue()).collect()).map_err(&err)
+    m.into_optimized().map_err(&err)?.into_runnable().map_err(&err)
+}
+
+fn run(model: &InferenceModel, path: &Path, inputs: &[Tensor]) -> Result<TVec<TValue>> {
+    let facts: Vec<_> = inputs.iter().map(|t| (t.datum_type(), t.shape().to_vec())).collect();
+    plan(model, path, &facts)?.run(inputs.iter().map(|t| t.clone().into_tvalue()).collect()).map_err(tract_err(path))
 }
 
 /// Runs both models and returns the deviations, or [`Error::Diverged`] past the tolerance.
