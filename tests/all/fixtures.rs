@@ -49,3 +49,31 @@ fn every_fixture_shrinks_to_its_fixpoint_and_verifies() {
         assert_eq!(f["external_data"].is_string(), dir.path().join(format!("{file}.data")).exists(), "{file}");
     }
 }
+
+/// Every committed CNN export: verified by tract, and each convolution or linear layer keeps
+/// exactly the channels the generator's own analysis (on the PyTorch side, with the padding rule)
+/// says an exact minimizer must keep.
+#[test]
+fn every_cnn_fixture_shrinks_exactly_as_far_as_the_padding_rule_allows() {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("cnn/manifest.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = manifest["fixtures"].as_array().unwrap();
+    assert!(fixtures.len() >= 14);
+    for f in fixtures {
+        let file = format!("cnn/{}", f["file"].as_str().unwrap());
+        let out = dir.path().join(f["file"].as_str().unwrap());
+        let report = minimize_file(&fixture(&file), Some(&out), &Options::default(), &|_| {})
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(report.verification.is_some());
+        assert!(report.after.params < report.before.params, "{file}");
+        for layer in f["layers"].as_array().unwrap().iter().filter(|l| l["treated_as"] == "linear") {
+            let node = layer["node"].as_str().unwrap();
+            let ours =
+                report.layers.iter().find(|l| l.node == node).unwrap_or_else(|| panic!("{file}: {node} not reported"));
+            assert_eq!(ours.outputs_after as u64, layer["remaining"].as_u64().unwrap(), "{file}: {node}");
+        }
+        let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
+        assert_eq!(again.after.params, again.before.params, "{file}: one pass reaches the fixed point");
+    }
+}
