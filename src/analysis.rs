@@ -634,12 +634,18 @@ impl<'g> Analysis<'g> {
                     let w = l.weight();
                     let r = match self.linear_inputs(x, l.as_ref()) {
                         Some(xc) if self.consts[y].len() == w.n => {
-                            let mut acc = vec![0.0; w.n];
-                            let mut varies = vec![false; w.n];
-                            w.for_each_nonzero(|c, j, wv| match xc[c] {
-                                Some(k) => acc[j] += wv * k,
-                                None => varies[j] = true,
-                            });
+                            let (acc, varies) = w.fold_nonzero(
+                                || (vec![0.0; w.n], vec![false; w.n]),
+                                |(acc, varies), c, j, wv| match xc[c] {
+                                    Some(k) => acc[j] += wv * k,
+                                    None => varies[j] = true,
+                                },
+                                |(mut a, mut v), (b, u)| {
+                                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                                    v.iter_mut().zip(u).for_each(|(x, y)| *x |= y);
+                                    (a, v)
+                                },
+                            );
                             (self.cx.release)(w.values.raw());
                             (0..w.n)
                                 .map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) })
@@ -721,12 +727,18 @@ impl<'g> Analysis<'g> {
                         Some(xc) if self.needed[y].len() == w.n => {
                             let b = self.block[x].expect("checked");
                             let ny = &self.needed[y];
-                            let mut nx = vec![false; self.needed[x].len()];
-                            w.for_each_nonzero(|kc, j, _| {
-                                if ny[j] && xc[kc].is_none() {
-                                    nx[kc / b] = true;
-                                }
-                            });
+                            let nx = w.fold_nonzero(
+                                || vec![false; self.needed[x].len()],
+                                |nx, kc, j, _| {
+                                    if ny[j] && xc[kc].is_none() {
+                                        nx[kc / b] = true;
+                                    }
+                                },
+                                |mut a, b| {
+                                    a.iter_mut().zip(b).for_each(|(x, y)| *x |= y);
+                                    a
+                                },
+                            );
                             (self.cx.release)(w.values.raw());
                             marks.extend(nx.into_iter().enumerate().filter(|(_, m)| *m).map(|(c, _)| (x, c)));
                         }
@@ -938,11 +950,18 @@ impl<'g> Analysis<'g> {
                     fold[j] = folded.iter().map(|&(c, k)| w.sum(c, j) * k).sum();
                 }
             } else if !folded.is_empty() {
-                w.for_each_nonzero(|kc, j, wv| {
-                    if let (true, Some(k)) = (removed[kc], xc[kc]) {
-                        fold[j] += wv * k;
-                    }
-                });
+                fold = w.fold_nonzero(
+                    || vec![0.0; w.n],
+                    |fold, kc, j, wv| {
+                        if let (true, Some(k)) = (removed[kc], xc[kc]) {
+                            fold[j] += wv * k;
+                        }
+                    },
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                        a
+                    },
+                );
             }
         }
         let fold: Vec<f64> = keep_out.iter().map(|&j| l.alpha() * fold[j]).collect();

@@ -187,6 +187,35 @@ impl<'a> Values<'a> {
         }
     }
 
+    /// Packs elements `[r][c]` of a row-major matrix with rows of `row_len`, for the given rows
+    /// and columns, into raw bytes of the same type, bit for bit.
+    ///
+    /// This copies most of a pruned model's weights, so raw tensors take a loop of fixed-size
+    /// copies into a preallocated buffer rather than one call per element.
+    pub fn gather_rows(&self, rows: &[usize], row_len: usize, cols: &[usize]) -> Vec<u8> {
+        let Repr::Raw(b) = self.repr else {
+            return self.gather(rows.iter().flat_map(|&r| cols.iter().map(move |&c| r * row_len + c)));
+        };
+        fn copy<const N: usize>(b: &[u8], rows: &[usize], row_len: usize, cols: &[usize]) -> Vec<u8> {
+            let mut out = vec![0u8; rows.len() * cols.len() * N];
+            for (dst, &r) in out.chunks_exact_mut(cols.len() * N).zip(rows) {
+                let row = &b[r * row_len * N..(r + 1) * row_len * N];
+                for (d, &c) in dst.chunks_exact_mut(N).zip(cols) {
+                    d.copy_from_slice(&row[c * N..c * N + N]);
+                }
+            }
+            out
+        }
+        if cols.is_empty() {
+            return vec![];
+        }
+        match self.dtype.size() {
+            2 => copy::<2>(b, rows, row_len, cols),
+            4 => copy::<4>(b, rows, row_len, cols),
+            _ => copy::<8>(b, rows, row_len, cols),
+        }
+    }
+
     /// Packs the elements at `indices` into raw bytes of the same type, bit for bit.
     pub fn gather(&self, indices: impl Iterator<Item = usize>) -> Vec<u8> {
         let size = self.dtype.size();

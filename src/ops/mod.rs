@@ -120,20 +120,62 @@ pub struct Weight<'g> {
 impl Weight<'_> {
     /// Calls `f(c, j, w)` for every non-zero weight, row by row of the stored layout (no
     /// division per element: this runs over every weight of the model, several times).
-    pub fn for_each_nonzero(&self, mut f: impl FnMut(usize, usize, f64)) {
-        let (k, n, s) = (self.k, self.n, self.spatial);
+    pub fn for_each_nonzero(&self, f: impl FnMut(usize, usize, f64)) {
+        self.for_each_nonzero_in_rows(0..self.rows(), f)
+    }
+
+    fn rows(&self) -> usize {
         if self.transposed {
-            for j in 0..n {
-                match s {
-                    1 => self.values.for_each_nonzero_in(j * k, k, |c, w| f(c, j, w)),
-                    _ => self.values.for_each_nonzero_in(j * k * s, k * s, |e, w| f(e / s, j, w)),
-                }
-            }
+            self.n
         } else {
-            for c in 0..k {
-                self.values.for_each_nonzero_in(c * n, n, |j, w| f(c, j, w));
+            self.k
+        }
+    }
+
+    fn for_each_nonzero_in_rows(&self, rows: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, f64)) {
+        let (k, n, s) = (self.k, self.n, self.spatial);
+        for r in rows {
+            match (self.transposed, s) {
+                (true, 1) => self.values.for_each_nonzero_in(r * k, k, |c, w| f(c, r, w)),
+                (true, _) => self.values.for_each_nonzero_in(r * k * s, k * s, |e, w| f(e / s, r, w)),
+                (false, _) => self.values.for_each_nonzero_in(r * n, n, |j, w| f(r, j, w)),
             }
         }
+    }
+
+    /// Folds `f(state, c, j, w)` over every non-zero weight, splitting large matrices by rows
+    /// across the machine's cores and merging the per-thread states.
+    pub fn fold_nonzero<T: Send>(
+        &self,
+        init: impl Fn() -> T + Sync,
+        f: impl Fn(&mut T, usize, usize, f64) + Sync,
+        merge: impl Fn(T, T) -> T,
+    ) -> T {
+        const PARALLEL_FROM: usize = 1 << 22;
+        let rows = self.rows();
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rows);
+        if threads <= 1 || self.values.len() < PARALLEL_FROM {
+            let mut state = init();
+            self.for_each_nonzero(|c, j, w| f(&mut state, c, j, w));
+            return state;
+        }
+        let chunk = rows.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (init, f) = (&init, &f);
+                    scope.spawn(move || {
+                        let mut state = init();
+                        self.for_each_nonzero_in_rows(t * chunk..((t + 1) * chunk).min(rows), |c, j, w| {
+                            f(&mut state, c, j, w)
+                        });
+                        state
+                    })
+                })
+                .collect();
+            let states = workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            states.reduce(merge).expect("at least one thread")
+        })
     }
 
     /// `sum_e W[c, j, e]` over the kernel: what a constant input `c` contributes to output `j`.
@@ -147,13 +189,10 @@ impl Weight<'_> {
     pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
         let (k, n, s) = (self.k, self.n, self.spatial);
         if self.transposed {
-            self.values.gather(
-                keep_out
-                    .iter()
-                    .flat_map(|&j| keep_in.iter().flat_map(move |&c| (0..s).map(move |e| (j * k + c) * s + e))),
-            )
+            let cols: Vec<usize> = keep_in.iter().flat_map(|&c| (0..s).map(move |e| c * s + e)).collect();
+            self.values.gather_rows(keep_out, k * s, &cols)
         } else {
-            self.values.gather(keep_in.iter().flat_map(|&c| keep_out.iter().map(move |&j| c * n + j)))
+            self.values.gather_rows(keep_in, n, keep_out)
         }
     }
 
