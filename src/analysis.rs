@@ -300,6 +300,24 @@ impl<'g> Analysis<'g> {
                     _ => self.force(x, format!("{who}: its input width does not divide its weight")),
                 }
             }
+            Role::Norm(nm) => {
+                let (x, y) = (self.input(n, 0), self.output(n, 0));
+                for v in [x, y] {
+                    changed |= self.set(|s| &mut s.width, v, nm.width(), &who);
+                }
+                changed |= self.copy_layout(x, y, &who);
+                changed |= self.copy_layout(y, x, &who);
+                if let Some(r) = self.rank[x].or(self.rank[y]) {
+                    changed |= self.set(|s| &mut s.rank, x, r, &who);
+                    changed |= self.set(|s| &mut s.rank, y, r, &who);
+                    let axis = if nm.axis < 0 { nm.axis + r as i64 } else { nm.axis };
+                    if axis != r as i64 - 1 || self.position(x).is_some_and(|p| p != r - 1) {
+                        let why = format!("{who}: it normalizes over axes other than the channels alone");
+                        self.force(x, why.clone());
+                        self.force(y, why);
+                    }
+                }
+            }
             Role::Channelwise(c) => {
                 let (x, y) = (self.input(n, c.input_slot()), self.output(n, 0));
                 for v in [x, y] {
@@ -325,6 +343,27 @@ impl<'g> Analysis<'g> {
                         }
                     }
                     Layout::Flatten { from } => changed |= self.infer_flatten(acts[0], o, Some(*from), &who),
+                    Layout::Transpose { perm } => {
+                        let x = acts[0];
+                        let r = self.rank[x].or(self.rank[o]).filter(|&r| r == perm.len());
+                        let Some(r) = r else { return changed };
+                        changed |= self.set(|s| &mut s.rank, x, r, &who);
+                        changed |= self.set(|s| &mut s.rank, o, r, &who);
+                        if let Some(p) = self.position(x) {
+                            let q = perm.iter().position(|&a| a == p as i64).unwrap_or(p);
+                            changed |= self.set(|s| &mut s.axis, o, q as isize - r as isize, &who);
+                        } else if let Some(q) = self.position(o) {
+                            changed |= self.set(|s| &mut s.axis, x, perm[q] as isize - r as isize, &who);
+                        }
+                        for (a, b) in [(x, o), (o, x)] {
+                            if let Some(w) = self.width[a] {
+                                changed |= self.set(|s| &mut s.width, b, w, &who);
+                            }
+                        }
+                        if self.block[x].is_some_and(|b| b != 1) {
+                            self.force(x, format!("{who}: it moves a flattened feature axis"));
+                        }
+                    }
                     Layout::Reshape { slot } => {
                         let shape = int64s(self.cx.const_tensor(&node.input[*slot]).expect("checked by the rule"));
                         let x = acts[0];
@@ -546,6 +585,12 @@ impl<'g> Analysis<'g> {
                         }
                     }
                 }
+                Role::Norm(nm) => {
+                    let (x, y) = (self.input(n, 0), self.output(n, 0));
+                    if self.width[x] == Some(nm.width()) && self.width[y] == Some(nm.width()) {
+                        tie(self, x, y, 0, 0, nm.width());
+                    }
+                }
                 Role::Channelwise(c) => {
                     let (x, y) = (self.input(n, c.input_slot()), self.output(n, 0));
                     tie(self, x, y, 0, 0, c.width());
@@ -655,6 +700,10 @@ impl<'g> Analysis<'g> {
                     };
                     vec![(y, r)]
                 }
+                Role::Norm(nm) => {
+                    let y = self.output(n, 0);
+                    vec![(y, (0..self.consts[y].len()).map(|c| nm.constant(c)).collect())]
+                }
                 Role::Channelwise(ch) => {
                     let (x, y) = (self.input(n, ch.input_slot()), self.output(n, 0));
                     let r = (0..self.consts[y].len())
@@ -745,6 +794,16 @@ impl<'g> Analysis<'g> {
                         _ => marks.extend((0..self.needed[x].len()).map(|c| (x, c))),
                     }
                 }
+                Role::Norm(nm) => {
+                    // The statistics read every channel: if any normalized output is needed,
+                    // so is every input channel whose value is not a known constant.
+                    let (x, y) = (self.input(n, 0), self.output(n, 0));
+                    let used = (0..self.needed[y].len()).any(|c| self.needed[y][c] && nm.constant(c).is_none());
+                    if used {
+                        marks
+                            .extend((0..self.needed[x].len()).filter(|&c| self.consts[x][c].is_none()).map(|c| (x, c)));
+                    }
+                }
                 Role::Channelwise(ch) => {
                     let (x, y) = (self.input(n, ch.input_slot()), self.output(n, 0));
                     for c in (0..self.needed[y].len()).filter(|&c| self.needed[y][c]) {
@@ -829,6 +888,20 @@ impl<'g> Analysis<'g> {
             let node = &g.node[n];
             match &self.roles[n] {
                 Role::Linear(l) => layers.push(self.plan_linear(n, l.as_ref(), &mut edits)?),
+                Role::Norm(nm) => {
+                    let x = self.input(n, 0);
+                    let keep = self.kept(x, nm.width());
+                    if keep.len() < nm.width() && self.width[x] == Some(nm.width()) {
+                        let mut kept = vec![false; nm.width()];
+                        keep.iter().for_each(|&c| kept[c] = true);
+                        // Removed channels are constants whenever a normalized output is needed;
+                        // otherwise nothing reads the result and any value will do.
+                        let removed: Vec<f64> =
+                            (0..nm.width()).filter(|&c| !kept[c]).map(|c| self.consts[x][c].unwrap_or(0.0)).collect();
+                        let (nodes, initializers) = nm.compensated(&node.input[0], &node.output[0], &keep, &removed);
+                        edits.push(Edit::Replace { node: n, nodes, initializers });
+                    }
+                }
                 Role::Channelwise(ch) => {
                     let x = self.input(n, ch.input_slot());
                     ch.rewrite(n, &self.kept(x, ch.width()), &mut edits)?;

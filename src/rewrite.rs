@@ -32,6 +32,13 @@ pub enum Edit {
         node: usize,
         name: String,
     },
+    /// `node` replaced by `nodes` (reading its inputs, writing its outputs) with new constants;
+    /// names starting with `$` are local to the replacement and made unique.
+    Replace {
+        node: usize,
+        nodes: Vec<NodeProto>,
+        initializers: Vec<TensorProto>,
+    },
     /// `Add(output, tensor)` inserted after `node`, which had no bias to fold constants into.
     AddBias {
         node: usize,
@@ -76,10 +83,15 @@ impl Names {
     }
 }
 
+enum Structural {
+    Bias(Box<TensorProto>),
+    Replace(Vec<NodeProto>, Vec<TensorProto>),
+}
+
 pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
     let mut names = Names::of(g);
     let mut orphaned = HashSet::new();
-    let mut bias_after = vec![];
+    let mut structural = vec![];
     let mut gathers = vec![];
     for edit in edits {
         match edit {
@@ -128,30 +140,60 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
                     None => attrs.push(attr),
                 }
             }
-            Edit::AddBias { node, tensor } => bias_after.push((node, tensor)),
+            Edit::AddBias { node, tensor } => structural.push((node, Structural::Bias(Box::new(tensor)))),
+            Edit::Replace { node, nodes, initializers } => {
+                structural.push((node, Structural::Replace(nodes, initializers)))
+            }
             Edit::Width { value, axis, from, to } => set_width(g, &value, axis, from, to),
             Edit::GatherInput { input, axis, keep } => gathers.push((input, axis, keep)),
         }
     }
-    // Insert from the back so earlier indices stay valid; right after the node keeps the order
-    // topological.
-    bias_after.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
-    for (node, mut tensor) in bias_after {
-        let out = g.node[node].output[0].clone();
-        let base = g.node[node].name().to_string();
-        let pre = names.fresh(&format!("{out}_before_folded_bias"));
-        let bias = names.fresh(&format!("{base}_folded_bias"));
-        g.node[node].output[0] = pre.clone();
-        tensor.name = Some(bias.clone());
-        g.initializer.push(tensor);
-        let add = NodeProto {
-            name: Some(names.fresh(&format!("{base}_folded_bias_add"))),
-            op_type: Some("Add".into()),
-            input: vec![pre, bias],
-            output: vec![out],
-            ..Default::default()
-        };
-        g.node.insert(node + 1, add);
+    // From the back so earlier indices stay valid; in place, or right after the node, keeps the
+    // order topological.
+    structural.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    for (node, change) in structural {
+        match change {
+            Structural::Bias(tensor) => {
+                let mut tensor = *tensor;
+                let out = g.node[node].output[0].clone();
+                let base = g.node[node].name().to_string();
+                let pre = names.fresh(&format!("{out}_before_folded_bias"));
+                let bias = names.fresh(&format!("{base}_folded_bias"));
+                g.node[node].output[0] = pre.clone();
+                tensor.name = Some(bias.clone());
+                g.initializer.push(tensor);
+                let add = NodeProto {
+                    name: Some(names.fresh(&format!("{base}_folded_bias_add"))),
+                    op_type: Some("Add".into()),
+                    input: vec![pre, bias],
+                    output: vec![out],
+                    ..Default::default()
+                };
+                g.node.insert(node + 1, add);
+            }
+            Structural::Replace(mut nodes, mut initializers) => {
+                let base = g.node[node].name().to_string();
+                let mut local: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+                let mut rename = |n: &mut String| {
+                    if let Some(l) = n.strip_prefix('$') {
+                        *n = local.entry(l.to_string()).or_insert_with(|| names.fresh(&format!("{base}_{l}"))).clone();
+                    }
+                };
+                for n in nodes.iter_mut() {
+                    n.input.iter_mut().chain(n.output.iter_mut()).for_each(&mut rename);
+                    if let Some(name) = n.name.as_mut() {
+                        rename(name);
+                    }
+                }
+                for t in initializers.iter_mut() {
+                    if let Some(name) = t.name.as_mut() {
+                        rename(name);
+                    }
+                }
+                g.initializer.extend(initializers);
+                g.node.splice(node..=node, nodes);
+            }
+        }
     }
     // Last, as they shift every node index: Gathers in front of all nodes.
     for (input, axis, keep) in gathers {

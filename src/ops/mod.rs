@@ -14,6 +14,7 @@
 mod conv;
 mod gemm;
 mod matmul;
+mod norm;
 mod pointwise;
 mod shape;
 
@@ -45,6 +46,8 @@ pub enum Role<'g> {
     Pointwise(Pointwise),
     Linear(Box<dyn Linear + 'g>),
     Channelwise(Box<dyn Channelwise + 'g>),
+    /// A LayerNormalization over the channel axis.
+    Norm(norm::Norm<'g>),
     /// Output channels are the inputs' channels in order, along `axis` (as in the attribute).
     Concat {
         axis: i64,
@@ -77,6 +80,8 @@ pub enum Layout {
     Reshape { slot: usize },
     /// A reduction over `axes`, which must not include the channel axis.
     Reduce { axes: Vec<i64>, keepdims: bool },
+    /// A permutation of the axes: the channel axis moves to where `perm` puts it.
+    Transpose { perm: Vec<i64> },
 }
 
 pub struct Pointwise {
@@ -259,6 +264,7 @@ static RULES: &[&dyn OpRule] = &[
     &pointwise::Unary,
     &pointwise::Binary,
     &pointwise::BatchNorm,
+    &norm::LayerNorm,
     &pointwise::Pool,
     &pointwise::Reduce,
     &shape::PassThrough,
@@ -266,6 +272,7 @@ static RULES: &[&dyn OpRule] = &[
     &shape::Flatten,
     &shape::Concat,
     &shape::Split,
+    &shape::Transpose,
 ];
 
 /// The reason given for nodes that only produce constants; they are not reported as blockers.
@@ -299,6 +306,7 @@ pub fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         Role::Channelwise(c) if !is_act(c.input_slot()) => {
             Role::Opaque("its data operand is a constant or missing".into())
         }
+        Role::Norm(_) if !is_act(0) => Role::Opaque("it normalizes a constant".into()),
         Role::Concat { .. } if !(0..node.input.len()).all(is_act) => Role::Opaque("it concatenates constants".into()),
         Role::Split { .. } if !is_act(0) => Role::Opaque("it splits a constant".into()),
         _ => role,

@@ -11,6 +11,7 @@ pub struct Reshape;
 pub struct Flatten;
 pub struct Concat;
 pub struct Split;
+pub struct Transpose;
 
 impl OpRule for PassThrough {
     fn op_types(&self) -> &'static [&'static str] {
@@ -111,5 +112,21 @@ impl OpRule for Split {
             return Role::Opaque("its split sizes are negative".into());
         }
         Role::Split { axis, sizes: sizes.into_iter().map(|s| s as usize).collect(), sizes_slot: slot }
+    }
+}
+
+impl OpRule for Transpose {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Transpose"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
+        // Without `perm` the axes are reversed, which needs the rank: known only later.
+        let Some(perm) = node.attribute.iter().find(|a| a.name() == "perm").map(|a| a.ints.clone()) else {
+            return Role::Opaque("it has no perm attribute".into());
+        };
+        let mut p = Pointwise::identity();
+        p.layout = Layout::Transpose { perm };
+        Role::Pointwise(p)
     }
 }

@@ -5,5 +5,6 @@ mod cnn;
 mod common;
 mod fixtures;
 mod io;
+mod norm;
 mod ops;
 mod properties;

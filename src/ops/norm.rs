@@ -1,0 +1,172 @@
+//! LayerNormalization, and the CompensatedLayerNorm that replaces it when channels leave.
+//!
+//! LayerNorm reads every channel to compute its mean and variance, so slicing its input changes
+//! what it computes: this is why channel removal usually stops at LayerNorm streams. A channel
+//! may still leave when its input is a known constant `k_r` (the statistics can account for it)
+//! and its own output is unused or constant (`gamma_r == 0` makes it the constant `beta_r`).
+//! The replacement keeps the original width `C` and the removed constants, and computes, over the
+//! kept channels `K` only,
+//!
+//! ```text
+//! mean = (sum_K x + sum_R k) / C
+//! var  = (sum_K (x - mean)^2 + sum_R (k - mean)^2) / C        (centred: no cancellation)
+//! y_K  = gamma_K (x - mean) / sqrt(var + eps) + beta_K
+//! ```
+//!
+//! in plain ONNX operators (ReduceSum, Sub, Mul, Add, Div, Sqrt), so every runtime runs it.
+
+use super::{Ctx, OpRule, Role};
+use crate::ir::NodeExt;
+use crate::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
+use crate::onnx::tensor::{encode, with_data, FloatType, Values};
+
+pub struct LayerNorm;
+
+/// A LayerNormalization over the channel axis, as the analysis sees it.
+pub struct Norm<'g> {
+    pub gamma: Values<'g>,
+    pub beta: Option<Values<'g>>,
+    /// The normalized axis as written in the attribute (must turn out to be the channel axis).
+    pub axis: i64,
+    pub eps: f64,
+}
+
+impl OpRule for LayerNorm {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["LayerNormalization"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        if node.output.iter().skip(1).any(|o| !o.is_empty() && !cx.ir.readers(o).is_empty()) {
+            return Role::Opaque("its mean or inverse deviation output is used".into());
+        }
+        let constant =
+            |slot: usize| node.input.get(slot).filter(|s| !s.is_empty()).map(|s| cx.const_tensor(s).map(Values::of));
+        let gamma = match constant(1) {
+            Some(Some(Ok(v))) if v.dims.len() == 1 => v,
+            _ => return Role::Opaque("its scale is not a constant vector".into()),
+        };
+        let beta = match constant(2) {
+            None => None,
+            Some(Some(Ok(v))) if v.dims == gamma.dims => Some(v),
+            _ => return Role::Opaque("its bias is not a constant vector".into()),
+        };
+        Role::Norm(Norm { gamma, beta, axis: node.attr_i("axis", -1), eps: node.attr_f("epsilon", 1e-5) as f64 })
+    }
+}
+
+fn int_attr(name: &str, i: i64) -> crate::onnx::proto::AttributeProto {
+    crate::onnx::proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Int as i32),
+        i: Some(i),
+        ..Default::default()
+    }
+}
+
+/// A node of the replacement, named after its output (a local `$` name, made unique later).
+fn local_node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<crate::onnx::proto::AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        name: Some(format!("${}_node", output.trim_start_matches('$'))),
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+impl Norm<'_> {
+    pub fn width(&self) -> usize {
+        self.gamma.len()
+    }
+
+    /// Output channel `c` is the constant `beta_c` when its scale is zero.
+    pub fn constant(&self, c: usize) -> Option<f64> {
+        (self.gamma.get(c) == 0.0).then(|| self.beta.as_ref().map_or(0.0, |b| b.get(c)))
+    }
+
+    /// The nodes and constants of a CompensatedLayerNorm computing `y` from the kept channels
+    /// of `x`, given the constants of the removed ones. Names starting with `$` are local and
+    /// made unique when the edit is applied.
+    pub fn compensated(&self, x: &str, y: &str, keep: &[usize], removed: &[f64]) -> (Vec<NodeProto>, Vec<TensorProto>) {
+        let dtype = self.gamma.dtype;
+        // LayerNormalization computes in float32 at least (its stash_type); so does this.
+        let (compute, widen) = match dtype {
+            FloatType::F16 | FloatType::Bf16 => (FloatType::F32, true),
+            other => (other, false),
+        };
+        let mut nodes = vec![];
+        let mut inits = vec![];
+        let mut constant = |name: &str, dims: Vec<i64>, vals: &[f64], ty: FloatType| {
+            let mut t = with_data(&TensorProto::default(), dims, ty, encode(ty, vals));
+            t.name = Some(name.into());
+            inits.push(t);
+        };
+        let width = (keep.len() + removed.len()) as f64;
+        let gamma: Vec<f64> = keep.iter().map(|&c| self.gamma.get(c)).collect();
+        constant("$gamma", vec![keep.len() as i64], &gamma, dtype);
+        if let Some(b) = &self.beta {
+            let beta: Vec<f64> = keep.iter().map(|&c| b.get(c)).collect();
+            constant("$beta", vec![keep.len() as i64], &beta, dtype);
+        }
+        constant("$removed_sum", vec![], &[removed.iter().sum()], compute);
+        constant("$width", vec![], &[width], compute);
+        constant("$eps", vec![], &[self.eps], compute);
+        constant("$removed", vec![removed.len() as i64], removed, compute);
+        let axes = TensorProto {
+            name: Some("$axes".into()),
+            dims: vec![1],
+            data_type: Some(DataType::Int64 as i32),
+            raw_data: Some((-1i64).to_le_bytes().to_vec().into()),
+            ..Default::default()
+        };
+        inits.push(axes);
+        let op = |nodes: &mut Vec<NodeProto>, op: &str, inputs: &[&str], output: &str| {
+            let attribute = if op == "ReduceSum" { vec![int_attr("keepdims", 1)] } else { vec![] };
+            nodes.push(local_node(op, inputs, output, attribute));
+        };
+        let cast = |nodes: &mut Vec<NodeProto>, input: &str, to: FloatType, output: &str| {
+            nodes.push(local_node("Cast", &[input], output, vec![int_attr("to", to.onnx() as i64)]));
+        };
+        let xin = if widen {
+            cast(&mut nodes, x, FloatType::F32, "$x32");
+            "$x32"
+        } else {
+            x
+        };
+        op(&mut nodes, "ReduceSum", &[xin, "$axes"], "$kept_sum");
+        op(&mut nodes, "Add", &["$kept_sum", "$removed_sum"], "$sum");
+        op(&mut nodes, "Div", &["$sum", "$width"], "$mean");
+        op(&mut nodes, "Sub", &[xin, "$mean"], "$centred");
+        op(&mut nodes, "Mul", &["$centred", "$centred"], "$squares");
+        op(&mut nodes, "ReduceSum", &["$squares", "$axes"], "$kept_squares");
+        op(&mut nodes, "Sub", &["$mean", "$removed"], "$removed_centred");
+        op(&mut nodes, "Mul", &["$removed_centred", "$removed_centred"], "$removed_squares_each");
+        op(&mut nodes, "ReduceSum", &["$removed_squares_each", "$axes"], "$removed_squares");
+        op(&mut nodes, "Add", &["$kept_squares", "$removed_squares"], "$all_squares");
+        op(&mut nodes, "Div", &["$all_squares", "$width"], "$variance");
+        op(&mut nodes, "Add", &["$variance", "$eps"], "$variance_eps");
+        op(&mut nodes, "Sqrt", &["$variance_eps"], "$deviation");
+        op(&mut nodes, "Div", &["$centred", "$deviation"], "$normalized");
+        let normalized = if widen {
+            cast(&mut nodes, "$normalized", dtype, "$normalized_t");
+            "$normalized_t"
+        } else {
+            "$normalized"
+        };
+        match self.beta {
+            Some(_) => {
+                op(&mut nodes, "Mul", &[normalized, "$gamma"], "$scaled");
+                op(&mut nodes, "Add", &["$scaled", "$beta"], y);
+            }
+            None => op(&mut nodes, "Mul", &[normalized, "$gamma"], y),
+        }
+        (nodes, inits)
+    }
+}

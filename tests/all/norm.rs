@@ -1,0 +1,97 @@
+//! LayerNorm residual streams: constant stream channels leave through CompensatedLayerNorm.
+
+use crate::common::{attr_i, write, G};
+use onnx_minimize::{minimize_file, Options};
+use proptest::prelude::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// A pre-LN residual stack on `[batch, tokens, width]`: `x -> Linear -> (s + MLP(LN(s)))* ->
+/// LN -> Linear`. Stream channels in `constant` are written only as constants (zero weight
+/// columns, non-zero biases) and read by LayerNorms whose scale is zero there when `gamma_zero`.
+fn pre_ln_stack(
+    seed: u64,
+    width: usize,
+    blocks: usize,
+    constant: &[usize],
+    gamma_zero: bool,
+) -> onnx_minimize::onnx::proto::ModelProto {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (inputs, hidden, outputs) = (3, 6, 2);
+    let mut g = G::new("x", &[None, Some(4), Some(inputs)]);
+    let mut linear =
+        |g: &mut G, rng: &mut StdRng, name: &str, x: &str, n_in: usize, n_out: usize, zero_cols: &[usize]| {
+            let mut w: Vec<f32> = (0..n_in * n_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+            for c in 0..n_in {
+                for &j in zero_cols {
+                    w[c * n_out + j] = 0.0;
+                }
+            }
+            let b: Vec<f32> = (0..n_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+            g.init(&format!("{name}_w"), &[n_in, n_out], &w).init(&format!("{name}_b"), &[n_out], &b);
+            g.op("MatMul", &[x, &format!("{name}_w")], &format!("{name}_mm"), vec![]);
+            g.op("Add", &[&format!("{name}_mm"), &format!("{name}_b")], name, vec![]);
+        };
+    let mut layernorm = |g: &mut G, rng: &mut StdRng, name: &str, x: &str| {
+        let gamma: Vec<f32> = (0..width)
+            .map(|c| if gamma_zero && constant.contains(&c) { 0.0 } else { rng.random_range(0.5..1.5) })
+            .collect();
+        let beta: Vec<f32> = (0..width).map(|_| rng.random_range(-0.5..0.5)).collect();
+        g.init(&format!("{name}_g"), &[width], &gamma).init(&format!("{name}_b"), &[width], &beta);
+        g.op("LayerNormalization", &[x, &format!("{name}_g"), &format!("{name}_b")], name, vec![attr_i("axis", -1)]);
+    };
+    linear(&mut g, &mut rng, "embed", "x", inputs, width, constant);
+    let mut stream = "embed".to_string();
+    for b in 0..blocks {
+        layernorm(&mut g, &mut rng, &format!("ln{b}"), &stream);
+        linear(&mut g, &mut rng, &format!("up{b}"), &format!("ln{b}"), width, hidden, &[]);
+        g.op("Gelu", &[&format!("up{b}")], &format!("act{b}"), vec![]);
+        linear(&mut g, &mut rng, &format!("down{b}"), &format!("act{b}"), hidden, width, constant);
+        g.op("Add", &[&stream, &format!("down{b}")], &format!("s{b}"), vec![]);
+        stream = format!("s{b}");
+    }
+    layernorm(&mut g, &mut rng, "final_ln", &stream);
+    linear(&mut g, &mut rng, "head", "final_ln", width, outputs, &[]);
+    let mut m = g.model("head", &[None, Some(4), Some(outputs)]);
+    m.opset_import[0].version = Some(20);
+    m
+}
+
+fn minimize(m: &onnx_minimize::onnx::proto::ModelProto) -> onnx_minimize::report::Report {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.onnx", m);
+    minimize_file(&input, Some(&dir.path().join("out.onnx")), &Options::default(), &|_| {})
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn constant_stream_channels_leave_through_compensated_layernorm() {
+    let r = minimize(&pre_ln_stack(7, 8, 2, &[1, 4, 6], true));
+    let embed = r.layers.iter().find(|l| l.node.contains("MatMul") && l.inputs_before == 3).unwrap();
+    assert_eq!(embed.outputs_after, 5, "{:?}", r.layers);
+    assert!(r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5), "{:?}", r.layers);
+    assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5);
+}
+
+#[test]
+fn a_constant_channel_whose_normalized_value_is_used_stays() {
+    // Constant in the stream, but the LayerNorms scale it: its normalized output varies.
+    let r = minimize(&pre_ln_stack(3, 8, 2, &[2, 5], false));
+    assert!(
+        r.layers.iter().all(|l| l.inputs_after == l.inputs_before && l.outputs_after == l.outputs_before),
+        "{:?}",
+        r.layers
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pre_ln_stacks_compute_the_same(seed in any::<u64>(), blocks in 1usize..4, constant in proptest::collection::btree_set(0usize..6, 0..6), gamma_zero in any::<bool>()) {
+        let constant: Vec<usize> = constant.into_iter().collect();
+        let r = minimize(&pre_ln_stack(seed, 6, blocks, &constant, gamma_zero));
+        let expected = if gamma_zero && constant.len() < 6 { 6 - constant.len() } else if gamma_zero { 1 } else { 6 };
+        let embed = r.layers.iter().find(|l| l.inputs_before == 3).unwrap();
+        prop_assert_eq!(embed.outputs_after, expected);
+    }
+}
