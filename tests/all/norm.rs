@@ -31,7 +31,7 @@ fn pre_ln_stack(
             g.op("MatMul", &[x, &format!("{name}_w")], &format!("{name}_mm"), vec![]);
             g.op("Add", &[&format!("{name}_mm"), &format!("{name}_b")], name, vec![]);
         };
-    let mut layernorm = |g: &mut G, rng: &mut StdRng, name: &str, x: &str| {
+    let layernorm = |g: &mut G, rng: &mut StdRng, name: &str, x: &str| {
         let gamma: Vec<f32> = (0..width)
             .map(|c| if gamma_zero && constant.contains(&c) { 0.0 } else { rng.random_range(0.5..1.5) })
             .collect();
