@@ -18,19 +18,18 @@ fn pre_ln_stack(
     let mut rng = StdRng::seed_from_u64(seed);
     let (inputs, hidden, outputs) = (3, 6, 2);
     let mut g = G::new("x", &[None, Some(4), Some(inputs)]);
-    let mut linear =
-        |g: &mut G, rng: &mut StdRng, name: &str, x: &str, n_in: usize, n_out: usize, zero_cols: &[usize]| {
-            let mut w: Vec<f32> = (0..n_in * n_out).map(|_| rng.random_range(-1.0..1.0)).collect();
-            for c in 0..n_in {
-                for &j in zero_cols {
-                    w[c * n_out + j] = 0.0;
-                }
+    let linear = |g: &mut G, rng: &mut StdRng, name: &str, x: &str, n_in: usize, n_out: usize, zero_cols: &[usize]| {
+        let mut w: Vec<f32> = (0..n_in * n_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for c in 0..n_in {
+            for &j in zero_cols {
+                w[c * n_out + j] = 0.0;
             }
-            let b: Vec<f32> = (0..n_out).map(|_| rng.random_range(-1.0..1.0)).collect();
-            g.init(&format!("{name}_w"), &[n_in, n_out], &w).init(&format!("{name}_b"), &[n_out], &b);
-            g.op("MatMul", &[x, &format!("{name}_w")], &format!("{name}_mm"), vec![]);
-            g.op("Add", &[&format!("{name}_mm"), &format!("{name}_b")], name, vec![]);
-        };
+        }
+        let b: Vec<f32> = (0..n_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+        g.init(&format!("{name}_w"), &[n_in, n_out], &w).init(&format!("{name}_b"), &[n_out], &b);
+        g.op("MatMul", &[x, &format!("{name}_w")], &format!("{name}_mm"), vec![]);
+        g.op("Add", &[&format!("{name}_mm"), &format!("{name}_b")], name, vec![]);
+    };
     let layernorm = |g: &mut G, rng: &mut StdRng, name: &str, x: &str| {
         let gamma: Vec<f32> = (0..width)
             .map(|c| if gamma_zero && constant.contains(&c) { 0.0 } else { rng.random_range(0.5..1.5) })
