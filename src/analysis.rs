@@ -1039,7 +1039,8 @@ impl<'g> Analysis<'g> {
         }
         let fold: Vec<f64> = keep_out.iter().map(|&j| l.alpha() * fold[j]).collect();
         if keep_in.len() < w.k || keep_out.len() < w.n {
-            l.rewrite(n, &keep_in, &keep_out, &fold, edits)?;
+            edits.extend(w.slice_edit(n, &keep_in, &keep_out));
+            l.rewrite_bias(n, &keep_out, &fold, edits);
         }
         (self.cx.release)(w.values.raw());
         let mut kept = vec![false; w.n];

@@ -16,7 +16,6 @@ pub struct Conv;
 
 struct ConvNode<'g> {
     weight: Weight<'g>,
-    w_tensor: &'g TensorProto,
     bias: Option<(Values<'g>, &'g TensorProto)>,
     padded: bool,
 }
@@ -63,8 +62,8 @@ impl OpRule for Conv {
         let group = node.attr_i("group", 1) as usize;
         let padded = padded(node);
         if group == 1 {
-            let weight = Weight { values, k: dims[1], n: dims[0], transposed: true, spatial: kernel };
-            Role::Linear(Box::new(ConvNode { weight, w_tensor, bias, padded }))
+            let weight = Weight { values, tensor: w_tensor, k: dims[1], n: dims[0], transposed: true, spatial: kernel };
+            Role::Linear(Box::new(ConvNode { weight, bias, padded }))
         } else if dims[1] == 1 && dims[0] == group {
             Role::Channelwise(Box::new(Depthwise { filters: values, w_tensor, bias, padded, channels: group, kernel }))
         } else {
@@ -140,25 +139,9 @@ impl Linear for ConvNode<'_> {
         Some(self.bias.as_ref().map_or(0.0, |(b, _)| b.get(j)))
     }
 
-    fn rewrite(
-        &self,
-        node: usize,
-        keep_in: &[usize],
-        keep_out: &[usize],
-        fold: &[f64],
-        edits: &mut Vec<Edit>,
-    ) -> Result<()> {
+    fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>) {
         let w = &self.weight;
-        if keep_in.len() != w.k || keep_out.len() != w.n {
-            let raw = w.slice(keep_in, keep_out);
-            edits.push(Edit::Const {
-                node,
-                slot: 1,
-                tensor: with_data(self.w_tensor, w.sliced_dims(keep_in.len(), keep_out.len()), w.values.dtype, raw),
-            });
-        }
         bias_edit(node, &self.bias, &w.values, keep_out, fold, edits);
-        Ok(())
     }
 }
 

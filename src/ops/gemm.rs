@@ -1,7 +1,6 @@
 //! Gemm: `Y = alpha * A' B' + beta * C`, with `A' = transA ? A^T : A` and likewise for B.
 
 use super::{Ctx, Linear, OpRule, Role, Weight};
-use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto, TensorProto};
 use crate::onnx::tensor::{encode, with_data, Values};
@@ -17,7 +16,6 @@ struct GemmNode<'g> {
     beta: f64,
     c: Option<Values<'g>>,
     c_tensor: Option<&'g TensorProto>,
-    b_tensor: &'g TensorProto,
 }
 
 impl OpRule for Gemm {
@@ -54,13 +52,12 @@ impl OpRule for Gemm {
         };
         Role::Linear(Box::new(GemmNode {
             node,
-            weight: Weight { values, k, n, transposed: trans_b, spatial: 1 },
+            weight: Weight { values, tensor: b_tensor, k, n, transposed: trans_b, spatial: 1 },
             trans_a: node.attr_i("transA", 0) != 0,
             alpha: node.attr_f("alpha", 1.0) as f64,
             beta: node.attr_f("beta", 1.0) as f64,
             c,
             c_tensor,
-            b_tensor,
         }))
     }
 }
@@ -105,23 +102,8 @@ impl Linear for GemmNode<'_> {
         Some(self.beta * c.get(if per_channel { j } else { 0 }))
     }
 
-    fn rewrite(
-        &self,
-        node: usize,
-        keep_in: &[usize],
-        keep_out: &[usize],
-        fold: &[f64],
-        edits: &mut Vec<Edit>,
-    ) -> Result<()> {
+    fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>) {
         let w = &self.weight;
-        if keep_in.len() != w.k || keep_out.len() != w.n {
-            let raw = w.slice(keep_in, keep_out);
-            edits.push(Edit::Const {
-                node,
-                slot: 1,
-                tensor: with_data(self.b_tensor, w.sliced_dims(keep_in.len(), keep_out.len()), w.values.dtype, raw),
-            });
-        }
         let folds = fold.iter().any(|&f| f != 0.0);
         let dtype = w.values.dtype;
         match (&self.c, self.c_tensor) {
@@ -130,7 +112,7 @@ impl Linear for GemmNode<'_> {
                 let rows = if c.dims.len() == 2 { c.dims[0] as usize } else { 1 };
                 let cols = c.dims.last().copied().unwrap_or(1) as usize;
                 if cols == 1 && !folds {
-                    return Ok(()); // a broadcast C needs no slicing
+                    return; // a broadcast C needs no slicing
                 }
                 let vals: Vec<f64> = (0..rows)
                     .flat_map(|r| keep_out.iter().enumerate().map(move |(i, &j)| (r, i, j)))
@@ -156,6 +138,5 @@ impl Linear for GemmNode<'_> {
             }
             _ => {}
         }
-        Ok(())
     }
 }

@@ -4,7 +4,6 @@
 //! bias, which the pointwise rules handle as a per-channel constant.
 
 use super::{Ctx, Linear, OpRule, Role, Weight};
-use crate::error::Result;
 use crate::onnx::proto::{NodeProto, TensorProto};
 use crate::onnx::tensor::{encode, with_data, Values};
 use crate::rewrite::Edit;
@@ -13,7 +12,6 @@ pub struct MatMul;
 
 struct MatMulNode<'g> {
     weight: Weight<'g>,
-    tensor: &'g TensorProto,
 }
 
 impl OpRule for MatMul {
@@ -35,8 +33,7 @@ impl OpRule for MatMul {
             Ok(values) if values.dims.len() == 2 => {
                 let (k, n) = (values.dims[0] as usize, values.dims[1] as usize);
                 Role::Linear(Box::new(MatMulNode {
-                    weight: Weight { values, k, n, transposed: false, spatial: 1 },
-                    tensor,
+                    weight: Weight { values, tensor, k, n, transposed: false, spatial: 1 },
                 }))
             }
             Ok(_) => Role::Opaque("its weight is not a 2-D matrix".into()),
@@ -70,28 +67,12 @@ impl Linear for MatMulNode<'_> {
         Some(0.0)
     }
 
-    fn rewrite(
-        &self,
-        node: usize,
-        keep_in: &[usize],
-        keep_out: &[usize],
-        fold: &[f64],
-        edits: &mut Vec<Edit>,
-    ) -> Result<()> {
+    fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>) {
         let w = &self.weight;
-        if keep_in.len() != w.k || keep_out.len() != w.n {
-            let raw = w.slice(keep_in, keep_out);
-            edits.push(Edit::Const {
-                node,
-                slot: 1,
-                tensor: with_data(self.tensor, w.sliced_dims(keep_in.len(), keep_out.len()), w.values.dtype, raw),
-            });
-        }
         if fold.iter().any(|&f| f != 0.0) {
             let dtype = w.values.dtype;
             let tensor = with_data(&TensorProto::default(), vec![keep_out.len() as i64], dtype, encode(dtype, fold));
             edits.push(Edit::AddBias { node, tensor });
         }
-        Ok(())
     }
 }

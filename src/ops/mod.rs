@@ -21,7 +21,7 @@ mod shape;
 use crate::error::Result;
 use crate::ir::Ir;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
-use crate::onnx::tensor::Values;
+use crate::onnx::tensor::{with_data, Values};
 use crate::rewrite::Edit;
 
 pub struct Ctx<'g> {
@@ -114,6 +114,8 @@ impl Pointwise {
 /// A weight matrix `W[c, j]` (input channel `c`, output channel `j`) as stored in the model.
 pub struct Weight<'g> {
     pub values: Values<'g>,
+    /// The stored tensor, always read at input slot 1 of its node.
+    pub tensor: &'g TensorProto,
     pub k: usize,
     pub n: usize,
     /// Stored as `[N, K]` rather than `[K, N]` (Gemm with `transB`, Conv).
@@ -201,7 +203,16 @@ impl Weight<'_> {
         }
     }
 
-    pub fn sliced_dims(&self, keep_in: usize, keep_out: usize) -> Vec<i64> {
+    /// The edit that keeps only `keep_in`/`keep_out`, if that drops anything.
+    pub fn slice_edit(&self, node: usize, keep_in: &[usize], keep_out: &[usize]) -> Option<Edit> {
+        (keep_in.len() != self.k || keep_out.len() != self.n).then(|| {
+            let dims = self.sliced_dims(keep_in.len(), keep_out.len());
+            let raw = self.slice(keep_in, keep_out);
+            Edit::Const { node, slot: 1, tensor: with_data(self.tensor, dims, self.values.dtype, raw) }
+        })
+    }
+
+    fn sliced_dims(&self, keep_in: usize, keep_out: usize) -> Vec<i64> {
         if self.transposed {
             let mut dims = self.values.dims.to_vec();
             dims[0] = keep_out as i64;
@@ -231,16 +242,9 @@ pub trait Linear {
     fn alpha(&self) -> f64;
     /// The constant added to output `j`, or `None` where it varies along another axis.
     fn bias(&self, j: usize) -> Option<f64>;
-    /// Emits the edits that keep only `keep_in`/`keep_out` and add `fold[i]` to kept output
-    /// `keep_out[i]`'s bias.
-    fn rewrite(
-        &self,
-        node: usize,
-        keep_in: &[usize],
-        keep_out: &[usize],
-        fold: &[f64],
-        edits: &mut Vec<Edit>,
-    ) -> Result<()>;
+    /// Emits the edits that keep the bias of the outputs `keep_out` only and add `fold[i]` to
+    /// that of `keep_out[i]` (the weight itself is sliced by [`Weight::slice_edit`]).
+    fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>);
 }
 
 /// Output channel `c` = a per-channel function of input channel `c` (a depthwise Conv).
