@@ -77,15 +77,16 @@ pub struct Analysis<'g> {
     classes: UnionFind<usize>,
     kept_class: Vec<bool>,
     gather_inputs: bool,
+    cln_form: ops::ClnForm,
     gathered: Vec<usize>,
 }
 
 impl<'g> Analysis<'g> {
     /// `release` is told when a weight's bytes are no longer needed, so that the pages of a
     /// memory-mapped model can go back to the kernel (see [`crate::Model::release_pages`]).
-    /// With `gather_inputs`, features of a graph input that nothing needs are dropped by a Gather
-    /// in front of its readers instead of being kept.
-    pub fn run(graph: &'g GraphProto, ir: &'g Ir, release: &'g dyn Fn(&[u8]), gather_inputs: bool) -> Analysis<'g> {
+    /// With `opts.gather_inputs`, features of a graph input that nothing needs are dropped by a
+    /// Gather in front of its readers instead of being kept.
+    pub fn run(graph: &'g GraphProto, ir: &'g Ir, release: &'g dyn Fn(&[u8]), opts: &crate::Options) -> Analysis<'g> {
         let cx = Ctx { graph, ir, release };
         let roles: Vec<Role<'g>> = graph.node.iter().map(|n| ops::role(n, &cx)).collect();
         let mut a = Analysis {
@@ -104,7 +105,8 @@ impl<'g> Analysis<'g> {
             offset: vec![],
             classes: UnionFind::new(0),
             kept_class: vec![],
-            gather_inputs,
+            gather_inputs: opts.gather_inputs,
+            cln_form: opts.compensated_layernorm,
             gathered: vec![],
         };
         a.collect_values();
@@ -898,7 +900,8 @@ impl<'g> Analysis<'g> {
                         // otherwise nothing reads the result and any value will do.
                         let removed: Vec<f64> =
                             (0..nm.width()).filter(|&c| !kept[c]).map(|c| self.consts[x][c].unwrap_or(0.0)).collect();
-                        let (nodes, initializers) = nm.compensated(&node.input[0], &node.output[0], &keep, &removed);
+                        let (nodes, initializers) =
+                            nm.compensated(self.cln_form, &node.input[0], &node.output[0], &keep, &removed);
                         edits.push(Edit::Replace { node: n, nodes, initializers });
                     }
                 }

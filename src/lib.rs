@@ -43,11 +43,18 @@ pub struct Options {
     /// Drop graph-input features that nothing reads, with a Gather in front of their readers.
     /// The input keeps its declared shape.
     pub gather_inputs: bool,
+    /// How LayerNorms that lose channels are written out.
+    pub compensated_layernorm: ops::ClnForm,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { verify: Some(VerifyOptions::default()), external_data: None, gather_inputs: false }
+        Options {
+            verify: Some(VerifyOptions::default()),
+            external_data: None,
+            gather_inputs: false,
+            compensated_layernorm: ops::ClnForm::Ops,
+        }
     }
 }
 
@@ -71,7 +78,7 @@ pub fn minimize(model: &mut Model, opts: &Options) -> Result<Minimized> {
         .unwrap_or(crate::onnx::io::MAX_OPSET);
     let ir = ir::Ir::build(graph, opset).map_err(|why| Error::Decode { path: model.path.clone(), why })?;
     let release = |bytes: &[u8]| model.release_pages(bytes);
-    let plan = analysis::Analysis::run(graph, &ir, &release, opts.gather_inputs).plan()?;
+    let plan = analysis::Analysis::run(graph, &ir, &release, opts).plan()?;
     let (layers, blocked, opaque, gathered) = (plan.layers, plan.blocked, plan.opaque, plan.gathered);
     rewrite::apply(model.graph_mut(), &ir, plan.edits);
     Ok(Minimized { layers, blocked, opaque, gathered })

@@ -79,6 +79,10 @@ struct Cli {
     /// input's readers (the input keeps its shape; callers pass the same tensors).
     #[arg(long)]
     gather_inputs: bool,
+    /// How a LayerNorm that loses channels is written: plain operators, or LayerNormalization
+    /// over the kept channels concatenated with the removed constants.
+    #[arg(long, value_enum, default_value_t = onnx_minimize::ops::ClnForm::Ops, value_name = "FORM")]
+    compensated_layernorm: onnx_minimize::ops::ClnForm,
     /// No progress messages.
     #[arg(short, long)]
     quiet: bool,
@@ -111,6 +115,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             _ => None,
         },
         gather_inputs: cli.gather_inputs,
+        compensated_layernorm: cli.compensated_layernorm,
     };
     let start = Instant::now();
     let quiet = cli.quiet;

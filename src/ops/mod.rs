@@ -15,6 +15,8 @@ mod conv;
 mod gemm;
 mod matmul;
 mod norm;
+
+pub use norm::ClnForm;
 mod pointwise;
 mod shape;
 

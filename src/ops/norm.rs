@@ -22,6 +22,17 @@ use crate::onnx::tensor::{encode, with_data, FloatType, Values};
 
 pub struct LayerNorm;
 
+/// How a CompensatedLayerNorm is written out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum ClnForm {
+    /// ReduceSum/Sub/Mul/Add/Div/Sqrt over the kept channels, plus the removed constants' terms.
+    #[default]
+    Ops,
+    /// LayerNormalization over the kept channels concatenated with the removed constants
+    /// (broadcast with Shape/Expand), then sliced back to the kept channels.
+    Concat,
+}
+
 /// A LayerNormalization over the channel axis, as the analysis sees it.
 pub struct Norm<'g> {
     pub gamma: Values<'g>,
@@ -94,7 +105,17 @@ impl Norm<'_> {
     /// The nodes and constants of a CompensatedLayerNorm computing `y` from the kept channels
     /// of `x`, given the constants of the removed ones. Names starting with `$` are local and
     /// made unique when the edit is applied.
-    pub fn compensated(&self, x: &str, y: &str, keep: &[usize], removed: &[f64]) -> (Vec<NodeProto>, Vec<TensorProto>) {
+    pub fn compensated(
+        &self,
+        form: ClnForm,
+        x: &str,
+        y: &str,
+        keep: &[usize],
+        removed: &[f64],
+    ) -> (Vec<NodeProto>, Vec<TensorProto>) {
+        if form == ClnForm::Concat {
+            return self.concatenated(x, y, keep, removed);
+        }
         let dtype = self.gamma.dtype;
         // LayerNormalization computes in float32 at least (its stash_type); so does this.
         let (compute, widen) = match dtype {
@@ -168,5 +189,65 @@ impl Norm<'_> {
             None => op(&mut nodes, "Mul", &[normalized, "$gamma"], y),
         }
         (nodes, inits)
+    }
+}
+
+impl Norm<'_> {
+    /// `Slice(LayerNormalization(Concat(x_K, Expand(k_R))), K)`: the original operator on the
+    /// original width, with the removed channels' constants put back.
+    fn concatenated(&self, x: &str, y: &str, keep: &[usize], removed: &[f64]) -> (Vec<NodeProto>, Vec<TensorProto>) {
+        let dtype = self.gamma.dtype;
+        let ints = |name: &str, vals: &[i64]| TensorProto {
+            name: Some(name.into()),
+            dims: vec![vals.len() as i64],
+            data_type: Some(DataType::Int64 as i32),
+            raw_data: Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
+            ..Default::default()
+        };
+        let floats = |name: &str, vals: &[f64]| {
+            let mut t = with_data(&TensorProto::default(), vec![vals.len() as i64], dtype, encode(dtype, vals));
+            t.name = Some(name.into());
+            t
+        };
+        let r = removed.len();
+        let gamma: Vec<f64> = keep.iter().map(|&c| self.gamma.get(c)).chain(std::iter::repeat_n(0.0, r)).collect();
+        let mut inits = vec![
+            floats("$removed", removed),
+            floats("$gamma", &gamma),
+            ints("$removed_width", &[r as i64]),
+            ints("$zero", &[0]),
+            ints("$minus_one", &[-1]),
+            ints("$kept_width", &[keep.len() as i64]),
+        ];
+        let mut ln_inputs = vec!["$full", "$gamma"];
+        if let Some(b) = &self.beta {
+            let beta: Vec<f64> = keep.iter().map(|&c| b.get(c)).chain(std::iter::repeat_n(0.0, r)).collect();
+            inits.push(floats("$beta", &beta));
+            ln_inputs.push("$beta");
+        }
+        let nodes = vec![
+            local_node("Shape", &[x], "$shape", vec![]),
+            local_node("Slice", &["$shape", "$zero", "$minus_one"], "$leading", vec![]),
+            local_node("Concat", &["$leading", "$removed_width"], "$removed_shape", vec![int_attr("axis", 0)]),
+            local_node("Expand", &["$removed", "$removed_shape"], "$removed_broadcast", vec![]),
+            local_node("Concat", &[x, "$removed_broadcast"], "$full", vec![int_attr("axis", -1)]),
+            local_node(
+                "LayerNormalization",
+                &ln_inputs,
+                "$normalized",
+                vec![int_attr("axis", -1), float_attr("epsilon", self.eps as f32)],
+            ),
+            local_node("Slice", &["$normalized", "$zero", "$kept_width", "$minus_one"], y, vec![]),
+        ];
+        (nodes, inits)
+    }
+}
+
+fn float_attr(name: &str, f: f32) -> crate::onnx::proto::AttributeProto {
+    crate::onnx::proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Float as i32),
+        f: Some(f),
+        ..Default::default()
     }
 }

@@ -1,6 +1,7 @@
 //! LayerNorm residual streams: constant stream channels leave through CompensatedLayerNorm.
 
 use crate::common::{attr_i, write, G};
+use onnx_minimize::ops::ClnForm;
 use onnx_minimize::{minimize_file, Options};
 use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -55,11 +56,15 @@ fn pre_ln_stack(
     m
 }
 
-fn minimize(m: &onnx_minimize::onnx::proto::ModelProto) -> onnx_minimize::report::Report {
+fn minimize_as(m: &onnx_minimize::onnx::proto::ModelProto, form: ClnForm) -> onnx_minimize::report::Report {
     let dir = tempfile::tempdir().unwrap();
     let input = write(dir.path(), "in.onnx", m);
-    minimize_file(&input, Some(&dir.path().join("out.onnx")), &Options::default(), &|_| {})
-        .unwrap_or_else(|e| panic!("{e}"))
+    let opts = Options { compensated_layernorm: form, ..Default::default() };
+    minimize_file(&input, Some(&dir.path().join("out.onnx")), &opts, &|_| {}).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn minimize(m: &onnx_minimize::onnx::proto::ModelProto) -> onnx_minimize::report::Report {
+    minimize_as(m, ClnForm::Ops)
 }
 
 #[test]
@@ -69,6 +74,19 @@ fn constant_stream_channels_leave_through_compensated_layernorm() {
     assert_eq!(embed.outputs_after, 5, "{:?}", r.layers);
     assert!(r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5), "{:?}", r.layers);
     assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5);
+}
+
+#[test]
+fn both_compensated_layernorm_forms_are_exact() {
+    for form in [ClnForm::Ops, ClnForm::Concat] {
+        let r = minimize_as(&pre_ln_stack(11, 8, 3, &[0, 3, 7], true), form);
+        assert!(
+            r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
+            "{form:?}: {:?}",
+            r.layers
+        );
+        assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{form:?}");
+    }
 }
 
 #[test]
