@@ -25,7 +25,7 @@ use petgraph::unionfind::UnionFind;
 
 use crate::ir::Ir;
 use crate::onnx::proto::{tensor_proto::DataType, GraphProto, TensorProto};
-use crate::onnx::tensor::{int64s, with_data, with_int64s, Values};
+use crate::onnx::tensor::{encode, int64s, with_data, with_int64s, Values};
 use crate::ops::{self, Ctx, Layout, Pointwise, Role};
 use crate::report::{Blocked, GatheredInput, LayerReport};
 use crate::rewrite::Edit;
@@ -886,10 +886,12 @@ impl<'g> Analysis<'g> {
         let g = self.cx.graph;
         let mut edits = vec![];
         let mut layers = vec![];
+        // Constants a MatMul folds into the bias `Add` that follows it, by (node, slot).
+        let mut bias_folds: HashMap<ParamKey, Vec<f64>> = HashMap::new();
         for &n in &self.cx.ir.order {
             let node = &g.node[n];
             match &self.roles[n] {
-                Role::Linear(l) => layers.push(self.plan_linear(n, l.as_ref(), &mut edits)?),
+                Role::Linear(l) => layers.push(self.plan_linear(n, l.as_ref(), &mut edits, &mut bias_folds)),
                 Role::Norm(nm) => {
                     let x = self.input(n, 0);
                     let keep = self.kept(x, nm.width());
@@ -913,7 +915,8 @@ impl<'g> Analysis<'g> {
                     let o = self.output(n, 0);
                     let Some(w) = self.width[o] else { continue };
                     let keep = self.kept(o, w);
-                    if keep.len() == w {
+                    let folded = p.params.iter().find_map(|&slot| bias_folds.remove(&(n, slot)).map(|f| (slot, f)));
+                    if keep.len() == w && folded.is_none() {
                         continue;
                     }
                     for &slot in &p.params {
@@ -922,12 +925,14 @@ impl<'g> Analysis<'g> {
                             let t = self.cx.const_tensor(&node.input[slot]).expect("constant");
                             let mut dims = t.dims.clone();
                             dims[dim] = keep.len() as i64;
-                            let raw = prm.values.gather(keep.iter().copied());
-                            edits.push(Edit::Const {
-                                node: n,
-                                slot,
-                                tensor: with_data(t, dims, prm.values.dtype, raw),
-                            });
+                            let dtype = prm.values.dtype;
+                            let raw = match &folded {
+                                Some((s, fold)) if *s == slot => {
+                                    encode(dtype, &keep.iter().map(|&c| prm.at(c) + fold[c]).collect::<Vec<_>>())
+                                }
+                                _ => prm.values.gather(keep.iter().copied()),
+                            };
+                            edits.push(Edit::Const { node: n, slot, tensor: with_data(t, dims, dtype, raw) });
                         }
                     }
                     if let Layout::Reshape { slot } = p.layout {
@@ -1002,7 +1007,27 @@ impl<'g> Analysis<'g> {
         Ok(Plan { edits, layers, blocked: self.blocked(), opaque, gathered })
     }
 
-    fn plan_linear(&self, n: usize, l: &dyn ops::Linear, edits: &mut Vec<Edit>) -> crate::error::Result<LayerReport> {
+    /// The per-channel bias a linear node's output goes through, when that `Add` is its only
+    /// reader: folded constants go there rather than into a new `Add`.
+    fn bias_reader(&self, y: usize, dtype: crate::onnx::tensor::FloatType) -> Option<ParamKey> {
+        let name = self.names[y];
+        let [(m, slot)] = self.cx.ir.readers(name) else { return None };
+        if self.cx.ir.outputs.contains(name) || self.cx.graph.node[*m].op_type() != "Add" {
+            return None;
+        }
+        let Role::Pointwise(p) = &self.roles[*m] else { return None };
+        let other = *p.params.first().filter(|_| p.acts == [*slot] && p.params.len() == 1)?;
+        let prm = self.params.get(&(*m, other))?;
+        (prm.channel_dim.is_some() && prm.values.dtype == dtype).then_some((*m, other))
+    }
+
+    fn plan_linear(
+        &self,
+        n: usize,
+        l: &dyn ops::Linear,
+        edits: &mut Vec<Edit>,
+        bias_folds: &mut HashMap<ParamKey, Vec<f64>>,
+    ) -> LayerReport {
         let node = &self.cx.graph.node[n];
         let w = l.weight();
         let (x, y) = (self.input(n, l.input_slot()), self.output(n, 0));
@@ -1040,7 +1065,15 @@ impl<'g> Analysis<'g> {
                 );
             }
         }
-        let fold: Vec<f64> = keep_out.iter().map(|&j| l.alpha() * fold[j]).collect();
+        let reader =
+            (!l.holds_bias() && fold.iter().any(|&f| f != 0.0)).then(|| self.bias_reader(y, w.values.dtype)).flatten();
+        let fold: Vec<f64> = match reader {
+            Some(key) => {
+                bias_folds.insert(key, fold.iter().map(|f| l.alpha() * f).collect());
+                vec![0.0; keep_out.len()]
+            }
+            None => keep_out.iter().map(|&j| l.alpha() * fold[j]).collect(),
+        };
         if keep_in.len() < w.k || keep_out.len() < w.n {
             edits.extend(w.slice_edit(n, &keep_in, &keep_out));
             l.rewrite_bias(n, &keep_out, &fold, edits);
@@ -1049,7 +1082,7 @@ impl<'g> Analysis<'g> {
         let mut kept = vec![false; w.n];
         keep_out.iter().for_each(|&j| kept[j] = true);
         let constant = (0..w.n).filter(|&j| !kept[j] && self.consts[y].get(j).copied().flatten().is_some()).count();
-        Ok(LayerReport {
+        LayerReport {
             node: node.name().to_string(),
             op: node.op_type().to_string(),
             inputs_before: w.k,
@@ -1058,7 +1091,7 @@ impl<'g> Analysis<'g> {
             outputs_after: keep_out.len(),
             removed_constant: constant,
             removed_dead: w.n - keep_out.len() - constant,
-        })
+        }
     }
 
     /// Forced tensors that hold channels nothing needs, and why they were kept: the report's

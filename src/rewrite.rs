@@ -142,7 +142,10 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
             }
             Edit::AddBias { node, tensor } => structural.push((node, Structural::Bias(Box::new(tensor)))),
             Edit::Replace { node, nodes, initializers } => {
-                structural.push((node, Structural::Replace(nodes, initializers)))
+                // The replaced node's constants (a LayerNorm's scale and bias) may be read by
+                // nothing else now.
+                orphaned.extend(g.node[node].input.iter().filter(|i| ir.is_const(i)).cloned());
+                structural.push((node, Structural::Replace(nodes, initializers)));
             }
             Edit::Width { value, axis, from, to } => set_width(g, &value, axis, from, to),
             Edit::GatherInput { input, axis, keep } => gathers.push((input, axis, keep)),

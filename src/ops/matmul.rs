@@ -63,6 +63,10 @@ impl Linear for MatMulNode<'_> {
         1.0
     }
 
+    fn holds_bias(&self) -> bool {
+        false
+    }
+
     fn bias(&self, _: usize) -> Option<f64> {
         Some(0.0)
     }

@@ -240,6 +240,11 @@ pub trait Linear {
     fn folds_constants(&self) -> bool {
         true
     }
+    /// Whether the node carries its own bias to fold constants into (Gemm's C, Conv's B); a
+    /// MatMul does not, and its folds go to the bias `Add` after it, or a new one.
+    fn holds_bias(&self) -> bool {
+        true
+    }
     fn weight(&self) -> &Weight<'_>;
     fn alpha(&self) -> f64;
     /// The constant added to output `j`, or `None` where it varies along another axis.

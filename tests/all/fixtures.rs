@@ -77,3 +77,38 @@ fn every_cnn_fixture_shrinks_exactly_as_far_as_the_padding_rule_allows() {
         assert_eq!(again.after.params, again.before.params, "{file}: one pass reaches the fixed point");
     }
 }
+
+/// ConvNeXt exports (our own, Hugging Face's, and one with decomposed LayerNorms): stream
+/// channels leave through CompensatedLayerNorm where every reader allows, MLP units leave, and
+/// every layer keeps exactly what the generator's float64 PyTorch reduction kept.
+#[test]
+fn every_convnext_fixture_shrinks_its_streams_through_compensated_layernorm() {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("convnext/manifest.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = manifest["fixtures"].as_array().unwrap();
+    assert_eq!(fixtures.len(), 8);
+    for f in fixtures {
+        let name = f["file"].as_str().unwrap();
+        let out = dir.path().join(name);
+        let report = minimize_file(&fixture(&format!("convnext/{name}")), Some(&out), &Options::default(), &|_| {})
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(report.verification.is_some());
+        for layer in f["layers"].as_array().unwrap() {
+            let node = layer["node"].as_str().unwrap();
+            let Some(ours) = report.layers.iter().find(|l| l.node == node) else { continue };
+            let expected =
+                (layer["in_after"].as_u64().unwrap() as usize, layer["out_after"].as_u64().unwrap() as usize);
+            assert_eq!((ours.inputs_after, ours.outputs_after), expected, "{name}: {node}");
+        }
+        // Beyond the generator's count: the compensation constants, a few per LayerNorm.
+        let expected = f["expected"]["parameters_after"].as_u64().unwrap();
+        assert!(
+            report.after.params >= expected && report.after.params <= expected + 80,
+            "{name}: {} vs {expected}",
+            report.after.params
+        );
+        let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
+        assert_eq!(again.after.params, again.before.params, "{name}: one pass reaches the fixed point");
+    }
+}
