@@ -59,8 +59,15 @@ ROOT = os.path.dirname(HERE)
 LENET = os.path.join(ROOT, "fixtures", "lenet300_pruned_dynamo.onnx")
 GEN = os.path.join(HERE, "gen_sparse_mlp.py")
 GEN_CNN = os.path.join(HERE, "gen_cnn.py")
+GEN_CONVNEXT = os.path.join(HERE, "gen_convnext.py")
 # Input shapes for the tract latency comparison (original vs minimized), by model name.
-LATENCY_SHAPES = {"lenet300_pruned_dynamo": "1,784", "resnet50_sparse": "1,3,224,224"}
+LATENCY_SHAPES = {
+    "lenet300_pruned_dynamo": "1,784",
+    "resnet50_sparse": "1,3,224,224",
+    "convnext_tiny_sparse": "1,3,224,224",
+}
+# Models whose minimized form is also measured with the other CompensatedLayerNorm form.
+CLN_FORMS = {"convnext_tiny_sparse"}
 PY = sys.executable
 
 TOOLS = {
@@ -338,9 +345,10 @@ def resolve_models(args) -> list[dict]:
     for tok in [t.strip() for t in args.sizes.split(",") if t.strip()]:
         if tok == "lenet":
             models.append({"name": "lenet300_pruned_dynamo", "path": LENET, "kind": "fixture"})
-        elif tok == "resnet50":
-            path = os.path.join(args.out, "models", "resnet50_sparse.onnx")
-            models.append({"name": "resnet50_sparse", "path": path, "kind": "cnn"})
+        elif tok in ("resnet50", "convnext"):
+            name = {"resnet50": "resnet50_sparse", "convnext": "convnext_tiny_sparse"}[tok]
+            path = os.path.join(args.out, "models", f"{name}.onnx")
+            models.append({"name": name, "path": path, "kind": "cnn"})
         elif tok.endswith(".onnx"):
             models.append({"name": os.path.basename(tok)[:-5], "path": os.path.abspath(tok), "kind": "file"})
         else:
@@ -357,7 +365,8 @@ def generate(model: dict, args) -> dict | None:
         if os.path.exists(path):
             return None
         print(f"generating {path} ...", flush=True)
-        cmd = [PY, GEN_CNN, "--out", os.path.dirname(path), "--seed", str(args.seed)]
+        gen = GEN_CONVNEXT if model["name"] == "convnext_tiny_sparse" else GEN_CNN
+        cmd = [PY, gen, "--out", os.path.dirname(path), "--seed", str(args.seed)]
         r = measure(cmd, os.path.join(args.out, "logs", f"{model['name']}.generate.log"), 3600)
         if r["status"] != "ok":
             raise RuntimeError(f"generating {path} failed:\n{r['log_tail']}")
@@ -476,12 +485,19 @@ def latency(model: dict, args) -> dict:
     os.makedirs(work)
     small = os.path.join(work, "minimized.onnx")
     subprocess.run([args.binary, model["path"], small, "--no-verify", "-q"], check=True)
+    paths = [model["path"], small]
+    if model["name"] in CLN_FORMS:
+        concat = os.path.join(work, "minimized_concat.onnx")
+        subprocess.run([args.binary, model["path"], concat, "--no-verify", "-q", "--compensated-layernorm", "concat"], check=True)
+        paths.append(concat)
     shape = LATENCY_SHAPES[model["name"]]
-    cmd = ["cargo", "bench", "-q", "--bench", "latency", "--", model["path"], small, "--shape", shape, "--iters", "30"]
+    cmd = ["cargo", "bench", "-q", "--bench", "latency", "--", *paths, "--shape", shape, "--iters", "30"]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     shutil.rmtree(work, ignore_errors=True)
     result = {"shape": shape, "original": rows[0], "minimized": rows[1]}
+    if len(rows) > 2:
+        result["minimized_concat_cln"] = rows[2]
     print(f"  tract latency at {shape}: {rows[0]['median_ms']:.3f} ms -> {rows[1]['median_ms']:.3f} ms (median)", flush=True)
     return result
 
@@ -560,6 +576,9 @@ def markdown(results: dict) -> str:
         for mo in lat:
             a, b = mo["latency"]["original"]["median_ms"], mo["latency"]["minimized"]["median_ms"]
             lines.append(f"| {mo['name']} | {mo['latency']['shape']} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
+            if "minimized_concat_cln" in mo["latency"]:
+                c = mo["latency"]["minimized_concat_cln"]["median_ms"]
+                lines.append(f"| {mo['name']} (CompensatedLayerNorm as LayerNormalization over a concat) | {mo['latency']['shape']} | {a:.3f} | {c:.3f} | {a / c:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
