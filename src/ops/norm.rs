@@ -33,8 +33,10 @@ pub enum ClnForm {
     Concat,
 }
 
-/// A LayerNormalization over the channel axis, as the analysis sees it.
+/// A LayerNormalization or RMSNormalization over the channel axis, as the analysis sees it.
 pub struct Norm<'g> {
+    /// RMSNormalization: no centring, no bias.
+    pub rms: bool,
     pub gamma: Values<'g>,
     pub beta: Option<Values<'g>>,
     /// The normalized axis as written in the attribute (must turn out to be the channel axis).
@@ -44,7 +46,7 @@ pub struct Norm<'g> {
 
 impl OpRule for LayerNorm {
     fn op_types(&self) -> &'static [&'static str] {
-        &["LayerNormalization"]
+        &["LayerNormalization", "RMSNormalization"]
     }
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
@@ -62,7 +64,11 @@ impl OpRule for LayerNorm {
             Some(Some(Ok(v))) if v.dims == gamma.dims => Some(v),
             _ => return Role::Opaque("its bias is not a constant vector".into()),
         };
-        Role::Norm(Norm { gamma, beta, axis: node.attr_i("axis", -1), eps: node.attr_f("epsilon", 1e-5) as f64 })
+        let rms = node.op_type() == "RMSNormalization";
+        if rms && beta.is_some() {
+            return Role::Opaque("it has a third input, which RMSNormalization does not define".into());
+        }
+        Role::Norm(Norm { rms, gamma, beta, axis: node.attr_i("axis", -1), eps: node.attr_f("epsilon", 1e-5) as f64 })
     }
 }
 
@@ -136,7 +142,9 @@ impl Norm<'_> {
             let beta: Vec<f64> = keep.iter().map(|&c| b.get(c)).collect();
             constant("$beta", vec![keep.len() as i64], &beta, dtype);
         }
-        constant("$removed_sum", vec![], &[removed.iter().sum()], compute);
+        if !self.rms {
+            constant("$removed_sum", vec![], &[removed.iter().sum()], compute);
+        }
         constant("$width", vec![], &[width], compute);
         constant("$eps", vec![], &[self.eps], compute);
         constant("$removed", vec![removed.len() as i64], removed, compute);
@@ -161,20 +169,30 @@ impl Norm<'_> {
         } else {
             x
         };
-        op(&mut nodes, "ReduceSum", &[xin, "$axes"], "$kept_sum");
-        op(&mut nodes, "Add", &["$kept_sum", "$removed_sum"], "$sum");
-        op(&mut nodes, "Div", &["$sum", "$width"], "$mean");
-        op(&mut nodes, "Sub", &[xin, "$mean"], "$centred");
-        op(&mut nodes, "Mul", &["$centred", "$centred"], "$squares");
-        op(&mut nodes, "ReduceSum", &["$squares", "$axes"], "$kept_squares");
-        op(&mut nodes, "Sub", &["$mean", "$removed"], "$removed_centred");
-        op(&mut nodes, "Mul", &["$removed_centred", "$removed_centred"], "$removed_squares_each");
-        op(&mut nodes, "ReduceSum", &["$removed_squares_each", "$axes"], "$removed_squares");
+        let centred = if self.rms {
+            // RMSNorm: the mean square, with the removed constants' squares added back.
+            op(&mut nodes, "Mul", &[xin, xin], "$squares");
+            op(&mut nodes, "ReduceSum", &["$squares", "$axes"], "$kept_squares");
+            op(&mut nodes, "Mul", &["$removed", "$removed"], "$removed_squares_each");
+            op(&mut nodes, "ReduceSum", &["$removed_squares_each", "$axes"], "$removed_squares");
+            xin
+        } else {
+            op(&mut nodes, "ReduceSum", &[xin, "$axes"], "$kept_sum");
+            op(&mut nodes, "Add", &["$kept_sum", "$removed_sum"], "$sum");
+            op(&mut nodes, "Div", &["$sum", "$width"], "$mean");
+            op(&mut nodes, "Sub", &[xin, "$mean"], "$centred");
+            op(&mut nodes, "Mul", &["$centred", "$centred"], "$squares");
+            op(&mut nodes, "ReduceSum", &["$squares", "$axes"], "$kept_squares");
+            op(&mut nodes, "Sub", &["$mean", "$removed"], "$removed_centred");
+            op(&mut nodes, "Mul", &["$removed_centred", "$removed_centred"], "$removed_squares_each");
+            op(&mut nodes, "ReduceSum", &["$removed_squares_each", "$axes"], "$removed_squares");
+            "$centred"
+        };
         op(&mut nodes, "Add", &["$kept_squares", "$removed_squares"], "$all_squares");
         op(&mut nodes, "Div", &["$all_squares", "$width"], "$variance");
         op(&mut nodes, "Add", &["$variance", "$eps"], "$variance_eps");
         op(&mut nodes, "Sqrt", &["$variance_eps"], "$deviation");
-        op(&mut nodes, "Div", &["$centred", "$deviation"], "$normalized");
+        op(&mut nodes, "Div", &[centred, "$deviation"], "$normalized");
         let normalized = if widen {
             cast(&mut nodes, "$normalized", dtype, "$normalized_t");
             "$normalized_t"
@@ -232,7 +250,7 @@ impl Norm<'_> {
             local_node("Expand", &["$removed", "$removed_shape"], "$removed_broadcast", vec![]),
             local_node("Concat", &[x, "$removed_broadcast"], "$full", vec![int_attr("axis", -1)]),
             local_node(
-                "LayerNormalization",
+                if self.rms { "RMSNormalization" } else { "LayerNormalization" },
                 &ln_inputs,
                 "$normalized",
                 vec![int_attr("axis", -1), float_attr("epsilon", self.eps as f32)],

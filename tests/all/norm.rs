@@ -16,6 +16,18 @@ fn pre_ln_stack(
     constant: &[usize],
     gamma_zero: bool,
 ) -> onnx_minimize::onnx::proto::ModelProto {
+    stack(seed, width, blocks, constant, gamma_zero, false)
+}
+
+/// The same stack with RMSNormalization (opset 23) instead of LayerNormalization when `rms`.
+fn stack(
+    seed: u64,
+    width: usize,
+    blocks: usize,
+    constant: &[usize],
+    gamma_zero: bool,
+    rms: bool,
+) -> onnx_minimize::onnx::proto::ModelProto {
     let mut rng = StdRng::seed_from_u64(seed);
     let (inputs, hidden, outputs) = (3, 6, 2);
     let mut g = G::new("x", &[None, Some(4), Some(inputs)]);
@@ -37,7 +49,16 @@ fn pre_ln_stack(
             .collect();
         let beta: Vec<f32> = (0..width).map(|_| rng.random_range(-0.5..0.5)).collect();
         g.init(&format!("{name}_g"), &[width], &gamma).init(&format!("{name}_b"), &[width], &beta);
-        g.op("LayerNormalization", &[x, &format!("{name}_g"), &format!("{name}_b")], name, vec![attr_i("axis", -1)]);
+        if rms {
+            g.op("RMSNormalization", &[x, &format!("{name}_g")], name, vec![attr_i("axis", -1)]);
+        } else {
+            g.op(
+                "LayerNormalization",
+                &[x, &format!("{name}_g"), &format!("{name}_b")],
+                name,
+                vec![attr_i("axis", -1)],
+            );
+        }
     };
     linear(&mut g, &mut rng, "embed", "x", inputs, width, constant);
     let mut stream = "embed".to_string();
@@ -52,7 +73,7 @@ fn pre_ln_stack(
     layernorm(&mut g, &mut rng, "final_ln", &stream);
     linear(&mut g, &mut rng, "head", "final_ln", width, outputs, &[]);
     let mut m = g.model("head", &[None, Some(4), Some(outputs)]);
-    m.opset_import[0].version = Some(20);
+    m.opset_import[0].version = Some(if rms { 23 } else { 20 });
     m
 }
 
@@ -80,6 +101,19 @@ fn constant_stream_channels_leave_through_compensated_layernorm() {
 fn both_compensated_layernorm_forms_are_exact() {
     for form in [ClnForm::Ops, ClnForm::Concat] {
         let r = minimize_as(&pre_ln_stack(11, 8, 3, &[0, 3, 7], true), form);
+        assert!(
+            r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
+            "{form:?}: {:?}",
+            r.layers
+        );
+        assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{form:?}");
+    }
+}
+
+#[test]
+fn rmsnorm_streams_shrink_in_both_forms() {
+    for form in [ClnForm::Ops, ClnForm::Concat] {
+        let r = minimize_as(&stack(5, 8, 2, &[2, 3, 5], true, true), form);
         assert!(
             r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
             "{form:?}: {:?}",
