@@ -88,7 +88,11 @@ impl<'g> Analysis<'g> {
     /// Gather in front of its readers instead of being kept.
     pub fn run(graph: &'g GraphProto, ir: &'g Ir, release: &'g dyn Fn(&[u8]), opts: &crate::Options) -> Analysis<'g> {
         let cx = Ctx { graph, ir, release };
-        let roles: Vec<Role<'g>> = graph.node.iter().map(|n| ops::role(n, &cx)).collect();
+        let mut roles: Vec<Role<'g>> = graph.node.iter().map(|n| ops::role(n, &cx)).collect();
+        for (last, norm) in ops::decomposed(&cx) {
+            norm.inner.iter().for_each(|&i| roles[i] = Role::Inner);
+            roles[last] = Role::Norm(norm);
+        }
         let mut a = Analysis {
             cx,
             roles,
@@ -303,9 +307,11 @@ impl<'g> Analysis<'g> {
                 }
             }
             Role::Norm(nm) => {
-                let (x, y) = (self.input(n, 0), self.output(n, 0));
-                for v in [x, y] {
-                    changed |= self.set(|s| &mut s.width, v, nm.width(), &who);
+                let (x, y) = (self.ids[nm.input], self.output(n, 0));
+                if let Some(w) = nm.width() {
+                    for v in [x, y] {
+                        changed |= self.set(|s| &mut s.width, v, w, &who);
+                    }
                 }
                 changed |= self.copy_layout(x, y, &who);
                 changed |= self.copy_layout(y, x, &who);
@@ -313,7 +319,8 @@ impl<'g> Analysis<'g> {
                     changed |= self.set(|s| &mut s.rank, x, r, &who);
                     changed |= self.set(|s| &mut s.rank, y, r, &who);
                     let axis = if nm.axis < 0 { nm.axis + r as i64 } else { nm.axis };
-                    if axis != r as i64 - 1 || self.position(x).is_some_and(|p| p != r - 1) {
+                    let channels_alone = !nm.to_end || axis == r as i64 - 1;
+                    if !channels_alone || self.position(x).is_some_and(|p| p as i64 != axis) {
                         let why = format!("{who}: it normalizes over axes other than the channels alone");
                         self.force(x, why.clone());
                         self.force(y, why);
@@ -454,7 +461,7 @@ impl<'g> Analysis<'g> {
                     }
                 }
             }
-            Role::Opaque(_) => {}
+            Role::Opaque(_) | Role::Inner => {}
         }
         changed
     }
@@ -588,9 +595,9 @@ impl<'g> Analysis<'g> {
                     }
                 }
                 Role::Norm(nm) => {
-                    let (x, y) = (self.input(n, 0), self.output(n, 0));
-                    if self.width[x] == Some(nm.width()) && self.width[y] == Some(nm.width()) {
-                        tie(self, x, y, 0, 0, nm.width());
+                    let (x, y) = (self.ids[nm.input], self.output(n, 0));
+                    if let (Some(w), true) = (self.width[x], self.width[x] == self.width[y]) {
+                        tie(self, x, y, 0, 0, w);
                     }
                 }
                 Role::Channelwise(c) => {
@@ -617,7 +624,7 @@ impl<'g> Analysis<'g> {
                         at += w;
                     }
                 }
-                Role::Linear(_) | Role::Opaque(_) => {}
+                Role::Linear(_) | Role::Opaque(_) | Role::Inner => {}
             }
         }
         // A concatenation or split whose widths are not all known cannot be followed.
@@ -731,7 +738,7 @@ impl<'g> Analysis<'g> {
                         })
                         .collect()
                 }
-                Role::Opaque(_) => vec![],
+                Role::Opaque(_) | Role::Inner => vec![],
             };
             for (v, r) in results {
                 if r.len() == self.consts[v].len() {
@@ -753,6 +760,7 @@ impl<'g> Analysis<'g> {
             let node = &g.node[n];
             let mut marks: Vec<(usize, usize)> = vec![];
             match &self.roles[n] {
+                Role::Inner => {}
                 Role::Opaque(_) => {
                     for v in node.input.iter().filter_map(|i| self.value(i)) {
                         marks.extend((0..self.needed[v].len()).map(|c| (v, c)));
@@ -799,7 +807,7 @@ impl<'g> Analysis<'g> {
                 Role::Norm(nm) => {
                     // The statistics read every channel: if any normalized output is needed,
                     // so is every input channel whose value is not a known constant.
-                    let (x, y) = (self.input(n, 0), self.output(n, 0));
+                    let (x, y) = (self.ids[nm.input], self.output(n, 0));
                     let used = (0..self.needed[y].len()).any(|c| self.needed[y][c] && nm.constant(c).is_none());
                     if used {
                         marks
@@ -893,18 +901,20 @@ impl<'g> Analysis<'g> {
             match &self.roles[n] {
                 Role::Linear(l) => layers.push(self.plan_linear(n, l.as_ref(), &mut edits, &mut bias_folds)),
                 Role::Norm(nm) => {
-                    let x = self.input(n, 0);
-                    let keep = self.kept(x, nm.width());
-                    if keep.len() < nm.width() && self.width[x] == Some(nm.width()) {
-                        let mut kept = vec![false; nm.width()];
+                    let x = self.ids[nm.input];
+                    let (Some(w), Some(axis)) = (self.width[x], self.axis[x]) else { continue };
+                    let keep = self.kept(x, w);
+                    if keep.len() < w {
+                        let mut kept = vec![false; w];
                         keep.iter().for_each(|&c| kept[c] = true);
                         // Removed channels are constants whenever a normalized output is needed;
                         // otherwise nothing reads the result and any value will do.
                         let removed: Vec<f64> =
-                            (0..nm.width()).filter(|&c| !kept[c]).map(|c| self.consts[x][c].unwrap_or(0.0)).collect();
+                            (0..w).filter(|&c| !kept[c]).map(|c| self.consts[x][c].unwrap_or(0.0)).collect();
                         let (nodes, initializers) =
-                            nm.compensated(self.cln_form, &node.input[0], &node.output[0], &keep, &removed);
+                            nm.compensated(self.cln_form, nm.input, &node.output[0], axis, &keep, &removed);
                         edits.push(Edit::Replace { node: n, nodes, initializers });
+                        edits.extend(nm.inner.iter().map(|&node| Edit::Remove { node }));
                     }
                 }
                 Role::Channelwise(ch) => {
@@ -974,7 +984,7 @@ impl<'g> Analysis<'g> {
                         }
                     }
                 }
-                Role::Concat { .. } | Role::Opaque(_) => {}
+                Role::Concat { .. } | Role::Opaque(_) | Role::Inner => {}
             }
         }
         let mut gathered = vec![];

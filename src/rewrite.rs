@@ -39,6 +39,10 @@ pub enum Edit {
         nodes: Vec<NodeProto>,
         initializers: Vec<TensorProto>,
     },
+    /// `node` goes (a decomposed LayerNorm's inner node, once its last node is replaced).
+    Remove {
+        node: usize,
+    },
     /// `Add(output, tensor)` inserted after `node`, which had no bias to fold constants into.
     AddBias {
         node: usize,
@@ -86,6 +90,7 @@ impl Names {
 enum Structural {
     Bias(Box<TensorProto>),
     Replace(Vec<NodeProto>, Vec<TensorProto>),
+    Remove,
 }
 
 pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
@@ -147,6 +152,10 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
                 orphaned.extend(g.node[node].input.iter().filter(|i| ir.is_const(i)).cloned());
                 structural.push((node, Structural::Replace(nodes, initializers)));
             }
+            Edit::Remove { node } => {
+                orphaned.extend(g.node[node].input.iter().filter(|i| ir.is_const(i)).cloned());
+                structural.push((node, Structural::Remove));
+            }
             Edit::Width { value, axis, from, to } => set_width(g, &value, axis, from, to),
             Edit::GatherInput { input, axis, keep } => gathers.push((input, axis, keep)),
         }
@@ -195,6 +204,9 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
                 }
                 g.initializer.extend(initializers);
                 g.node.splice(node..=node, nodes);
+            }
+            Structural::Remove => {
+                g.node.remove(node);
             }
         }
     }

@@ -16,7 +16,7 @@ mod gemm;
 mod matmul;
 mod norm;
 
-pub use norm::ClnForm;
+pub use norm::{decomposed, ClnForm};
 mod pointwise;
 mod shape;
 
@@ -48,8 +48,10 @@ pub enum Role<'g> {
     Pointwise(Pointwise),
     Linear(Box<dyn Linear + 'g>),
     Channelwise(Box<dyn Channelwise + 'g>),
-    /// A LayerNormalization over the channel axis.
+    /// A LayerNormalization (or RMSNorm, or a decomposed LayerNorm ending here) over the channels.
     Norm(norm::Norm<'g>),
+    /// Part of a decomposed LayerNorm, analysed as the [`Role::Norm`] of its last node.
+    Inner,
     /// Output channels are the inputs' channels in order, along `axis` (as in the attribute).
     Concat {
         axis: i64,

@@ -33,15 +33,24 @@ pub enum ClnForm {
     Concat,
 }
 
-/// A LayerNormalization or RMSNormalization over the channel axis, as the analysis sees it.
+/// A LayerNormalization, an RMSNormalization, or a LayerNorm written out as ReduceMean, Sub,
+/// Pow, Sqrt and Div, over the channel axis: as the analysis sees it.
 pub struct Norm<'g> {
+    /// The normalized tensor (for a decomposed norm, what its first ReduceMean reads).
+    pub input: &'g str,
     /// RMSNormalization: no centring, no bias.
     pub rms: bool,
-    pub gamma: Values<'g>,
-    pub beta: Option<Values<'g>>,
-    /// The normalized axis as written in the attribute (must turn out to be the channel axis).
+    /// Scale and bias; none for a decomposed norm (its affine map is a separate Mul and Add).
+    pub affine: Option<(Values<'g>, Option<Values<'g>>)>,
+    /// The normalized axis as written (must turn out to be the channel axis).
     pub axis: i64,
+    /// The operator normalizes over `axis` and every axis after it (LayerNormalization), rather
+    /// than `axis` alone (a decomposed norm).
+    pub to_end: bool,
     pub eps: f64,
+    pub dtype: FloatType,
+    /// The nodes of a decomposed norm before its last, which go when it is replaced.
+    pub inner: Vec<usize>,
 }
 
 impl OpRule for LayerNorm {
@@ -68,7 +77,16 @@ impl OpRule for LayerNorm {
         if rms && beta.is_some() {
             return Role::Opaque("it has a third input, which RMSNormalization does not define".into());
         }
-        Role::Norm(Norm { rms, gamma, beta, axis: node.attr_i("axis", -1), eps: node.attr_f("epsilon", 1e-5) as f64 })
+        Role::Norm(Norm {
+            input: &node.input[0],
+            rms,
+            dtype: gamma.dtype,
+            affine: Some((gamma, beta)),
+            axis: node.attr_i("axis", -1),
+            to_end: true,
+            eps: node.attr_f("epsilon", 1e-5) as f64,
+            inner: vec![],
+        })
     }
 }
 
@@ -99,30 +117,42 @@ fn local_node(
 }
 
 impl Norm<'_> {
-    pub fn width(&self) -> usize {
-        self.gamma.len()
+    /// The channel count, where the operator's own constants fix it.
+    pub fn width(&self) -> Option<usize> {
+        self.affine.as_ref().map(|(g, _)| g.len())
+    }
+
+    fn gamma(&self, c: usize) -> f64 {
+        self.affine.as_ref().map_or(1.0, |(g, _)| g.get(c))
+    }
+
+    fn beta(&self) -> Option<&Values<'_>> {
+        self.affine.as_ref().and_then(|(_, b)| b.as_ref())
     }
 
     /// Output channel `c` is the constant `beta_c` when its scale is zero.
     pub fn constant(&self, c: usize) -> Option<f64> {
-        (self.gamma.get(c) == 0.0).then(|| self.beta.as_ref().map_or(0.0, |b| b.get(c)))
+        (self.gamma(c) == 0.0).then(|| self.beta().map_or(0.0, |b| b.get(c)))
     }
 
     /// The nodes and constants of a CompensatedLayerNorm computing `y` from the kept channels
     /// of `x`, given the constants of the removed ones. Names starting with `$` are local and
     /// made unique when the edit is applied.
+    /// `axis` is the channel axis counted from the end.
     pub fn compensated(
         &self,
         form: ClnForm,
         x: &str,
         y: &str,
+        axis: isize,
         keep: &[usize],
         removed: &[f64],
     ) -> (Vec<NodeProto>, Vec<TensorProto>) {
-        if form == ClnForm::Concat {
+        // The concatenated form needs the operator itself, over the last axis.
+        if form == ClnForm::Concat && self.affine.is_some() && axis == -1 {
             return self.concatenated(x, y, keep, removed);
         }
-        let dtype = self.gamma.dtype;
+        let dtype = self.dtype;
         // LayerNormalization computes in float32 at least (its stash_type); so does this.
         let (compute, widen) = match dtype {
             FloatType::F16 | FloatType::Bf16 => (FloatType::F32, true),
@@ -136,9 +166,11 @@ impl Norm<'_> {
             inits.push(t);
         };
         let width = (keep.len() + removed.len()) as f64;
-        let gamma: Vec<f64> = keep.iter().map(|&c| self.gamma.get(c)).collect();
-        constant("$gamma", vec![keep.len() as i64], &gamma, dtype);
-        if let Some(b) = &self.beta {
+        if self.affine.is_some() {
+            let gamma: Vec<f64> = keep.iter().map(|&c| self.gamma(c)).collect();
+            constant("$gamma", vec![keep.len() as i64], &gamma, dtype);
+        }
+        if let Some(b) = self.beta() {
             let beta: Vec<f64> = keep.iter().map(|&c| b.get(c)).collect();
             constant("$beta", vec![keep.len() as i64], &beta, dtype);
         }
@@ -147,12 +179,15 @@ impl Norm<'_> {
         }
         constant("$width", vec![], &[width], compute);
         constant("$eps", vec![], &[self.eps], compute);
-        constant("$removed", vec![removed.len() as i64], removed, compute);
+        // The removed constants along the channel axis, broadcast over the axes after it.
+        let mut removed_dims = vec![removed.len() as i64];
+        removed_dims.resize((-axis) as usize, 1);
+        constant("$removed", removed_dims, removed, compute);
         let axes = TensorProto {
             name: Some("$axes".into()),
             dims: vec![1],
             data_type: Some(DataType::Int64 as i32),
-            raw_data: Some((-1i64).to_le_bytes().to_vec().into()),
+            raw_data: Some((axis as i64).to_le_bytes().to_vec().into()),
             ..Default::default()
         };
         inits.push(axes);
@@ -199,12 +234,13 @@ impl Norm<'_> {
         } else {
             "$normalized"
         };
-        match self.beta {
-            Some(_) => {
+        match &self.affine {
+            Some((_, Some(_))) => {
                 op(&mut nodes, "Mul", &[normalized, "$gamma"], "$scaled");
                 op(&mut nodes, "Add", &["$scaled", "$beta"], y);
             }
-            None => op(&mut nodes, "Mul", &[normalized, "$gamma"], y),
+            Some((_, None)) => op(&mut nodes, "Mul", &[normalized, "$gamma"], y),
+            None => op(&mut nodes, "Identity", &[normalized], y),
         }
         (nodes, inits)
     }
@@ -214,7 +250,7 @@ impl Norm<'_> {
     /// `Slice(LayerNormalization(Concat(x_K, Expand(k_R))), K)`: the original operator on the
     /// original width, with the removed channels' constants put back.
     fn concatenated(&self, x: &str, y: &str, keep: &[usize], removed: &[f64]) -> (Vec<NodeProto>, Vec<TensorProto>) {
-        let dtype = self.gamma.dtype;
+        let dtype = self.dtype;
         let ints = |name: &str, vals: &[i64]| TensorProto {
             name: Some(name.into()),
             dims: vec![vals.len() as i64],
@@ -228,7 +264,7 @@ impl Norm<'_> {
             t
         };
         let r = removed.len();
-        let gamma: Vec<f64> = keep.iter().map(|&c| self.gamma.get(c)).chain(std::iter::repeat_n(0.0, r)).collect();
+        let gamma: Vec<f64> = keep.iter().map(|&c| self.gamma(c)).chain(std::iter::repeat_n(0.0, r)).collect();
         let mut inits = vec![
             floats("$removed", removed),
             floats("$gamma", &gamma),
@@ -238,7 +274,7 @@ impl Norm<'_> {
             ints("$kept_width", &[keep.len() as i64]),
         ];
         let mut ln_inputs = vec!["$full", "$gamma"];
-        if let Some(b) = &self.beta {
+        if let Some(b) = self.beta() {
             let beta: Vec<f64> = keep.iter().map(|&c| b.get(c)).chain(std::iter::repeat_n(0.0, r)).collect();
             inits.push(floats("$beta", &beta));
             ln_inputs.push("$beta");
@@ -268,4 +304,92 @@ fn float_attr(name: &str, f: f32) -> crate::onnx::proto::AttributeProto {
         f: Some(f),
         ..Default::default()
     }
+}
+
+/// LayerNorms written out as operators, as exporters emit channels-first LayerNorms (Hugging
+/// Face's ConvNeXt before it used a permute) and older opsets emit every LayerNorm:
+///
+/// ```text
+/// m = ReduceMean(x, [a]); d = Sub(x, m); v = ReduceMean(Pow(d, 2) | Mul(d, d), [a])
+/// y = Div(d, Sqrt(Add(v, eps)))
+/// ```
+///
+/// Each match becomes a [`Norm`] on its `Div` node; the other nodes are covered by it. Their
+/// intermediate tensors must have no other reader, or the pattern is not taken.
+pub fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(usize, Norm<'g>)> {
+    let g = cx.graph;
+    let ir = cx.ir;
+    let op = |n: usize| g.node[n].op_type();
+    let default_domain = |n: usize| matches!(g.node[n].domain(), "" | "ai.onnx");
+    // The one node reading `value` (at any number of its slots), when it is not a graph output.
+    let sole = |value: &str| -> Option<usize> {
+        let readers = ir.readers(value);
+        let first = readers.first()?.0;
+        (readers.iter().all(|r| r.0 == first) && !ir.outputs.contains(value)).then_some(first)
+    };
+    let scalar = |name: &str| -> Option<f64> {
+        let v = Values::of(ir.const_tensor(g, name)?).ok()?;
+        (v.len() == 1).then(|| v.get(0))
+    };
+    let mean_axes = |n: usize| -> Option<Vec<i64>> {
+        let node = &g.node[n];
+        if op(n) != "ReduceMean" || !default_domain(n) || node.attr_i("keepdims", 1) != 1 {
+            return None;
+        }
+        match node.input.get(1).filter(|s| !s.is_empty()) {
+            Some(a) => Some(crate::onnx::tensor::int64s(ir.const_tensor(g, a)?)),
+            None => node.attribute.iter().find(|a| a.name() == "axes").map(|a| a.ints.clone()),
+        }
+    };
+    let mut found = vec![];
+    for m1 in 0..g.node.len() {
+        let Some(axes) = mean_axes(m1).filter(|a| a.len() == 1) else { continue };
+        let x = &g.node[m1].input[0];
+        if ir.is_const(x) {
+            continue;
+        }
+        let matched = (|| {
+            let sub = sole(&g.node[m1].output[0]).filter(|&n| op(n) == "Sub")?;
+            (g.node[sub].input.first()? == x).then_some(())?;
+            let d = &g.node[sub].output[0];
+            let readers = ir.readers(d);
+            let square = readers.iter().map(|r| r.0).find(|&n| op(n) == "Pow" || op(n) == "Mul")?;
+            let div = readers.iter().map(|r| r.0).find(|&n| op(n) == "Div")?;
+            if readers.iter().any(|r| r.0 != square && r.0 != div) || ir.outputs.contains(d) {
+                return None;
+            }
+            let sq = &g.node[square];
+            let squares = match op(square) {
+                "Pow" => sq.input.get(1).and_then(|e| scalar(e)) == Some(2.0) && sq.input[0] == *d,
+                _ => sq.input.len() == 2 && sq.input[0] == *d && sq.input[1] == *d,
+            };
+            squares.then_some(())?;
+            let m2 = sole(&sq.output[0]).filter(|&n| mean_axes(n) == Some(axes.clone()))?;
+            let add = sole(&g.node[m2].output[0]).filter(|&n| op(n) == "Add")?;
+            let a = &g.node[add];
+            let eps_slot = if a.input.first() == Some(&g.node[m2].output[0]) { 1 } else { 0 };
+            let eps = scalar(a.input.get(eps_slot)?)?;
+            let eps_dtype =
+                crate::onnx::tensor::FloatType::from_onnx(ir.const_tensor(g, &a.input[eps_slot])?.data_type())?;
+            let sqrt = sole(&a.output[0]).filter(|&n| op(n) == "Sqrt")?;
+            let dv = &g.node[div];
+            (dv.input.first() == Some(d)
+                && sole(&g.node[sqrt].output[0]) == Some(div)
+                && dv.input.get(1) == Some(&g.node[sqrt].output[0]))
+            .then_some(())?;
+            let norm = Norm {
+                input: x,
+                rms: false,
+                affine: None,
+                axis: axes[0],
+                to_end: false,
+                eps,
+                dtype: eps_dtype,
+                inner: vec![m1, sub, square, m2, add, sqrt],
+            };
+            Some((div, norm))
+        })();
+        found.extend(matched);
+    }
+    found
 }
