@@ -306,13 +306,16 @@ fn float_attr(name: &str, f: f32) -> crate::onnx::proto::AttributeProto {
     }
 }
 
-/// LayerNorms written out as operators, as exporters emit channels-first LayerNorms (Hugging
-/// Face's ConvNeXt before it used a permute) and older opsets emit every LayerNorm:
+/// LayerNorms and RMSNorms written out as operators, as exporters emit channels-first
+/// LayerNorms (Hugging Face's ConvNeXt before it used a permute), RMSNorms of LLMs, and every
+/// LayerNorm at old opsets:
 ///
 /// ```text
-/// m = ReduceMean(x, [a]); d = Sub(x, m); v = ReduceMean(Pow(d, 2) | Mul(d, d), [a])
-/// y = Div(d, Sqrt(Add(v, eps)))
+/// LayerNorm: m = ReduceMean(x, [a]); d = Sub(x, m); y = Div(d, Sqrt(Add(ReduceMean(d^2, [a]), eps)))
+/// RMSNorm:                                        y = Div(x, Sqrt(Add(ReduceMean(x^2, [a]), eps)))
 /// ```
+///
+/// with `^2` as `Pow(_, 2)` or `Mul(_, _)`.
 ///
 /// Each match becomes a [`Norm`] on its `Div` node; the other nodes are covered by it. Their
 /// intermediate tensors must have no other reader, or the pattern is not taken.
@@ -342,51 +345,42 @@ pub fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(usize, Norm<'g>)> {
         }
     };
     let mut found = vec![];
-    for m1 in 0..g.node.len() {
-        let Some(axes) = mean_axes(m1).filter(|a| a.len() == 1) else { continue };
-        let x = &g.node[m1].input[0];
-        if ir.is_const(x) {
-            continue;
-        }
+    // Anchor on the square's mean: v = ReduceMean(t^2); s = Sqrt(v + eps); y = t / s.
+    for m2 in 0..g.node.len() {
         let matched = (|| {
-            let sub = sole(&g.node[m1].output[0]).filter(|&n| op(n) == "Sub")?;
-            (g.node[sub].input.first()? == x).then_some(())?;
-            let d = &g.node[sub].output[0];
-            let readers = ir.readers(d);
-            let square = readers.iter().map(|r| r.0).find(|&n| op(n) == "Pow" || op(n) == "Mul")?;
-            let div = readers.iter().map(|r| r.0).find(|&n| op(n) == "Div")?;
-            if readers.iter().any(|r| r.0 != square && r.0 != div) || ir.outputs.contains(d) {
-                return None;
-            }
+            let axes = mean_axes(m2).filter(|a| a.len() == 1)?;
+            let square = *ir.producer.get(&g.node[m2].input[0])?;
             let sq = &g.node[square];
+            let t = sq.input.first()?;
             let squares = match op(square) {
-                "Pow" => sq.input.get(1).and_then(|e| scalar(e)) == Some(2.0) && sq.input[0] == *d,
-                _ => sq.input.len() == 2 && sq.input[0] == *d && sq.input[1] == *d,
+                "Pow" => sq.input.get(1).and_then(|e| scalar(e)) == Some(2.0),
+                "Mul" => sq.input.get(1) == Some(t),
+                _ => false,
             };
-            squares.then_some(())?;
-            let m2 = sole(&sq.output[0]).filter(|&n| mean_axes(n) == Some(axes.clone()))?;
+            (squares && sole(&sq.output[0]) == Some(m2) && !ir.is_const(t)).then_some(())?;
             let add = sole(&g.node[m2].output[0]).filter(|&n| op(n) == "Add")?;
             let a = &g.node[add];
             let eps_slot = if a.input.first() == Some(&g.node[m2].output[0]) { 1 } else { 0 };
-            let eps = scalar(a.input.get(eps_slot)?)?;
-            let eps_dtype =
-                crate::onnx::tensor::FloatType::from_onnx(ir.const_tensor(g, &a.input[eps_slot])?.data_type())?;
+            let eps_tensor = ir.const_tensor(g, a.input.get(eps_slot)?)?;
+            let (eps, dtype) = (scalar(&a.input[eps_slot])?, FloatType::from_onnx(eps_tensor.data_type())?);
             let sqrt = sole(&a.output[0]).filter(|&n| op(n) == "Sqrt")?;
+            let div = sole(&g.node[sqrt].output[0]).filter(|&n| op(n) == "Div")?;
             let dv = &g.node[div];
-            (dv.input.first() == Some(d)
-                && sole(&g.node[sqrt].output[0]) == Some(div)
-                && dv.input.get(1) == Some(&g.node[sqrt].output[0]))
-            .then_some(())?;
-            let norm = Norm {
-                input: x,
-                rms: false,
-                affine: None,
-                axis: axes[0],
-                to_end: false,
-                eps,
-                dtype: eps_dtype,
-                inner: vec![m1, sub, square, m2, add, sqrt],
+            (dv.input.first() == Some(t) && dv.input.get(1) == Some(&g.node[sqrt].output[0])).then_some(())?;
+            // Centred by its own mean over the same axis, privately: a LayerNorm; otherwise an
+            // RMSNorm of t (which may have other readers: it is the norm's input).
+            let private = !ir.readers(t).iter().any(|r| r.0 != square && r.0 != div) && !ir.outputs.contains(t);
+            let centring = ir.producer.get(t).copied().filter(|&sub| op(sub) == "Sub" && private).and_then(|sub| {
+                let (x, mean) = (g.node[sub].input.first()?, g.node[sub].input.get(1)?);
+                let m1 = ir.producer.get(mean).copied().filter(|&m1| mean_axes(m1) == Some(axes.clone()))?;
+                (g.node[m1].input.first() == Some(x) && sole(mean) == Some(sub)).then_some((sub, m1, x))
+            });
+            let (input, rms, mut inner) = match centring {
+                Some((sub, m1, x)) => (x.as_str(), false, vec![m1, sub]),
+                None => (t.as_str(), true, vec![]),
             };
+            inner.extend([square, m2, add, sqrt]);
+            let norm = Norm { input, rms, affine: None, axis: axes[0], to_end: false, eps, dtype, inner };
             Some((div, norm))
         })();
         found.extend(matched);

@@ -16,17 +16,29 @@ fn pre_ln_stack(
     constant: &[usize],
     gamma_zero: bool,
 ) -> onnx_minimize::onnx::proto::ModelProto {
-    stack(seed, width, blocks, constant, gamma_zero, false)
+    stack(seed, width, blocks, constant, gamma_zero, Kind::LayerNorm)
 }
 
-/// The same stack with RMSNormalization (opset 23) instead of LayerNormalization when `rms`.
+/// How the stack writes its norms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    LayerNorm,
+    /// RMSNormalization, opset 23.
+    RmsNorm,
+    /// ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div, then Mul by the scale and Add of the bias.
+    LayerNormOps,
+    /// Pow/ReduceMean/Add/Sqrt/Div, then Mul by the scale.
+    RmsNormOps,
+}
+
+/// The same stack with its norms written as `kind` says.
 fn stack(
     seed: u64,
     width: usize,
     blocks: usize,
     constant: &[usize],
     gamma_zero: bool,
-    rms: bool,
+    kind: Kind,
 ) -> onnx_minimize::onnx::proto::ModelProto {
     let mut rng = StdRng::seed_from_u64(seed);
     let (inputs, hidden, outputs) = (3, 6, 2);
@@ -49,16 +61,35 @@ fn stack(
             .collect();
         let beta: Vec<f32> = (0..width).map(|_| rng.random_range(-0.5..0.5)).collect();
         g.init(&format!("{name}_g"), &[width], &gamma).init(&format!("{name}_b"), &[width], &beta);
-        if rms {
-            g.op("RMSNormalization", &[x, &format!("{name}_g")], name, vec![attr_i("axis", -1)]);
-        } else {
-            g.op(
-                "LayerNormalization",
-                &[x, &format!("{name}_g"), &format!("{name}_b")],
-                name,
-                vec![attr_i("axis", -1)],
-            );
-        }
+        let (gn, bn) = (format!("{name}_g"), format!("{name}_b"));
+        let local = |s: &str| format!("{name}_{s}");
+        match kind {
+            Kind::LayerNorm => g.op("LayerNormalization", &[x, &gn, &bn], name, vec![attr_i("axis", -1)]),
+            Kind::RmsNorm => g.op("RMSNormalization", &[x, &gn], name, vec![attr_i("axis", -1)]),
+            Kind::LayerNormOps | Kind::RmsNormOps => {
+                g.init(&local("two"), &[], &[2.0]).init(&local("eps"), &[], &[1e-5]);
+                let axes = crate::common::attr_ints("axes", &[-1]);
+                let centred = if kind == Kind::LayerNormOps {
+                    g.op("ReduceMean", &[x], &local("mean"), vec![axes.clone()]);
+                    g.op("Sub", &[x, &local("mean")], &local("centred"), vec![]);
+                    local("centred")
+                } else {
+                    x.to_string()
+                };
+                g.op("Pow", &[&centred, &local("two")], &local("sq"), vec![]);
+                g.op("ReduceMean", &[&local("sq")], &local("var"), vec![axes]);
+                g.op("Add", &[&local("var"), &local("eps")], &local("var_eps"), vec![]);
+                g.op("Sqrt", &[&local("var_eps")], &local("dev"), vec![]);
+                g.op("Div", &[&centred, &local("dev")], &local("normalized"), vec![]);
+                let scaled = if kind == Kind::LayerNormOps { local("scaled") } else { name.to_string() };
+                g.op("Mul", &[&local("normalized"), &gn], &scaled, vec![]);
+                if kind == Kind::LayerNormOps {
+                    g.op("Add", &[&scaled, &bn], name, vec![])
+                } else {
+                    g
+                }
+            }
+        };
     };
     linear(&mut g, &mut rng, "embed", "x", inputs, width, constant);
     let mut stream = "embed".to_string();
@@ -73,7 +104,12 @@ fn stack(
     layernorm(&mut g, &mut rng, "final_ln", &stream);
     linear(&mut g, &mut rng, "head", "final_ln", width, outputs, &[]);
     let mut m = g.model("head", &[None, Some(4), Some(outputs)]);
-    m.opset_import[0].version = Some(if rms { 23 } else { 20 });
+    // Opset 17 keeps ReduceMean's axes an attribute; RMSNormalization needs 23.
+    m.opset_import[0].version = Some(match kind {
+        Kind::RmsNorm => 23,
+        Kind::LayerNorm => 20,
+        _ => 17,
+    });
     m
 }
 
@@ -113,13 +149,26 @@ fn both_compensated_layernorm_forms_are_exact() {
 #[test]
 fn rmsnorm_streams_shrink_in_both_forms() {
     for form in [ClnForm::Ops, ClnForm::Concat] {
-        let r = minimize_as(&stack(5, 8, 2, &[2, 3, 5], true, true), form);
+        let r = minimize_as(&stack(5, 8, 2, &[2, 3, 5], true, Kind::RmsNorm), form);
         assert!(
             r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
             "{form:?}: {:?}",
             r.layers
         );
         assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{form:?}");
+    }
+}
+
+#[test]
+fn decomposed_norms_are_recognised_and_compensated() {
+    for kind in [Kind::LayerNormOps, Kind::RmsNormOps] {
+        let r = minimize(&stack(9, 8, 2, &[0, 6, 7], true, kind));
+        assert!(
+            r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
+            "{kind:?}: {:?}",
+            r.layers
+        );
+        assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{kind:?}");
     }
 }
 
@@ -138,9 +187,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn pre_ln_stacks_compute_the_same(seed in any::<u64>(), blocks in 1usize..4, constant in proptest::collection::btree_set(0usize..6, 0..6), gamma_zero in any::<bool>()) {
+    fn pre_ln_stacks_compute_the_same(seed in any::<u64>(), blocks in 1usize..4, constant in proptest::collection::btree_set(0usize..6, 0..6), gamma_zero in any::<bool>(), kind in 0usize..4) {
         let constant: Vec<usize> = constant.into_iter().collect();
-        let r = minimize(&pre_ln_stack(seed, 6, blocks, &constant, gamma_zero));
+        let kind = [Kind::LayerNorm, Kind::RmsNorm, Kind::LayerNormOps, Kind::RmsNormOps][kind];
+        let r = minimize(&stack(seed, 6, blocks, &constant, gamma_zero, kind));
         let expected = if gamma_zero && constant.len() < 6 { 6 - constant.len() } else if gamma_zero { 1 } else { 6 };
         let embed = r.layers.iter().find(|l| l.inputs_before == 3).unwrap();
         prop_assert_eq!(embed.outputs_after, expected);
