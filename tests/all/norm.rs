@@ -196,3 +196,27 @@ proptest! {
         prop_assert_eq!(embed.outputs_after, expected);
     }
 }
+
+/// A float16 stack: weights, folded biases and compensation constants stay float16 where the
+/// model has them, and the statistics are computed in float32 as LayerNormalization does.
+#[test]
+fn float16_streams_shrink_and_stay_float16() {
+    use onnx_minimize::onnx::proto::{tensor_proto::DataType, type_proto};
+    use onnx_minimize::onnx::tensor::{encode, with_data, FloatType, Values};
+    let mut m = pre_ln_stack(13, 8, 2, &[1, 2, 6], true);
+    let g = m.graph.as_mut().unwrap();
+    for t in g.initializer.iter_mut() {
+        let v = Values::of(t).unwrap();
+        let vals: Vec<f64> = (0..v.len()).map(|i| v.get(i)).collect();
+        *t = with_data(t, t.dims.clone(), FloatType::F16, encode(FloatType::F16, &vals));
+    }
+    for vi in g.input.iter_mut().chain(g.output.iter_mut()) {
+        if let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            t.elem_type = Some(DataType::Float16 as i32);
+        }
+    }
+    let r = minimize(&m);
+    assert!(r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5), "{:?}", r.layers);
+    let v = r.verification.unwrap();
+    assert!(v.outputs[0].max_relative_deviation < 1e-2, "{v:?}");
+}
