@@ -24,6 +24,7 @@ pub mod onnx;
 pub mod ops;
 pub mod report;
 pub mod rewrite;
+pub mod sparsify;
 pub mod verify;
 
 use std::path::Path;
@@ -69,14 +70,7 @@ pub struct Minimized {
 /// Minimizes a loaded model in place.
 pub fn minimize(model: &mut Model, opts: &Options) -> Result<Minimized> {
     let graph = model.graph();
-    let opset = model
-        .proto
-        .opset_import
-        .iter()
-        .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
-        .and_then(|o| o.version)
-        .unwrap_or(crate::onnx::io::MAX_OPSET);
-    let ir = ir::Ir::build(graph, opset).map_err(|why| Error::Decode { path: model.path.clone(), why })?;
+    let ir = model.ir()?;
     let release = |bytes: &[u8]| model.release_pages(bytes);
     let plan = analysis::Analysis::run(graph, &ir, &release, opts).plan()?;
     let (layers, blocked, opaque, gathered) = (plan.layers, plan.blocked, plan.opaque, plan.gathered);
@@ -95,16 +89,21 @@ pub fn param_count(model: &Model) -> u64 {
     g.initializer.iter().chain(constants).map(|t| t.dims.iter().product::<i64>().max(0) as u64).sum()
 }
 
+/// Refuses to overwrite the input with the output.
+pub(crate) fn check_paths(input: &Path, output: &Path) -> Result<()> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    if output == input || canonical(output).is_some_and(|o| Some(o) == canonical(input)) {
+        return Err(Error::Usage(format!("the output {} is the input: choose another output path", output.display())));
+    }
+    Ok(())
+}
+
 /// Reads `input`, minimizes it, verifies it and writes it to `output` (none: a dry run).
 /// Nothing is written unless verification passes (or is turned off).
 pub fn minimize_file(input: &Path, output: Option<&Path>, opts: &Options, progress: &dyn Fn(&str)) -> Result<Report> {
     let start = Instant::now();
     if let Some(out) = output {
-        let same = out == input
-            || std::fs::canonicalize(out).ok().zip(std::fs::canonicalize(input).ok()).is_some_and(|(a, b)| a == b);
-        if same {
-            return Err(Error::Usage(format!("the output {} is the input: choose another output path", out.display())));
-        }
+        check_paths(input, out)?;
     }
     progress(&format!("reading {}", input.display()));
     let mut model = Model::load(input)?;

@@ -5,13 +5,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use onnx_minimize::sparsify::{self, Calibration, Criterion, PruneOptions, Scope};
 use onnx_minimize::{minimize_file, Error, Options, VerifyOptions};
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
   Minimize a pruned model, check it with tract, print what was removed:
     onnx-minimize pruned.onnx small.onnx
+
+  The Squeeze-Release cycle around it (train in your framework between steps):
+    onnx-minimize prune model.onnx pruned.onnx --sparsity 0.9 --criterion unit-coupled
+    onnx-minimize pruned.onnx small.onnx
+    onnx-minimize release small.onnx released.onnx --calibration threshold:1.5 --seed 1
 
   Models with dynamic dimensions other than a batch: give the shapes to verify with:
     onnx-minimize bert.onnx small.onnx --input-shape input_ids=1,128 --input-shape attention_mask=1,128
@@ -36,10 +42,84 @@ EXIT STATUS:
 /// Removes the units that pruning made dead or constant from fully-connected layers, folds the
 /// constants into biases, and verifies the result with tract before writing it.
 #[derive(Parser)]
-#[command(version, about, long_about, after_help = "More with --help: examples, how it works, exit status, operators.")]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "More with --help: examples, how it works, exit status, operators.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
-    /// The pruned model (.onnx; external data is read from beside it).
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    minimize: MinimizeArgs,
+}
+
+/// The other rewrites of the Squeeze-Release cycle: prune, minimize (the default), release.
+#[derive(Subcommand)]
+enum Command {
+    /// Zero the smallest-scoring weights of the linear layers (Gemm, MatMul, Conv) to an exact
+    /// sparsity. Biases, norms and the output layer are left alone.
+    Prune(PruneArgs),
+    /// Turn the exact zeros inside the linear layers' weights into small calibrated noise, so a
+    /// minimized model can train its full capacity again.
+    Release(ReleaseArgs),
+}
+
+#[derive(Args)]
+struct Io {
+    /// The model to rewrite.
     input: PathBuf,
+    /// Where to write the result (atomically; external data as the input had it).
+    output: PathBuf,
+    /// Also touch the output layer (a linear layer whose result reaches a graph output directly).
+    #[arg(long)]
+    include_output_layer: bool,
+    /// Write the report as JSON to this file ("-" for standard output).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// No summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Fraction of the prunable weights that are zero afterwards, existing zeros included.
+    #[arg(long, value_name = "FRACTION")]
+    sparsity: f64,
+    /// One threshold across all layers, or each layer to the sparsity on its own.
+    #[arg(long, value_enum, default_value_t = Scope::Global)]
+    scope: Scope,
+    /// magnitude: |w|; unit-coupled: |w| times the geometric mean of its row's and column's
+    /// mass, which gathers the zeros into whole units that minimization can remove.
+    #[arg(long, value_enum, default_value_t = Criterion::Magnitude)]
+    criterion: Criterion,
+}
+
+#[derive(Args)]
+struct ReleaseArgs {
+    #[command(flatten)]
+    io: Io,
+    /// Noise for each zero: std:X is normal noise with X times the standard deviation of the
+    /// tensor's non-zero weights; threshold:X is uniform in [1, X] times its smallest non-zero
+    /// magnitude, with a random sign (above the last pruning threshold).
+    #[arg(long, default_value = "threshold:1.5", value_name = "KIND:X")]
+    calibration: Calibration,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct MinimizeArgs {
+    /// The pruned model (.onnx; external data is read from beside it).
+    #[arg(required = true)]
+    input: Option<PathBuf>,
     /// Where to write the minimized model. Required unless --dry-run.
     output: Option<PathBuf>,
     /// Analyse and report only; write nothing.
@@ -97,7 +177,60 @@ fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     Ok((name.to_string(), dims))
 }
 
+fn write_report(path: &PathBuf, report: &impl serde::Serialize) -> Result<(), Error> {
+    let json = serde_json::to_string_pretty(report).expect("the report serializes");
+    if path.as_os_str() == "-" {
+        println!("{json}");
+        Ok(())
+    } else {
+        std::fs::write(path, json).map_err(|source| Error::Write { path: path.clone(), source })
+    }
+}
+
+fn sparsify(
+    io: &Io,
+    what: &str,
+    rewrite: impl FnOnce(&mut onnx_minimize::Model) -> Result<sparsify::SparsifyReport, Error>,
+) -> Result<(), Error> {
+    let report = sparsify::rewrite_file(&io.input, &io.output, rewrite)?;
+    if !io.quiet {
+        for t in &report.tensors {
+            println!(
+                "{:<40} {:>10} weights, zeros {:>10} -> {:>10}",
+                t.tensor, t.elements, t.zeros_before, t.zeros_after
+            );
+        }
+        println!("{what}: sparsity {:.4} -> {:.4}", report.sparsity_before, report.sparsity_after);
+    }
+    match &io.report {
+        Some(path) => write_report(path, &report),
+        None => Ok(()),
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Some(Command::Prune(a)) => {
+            if !(0.0..=1.0).contains(&a.sparsity) {
+                return Err(Error::Usage(format!("--sparsity {} is not a fraction between 0 and 1", a.sparsity)));
+            }
+            let opts = PruneOptions {
+                sparsity: a.sparsity,
+                scope: a.scope,
+                criterion: a.criterion,
+                include_output_layer: a.io.include_output_layer,
+            };
+            sparsify(&a.io, "pruned", |m| sparsify::prune(m, &opts))
+        }
+        Some(Command::Release(a)) => {
+            let include = a.io.include_output_layer;
+            sparsify(&a.io, "released", |m| sparsify::release(m, a.calibration, include, a.seed))
+        }
+        None => minimize(cli.minimize),
+    }
+}
+
+fn minimize(cli: MinimizeArgs) -> Result<(), Error> {
     if cli.output.is_none() && !cli.dry_run {
         return Err(Error::Usage("give an output path, or --dry-run to only report".into()));
     }
@@ -125,19 +258,15 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
     };
     let output = if cli.dry_run { None } else { cli.output.as_deref() };
-    let report = minimize_file(&cli.input, output, &opts, &progress)?;
+    let input = cli.input.as_deref().expect("clap requires it without a subcommand");
+    let report = minimize_file(input, output, &opts, &progress)?;
     if !quiet {
         println!("{}", report.to_text());
     }
-    if let Some(path) = &cli.report {
-        let json = serde_json::to_string_pretty(&report).expect("the report serializes");
-        if path.as_os_str() == "-" {
-            println!("{json}");
-        } else {
-            std::fs::write(path, json).map_err(|source| Error::Write { path: path.clone(), source })?;
-        }
+    match &cli.report {
+        Some(path) => write_report(path, &report),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {

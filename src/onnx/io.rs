@@ -79,6 +79,18 @@ impl Model {
         Ok(model)
     }
 
+    /// The graph's index, built for the model's default-domain opset.
+    pub fn ir(&self) -> Result<crate::ir::Ir> {
+        let opset = self
+            .proto
+            .opset_import
+            .iter()
+            .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
+            .and_then(|o| o.version)
+            .unwrap_or(MAX_OPSET);
+        crate::ir::Ir::build(self.graph(), opset).map_err(|why| Error::Decode { path: self.path.clone(), why })
+    }
+
     /// Bytes of the model file and every data file it reads.
     pub fn disk_bytes(&self) -> u64 {
         self.maps.iter().map(|m| m.len() as u64).sum()

@@ -8,3 +8,4 @@ mod io;
 mod norm;
 mod ops;
 mod properties;
+mod sparsify;

@@ -1,0 +1,315 @@
+//! Prune and release: the two rewrites of the Squeeze-Release cycle around minimization.
+//!
+//! - **Prune** zeroes the smallest-scoring weights of the linear layers (Gemm, MatMul, Conv) to
+//!   an exact sparsity, globally or per tensor, by plain magnitude or by a *unit-coupled* score
+//!   `|w_ij| * sqrt(row mass_j * column mass_i)` that favours weights of units that are weak as a
+//!   whole, so zeros gather into whole dead units that minimization can then remove.
+//! - **Release** turns the exact zeros left inside (minimized) weight tensors into small noise,
+//!   so the capacity trains again, calibrated per tensor against its surviving weights: either a
+//!   fraction of their standard deviation, or a multiple of their smallest magnitude (the last
+//!   pruning threshold), so that released weights are not pruned straight back.
+//!
+//! Biases, norms and the output layer (a linear layer whose output reaches a graph output
+//! without another linear layer) are never touched. Both are deterministic under a seed.
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::ir::{ConstRef, Ir};
+use crate::onnx::proto::{GraphProto, TensorProto};
+use crate::onnx::tensor::{encode, with_data, Values};
+use crate::ops::{self, Ctx, Role};
+use crate::Model;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Criterion {
+    /// |w|.
+    Magnitude,
+    /// |w| times the geometric mean of its row's and column's mass (each relative to the
+    /// tensor's mean), which favours whole-unit death.
+    UnitCoupled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Scope {
+    /// One threshold across all prunable tensors.
+    Global,
+    /// Each tensor pruned to the sparsity on its own.
+    PerTensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Fraction of prunable weights that are zero afterwards (existing zeros count).
+    pub sparsity: f64,
+    pub scope: Scope,
+    pub criterion: Criterion,
+    pub include_output_layer: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Calibration {
+    /// Normal noise with this fraction of the standard deviation of the tensor's non-zeros.
+    Std(f64),
+    /// Uniform noise of magnitude between 1x and this multiple of the tensor's smallest
+    /// non-zero magnitude, with a random sign: above the last pruning threshold.
+    Threshold(f64),
+}
+
+impl std::str::FromStr for Calibration {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (kind, x) = s.split_once(':').ok_or("expected std:X or threshold:X")?;
+        let x: f64 = x.parse().map_err(|e| format!("bad number '{x}': {e}"))?;
+        match kind {
+            "std" if x > 0.0 => Ok(Calibration::Std(x)),
+            "threshold" if x >= 1.0 => Ok(Calibration::Threshold(x)),
+            _ => Err("expected std:X (X > 0) or threshold:X (X >= 1)".into()),
+        }
+    }
+}
+
+/// What happened to one weight tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorChange {
+    pub tensor: String,
+    pub elements: usize,
+    pub zeros_before: usize,
+    pub zeros_after: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SparsifyReport {
+    pub tensors: Vec<TensorChange>,
+    pub sparsity_before: f64,
+    pub sparsity_after: f64,
+}
+
+/// A prunable weight: where it is stored and its `[rows, cols]` view (rows = outputs).
+struct Prunable {
+    cref: ConstRef,
+    name: String,
+    rows: usize,
+    cols: usize,
+    /// Stored `[outputs, inputs, ...]` rather than `[inputs, outputs]`.
+    output_major: bool,
+    spatial: usize,
+}
+
+fn tensor_mut<'a>(g: &'a mut GraphProto, cref: ConstRef) -> &'a mut TensorProto {
+    match cref {
+        ConstRef::Initializer(i) => &mut g.initializer[i],
+        ConstRef::ConstantNode(i) => {
+            g.node[i].attribute.iter_mut().find(|a| a.name() == "value").and_then(|a| a.t.as_mut()).expect("resolved")
+        }
+    }
+}
+
+/// Whether a graph output is reachable from node `n` without passing another linear layer.
+fn is_output_layer(g: &GraphProto, ir: &Ir, roles: &[Role], n: usize) -> bool {
+    let mut stack = vec![n];
+    let mut seen = vec![false; g.node.len()];
+    while let Some(m) = stack.pop() {
+        for o in &g.node[m].output {
+            if ir.outputs.contains(o) {
+                return true;
+            }
+            for &(r, _) in ir.readers(o) {
+                if !seen[r] && !matches!(roles[r], Role::Linear(_)) {
+                    seen[r] = true;
+                    stack.push(r);
+                }
+            }
+        }
+    }
+    false
+}
+
+fn prunables(model: &Model, include_output_layer: bool) -> Result<Vec<Prunable>> {
+    let ir = model.ir()?;
+    let g = model.graph();
+    let cx = Ctx { graph: g, ir: &ir, release: &|_| {} };
+    let roles: Vec<Role> = g.node.iter().map(|n| ops::role(n, &cx)).collect();
+    let mut out: Vec<Prunable> = vec![];
+    for (n, role) in roles.iter().enumerate() {
+        let Role::Linear(l) = role else { continue };
+        if !include_output_layer && is_output_layer(g, &ir, &roles, n) {
+            continue;
+        }
+        let w = l.weight();
+        let cref = ir.const_ref(&g.node[n].input[1]).expect("a linear weight is a constant");
+        if out.iter().any(|p| p.cref == cref) {
+            continue;
+        }
+        let name = w.tensor.name().to_string();
+        out.push(Prunable { cref, name, rows: w.n, cols: w.k, output_major: w.transposed, spatial: w.spatial });
+    }
+    Ok(out)
+}
+
+fn read(model: &Model, p: &Prunable) -> Result<(Vec<f64>, crate::onnx::tensor::FloatType)> {
+    let t = match p.cref {
+        ConstRef::Initializer(i) => &model.graph().initializer[i],
+        ConstRef::ConstantNode(i) => model.graph().node[i]
+            .attribute
+            .iter()
+            .find(|a| a.name() == "value")
+            .and_then(|a| a.t.as_ref())
+            .expect("resolved"),
+    };
+    let v = Values::of(t)?;
+    Ok(((0..v.len()).map(|i| v.get(i)).collect(), v.dtype))
+}
+
+/// Unit-coupled scores: |w| times sqrt(row mass * column mass), masses relative to their mean.
+fn coupled(p: &Prunable, w: &[f64]) -> Vec<f64> {
+    let (rows, cols, s) = (p.rows, p.cols, p.spatial);
+    let at = |i: usize| if p.output_major { (i / (cols * s), (i / s) % cols) } else { (i % rows, i / rows) };
+    let (mut row, mut col) = (vec![0.0; rows], vec![0.0; cols]);
+    for (i, x) in w.iter().enumerate() {
+        let (r, c) = at(i);
+        row[r] += x.abs();
+        col[c] += x.abs();
+    }
+    let mean = |v: &[f64]| (v.iter().sum::<f64>() / v.len().max(1) as f64).max(f64::MIN_POSITIVE);
+    let (mr, mc) = (mean(&row), mean(&col));
+    w.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let (r, c) = at(i);
+            x.abs() * ((row[r] / mr) * (col[c] / mc)).sqrt()
+        })
+        .collect()
+}
+
+fn zeros(w: &[f64]) -> usize {
+    w.iter().filter(|x| **x == 0.0).count()
+}
+
+/// Prunes the model's linear-layer weights in place to exactly `opts.sparsity`.
+pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
+    let targets = prunables(model, opts.include_output_layer)?;
+    let mut weights = vec![];
+    for p in &targets {
+        weights.push(read(model, p)?);
+    }
+    let scores: Vec<Vec<f64>> = targets
+        .iter()
+        .zip(&weights)
+        .map(|(p, (w, _))| match opts.criterion {
+            Criterion::Magnitude => w.iter().map(|x| x.abs()).collect(),
+            Criterion::UnitCoupled => coupled(p, w),
+        })
+        .collect();
+    // Which elements to zero: the lowest scores, exactly `sparsity` of each group; existing zeros
+    // score 0 and go first.
+    let mut cut: Vec<Vec<bool>> = scores.iter().map(|s| vec![false; s.len()]).collect();
+    let groups: Vec<Vec<usize>> = match opts.scope {
+        Scope::Global => vec![(0..targets.len()).collect()],
+        Scope::PerTensor => (0..targets.len()).map(|t| vec![t]).collect(),
+    };
+    for group in groups {
+        let mut all: Vec<(f64, usize, usize)> =
+            group.iter().flat_map(|&t| scores[t].iter().enumerate().map(move |(i, &s)| (s, t, i))).collect();
+        let k = ((all.len() as f64) * opts.sparsity.clamp(0.0, 1.0)).round() as usize;
+        if k > 0 {
+            all.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            all[..k].iter().for_each(|&(_, t, i)| cut[t][i] = true);
+        }
+    }
+    let mut changes = vec![];
+    for ((p, (w, dtype)), cut) in targets.iter().zip(weights).zip(cut) {
+        let before = zeros(&w);
+        let new: Vec<f64> = w.iter().zip(&cut).map(|(&x, &c)| if c { 0.0 } else { x }).collect();
+        changes.push(TensorChange {
+            tensor: p.name.clone(),
+            elements: new.len(),
+            zeros_before: before,
+            zeros_after: zeros(&new),
+        });
+        let t = tensor_mut(model.graph_mut(), p.cref);
+        *t = with_data(t, t.dims.clone(), dtype, encode(dtype, &new));
+    }
+    Ok(summarize(changes))
+}
+
+/// Replaces the exact zeros of the linear-layer weights by calibrated noise, in place.
+pub fn release(
+    model: &mut Model,
+    calibration: Calibration,
+    include_output_layer: bool,
+    seed: u64,
+) -> Result<SparsifyReport> {
+    let targets = prunables(model, include_output_layer)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut changes = vec![];
+    for p in &targets {
+        let (w, dtype) = read(model, p)?;
+        let live: Vec<f64> = w.iter().copied().filter(|x| *x != 0.0).collect();
+        let before = zeros(&w);
+        let new: Vec<f64> = if live.is_empty() {
+            w.clone() // nothing to calibrate against
+        } else {
+            let mean = live.iter().sum::<f64>() / live.len() as f64;
+            let std = (live.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / live.len() as f64).sqrt();
+            let smallest = live.iter().map(|x| x.abs()).fold(f64::INFINITY, f64::min);
+            w.iter()
+                .map(|&x| {
+                    if x != 0.0 {
+                        return x;
+                    }
+                    let noise = match calibration {
+                        Calibration::Std(f) => {
+                            let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                            f * std * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+                        }
+                        Calibration::Threshold(f) => {
+                            let magnitude = smallest * rng.random_range(1.0..=f);
+                            if rng.random_bool(0.5) {
+                                magnitude
+                            } else {
+                                -magnitude
+                            }
+                        }
+                    };
+                    // A value that rounds to zero in the tensor's type would stay pruned.
+                    if dtype.round(noise) == 0.0 {
+                        smallest.copysign(noise)
+                    } else {
+                        noise
+                    }
+                })
+                .collect()
+        };
+        changes.push(TensorChange {
+            tensor: p.name.clone(),
+            elements: new.len(),
+            zeros_before: before,
+            zeros_after: zeros(&new),
+        });
+        let t = tensor_mut(model.graph_mut(), p.cref);
+        *t = with_data(t, t.dims.clone(), dtype, encode(dtype, &new));
+    }
+    Ok(summarize(changes))
+}
+
+fn summarize(tensors: Vec<TensorChange>) -> SparsifyReport {
+    let total = tensors.iter().map(|t| t.elements).sum::<usize>().max(1) as f64;
+    let before = tensors.iter().map(|t| t.zeros_before).sum::<usize>() as f64 / total;
+    let after = tensors.iter().map(|t| t.zeros_after).sum::<usize>() as f64 / total;
+    SparsifyReport { tensors, sparsity_before: before, sparsity_after: after }
+}
+
+/// Reads `input`, applies `rewrite`, and writes `output` atomically with the input's storage.
+pub fn rewrite_file(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    rewrite: impl FnOnce(&mut Model) -> Result<SparsifyReport>,
+) -> Result<SparsifyReport> {
+    crate::check_paths(input, output)?;
+    let mut model = Model::load(input)?;
+    let report = rewrite(&mut model)?;
+    crate::onnx::io::write_atomically(&model, output, model.had_external_data, |_| Ok(()))?;
+    Ok(report)
+}

@@ -1,0 +1,106 @@
+//! Prune and release: exact sparsity, untouched biases and output layer, only zeros released,
+//! documented noise statistics, reproducible seeds.
+
+use crate::common::{fixture, mlp, write, Form, Layer};
+use onnx_minimize::onnx::tensor::Values;
+use onnx_minimize::sparsify::{prune, release, Calibration, Criterion, PruneOptions, Scope};
+use onnx_minimize::Model;
+use proptest::prelude::*;
+
+fn tensor(m: &Model, name: &str) -> Vec<f64> {
+    let t = m.graph().initializer.iter().find(|t| t.name() == name).unwrap();
+    let v = Values::of(t).unwrap();
+    (0..v.len()).map(|i| v.get(i)).collect()
+}
+
+fn zeros(v: &[f64]) -> usize {
+    v.iter().filter(|x| **x == 0.0).count()
+}
+
+#[test]
+fn pruning_reaches_the_sparsity_exactly_and_leaves_biases_and_the_output_layer() {
+    for (scope, criterion) in [(Scope::Global, Criterion::Magnitude), (Scope::PerTensor, Criterion::UnitCoupled)] {
+        let mut m = Model::load(&fixture("lenet300_pruned_ts.onnx")).unwrap();
+        let (fc3, b1) = (tensor(&m, "fc3.weight"), tensor(&m, "fc1.bias"));
+        let r = prune(&mut m, &PruneOptions { sparsity: 0.99, scope, criterion, include_output_layer: false }).unwrap();
+        let total: usize = r.tensors.iter().map(|t| t.elements).sum();
+        let after: usize = r.tensors.iter().map(|t| t.zeros_after).sum();
+        assert_eq!(after, (total as f64 * 0.99).round() as usize, "{scope:?}");
+        if scope == Scope::PerTensor {
+            for t in &r.tensors {
+                assert_eq!(t.zeros_after, (t.elements as f64 * 0.99).round() as usize, "{}", t.tensor);
+            }
+        }
+        assert_eq!(r.tensors.len(), 2, "fc1 and fc2 only");
+        assert_eq!(tensor(&m, "fc3.weight"), fc3, "the output layer is excluded");
+        assert_eq!(tensor(&m, "fc1.bias"), b1, "biases are not pruned");
+    }
+}
+
+#[test]
+fn release_changes_only_zeros_with_documented_noise_and_reproducible_seeds() {
+    let base = Model::load(&fixture("lenet300_pruned_ts.onnx")).unwrap();
+    let w = tensor(&base, "fc1.weight");
+    let live: Vec<f64> = w.iter().copied().filter(|x| *x != 0.0).collect();
+    let smallest = live.iter().map(|x| x.abs()).fold(f64::INFINITY, f64::min);
+    let mean = live.iter().sum::<f64>() / live.len() as f64;
+    let std = (live.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / live.len() as f64).sqrt();
+    let released = |calibration, seed| {
+        let mut m = Model::load(&fixture("lenet300_pruned_ts.onnx")).unwrap();
+        release(&mut m, calibration, false, seed).unwrap();
+        tensor(&m, "fc1.weight")
+    };
+    let a = released(Calibration::Threshold(1.5), 7);
+    assert_eq!(a, released(Calibration::Threshold(1.5), 7), "same seed, same noise");
+    assert_ne!(a, released(Calibration::Threshold(1.5), 8));
+    assert_eq!(zeros(&a), 0);
+    let mut noise = vec![];
+    for (old, new) in w.iter().zip(&a) {
+        if *old != 0.0 {
+            assert_eq!(old, new, "a surviving weight changed");
+        } else {
+            noise.push(*new);
+        }
+    }
+    // threshold:1.5: magnitudes in [1, 1.5] x the smallest surviving magnitude (float32 rounding).
+    assert!(noise.iter().all(|x| x.abs() >= smallest * 0.999 && x.abs() <= smallest * 1.5 * 1.001));
+    // std:0.1: normal with a tenth of the surviving weights' deviation.
+    let b = released(Calibration::Std(0.1), 7);
+    let noise: Vec<f64> = w.iter().zip(&b).filter(|(o, _)| **o == 0.0).map(|(_, n)| *n).collect();
+    let m = noise.iter().sum::<f64>() / noise.len() as f64;
+    let s = (noise.iter().map(|x| (x - m).powi(2)).sum::<f64>() / noise.len() as f64).sqrt();
+    assert!(m.abs() < 0.01 * std && (s / (0.1 * std) - 1.0).abs() < 0.02, "mean {m}, std {s} vs {}", 0.1 * std);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_sparsity_is_reached_exactly(seed in any::<u64>(), sparsity in 0.0f64..1.0, coupled in any::<bool>(), global in any::<bool>()) {
+        let layers: Vec<Layer> = [(5usize, 7usize), (7, 6), (6, 2)].iter().enumerate().map(|(i, &(n_in, n_out))| Layer {
+            n_in, n_out,
+            w: (0..n_in * n_out).map(|k| (((seed >> (k % 48)) as usize + k * 7 + i) % 13) as f32 - 6.0).collect(),
+            bias: Some(vec![0.5; n_out]),
+            form: Form::Gemm { trans_b: i % 2 == 0, alpha: 1.0, beta: 1.0 },
+            act: Some("Relu"),
+        }).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Model::load(&write(dir.path(), "m.onnx", &mlp(&layers))).unwrap();
+        let opts = PruneOptions {
+            sparsity,
+            scope: if global { Scope::Global } else { Scope::PerTensor },
+            criterion: if coupled { Criterion::UnitCoupled } else { Criterion::Magnitude },
+            include_output_layer: false,
+        };
+        let r = prune(&mut m, &opts).unwrap();
+        let expected = |n: usize| ((n as f64) * sparsity).round() as usize;
+        if global {
+            let total: usize = r.tensors.iter().map(|t| t.elements).sum();
+            prop_assert!(r.tensors.iter().map(|t| t.zeros_after).sum::<usize>() == expected(total).max(r.tensors.iter().map(|t| t.zeros_before).sum()));
+        } else {
+            for t in &r.tensors {
+                prop_assert_eq!(t.zeros_after, expected(t.elements).max(t.zeros_before));
+            }
+        }
+    }
+}
