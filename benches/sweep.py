@@ -113,17 +113,25 @@ def zero_norm_gamma(norm, chans) -> None:
 # example inputs, dynamic axes, the --input-shape flags, and an input maker for onnxruntime
 
 
-class _Select(torch.nn.Module):
-    def __init__(self, model, fields, kwargs=None):
+class _Decoder(torch.nn.Module):
+    """A decoder-only model with input_ids and attention_mask, returning the last hidden state."""
+
+    def __init__(self, model):
         super().__init__()
         self.model = model
-        self.fields = fields
-        self.kwargs = kwargs or {}
 
-    def forward(self, *args):
-        out = self.model(*args, **self.kwargs)
-        res = tuple(getattr(out, f) for f in self.fields)
-        return res if len(res) > 1 else res[0]
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+class _Vision(torch.nn.Module):
+    def __init__(self, model, field):
+        super().__init__()
+        self.model = model
+        self.field = field
+
+    def forward(self, pixel_values):
+        return getattr(self.model(pixel_values=pixel_values), self.field)
 
 
 class _BertWrap(torch.nn.Module):
@@ -179,8 +187,8 @@ def build_minilm(gen):
             zero_norm_gamma(layer.output.LayerNorm, cs)
             up_projection_units(layer.intermediate.dense, gen)
     vocab = model.config.vocab_size
-    ids = torch.randint(2, vocab, (1, SEQ), generator=gen)
-    mask = torch.ones(1, SEQ, dtype=torch.int64)
+    ids = torch.randint(2, vocab, (2, SEQ), generator=gen)
+    mask = torch.ones(2, SEQ, dtype=torch.int64)
     return dict(
         module=_BertWrap(model),
         inputs=(ids, mask),
@@ -192,10 +200,24 @@ def build_minilm(gen):
     )
 
 
+def _decoder_spec(model, vocab, gen):
+    ids = torch.randint(2, vocab, (2, SEQ), generator=gen)
+    mask = torch.ones(2, SEQ, dtype=torch.int64)
+    return dict(
+        module=_Decoder(model),
+        inputs=(ids, mask),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+        shapes=[f"input_ids=1,{SEQ}", f"attention_mask=1,{SEQ}"],
+        ort_inputs=_token_inputs(vocab, True),
+    )
+
+
 def build_gpt2(gen):
     from transformers import GPT2Config, GPT2Model
 
-    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=1000)
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=1000, bos_token_id=1, eos_token_id=1)
     model = GPT2Model(cfg).eval()
     cs = STREAM_CHANNELS
     with torch.no_grad():
@@ -211,16 +233,7 @@ def build_gpt2(gen):
             zero_norm_gamma(blk.ln_2, cs)
             up_projection_units(blk.mlp.c_fc, gen)
         zero_norm_gamma(model.ln_f, cs)
-    ids = torch.randint(2, cfg.vocab_size, (1, SEQ), generator=gen)
-    return dict(
-        module=_Select(model, ["last_hidden_state"], {"use_cache": False}),
-        inputs=(ids,),
-        input_names=["input_ids"],
-        output_names=["last_hidden_state"],
-        dynamic={"input_ids": {0: "batch", 1: "seq"}},
-        shapes=[f"input_ids=1,{SEQ}"],
-        ort_inputs=_token_inputs(cfg.vocab_size, False),
-    )
+    return _decoder_spec(model, cfg.vocab_size, gen)
 
 
 def build_llama(gen):
@@ -252,16 +265,7 @@ def build_llama(gen):
             zero_out_units(layer.mlp.gate_proj, perm[:2])  # SiLU(0) * up = 0: dead
             zero_out_units(layer.mlp.up_proj, perm[2:4])  # SiLU(gate) * 0 = 0: dead
         zero_norm_gamma(model.norm, cs)
-    ids = torch.randint(2, cfg.vocab_size, (1, SEQ), generator=gen)
-    return dict(
-        module=_Select(model, ["last_hidden_state"], {"use_cache": False}),
-        inputs=(ids,),
-        input_names=["input_ids"],
-        output_names=["last_hidden_state"],
-        dynamic={"input_ids": {0: "batch", 1: "seq"}},
-        shapes=[f"input_ids=1,{SEQ}"],
-        ort_inputs=_token_inputs(cfg.vocab_size, False),
-    )
+    return _decoder_spec(model, cfg.vocab_size, gen)
 
 
 def build_vit(gen):
@@ -293,9 +297,9 @@ def build_vit(gen):
             zero_norm_gamma(layer.layernorm_after, cs)
             up_projection_units(layer.intermediate.dense, gen)
         zero_norm_gamma(model.layernorm, cs)
-    x = torch.randn(1, 3, 32, 32, generator=gen)
+    x = torch.randn(2, 3, 32, 32, generator=gen)
     return dict(
-        module=_Select(model, ["last_hidden_state"]),
+        module=_Vision(model, "last_hidden_state"),
         inputs=(x,),
         input_names=["pixel_values"],
         output_names=["last_hidden_state"],
@@ -325,9 +329,9 @@ def build_resnet(gen):
                 m.weight.data[perm[: 2 * k]] = 0.0
                 m.bias.data[perm[:k]] = 0.0  # dead after ReLU
                 m.bias.data[perm[k : 2 * k]] = 0.5  # constant
-    x = torch.randn(1, 3, 64, 64, generator=gen)
+    x = torch.randn(2, 3, 64, 64, generator=gen)
     return dict(
-        module=_Select(model, ["pooler_output"]),
+        module=_Vision(model, "pooler_output"),
         inputs=(x,),
         input_names=["pixel_values"],
         output_names=["pooler_output"],
@@ -354,7 +358,7 @@ def build_mlp(gen):
         prune_unstructured(model, gen)
         up_projection_units(model.fc1, gen, dead=8, const=2)
         up_projection_units(model.fc2, gen, dead=8, const=2)
-    x = torch.randn(1, 32, generator=gen)
+    x = torch.randn(2, 32, generator=gen)
 
     def make(rng, batch, seq):
         return {"x": rng.standard_normal((batch, 32)).astype(np.float32)}
@@ -407,6 +411,8 @@ def export(spec, exporter: str, path: str) -> dict:
     else:
         from torch.export import Dim
 
+        opset = OPSET if exporter == "dynamo17" else None  # None: the exporter's own (18+)
+
         dims = {}
         shapes = {}
         for n in names:
@@ -420,7 +426,7 @@ def export(spec, exporter: str, path: str) -> dict:
                 None,
                 dynamo=True,
                 external_data=False,
-                opset_version=OPSET,
+                opset_version=opset,
                 input_names=names,
                 output_names=spec["output_names"],
                 dynamic_shapes=dyn,
@@ -434,7 +440,7 @@ def export(spec, exporter: str, path: str) -> dict:
                 None,
                 dynamo=True,
                 external_data=False,
-                opset_version=OPSET,
+                opset_version=opset,
                 input_names=names,
                 output_names=spec["output_names"],
                 verbose=False,
@@ -537,7 +543,11 @@ def main() -> int:
     ap.add_argument("--out", default="bench-out/sweep")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "onnx-minimize"))
     ap.add_argument("--models", default=",".join(BUILDERS))
-    ap.add_argument("--exporters", default="dynamo,ts")
+    ap.add_argument(
+        "--exporters",
+        default="dynamo,ts",
+        help="dynamo: dynamo=True at its default opset; dynamo17: dynamo=True, opset 17; ts: dynamo=False, opset 17",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ort", action="store_true", help="skip the onnxruntime cross-check")
     ap.add_argument("--skip-export", action="store_true", help="reuse the exported models in --out")

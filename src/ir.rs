@@ -20,6 +20,29 @@ pub enum ConstRef {
     ConstantNode(usize),
 }
 
+impl ConstRef {
+    pub fn tensor(self, g: &GraphProto) -> &TensorProto {
+        match self {
+            ConstRef::Initializer(i) => &g.initializer[i],
+            ConstRef::ConstantNode(i) => {
+                g.node[i].attribute.iter().find(|a| a.name() == "value").and_then(|a| a.t.as_ref()).expect("resolved")
+            }
+        }
+    }
+
+    pub fn tensor_mut(self, g: &mut GraphProto) -> &mut TensorProto {
+        match self {
+            ConstRef::Initializer(i) => &mut g.initializer[i],
+            ConstRef::ConstantNode(i) => g.node[i]
+                .attribute
+                .iter_mut()
+                .find(|a| a.name() == "value")
+                .and_then(|a| a.t.as_mut())
+                .expect("resolved"),
+        }
+    }
+}
+
 pub struct Ir {
     pub dag: DiGraph<usize, ()>,
     /// Node indices (into `GraphProto::node`) in topological order.
@@ -150,12 +173,7 @@ impl Ir {
 
     /// The tensor behind a constant value name.
     pub fn const_tensor<'g>(&self, g: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
-        match self.consts.get(name)? {
-            ConstRef::Initializer(i) => g.initializer.get(*i),
-            ConstRef::ConstantNode(i) => {
-                g.node[*i].attribute.iter().find(|a| a.name() == "value").and_then(|a| a.t.as_ref())
-            }
-        }
+        self.consts.get(name).map(|&c| c.tensor(g))
     }
 
     /// The rank a value is declared with in the graph's type information, if any.

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use crate::ir::{ConstRef, Ir};
+use crate::ir::Ir;
 use crate::onnx::proto::{type_proto, AttributeProto, GraphProto, NodeProto, TensorProto};
 
 // Edits are few (a handful per layer), so their size does not matter.
@@ -104,21 +104,9 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
                 let input = g.node[node].input[slot].clone();
                 let cref = ir.const_ref(&input).expect("edits target constants");
                 if ir.const_uses.get(&cref).copied().unwrap_or(0) <= 1 {
-                    match cref {
-                        ConstRef::Initializer(i) => {
-                            tensor.name = g.initializer[i].name.clone();
-                            g.initializer[i] = tensor;
-                        }
-                        ConstRef::ConstantNode(i) => {
-                            let attr = g.node[i]
-                                .attribute
-                                .iter_mut()
-                                .find(|a| a.name() == "value")
-                                .expect("resolved at build");
-                            tensor.name = attr.t.as_ref().and_then(|t| t.name.clone());
-                            attr.t = Some(tensor);
-                        }
-                    }
+                    let stored = cref.tensor_mut(g);
+                    tensor.name = stored.name.take();
+                    *stored = tensor;
                 } else {
                     let name = names.fresh(&format!("{input}_min"));
                     tensor.name = Some(name.clone());

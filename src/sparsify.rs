@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::ir::{ConstRef, Ir};
-use crate::onnx::proto::{GraphProto, TensorProto};
+use crate::onnx::proto::GraphProto;
 use crate::onnx::tensor::{encode, with_data, Values};
 use crate::ops::{self, Ctx, Role};
 use crate::Model;
@@ -97,15 +97,6 @@ struct Prunable {
     spatial: usize,
 }
 
-fn tensor_mut<'a>(g: &'a mut GraphProto, cref: ConstRef) -> &'a mut TensorProto {
-    match cref {
-        ConstRef::Initializer(i) => &mut g.initializer[i],
-        ConstRef::ConstantNode(i) => {
-            g.node[i].attribute.iter_mut().find(|a| a.name() == "value").and_then(|a| a.t.as_mut()).expect("resolved")
-        }
-    }
-}
-
 /// Whether a graph output is reachable from node `n` without passing another linear layer.
 fn is_output_layer(g: &GraphProto, ir: &Ir, roles: &[Role], n: usize) -> bool {
     let mut stack = vec![n];
@@ -149,16 +140,7 @@ fn prunables(model: &Model, include_output_layer: bool) -> Result<Vec<Prunable>>
 }
 
 fn read(model: &Model, p: &Prunable) -> Result<(Vec<f64>, crate::onnx::tensor::FloatType)> {
-    let t = match p.cref {
-        ConstRef::Initializer(i) => &model.graph().initializer[i],
-        ConstRef::ConstantNode(i) => model.graph().node[i]
-            .attribute
-            .iter()
-            .find(|a| a.name() == "value")
-            .and_then(|a| a.t.as_ref())
-            .expect("resolved"),
-    };
-    let v = Values::of(t)?;
+    let v = Values::of(p.cref.tensor(model.graph()))?;
     Ok(((0..v.len()).map(|i| v.get(i)).collect(), v.dtype))
 }
 
@@ -228,7 +210,7 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
             zeros_before: before,
             zeros_after: zeros(&new),
         });
-        let t = tensor_mut(model.graph_mut(), p.cref);
+        let t = p.cref.tensor_mut(model.graph_mut());
         *t = with_data(t, t.dims.clone(), dtype, encode(dtype, &new));
     }
     Ok(summarize(changes))
@@ -288,7 +270,7 @@ pub fn release(
             zeros_before: before,
             zeros_after: zeros(&new),
         });
-        let t = tensor_mut(model.graph_mut(), p.cref);
+        let t = p.cref.tensor_mut(model.graph_mut());
         *t = with_data(t, t.dims.clone(), dtype, encode(dtype, &new));
     }
     Ok(summarize(changes))
