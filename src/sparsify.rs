@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::ir::{ConstRef, Ir};
 use crate::onnx::proto::GraphProto;
-use crate::onnx::tensor::{encode, with_data, Values};
+use crate::onnx::tensor::{encode, with_data, FloatType, Values};
 use crate::ops::{self, Ctx, Role};
 use crate::Model;
 
@@ -139,7 +139,7 @@ fn prunables(model: &Model, include_output_layer: bool) -> Result<Vec<Prunable>>
     Ok(out)
 }
 
-fn read(model: &Model, p: &Prunable) -> Result<(Vec<f64>, crate::onnx::tensor::FloatType)> {
+fn read(model: &Model, p: &Prunable) -> Result<(Vec<f64>, FloatType)> {
     let v = Values::of(p.cref.tensor(model.graph()))?;
     Ok(((0..v.len()).map(|i| v.get(i)).collect(), v.dtype))
 }
@@ -204,14 +204,7 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
     for ((p, (w, dtype)), cut) in targets.iter().zip(weights).zip(cut) {
         let before = zeros(&w);
         let new: Vec<f64> = w.iter().zip(&cut).map(|(&x, &c)| if c { 0.0 } else { x }).collect();
-        changes.push(TensorChange {
-            tensor: p.name.clone(),
-            elements: new.len(),
-            zeros_before: before,
-            zeros_after: zeros(&new),
-        });
-        let t = p.cref.tensor_mut(model.graph_mut());
-        *t = with_data(t, t.dims.clone(), dtype, encode(dtype, &new));
+        changes.push(store(model, p, before, &new, dtype));
     }
     Ok(summarize(changes))
 }
@@ -264,16 +257,16 @@ pub fn release(
                 })
                 .collect()
         };
-        changes.push(TensorChange {
-            tensor: p.name.clone(),
-            elements: new.len(),
-            zeros_before: before,
-            zeros_after: zeros(&new),
-        });
-        let t = p.cref.tensor_mut(model.graph_mut());
-        *t = with_data(t, t.dims.clone(), dtype, encode(dtype, &new));
+        changes.push(store(model, p, before, &new, dtype));
     }
     Ok(summarize(changes))
+}
+
+/// Writes a weight back in its own type, and says what changed.
+fn store(model: &mut Model, p: &Prunable, zeros_before: usize, new: &[f64], dtype: FloatType) -> TensorChange {
+    let t = p.cref.tensor_mut(model.graph_mut());
+    *t = with_data(t, t.dims.clone(), dtype, encode(dtype, new));
+    TensorChange { tensor: p.name.clone(), elements: new.len(), zeros_before, zeros_after: zeros(new) }
 }
 
 fn summarize(tensors: Vec<TensorChange>) -> SparsifyReport {

@@ -120,6 +120,13 @@ fn minimize_as(m: &onnx_minimize::onnx::proto::ModelProto, form: ClnForm) -> onn
     minimize_file(&input, Some(&dir.path().join("out.onnx")), &opts, &|_| {}).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Every layer reading the stream reads `to` of its `from` channels, and the result verified.
+fn assert_stream_shrinks(r: onnx_minimize::report::Report, from: usize, to: usize, what: &str) {
+    let readers = r.layers.iter().filter(|l| l.inputs_before == from);
+    assert!(readers.clone().all(|l| l.inputs_after == to), "{what}: {:?}", r.layers);
+    assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{what}");
+}
+
 fn minimize(m: &onnx_minimize::onnx::proto::ModelProto) -> onnx_minimize::report::Report {
     minimize_as(m, ClnForm::Ops)
 }
@@ -137,12 +144,7 @@ fn constant_stream_channels_leave_through_compensated_layernorm() {
 fn both_compensated_layernorm_forms_are_exact() {
     for form in [ClnForm::Ops, ClnForm::Concat] {
         let r = minimize_as(&pre_ln_stack(11, 8, 3, &[0, 3, 7], true), form);
-        assert!(
-            r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
-            "{form:?}: {:?}",
-            r.layers
-        );
-        assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{form:?}");
+        assert_stream_shrinks(r, 8, 5, &format!("{form:?}"));
     }
 }
 
@@ -150,12 +152,7 @@ fn both_compensated_layernorm_forms_are_exact() {
 fn rmsnorm_streams_shrink_in_both_forms() {
     for form in [ClnForm::Ops, ClnForm::Concat] {
         let r = minimize_as(&stack(5, 8, 2, &[2, 3, 5], true, Kind::RmsNorm), form);
-        assert!(
-            r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
-            "{form:?}: {:?}",
-            r.layers
-        );
-        assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{form:?}");
+        assert_stream_shrinks(r, 8, 5, &format!("{form:?}"));
     }
 }
 
@@ -163,12 +160,7 @@ fn rmsnorm_streams_shrink_in_both_forms() {
 fn decomposed_norms_are_recognised_and_compensated() {
     for kind in [Kind::LayerNormOps, Kind::RmsNormOps] {
         let r = minimize(&stack(9, 8, 2, &[0, 6, 7], true, kind));
-        assert!(
-            r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
-            "{kind:?}: {:?}",
-            r.layers
-        );
-        assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{kind:?}");
+        assert_stream_shrinks(r, 8, 5, &format!("{kind:?}"));
     }
 }
 
