@@ -290,12 +290,17 @@ def build_vit(gen):
         proj.bias.data[cs] = torch.tensor([0.3, -0.2])
         model.embeddings.cls_token.data[..., cs] = torch.tensor([0.3, -0.2])
         model.embeddings.position_embeddings.data[..., cs] = 0.0
-        for layer in model.encoder.layer:
-            zero_out_units(layer.attention.output.dense, cs, bias=0.0)
-            zero_out_units(layer.output.dense, cs, bias=0.0)
+        layers = model.layers if hasattr(model, "layers") else model.encoder.layer
+        for layer in layers:
+            if hasattr(layer, "mlp"):  # transformers >= 5 naming
+                writers, up = (layer.attention.o_proj, layer.mlp.fc2), layer.mlp.fc1
+            else:
+                writers, up = (layer.attention.output.dense, layer.output.dense), layer.intermediate.dense
+            for w in writers:
+                zero_out_units(w, cs, bias=0.0)
             zero_norm_gamma(layer.layernorm_before, cs)
             zero_norm_gamma(layer.layernorm_after, cs)
-            up_projection_units(layer.intermediate.dense, gen)
+            up_projection_units(up, gen)
         zero_norm_gamma(model.layernorm, cs)
     x = torch.randn(2, 3, 32, 32, generator=gen)
     return dict(

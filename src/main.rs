@@ -26,7 +26,8 @@ EXAMPLES:
     onnx-minimize pruned.onnx --dry-run --report report.json
 
 HOW IT WORKS:
-  A channel (a unit of a Gemm/MatMul layer and every elementwise tensor that carries it) leaves
+  A channel (a unit of a Gemm/MatMul layer or a Conv filter, and every tensor that carries it:
+  activations, residual streams, LayerNorms, concatenations) leaves
   the model when no output depends on it: its weights into needed units are zero, or it is the
   same constant for every input, in which case that constant is folded into the next layer's
   bias. Channels that meet an operator without a rule, a graph input or a graph output are kept,
@@ -39,8 +40,9 @@ EXIT STATUS:
 
 /// Make a pruned ONNX model physically smaller without changing what it computes.
 ///
-/// Removes the units that pruning made dead or constant from fully-connected layers, folds the
-/// constants into biases, and verifies the result with tract before writing it.
+/// Removes the channels that pruning made dead or constant (units of Gemm/MatMul layers,
+/// convolution filters, LayerNorm stream channels), folds the constants into biases, and verifies
+/// the result with tract before writing it.
 #[derive(Parser)]
 #[command(
     version,
