@@ -393,6 +393,23 @@ impl<'g> Analysis<'g> {
                             self.force(o, format!("{who}: it reshapes the channel axis"));
                         }
                     }
+                    Layout::ReshapeLast { .. } => {
+                        let x = acts[0];
+                        if self.axis[x] == Some(-1) {
+                            changed |= self.set(|s| &mut s.axis, o, -1, &who);
+                            for (a, b) in [(x, o), (o, x)] {
+                                if let Some(w) = self.width[a] {
+                                    changed |= self.set(|s| &mut s.width, b, w, &who);
+                                }
+                            }
+                            if let Some(b) = self.block[x] {
+                                changed |= self.set(|s| &mut s.block, o, b, &who);
+                            }
+                        } else if self.axis[x].is_some() {
+                            self.force(x, format!("{who}: it reshapes the channel axis"));
+                            self.force(o, format!("{who}: it reshapes the channel axis"));
+                        }
+                    }
                     Layout::Reduce { axes, keepdims } => {
                         let x = acts[0];
                         let (Some(r), Some(p)) = (self.rank[x], self.position(x)) else { return changed };
@@ -523,6 +540,12 @@ impl<'g> Analysis<'g> {
             let entries = self.block[o].map(|b| (width * b) as i64);
             if last != -1 && Some(last) != entries {
                 return Err(format!("its target shape {shape:?} does not end in the channel entries"));
+            }
+        }
+        if let Layout::ReshapeLast { last: Some((m, s)) } = p.layout {
+            let last = int64s(self.cx.const_tensor(&self.cx.graph.node[m].input[s]).expect("checked by the rule"))[0];
+            if last != -1 && Some(last) != self.block[o].map(|b| (width * b) as i64) {
+                return Err(format!("its target shape ends in {last}, not the channel entries"));
             }
         }
         let mut out = vec![];
@@ -943,6 +966,13 @@ impl<'g> Analysis<'g> {
                                 _ => prm.values.gather(keep.iter().copied()),
                             };
                             edits.push(Edit::Const { node: n, slot, tensor: with_data(t, dims, dtype, raw) });
+                        }
+                    }
+                    if let Layout::ReshapeLast { last: Some((m, s)) } = p.layout {
+                        let t = self.cx.const_tensor(&g.node[m].input[s]).expect("constant");
+                        if int64s(t)[0] != -1 {
+                            let entries = (keep.len() * self.block[o].expect("checked")) as i64;
+                            edits.push(Edit::Const { node: m, slot: s, tensor: with_int64s(t, &[entries]) });
                         }
                     }
                     if let Layout::Reshape { slot } = p.layout {

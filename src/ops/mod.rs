@@ -82,6 +82,11 @@ pub enum Layout {
     /// Reshape to the constant shape at `slot`: either keeps the last axis, or flattens a feature
     /// map into `[batch, features]`.
     Reshape { slot: usize },
+    /// A reshape whose target shape is computed (`Concat` of dimensions, as exporters build
+    /// `x.view(B, T, C)`) but whose last entry is the channel entries, kept whole: a constant at
+    /// (node, slot), rewritten with the width, or `None` when it is the input's own last
+    /// dimension read back with `Shape`.
+    ReshapeLast { last: Option<(usize, usize)> },
     /// A reduction over `axes`, which must not include the channel axis.
     Reduce { axes: Vec<i64>, keepdims: bool },
     /// A permutation of the axes: the channel axis moves to where `perm` puts it.

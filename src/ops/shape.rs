@@ -52,7 +52,14 @@ impl OpRule for Reshape {
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         let Some(shape) = node.input.get(1).and_then(|s| cx.const_tensor(s)) else {
-            return Role::Opaque("its target shape is computed, not constant".into());
+            return match computed_last(node, cx) {
+                Some(last) => {
+                    let mut p = Pointwise::identity();
+                    p.layout = Layout::ReshapeLast { last };
+                    Role::Pointwise(p)
+                }
+                None => Role::Opaque("its target shape is computed, and its last entry is not known".into()),
+            };
         };
         if shape.data_type() != DataType::Int64 as i32 || shape.dims.len() != 1 {
             return Role::Opaque("its shape is not a 1-D int64 constant".into());
@@ -64,6 +71,49 @@ impl OpRule for Reshape {
         p.layout = Layout::Reshape { slot: 1 };
         Role::Pointwise(p)
     }
+}
+
+/// For a shape built as `Concat(..., last)`: `Some(Some(loc))` when `last` is a one-element
+/// constant (at node, slot), `Some(None)` when it is the reshaped tensor's own last dimension
+/// read back with `Shape`, `None` otherwise.
+fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(usize, usize)>> {
+    let g = cx.graph;
+    let producer = |name: &str| cx.ir.producer.get(name).copied();
+    let concat = producer(node.input.get(1)?)?;
+    let c = &g.node[concat];
+    if c.op_type() != "Concat" || c.attr_i("axis", 0) != 0 {
+        return None;
+    }
+    let slot = c.input.len().checked_sub(1)?;
+    let last = &c.input[slot];
+    if let Some(t) = cx.const_tensor(last) {
+        return (t.data_type() == DataType::Int64 as i32 && int64s(t).len() == 1).then_some(Some((concat, slot)));
+    }
+    // The last dimension of x, the reshaped tensor, read back: Gather(Shape(x), -1) or
+    // Slice(Shape(x), -1, end), through Unsqueeze/Squeeze (TorchScript adds both).
+    let mut at = producer(last)?;
+    while matches!(g.node[at].op_type(), "Unsqueeze" | "Squeeze") {
+        at = producer(g.node[at].input.first()?)?;
+    }
+    let pick = &g.node[at];
+    let ints =
+        |slot: usize| pick.input.get(slot).filter(|s| !s.is_empty()).and_then(|i| cx.const_tensor(i)).map(int64s);
+    let last_of_shape = match pick.op_type() {
+        "Gather" => ints(1) == Some(vec![-1]),
+        "Slice" => {
+            ints(1) == Some(vec![-1])
+                && ints(2).is_some_and(|e| e.len() == 1 && e[0] >= i32::MAX as i64)
+                && ints(3).is_none_or(|a| a == [0])
+                && ints(4).is_none_or(|s| s == [1])
+        }
+        _ => false,
+    };
+    let shape = &g.node[producer(pick.input.first()?)?];
+    let follows = last_of_shape
+        && shape.op_type() == "Shape"
+        && shape.attribute.is_empty()
+        && shape.input.first() == node.input.first();
+    follows.then_some(None)
 }
 
 impl OpRule for Flatten {

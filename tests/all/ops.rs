@@ -186,3 +186,33 @@ fn typed_fields_and_bfloat16_weights() {
     let b2 = m.graph().initializer.iter().find(|t| t.name() == "b2").unwrap();
     assert_eq!(Values::of(b2).unwrap().dtype, FloatType::Bf16);
 }
+
+/// `x.view(B, -1, C)` as exporters build it: the target shape is a `Concat` of dimensions read
+/// with `Shape` and of constants; its last entry (the channels) is rewritten.
+#[test]
+fn computed_reshape_shapes_with_a_constant_channel_entry() {
+    let int64 = |name: &str, vals: &[i64]| onnx_minimize::onnx::proto::TensorProto {
+        name: Some(name.into()),
+        dims: vec![vals.len() as i64],
+        data_type: Some(7),
+        int64_data: vals.to_vec(),
+        ..Default::default()
+    };
+    let mut g = G::new("x", &[B, Some(2), Some(4)]);
+    let mut w1 = g.rand(4 * 6);
+    (0..4).for_each(|c| w1[c * 6 + 1] = 0.0); // unit 1: constant
+    g.init("w1", &[4, 6], &w1).init("b1", &[6], &[0.1, 0.5, 0.2, 0.3, 0.4, 0.6]);
+    g.g.initializer.extend([int64("zero", &[0]), int64("minus_one", &[-1]), int64("channels", &[6])]);
+    g.op("MatMul", &["x", "w1"], "mm", vec![]).op("Add", &["mm", "b1"], "h", vec![]).op("Tanh", &["h"], "a", vec![]);
+    g.op("Shape", &["x"], "shape", vec![]).op("Gather", &["shape", "zero"], "batch", vec![attr_i("axis", 0)]);
+    g.op("Concat", &["batch", "minus_one", "channels"], "target", vec![attr_i("axis", 0)]);
+    g.op("Reshape", &["a", "target"], "r", vec![]);
+    g.weight("w2", 3, 6, &[]);
+    g.op("MatMul", &["r", "w2_t"], "y", vec![]);
+    let w2 = g.rand(6 * 3);
+    g.init("w2_t", &[6, 3], &w2);
+    let (r, m) = minimize(&g.model("y", &[B, Some(2), Some(3)]));
+    assert_eq!(widths(&r), vec![(4, 5), (5, 3)]);
+    let channels = m.graph().initializer.iter().find(|t| t.name() == "channels").unwrap();
+    assert_eq!(onnx_minimize::onnx::tensor::int64s(channels), vec![5]);
+}
