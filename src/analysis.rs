@@ -774,6 +774,15 @@ impl<'g> Analysis<'g> {
     fn backward(&mut self) {
         let g = self.cx.graph;
         self.needed = self.consts.iter().map(|c| vec![false; c.len()]).collect();
+        // Graph outputs are needed, and so is everything kept whole for another reason (an
+        // opaque producer, a layout the analysis cannot follow): whatever reads it may use every
+        // channel. Graph inputs have nothing upstream, and their unused features are reported.
+        let inputs: Vec<usize> = self.cx.ir.inputs.iter().filter_map(|i| self.value(i)).collect();
+        for v in 0..self.names.len() {
+            if !self.forced[v].is_empty() && !inputs.contains(&v) {
+                self.needed[v].iter_mut().for_each(|x| *x = true);
+            }
+        }
         for o in &self.cx.ir.outputs {
             if let Some(v) = self.value(o) {
                 self.needed[v].iter_mut().for_each(|x| *x = true);
@@ -782,6 +791,13 @@ impl<'g> Analysis<'g> {
         for &n in self.cx.ir.order.iter().rev() {
             let node = &g.node[n];
             let mut marks: Vec<(usize, usize)> = vec![];
+            // An output whose channels the analysis could not lay out may be used in full.
+            let unknown = node.output.iter().filter_map(|o| self.value(o)).any(|v| self.width[v].is_none());
+            if unknown && !matches!(self.roles[n], Role::Inner) {
+                for v in node.input.iter().filter_map(|i| self.value(i)) {
+                    marks.extend((0..self.needed[v].len()).map(|c| (v, c)));
+                }
+            }
             match &self.roles[n] {
                 Role::Inner => {}
                 Role::Opaque(_) => {
