@@ -216,3 +216,32 @@ fn computed_reshape_shapes_with_a_constant_channel_entry() {
     let channels = m.graph().initializer.iter().find(|t| t.name() == "channels").unwrap();
     assert_eq!(onnx_minimize::onnx::tensor::int64s(channels), vec![5]);
 }
+
+/// Regression (Swin's head): a Transpose whose rank is unknown cannot be followed, so the tensor
+/// before it is kept whole, and everything it depends on must stay exact.
+#[test]
+fn a_layout_the_analysis_cannot_follow_keeps_its_inputs_needed() {
+    let mut g = G::new("x", &[B, Some(3), Some(4)]);
+    g.weight("w1", 4, 6, &[]).init("b1", &[6], &[0.3; 6]).weight("w2", 6, 4, &[1, 4]);
+    g.op("MatMul", &["x", "w1"], "h", vec![]).op("Add", &["h", "b1"], "hb", vec![]).op("Relu", &["hb"], "a", vec![]);
+    g.op("MatMul", &["a", "w2"], "o", vec![]);
+    g.op("Transpose", &["o"], "t", vec![crate::common::attr_ints("perm", &[0, 2, 1])]);
+    g.op("GlobalAveragePool", &["t"], "p", vec![]).op("Flatten", &["p"], "f", vec![attr_i("axis", 1)]);
+    g.weight("w3", 2, 4, &[]);
+    g.op("Gemm", &["f", "w3"], "y", vec![attr_i("transB", 1)]);
+    let mut m = g.model("y", &[B, Some(2)]);
+    // No declared shape for the input: no rank anywhere, as in TorchScript exports.
+    let input = &mut m.graph.as_mut().unwrap().input[0];
+    if let Some(onnx_minimize::onnx::proto::type_proto::Value::TensorType(t)) =
+        input.r#type.as_mut().unwrap().value.as_mut()
+    {
+        t.shape = None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "in.onnx", &m);
+    let mut opts = Options::default();
+    opts.verify.as_mut().unwrap().input_shapes.insert("x".into(), vec![2, 3, 4]);
+    let r = minimize_file(&path, Some(&dir.path().join("out.onnx")), &opts, &|_| {}).unwrap_or_else(|e| panic!("{e}"));
+    // Hidden units 1 and 4 feed nothing and leave; the rest is needed.
+    assert_eq!(widths(&r), vec![(4, 4), (4, 4), (4, 2)]);
+}
