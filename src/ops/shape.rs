@@ -79,9 +79,12 @@ impl OpRule for Reshape {
 fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(usize, usize)>> {
     let g = cx.graph;
     let producer = |name: &str| cx.ir.producer.get(name).copied();
-    let concat = producer(node.input.get(1)?)?;
+    let target = node.input.get(1)?;
+    let concat = producer(target)?;
     let c = &g.node[concat];
-    if c.op_type() != "Concat" || c.attr_i("axis", 0) != 0 {
+    // A target shape shared by other reshapes (exporters compute one and reuse it) cannot be
+    // rewritten for this one alone.
+    if c.op_type() != "Concat" || c.attr_i("axis", 0) != 0 || cx.ir.readers(target).len() != 1 {
         return None;
     }
     let slot = c.input.len().checked_sub(1)?;

@@ -245,3 +245,36 @@ fn a_layout_the_analysis_cannot_follow_keeps_its_inputs_needed() {
     // Hidden units 1 and 4 feed nothing and leave; the rest is needed.
     assert_eq!(widths(&r), vec![(4, 4), (4, 4), (4, 2)]);
 }
+
+/// Regression (GPT-2, dynamo): one computed target shape shared by the reshapes of two layers
+/// that lose different units must not be rewritten for either.
+#[test]
+fn a_computed_shape_shared_by_two_reshapes_is_left_alone() {
+    let int64 = |name: &str, vals: &[i64]| onnx_minimize::onnx::proto::TensorProto {
+        name: Some(name.into()),
+        dims: vec![vals.len() as i64],
+        data_type: Some(7),
+        int64_data: vals.to_vec(),
+        ..Default::default()
+    };
+    let mut g = G::new("x", &[B, Some(2), Some(4)]);
+    g.g.initializer.extend([int64("zero", &[0]), int64("minus_one", &[-1]), int64("hidden", &[6])]);
+    g.op("Shape", &["x"], "shape", vec![]).op("Gather", &["shape", "zero"], "batch", vec![attr_i("axis", 0)]);
+    g.op("Concat", &["batch", "minus_one", "hidden"], "target", vec![attr_i("axis", 0)]);
+    let mut cur = "x".to_string();
+    for (i, zero_cols) in [[1usize, 2], [0, 5]].iter().enumerate() {
+        let mut w = g.rand(4 * 6);
+        (0..4).for_each(|c| zero_cols.iter().for_each(|&j| w[c * 6 + j] = 0.0));
+        let v = g.rand(24);
+        g.init(&format!("w{i}"), &[4, 6], &w).init(&format!("v{i}"), &[6, 4], &v);
+        g.op("MatMul", &[&cur, &format!("w{i}")], &format!("h{i}"), vec![]);
+        g.op("Reshape", &[&format!("h{i}"), "target"], &format!("r{i}"), vec![]);
+        g.op("Tanh", &[&format!("r{i}")], &format!("a{i}"), vec![]);
+        g.op("MatMul", &[&format!("a{i}"), &format!("v{i}")], &format!("o{i}"), vec![]);
+        cur = format!("o{i}");
+    }
+    g.op("Identity", &[&cur], "y", vec![]);
+    let (r, _) = minimize(&g.model("y", &[B, Some(2), Some(4)]));
+    assert!(r.layers.iter().all(|l| l.outputs_after == l.outputs_before), "{:?}", r.layers);
+    assert!(r.blocked.iter().any(|b| b.reasons.iter().any(|w| w.contains("Reshape"))), "{:?}", r.blocked);
+}
