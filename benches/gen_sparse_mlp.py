@@ -54,30 +54,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from counts import parse_count, size_tag  # noqa: E402
+
 ALIGN = 4096
 CHUNK_ELEMS = 8 * 1024 * 1024
-
-
-def size_tag(n: int) -> str:
-    """Compact, file-name friendly spelling of a parameter count: 1e9, 5e7, 15e5, 266610."""
-    n = int(n)
-    if n <= 0:
-        return str(n)
-    k = 0
-    m = n
-    while m % 10 == 0:
-        m //= 10
-        k += 1
-    return f"{m}e{k}" if k >= 3 else str(n)
-
-
-def parse_count(s: str) -> int:
-    """'1e9', '5e7', '1000000', '1_000_000' -> int."""
-    s = s.strip().replace("_", "")
-    try:
-        return int(s)
-    except ValueError:
-        return int(round(float(s)))
 
 
 def model_paths(out_dir: str, n: int) -> tuple[str, str, str]:

@@ -54,6 +54,9 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from counts import parse_count, size_tag  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LENET = os.path.join(ROOT, "fixtures", "lenet300_pruned_dynamo.onnx")
@@ -141,27 +144,6 @@ else:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def size_tag(n: int) -> str:
-    """Same spelling as gen_sparse_mlp.size_tag (not imported: it would pull numpy into
-    this process, whose RSS every child inherits as a floor)."""
-    n = int(n)
-    if n <= 0:
-        return str(n)
-    k, m = 0, n
-    while m % 10 == 0:
-        m //= 10
-        k += 1
-    return f"{m}e{k}" if k >= 3 else str(n)
-
-
-def parse_count(s: str) -> int:
-    s = s.strip().replace("_", "")
-    try:
-        return int(s)
-    except ValueError:
-        return int(round(float(s)))
 
 
 def self_rss_mb() -> float:

@@ -98,14 +98,7 @@ fn residual_concat_and_split_streams() {
     g.conv("x", "wc", None, "c", 0, 1);
     g.op("Concat", &["rs", "c"], "cat", vec![attr_i("axis", 1)]);
     // Split it back into 7 + 3 channels, each read by its own 1x1 conv, then summed.
-    let split = onnx_minimize::onnx::proto::TensorProto {
-        name: Some("sizes".into()),
-        dims: vec![2],
-        data_type: Some(7),
-        int64_data: vec![7, 3],
-        ..Default::default()
-    };
-    g.g.initializer.push(split);
+    g.g.initializer.push(crate::common::int64_tensor("sizes", &[7, 3]));
     g.g.node.push(crate::common::node("Split", "split", &["cat", "sizes"], &["s1", "s2"], vec![attr_i("axis", 1)]));
     g.conv_weight("w1", 2, 7, 1, &[], &[]).conv_weight("w2", 2, 3, 1, &[], &[]);
     g.conv("s1", "w1", None, "y1", 0, 1).conv("s2", "w2", None, "y2", 0, 1);

@@ -14,6 +14,16 @@ pub fn f32_tensor(name: &str, dims: &[usize], vals: &[f32]) -> TensorProto {
     }
 }
 
+pub fn int64_tensor(name: &str, vals: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![vals.len() as i64],
+        data_type: Some(tensor_proto::DataType::Int64 as i32),
+        int64_data: vals.to_vec(),
+        ..Default::default()
+    }
+}
+
 pub fn value_info(name: &str, elem: tensor_proto::DataType, dims: &[Option<usize>]) -> ValueInfoProto {
     use tensor_shape_proto::{dimension::Value, Dimension};
     let dim = dims

@@ -1,6 +1,6 @@
 //! Operator patterns exporters emit, each built by hand, minimized, and checked by tract.
 
-use crate::common::{attr_f, attr_i, write, G};
+use crate::common::{attr_f, attr_i, int64_tensor, write, G};
 use onnx_minimize::onnx::proto::{attribute_proto::AttributeType, AttributeProto, ModelProto};
 use onnx_minimize::report::Report;
 use onnx_minimize::{minimize_file, Options};
@@ -85,14 +85,7 @@ fn constant_node_weights_and_a_channel_keeping_reshape() {
     };
     g.g.node.push(crate::common::node("Constant", "const_w", &[], &["w"], vec![value]));
     g.init("b", &[5], &[0.1, 0.2, 0.3, 0.4, 0.5]);
-    let shape = onnx_minimize::onnx::proto::TensorProto {
-        name: Some("shape".into()),
-        dims: vec![2],
-        data_type: Some(7),
-        int64_data: vec![-1, 5],
-        ..Default::default()
-    };
-    g.g.initializer.push(shape);
+    g.g.initializer.push(int64_tensor("shape", &[-1, 5]));
     g.op("MatMul", &["x", "w"], "mm", vec![]).op("Add", &["mm", "b"], "h", vec![]).op("Tanh", &["h"], "t", vec![]);
     g.op("Reshape", &["t", "shape"], "flat", vec![]);
     g.weight("w2", 3, 5, &[]);
@@ -191,18 +184,15 @@ fn typed_fields_and_bfloat16_weights() {
 /// with `Shape` and of constants; its last entry (the channels) is rewritten.
 #[test]
 fn computed_reshape_shapes_with_a_constant_channel_entry() {
-    let int64 = |name: &str, vals: &[i64]| onnx_minimize::onnx::proto::TensorProto {
-        name: Some(name.into()),
-        dims: vec![vals.len() as i64],
-        data_type: Some(7),
-        int64_data: vals.to_vec(),
-        ..Default::default()
-    };
     let mut g = G::new("x", &[B, Some(2), Some(4)]);
     let mut w1 = g.rand(4 * 6);
     (0..4).for_each(|c| w1[c * 6 + 1] = 0.0); // unit 1: constant
     g.init("w1", &[4, 6], &w1).init("b1", &[6], &[0.1, 0.5, 0.2, 0.3, 0.4, 0.6]);
-    g.g.initializer.extend([int64("zero", &[0]), int64("minus_one", &[-1]), int64("channels", &[6])]);
+    g.g.initializer.extend([
+        int64_tensor("zero", &[0]),
+        int64_tensor("minus_one", &[-1]),
+        int64_tensor("channels", &[6]),
+    ]);
     g.op("MatMul", &["x", "w1"], "mm", vec![]).op("Add", &["mm", "b1"], "h", vec![]).op("Tanh", &["h"], "a", vec![]);
     g.op("Shape", &["x"], "shape", vec![]).op("Gather", &["shape", "zero"], "batch", vec![attr_i("axis", 0)]);
     g.op("Concat", &["batch", "minus_one", "channels"], "target", vec![attr_i("axis", 0)]);
@@ -250,15 +240,12 @@ fn a_layout_the_analysis_cannot_follow_keeps_its_inputs_needed() {
 /// that lose different units must not be rewritten for either.
 #[test]
 fn a_computed_shape_shared_by_two_reshapes_is_left_alone() {
-    let int64 = |name: &str, vals: &[i64]| onnx_minimize::onnx::proto::TensorProto {
-        name: Some(name.into()),
-        dims: vec![vals.len() as i64],
-        data_type: Some(7),
-        int64_data: vals.to_vec(),
-        ..Default::default()
-    };
     let mut g = G::new("x", &[B, Some(2), Some(4)]);
-    g.g.initializer.extend([int64("zero", &[0]), int64("minus_one", &[-1]), int64("hidden", &[6])]);
+    g.g.initializer.extend([
+        int64_tensor("zero", &[0]),
+        int64_tensor("minus_one", &[-1]),
+        int64_tensor("hidden", &[6]),
+    ]);
     g.op("Shape", &["x"], "shape", vec![]).op("Gather", &["shape", "zero"], "batch", vec![attr_i("axis", 0)]);
     g.op("Concat", &["batch", "minus_one", "hidden"], "target", vec![attr_i("axis", 0)]);
     let mut cur = "x".to_string();
