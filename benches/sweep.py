@@ -1291,92 +1291,91 @@ def main() -> int:
         (n, e, p) for n in args.models.split(",") for p in args.precisions.split(",") for e in args.exporters.split(",")
     ]
     for name, exporter, precision in combos:
-        if True:
-            tag = f"{name}_{exporter}" + ("" if precision == "fp32" else f"_{precision}")
-            tag += "" if args.prune == "mild" else f"_{args.prune}"
-            src = os.path.join(args.out, f"{tag}.onnx")
-            row = dict(model=name, exporter=exporter, precision=precision, prune=args.prune, path=src)
-            gen = torch.Generator().manual_seed(args.seed)
-            torch.manual_seed(args.seed)
-            t = time.time()
-            try:
-                spec = BUILDERS[name](gen)
-                if precision == "fp16":
-                    spec["module"] = spec["module"].half()
-                    spec["inputs"] = tuple(x.half() if x.is_floating_point() else x for x in spec["inputs"])
-                if not (args.skip_export and os.path.exists(src)):
-                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-                        row["export"] = export(spec, exporter, src)
-                row["export_seconds"] = round(time.time() - t, 1)
-            except Exception as e:  # noqa: BLE001
-                msg = str(e)
-                if "## Exception summary" in msg:  # the dynamo exporter's own report: keep the cause
-                    msg = msg.split("## Exception summary", 1)[1].strip()
-                row["export_error"] = f"{type(e).__name__}: {msg}"[:2000]
-                row["export_traceback"] = traceback.format_exc()[-3000:]
-                print(f"{tag}: export failed: {row['export_error'][:300]!r}", flush=True)
-                results.append(row)
-                continue
-            for vname in args.variants.split(","):
-                vtag = tag if vname == "default" else f"{tag}_{vname}"
-                dst = os.path.join(args.out, f"{vtag}_min.onnx")
-                rep = os.path.join(args.out, f"{vtag}_report.json")
-                for stale in (dst, rep):
-                    if os.path.exists(stale):
-                        os.remove(stale)
-                shapes = [] if vname == "noshape" else spec["shapes"]
-                cmd, rc, stderr, stdout, secs = run_minimize(binary, src, dst, rep, shapes, variants[vname])
-                with open(os.path.join(args.out, f"{vtag}_stderr.txt"), "w") as f:
-                    f.write(stderr)
-                r = dict(row, variant=vname, exit=rc, seconds=round(secs, 2))
-                r["cmd"] = " ".join(shlex.quote(c) for c in cmd)
-                r.update(summarize_report(rep))
-                r["panic"] = "panicked at" in stderr or rc == 101
-                r["stderr_tail"] = stderr.strip().splitlines()[-6:]
-                check_model = dst
-                if rc in (3, 4):
-                    # 3: confirm the difference independently; 4: tract cannot run a model.
-                    # Minimize without verification and compare with onnxruntime.
-                    nv = os.path.join(args.out, f"{vtag}_min_noverify.onnx")
-                    ncmd, nrc, nerr, _, _ = run_minimize(
-                        binary, src, nv, rep + ".noverify.json", shapes, list(variants[vname]) + ["--no-verify"]
-                    )
-                    r["noverify_exit"] = nrc
-                    r["noverify_cmd"] = " ".join(shlex.quote(c) for c in ncmd)
-                    nsum = summarize_report(rep + ".noverify.json")
-                    r["params_before"] = nsum.get("params_before")
-                    r["params_after"] = nsum.get("params_after")
-                    r["blocked_reasons"] = nsum.get("blocked_reasons")
-                    check_model = nv if nrc == 0 else None
-                if rc == 4:
-                    line = next((l for l in stderr.splitlines() if "tract cannot run" in l), "")
-                    r["tract_error"] = line.strip()
-                    # the rewritten model is run from a private folder beside the output
-                    r["tract_failed_on"] = "minimized" if ".onnx-minimize-" in line else "original"
-                if not args.no_ort and check_model and os.path.exists(check_model):
-                    d, note = ort_compare(src, check_model, spec["ort_inputs"], args.seed)
-                    r["ort_dev"] = d
-                    if note:
-                        r["ort_note"] = note
-                if rc == 0 and vname == "default":
-                    # a second run on the output must succeed and remove nothing more
-                    again = os.path.join(args.out, f"{vtag}_min2.onnx")
-                    _, rc2, err2, _, _ = run_minimize(binary, dst, again, rep + ".again.json", shapes, [])
-                    s2 = summarize_report(rep + ".again.json")
-                    r["rerun_exit"] = rc2
-                    r["rerun_params"] = s2.get("params_after")
-                    r["rerun_ok"] = rc2 == 0 and s2.get("params_after") == r.get("params_after")
-                    if not r["rerun_ok"]:
-                        r["rerun_stderr"] = err2.strip().splitlines()[-6:]
-                r["grew"] = bool(r.get("params_after") and r.get("params_before") and r["params_after"] > r["params_before"])
-                r["failure"] = bool(
-                    r["grew"] or r.get("rerun_ok") is False or r.get("tract_failed_on") == "minimized" or
-                    r["panic"] or rc == 3 or rc not in (0, 4) or (r.get("ort_dev") or 0) > (1e-2 if precision == "fp16" else 1e-4)
+        tag = f"{name}_{exporter}" + ("" if precision == "fp32" else f"_{precision}")
+        tag += "" if args.prune == "mild" else f"_{args.prune}"
+        src = os.path.join(args.out, f"{tag}.onnx")
+        row = dict(model=name, exporter=exporter, precision=precision, prune=args.prune, path=src)
+        gen = torch.Generator().manual_seed(args.seed)
+        torch.manual_seed(args.seed)
+        t = time.time()
+        try:
+            spec = BUILDERS[name](gen)
+            if precision == "fp16":
+                spec["module"] = spec["module"].half()
+                spec["inputs"] = tuple(x.half() if x.is_floating_point() else x for x in spec["inputs"])
+            if not (args.skip_export and os.path.exists(src)):
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    row["export"] = export(spec, exporter, src)
+            row["export_seconds"] = round(time.time() - t, 1)
+        except Exception as e:  # noqa: BLE001
+            msg = str(e)
+            if "## Exception summary" in msg:  # the dynamo exporter's own report: keep the cause
+                msg = msg.split("## Exception summary", 1)[1].strip()
+            row["export_error"] = f"{type(e).__name__}: {msg}"[:2000]
+            row["export_traceback"] = traceback.format_exc()[-3000:]
+            print(f"{tag}: export failed: {row['export_error'][:300]!r}", flush=True)
+            results.append(row)
+            continue
+        for vname in args.variants.split(","):
+            vtag = tag if vname == "default" else f"{tag}_{vname}"
+            dst = os.path.join(args.out, f"{vtag}_min.onnx")
+            rep = os.path.join(args.out, f"{vtag}_report.json")
+            for stale in (dst, rep):
+                if os.path.exists(stale):
+                    os.remove(stale)
+            shapes = [] if vname == "noshape" else spec["shapes"]
+            cmd, rc, stderr, stdout, secs = run_minimize(binary, src, dst, rep, shapes, variants[vname])
+            with open(os.path.join(args.out, f"{vtag}_stderr.txt"), "w") as f:
+                f.write(stderr)
+            r = dict(row, variant=vname, exit=rc, seconds=round(secs, 2))
+            r["cmd"] = " ".join(shlex.quote(c) for c in cmd)
+            r.update(summarize_report(rep))
+            r["panic"] = "panicked at" in stderr or rc == 101
+            r["stderr_tail"] = stderr.strip().splitlines()[-6:]
+            check_model = dst
+            if rc in (3, 4):
+                # 3: confirm the difference independently; 4: tract cannot run a model.
+                # Minimize without verification and compare with onnxruntime.
+                nv = os.path.join(args.out, f"{vtag}_min_noverify.onnx")
+                ncmd, nrc, nerr, _, _ = run_minimize(
+                    binary, src, nv, rep + ".noverify.json", shapes, list(variants[vname]) + ["--no-verify"]
                 )
-                if r["failure"]:
-                    r["repro"] = f"cd {shlex.quote(ROOT)} && {r['cmd']}"
-                results.append(r)
-                print(_line(r), flush=True)
+                r["noverify_exit"] = nrc
+                r["noverify_cmd"] = " ".join(shlex.quote(c) for c in ncmd)
+                nsum = summarize_report(rep + ".noverify.json")
+                r["params_before"] = nsum.get("params_before")
+                r["params_after"] = nsum.get("params_after")
+                r["blocked_reasons"] = nsum.get("blocked_reasons")
+                check_model = nv if nrc == 0 else None
+            if rc == 4:
+                line = next((l for l in stderr.splitlines() if "tract cannot run" in l), "")
+                r["tract_error"] = line.strip()
+                # the rewritten model is run from a private folder beside the output
+                r["tract_failed_on"] = "minimized" if ".onnx-minimize-" in line else "original"
+            if not args.no_ort and check_model and os.path.exists(check_model):
+                d, note = ort_compare(src, check_model, spec["ort_inputs"], args.seed)
+                r["ort_dev"] = d
+                if note:
+                    r["ort_note"] = note
+            if rc == 0 and vname == "default":
+                # a second run on the output must succeed and remove nothing more
+                again = os.path.join(args.out, f"{vtag}_min2.onnx")
+                _, rc2, err2, _, _ = run_minimize(binary, dst, again, rep + ".again.json", shapes, [])
+                s2 = summarize_report(rep + ".again.json")
+                r["rerun_exit"] = rc2
+                r["rerun_params"] = s2.get("params_after")
+                r["rerun_ok"] = rc2 == 0 and s2.get("params_after") == r.get("params_after")
+                if not r["rerun_ok"]:
+                    r["rerun_stderr"] = err2.strip().splitlines()[-6:]
+            r["grew"] = bool(r.get("params_after") and r.get("params_before") and r["params_after"] > r["params_before"])
+            r["failure"] = bool(
+                r["grew"] or r.get("rerun_ok") is False or r.get("tract_failed_on") == "minimized" or
+                r["panic"] or rc == 3 or rc not in (0, 4) or (r.get("ort_dev") or 0) > (1e-2 if precision == "fp16" else 1e-4)
+            )
+            if r["failure"]:
+                r["repro"] = f"cd {shlex.quote(ROOT)} && {r['cmd']}"
+            results.append(r)
+            print(_line(r), flush=True)
     suffix = "" if (args.prune, args.precisions) == ("mild", "fp32") else f"_{args.prune}_{args.precisions.replace(',', '-')}"
     with open(os.path.join(args.out, f"results{suffix}.json"), "w") as f:
         json.dump({"binary": meta, "rows": results}, f, indent=1, default=str)

@@ -112,6 +112,9 @@ impl Report {
             self.after.bytes,
             ratio(self.before.bytes, self.after.bytes)
         );
+        if self.after.params > self.before.params {
+            let _ = writeln!(s, "note: the model grew: weights shared by several layers keep different slices per layer, and each layer got its own copy");
+        }
         for i in &self.gathered_inputs {
             let _ = writeln!(
                 s,

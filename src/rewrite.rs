@@ -97,6 +97,7 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
     let mut names = Names::of(g);
     let mut orphaned = HashSet::new();
     let mut structural = vec![];
+    let mut copies: std::collections::HashMap<crate::ir::ConstRef, Vec<usize>> = std::collections::HashMap::new();
     let mut gathers = vec![];
     for edit in edits {
         match edit {
@@ -108,9 +109,21 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
                     tensor.name = stored.name.take();
                     *stored = tensor;
                 } else {
-                    let name = names.fresh(&format!("{input}_min"));
-                    tensor.name = Some(name.clone());
-                    g.initializer.push(tensor);
+                    // Readers of a shared weight that keep the same slice share one copy.
+                    let same = copies.get(&cref).into_iter().flatten().copied().find(|&i| {
+                        let t: &TensorProto = &g.initializer[i];
+                        t.dims == tensor.dims && t.data_type == tensor.data_type && t.raw_data == tensor.raw_data
+                    });
+                    let name = match same {
+                        Some(i) => g.initializer[i].name.clone().unwrap_or_default(),
+                        None => {
+                            let name = names.fresh(&format!("{input}_min"));
+                            tensor.name = Some(name.clone());
+                            g.initializer.push(tensor);
+                            copies.entry(cref).or_default().push(g.initializer.len() - 1);
+                            name
+                        }
+                    };
                     g.node[node].input[slot] = name;
                     orphaned.insert(input);
                 }
