@@ -228,7 +228,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             let include = a.io.include_output_layer;
             sparsify(&a.io, "released", |m| sparsify::release(m, a.calibration, include, a.seed))
         }
-        None => minimize(cli.minimize),
+        None => {
+            let report = cli.minimize.report.clone();
+            let result = minimize(cli.minimize);
+            // Pipelines read the report whatever happened: on failure it says why.
+            if let (Err(e), Some(path)) = (&result, &report) {
+                let failure = serde_json::json!({ "error": e.to_string(), "exit_code": e.exit_code() });
+                write_report(path, &failure)?;
+            }
+            result
+        }
     }
 }
 

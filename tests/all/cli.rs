@@ -135,6 +135,14 @@ fn bad_input_gets_a_clear_error_and_no_file() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("INT32 is not a float type"));
 
+    // The JSON report says why, for pipelines.
+    let report = d.join("failure.json");
+    let o = run(&[exotic.as_os_str(), out.as_os_str(), os("--report"), report.as_os_str()]);
+    assert_eq!(o.status.code(), Some(4));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["exit_code"], 4);
+    assert!(json["error"].as_str().unwrap().contains("tract cannot run"));
+
     let good = write(d, "good.onnx", &tiny());
     check(vec![good.as_os_str(), good.as_os_str()], 2, &["is the input"]);
     check(vec![good.as_os_str()], 2, &["--dry-run"]);
