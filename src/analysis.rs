@@ -437,12 +437,7 @@ impl<'g> Analysis<'g> {
                 let ins: Vec<usize> = (0..node.input.len()).map(|s| self.input(n, s)).collect();
                 let o = self.output(n, 0);
                 let all: Vec<usize> = ins.iter().copied().chain([o]).collect();
-                if let Some(r) = all.iter().find_map(|&v| self.rank[v]) {
-                    let a = if *axis < 0 { *axis as isize } else { *axis as isize - r as isize };
-                    for &v in &all {
-                        changed |= self.set(|s| &mut s.axis, v, a, &who);
-                        changed |= self.set(|s| &mut s.rank, v, r, &who);
-                    }
+                if self.along(&all, *axis, &mut changed, &who) {
                     if let Some(total) = ins.iter().map(|&v| self.width[v]).sum::<Option<usize>>() {
                         changed |= self.set(|s| &mut s.width, o, total, &who);
                     }
@@ -456,13 +451,7 @@ impl<'g> Analysis<'g> {
                     return changed;
                 }
                 let all: Vec<usize> = outs.iter().copied().chain([x]).collect();
-                if let Some(r) = all.iter().find_map(|&v| self.rank[v]) {
-                    let a = if *axis < 0 { *axis as isize } else { *axis as isize - r as isize };
-                    for &v in &all {
-                        changed |= self.set(|s| &mut s.axis, v, a, &who);
-                        changed |= self.set(|s| &mut s.rank, v, r, &who);
-                    }
-                }
+                self.along(&all, *axis, &mut changed, &who);
                 let sizes = if sizes.is_empty() {
                     match self.width[x] {
                         Some(w) if w % outs.len() == 0 => vec![w / outs.len(); outs.len()],
@@ -481,6 +470,18 @@ impl<'g> Analysis<'g> {
             Role::Opaque(_) | Role::Inner => {}
         }
         changed
+    }
+
+    /// Concat and Split: all `values` have their channels along the operator's `axis` (as
+    /// written, possibly counted from the start), once some rank is known. Says whether it was.
+    fn along(&mut self, values: &[usize], axis: i64, changed: &mut bool, who: &str) -> bool {
+        let Some(r) = values.iter().find_map(|&v| self.rank[v]) else { return false };
+        let a = if axis < 0 { axis as isize } else { axis as isize - r as isize };
+        for &v in values {
+            *changed |= self.set(|s| &mut s.axis, v, a, who);
+            *changed |= self.set(|s| &mut s.rank, v, r, who);
+        }
+        true
     }
 
     /// `o = flatten(x)` from axis `from` (or a 2-D reshape when `None`): the channel axis either

@@ -4,14 +4,19 @@
 use crate::common::fixture;
 use onnx_minimize::{minimize_file, Options};
 
+/// The fixtures a generator's manifest lists, with what it knows about each.
+fn manifest(path: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixture(path)).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    manifest["fixtures"].as_array().unwrap().clone()
+}
+
 #[test]
 fn every_fixture_shrinks_to_its_fixpoint_and_verifies() {
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("manifest.json")).unwrap()).unwrap();
+    let fixtures = manifest("manifest.json");
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = manifest["fixtures"].as_array().unwrap();
     assert!(fixtures.len() >= 17);
-    for f in fixtures {
+    for f in &fixtures {
         let file = f["file"].as_str().unwrap();
         let out = dir.path().join(file);
         let report = minimize_file(&fixture(file), Some(&out), &Options::default(), &|_| {})
@@ -55,12 +60,10 @@ fn every_fixture_shrinks_to_its_fixpoint_and_verifies() {
 /// says an exact minimizer must keep.
 #[test]
 fn every_cnn_fixture_shrinks_exactly_as_far_as_the_padding_rule_allows() {
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("cnn/manifest.json")).unwrap()).unwrap();
+    let fixtures = manifest("cnn/manifest.json");
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = manifest["fixtures"].as_array().unwrap();
     assert!(fixtures.len() >= 14);
-    for f in fixtures {
+    for f in &fixtures {
         let file = format!("cnn/{}", f["file"].as_str().unwrap());
         let out = dir.path().join(f["file"].as_str().unwrap());
         let report = minimize_file(&fixture(&file), Some(&out), &Options::default(), &|_| {})
@@ -83,12 +86,10 @@ fn every_cnn_fixture_shrinks_exactly_as_far_as_the_padding_rule_allows() {
 /// every layer keeps exactly what the generator's float64 PyTorch reduction kept.
 #[test]
 fn every_convnext_fixture_shrinks_its_streams_through_compensated_layernorm() {
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("convnext/manifest.json")).unwrap()).unwrap();
+    let fixtures = manifest("convnext/manifest.json");
     let dir = tempfile::tempdir().unwrap();
-    let fixtures = manifest["fixtures"].as_array().unwrap();
     assert_eq!(fixtures.len(), 8);
-    for f in fixtures {
+    for f in &fixtures {
         let name = f["file"].as_str().unwrap();
         let out = dir.path().join(name);
         let report = minimize_file(&fixture(&format!("convnext/{name}")), Some(&out), &Options::default(), &|_| {})
