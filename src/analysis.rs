@@ -989,7 +989,18 @@ impl<'g> Analysis<'g> {
                         let t = self.cx.const_tensor(&g.node[m].input[s]).expect("constant");
                         if int64s(t)[0] != -1 {
                             let entries = (keep.len() * self.block[o].expect("checked")) as i64;
-                            edits.push(Edit::Const { node: m, slot: s, tensor: with_int64s(t, &[entries]) });
+                            let tensor = with_int64s(t, &[entries]);
+                            if self.cx.ir.readers(&g.node[m].output[0]).len() == 1 {
+                                edits.push(Edit::Const { node: m, slot: s, tensor });
+                            } else {
+                                edits.push(Edit::CloneProducer {
+                                    node: n,
+                                    slot: 1,
+                                    producer: m,
+                                    producer_slot: s,
+                                    tensor,
+                                });
+                            }
                         }
                     }
                     if let Layout::Reshape { slot } = p.layout {

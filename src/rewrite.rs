@@ -39,6 +39,15 @@ pub enum Edit {
         nodes: Vec<NodeProto>,
         initializers: Vec<TensorProto>,
     },
+    /// Input `slot` of `node` reads a private copy of `producer` (a target shape that other
+    /// reshapes share), whose input `producer_slot` becomes the constant `tensor`.
+    CloneProducer {
+        node: usize,
+        slot: usize,
+        producer: usize,
+        producer_slot: usize,
+        tensor: TensorProto,
+    },
     /// `node` goes (a decomposed LayerNorm's inner node, once its last node is replaced).
     Remove {
         node: usize,
@@ -91,6 +100,7 @@ enum Structural {
     Bias(Box<TensorProto>),
     Replace(Vec<NodeProto>, Vec<TensorProto>),
     Remove,
+    InsertAfter(Box<NodeProto>),
 }
 
 pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
@@ -153,6 +163,19 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
                 orphaned.extend(g.node[node].input.iter().filter(|i| ir.is_const(i)).cloned());
                 structural.push((node, Structural::Replace(nodes, initializers)));
             }
+            Edit::CloneProducer { node, slot, producer, producer_slot, mut tensor } => {
+                let mut copy = g.node[producer].clone();
+                let base = format!("{}_for_{}", copy.output[0], g.node[node].name());
+                let out = names.fresh(&base);
+                let constant = names.fresh(&format!("{base}_entry"));
+                tensor.name = Some(constant.clone());
+                g.initializer.push(tensor);
+                copy.name = Some(names.fresh(&format!("{}_copy", copy.name())));
+                copy.input[producer_slot] = constant;
+                copy.output = vec![out.clone()];
+                g.node[node].input[slot] = out;
+                structural.push((producer, Structural::InsertAfter(Box::new(copy))));
+            }
             Edit::Remove { node } => {
                 orphaned.extend(g.node[node].input.iter().filter(|i| ir.is_const(i)).cloned());
                 structural.push((node, Structural::Remove));
@@ -209,6 +232,7 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
             Structural::Remove => {
                 g.node.remove(node);
             }
+            Structural::InsertAfter(copy) => g.node.insert(node + 1, *copy),
         }
     }
     // Last, as they shift every node index: Gathers in front of all nodes.

@@ -82,9 +82,9 @@ fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(usize, usize)>> {
     let target = node.input.get(1)?;
     let concat = producer(target)?;
     let c = &g.node[concat];
-    // A target shape shared by other reshapes (exporters compute one and reuse it) cannot be
-    // rewritten for this one alone.
-    if c.op_type() != "Concat" || c.attr_i("axis", 0) != 0 || cx.ir.readers(target).len() != 1 {
+    // A target shape shared by other reshapes (exporters compute one and reuse it) gets a copy
+    // of its Concat for this reshape when rewritten.
+    if c.op_type() != "Concat" || c.attr_i("axis", 0) != 0 {
         return None;
     }
     let slot = c.input.len().checked_sub(1)?;
