@@ -130,8 +130,7 @@ pub fn minimize_file(input: &Path, output: Option<&Path>, opts: &Options, progre
             let external = opts.external_data.unwrap_or(model.had_external_data);
             progress(&format!("writing {}", out.display()));
             onnx::io::write_atomically(&model, out, external, |staged| {
-                let data =
-                    staged.with_file_name(format!("{}.data", staged.file_name().unwrap_or_default().to_string_lossy()));
+                let data = onnx::io::data_file(staged);
                 after.bytes =
                     [staged, data.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
                 if let Some(v) = &opts.verify {

@@ -184,8 +184,8 @@ impl Model {
         let external = external || self.proto.encoded_len() > i32::MAX as usize;
         let mut out = self.proto.clone();
         if external {
-            let location = format!("{}.data", path.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx"));
-            let data_path = path.with_file_name(&location);
+            let data_path = data_file(path);
+            let location = data_path.file_name().unwrap_or_default().to_string_lossy().into_owned();
             let mut data = BufWriter::with_capacity(1 << 20, File::create(&data_path).map_err(write_err(&data_path))?);
             let mut offset = 0usize;
             let graph = out.graph.as_mut().expect("checked at load");
@@ -263,6 +263,13 @@ unsafe impl bytes::BufMut for FileSink {
     }
 }
 
+/// Where the weights of a model written to `path` go when they are stored externally:
+/// `<file name>.data` beside it.
+pub fn data_file(path: &Path) -> PathBuf {
+    let name = path.file_name().map_or_else(|| "model.onnx".into(), |n| n.to_string_lossy());
+    path.with_file_name(format!("{name}.data"))
+}
+
 fn set_external(t: &mut TensorProto, location: &str, offset: usize, length: usize) {
     let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
     t.data_location = Some(DataLocation::External as i32);
@@ -295,9 +302,7 @@ pub fn write_atomically(
     let staged = staging.path().join(name);
     model.write(&staged, external)?;
     check(&staged)?;
-    let data_name = format!("{}.data", name.to_string_lossy());
-    let staged_data = staging.path().join(&data_name);
-    let final_data = path.with_file_name(&data_name);
+    let (staged_data, final_data) = (data_file(&staged), data_file(path));
     if staged_data.exists() {
         std::fs::rename(&staged_data, &final_data).map_err(|source| Error::Write { path: final_data, source })?;
     }
