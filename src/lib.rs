@@ -72,7 +72,15 @@ pub fn minimize(model: &mut Model, opts: &Options) -> Result<Minimized> {
     let graph = model.graph();
     let ir = model.ir()?;
     let release = |bytes: &[u8]| model.release_pages(bytes);
-    let plan = analysis::Analysis::run(graph, &ir, &release, opts).plan()?;
+    let mut plan = analysis::Analysis::run(graph, &ir, &release, opts).plan()?;
+    if !plan.gathered.is_empty() {
+        // A Gather stores one index per kept feature: when few features go, reading the input whole is smaller.
+        let whole = Options { gather_inputs: false, ..opts.clone() };
+        let whole = analysis::Analysis::run(graph, &ir, &release, &whole).plan()?;
+        if rewrite::param_growth(&whole.edits, graph, &ir) <= rewrite::param_growth(&plan.edits, graph, &ir) {
+            plan = whole;
+        }
+    }
     let (layers, blocked, opaque, gathered) = (plan.layers, plan.blocked, plan.opaque, plan.gathered);
     rewrite::apply(model.graph_mut(), &ir, plan.edits);
     Ok(Minimized { layers, blocked, opaque, gathered })

@@ -72,6 +72,27 @@ pub enum Edit {
     },
 }
 
+/// How many parameters `edits` add to the graph (negative: remove), counting each edited constant as if
+/// private; enough to compare two plans for the same graph.
+pub fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
+    let numel = |t: &TensorProto| t.dims.iter().product::<i64>();
+    let read = |node: usize, slot: usize| {
+        g.node[node].input.get(slot).and_then(|name| ir.const_tensor(g, name)).map_or(0, numel)
+    };
+    edits
+        .iter()
+        .map(|e| match e {
+            Edit::Const { node, slot, tensor } | Edit::SetInput { node, slot, tensor } => {
+                numel(tensor) - read(*node, *slot)
+            }
+            Edit::Replace { initializers, .. } => initializers.iter().map(numel).sum(),
+            Edit::CloneProducer { tensor, .. } | Edit::AddBias { tensor, .. } => numel(tensor),
+            Edit::GatherInput { keep, .. } => keep.len() as i64,
+            Edit::Attr { .. } | Edit::RemoveAttr { .. } | Edit::Remove { .. } | Edit::Width { .. } => 0,
+        })
+        .sum()
+}
+
 struct Names(HashSet<String>);
 
 impl Names {

@@ -269,3 +269,21 @@ fn a_computed_shape_shared_by_two_reshapes_is_copied_for_each() {
     let concats = m.graph().node.iter().filter(|n| n.op_type() == "Concat").count();
     assert_eq!(concats, 3, "the shared shape and one copy per reshape that changed");
 }
+
+/// A Gather stores one index per kept feature: an input losing one feature of eight to a two-unit layer
+/// is read whole, one losing six is gathered.
+#[test]
+fn inputs_are_gathered_only_when_that_makes_the_model_smaller() {
+    use crate::common::{mlp, Form, Layer};
+    for (dead, gathers) in [(1, false), (6, true)] {
+        let w = (0..16).map(|i| if i % 8 < dead { 0.0 } else { 1.0 + i as f32 }).collect();
+        let form = Form::Gemm { trans_b: true, alpha: 1.0, beta: 1.0 };
+        let m = mlp(&[Layer { n_in: 8, n_out: 2, w, bias: Some(vec![0.1, 0.2]), form, act: None }]);
+        let dir = tempfile::tempdir().unwrap();
+        let input = write(dir.path(), "in.onnx", &m);
+        let opts = Options { gather_inputs: true, ..Default::default() };
+        let report = minimize_file(&input, Some(&dir.path().join("out.onnx")), &opts, &|_| {}).unwrap();
+        assert_eq!(!report.gathered_inputs.is_empty(), gathers, "{dead} dead features");
+        assert!(report.after.params <= report.before.params);
+    }
+}

