@@ -101,6 +101,10 @@ struct PruneArgs {
     /// mass, which gathers the zeros into whole units that minimization can remove.
     #[arg(long, value_enum, default_value_t = Criterion::Magnitude)]
     criterion: Criterion,
+    /// How strongly unit-coupled scores follow the units: |w| * (row mass * column mass)^P. 0.5 is the
+    /// geometric mean; 1 or 2 prune whole weak units and input features first.
+    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    coupling: f64,
 }
 
 #[derive(Args)]
@@ -216,10 +220,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             if !(0.0..=1.0).contains(&a.sparsity) {
                 return Err(Error::Usage(format!("--sparsity {} is not a fraction between 0 and 1", a.sparsity)));
             }
+            if !(0.0..=16.0).contains(&a.coupling) {
+                return Err(Error::Usage(format!("--coupling {} is not between 0 and 16", a.coupling)));
+            }
             let opts = PruneOptions {
                 sparsity: a.sparsity,
                 scope: a.scope,
                 criterion: a.criterion,
+                coupling: a.coupling,
                 include_output_layer: a.io.include_output_layer,
             };
             sparsify(&a.io, "pruned", |m| sparsify::prune(m, &opts))

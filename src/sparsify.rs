@@ -2,8 +2,9 @@
 //!
 //! - **Prune** zeroes the smallest-scoring weights of the linear layers (Gemm, MatMul, Conv) to
 //!   an exact sparsity, globally or per tensor, by plain magnitude or by a *unit-coupled* score
-//!   `|w_ij| * sqrt(row mass_j * column mass_i)` that favours weights of units that are weak as a
-//!   whole, so zeros gather into whole dead units that minimization can then remove.
+//!   `|w_ij| * (row mass_j * column mass_i)^p` that favours weights of units that are weak as a
+//!   whole, so zeros gather into whole dead units that minimization can then remove. The coupling
+//!   `p` (0.5 by default) sets how hard: 0 is plain magnitude, large values prune whole units.
 //! - **Release** turns the exact zeros left inside (minimized) weight tensors into small noise,
 //!   so the capacity trains again, calibrated per tensor against its surviving weights: either a
 //!   fraction of their standard deviation, or a multiple of their smallest magnitude (the last
@@ -45,6 +46,8 @@ pub struct PruneOptions {
     pub sparsity: f64,
     pub scope: Scope,
     pub criterion: Criterion,
+    /// The exponent `p` of the unit-coupled score.
+    pub coupling: f64,
     pub include_output_layer: bool,
 }
 
@@ -144,8 +147,8 @@ fn read(model: &Model, p: &Prunable) -> Result<(Vec<f64>, FloatType)> {
     Ok(((0..v.len()).map(|i| v.get(i)).collect(), v.dtype))
 }
 
-/// Unit-coupled scores: |w| times sqrt(row mass * column mass), masses relative to their mean.
-fn coupled(p: &Prunable, w: &[f64]) -> Vec<f64> {
+/// Unit-coupled scores: |w| times (row mass * column mass)^power, masses relative to their mean.
+fn coupled(p: &Prunable, w: &[f64], power: f64) -> Vec<f64> {
     let (rows, cols, s) = (p.rows, p.cols, p.spatial);
     let at = |i: usize| if p.output_major { (i / (cols * s), (i / s) % cols) } else { (i % rows, i / rows) };
     let (mut row, mut col) = (vec![0.0; rows], vec![0.0; cols]);
@@ -160,7 +163,7 @@ fn coupled(p: &Prunable, w: &[f64]) -> Vec<f64> {
         .enumerate()
         .map(|(i, x)| {
             let (r, c) = at(i);
-            x.abs() * ((row[r] / mr) * (col[c] / mc)).sqrt()
+            x.abs() * ((row[r] / mr) * (col[c] / mc)).powf(power)
         })
         .collect()
 }
@@ -181,7 +184,7 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
         .zip(&weights)
         .map(|(p, (w, _))| match opts.criterion {
             Criterion::Magnitude => w.iter().map(|x| x.abs()).collect(),
-            Criterion::UnitCoupled => coupled(p, w),
+            Criterion::UnitCoupled => coupled(p, w, opts.coupling),
         })
         .collect();
     // Which elements to zero: the lowest scores, exactly `sparsity` of each group; existing zeros

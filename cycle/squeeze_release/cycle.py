@@ -32,10 +32,17 @@ Metric = Callable[[onnx_torch.OnnxModule], float]
 class Config:
     """How hard to push. The defaults are what the MNIST recipes use (docs/method.md says why)."""
 
-    #: Share of the current model's non-zero prunable weights zeroed in a cycle.
+    #: Share of the current model's non-zero prunable weights zeroed in the first cycle.
     prune_fraction: float = 0.5
+    #: After a kept cycle the share that survives pruning is multiplied by this (0.5: 50% -> 75% -> 87.5%);
+    #: a rejected cycle halves the prune fraction instead. 1.0 keeps the fraction fixed.
+    grow: float = 0.5
+    #: The prune fraction never goes above this.
+    max_fraction: float = 0.95
     #: onnx-minimize prune --criterion: "unit-coupled" gathers zeros into whole units, "magnitude" is plain IMP.
     criterion: str = "unit-coupled"
+    #: onnx-minimize prune --coupling: how strongly unit-coupled scores follow whole units.
+    coupling: float = 0.5
     scope: str = "global"
     #: onnx-minimize release --calibration ("threshold:X", "std:X"), or "output:X": the largest std:s whose
     #: relative change of the outputs on the calibration sample stays within X.
@@ -47,8 +54,8 @@ class Config:
     #: How far the guard metric may fall below the dense baseline's.
     tolerance: float = 1.0
     max_cycles: int = 12
-    #: Rejected cycles in a row before stopping; each retry halves the prune fraction.
-    retries: int = 2
+    #: Rejected cycles in a row before stopping.
+    retries: int = 3
     gather_inputs: bool = True
     seed: int = 0
 
@@ -155,10 +162,10 @@ class Run:
 
         def prune():
             # The model may carry zeros already (no release, or a minimized start): prune a share of the rest.
-            probe = tool.prune(self.path(cur["start"]), self.path(f"{tag}.pruned.onnx"), 0.0, c.criterion, c.scope)
+            probe = tool.prune(self.path(cur["start"]), self.path(f"{tag}.pruned.onnx"), 0.0, c)
             before = probe["sparsity_before"]
             target = before + (1.0 - before) * fraction
-            report = tool.prune(self.path(cur["start"]), self.path(f"{tag}.pruned.onnx"), target, c.criterion, c.scope)
+            report = tool.prune(self.path(cur["start"]), self.path(f"{tag}.pruned.onnx"), target, c)
             return {"file": f"{tag}.pruned.onnx", "sparsity": report["sparsity_after"]}
 
         def finetune():
@@ -245,7 +252,8 @@ class Run:
         if entry["accepted"]:
             self.state["best"] = entry
             self.state["failures"] = 0
-            nxt = {"index": k + 1, "fraction": fraction, "start": best["file"], "done": {}}
+            grown = min(c.max_fraction, 1.0 - (1.0 - fraction) * c.grow)
+            nxt = {"index": k + 1, "fraction": grown, "start": best["file"], "done": {}}
         else:
             self.state["failures"] += 1
             nxt = {"index": k + 1, "fraction": fraction / 2, "start": cur["start"], "done": {}}

@@ -106,6 +106,8 @@ def methods(args) -> dict[str, cycle.Config]:
     """The cycle and the baselines that share its budget: IMP fine-tunes for as long as a cycle trains."""
     common = dict(
         prune_fraction=args.prune_fraction,
+        grow=args.grow,
+        max_fraction=args.max_fraction,
         tolerance=args.tolerance,
         max_cycles=args.cycles,
         seed=args.seed,
@@ -114,6 +116,7 @@ def methods(args) -> dict[str, cycle.Config]:
     return {
         "squeeze-release": cycle.Config(
             criterion=args.criterion,
+            coupling=args.coupling,
             calibration=args.calibration,
             finetune_epochs=args.finetune_epochs,
             train_epochs=args.train_epochs,
@@ -221,6 +224,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-epochs", type=float, default=2)
     parser.add_argument("--prune-fraction", type=float, default=0.5)
     parser.add_argument("--criterion", default="unit-coupled")
+    parser.add_argument("--coupling", type=float, default=2.0)
+    parser.add_argument("--grow", type=float, default=0.5)
+    parser.add_argument("--max-fraction", type=float, default=0.9)
     parser.add_argument("--calibration", default="threshold:1.5")
     parser.add_argument("--tolerance", type=float, default=1.0)
     parser.add_argument("--cycles", type=int, default=12)

@@ -17,12 +17,38 @@ fn zeros(v: &[f64]) -> usize {
     v.iter().filter(|x| **x == 0.0).count()
 }
 
+/// Stronger coupling gathers the same number of zeros into more whole rows and columns.
+#[test]
+fn stronger_coupling_prunes_more_whole_units() {
+    let dead = |coupling| {
+        let mut m = Model::load(&fixture("lenet300_pruned_ts.onnx")).unwrap();
+        let opts = PruneOptions {
+            sparsity: 0.98,
+            scope: Scope::Global,
+            criterion: Criterion::UnitCoupled,
+            coupling,
+            include_output_layer: false,
+        };
+        prune(&mut m, &opts).unwrap();
+        let w = tensor(&m, "fc1.weight");
+        let rows = (0..300).filter(|r| w[r * 784..(r + 1) * 784].iter().all(|x| *x == 0.0)).count();
+        let cols = (0..784).filter(|c| (0..300).all(|r| w[r * 784 + c] == 0.0)).count();
+        rows + cols
+    };
+    let (half, two) = (dead(0.5), dead(2.0));
+    assert!(two > half, "coupling 2 kills {two} rows and columns of fc1, coupling 0.5 {half}");
+}
+
 #[test]
 fn pruning_reaches_the_sparsity_exactly_and_leaves_biases_and_the_output_layer() {
     for (scope, criterion) in [(Scope::Global, Criterion::Magnitude), (Scope::PerTensor, Criterion::UnitCoupled)] {
         let mut m = Model::load(&fixture("lenet300_pruned_ts.onnx")).unwrap();
         let (fc3, b1) = (tensor(&m, "fc3.weight"), tensor(&m, "fc1.bias"));
-        let r = prune(&mut m, &PruneOptions { sparsity: 0.99, scope, criterion, include_output_layer: false }).unwrap();
+        let r = prune(
+            &mut m,
+            &PruneOptions { sparsity: 0.99, scope, criterion, coupling: 0.5, include_output_layer: false },
+        )
+        .unwrap();
         let total: usize = r.tensors.iter().map(|t| t.elements).sum();
         let after: usize = r.tensors.iter().map(|t| t.zeros_after).sum();
         assert_eq!(after, (total as f64 * 0.99).round() as usize, "{scope:?}");
@@ -90,6 +116,7 @@ proptest! {
             sparsity,
             scope: if global { Scope::Global } else { Scope::PerTensor },
             criterion: if coupled { Criterion::UnitCoupled } else { Criterion::Magnitude },
+            coupling: if global { 0.5 } else { 2.0 },
             include_output_layer: false,
         };
         let r = prune(&mut m, &opts).unwrap();

@@ -1,0 +1,149 @@
+"""The cycle driver at toy scale: the ONNX executor against PyTorch, masks, and a whole run with resume.
+
+Run: python3 -m unittest discover -s cycle/tests -t cycle   (needs torch, onnx, matplotlib and a built
+onnx-minimize: $ONNX_MINIMIZE, or target/release or target/debug of this checkout).
+"""
+
+import json
+import tempfile
+import unittest
+from pathlib import Path
+
+import onnx
+import torch
+
+from squeeze_release import Config, OnnxModule, Run, UnsupportedModel, onnx_torch
+from squeeze_release.mnist import accuracy, fit
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    model.eval()
+    torch.onnx.export(model, (example,), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    return path
+
+
+def toy_data(seed: int = 0, n: int = 768):
+    """Four classes separable on the first 6 of 16 features; the other 10 are noise pruning can drop."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    centres = torch.randn(4, 6, generator=g) * 2.5
+    x = torch.cat([centres[y] + torch.randn(n, 6, generator=g), 0.3 * torch.randn(n, 10, generator=g)], 1)
+    return (x[: n // 2], y[: n // 2]), (x[n // 2 :], y[n // 2 :])
+
+
+def toy_mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.ReLU(), torch.nn.Linear(24, 12), torch.nn.ReLU(),
+                               torch.nn.Linear(12, 4))
+
+
+class Executor(unittest.TestCase):
+    def test_mlp_and_cnn_compute_what_pytorch_computes(self):
+        torch.manual_seed(1)
+        cnn = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(), torch.nn.LayerNorm(8), torch.nn.Linear(8, 5), torch.nn.Softmax(-1),
+        )
+        with torch.no_grad():
+            cnn[1].running_mean.uniform_(-1, 1)
+            cnn[1].running_var.uniform_(0.5, 2)
+        with tempfile.TemporaryDirectory() as tmp:
+            for model, x in ((toy_mlp(), torch.randn(5, 16)), (cnn, torch.randn(2, 3, 8, 8))):
+                module = onnx_torch.load(export(model, x, Path(tmp) / "m.onnx"))
+                with torch.no_grad():
+                    torch.testing.assert_close(module(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+                self.assertTrue(module.weights, "the linear layers' weights are prunable parameters")
+
+    def test_writing_back_changes_only_values(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export(toy_mlp(), torch.randn(1, 16), Path(tmp) / "m.onnx")
+            module = onnx_torch.load(path)
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.add_(1.0)
+            before, after = onnx.load(str(path)), module.to_onnx()
+            self.assertEqual(before.graph.node, after.graph.node)
+            self.assertEqual(before.opset_import, after.opset_import)
+            self.assertEqual([t.name for t in before.graph.initializer], [t.name for t in after.graph.initializer])
+            self.assertNotEqual(before.graph.initializer, after.graph.initializer)
+
+    def test_unknown_ops_are_named(self):
+        node = onnx.helper.make_node("NonMaxSuppression", ["x"], ["y"], name="nms")
+        graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", 1, [1])],
+                                       [onnx.helper.make_tensor_value_info("y", 1, [1])])
+        with self.assertRaisesRegex(UnsupportedModel, "'nms'.*NonMaxSuppression"):
+            OnnxModule(onnx.helper.make_model(graph))
+
+    def test_masked_zeros_stay_exactly_zero_while_the_rest_trains(self):
+        train, _ = toy_data()
+        with tempfile.TemporaryDirectory() as tmp:
+            module = onnx_torch.load(export(toy_mlp(), torch.randn(1, 16), Path(tmp) / "m.onnx"))
+            name = module.weights[0]
+            with torch.no_grad():
+                getattr(module, module._keys[name])[:, ::2] = 0.0
+            before = module.tensor(name).detach().clone()
+            frozen = module.mask_zeros()
+            fit(module, train, 1.0, seed=0, lr=1e-2)
+            after = module.tensor(name).detach()
+            self.assertEqual(frozen, int((before == 0).sum()))
+            self.assertTrue(torch.equal(after[before == 0], torch.zeros(frozen)))
+            self.assertFalse(torch.equal(after[before != 0], before[before != 0]))
+            written = onnx.numpy_helper.to_array(next(t for t in module.to_onnx().graph.initializer if t.name == name))
+            self.assertEqual(int((written == 0).sum()), frozen, "the written model carries the zeros")
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Cycle(unittest.TestCase):
+    def run_cycle(self, folder: Path, dense: Path, stop_at_call: int | None = None) -> dict:
+        train_set, valid = toy_data()
+        calls = []
+
+        def train(module, epochs, seed):
+            calls.append(seed)
+            if stop_at_call is not None and len(calls) == stop_at_call:
+                raise Interrupted()
+            fit(module, train_set, epochs, seed, lr=3e-3, batch=32)
+
+        config = Config(prune_fraction=0.6, coupling=1.0, finetune_epochs=1.0, train_epochs=1.0, tolerance=5.0,
+                        max_cycles=3, seed=3)
+        return Run(dense, folder, train, lambda m: accuracy(m, valid), config=config).run()
+
+    def test_toy_cycle_end_to_end_and_resume_after_an_interruption(self):
+        train_set, valid = toy_data()
+        model = toy_mlp()
+        fit(model, train_set, 4.0, seed=0, lr=3e-3, batch=32)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            dense = export(model, torch.randn(1, 16), tmp / "dense.onnx")
+            report = self.run_cycle(tmp / "whole", dense)
+            for key in ("baseline_metric", "final_metric", "original_params", "final_params", "compression",
+                        "final_bytes", "layer_widths", "cycles"):
+                self.assertIn(key, report)
+            self.assertEqual(report, json.loads((tmp / "whole" / "report.json").read_text()) | {})
+            self.assertEqual(len(report["cycles"]), 3)
+            self.assertLess(report["final_params"], report["original_params"])
+            self.assertGreaterEqual(report["final_metric"], report["baseline_metric"] - 5.0)
+            self.assertEqual(report["compression"], report["original_params"] / report["final_params"])
+            for name in ("final.onnx", "size_vs_accuracy.png", "layer_widths.png"):
+                self.assertTrue((tmp / "whole" / name).stat().st_size > 0, name)
+            final = onnx_torch.load(tmp / "whole" / "final.onnx")
+            self.assertAlmostEqual(accuracy(final, valid), report["final_metric"], places=4)
+
+            # The same run, interrupted in the middle of cycle 2's training, then resumed.
+            with self.assertRaises(Interrupted):
+                self.run_cycle(tmp / "resumed", dense, stop_at_call=4)
+            state = json.loads((tmp / "resumed" / "state.json").read_text())
+            self.assertEqual(len(state["cycles"]), 1, "cycle 1 was judged and saved before the interruption")
+            self.assertIn("finetune", state["current"]["done"])
+            resumed = self.run_cycle(tmp / "resumed", dense)
+            strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}
+            self.assertEqual(strip(resumed), strip(report), "resuming loses nothing and changes nothing")
+
+
+if __name__ == "__main__":
+    unittest.main()
