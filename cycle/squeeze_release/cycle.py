@@ -56,11 +56,14 @@ class Config:
     max_cycles: int = 12
     #: Rejected cycles in a row before stopping.
     retries: int = 3
+    #: Training of the smallest kept model once the loop ends (released first when `release` is on,
+    #: masked otherwise); kept only if it scores at least as well.
+    final_epochs: float = 0.0
     gather_inputs: bool = True
     seed: int = 0
 
 
-STEPS = ("prune", "finetune", "minimize", "release", "train", "judge")
+STEPS = ("prune", "finetune", "minimize", "release", "train", "judge", "final")
 
 
 def log(message: str) -> None:
@@ -223,6 +226,23 @@ class Run:
         tool.release(self.path(src), self.path(dst), f"std:{lo:.6g}", seed)
         return f"std:{lo:.6g}"
 
+    def _polish(self, best: dict) -> dict:
+        c, k = self.config, self.state["current"]["index"]
+        started = time.time()
+        if c.release:
+            self._calibration(best["model"], "polish.released.onnx", _seed(c, k, "final"))
+            module = self.module("polish.released.onnx")
+        else:
+            module = self.module(best["model"])
+            module.mask_zeros()
+        self.train(module, c.final_epochs, _seed(c, k, "final"))
+        onnx_torch.save(module.to_onnx(), self.path("polish.trained.onnx"))
+        metric = self.evaluate(module)
+        log(f"final training: metric {metric:.2f} (kept model {best['metric']:.2f})")
+        seconds = round(time.time() - started, 3)
+        self.state["seconds"] += seconds
+        return {"file": "polish.trained.onnx", "metric": metric, "test": self.test(module), "seconds": seconds}
+
     def _judge(self, k: int, fraction: float, tag: str, minimized: dict, trained: dict | None) -> None:
         c, base = self.config, self.state["baseline"]
         # The released and trained model has the minimized one's shapes: deploy whichever scores higher.
@@ -264,6 +284,12 @@ class Run:
     def _finish(self) -> dict:
         base, best = self.state["baseline"], self.state["best"]
         final = best["model"] if best else "baseline.onnx"
+        if best and self.config.final_epochs > 0:
+            if "final" not in self.state:
+                self.state["final"] = self._polish(best)
+                self.save()
+            if self.state["final"]["metric"] >= best["metric"]:
+                final = self.state["final"]["file"]
         report = tool.minimize(self.path(final), self.path("final.onnx"), self.config.gather_inputs)
         module = self.module("final.onnx")
         result = {
@@ -279,6 +305,7 @@ class Run:
             "layer_widths": _widths(report),
             "baseline_layer_widths": base["layer_widths"],
             "cycles": self.state["cycles"],
+            "final_training": self.state.get("final"),
             "seconds": round(self.state["seconds"], 1),
             "config": self.state["config"],
         }
