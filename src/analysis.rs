@@ -286,6 +286,11 @@ impl<'g> Analysis<'g> {
         let who = self.node_label(n);
         let mut changed = false;
         match role {
+            Role::Select { indices } => {
+                let o = self.output(n, 0);
+                changed |= self.set(|s| &mut s.axis, o, -1, &who);
+                changed |= self.set(|s| &mut s.width, o, indices.len(), &who);
+            }
             Role::Linear(l) => {
                 let (x, y) = (self.input(n, l.input_slot()), self.output(n, 0));
                 let ((ai, ao), (ri, ro)) = (l.axes(), l.ranks());
@@ -648,7 +653,7 @@ impl<'g> Analysis<'g> {
                         at += w;
                     }
                 }
-                Role::Linear(_) | Role::Opaque(_) | Role::Inner => {}
+                Role::Linear(_) | Role::Opaque(_) | Role::Inner | Role::Select { .. } => {}
             }
         }
         // A concatenation or split whose widths are not all known cannot be followed.
@@ -762,7 +767,7 @@ impl<'g> Analysis<'g> {
                         })
                         .collect()
                 }
-                Role::Opaque(_) | Role::Inner => vec![],
+                Role::Opaque(_) | Role::Inner | Role::Select { .. } => vec![],
             };
             for (v, r) in results {
                 if r.len() == self.consts[v].len() {
@@ -801,7 +806,7 @@ impl<'g> Analysis<'g> {
             }
             match &self.roles[n] {
                 Role::Inner => {}
-                Role::Opaque(_) => {
+                Role::Opaque(_) | Role::Select { .. } => {
                     for v in node.input.iter().filter_map(|i| self.value(i)) {
                         marks.extend((0..self.needed[v].len()).map(|c| (v, c)));
                     }
@@ -1042,7 +1047,7 @@ impl<'g> Analysis<'g> {
                         }
                     }
                 }
-                Role::Concat { .. } | Role::Opaque(_) | Role::Inner => {}
+                Role::Concat { .. } | Role::Opaque(_) | Role::Inner | Role::Select { .. } => {}
             }
         }
         let mut gathered = vec![];
@@ -1054,7 +1059,20 @@ impl<'g> Analysis<'g> {
             }
             let name = self.names[v].to_string();
             let b = self.block[v].unwrap_or(1);
-            if self.gathered.contains(&v) {
+            let select = self.cx.ir.producer.get(&name).and_then(|&n| match &self.roles[n] {
+                Role::Select { indices } => Some((n, indices)),
+                _ => None,
+            });
+            if let Some((n, indices)) = select {
+                // An input read through a Gather already: fewer indices.
+                let data = g.node[n].input[0].clone();
+                gathered.push(GatheredInput { input: data, features: w, kept: keep.len() });
+                let kept: Vec<i64> = keep.iter().map(|&c| indices[c]).collect();
+                let like = self.cx.ir.const_tensor(g, &g.node[n].input[1]).expect("constant indices");
+                let tensor = TensorProto { dims: vec![kept.len() as i64], ..with_int64s(like, &kept) };
+                edits.push(Edit::Const { node: n, slot: 1, tensor });
+                edits.push(Edit::Width { value: name, axis, from: w, to: keep.len() });
+            } else if self.gathered.contains(&v) {
                 let entries: Vec<usize> = keep.iter().flat_map(|&c| c * b..(c + 1) * b).collect();
                 gathered.push(GatheredInput { input: name.clone(), features: w * b, kept: entries.len() });
                 edits.push(Edit::GatherInput { input: name, axis, keep: entries });

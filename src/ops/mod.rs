@@ -63,6 +63,12 @@ pub enum Role<'g> {
         sizes: Vec<usize>,
         sizes_slot: Option<usize>,
     },
+    /// Output channel `k` is input channel `indices[k]` along the last axis (a Gather): the output
+    /// is a channel space of its own, the input is read whole; removing output channels removes
+    /// their indices.
+    Select {
+        indices: Vec<i64>,
+    },
     Opaque(String),
 }
 
@@ -291,6 +297,7 @@ static RULES: &[&dyn OpRule] = &[
     &shape::Concat,
     &shape::Split,
     &shape::Transpose,
+    &shape::Select,
 ];
 
 /// The reason given for nodes that only produce constants; they are not reported as blockers.
@@ -327,6 +334,7 @@ pub fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         Role::Norm(_) if !is_act(0) => Role::Opaque("it normalizes a constant".into()),
         Role::Concat { .. } if !(0..node.input.len()).all(is_act) => Role::Opaque("it concatenates constants".into()),
         Role::Split { .. } if !is_act(0) => Role::Opaque("it splits a constant".into()),
+        Role::Select { .. } if !is_act(0) => Role::Opaque("it gathers from a constant".into()),
         _ => role,
     }
 }

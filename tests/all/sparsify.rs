@@ -131,3 +131,39 @@ proptest! {
         }
     }
 }
+
+/// The cycle minimizes a model that `--gather-inputs` already reads through a Gather: pruning that
+/// kills more input features shrinks the Gather's indices, with or without the flag.
+#[test]
+fn a_model_read_through_a_gather_loses_more_input_features_on_the_next_pass() {
+    use onnx_minimize::{minimize_file, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.onnx");
+    let opts = Options { gather_inputs: true, ..Default::default() };
+    let r1 = minimize_file(&fixture("lenet300_pruned_ts.onnx"), Some(&first), &opts, &|_| {}).unwrap();
+    let mut m = Model::load(&first).unwrap();
+    let opts = PruneOptions {
+        sparsity: 0.995,
+        scope: Scope::Global,
+        criterion: Criterion::UnitCoupled,
+        coupling: 2.0,
+        include_output_layer: false,
+    };
+    prune(&mut m, &opts).unwrap();
+    let pruned = dir.path().join("pruned.onnx");
+    m.write(&pruned, false).unwrap();
+    for gather_inputs in [false, true] {
+        let out = dir.path().join(format!("second_{gather_inputs}.onnx"));
+        let r2 = minimize_file(&pruned, Some(&out), &Options { gather_inputs, ..Default::default() }, &|_| {}).unwrap();
+        assert!(r2.verification.is_some());
+        let features = r2.layers[0].inputs_after;
+        assert!(features < r1.layers[0].inputs_after, "{features} features left of {}", r1.layers[0].inputs_after);
+        assert_eq!(r2.gathered_inputs.len(), 1);
+        assert_eq!(r2.gathered_inputs[0].kept, features);
+        let written = Model::load(&out).unwrap();
+        assert_eq!(written.graph().node.iter().filter(|n| n.op_type() == "Gather").count(), 1, "one Gather");
+        let again =
+            minimize_file(&out, None, &Options { verify: None, gather_inputs, ..Default::default() }, &|_| {}).unwrap();
+        assert_eq!(again.after.params, again.before.params, "the fixed point is reached in one pass");
+    }
+}
