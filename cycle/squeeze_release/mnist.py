@@ -172,21 +172,20 @@ def structured_baseline(dense: Path, folder: Path, sets: dict, args, teacher) ->
     base_valid, base_test = accuracy(model, sets["valid"]), accuracy(model, sets["test"])
     original = sum(p.numel() for p in model.parameters())
     example = torch.zeros(1, 784)
-    history, best, kept = [], None, model
+    history, best, kept = [], None, copy.deepcopy(model)
     budget = args.finetune_epochs + args.train_epochs
+    ratio, failures = args.structured_ratio, 0
     for step in range(1, args.cycles + 1):
-        pruner = tp.pruner.MagnitudePruner(
-            model,
-            example,
-            importance=tp.importance.GroupMagnitudeImportance(p=2),
-            pruning_ratio=args.prune_fraction,
-            ignored_layers=[linears[-1]],
-        )
-        pruner.step()
-        fit(model, sets["train"], budget, args.seed * 7919 + step, teacher=teacher)
+        # The same guard as the cycle: a step that falls past the tolerance is undone and retried gentler.
+        model = copy.deepcopy(kept)
+        last = [m for m in model if isinstance(m, torch.nn.Linear)][-1]
+        importance = tp.importance.GroupMagnitudeImportance(p=2)
+        tp.pruner.MagnitudePruner(model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[last]).step()
+        fit(model, sets["train"], budget, args.seed * 7919 + step, teacher=teacher, group_lasso=args.group_lasso)
         params = sum(p.numel() for p in model.parameters())
         entry = {
             "cycle": step,
+            "ratio": ratio,
             "params": params,
             "compression": original / params,
             "metric": accuracy(model, sets["valid"]),
@@ -196,11 +195,14 @@ def structured_baseline(dense: Path, folder: Path, sets: dict, args, teacher) ->
         entry["accepted"] = entry["metric"] >= base_valid - args.tolerance
         history.append(entry)
         cycle.log(f"torch-pruning {step}: {params:,} params ({entry['compression']:.1f}x), {entry['metric']:.2f} valid")
-        if not entry["accepted"]:
-            break
-        best, kept = entry, copy.deepcopy(model)
+        if entry["accepted"]:
+            best, kept, failures = entry, model, 0
+        else:
+            ratio, failures = ratio / 2, failures + 1
+            if failures > 3:
+                break
     if best is not None and args.final_epochs > 0:
-        fit(kept, sets["train"], args.final_epochs, args.seed * 7919, teacher=teacher)
+        fit(kept, sets["train"], args.final_epochs, args.seed * 7919, teacher=teacher, group_lasso=args.group_lasso)
         metric = accuracy(kept, sets["valid"])
         if metric >= best["metric"]:
             best = best | {"metric": metric, "test": accuracy(kept, sets["test"]), "final_training": True}
@@ -235,7 +237,9 @@ def summarize(folder: Path, results: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, r in results.items():
-        points = [(r["original_params"], r["baseline_test"])] + [(c["params"], c["test"]) for c in r["cycles"]]
+        kept = [(c["params"], c["test"]) for c in r["cycles"] if c["accepted"]]
+        final = [(r["final_params"], r["final_test"])] if "final_params" in r else []
+        points = [(r["original_params"], r["baseline_test"])] + kept + final
         ax.plot(*zip(*points), "o-", label=name if name != "imp" else "imp + minimize")
     first = next(iter(results.values()))
     ax.axhline(first["baseline_test"] - 1.0, color="grey", ls="--", lw=1, label="baseline - 1 pt")
@@ -255,7 +259,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, required=True, help="run folder; an existing one is resumed")
     parser.add_argument("--dense-epochs", type=float, default=20)
     parser.add_argument("--finetune-epochs", type=float, default=1)
-    parser.add_argument("--train-epochs", type=float, default=2)
+    parser.add_argument("--train-epochs", type=float, default=3)
     parser.add_argument("--prune-fraction", type=float, default=0.5)
     parser.add_argument("--criterion", default="unit-coupled")
     parser.add_argument("--coupling", type=float, default=2.0)
@@ -263,11 +267,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-fraction", type=float, default=0.9)
     parser.add_argument("--calibration", default="threshold:1.5")
     parser.add_argument("--tolerance", type=float, default=1.0)
-    parser.add_argument("--cycles", type=int, default=12)
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--structured-ratio", type=float, default=0.3, help="torch-pruning: share of units per step")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--distill", action="store_true", help="train compressed models on the dense one's logits too")
+    parser.add_argument("--no-distill", dest="distill", action="store_false",
+                        help="train compressed models on the labels only, not also on the dense model's logits")
     parser.add_argument("--final-epochs", type=float, default=10, help="training of the smallest kept model at the end")
-    parser.add_argument("--group-lasso", type=float, default=0.0, help="row and column L2 penalty while training")
+    parser.add_argument("--group-lasso", type=float, default=3e-4, help="row and column L2 penalty while training")
     parser.add_argument("--limit", type=int, help="use only the first N examples of each split (tests)")
     parser.add_argument("--baselines", action="store_true", help="also run IMP (+ minimize) and torch-pruning")
     args = parser.parse_args(argv)
