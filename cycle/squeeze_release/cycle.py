@@ -81,6 +81,19 @@ def _seed(config: Config, cycle: int, step: str) -> int:
     return config.seed * 1_000_003 + cycle * 101 + STEPS.index(step)
 
 
+def _pruned_back(minimized: Path, pruned: Path) -> float | None:
+    """Share of the positions released after `minimized` (its exact zeros) that `pruned` zeroes again."""
+    weights = lambda path: {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    before, after = weights(minimized), weights(pruned)
+    released = back = 0
+    for name, w in before.items():
+        if w.dtype.kind == "f" and name in after and after[name].shape == w.shape:
+            zeros = w == 0
+            released += int(zeros.sum())
+            back += int((after[name][zeros] == 0).sum())
+    return back / released if released else None
+
+
 def _widths(report: dict) -> dict[str, list[int]]:
     return {layer["node"]: [layer["inputs_after"], layer["outputs_after"]] for layer in report["layers"]}
 
@@ -169,7 +182,12 @@ class Run:
             before = probe["sparsity_before"]
             target = before + (1.0 - before) * fraction
             report = tool.prune(self.path(cur["start"]), self.path(f"{tag}.pruned.onnx"), target, c)
-            return {"file": f"{tag}.pruned.onnx", "sparsity": report["sparsity_after"]}
+            info = {"file": f"{tag}.pruned.onnx", "sparsity": report["sparsity_after"]}
+            if cur["start"].endswith(".trained.onnx"):
+                # The failure to watch: released noise pruned straight back.
+                released = cur["start"].replace(".trained.onnx", ".min.onnx")
+                info["released_pruned_back"] = _pruned_back(self.path(released), self.path(info["file"]))
+            return info
 
         def finetune():
             module = self.module(f"{tag}.pruned.onnx")
@@ -248,10 +266,12 @@ class Run:
         # The released and trained model has the minimized one's shapes: deploy whichever scores higher.
         best = trained if trained is not None and trained["metric"] >= minimized["metric"] else minimized
         module = self.module(best["file"])
+        pruned = self.state["current"]["done"]["prune"]
         entry = {
             "cycle": k,
             "prune_fraction": fraction,
-            "sparsity": self.state["current"]["done"]["prune"]["sparsity"],
+            "sparsity": pruned["sparsity"],
+            "released_pruned_back": pruned.get("released_pruned_back"),
             "params": minimized["params"],
             "bytes": minimized["bytes"],
             "compression": base["params"] / minimized["params"],
