@@ -160,14 +160,12 @@ def structured_baseline(dense: Path, folder: Path, sets: dict, args, teacher) ->
     import torch_pruning as tp
 
     module = onnx_torch.load(dense)
-    widths = [int(module.tensor(w).shape[0]) for w in module.weights]
-    model = MLP([784, *widths])
+    gemms = [(n.input[1], n.input[2]) for n in module.model.graph.node if n.op_type == "Gemm"]
+    model = MLP([784, *(int(module.tensor(w).shape[0]) for w, _ in gemms)])
     with torch.no_grad():
         linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-        for layer, w in zip(linears, module.weights):
+        for layer, (w, b) in zip(linears, gemms):
             layer.weight.copy_(module.tensor(w))
-        biases = [n for n in module._keys if n.endswith("bias")]
-        for layer, b in zip(linears, biases):
             layer.bias.copy_(module.tensor(b))
     base_valid, base_test = accuracy(model, sets["valid"]), accuracy(model, sets["test"])
     original = sum(p.numel() for p in model.parameters())

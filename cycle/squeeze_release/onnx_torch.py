@@ -287,15 +287,19 @@ class OnnxModule(torch.nn.Module):
                 self.register_parameter(key, torch.nn.Parameter(value.float()))
             else:
                 self.register_buffer(key, value)
-        self.weights = [w for w in self.weights if isinstance(getattr(self, self._keys[w]), torch.nn.Parameter)]
+        self.weights = [w for w in self.weights if isinstance(self.stored(w), torch.nn.Parameter)]
         self.masks: dict[str, torch.Tensor] = {}
         self._nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n), n.name) for n in graph.node]
         self._inputs = [i.name for i in graph.input if i.name not in constants]
         self._outputs = [o.name for o in graph.output]
 
+    def stored(self, name: str) -> torch.Tensor:
+        """The parameter or buffer behind initializer `name`, unmasked."""
+        return getattr(self, self._keys[name])
+
     def tensor(self, name: str) -> torch.Tensor:
         """The value the graph reads for initializer `name` (masked where a mask is set)."""
-        value = getattr(self, self._keys[name])
+        value = self.stored(name)
         mask = self.masks.get(name)
         return value if mask is None else value * mask
 
@@ -327,8 +331,7 @@ class OnnxModule(torch.nn.Module):
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
         for tensor in model.graph.initializer:
-            value = getattr(self, self._keys[tensor.name])
-            if isinstance(value, torch.nn.Parameter):
+            if isinstance(self.stored(tensor.name), torch.nn.Parameter):
                 array = self.tensor(tensor.name).detach().cpu().numpy()
                 dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
                 tensor.CopyFrom(numpy_helper.from_array(array.astype(dtype), tensor.name))

@@ -82,7 +82,7 @@ class Executor(unittest.TestCase):
             module = onnx_torch.load(export(toy_mlp(), torch.randn(1, 16), Path(tmp) / "m.onnx"))
             name = module.weights[0]
             with torch.no_grad():
-                getattr(module, module._keys[name])[:, ::2] = 0.0
+                module.stored(name)[:, ::2] = 0.0
             before = module.tensor(name).detach().clone()
             frozen = module.mask_zeros()
             fit(module, train, 1.0, seed=0, lr=1e-2)
