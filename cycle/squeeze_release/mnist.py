@@ -155,7 +155,7 @@ def methods(args) -> dict[str, cycle.Config]:
     }
 
 
-def structured_baseline(dense: Path, folder: Path, sets: dict, args, teacher) -> dict:
+def structured_baseline(dense: Path, sets: dict, args, teacher) -> dict:
     """torch-pruning's magnitude (group L2) structured pruning of hidden units, iterative, on the same budget."""
     import torch_pruning as tp
 
@@ -204,17 +204,24 @@ def structured_baseline(dense: Path, folder: Path, sets: dict, args, teacher) ->
         metric = accuracy(kept, sets["valid"])
         if metric >= best["metric"]:
             best = best | {"metric": metric, "test": accuracy(kept, sets["test"]), "final_training": True}
-    return {"baseline_metric": base_valid, "baseline_test": base_test, "original_params": original, "best": best, "cycles": history}
+    best = best or {"params": original, "metric": base_valid, "test": base_test}
+    return {
+        "baseline_metric": base_valid,
+        "baseline_test": base_test,
+        "original_params": original,
+        "final_params": best["params"],
+        "final_metric": best["metric"],
+        "final_test": best["test"],
+        "compression": original / best["params"],
+        "layer_widths": best.get("widths"),
+        "cycles": history,
+    }
 
 
 def summarize(folder: Path, results: dict) -> None:
     """One table (summary.md, summary.json) and one plot (comparison.png) of every method in the run."""
     rows = []
     for name, r in results.items():
-        if name == "torch-pruning":
-            best = r["best"] or {"params": r["original_params"], "test": r["baseline_test"], "metric": r["baseline_metric"]}
-            rows.append((name, r["original_params"], best["params"], best["test"], r["baseline_test"]))
-            continue
         rows.append((name, r["original_params"], r["final_params"], r["final_test"], r["baseline_test"]))
         if name == "imp":  # masked: the deployable model keeps every dense shape
             rows.append(("imp (masked, not minimized)", r["original_params"], r["original_params"], r["final_test"], r["baseline_test"]))
@@ -236,8 +243,7 @@ def summarize(folder: Path, results: dict) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, r in results.items():
         kept = [(c["params"], c["test"]) for c in r["cycles"] if c["accepted"]]
-        final = [(r["final_params"], r["final_test"])] if "final_params" in r else []
-        points = [(r["original_params"], r["baseline_test"])] + kept + final
+        points = [(r["original_params"], r["baseline_test"])] + kept + [(r["final_params"], r["final_test"])]
         ax.plot(*zip(*points), "o-", label=name if name != "imp" else "imp + minimize")
     first = next(iter(results.values()))
     ax.axhline(first["baseline_test"] - 1.0, color="grey", ls="--", lw=1, label="baseline - 1 pt")
@@ -304,10 +310,16 @@ def main(argv=None) -> dict:
             sample=sets["valid"][0][:512],
         )
     if args.baselines:
-        results["torch-pruning"] = structured_baseline(dense, args.out, sets, args, teacher)
+        # Not resumable step by step, but kept once done, so a resumed recipe does not run it again.
+        done = args.out / "torch-pruning.json"
+        if not done.exists():
+            result = structured_baseline(dense, sets, args, teacher)
+            done.write_text(json.dumps(result, indent=2))
+        results["torch-pruning"] = json.loads(done.read_text())
     summarize(args.out, results)
     wall = time.time() - started
-    (args.out / "wall_seconds.txt").write_text(f"{wall:.0f}\n")
+    if not (args.out / "wall_seconds.txt").exists():  # a resumed recipe's time is not the recipe's
+        (args.out / "wall_seconds.txt").write_text(f"{wall:.0f}\n")
     cycle.log(f"recipe wall time {wall:.0f}s")
     return results
 
