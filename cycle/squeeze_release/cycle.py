@@ -16,8 +16,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import onnx
 import torch
@@ -154,7 +154,12 @@ class Run:
             "test": self.test(module),
             "layer_widths": _widths(report),
         }
-        self.state["current"] = {"index": 1, "fraction": self.config.prune_fraction, "start": "baseline.onnx", "done": {}}
+        self.state["current"] = {
+            "index": 1,
+            "fraction": self.config.prune_fraction,
+            "start": "baseline.onnx",
+            "done": {},
+        }
         self.state["best"] = None
         self.state["failures"] = 0
         self.state["seconds"] = 0.0
@@ -344,31 +349,41 @@ def run(model, folder, train: Train, evaluate: Metric, **kwargs) -> dict:
     return Run(model, folder, train, evaluate, **kwargs).run()
 
 
-def plot(report: dict, folder: Path) -> None:
-    """size_vs_accuracy.png and layer_widths.png in `folder`."""
+def pyplot():
+    """matplotlib's pyplot on a file backend (runs have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_plot(fig, ax, path: Path, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
+def plot(report: dict, folder: Path) -> None:
+    """size_vs_accuracy.png and layer_widths.png in `folder`."""
+    plt = pyplot()
     cycles = report["cycles"]
     fig, ax = plt.subplots(figsize=(6, 4))
     base = report["baseline_metric"]
     ax.axhline(base, color="grey", lw=1, label="dense baseline")
     ax.axhspan(base - report["config"]["tolerance"], base, color="grey", alpha=0.15, label="tolerance")
     kept = [c for c in cycles if c["accepted"]]
-    ax.plot([report["original_params"]] + [c["params"] for c in kept], [base] + [c["metric"] for c in kept], "o-",
-            label="kept cycles")
+    sizes = [report["original_params"]] + [c["params"] for c in kept]
+    ax.plot(sizes, [base] + [c["metric"] for c in kept], "o-", label="kept cycles")
     lost = [c for c in cycles if not c["accepted"]]
     ax.plot([c["params"] for c in lost], [c["metric"] for c in lost], "x", color="red", label="rejected")
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("dense parameters (minimized)")
-    ax.set_ylabel("metric")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "size_vs_accuracy.png", dpi=120)
-    plt.close(fig)
+    save_plot(fig, ax, folder / "size_vs_accuracy.png", "dense parameters (minimized)", "metric")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     layers = list(report["baseline_layer_widths"])
@@ -378,9 +393,4 @@ def plot(report: dict, folder: Path) -> None:
     if layers:
         ax.plot(range(len(steps)), [s.get(layers[0], [0, 0])[0] for s in steps], "s--", label=f"{layers[0]} in")
     ax.set_yscale("log")
-    ax.set_xlabel("kept cycle")
-    ax.set_ylabel("width")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(folder / "layer_widths.png", dpi=120)
-    plt.close(fig)
+    save_plot(fig, ax, folder / "layer_widths.png", "kept cycle", "width")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
+import itertools
 import json
 import math
 import os
@@ -41,7 +42,7 @@ def data(limit: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor
 class MLP(torch.nn.Sequential):
     def __init__(self, widths: list[int]):
         layers: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
             layers.append(torch.nn.Linear(a, b))
             if i < len(widths) - 2:
                 layers.append(torch.nn.ReLU())
@@ -126,21 +127,23 @@ def dense_baseline(arch: str, folder: Path, sets: dict, epochs: float, seed: int
         fit(model, sets["train"], epochs, seed)
         export(model, folder / f"{arch}_dense.tmp.onnx")
         os.replace(folder / f"{arch}_dense.tmp.onnx", path)
-        cycle.log(f"dense {arch}: {accuracy(model, sets['test']):.2f}% test after {epochs} epochs, {time.time() - started:.0f}s")
+        cycle.log(
+            f"dense {arch}: {accuracy(model, sets['test']):.2f}% test after {epochs} epochs, {time.time() - started:.0f}s"
+        )
     return path
 
 
 def methods(args) -> dict[str, cycle.Config]:
     """The cycle and the baselines that share its budget: IMP fine-tunes for as long as a cycle trains."""
-    common = dict(
-        prune_fraction=args.prune_fraction,
-        grow=args.grow,
-        max_fraction=args.max_fraction,
-        tolerance=args.tolerance,
-        final_epochs=args.final_epochs,
-        max_cycles=args.cycles,
-        seed=args.seed,
-    )
+    common = {
+        "prune_fraction": args.prune_fraction,
+        "grow": args.grow,
+        "max_fraction": args.max_fraction,
+        "tolerance": args.tolerance,
+        "final_epochs": args.final_epochs,
+        "max_cycles": args.cycles,
+        "seed": args.seed,
+    }
     budget = args.finetune_epochs + args.train_epochs
     return {
         "squeeze-release": cycle.Config(
@@ -178,7 +181,9 @@ def structured_baseline(dense: Path, sets: dict, args, teacher) -> dict:
         model = copy.deepcopy(kept)
         last = [m for m in model if isinstance(m, torch.nn.Linear)][-1]
         importance = tp.importance.GroupMagnitudeImportance(p=2)
-        tp.pruner.MagnitudePruner(model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[last]).step()
+        tp.pruner.MagnitudePruner(
+            model, example, importance=importance, pruning_ratio=ratio, ignored_layers=[last]
+        ).step()
         fit(model, sets["train"], budget, args.seed * 7919 + step, teacher=teacher, group_lasso=args.group_lasso)
         params = sum(p.numel() for p in model.parameters())
         entry = {
@@ -224,23 +229,33 @@ def summarize(folder: Path, results: dict) -> None:
     for name, r in results.items():
         rows.append((name, r["original_params"], r["final_params"], r["final_test"], r["baseline_test"]))
         if name == "imp":  # masked: the deployable model keeps every dense shape
-            rows.append(("imp (masked, not minimized)", r["original_params"], r["original_params"], r["final_test"], r["baseline_test"]))
+            rows.append(
+                (
+                    "imp (masked, not minimized)",
+                    r["original_params"],
+                    r["original_params"],
+                    r["final_test"],
+                    r["baseline_test"],
+                )
+            )
     lines = [
         "| method | dense params | final params | compression | test acc | baseline test acc | drop |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, orig, final, test, base in rows:
-        lines.append(f"| {name} | {orig:,} | {final:,} | {orig / final:.1f}x | {test:.2f} | {base:.2f} | {base - test:.2f} |")
+        lines.append(
+            f"| {name} | {orig:,} | {final:,} | {orig / final:.1f}x | {test:.2f} | {base:.2f} | {base - test:.2f} |"
+        )
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
-    (folder / "summary.json").write_text(json.dumps([dict(zip(("method", "original_params", "final_params", "test", "baseline_test"), r)) for r in rows], indent=2))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            [dict(zip(("method", "original_params", "final_params", "test", "baseline_test"), r)) for r in rows],
+            indent=2,
+        )
+    )
     print("\n".join(lines))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = cycle.pyplot().subplots(figsize=(6.5, 4))
     for name, r in results.items():
         kept = [(c["params"], c["test"]) for c in r["cycles"] if c["accepted"]]
         points = [(r["original_params"], r["baseline_test"])] + kept + [(r["final_params"], r["final_test"])]
@@ -249,12 +264,7 @@ def summarize(folder: Path, results: dict) -> None:
     ax.axhline(first["baseline_test"] - 1.0, color="grey", ls="--", lw=1, label="baseline - 1 pt")
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("dense parameters of the deployable model")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(folder / "comparison.png", dpi=120)
-    plt.close(fig)
+    cycle.save_plot(fig, ax, folder / "comparison.png", "dense parameters of the deployable model", "test accuracy (%)")
 
 
 def main(argv=None) -> dict:
@@ -274,8 +284,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--structured-ratio", type=float, default=0.3, help="torch-pruning: share of units per step")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-distill", dest="distill", action="store_false",
-                        help="train compressed models on the labels only, not also on the dense model's logits")
+    parser.add_argument(
+        "--no-distill",
+        dest="distill",
+        action="store_false",
+        help="train compressed models on the labels only, not also on the dense model's logits",
+    )
     parser.add_argument("--final-epochs", type=float, default=10, help="training of the smallest kept model at the end")
     parser.add_argument("--group-lasso", type=float, default=3e-4, help="row and column L2 penalty while training")
     parser.add_argument("--limit", type=int, help="use only the first N examples of each split (tests)")

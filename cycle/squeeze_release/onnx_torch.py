@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -114,9 +114,13 @@ def _pool(kind):
         ceil = bool(a.get("ceil_mode", 0))
         if kind == "MaxPool":
             fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
-            return fn(x, kernel, stride, pads[:spatial], dilation=list(a.get("dilations", [1] * spatial)), ceil_mode=ceil)
+            return fn(
+                x, kernel, stride, pads[:spatial], dilation=list(a.get("dilations", [1] * spatial)), ceil_mode=ceil
+            )
         fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[spatial]
-        return fn(x, kernel, stride, pads[:spatial], ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0)))
+        return fn(
+            x, kernel, stride, pads[:spatial], ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0))
+        )
 
     return run
 
@@ -206,7 +210,9 @@ OPS: dict[str, Callable] = {
     "Tanh": lambda a, x: torch.tanh(x),
     "Softplus": lambda a, x: F.softplus(x),
     "Erf": lambda a, x: torch.erf(x),
-    "Gelu": lambda a, x: F.gelu(x, approximate="tanh" if a.get("approximate", b"none") in (b"tanh", "tanh") else "none"),
+    "Gelu": lambda a, x: F.gelu(
+        x, approximate="tanh" if a.get("approximate", b"none") in (b"tanh", "tanh") else "none"
+    ),
     "Exp": lambda a, x: torch.exp(x),
     "Log": lambda a, x: torch.log(x),
     "Sqrt": lambda a, x: torch.sqrt(x),
@@ -274,9 +280,9 @@ class OnnxModule(torch.nn.Module):
             for i in TRAINED_INPUTS.get(node.op_type, ()):
                 if i < len(node.input) and node.input[i] in constants:
                     trained.add(node.input[i])
-            if node.op_type == "Add":  # the bias of a MatMul layer
-                if any(producer.get(x) is not None and producer[x].op_type == "MatMul" for x in node.input):
-                    trained.update(x for x in node.input if x in constants)
+            after_matmul = any(x in producer and producer[x].op_type == "MatMul" for x in node.input)
+            if node.op_type == "Add" and after_matmul:  # the bias of a MatMul layer
+                trained.update(x for x in node.input if x in constants)
         trained.update(self.weights)
         self._keys: dict[str, str] = {}
         for index, (name, tensor) in enumerate(constants.items()):

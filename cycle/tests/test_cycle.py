@@ -18,8 +18,15 @@ from squeeze_release.mnist import accuracy, fit
 
 def export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
     model.eval()
-    torch.onnx.export(model, (example,), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}},
+        dynamo=False,
+    )
     return path
 
 
@@ -34,17 +41,26 @@ def toy_data(seed: int = 0, n: int = 768):
 
 def toy_mlp() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.ReLU(), torch.nn.Linear(24, 12), torch.nn.ReLU(),
-                               torch.nn.Linear(12, 4))
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 24), torch.nn.ReLU(), torch.nn.Linear(24, 12), torch.nn.ReLU(), torch.nn.Linear(12, 4)
+    )
 
 
 class Executor(unittest.TestCase):
     def test_mlp_and_cnn_compute_what_pytorch_computes(self):
         torch.manual_seed(1)
         cnn = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
-            torch.nn.Flatten(), torch.nn.LayerNorm(8), torch.nn.Linear(8, 5), torch.nn.Softmax(-1),
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+            torch.nn.GELU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.LayerNorm(8),
+            torch.nn.Linear(8, 5),
+            torch.nn.Softmax(-1),
         )
         with torch.no_grad():
             cnn[1].running_mean.uniform_(-1, 1)
@@ -71,8 +87,12 @@ class Executor(unittest.TestCase):
 
     def test_unknown_ops_are_named(self):
         node = onnx.helper.make_node("NonMaxSuppression", ["x"], ["y"], name="nms")
-        graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", 1, [1])],
-                                       [onnx.helper.make_tensor_value_info("y", 1, [1])])
+        graph = onnx.helper.make_graph(
+            [node],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", 1, [1])],
+            [onnx.helper.make_tensor_value_info("y", 1, [1])],
+        )
         with self.assertRaisesRegex(UnsupportedModel, "'nms'.*NonMaxSuppression"):
             OnnxModule(onnx.helper.make_model(graph))
 
@@ -109,8 +129,9 @@ class Cycle(unittest.TestCase):
                 raise Interrupted()
             fit(module, train_set, epochs, seed, lr=3e-3, batch=32)
 
-        config = Config(prune_fraction=0.6, coupling=1.0, finetune_epochs=1.0, train_epochs=1.0, tolerance=5.0,
-                        max_cycles=3, seed=3)
+        config = Config(
+            prune_fraction=0.6, coupling=1.0, finetune_epochs=1.0, train_epochs=1.0, tolerance=5.0, max_cycles=3, seed=3
+        )
         return Run(dense, folder, train, lambda m: accuracy(m, valid), config=config).run()
 
     def test_toy_cycle_end_to_end_and_resume_after_an_interruption(self):
@@ -121,8 +142,16 @@ class Cycle(unittest.TestCase):
             tmp = Path(tmp)
             dense = export(model, torch.randn(1, 16), tmp / "dense.onnx")
             report = self.run_cycle(tmp / "whole", dense)
-            for key in ("baseline_metric", "final_metric", "original_params", "final_params", "compression",
-                        "final_bytes", "layer_widths", "cycles"):
+            for key in (
+                "baseline_metric",
+                "final_metric",
+                "original_params",
+                "final_params",
+                "compression",
+                "final_bytes",
+                "layer_widths",
+                "cycles",
+            ):
                 self.assertIn(key, report)
             self.assertEqual(report, json.loads((tmp / "whole" / "report.json").read_text()) | {})
             self.assertEqual(len(report["cycles"]), 3)
