@@ -193,6 +193,16 @@ fn write_report(path: &PathBuf, report: &impl serde::Serialize) -> Result<(), Er
     }
 }
 
+/// The human summary goes to standard output, unless the JSON report does: then to standard error, so that
+/// `--report -` pipes clean JSON.
+fn summary(report: &Option<PathBuf>, text: &str) {
+    if report.as_ref().is_some_and(|p| p.as_os_str() == "-") {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
+}
+
 fn sparsify(
     io: &Io,
     what: &str,
@@ -200,13 +210,18 @@ fn sparsify(
 ) -> Result<(), Error> {
     let report = sparsify::rewrite_file(&io.input, &io.output, rewrite)?;
     if !io.quiet {
-        for t in &report.tensors {
-            println!(
-                "{:<40} {:>10} weights, zeros {:>10} -> {:>10}",
-                t.tensor, t.elements, t.zeros_before, t.zeros_after
-            );
-        }
-        println!("{what}: sparsity {:.4} -> {:.4}", report.sparsity_before, report.sparsity_after);
+        let mut text: Vec<String> = report
+            .tensors
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:<40} {:>10} weights, zeros {:>10} -> {:>10}",
+                    t.tensor, t.elements, t.zeros_before, t.zeros_after
+                )
+            })
+            .collect();
+        text.push(format!("{what}: sparsity {:.4} -> {:.4}", report.sparsity_before, report.sparsity_after));
+        summary(&io.report, &text.join("\n"));
     }
     match &io.report {
         Some(path) => write_report(path, &report),
@@ -280,7 +295,7 @@ fn minimize(cli: MinimizeArgs) -> Result<(), Error> {
     let input = cli.input.as_deref().expect("clap requires it without a subcommand");
     let report = minimize_file(input, output, &opts, &progress)?;
     if !quiet {
-        println!("{}", report.to_text());
+        summary(&cli.report, &report.to_text());
     }
     match &cli.report {
         Some(path) => write_report(path, &report),

@@ -226,3 +226,28 @@ fn readme_lists_every_supported_operator() {
         assert!(readme.contains(&format!("`{op}`")), "README does not list {op}");
     }
 }
+
+/// The cycle's rewrites from the command line: prune to an exact sparsity with unit coupling, release,
+/// both with JSON reports; out-of-range settings are usage errors that write nothing.
+#[test]
+fn prune_and_release_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pruned, released) = (dir.path().join("p.onnx"), dir.path().join("r.onnx"));
+    let input = fixture("lenet300_pruned_ts.onnx");
+    let args = ["--sparsity", "0.99", "--criterion", "unit-coupled", "--coupling", "2", "--report", "-"];
+    let o = run(&[&[os("prune"), input.as_os_str(), pruned.as_os_str()], &args.map(os)[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((report["sparsity_after"].as_f64().unwrap() - 0.99).abs() < 1e-6);
+    let o = run(&[os("release"), pruned.as_os_str(), released.as_os_str(), os("--calibration"), os("std:0.1")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (flag, value) in [("--coupling", "99"), ("--sparsity", "1.5")] {
+        let out = dir.path().join("bad.onnx");
+        let mut args = vec![os("prune"), input.as_os_str(), out.as_os_str(), os("--sparsity"), os("0.5")];
+        args.extend([os(flag), os(value)]);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{}", stderr(&o));
+        assert!(!out.exists());
+    }
+}
