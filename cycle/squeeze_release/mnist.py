@@ -150,7 +150,9 @@ def methods(args) -> dict[str, cycle.Config]:
             criterion=args.criterion,
             coupling=args.coupling,
             calibration=args.calibration,
-            finetune_epochs=args.finetune_epochs,
+            release=args.release,
+            # Without release the cycle's training time goes to the masked fine-tuning.
+            finetune_epochs=args.finetune_epochs if args.release else budget,
             train_epochs=args.train_epochs,
             **common,
         ),
@@ -280,6 +282,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--grow", type=float, default=0.5)
     parser.add_argument("--max-fraction", type=float, default=0.9)
     parser.add_argument("--calibration", default="threshold:1.5")
+    parser.add_argument("--no-release", dest="release", action="store_false", help="ablation: never release zeros")
     parser.add_argument("--tolerance", type=float, default=1.0)
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--structured-ratio", type=float, default=0.3, help="torch-pruning: share of units per step")
