@@ -18,6 +18,7 @@ import math
 import os
 import pickle
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -104,17 +105,22 @@ def accuracy(module: torch.nn.Module, split: tuple) -> float:
         return 100.0 * float((module(x).argmax(-1) == y).float().mean())
 
 
-def export(module: torch.nn.Module, path: Path) -> None:
+def export(module: torch.nn.Module, path: Path, example: torch.Tensor | None = None) -> Path:
+    """The TorchScript exporter: deprecated, but it writes a Linear as one plain Gemm."""
     module.eval()
-    torch.onnx.export(
-        module,
-        (torch.zeros(1, 784),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}},
-        dynamo=False,
-    )
+    example = torch.zeros(1, 784) if example is None else example
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}},
+            dynamo=False,
+        )
+    return path
 
 
 def dense_baseline(arch: str, folder: Path, sets: dict, epochs: float, seed: int) -> Path:

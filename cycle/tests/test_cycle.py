@@ -13,21 +13,7 @@ import onnx
 import torch
 
 from squeeze_release import Config, OnnxModule, Run, UnsupportedModel, onnx_torch
-from squeeze_release.mnist import accuracy, fit
-
-
-def export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
-    model.eval()
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {0: "batch"}},
-        dynamo=False,
-    )
-    return path
+from squeeze_release.mnist import accuracy, export, fit
 
 
 def toy_data(seed: int = 0, n: int = 768):
@@ -67,14 +53,14 @@ class Executor(unittest.TestCase):
             cnn[1].running_var.uniform_(0.5, 2)
         with tempfile.TemporaryDirectory() as tmp:
             for model, x in ((toy_mlp(), torch.randn(5, 16)), (cnn, torch.randn(2, 3, 8, 8))):
-                module = onnx_torch.load(export(model, x, Path(tmp) / "m.onnx"))
+                module = onnx_torch.load(export(model, Path(tmp) / "m.onnx", x))
                 with torch.no_grad():
                     torch.testing.assert_close(module(x), model.eval()(x), rtol=1e-5, atol=1e-6)
                 self.assertTrue(module.weights, "the linear layers' weights are prunable parameters")
 
     def test_writing_back_changes_only_values(self):
         with tempfile.TemporaryDirectory() as tmp:
-            path = export(toy_mlp(), torch.randn(1, 16), Path(tmp) / "m.onnx")
+            path = export(toy_mlp(), Path(tmp) / "m.onnx", torch.randn(1, 16))
             module = onnx_torch.load(path)
             with torch.no_grad():
                 for p in module.parameters():
@@ -99,7 +85,7 @@ class Executor(unittest.TestCase):
     def test_masked_zeros_stay_exactly_zero_while_the_rest_trains(self):
         train, _ = toy_data()
         with tempfile.TemporaryDirectory() as tmp:
-            module = onnx_torch.load(export(toy_mlp(), torch.randn(1, 16), Path(tmp) / "m.onnx"))
+            module = onnx_torch.load(export(toy_mlp(), Path(tmp) / "m.onnx", torch.randn(1, 16)))
             name = module.weights[0]
             with torch.no_grad():
                 module.stored(name)[:, ::2] = 0.0
@@ -140,7 +126,7 @@ class Cycle(unittest.TestCase):
         fit(model, train_set, 4.0, seed=0, lr=3e-3, batch=32)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            dense = export(model, torch.randn(1, 16), tmp / "dense.onnx")
+            dense = export(model, tmp / "dense.onnx", torch.randn(1, 16))
             report = self.run_cycle(tmp / "whole", dense)
             for key in (
                 "baseline_metric",
