@@ -27,7 +27,13 @@ class UnsupportedModel(ValueError):
 
 # Which inputs of which ops are learnable weights (prunable) and learnable biases or scales (trained, never pruned).
 WEIGHT_INPUTS = {"Gemm": (1,), "MatMul": (0, 1), "Conv": (1,)}
-TRAINED_INPUTS = {"Gemm": (2,), "Conv": (2,), "LayerNormalization": (1, 2), "BatchNormalization": (1, 2)}
+TRAINED_INPUTS = {
+    "Gemm": (2,),
+    "Conv": (2,),
+    "ConvTranspose": (1, 2),
+    "LayerNormalization": (1, 2),
+    "BatchNormalization": (1, 2),
+}
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -100,6 +106,28 @@ def _conv(a, x, w, b=None):
         padding=pads[:spatial],
         dilation=list(a.get("dilations", [1] * spatial)),
         groups=a.get("group", 1),
+    )
+
+
+def _conv_transpose(a, x, w, b=None):
+    spatial = x.dim() - 2
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[spatial]
+    pads = list(a.get("pads", [0] * 2 * spatial))
+    if (
+        pads[:spatial] != pads[spatial:]
+        or "output_shape" in a
+        or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
+    ):
+        raise UnsupportedModel("ConvTranspose with asymmetric pads, auto_pad or output_shape")
+    return conv(
+        x,
+        w,
+        b,
+        stride=list(a.get("strides", [1] * spatial)),
+        padding=pads[:spatial],
+        output_padding=list(a.get("output_padding", [0] * spatial)),
+        groups=a.get("group", 1),
+        dilation=list(a.get("dilations", [1] * spatial)),
     )
 
 
@@ -238,6 +266,7 @@ OPS: dict[str, Callable] = {
     "Shape": lambda a, x: torch.tensor(x.shape[a.get("start", 0) : a.get("end", x.dim())], dtype=torch.int64),
     "Slice": _slice,
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
     "MaxPool": _pool("MaxPool"),
     "AveragePool": _pool("AveragePool"),
     "GlobalAveragePool": lambda a, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
@@ -269,7 +298,7 @@ class OnnxModule(torch.nn.Module):
         for node in graph.node:
             if node.domain not in ("", "ai.onnx"):
                 raise UnsupportedModel(f"node {node.name!r}: op {node.domain}.{node.op_type} is not a standard ONNX op")
-            if node.op_type not in OPS:
+            if node.op_type not in OPS and node.op_type != "Constant":
                 raise UnsupportedModel(
                     f"node {node.name!r}: op {node.op_type} cannot be trained here; "
                     "train your own width-parameterised model instead (see docs/method.md)"
@@ -289,8 +318,10 @@ class OnnxModule(torch.nn.Module):
             value = torch.from_numpy(numpy_helper.to_array(tensor).copy())
             key = f"c{index}"
             self._keys[name] = key
+            # Training runs in float32 whatever the model stores; writing back restores the stored type.
+            value = value.float() if value.is_floating_point() else value
             if name in trained and value.is_floating_point():
-                self.register_parameter(key, torch.nn.Parameter(value.float()))
+                self.register_parameter(key, torch.nn.Parameter(value))
             else:
                 self.register_buffer(key, value)
         self.weights = [w for w in self.weights if isinstance(self.stored(w), torch.nn.Parameter)]
@@ -316,7 +347,7 @@ class OnnxModule(torch.nn.Module):
 
     def forward(self, *inputs: torch.Tensor):
         values: dict[str, torch.Tensor | None] = {"": None}
-        values.update(zip(self._inputs, inputs))
+        values.update(zip(self._inputs, (x.float() if x.is_floating_point() else x for x in inputs)))
         for name in self._keys:
             values[name] = self.tensor(name)
         for op, ins, outs, attrs, node in self._nodes:

@@ -9,10 +9,11 @@ import tempfile
 import unittest
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
-from squeeze_release import Config, OnnxModule, Run, UnsupportedModel, onnx_torch
+from squeeze_release import Config, OnnxModule, Run, UnsupportedModel, onnx_torch, tool
 from squeeze_release.mnist import accuracy, export, fit
 
 
@@ -57,6 +58,33 @@ class Executor(unittest.TestCase):
                 with torch.no_grad():
                     torch.testing.assert_close(module(x), model.eval()(x), rtol=1e-5, atol=1e-6)
                 self.assertTrue(module.weights, "the linear layers' weights are prunable parameters")
+
+    def test_every_fixture_runs_as_onnx_runtime_runs_it_before_and_after_minimizing(self):
+        import onnxruntime
+
+        fixtures = sorted((tool.REPO / "fixtures").rglob("*.onnx"))
+        self.assertGreater(len(fixtures), 30)
+        rng = np.random.default_rng(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            for fixture in fixtures:
+                small = Path(tmp) / "small.onnx"
+                tool.minimize(fixture, small, gather_inputs=True)
+                for path in (fixture, small):
+                    try:
+                        session = onnxruntime.InferenceSession(str(path))
+                    except onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented:
+                        continue  # ONNX Runtime has no float64 Erf
+                    feeds = {}
+                    for i in session.get_inputs():
+                        dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(i.type, np.float32)
+                        shape = [d if isinstance(d, int) else 2 for d in i.shape]
+                        feeds[i.name] = rng.standard_normal(shape).astype(dtype)
+                    want = session.run(None, feeds)[0].astype(np.float32)
+                    with torch.no_grad():
+                        got = onnx_torch.load(path)(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+                    scale = np.abs(want).max() + 1e-6
+                    tol = 1e-2 if np.float16 in (v.dtype for v in feeds.values()) else 1e-4
+                    self.assertLess(np.abs(got - want).max() / scale, tol, f"{path.name} from {fixture}")
 
     def test_writing_back_changes_only_values(self):
         with tempfile.TemporaryDirectory() as tmp:
