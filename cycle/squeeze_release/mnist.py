@@ -276,23 +276,29 @@ def summarize(folder: Path, results: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="lenet300")
+    parser = argparse.ArgumentParser(
+        prog="python3 -m squeeze_release.mnist",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--arch", choices=sorted(ARCHS), default="lenet300", help="lenet300: 784-300-100-10, wide: 784-1024-1024-10"
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder; an existing one is resumed")
-    parser.add_argument("--dense-epochs", type=float, default=20)
-    parser.add_argument("--finetune-epochs", type=float, default=1)
-    parser.add_argument("--train-epochs", type=float, default=3)
-    parser.add_argument("--prune-fraction", type=float, default=0.5)
-    parser.add_argument("--criterion", default="unit-coupled")
-    parser.add_argument("--coupling", type=float, default=2.0)
-    parser.add_argument("--grow", type=float, default=0.5)
-    parser.add_argument("--max-fraction", type=float, default=0.9)
-    parser.add_argument("--calibration", default="threshold:1.5")
+    parser.add_argument("--dense-epochs", type=float, default=20, help="training of the dense baseline")
+    parser.add_argument("--finetune-epochs", type=float, default=1, help="per cycle, pruned zeros frozen")
+    parser.add_argument("--train-epochs", type=float, default=3, help="per cycle, after release")
+    parser.add_argument("--prune-fraction", type=float, default=0.5, help="share of the weights pruned in cycle 1")
+    parser.add_argument("--criterion", default="unit-coupled", choices=["unit-coupled", "magnitude"])
+    parser.add_argument("--coupling", type=float, default=2.0, help="unit-coupled score exponent")
+    parser.add_argument("--grow", type=float, default=0.5, help="after a kept cycle, survivors' share times this")
+    parser.add_argument("--max-fraction", type=float, default=0.9, help="cap on the share pruned per cycle")
+    parser.add_argument("--calibration", default="threshold:1.5", help="threshold:X, std:X or output:X")
     parser.add_argument("--no-release", dest="release", action="store_false", help="ablation: never release zeros")
-    parser.add_argument("--tolerance", type=float, default=1.0)
-    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the guard allows")
+    parser.add_argument("--cycles", type=int, default=20, help="at most this many cycles")
     parser.add_argument("--structured-ratio", type=float, default=0.3, help="torch-pruning: share of units per step")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="of the dense model and every step")
     parser.add_argument(
         "--no-distill",
         dest="distill",
