@@ -190,21 +190,26 @@ impl OpRule for Select {
         &["Gather"]
     }
 
-    /// A Gather of features along the last axis by constant indices: how `--gather-inputs` reads an
-    /// input, so a model minimized with it can be minimized again (the indices shrink).
+    /// A Gather of a graph input's features along the last axis by constant indices: how
+    /// `--gather-inputs` reads an input, so a model minimized with it can be minimized again (the
+    /// indices shrink). Gathers of anything else may index shapes or tokens: opaque.
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         let data = node.input.first().map(String::as_str).unwrap_or_default();
-        let from_shape = cx.ir.producer.get(data).is_some_and(|&p| cx.graph.node[p].op_type() == "Shape");
         let last = match node.attr_i("axis", 0) {
             -1 => true,
             a => cx.ir.rank(data).is_some_and(|r| a == r as i64 - 1),
         };
         let indices = node.input.get(1).and_then(|i| cx.const_tensor(i));
         match indices {
-            Some(t) if t.dims.len() == 1 && t.data_type() == DataType::Int64 as i32 && last && !from_shape => {
+            Some(t)
+                if t.dims.len() == 1
+                    && t.data_type() == DataType::Int64 as i32
+                    && last
+                    && cx.ir.inputs.iter().any(|i| i == data) =>
+            {
                 Role::Select { indices: int64s(t) }
             }
-            _ => Role::Opaque("it is not a Gather of features along the last axis by constant indices".into()),
+            _ => Role::Opaque("it is not a Gather of a graph input's features by constant indices".into()),
         }
     }
 }
