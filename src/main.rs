@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use onnx_minimize::sparsify::{self, Calibration, Criterion, PruneOptions, Scope};
+use onnx_minimize::sparsify::{self, Amount, Calibration, Criterion, PruneOptions, Scope};
 use onnx_minimize::{minimize_file, Error, Options, VerifyOptions};
 
 const AFTER_HELP: &str = "\
@@ -92,8 +92,12 @@ struct PruneArgs {
     #[command(flatten)]
     io: Io,
     /// Fraction of the prunable weights that are zero afterwards, existing zeros included.
+    #[arg(long, value_name = "FRACTION", required_unless_present = "remove", conflicts_with = "remove")]
+    sparsity: Option<f64>,
+    /// Instead of --sparsity: the fraction of the weights not zero yet to zero now (one step of
+    /// iterative pruning; 0.2 removes a fifth of what survives).
     #[arg(long, value_name = "FRACTION")]
-    sparsity: f64,
+    remove: Option<f64>,
     /// One threshold across all layers, or each layer to the sparsity on its own.
     #[arg(long, value_enum, default_value_t = Scope::Global)]
     scope: Scope,
@@ -232,14 +236,20 @@ fn sparsify(
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Some(Command::Prune(a)) => {
-            if !(0.0..=1.0).contains(&a.sparsity) {
-                return Err(Error::Usage(format!("--sparsity {} is not a fraction between 0 and 1", a.sparsity)));
+            let (flag, amount) = match (a.sparsity, a.remove) {
+                (Some(s), _) => ("--sparsity", Amount::Sparsity(s)),
+                (None, Some(f)) => ("--remove", Amount::Remaining(f)),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            let (Amount::Sparsity(x) | Amount::Remaining(x)) = amount;
+            if !(0.0..=1.0).contains(&x) {
+                return Err(Error::Usage(format!("{flag} {x} is not a fraction between 0 and 1")));
             }
             if !(0.0..=16.0).contains(&a.coupling) {
                 return Err(Error::Usage(format!("--coupling {} is not between 0 and 16", a.coupling)));
             }
             let opts = PruneOptions {
-                sparsity: a.sparsity,
+                amount,
                 scope: a.scope,
                 criterion: a.criterion,
                 coupling: a.coupling,

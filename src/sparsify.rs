@@ -40,10 +40,18 @@ pub enum Scope {
     PerTensor,
 }
 
+/// How much to prune, as a fraction of the prunable weights (of each scope group).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Amount {
+    /// This fraction is zero afterwards, existing zeros included.
+    Sparsity(f64),
+    /// This fraction of the weights that are not zero yet becomes zero: one step of iterative pruning.
+    Remaining(f64),
+}
+
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
-    /// Fraction of prunable weights that are zero afterwards (existing zeros count).
-    pub sparsity: f64,
+    pub amount: Amount,
     pub scope: Scope,
     pub criterion: Criterion,
     /// The exponent `p` of the unit-coupled score.
@@ -172,7 +180,7 @@ fn zeros(w: &[f64]) -> usize {
     w.iter().filter(|x| **x == 0.0).count()
 }
 
-/// Prunes the model's linear-layer weights in place to exactly `opts.sparsity`.
+/// Prunes the model's linear-layer weights in place by exactly `opts.amount`.
 pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
     let targets = prunables(model, opts.include_output_layer)?;
     let mut weights = vec![];
@@ -187,7 +195,7 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
             Criterion::UnitCoupled => coupled(p, w, opts.coupling),
         })
         .collect();
-    // Which elements to zero: the lowest scores, exactly `sparsity` of each group; existing zeros
+    // Which elements to zero: the lowest scores, exactly the amount of each group; existing zeros
     // score 0 and go first.
     let mut cut: Vec<Vec<bool>> = scores.iter().map(|s| vec![false; s.len()]).collect();
     let groups: Vec<Vec<usize>> = match opts.scope {
@@ -197,7 +205,13 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
     for group in groups {
         let mut all: Vec<(f64, usize, usize)> =
             group.iter().flat_map(|&t| scores[t].iter().enumerate().map(move |(i, &s)| (s, t, i))).collect();
-        let k = ((all.len() as f64) * opts.sparsity.clamp(0.0, 1.0)).round() as usize;
+        let k = match opts.amount {
+            Amount::Sparsity(s) => ((all.len() as f64) * s.clamp(0.0, 1.0)).round() as usize,
+            Amount::Remaining(f) => {
+                let zero: usize = group.iter().map(|&t| zeros(&weights[t].0)).sum();
+                zero + (((all.len() - zero) as f64) * f.clamp(0.0, 1.0)).round() as usize
+            }
+        };
         if k > 0 {
             all.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
             all[..k].iter().for_each(|&(_, t, i)| cut[t][i] = true);

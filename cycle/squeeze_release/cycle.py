@@ -183,10 +183,7 @@ class Run:
 
         def prune():
             # The model may carry zeros already (no release, or a minimized start): prune a share of the rest.
-            probe = tool.prune(self.path(cur["start"]), self.path(f"{tag}.pruned.onnx"), 0.0, c)
-            before = probe["sparsity_before"]
-            target = before + (1.0 - before) * fraction
-            report = tool.prune(self.path(cur["start"]), self.path(f"{tag}.pruned.onnx"), target, c)
+            report = tool.prune(self.path(cur["start"]), self.path(f"{tag}.pruned.onnx"), fraction, c)
             info = {"file": f"{tag}.pruned.onnx", "sparsity": report["sparsity_after"]}
             if cur["start"].endswith(".trained.onnx"):
                 # The failure to watch: released noise pruned straight back.

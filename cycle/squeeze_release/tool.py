@@ -41,10 +41,10 @@ def run(*args: str | os.PathLike) -> dict:
         return json.loads(report.read_text())
 
 
-def prune(src, dst, sparsity: float, config) -> dict:
-    """`config`: the cycle's Config (criterion, coupling, scope)."""
+def prune(src, dst, fraction: float, config) -> dict:
+    """Zeroes `fraction` of the weights not zero yet; `config`: the cycle's Config (criterion, coupling, scope)."""
     flags = ["--criterion", config.criterion, "--coupling", str(config.coupling), "--scope", config.scope]
-    return run("prune", src, dst, "--sparsity", f"{sparsity:.6f}", *flags)
+    return run("prune", src, dst, "--remove", f"{fraction:.6f}", *flags)
 
 
 def minimize(src, dst, gather_inputs: bool = True, seed: int = 0) -> dict:

@@ -241,7 +241,20 @@ fn prune_and_release_from_the_command_line() {
     assert!((report["sparsity_after"].as_f64().unwrap() - 0.99).abs() < 1e-6);
     let o = run(&[os("release"), pruned.as_os_str(), released.as_os_str(), os("--calibration"), os("std:0.1")]);
     assert!(o.status.success(), "{}", stderr(&o));
-    for (flag, value) in [("--coupling", "99"), ("--sparsity", "1.5")] {
+    let o = run(&[
+        os("prune"),
+        released.as_os_str(),
+        pruned.as_os_str(),
+        os("--remove"),
+        os("0.5"),
+        os("--report"),
+        os("-"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (before, after) = (report["sparsity_before"].as_f64().unwrap(), report["sparsity_after"].as_f64().unwrap());
+    assert!(before < 1e-6 && (after - 0.5).abs() < 1e-3, "half of a released model: {before} -> {after}");
+    for (flag, value) in [("--coupling", "99"), ("--sparsity", "1.5"), ("--remove", "2")] {
         let out = dir.path().join("bad.onnx");
         let mut args = vec![os("prune"), input.as_os_str(), out.as_os_str(), os("--sparsity"), os("0.5")];
         args.extend([os(flag), os(value)]);

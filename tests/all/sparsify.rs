@@ -3,7 +3,7 @@
 
 use crate::common::{fixture, mlp, write, Form, Layer};
 use onnx_minimize::onnx::tensor::Values;
-use onnx_minimize::sparsify::{prune, release, Calibration, Criterion, PruneOptions, Scope};
+use onnx_minimize::sparsify::{prune, release, Amount, Calibration, Criterion, PruneOptions, Scope};
 use onnx_minimize::Model;
 use proptest::prelude::*;
 
@@ -23,7 +23,7 @@ fn stronger_coupling_prunes_more_whole_units() {
     let dead = |coupling| {
         let mut m = Model::load(&fixture("lenet300_pruned_ts.onnx")).unwrap();
         let opts = PruneOptions {
-            sparsity: 0.98,
+            amount: Amount::Sparsity(0.98),
             scope: Scope::Global,
             criterion: Criterion::UnitCoupled,
             coupling,
@@ -39,6 +39,31 @@ fn stronger_coupling_prunes_more_whole_units() {
     assert!(two > half, "coupling 2 kills {two} rows and columns of fc1, coupling 0.5 {half}");
 }
 
+/// One step of iterative pruning: half of what survives goes, whatever was zero already.
+#[test]
+fn pruning_a_share_of_the_remaining_weights() {
+    for scope in [Scope::Global, Scope::PerTensor] {
+        let mut m = Model::load(&fixture("lenet300_pruned_ts.onnx")).unwrap();
+        let opts = PruneOptions {
+            amount: Amount::Remaining(0.5),
+            scope,
+            criterion: Criterion::Magnitude,
+            coupling: 0.5,
+            include_output_layer: false,
+        };
+        let r = prune(&mut m, &opts).unwrap();
+        let expect = |n: usize, z: usize| z + ((n - z) as f64 * 0.5).round() as usize;
+        if scope == Scope::PerTensor {
+            for t in &r.tensors {
+                assert_eq!(t.zeros_after, expect(t.elements, t.zeros_before), "{}", t.tensor);
+            }
+        }
+        let (n, z0, z1) =
+            r.tensors.iter().fold((0, 0, 0), |a, t| (a.0 + t.elements, a.1 + t.zeros_before, a.2 + t.zeros_after));
+        assert!(z1.abs_diff(expect(n, z0)) <= r.tensors.len(), "{scope:?}: {z1} zeros, {} expected", expect(n, z0));
+    }
+}
+
 #[test]
 fn pruning_reaches_the_sparsity_exactly_and_leaves_biases_and_the_output_layer() {
     for (scope, criterion) in [(Scope::Global, Criterion::Magnitude), (Scope::PerTensor, Criterion::UnitCoupled)] {
@@ -46,7 +71,13 @@ fn pruning_reaches_the_sparsity_exactly_and_leaves_biases_and_the_output_layer()
         let (fc3, b1) = (tensor(&m, "fc3.weight"), tensor(&m, "fc1.bias"));
         let r = prune(
             &mut m,
-            &PruneOptions { sparsity: 0.99, scope, criterion, coupling: 0.5, include_output_layer: false },
+            &PruneOptions {
+                amount: Amount::Sparsity(0.99),
+                scope,
+                criterion,
+                coupling: 0.5,
+                include_output_layer: false,
+            },
         )
         .unwrap();
         let total: usize = r.tensors.iter().map(|t| t.elements).sum();
@@ -113,7 +144,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let mut m = Model::load(&write(dir.path(), "m.onnx", &mlp(&layers))).unwrap();
         let opts = PruneOptions {
-            sparsity,
+            amount: Amount::Sparsity(sparsity),
             scope: if global { Scope::Global } else { Scope::PerTensor },
             criterion: if coupled { Criterion::UnitCoupled } else { Criterion::Magnitude },
             coupling: if global { 0.5 } else { 2.0 },
@@ -143,7 +174,7 @@ fn a_model_read_through_a_gather_loses_more_input_features_on_the_next_pass() {
     let r1 = minimize_file(&fixture("lenet300_pruned_ts.onnx"), Some(&first), &opts, &|_| {}).unwrap();
     let mut m = Model::load(&first).unwrap();
     let opts = PruneOptions {
-        sparsity: 0.995,
+        amount: Amount::Sparsity(0.995),
         scope: Scope::Global,
         criterion: Criterion::UnitCoupled,
         coupling: 2.0,
