@@ -30,7 +30,7 @@ Metric = Callable[[onnx_torch.OnnxModule], float]
 
 @dataclasses.dataclass
 class Config:
-    """How hard to push. The defaults are what the MNIST recipes use (docs/method.md says why)."""
+    """How hard to push. The defaults are what the MNIST recipes measured best with (docs/method.md)."""
 
     #: Share of the current model's non-zero prunable weights zeroed in the first cycle.
     prune_fraction: float = 0.5
@@ -38,11 +38,11 @@ class Config:
     #: a rejected cycle halves the prune fraction instead. 1.0 keeps the fraction fixed.
     grow: float = 0.5
     #: The prune fraction never goes above this.
-    max_fraction: float = 0.95
+    max_fraction: float = 0.9
     #: onnx-minimize prune --criterion: "unit-coupled" gathers zeros into whole units, "magnitude" is plain IMP.
     criterion: str = "unit-coupled"
     #: onnx-minimize prune --coupling: how strongly unit-coupled scores follow whole units.
-    coupling: float = 0.5
+    coupling: float = 2.0
     scope: str = "global"
     #: onnx-minimize release --calibration ("threshold:X", "std:X"), or "output:X": the largest std:s whose
     #: relative change of the outputs on the calibration sample stays within X.
@@ -50,15 +50,15 @@ class Config:
     #: False: prune and minimize only (iterative pruning without release, a baseline).
     release: bool = True
     finetune_epochs: float = 1.0
-    train_epochs: float = 1.0
+    train_epochs: float = 3.0
     #: How far the guard metric may fall below the dense baseline's.
     tolerance: float = 1.0
-    max_cycles: int = 12
+    max_cycles: int = 20
     #: Rejected cycles in a row before stopping.
     retries: int = 3
     #: Training of the smallest kept model once the loop ends (released first when `release` is on,
     #: masked otherwise); kept only if it scores at least as well.
-    final_epochs: float = 0.0
+    final_epochs: float = 10.0
     gather_inputs: bool = True
     seed: int = 0
 

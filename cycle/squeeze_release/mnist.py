@@ -25,6 +25,7 @@ import torch
 
 from . import cycle, onnx_torch
 
+DEFAULTS = cycle.Config()
 ARCHS = {"lenet300": [784, 300, 100, 10], "wide": [784, 1024, 1024, 10], "toy": [784, 32, 16, 10]}
 
 
@@ -286,17 +287,25 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder; an existing one is resumed")
     parser.add_argument("--dense-epochs", type=float, default=20, help="training of the dense baseline")
-    parser.add_argument("--finetune-epochs", type=float, default=1, help="per cycle, pruned zeros frozen")
-    parser.add_argument("--train-epochs", type=float, default=3, help="per cycle, after release")
-    parser.add_argument("--prune-fraction", type=float, default=0.5, help="share of the weights pruned in cycle 1")
-    parser.add_argument("--criterion", default="unit-coupled", choices=["unit-coupled", "magnitude"])
-    parser.add_argument("--coupling", type=float, default=2.0, help="unit-coupled score exponent")
-    parser.add_argument("--grow", type=float, default=0.5, help="after a kept cycle, survivors' share times this")
-    parser.add_argument("--max-fraction", type=float, default=0.9, help="cap on the share pruned per cycle")
-    parser.add_argument("--calibration", default="threshold:1.5", help="threshold:X, std:X or output:X")
+    parser.add_argument(
+        "--finetune-epochs", type=float, default=DEFAULTS.finetune_epochs, help="per cycle, pruned zeros frozen"
+    )
+    parser.add_argument("--train-epochs", type=float, default=DEFAULTS.train_epochs, help="per cycle, after release")
+    parser.add_argument(
+        "--prune-fraction", type=float, default=DEFAULTS.prune_fraction, help="share of the weights pruned in cycle 1"
+    )
+    parser.add_argument("--criterion", default=DEFAULTS.criterion, choices=["unit-coupled", "magnitude"])
+    parser.add_argument("--coupling", type=float, default=DEFAULTS.coupling, help="unit-coupled score exponent")
+    parser.add_argument(
+        "--grow", type=float, default=DEFAULTS.grow, help="after a kept cycle, survivors' share times this"
+    )
+    parser.add_argument(
+        "--max-fraction", type=float, default=DEFAULTS.max_fraction, help="cap on the share pruned per cycle"
+    )
+    parser.add_argument("--calibration", default=DEFAULTS.calibration, help="threshold:X, std:X or output:X")
     parser.add_argument("--no-release", dest="release", action="store_false", help="ablation: never release zeros")
-    parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the guard allows")
-    parser.add_argument("--cycles", type=int, default=20, help="at most this many cycles")
+    parser.add_argument("--tolerance", type=float, default=DEFAULTS.tolerance, help="accuracy points the guard allows")
+    parser.add_argument("--cycles", type=int, default=DEFAULTS.max_cycles, help="at most this many cycles")
     parser.add_argument("--structured-ratio", type=float, default=0.3, help="torch-pruning: share of units per step")
     parser.add_argument("--seed", type=int, default=0, help="of the dense model and every step")
     parser.add_argument(
@@ -305,7 +314,12 @@ def main(argv=None) -> dict:
         action="store_false",
         help="train compressed models on the labels only, not also on the dense model's logits",
     )
-    parser.add_argument("--final-epochs", type=float, default=10, help="training of the smallest kept model at the end")
+    parser.add_argument(
+        "--final-epochs",
+        type=float,
+        default=DEFAULTS.final_epochs,
+        help="training of the smallest kept model at the end",
+    )
     parser.add_argument("--group-lasso", type=float, default=3e-4, help="row and column L2 penalty while training")
     parser.add_argument("--limit", type=int, help="use only the first N examples of each split (tests)")
     parser.add_argument("--baselines", action="store_true", help="also run IMP (+ minimize) and torch-pruning")
