@@ -293,9 +293,12 @@ class OnnxModule(torch.nn.Module):
         graph = model.graph
         constants = {t.name: t for t in graph.initializer}
         producer = {o: n for n in graph.node for o in n.output}
+        # TorchScript exports read shared weights through Identity nodes: the weight is the initializer.
+        alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in constants}
         self.weights: list[str] = []
         trained: set[str] = set()
         for node in graph.node:
+            inputs = [alias.get(x, x) for x in node.input]
             if node.domain not in ("", "ai.onnx"):
                 raise UnsupportedModel(f"node {node.name!r}: op {node.domain}.{node.op_type} is not a standard ONNX op")
             if node.op_type not in OPS and node.op_type != "Constant":
@@ -304,14 +307,14 @@ class OnnxModule(torch.nn.Module):
                     "train your own width-parameterised model instead (see docs/method.md)"
                 )
             for i in WEIGHT_INPUTS.get(node.op_type, ()):
-                if i < len(node.input) and node.input[i] in constants and node.input[i] not in self.weights:
-                    self.weights.append(node.input[i])
+                if i < len(inputs) and inputs[i] in constants and inputs[i] not in self.weights:
+                    self.weights.append(inputs[i])
             for i in TRAINED_INPUTS.get(node.op_type, ()):
-                if i < len(node.input) and node.input[i] in constants:
-                    trained.add(node.input[i])
-            after_matmul = any(x in producer and producer[x].op_type == "MatMul" for x in node.input)
+                if i < len(inputs) and inputs[i] in constants:
+                    trained.add(inputs[i])
+            after_matmul = any(x in producer and producer[x].op_type == "MatMul" for x in inputs)
             if node.op_type == "Add" and after_matmul:  # the bias of a MatMul layer
-                trained.update(x for x in node.input if x in constants)
+                trained.update(x for x in inputs if x in constants)
         trained.update(self.weights)
         self._keys: dict[str, str] = {}
         for index, (name, tensor) in enumerate(constants.items()):
