@@ -125,6 +125,13 @@ def _is_conv1d(m) -> bool:
     return type(m).__name__ == "Conv1D" and hasattr(m, "nf")  # transformers' GPT-2 Conv1D
 
 
+def perturb_and_prune(model, gen):
+    """Moves every parameter off its default init (zero biases, unit gammas), then prunes."""
+    for p in model.parameters():
+        p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
+    prune_unstructured(model, gen)
+
+
 def prune_unstructured(model: torch.nn.Module, gen: torch.Generator, frac: float = None) -> None:
     frac = PRUNE["sparsity"] if frac is None else frac
     for m in model.modules():
@@ -288,9 +295,7 @@ def build_gpt2(gen):
     model = GPT2Model(cfg).eval()
     cs = stream_channels(64)
     with torch.no_grad():
-        for p in model.parameters():  # default init has zero biases and unit gammas
-            p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
-        prune_unstructured(model, gen)
+        perturb_and_prune(model, gen)
         model.wte.weight.data[:, cs] = cvals(len(cs), 0.3, -0.2)
         model.wpe.weight.data[:, cs] = cvals(len(cs), 0.1, 0.05)
         for blk in model.h:
@@ -351,9 +356,7 @@ def build_vit(gen, model=None):
         model = ViTModel(cfg, add_pooling_layer=False).eval()
     cs = stream_channels(64)
     with torch.no_grad():
-        for p in model.parameters():
-            p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
-        prune_unstructured(model, gen)
+        perturb_and_prune(model, gen)
         proj = model.embeddings.patch_embeddings.projection
         zero_out_units(proj, cs)
         proj.bias.data[cs] = cvals(len(cs), 0.3, -0.2)
@@ -472,9 +475,7 @@ def build_gpt2_proj(gen):
     cs = stream_channels(64)
     model = lm.transformer
     with torch.no_grad():
-        for p in lm.parameters():
-            p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
-        prune_unstructured(lm, gen)
+        perturb_and_prune(lm, gen)
         prune_unstructured(proj, gen)
         zero_out_units(proj, cs)
         proj.bias.data[cs] = cvals(len(cs), 0.3, -0.2)
@@ -503,9 +504,7 @@ def build_neox_proj(gen):
     cs = stream_channels(64)
     model = lm.gpt_neox
     with torch.no_grad():
-        for p in lm.parameters():
-            p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
-        prune_unstructured(lm, gen)
+        perturb_and_prune(lm, gen)
         prune_unstructured(proj, gen)
         zero_out_units(proj, cs)
         proj.bias.data[cs] = cvals(len(cs), 0.3, -0.2)
@@ -598,9 +597,7 @@ def build_albert_mlm(gen):
     model = AlbertForMaskedLM(cfg).eval()
     cs = stream_channels(64)
     with torch.no_grad():
-        for p in model.parameters():
-            p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
-        prune_unstructured(model, gen)
+        perturb_and_prune(model, gen)
         enc = model.albert.encoder
         zero_out_units(enc.embedding_hidden_mapping_in, cs)
         enc.embedding_hidden_mapping_in.bias.data[cs] = cvals(len(cs), 0.3, -0.2)
@@ -660,9 +657,7 @@ def build_convnext(gen, v2=False):
     model = Model(cfg).eval()
     cn = model.convnextv2 if v2 else model.convnext
     with torch.no_grad():
-        for p in model.parameters():
-            p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
-        prune_unstructured(model, gen)
+        perturb_and_prune(model, gen)
         writer = cn.embeddings.patch_embeddings
         norms = [cn.embeddings.layernorm]
         for st, stage in enumerate(cn.encoder.stages):
@@ -738,9 +733,7 @@ def build_t5_enc(gen):
                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     model = T5EncoderModel(cfg).eval()
     with torch.no_grad():
-        for p in model.parameters():
-            p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
-        prune_unstructured(model, gen)
+        perturb_and_prune(model, gen)
         for blk in model.encoder.block:
             ff = blk.layer[1].DenseReluDense
             perm = torch.randperm(cfg.d_ff, generator=gen).tolist()
@@ -779,9 +772,7 @@ def build_whisper_enc(gen):
                         pad_token_id=0, bos_token_id=1, eos_token_id=1, decoder_start_token_id=1)
     enc = WhisperModel(cfg).get_encoder().eval()
     with torch.no_grad():
-        for p in enc.parameters():
-            p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
-        prune_unstructured(enc, gen)
+        perturb_and_prune(enc, gen)
         zero_out_units(enc.conv1, [1, 2])  # constant channels into the padded conv2
         enc.conv1.bias.data[[1, 2]] = torch.tensor([0.0, 0.4])  # one zero (removable), one not
         for layer in enc.layers:
@@ -819,9 +810,7 @@ def build_swin(gen):
                      num_labels=10)
     model = SwinForImageClassification(cfg).eval()
     with torch.no_grad():
-        for p in model.parameters():
-            p.data.add_(0.02 * torch.randn(p.shape, generator=gen))
-        prune_unstructured(model, gen)
+        perturb_and_prune(model, gen)
         for m in model.modules():
             if type(m).__name__ == "SwinIntermediate":  # transformers < 5
                 up_projection_units(m.dense, gen)
