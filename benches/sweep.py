@@ -225,6 +225,21 @@ def _image_inputs(ch, size):
     return make
 
 
+def _text_case(module, outputs: list[str], gen, vocab: int) -> dict:
+    """The case of a text model: 2 random sequences of SEQ tokens with a full attention mask in."""
+    ids = torch.randint(2, vocab, (2, SEQ), generator=gen)
+    mask = torch.ones(2, SEQ, dtype=torch.int64)
+    return dict(
+        module=module,
+        inputs=(ids, mask),
+        input_names=["input_ids", "attention_mask"],
+        output_names=outputs,
+        dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+        shapes=[f"input_ids=1,{SEQ}", f"attention_mask=1,{SEQ}"],
+        ort_inputs=_token_inputs(vocab, True),
+    )
+
+
 def _vision_case(model, output: str, gen, size: int) -> dict:
     """The case of a vision model: 2 random RGB images of `size` pixels in, one named output."""
     x = torch.randn(2, 3, size, size, generator=gen)
@@ -261,31 +276,11 @@ def build_minilm(gen):
             zero_norm_gamma(layer.output.LayerNorm, cs)
             up_projection_units(layer.intermediate.dense, gen)
     vocab = model.config.vocab_size
-    ids = torch.randint(2, vocab, (2, SEQ), generator=gen)
-    mask = torch.ones(2, SEQ, dtype=torch.int64)
-    return dict(
-        module=_BertWrap(model),
-        inputs=(ids, mask),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state", "pooler_output"],
-        dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
-        shapes=[f"input_ids=1,{SEQ}", f"attention_mask=1,{SEQ}"],
-        ort_inputs=_token_inputs(vocab, True),
-    )
+    return _text_case(_BertWrap(model), ["last_hidden_state", "pooler_output"], gen, vocab)
 
 
 def _decoder_spec(model, vocab, gen):
-    ids = torch.randint(2, vocab, (2, SEQ), generator=gen)
-    mask = torch.ones(2, SEQ, dtype=torch.int64)
-    return dict(
-        module=_Decoder(model),
-        inputs=(ids, mask),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state"],
-        dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
-        shapes=[f"input_ids=1,{SEQ}", f"attention_mask=1,{SEQ}"],
-        ort_inputs=_token_inputs(vocab, True),
-    )
+    return _text_case(_Decoder(model), ["last_hidden_state"], gen, vocab)
 
 
 def build_gpt2(gen):
@@ -543,17 +538,7 @@ class _Logits(torch.nn.Module):
 
 
 def _mlm_spec(model, vocab, gen):
-    ids = torch.randint(2, vocab, (2, SEQ), generator=gen)
-    mask = torch.ones(2, SEQ, dtype=torch.int64)
-    return dict(
-        module=_Logits(model).eval(),
-        inputs=(ids, mask),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
-        shapes=[f"input_ids=1,{SEQ}", f"attention_mask=1,{SEQ}"],
-        ort_inputs=_token_inputs(vocab, True),
-    )
+    return _text_case(_Logits(model).eval(), ["logits"], gen, vocab)
 
 
 def build_minilm_mlm(gen):
