@@ -199,7 +199,14 @@ class Run:
             return {"file": f"{tag}.finetuned.onnx", "frozen_zeros": frozen}
 
         def minimize():
-            report = tool.minimize(self.path(f"{tag}.finetuned.onnx"), self.path(f"{tag}.min.onnx"), c.gather_inputs)
+            try:
+                report = tool.minimize(
+                    self.path(f"{tag}.finetuned.onnx"), self.path(f"{tag}.min.onnx"), c.gather_inputs
+                )
+            except tool.ToolError as e:
+                # onnx-minimize writes nothing it could not verify (tract fails on some degenerate
+                # one-unit models): such a cycle cannot be judged, so it is rejected.
+                return {"error": str(e)}
             module = self.module(f"{tag}.min.onnx")
             return {
                 "file": f"{tag}.min.onnx",
@@ -223,6 +230,11 @@ class Run:
         self._step("prune", prune)
         self._step("finetune", finetune)
         minimized = self._step("minimize", minimize)
+        if "error" in minimized:
+            why = minimized["error"].splitlines()[0][:300]
+            log(f"cycle {k:2d}: the minimized model could not be verified, rejected: {why}")
+            self._advance(k, fraction, {"cycle": k, "prune_fraction": fraction, "accepted": False, **minimized})
+            return
         if c.release:
             self._step("release", release)
             trained = self._step("train", train)
@@ -289,13 +301,17 @@ class Run:
             f"compression {entry['compression']:.1f}x, metric {entry['metric']:.2f} "
             f"(test {entry['test']:.2f}, baseline {base['metric']:.2f}) {'kept' if entry['accepted'] else 'rejected'}"
         )
+        self._advance(k, fraction, entry)
+
+    def _advance(self, k: int, fraction: float, entry: dict) -> None:
+        """Records a judged cycle; the next starts from it when kept, else from the same start, gentler."""
+        c, cur = self.config, self.state["current"]
         self.state["cycles"].append(entry)
-        cur = self.state["current"]
         if entry["accepted"]:
             self.state["best"] = entry
             self.state["failures"] = 0
             grown = min(c.max_fraction, 1.0 - (1.0 - fraction) * c.grow)
-            nxt = {"index": k + 1, "fraction": grown, "start": best["file"], "done": {}}
+            nxt = {"index": k + 1, "fraction": grown, "start": entry["model"], "done": {}}
         else:
             self.state["failures"] += 1
             nxt = {"index": k + 1, "fraction": fraction / 2, "start": cur["start"], "done": {}}
@@ -312,7 +328,14 @@ class Run:
                 self.save()
             if self.state["final"]["metric"] >= best["metric"]:
                 final = self.state["final"]["file"]
-        report = tool.minimize(self.path(final), self.path("final.onnx"), self.config.gather_inputs)
+        try:
+            report = tool.minimize(self.path(final), self.path("final.onnx"), self.config.gather_inputs)
+        except tool.ToolError:
+            if not best or final == best["model"]:
+                raise
+            log("final training gave a model that could not be verified; keeping the cycle's model")
+            final = best["model"]
+            report = tool.minimize(self.path(final), self.path("final.onnx"), self.config.gather_inputs)
         module = self.module("final.onnx")
         result = {
             "baseline_metric": base["metric"],
@@ -376,7 +399,7 @@ def plot(report: dict, folder: Path) -> None:
     kept = [c for c in cycles if c["accepted"]]
     sizes = [report["original_params"]] + [c["params"] for c in kept]
     ax.plot(sizes, [base] + [c["metric"] for c in kept], "o-", label="kept cycles")
-    lost = [c for c in cycles if not c["accepted"]]
+    lost = [c for c in cycles if not c["accepted"] and "params" in c]
     ax.plot([c["params"] for c in lost], [c["metric"] for c in lost], "x", color="red", label="rejected")
     ax.set_xscale("log")
     ax.invert_xaxis()

@@ -8,6 +8,7 @@ import json
 import tempfile
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import onnx
@@ -156,6 +157,28 @@ class Cycle(unittest.TestCase):
             seed=3,
         )
         return Run(dense, folder, train, lambda m: accuracy(m, valid), config=config).run()
+
+    def test_a_cycle_onnx_minimize_cannot_verify_is_rejected_and_the_run_goes_on(self):
+        train_set, _ = toy_data()
+        model = toy_mlp()
+        fit(model, train_set, 2.0, seed=0, lr=3e-3, batch=32)
+        real = tool.minimize
+        calls = []
+
+        def failing_second_cycle(src, dst, *args):
+            calls.append(Path(src).name)
+            if Path(src).name == "cycle02.finetuned.onnx":
+                raise tool.ToolError("onnx-minimize exited with 4: error: tract cannot run the model")
+            return real(src, dst, *args)
+
+        with tempfile.TemporaryDirectory() as tmp, mock.patch.object(tool, "minimize", failing_second_cycle):
+            dense = export(model, Path(tmp) / "dense.onnx", torch.randn(1, 16))
+            report = self.run_cycle(Path(tmp) / "run", dense)
+        second = report["cycles"][1]
+        self.assertFalse(second["accepted"])
+        self.assertIn("tract cannot run", second["error"])
+        self.assertEqual(len(report["cycles"]), 3, "the run went on with a gentler cycle")
+        self.assertLess(report["cycles"][2]["prune_fraction"], second["prune_fraction"])
 
     def test_toy_cycle_end_to_end_and_resume_after_an_interruption(self):
         train_set, valid = toy_data()
