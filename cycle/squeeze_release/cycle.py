@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -123,9 +122,9 @@ class Run:
             self.config = config or Config()
             if self.config.calibration.startswith("output:") and sample is None:
                 raise ValueError("calibration output:X needs a `sample` input batch to measure the outputs on")
-            shutil.copyfile(model, self.folder / "baseline.onnx")
+            # Through onnx: a model with external data arrives whole (its data file beside the copy).
+            onnx_torch.save(onnx.load(os.fspath(model)), self.folder / "baseline.onnx")
             self.state = {"config": dataclasses.asdict(self.config), "cycles": [], "finished": False}
-        self.started = time.time()
 
     def save(self) -> None:
         _write_json(self.state_path, self.state)

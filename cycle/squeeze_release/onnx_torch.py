@@ -383,13 +383,21 @@ def load(path: str | os.PathLike) -> OnnxModule:
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Writes atomically: a reader never sees half a model, and an interrupted run leaves the old file."""
+    """Writes atomically: a reader never sees half a model, and an interrupted run leaves the old file.
+    Weights go to `<path>.data` when the model would pass protobuf's 2 GB limit."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".onnx.tmp")
     os.close(fd)
+    large = sum(t.ByteSize() for t in model.graph.initializer) > 2**31 - 2**27
     try:
-        onnx.save(model, tmp)
+        if large:  # onnx appends to an existing data file: start it afresh
+            data = os.path.basename(path) + ".data"
+            if os.path.exists(os.path.join(folder, data)):
+                os.remove(os.path.join(folder, data))
+            onnx.save(model, tmp, save_as_external_data=True, location=data)
+        else:
+            onnx.save(model, tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -180,6 +180,21 @@ class Cycle(unittest.TestCase):
         self.assertEqual(len(report["cycles"]), 3, "the run went on with a gentler cycle")
         self.assertLess(report["cycles"][2]["prune_fraction"], second["prune_fraction"])
 
+    def test_a_model_with_external_data_runs_through_the_cycle(self):
+        train_set, _ = toy_data()
+        model = toy_mlp()
+        fit(model, train_set, 2.0, seed=0, lr=3e-3, batch=32)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            inline = onnx.load(str(export(model, tmp / "inline.onnx", torch.randn(1, 16))))
+            onnx.save(
+                inline, str(tmp / "ext.onnx"), save_as_external_data=True, location="ext.weights", size_threshold=0
+            )
+            self.assertTrue((tmp / "ext.weights").stat().st_size > 0)
+            report = self.run_cycle(tmp / "run", tmp / "ext.onnx")
+            self.assertEqual(report["original_params"], onnx_torch.params(inline))
+            self.assertLessEqual(report["final_params"], report["original_params"])
+
     def test_toy_cycle_end_to_end_and_resume_after_an_interruption(self):
         train_set, valid = toy_data()
         model = toy_mlp()
