@@ -136,6 +136,14 @@ class Interrupted(Exception):
 
 
 class Cycle(unittest.TestCase):
+    @staticmethod
+    def dense(path: Path, epochs: float) -> Path:
+        """The toy MLP trained for `epochs` and exported to `path`: where every cycle test starts."""
+        train_set, _ = toy_data()
+        model = toy_mlp()
+        fit(model, train_set, epochs, seed=0, lr=3e-3, batch=32)
+        return export(model, path, torch.randn(1, 16))
+
     def run_cycle(self, folder: Path, dense: Path, stop_at_call: int | None = None) -> dict:
         train_set, valid = toy_data()
         calls = []
@@ -159,9 +167,6 @@ class Cycle(unittest.TestCase):
         return Run(dense, folder, train, lambda m: accuracy(m, valid), config=config).run()
 
     def test_a_cycle_onnx_minimize_cannot_verify_is_rejected_and_the_run_goes_on(self):
-        train_set, _ = toy_data()
-        model = toy_mlp()
-        fit(model, train_set, 2.0, seed=0, lr=3e-3, batch=32)
         real = tool.minimize
         calls = []
 
@@ -172,7 +177,7 @@ class Cycle(unittest.TestCase):
             return real(src, dst, *args)
 
         with tempfile.TemporaryDirectory() as tmp, mock.patch.object(tool, "minimize", failing_second_cycle):
-            dense = export(model, Path(tmp) / "dense.onnx", torch.randn(1, 16))
+            dense = self.dense(Path(tmp) / "dense.onnx", 2.0)
             report = self.run_cycle(Path(tmp) / "run", dense)
         second = report["cycles"][1]
         self.assertFalse(second["accepted"])
@@ -181,12 +186,9 @@ class Cycle(unittest.TestCase):
         self.assertLess(report["cycles"][2]["prune_fraction"], second["prune_fraction"])
 
     def test_a_model_with_external_data_runs_through_the_cycle(self):
-        train_set, _ = toy_data()
-        model = toy_mlp()
-        fit(model, train_set, 2.0, seed=0, lr=3e-3, batch=32)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            inline = onnx.load(str(export(model, tmp / "inline.onnx", torch.randn(1, 16))))
+            inline = onnx.load(str(self.dense(tmp / "inline.onnx", 2.0)))
             onnx.save(
                 inline, str(tmp / "ext.onnx"), save_as_external_data=True, location="ext.weights", size_threshold=0
             )
@@ -196,12 +198,10 @@ class Cycle(unittest.TestCase):
             self.assertLessEqual(report["final_params"], report["original_params"])
 
     def test_toy_cycle_end_to_end_and_resume_after_an_interruption(self):
-        train_set, valid = toy_data()
-        model = toy_mlp()
-        fit(model, train_set, 4.0, seed=0, lr=3e-3, batch=32)
+        _, valid = toy_data()
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            dense = export(model, tmp / "dense.onnx", torch.randn(1, 16))
+            dense = self.dense(tmp / "dense.onnx", 4.0)
             report = self.run_cycle(tmp / "whole", dense)
             for key in (
                 "baseline_metric",
