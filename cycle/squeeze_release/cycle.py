@@ -165,15 +165,18 @@ class Run:
         self.save()
 
     def _step(self, name: str, work: Callable[[], dict]) -> dict:
-        current = self.state["current"]
-        if name not in current["done"]:
+        return self._once(self.state["current"]["done"], name, work)
+
+    def _once(self, record: dict, name: str, work: Callable[[], dict]) -> dict:
+        """`record[name]`, doing `work` (timed, then saved) only if no earlier run did."""
+        if name not in record:
             started = time.time()
             info = work()
             info["seconds"] = round(time.time() - started, 3)
-            current["done"][name] = info
+            record[name] = info
             self.state["seconds"] += info["seconds"]
             self.save()
-        return current["done"][name]
+        return record[name]
 
     def _cycle(self) -> None:
         c, cur = self.config, self.state["current"]
@@ -259,7 +262,6 @@ class Run:
 
     def _polish(self, best: dict) -> dict:
         c, k = self.config, self.state["current"]["index"]
-        started = time.time()
         if c.release:
             self._calibration(best["model"], "polish.released.onnx", _seed(c, k, "final"))
             module = self.module("polish.released.onnx")
@@ -270,9 +272,7 @@ class Run:
         onnx_torch.save(module.to_onnx(), self.path("polish.trained.onnx"))
         metric = self.evaluate(module)
         log(f"final training: metric {metric:.2f} (kept model {best['metric']:.2f})")
-        seconds = round(time.time() - started, 3)
-        self.state["seconds"] += seconds
-        return {"file": "polish.trained.onnx", "metric": metric, "test": self.test(module), "seconds": seconds}
+        return {"file": "polish.trained.onnx", "metric": metric, "test": self.test(module)}
 
     def _judge(self, k: int, fraction: float, tag: str, minimized: dict, trained: dict | None) -> None:
         c, base = self.config, self.state["baseline"]
@@ -321,12 +321,9 @@ class Run:
     def _finish(self) -> dict:
         base, best = self.state["baseline"], self.state["best"]
         final = best["model"] if best else "baseline.onnx"
-        if best and self.config.final_epochs > 0:
-            if "final" not in self.state:
-                self.state["final"] = self._polish(best)
-                self.save()
-            if self.state["final"]["metric"] >= best["metric"]:
-                final = self.state["final"]["file"]
+        polished = best and self.config.final_epochs > 0 and self._once(self.state, "final", lambda: self._polish(best))
+        if polished and polished["metric"] >= best["metric"]:
+            final = polished["file"]
         try:
             report = tool.minimize(self.path(final), self.path("final.onnx"), self.config.gather_inputs)
         except tool.ToolError:
