@@ -957,14 +957,14 @@ def summarize_report(path):
     for b in r.get("blocked") or []:
         removable_kept += b.get("removable", 0)
         for why in b.get("reasons") or []:
-            reasons[why] += b.get("removable", 0)
+            reasons[why["message"] if isinstance(why, dict) else why] += b.get("removable", 0)
     return dict(
         params_before=(r.get("before") or {}).get("params"),
         params_after=(r.get("after") or {}).get("params"),
         max_dev=max(devs) if devs else None,
         blocked_removable=removable_kept,
         blocked_reasons=dict(reasons.most_common()),
-        opaque=Counter(str(o.get("op", o)) if isinstance(o, dict) else str(o) for o in r.get("opaque") or []),
+        opaque=Counter(str(o.get("message", o)) if isinstance(o, dict) else str(o) for o in r.get("opaque") or []),
         layers_shrunk=sum(
             1 for l in r.get("layers") or [] if (l.get("outputs_after"), l.get("inputs_after")) != (l.get("outputs_before"), l.get("inputs_before"))
         ),

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::onnx::proto::{attribute_proto::AttributeType, GraphProto, NodeProto, TensorProto};
+use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
 
 /// Where a constant tensor is stored in the proto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,7 +44,6 @@ impl ConstRef {
 }
 
 pub struct Ir {
-    pub dag: DiGraph<usize, ()>,
     /// Node indices (into `GraphProto::node`) in topological order.
     pub order: Vec<usize>,
     pub producer: HashMap<String, usize>,
@@ -160,7 +159,7 @@ impl Ir {
             }
         }
         let inputs = g.input.iter().filter_map(|i| i.name.clone()).filter(|n| !consts.contains_key(n)).collect();
-        Ok(Ir { dag, order, producer, consumers, inputs, outputs, consts, const_uses, ranks, opset })
+        Ok(Ir { order, producer, consumers, inputs, outputs, consts, const_uses, ranks, opset })
     }
 
     pub fn const_ref(&self, name: &str) -> Option<ConstRef> {
@@ -191,7 +190,6 @@ pub trait NodeExt {
     fn attr_i(&self, name: &str, default: i64) -> i64;
     fn attr_f(&self, name: &str, default: f32) -> f32;
     fn has_attr(&self, name: &str) -> bool;
-    fn has_subgraph(&self) -> bool;
 }
 
 impl NodeExt for NodeProto {
@@ -203,10 +201,5 @@ impl NodeExt for NodeProto {
     }
     fn has_attr(&self, name: &str) -> bool {
         self.attribute.iter().any(|a| a.name() == name)
-    }
-    fn has_subgraph(&self) -> bool {
-        self.attribute
-            .iter()
-            .any(|a| a.r#type() == AttributeType::Graph || a.r#type() == AttributeType::Graphs || a.g.is_some())
     }
 }

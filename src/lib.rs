@@ -5,9 +5,11 @@
 //! input), removes them, folds the constants into the next layer's bias, and checks with tract
 //! that the smaller model computes what the original did.
 //!
-//! The pipeline, one module each: [`onnx`] reads and writes models losslessly; [`ir`] indexes the
-//! graph; [`ops`] says what each operator means for channels; [`analysis`] decides what leaves;
-//! [`rewrite`] applies it; [`verify`] checks it; [`report`] tells what happened.
+//! The pipeline, one module each: [`onnx`] reads and writes models losslessly; `ir` indexes the
+//! graph; `ops` says what each operator means for channels; `analysis` decides what leaves, in
+//! small passes; `rewrite` applies it; [`verify`] checks it; [`report`] tells what happened.
+//! The engine modules are private: the API is [`minimize_file`], [`minimize`], [`Model`],
+//! [`Options`], [`Report`] and the cycle's [`sparsify`] rewrites.
 //!
 //! ```no_run
 //! use onnx_minimize::{minimize_file, Options};
@@ -16,23 +18,26 @@
 //! # Ok::<(), onnx_minimize::Error>(())
 //! ```
 
-pub mod analysis;
+mod analysis;
 pub mod error;
-pub mod ir;
+mod ir;
 pub mod npy;
 pub mod onnx;
-pub mod ops;
+mod ops;
 pub mod report;
-pub mod rewrite;
+mod rewrite;
 pub mod sparsify;
 pub mod verify;
 
 use std::path::Path;
 use std::time::Instant;
 
+use analysis::{Facts, Graph, InputPolicy};
 pub use error::{Error, Result};
 pub use onnx::io::Model;
-use report::{Blocked, LayerReport, Report, Size};
+pub use ops::ClnForm;
+pub use report::Report;
+use report::{Removals, Size};
 pub use verify::VerifyOptions;
 
 #[derive(Debug, Clone)]
@@ -45,7 +50,7 @@ pub struct Options {
     /// The input keeps its declared shape.
     pub gather_inputs: bool,
     /// How LayerNorms that lose channels are written out.
-    pub compensated_layernorm: ops::ClnForm,
+    pub compensated_layernorm: ClnForm,
 }
 
 impl Default for Options {
@@ -54,36 +59,40 @@ impl Default for Options {
             verify: Some(VerifyOptions::default()),
             external_data: None,
             gather_inputs: false,
-            compensated_layernorm: ops::ClnForm::Ops,
+            compensated_layernorm: ClnForm::Ops,
         }
     }
 }
 
-/// What minimizing a model in memory removed.
-pub struct Minimized {
-    pub layers: Vec<LayerReport>,
-    pub blocked: Vec<Blocked>,
-    pub opaque: Vec<String>,
-    pub gathered: Vec<report::GatheredInput>,
-}
-
-/// Minimizes a loaded model in place.
-pub fn minimize(model: &mut Model, opts: &Options) -> Result<Minimized> {
+/// Minimizes a loaded model in place, and says what left and what could not.
+pub fn minimize(model: &mut Model, opts: &Options) -> Result<Removals> {
     let graph = model.graph();
     let ir = model.ir()?;
-    let release = |bytes: &[u8]| model.release_pages(bytes);
-    let mut plan = analysis::Analysis::run(graph, &ir, &release, opts).plan()?;
-    if !plan.gathered.is_empty() {
-        // A Gather stores one index per kept feature: when few features go, reading the input whole is smaller.
-        let whole = Options { gather_inputs: false, ..opts.clone() };
-        let whole = analysis::Analysis::run(graph, &ir, &release, &whole).plan()?;
-        if rewrite::param_growth(&whole.edits, graph, &ir) <= rewrite::param_growth(&plan.edits, graph, &ir) {
-            plan = whole;
+    let facts = Facts::of(Graph::new(graph, &ir));
+    let plan =
+        |policy| analysis::plan::plan(&facts, &analysis::decide::decide(&facts, policy), opts.compensated_layernorm);
+    let mut plan_ = plan(if opts.gather_inputs { InputPolicy::Gather } else { InputPolicy::Keep })?;
+    if !plan_.removals.gathered_inputs.is_empty() {
+        // A Gather stores one index per kept feature: when few features go, reading the input
+        // whole is smaller. Only the decision and the plan depend on it.
+        let whole = plan(InputPolicy::Keep)?;
+        if rewrite::param_growth(&whole.edits, graph, &ir) <= rewrite::param_growth(&plan_.edits, graph, &ir) {
+            plan_ = whole;
         }
     }
-    let (layers, blocked, opaque, gathered) = (plan.layers, plan.blocked, plan.opaque, plan.gathered);
-    rewrite::apply(model.graph_mut(), &ir, plan.edits);
-    Ok(Minimized { layers, blocked, opaque, gathered })
+    drop(facts);
+    rewrite::apply(model.graph_mut(), &ir, plan_.edits);
+    Ok(plan_.removals)
+}
+
+/// Every operator type with a channel rule (all others keep their tensors whole).
+pub fn supported_operators() -> Vec<&'static str> {
+    ops::supported()
+}
+
+/// Every operator type a minimization can add to a model.
+pub fn emitted_operators() -> Vec<&'static str> {
+    ops::emitted()
 }
 
 /// Parameters (elements of every stored tensor) of a model.
@@ -118,7 +127,7 @@ pub fn minimize_file(input: &Path, output: Option<&Path>, opts: &Options, progre
     let before = Size { params: param_count(&model), bytes: model.disk_bytes() };
     progress("analysing channels");
     let t = Instant::now();
-    let Minimized { layers, blocked, opaque, gathered } = minimize(&mut model, opts)?;
+    let removals = minimize(&mut model, opts)?;
     let seconds_analysis = t.elapsed().as_secs_f64();
     let mut after = Size { params: param_count(&model), bytes: 0 };
     let mut verification = None;
@@ -152,10 +161,7 @@ pub fn minimize_file(input: &Path, output: Option<&Path>, opts: &Options, progre
     Ok(Report {
         input: input.display().to_string(),
         output: output.map(|o| o.display().to_string()),
-        layers,
-        blocked,
-        opaque,
-        gathered_inputs: gathered,
+        removals,
         before,
         after,
         verification,

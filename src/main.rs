@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use onnx_minimize::sparsify::{self, Amount, Calibration, Criterion, PruneOptions, Scope};
-use onnx_minimize::{minimize_file, Error, Options, VerifyOptions};
+use onnx_minimize::{minimize_file, ClnForm, Error, Options, VerifyOptions};
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -68,6 +68,47 @@ enum Command {
     /// Turn the exact zeros inside the linear layers' weights into small calibrated noise, so a
     /// minimized model can train its full capacity again.
     Release(ReleaseArgs),
+    /// Print, as JSON, the operator types minimization reads with a channel rule and those a
+    /// rewrite can add: {"reads": [...], "emits": [...]} (for executors of minimized models).
+    Operators,
+}
+
+/// `--scope`, as the command line spells it.
+#[derive(Clone, Copy, ValueEnum)]
+enum ScopeArg {
+    /// One threshold across all prunable tensors.
+    Global,
+    /// Each tensor pruned to the sparsity on its own.
+    PerTensor,
+}
+
+/// `--criterion`, as the command line spells it.
+#[derive(Clone, Copy, ValueEnum)]
+enum CriterionArg {
+    /// |w|.
+    Magnitude,
+    /// |w| times the geometric mean of its row's and column's mass, which favours whole-unit death.
+    UnitCoupled,
+}
+
+/// `--compensated-layernorm`, as the command line spells it.
+#[derive(Clone, Copy, ValueEnum)]
+enum ClnFormArg {
+    /// ReduceSum/Sub/Mul/Add/Div/Sqrt over the kept channels, plus the removed constants' terms.
+    Ops,
+    /// LayerNormalization over the kept channels concatenated with the removed constants
+    /// (broadcast with Shape/Expand), then sliced back to the kept channels.
+    Concat,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    (0.0..=1.0).contains(&x).then_some(x).ok_or_else(|| format!("{x} is not a fraction between 0 and 1"))
+}
+
+fn coupling(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    (0.0..=16.0).contains(&x).then_some(x).ok_or_else(|| format!("{x} is not between 0 and 16"))
 }
 
 #[derive(Args)]
@@ -92,22 +133,22 @@ struct PruneArgs {
     #[command(flatten)]
     io: Io,
     /// Fraction of the prunable weights that are zero afterwards, existing zeros included.
-    #[arg(long, value_name = "FRACTION", required_unless_present = "remove", conflicts_with = "remove")]
+    #[arg(long, value_name = "FRACTION", required_unless_present = "remove", conflicts_with = "remove", value_parser = fraction)]
     sparsity: Option<f64>,
     /// Instead of --sparsity: the fraction of the weights not zero yet to zero now (one step of
     /// iterative pruning; 0.2 removes a fifth of what survives).
-    #[arg(long, value_name = "FRACTION")]
+    #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     remove: Option<f64>,
     /// One threshold across all layers, or each layer to the sparsity on its own.
-    #[arg(long, value_enum, default_value_t = Scope::Global)]
-    scope: Scope,
+    #[arg(long, value_enum, default_value_t = ScopeArg::Global)]
+    scope: ScopeArg,
     /// magnitude: |w|; unit-coupled: |w| times the geometric mean of its row's and column's
     /// mass, which gathers the zeros into whole units that minimization can remove.
-    #[arg(long, value_enum, default_value_t = Criterion::Magnitude)]
-    criterion: Criterion,
+    #[arg(long, value_enum, default_value_t = CriterionArg::Magnitude)]
+    criterion: CriterionArg,
     /// How strongly unit-coupled scores follow the units: |w| * (row mass * column mass)^P. 0.5 is the
     /// geometric mean; 1 or 2 prune whole weak units and input features first.
-    #[arg(long, default_value_t = 0.5, value_name = "P")]
+    #[arg(long, default_value_t = 0.5, value_name = "P", value_parser = coupling)]
     coupling: f64,
 }
 
@@ -171,8 +212,8 @@ struct MinimizeArgs {
     gather_inputs: bool,
     /// How a LayerNorm that loses channels is written: plain operators, or LayerNormalization
     /// over the kept channels concatenated with the removed constants.
-    #[arg(long, value_enum, default_value_t = onnx_minimize::ops::ClnForm::Ops, value_name = "FORM")]
-    compensated_layernorm: onnx_minimize::ops::ClnForm,
+    #[arg(long, value_enum, default_value_t = ClnFormArg::Ops, value_name = "FORM")]
+    compensated_layernorm: ClnFormArg,
     /// No progress messages.
     #[arg(short, long)]
     quiet: bool,
@@ -187,11 +228,22 @@ fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     Ok((name.to_string(), dims))
 }
 
+/// Writes to standard output; a reader that stops early (`| head`) ends the output cleanly,
+/// as ripgrep does, rather than with a panic.
+fn print(text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::Write { path: PathBuf::from("<standard output>"), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn write_report(path: &PathBuf, report: &impl serde::Serialize) -> Result<(), Error> {
     let json = serde_json::to_string_pretty(report).expect("the report serializes");
     if path.as_os_str() == "-" {
-        println!("{json}");
-        Ok(())
+        print(&json)
     } else {
         std::fs::write(path, json).map_err(|source| Error::Write { path: path.clone(), source })
     }
@@ -199,11 +251,12 @@ fn write_report(path: &PathBuf, report: &impl serde::Serialize) -> Result<(), Er
 
 /// The human summary goes to standard output, unless the JSON report does: then to standard error, so that
 /// `--report -` pipes clean JSON.
-fn summary(report: &Option<PathBuf>, text: &str) {
+fn summary(report: &Option<PathBuf>, text: &str) -> Result<(), Error> {
     if report.as_ref().is_some_and(|p| p.as_os_str() == "-") {
         eprintln!("{text}");
+        Ok(())
     } else {
-        println!("{text}");
+        print(text)
     }
 }
 
@@ -225,7 +278,7 @@ fn sparsify(
             })
             .collect();
         text.push(format!("{what}: sparsity {:.4} -> {:.4}", report.sparsity_before, report.sparsity_after));
-        summary(&io.report, &text.join("\n"));
+        summary(&io.report, &text.join("\n"))?;
     }
     match &io.report {
         Some(path) => write_report(path, &report),
@@ -236,22 +289,21 @@ fn sparsify(
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Some(Command::Prune(a)) => {
-            let (flag, amount) = match (a.sparsity, a.remove) {
-                (Some(s), _) => ("--sparsity", Amount::Sparsity(s)),
-                (None, Some(f)) => ("--remove", Amount::Remaining(f)),
+            let amount = match (a.sparsity, a.remove) {
+                (Some(s), _) => Amount::Sparsity(s),
+                (None, Some(f)) => Amount::Remaining(f),
                 (None, None) => unreachable!("clap requires one of them"),
             };
-            let (Amount::Sparsity(x) | Amount::Remaining(x)) = amount;
-            if !(0.0..=1.0).contains(&x) {
-                return Err(Error::Usage(format!("{flag} {x} is not a fraction between 0 and 1")));
-            }
-            if !(0.0..=16.0).contains(&a.coupling) {
-                return Err(Error::Usage(format!("--coupling {} is not between 0 and 16", a.coupling)));
-            }
             let opts = PruneOptions {
                 amount,
-                scope: a.scope,
-                criterion: a.criterion,
+                scope: match a.scope {
+                    ScopeArg::Global => Scope::Global,
+                    ScopeArg::PerTensor => Scope::PerTensor,
+                },
+                criterion: match a.criterion {
+                    CriterionArg::Magnitude => Criterion::Magnitude,
+                    CriterionArg::UnitCoupled => Criterion::UnitCoupled,
+                },
                 coupling: a.coupling,
                 include_output_layer: a.io.include_output_layer,
             };
@@ -260,6 +312,13 @@ fn run(cli: Cli) -> Result<(), Error> {
         Some(Command::Release(a)) => {
             let include = a.io.include_output_layer;
             sparsify(&a.io, "released", |m| sparsify::release(m, a.calibration, include, a.seed))
+        }
+        Some(Command::Operators) => {
+            let lists = serde_json::json!({
+                "reads": onnx_minimize::supported_operators(),
+                "emits": onnx_minimize::emitted_operators(),
+            });
+            print(&lists.to_string())
         }
         None => {
             let report = cli.minimize.report.clone();
@@ -292,7 +351,10 @@ fn minimize(cli: MinimizeArgs) -> Result<(), Error> {
             _ => None,
         },
         gather_inputs: cli.gather_inputs,
-        compensated_layernorm: cli.compensated_layernorm,
+        compensated_layernorm: match cli.compensated_layernorm {
+            ClnFormArg::Ops => ClnForm::Ops,
+            ClnFormArg::Concat => ClnForm::Concat,
+        },
     };
     let start = Instant::now();
     let quiet = cli.quiet;
@@ -305,7 +367,7 @@ fn minimize(cli: MinimizeArgs) -> Result<(), Error> {
     let input = cli.input.as_deref().expect("clap requires it without a subcommand");
     let report = minimize_file(input, output, &opts, &progress)?;
     if !quiet {
-        summary(&cli.report, &report.to_text());
+        summary(&cli.report, &report.to_text())?;
     }
     match &cli.report {
         Some(path) => write_report(path, &report),
@@ -314,7 +376,7 @@ fn minimize(cli: MinimizeArgs) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
-    let ops = onnx_minimize::ops::supported().join(", ");
+    let ops = onnx_minimize::supported_operators().join(", ");
     let command = Cli::command()
         .after_long_help(format!("{AFTER_HELP}\n\nOPERATORS WITH CHANNEL RULES (all others are kept whole):\n  {ops}"));
     let cli = match Cli::from_arg_matches(&command.get_matches()) {

@@ -25,7 +25,26 @@ pub struct Blocked {
     /// Channels that no computation needs: they would have left but for `reasons`.
     pub removable: usize,
     /// Which graph input, output or node kept them.
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
+}
+
+/// Why something was kept or not followed: a stable code for pipelines, the node it names (if
+/// any) and a message for people.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reason {
+    pub code: String,
+    pub node: Option<String>,
+    pub message: String,
+}
+
+/// What minimization removed, and what it could not.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Removals {
+    pub layers: Vec<LayerReport>,
+    pub blocked: Vec<Blocked>,
+    /// Nodes without a channel rule (or whose operands it does not cover), with the reason.
+    pub opaque: Vec<Reason>,
+    pub gathered_inputs: Vec<GatheredInput>,
 }
 
 /// A graph input whose unused features a Gather now drops (`--gather-inputs`).
@@ -66,11 +85,8 @@ pub struct Verification {
 pub struct Report {
     pub input: String,
     pub output: Option<String>,
-    pub layers: Vec<LayerReport>,
-    pub blocked: Vec<Blocked>,
-    /// Nodes without a channel rule (or whose operands it does not cover), with the reason.
-    pub opaque: Vec<String>,
-    pub gathered_inputs: Vec<GatheredInput>,
+    #[serde(flatten)]
+    pub removals: Removals,
     pub before: Size,
     pub after: Size,
     pub verification: Option<Verification>,
@@ -88,7 +104,7 @@ impl Report {
             "{:<28} {:<7} {:>15} {:>15} {:>9} {:>9}",
             "layer", "op", "inputs", "outputs", "constant", "dead"
         );
-        for l in &self.layers {
+        for l in &self.removals.layers {
             let name = if l.node.len() > 28 { format!("…{}", &l.node[l.node.len() - 27..]) } else { l.node.clone() };
             let _ = writeln!(
                 s,
@@ -115,14 +131,14 @@ impl Report {
         if self.after.params > self.before.params {
             let _ = writeln!(s, "note: the model grew: weights shared by several layers keep different slices per layer, and each layer got its own copy");
         }
-        for i in &self.gathered_inputs {
+        for i in &self.removals.gathered_inputs {
             let _ = writeln!(
                 s,
                 "input '{}' is read through a Gather of the {} of its {} features in use",
                 i.input, i.kept, i.features
             );
         }
-        for b in &self.blocked {
+        for b in &self.removals.blocked {
             let mut values = b.values.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
             if b.values.len() > 3 {
                 values.push_str(", …");
@@ -133,14 +149,15 @@ impl Report {
                 b.removable,
                 b.width,
                 values,
-                b.reasons.join("; ")
+                b.reasons.iter().map(|r| r.message.as_str()).collect::<Vec<_>>().join("; ")
             );
         }
-        for o in self.opaque.iter().take(10) {
-            let _ = writeln!(s, "opaque {o}");
+        let opaque = &self.removals.opaque;
+        for o in opaque.iter().take(10) {
+            let _ = writeln!(s, "opaque {}", o.message);
         }
-        if self.opaque.len() > 10 {
-            let _ = writeln!(s, "… and {} more opaque nodes (see --report)", self.opaque.len() - 10);
+        if opaque.len() > 10 {
+            let _ = writeln!(s, "… and {} more opaque nodes (see --report)", opaque.len() - 10);
         }
         match &self.verification {
             Some(v) => {

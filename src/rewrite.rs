@@ -7,11 +7,15 @@
 use std::collections::HashSet;
 
 use crate::ir::Ir;
+use crate::onnx::build::{attr_int, int64_tensor};
 use crate::onnx::proto::{type_proto, AttributeProto, GraphProto, NodeProto, TensorProto};
+
+/// What [`apply`] itself may add: the Gathers in front of graph inputs.
+pub(crate) const EMITS: &[&str] = &["Gather"];
 
 // Edits are few (a handful per layer), so their size does not matter.
 #[allow(clippy::large_enum_variant)]
-pub enum Edit {
+pub(crate) enum Edit {
     /// New contents for the constant that `node` reads at input `slot`.
     Const {
         node: usize,
@@ -74,7 +78,7 @@ pub enum Edit {
 
 /// How many parameters `edits` add to the graph (negative: remove), counting each edited constant as if
 /// private; enough to compare two plans for the same graph.
-pub fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
+pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
     let numel = |t: &TensorProto| t.dims.iter().product::<i64>();
     let read = |node: usize, slot: usize| {
         g.node[node].input.get(slot).and_then(|name| ir.const_tensor(g, name)).map_or(0, numel)
@@ -124,7 +128,7 @@ enum Structural {
     InsertAfter(Box<NodeProto>),
 }
 
-pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
+pub(crate) fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
     let mut names = Names::of(g);
     let mut orphaned = HashSet::new();
     let mut structural = vec![];
@@ -264,19 +268,8 @@ pub fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
             n.input.iter_mut().filter(|i| **i == input).for_each(|i| *i = kept.clone());
         }
         let idx: Vec<i64> = keep.iter().map(|&c| c as i64).collect();
-        g.initializer.push(TensorProto {
-            name: Some(indices.clone()),
-            dims: vec![idx.len() as i64],
-            data_type: Some(crate::onnx::proto::tensor_proto::DataType::Int64 as i32),
-            raw_data: Some(idx.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
-            ..Default::default()
-        });
-        let axis_attr = AttributeProto {
-            name: Some("axis".into()),
-            r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Int as i32),
-            i: Some(axis as i64),
-            ..Default::default()
-        };
+        g.initializer.push(int64_tensor(&indices, &idx));
+        let axis_attr = attr_int("axis", axis as i64);
         let gather = NodeProto {
             name: Some(names.fresh(&format!("{input}_gather_used_features"))),
             op_type: Some("Gather".into()),

@@ -20,10 +20,10 @@ use crate::error::Result;
 use crate::ir::{ConstRef, Ir};
 use crate::onnx::proto::GraphProto;
 use crate::onnx::tensor::{encode, with_data, FloatType, Values};
-use crate::ops::{self, Ctx, Role};
+use crate::ops::{self, Role};
 use crate::Model;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Criterion {
     /// |w|.
     Magnitude,
@@ -32,7 +32,7 @@ pub enum Criterion {
     UnitCoupled,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Scope {
     /// One threshold across all prunable tensors.
     Global,
@@ -108,6 +108,10 @@ struct Prunable {
     spatial: usize,
 }
 
+fn is_linear(role: &Role) -> bool {
+    matches!(role, Role::Op(op) if op.linear().is_some())
+}
+
 /// Whether a graph output is reachable from node `n` without passing another linear layer.
 fn is_output_layer(g: &GraphProto, ir: &Ir, roles: &[Role], n: usize) -> bool {
     let mut stack = vec![n];
@@ -118,7 +122,7 @@ fn is_output_layer(g: &GraphProto, ir: &Ir, roles: &[Role], n: usize) -> bool {
                 return true;
             }
             for &(r, _) in ir.readers(o) {
-                if !seen[r] && !matches!(roles[r], Role::Linear(_)) {
+                if !seen[r] && !is_linear(&roles[r]) {
                     seen[r] = true;
                     stack.push(r);
                 }
@@ -131,11 +135,15 @@ fn is_output_layer(g: &GraphProto, ir: &Ir, roles: &[Role], n: usize) -> bool {
 fn prunables(model: &Model, include_output_layer: bool) -> Result<Vec<Prunable>> {
     let ir = model.ir()?;
     let g = model.graph();
-    let cx = Ctx { graph: g, ir: &ir, release: &|_| {} };
-    let roles: Vec<Role> = g.node.iter().map(|n| ops::role(n, &cx)).collect();
+    let roles = ops::roles(g, &ir);
     let mut out: Vec<Prunable> = vec![];
     for (n, role) in roles.iter().enumerate() {
-        let Role::Linear(l) = role else { continue };
+        let Some(l) = (match role {
+            Role::Op(op) => op.linear(),
+            _ => None,
+        }) else {
+            continue;
+        };
         if !include_output_layer && is_output_layer(g, &ir, &roles, n) {
             continue;
         }

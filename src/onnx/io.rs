@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use memmap2::{Mmap, UncheckedAdvice};
@@ -44,11 +44,38 @@ impl AsRef<[u8]> for MapOwner {
     }
 }
 
+/// Every live mapping of an input file, so that code holding only a tensor's bytes (a weight
+/// scan) can give their pages back without knowing which model they came from.
+static MAPPED: Mutex<Vec<Weak<Mmap>>> = Mutex::new(Vec::new());
+
 fn map(path: &Path) -> std::io::Result<Arc<Mmap>> {
     let file = File::open(path)?;
     // SAFETY: the map is read-only; like every tool that maps its input, we rely on nobody
     // truncating the model while it is being read.
-    Ok(Arc::new(unsafe { Mmap::map(&file)? }))
+    let map = Arc::new(unsafe { Mmap::map(&file)? });
+    let mut mapped = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
+    mapped.retain(|m| m.strong_count() > 0);
+    mapped.push(Arc::downgrade(&map));
+    Ok(map)
+}
+
+/// Tells the kernel it may drop the pages behind `data` if they come from a mapped input file
+/// (bytes anywhere else are left alone). Only an optimisation: the pages are read again from
+/// the page cache or disk if touched later.
+pub(crate) fn release_pages(data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let ptr = data.as_ptr() as usize;
+    let mapped = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
+    for m in mapped.iter().filter_map(Weak::upgrade) {
+        let start = m.as_ptr() as usize;
+        if ptr >= start && ptr + data.len() <= start + m.len() {
+            // SAFETY: the mapping is read-only and file-backed; dropped pages are re-read from
+            // the file, so no data is lost.
+            let _ = unsafe { m.unchecked_advise_range(UncheckedAdvice::DontNeed, ptr - start, data.len()) };
+        }
+    }
 }
 
 fn bytes_of(map: &Arc<Mmap>) -> Bytes {
@@ -160,20 +187,6 @@ impl Model {
         Ok(())
     }
 
-    /// Tells the kernel it may drop the pages behind `data` if they come from a mapped input file.
-    /// Only an optimisation: the pages are read again from disk if touched later.
-    pub fn release_pages(&self, data: &[u8]) {
-        let ptr = data.as_ptr() as usize;
-        for m in &self.maps {
-            let start = m.as_ptr() as usize;
-            if ptr >= start && ptr + data.len() <= start + m.len() && !data.is_empty() {
-                // SAFETY: the mapping is read-only and file-backed; dropped pages are re-read from
-                // the file, so no data is lost.
-                let _ = unsafe { m.unchecked_advise_range(UncheckedAdvice::DontNeed, ptr - start, data.len()) };
-            }
-        }
-    }
-
     /// Writes the model to `path` (and `<file name>.data` beside it when `external`).
     /// Not atomic on its own: see [`write_atomically`].
     pub fn write(&self, path: &Path, external: bool) -> Result<()> {
@@ -194,7 +207,7 @@ impl Model {
                     continue;
                 };
                 data.write_all(&raw).map_err(write_err(&data_path))?;
-                self.release_pages(&raw);
+                release_pages(&raw);
                 set_external(t, &location, offset, raw.len());
                 offset += raw.len();
             }

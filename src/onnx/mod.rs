@@ -1,6 +1,7 @@
 //! ONNX I/O: the prost types generated from the vendored `proto/onnx.proto`, element access to
 //! tensors, and lossless, memory-mapped reading and atomic writing.
 
+pub mod build;
 pub mod io;
 pub mod tensor;
 

@@ -122,6 +122,13 @@ impl<'a> Values<'a> {
         }
     }
 
+    /// Gives the pages of a memory-mapped tensor back to the kernel once a scan is done with
+    /// them: the analysis reads each weight once per pass, and a model larger than RAM must not
+    /// stay resident.
+    pub fn release(&self) {
+        super::io::release_pages(self.raw());
+    }
+
     pub fn len(&self) -> usize {
         match self.repr {
             Repr::Raw(b) => b.len() / self.dtype.size(),

@@ -5,10 +5,14 @@
 //! non-zero bias: a constant channel. A constant *input* channel folds into the next Conv's bias
 //! only when its kernel cannot see zero padding; otherwise it is kept (never folded inexactly).
 
-use super::{Channelwise, Ctx, Linear, OpRule, Role, Weight};
+use super::linear::LinearOp;
+use super::{may_pad, Activations, ChannelOp, Ctx, Linear, OpRule, Role, Weight};
+use crate::analysis::reasons::Opaque;
+use crate::analysis::{ConstCx, LayoutCx, NeedCx, PlanCx, TieCx};
 use crate::error::Result;
 use crate::ir::NodeExt;
-use crate::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto, TensorProto};
+use crate::onnx::build::attr_int;
+use crate::onnx::proto::{NodeProto, TensorProto};
 use crate::onnx::tensor::{encode, with_data, Values};
 use crate::rewrite::Edit;
 
@@ -29,13 +33,6 @@ struct Depthwise<'g> {
     kernel: usize,
 }
 
-/// Whether the kernel can read zero padding anywhere.
-fn padded(node: &NodeProto) -> bool {
-    let pads = node.attribute.iter().find(|a| a.name() == "pads").is_some_and(|a| a.ints.iter().any(|&p| p != 0));
-    let auto = node.attribute.iter().find(|a| a.name() == "auto_pad").and_then(|a| a.s.as_deref());
-    pads || matches!(auto, Some(b"SAME_UPPER") | Some(b"SAME_LOWER"))
-}
-
 impl OpRule for Conv {
     fn op_types(&self) -> &'static [&'static str] {
         &["Conv"]
@@ -43,41 +40,34 @@ impl OpRule for Conv {
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         let Some(w_tensor) = node.input.get(1).and_then(|w| cx.const_tensor(w)) else {
-            return Role::Opaque("its weight is not a constant".into());
+            return Role::Opaque(Opaque::NotConstant("its weight is not a constant"));
         };
         let values = match Values::of(w_tensor) {
             Ok(v) if v.dims.len() >= 3 => v,
-            Ok(_) => return Role::Opaque("its weight has fewer than 3 dimensions".into()),
-            Err(e) => return Role::Opaque(e.to_string()),
+            Ok(_) => return Role::Opaque(Opaque::Shape("its weight has fewer than 3 dimensions")),
+            Err(e) => return Role::Opaque(Opaque::Tensor(e.to_string())),
         };
         let bias = match node.input.get(2).filter(|s| !s.is_empty()) {
             None => None,
             Some(b) => match cx.const_tensor(b).map(|t| (Values::of(t), t)) {
                 Some((Ok(v), t)) if v.dims.len() == 1 => Some((v, t)),
-                _ => return Role::Opaque("its bias is not a constant vector".into()),
+                _ => return Role::Opaque(Opaque::Shape("its bias is not a constant vector")),
             },
         };
         let dims: Vec<usize> = values.dims.iter().map(|&d| d as usize).collect();
         let kernel: usize = dims[2..].iter().product();
         let group = node.attr_i("group", 1) as usize;
-        let padded = padded(node);
+        let padded = may_pad(node);
         if group == 1 {
             let weight = Weight { values, tensor: w_tensor, k: dims[1], n: dims[0], transposed: true, spatial: kernel };
-            Role::Linear(Box::new(ConvNode { weight, bias, padded }))
+            Role::Op(Box::new(LinearOp(Box::new(ConvNode { weight, bias, padded }))))
         } else if dims[1] == 1 && dims[0] == group {
-            Role::Channelwise(Box::new(Depthwise { filters: values, w_tensor, bias, padded, channels: group, kernel }))
+            Role::Op(Box::new(Depthwise { filters: values, w_tensor, bias, padded, channels: group, kernel }))
         } else {
-            Role::Opaque(format!("it is a grouped convolution (group {group}) other than depthwise"))
+            Role::Opaque(Opaque::Unsupported(format!(
+                "it is a grouped convolution (group {group}) other than depthwise"
+            )))
         }
-    }
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
     }
 }
 
@@ -153,23 +143,8 @@ impl Depthwise<'_> {
     }
 }
 
-impl Channelwise for Depthwise<'_> {
-    fn input_slot(&self) -> usize {
-        0
-    }
-
-    fn axis(&self) -> isize {
-        -(self.filters.dims.len() as isize - 1)
-    }
-
-    fn rank(&self) -> usize {
-        self.filters.dims.len()
-    }
-
-    fn width(&self) -> usize {
-        self.channels
-    }
-
+impl Depthwise<'_> {
+    /// The output channel's constant, if it has one, given the input channel's.
     fn constant(&self, c: usize, input: Option<f64>) -> Option<f64> {
         let b = self.bias.as_ref().map_or(0.0, |(b, _)| b.get(c));
         let (nonzero, sum) = self.filter_sum(c);
@@ -181,21 +156,65 @@ impl Channelwise for Depthwise<'_> {
         }
     }
 
+    /// Whether output channel `c` reads input channel `c` (given its constant, if any) in a way
+    /// that needs its value.
     fn reads(&self, c: usize, input: Option<f64>) -> bool {
         self.filter_sum(c).0 && (input.is_none() || (self.padded && input != Some(0.0)))
     }
+}
 
-    fn rewrite(&self, node: usize, keep: &[usize], edits: &mut Vec<Edit>) -> Result<()> {
+/// Output channel `c` is a per-channel filter of input channel `c`.
+impl<'g> ChannelOp<'g> for Depthwise<'g> {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0], otherwise: "its data operand is a constant or missing" }
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let (x, Some(y)) = (cx.input(0), cx.output(0)) else { return };
+        let rank = self.filters.dims.len();
+        for v in [x, y] {
+            cx.set_axis(v, -(rank as isize - 1));
+            cx.set_rank(v, rank);
+            cx.set_width(v, self.channels);
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let (x, Some(y)) = (cx.input(0), cx.output(0)) else { return };
+        cx.tie(x, 0, y, 0, self.channels);
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let (x, Some(y)) = (cx.input(0), cx.output(0)) else { return };
+        let r = (0..cx.consts(y).len()).map(|c| self.constant(c, cx.consts(x).get(c).copied().flatten())).collect();
+        cx.set(y, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let (x, Some(y)) = (cx.input(0), cx.output(0)) else { return };
+        let needed = cx.needed(y);
+        for c in (0..needed.len()).filter(|&c| needed[c]) {
+            if c < cx.needed(x).len() && self.reads(c, cx.consts(x)[c]) {
+                cx.mark(x, c);
+            }
+        }
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let keep = cx.kept(cx.input(0), self.channels);
         if keep.len() == self.channels {
             return Ok(());
         }
+        let node = cx.node.0;
         let k = self.kernel;
         let raw = self.filters.gather(keep.iter().flat_map(|&c| c * k..(c + 1) * k));
         let mut dims = self.filters.dims.to_vec();
         dims[0] = keep.len() as i64;
-        edits.push(Edit::Const { node, slot: 1, tensor: with_data(self.w_tensor, dims, self.filters.dtype, raw) });
-        bias_edit(node, &self.bias, &self.filters, keep, &vec![0.0; keep.len()], edits);
-        edits.push(Edit::Attr { node, attr: int_attr("group", keep.len() as i64) });
+        let mut edits =
+            vec![Edit::Const { node, slot: 1, tensor: with_data(self.w_tensor, dims, self.filters.dtype, raw) }];
+        bias_edit(node, &self.bias, &self.filters, &keep, &vec![0.0; keep.len()], &mut edits);
+        edits.push(Edit::Attr { node, attr: attr_int("group", keep.len() as i64) });
+        cx.extend(edits);
         Ok(())
     }
 }

@@ -1,8 +1,11 @@
 //! Gemm: `Y = alpha * A' B' + beta * C`, with `A' = transA ? A^T : A` and likewise for B.
 
+use super::linear::LinearOp;
 use super::{Ctx, Linear, OpRule, Role, Weight};
+use crate::analysis::reasons::Opaque;
 use crate::ir::NodeExt;
-use crate::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto, TensorProto};
+use crate::onnx::build::attr_float;
+use crate::onnx::proto::{NodeProto, TensorProto};
 use crate::onnx::tensor::{encode, with_data, Values};
 use crate::rewrite::Edit;
 
@@ -26,17 +29,19 @@ impl OpRule for Gemm {
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         let input = |i: usize| node.input.get(i).filter(|s| !s.is_empty());
         let Some(b_tensor) = input(1).and_then(|b| cx.const_tensor(b)) else {
-            return Role::Opaque("its B operand is not a constant weight".into());
+            return Role::Opaque(Opaque::NotConstant("its B operand is not a constant weight"));
         };
         match input(0) {
-            None => return Role::Opaque("it has no A operand".into()),
-            Some(a) if cx.ir.is_const(a) => return Role::Opaque("its A operand is a constant".into()),
+            None => return Role::Opaque(Opaque::Malformed("it has no A operand")),
+            Some(a) if cx.ir.is_const(a) => {
+                return Role::Opaque(Opaque::ConstantOperand("its A operand is a constant"))
+            }
             _ => {}
         }
         let values = match Values::of(b_tensor) {
             Ok(v) if v.dims.len() == 2 => v,
-            Ok(_) => return Role::Opaque("its weight is not a matrix".into()),
-            Err(e) => return Role::Opaque(e.to_string()),
+            Ok(_) => return Role::Opaque(Opaque::Shape("its weight is not a matrix")),
+            Err(e) => return Role::Opaque(Opaque::Tensor(e.to_string())),
         };
         let trans_b = node.attr_i("transB", 0) != 0;
         let (d0, d1) = (values.dims[0] as usize, values.dims[1] as usize);
@@ -47,10 +52,10 @@ impl OpRule for Gemm {
                 Some((Ok(v), t)) if v.dims.len() <= 2 && v.dims.last().is_none_or(|&d| d == 1 || d as usize == n) => {
                     (Some(v), Some(t))
                 }
-                _ => return Role::Opaque("its C operand is not a constant broadcast over the output".into()),
+                _ => return Role::Opaque(Opaque::Shape("its C operand is not a constant broadcast over the output")),
             },
         };
-        Role::Linear(Box::new(GemmNode {
+        Role::Op(Box::new(LinearOp(Box::new(GemmNode {
             node,
             weight: Weight { values, tensor: b_tensor, k, n, transposed: trans_b, spatial: 1 },
             trans_a: node.attr_i("transA", 0) != 0,
@@ -58,16 +63,7 @@ impl OpRule for Gemm {
             beta: node.attr_f("beta", 1.0) as f64,
             c,
             c_tensor,
-        }))
-    }
-}
-
-fn float_attr(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Float as i32),
-        f: Some(v),
-        ..Default::default()
+        }))))
     }
 }
 
@@ -134,7 +130,7 @@ impl Linear for GemmNode<'_> {
                 } else {
                     edits.push(Edit::SetInput { node, slot: 2, tensor });
                 }
-                edits.push(Edit::Attr { node, attr: float_attr("beta", 1.0) });
+                edits.push(Edit::Attr { node, attr: attr_float("beta", 1.0) });
             }
             _ => {}
         }

@@ -3,7 +3,9 @@
 //! Exporters emit it for `nn.Linear` on inputs of rank other than 2, followed by an `Add` of the
 //! bias, which the pointwise rules handle as a per-channel constant.
 
+use super::linear::LinearOp;
 use super::{Ctx, Linear, OpRule, Role, Weight};
+use crate::analysis::reasons::Opaque;
 use crate::onnx::proto::{NodeProto, TensorProto};
 use crate::onnx::tensor::{encode, with_data, Values};
 use crate::rewrite::Edit;
@@ -21,23 +23,25 @@ impl OpRule for MatMul {
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         let (Some(a), Some(b)) = (node.input.first(), node.input.get(1)) else {
-            return Role::Opaque("it lacks an operand".into());
+            return Role::Opaque(Opaque::Malformed("it lacks an operand"));
         };
         if cx.ir.is_const(a) {
-            return Role::Opaque("its left operand is a constant (W @ x is not supported yet)".into());
+            return Role::Opaque(Opaque::Unsupported(
+                "its left operand is a constant (W @ x is not supported yet)".into(),
+            ));
         }
         let Some(tensor) = cx.const_tensor(b) else {
-            return Role::Opaque("its right operand is not a constant weight".into());
+            return Role::Opaque(Opaque::NotConstant("its right operand is not a constant weight"));
         };
         match Values::of(tensor) {
             Ok(values) if values.dims.len() == 2 => {
                 let (k, n) = (values.dims[0] as usize, values.dims[1] as usize);
-                Role::Linear(Box::new(MatMulNode {
+                Role::Op(Box::new(LinearOp(Box::new(MatMulNode {
                     weight: Weight { values, tensor, k, n, transposed: false, spatial: 1 },
-                }))
+                }))))
             }
-            Ok(_) => Role::Opaque("its weight is not a 2-D matrix".into()),
-            Err(e) => Role::Opaque(e.to_string()),
+            Ok(_) => Role::Opaque(Opaque::Shape("its weight is not a 2-D matrix")),
+            Err(e) => Role::Opaque(Opaque::Tensor(e.to_string())),
         }
     }
 }

@@ -1,36 +1,39 @@
-//! Operator rules: what each ONNX operator means for channels.
+//! Operator rules: what each ONNX operator means for channels, one file per family.
 //!
-//! A rule classifies one node into a [`Role`] the channel analysis understands:
-//! - [`Pointwise`]: output channel `c` depends only on input channel `c` (activations, bias adds,
-//!   layer scales, residual adds, gating, reshapes that keep the channel axis);
-//! - [`Linear`]: a weight matrix mixes input channels into output channels (Gemm, MatMul, Conv);
-//! - [`Channelwise`]: channel `c` of the output reads channel `c` of the input through its own
-//!   filter (depthwise Conv);
-//! - [`Role::Concat`], [`Role::Split`]: channels laid end to end;
-//! - [`Role::Opaque`]: anything else. Its channels are kept, and the reason is reported.
+//! A rule ([`OpRule`]) turns a node into a [`Role`]: usually a [`ChannelOp`], the node's own
+//! answers to every question the analysis passes ask (how its output channels are laid out and
+//! map to its input channels, which constants it propagates, what it needs backwards, and how it
+//! rewrites itself). Every answer has a conservative default, as tract's `TypedOp` methods
+//! default to "no relation": a method left out can cost removals, never exactness.
 //!
-//! Adding an operator means adding one rule to the file of its family and listing it in [`RULES`].
+//! Adding an operator means one rule in the file of its family and one line in [`RULES`];
+//! docs/design.md walks through it.
 
+mod concat;
 mod conv;
+mod elementwise;
+mod gather;
 mod gemm;
+mod linear;
 mod matmul;
 mod norm;
-
-pub use norm::{decomposed, ClnForm};
-mod pointwise;
+mod per_channel;
+mod pool;
 mod shape;
 
+pub(crate) use linear::{Linear, Weight};
+pub use norm::ClnForm;
+
+use crate::analysis::reasons::Opaque;
+use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, PlanCx, TieCx};
 use crate::error::Result;
 use crate::ir::Ir;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
-use crate::onnx::tensor::{with_data, Values};
-use crate::rewrite::Edit;
 
-pub struct Ctx<'g> {
+/// What a rule sees of the model while classifying a node: the graph and its constants.
+pub(crate) struct Ctx<'g> {
     pub graph: &'g GraphProto,
     pub ir: &'g Ir,
-    /// Called with weight bytes the analysis has finished reading.
-    pub release: &'g dyn Fn(&[u8]),
 }
 
 impl<'g> Ctx<'g> {
@@ -39,304 +42,140 @@ impl<'g> Ctx<'g> {
     }
 }
 
-pub trait OpRule: Sync {
+/// The rule of a family of operators: parses a node (attributes, constant operands, opset
+/// forms) once, into a [`Role`] that carries the parsed values.
+pub(crate) trait OpRule: Sync {
+    /// The operator types (default domain) the rule classifies.
     fn op_types(&self) -> &'static [&'static str];
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g>;
 }
 
-pub enum Role<'g> {
-    Pointwise(Pointwise),
-    Linear(Box<dyn Linear + 'g>),
-    Channelwise(Box<dyn Channelwise + 'g>),
-    /// A LayerNormalization (or RMSNorm, or a decomposed LayerNorm ending here) over the channels.
-    Norm(norm::Norm<'g>),
-    /// Part of a decomposed LayerNorm, analysed as the [`Role::Norm`] of its last node.
+pub(crate) enum Role<'g> {
+    /// The node answers for its channels itself.
+    Op(Box<dyn ChannelOp<'g> + 'g>),
+    /// Part of a multi-node pattern (a decomposed LayerNorm) that its last node answers for.
     Inner,
-    /// Output channels are the inputs' channels in order, along `axis` (as in the attribute).
-    Concat {
-        axis: i64,
-    },
-    /// Output `i` holds `sizes[i]` consecutive input channels along `axis`; `sizes` empty means
-    /// equal parts. `sizes_slot` is where the sizes live as a constant input, if they do.
-    Split {
-        axis: i64,
-        sizes: Vec<usize>,
-        sizes_slot: Option<usize>,
-    },
-    /// Output channel `k` is input channel `indices[k]` along the last axis (a Gather): the output
-    /// is a channel space of its own, the input is read whole; removing output channels removes
-    /// their indices.
-    Select {
-        indices: Vec<i64>,
-    },
-    Opaque(String),
+    /// No rule: every tensor it touches keeps all channels, and the report says why.
+    Opaque(Opaque),
 }
 
-/// Scalar semantics of a pointwise operator on one channel: the values of all its inputs, in
-/// slot order (activations and per-channel constants alike), to its output; `None` when the
-/// output is not constant even though the inputs are (an average pool that counts padding).
-pub type Eval = Box<dyn Fn(&[f64]) -> Option<f64> + Sync>;
-
-/// How a pointwise operator's output is laid out relative to its input.
-#[derive(Debug, Clone)]
-pub enum Layout {
-    /// Same channel axis (counted from the end, so broadcasting keeps it).
-    Same,
-    /// Flatten from axis `from`: keeps a last channel axis whole, or turns a channel axis at `from`
-    /// into blocks of the flat axis (a feature map into a Gemm).
-    Flatten { from: i64 },
-    /// Reshape to the constant shape at `slot`: either keeps the last axis, or flattens a feature
-    /// map into `[batch, features]`.
-    Reshape { slot: usize },
-    /// A reshape whose target shape is computed (`Concat` of dimensions, as exporters build
-    /// `x.view(B, T, C)`) but whose last entry is the channel entries, kept whole: a constant at
-    /// (node, slot), rewritten with the width, or `None` when it is the input's own last
-    /// dimension read back with `Shape`.
-    ReshapeLast { last: Option<(usize, usize)> },
-    /// A reduction over `axes`, which must not include the channel axis.
-    Reduce { axes: Vec<i64>, keepdims: bool },
-    /// A permutation of the axes: the channel axis moves to where `perm` puts it.
-    Transpose { perm: Vec<i64> },
+/// Which input slots a [`ChannelOp`] reads as activations, and what to say when one is a
+/// constant or missing (the node is then opaque rather than trusted).
+pub(crate) struct Activations {
+    pub slots: Vec<usize>,
+    pub otherwise: &'static str,
 }
 
-pub struct Pointwise {
-    /// Input slots holding activations; they share a channel space with output 0.
-    pub acts: Vec<usize>,
-    /// Input slots holding constants that broadcast along the channel axis (size 1 or the width);
-    /// sliced with the channels.
-    pub params: Vec<usize>,
-    pub eval: Eval,
-    /// `x * 0 == 0` whatever `x` is, so a zero operand makes the channel constant and its other
-    /// operand unused.
-    pub zero_absorbs: bool,
-    pub layout: Layout,
-    /// The constants are 1-D vectors indexed by channel whatever the axis (BatchNormalization),
-    /// rather than tensors broadcast against the activation.
-    pub channel_params: bool,
-}
+/// An operator's meaning for channels, one method per analysis pass. The passes call them in
+/// this order; each gets a context that exposes the facts of the passes before it.
+pub(crate) trait ChannelOp<'g> {
+    fn activations(&self) -> Activations;
 
-impl Pointwise {
-    pub fn new(acts: Vec<usize>, params: Vec<usize>, eval: Eval) -> Self {
-        Pointwise { acts, params, eval, zero_absorbs: false, layout: Layout::Same, channel_params: false }
+    /// Whether the rule accounts for every output; otherwise outputs after the first keep all
+    /// their channels (a secondary output nothing here understands).
+    fn covers_all_outputs(&self) -> bool {
+        false
     }
 
-    /// A pointwise operator whose constant output is its constant input.
-    pub fn identity() -> Self {
-        Pointwise::new(vec![0], vec![], Box::new(|x| Some(x[0])))
-    }
-}
-
-/// A weight matrix `W[c, j]` (input channel `c`, output channel `j`) as stored in the model.
-pub struct Weight<'g> {
-    pub values: Values<'g>,
-    /// The stored tensor, always read at input slot 1 of its node.
-    pub tensor: &'g TensorProto,
-    pub k: usize,
-    pub n: usize,
-    /// Stored as `[N, K]` rather than `[K, N]` (Gemm with `transB`, Conv).
-    pub transposed: bool,
-    /// Kernel elements per (input, output) pair: 1, or `kh * kw` for Conv (`[N, K, kh, kw]`).
-    pub spatial: usize,
-}
-
-impl Weight<'_> {
-    /// Calls `f(c, j, w)` for every non-zero weight, row by row of the stored layout (no
-    /// division per element: this runs over every weight of the model, several times).
-    pub fn for_each_nonzero(&self, f: impl FnMut(usize, usize, f64)) {
-        self.for_each_nonzero_in_rows(0..self.rows(), f)
+    /// Whether the op follows a channel space that spans two axes (heads x head dimensions).
+    /// Others keep such tensors whole.
+    fn follows_heads(&self) -> bool {
+        false
     }
 
-    fn rows(&self) -> usize {
-        if self.transposed {
-            self.n
-        } else {
-            self.k
-        }
+    /// Before the layout's fixed point (a flattening marks its output's block unknown).
+    fn seed(&self, _cx: &mut LayoutCx<'_, 'g>) {}
+
+    /// Layout: the channel axis, width, rank, block and heads of the values it touches, given
+    /// what is known of them; called to a fixed point. Default: it says nothing, so its outputs'
+    /// widths stay unknown and everything it reads is needed.
+    fn layout(&self, _cx: &mut LayoutCx<'_, 'g>) {}
+
+    /// Operands: validates per-channel constants and target shapes against the layout.
+    fn check(&self, _cx: &mut CheckCx<'_, 'g>) {}
+
+    /// Channel map: which output channels are which input channels (they leave together).
+    fn ties(&self, _cx: &mut TieCx<'_, 'g>) {}
+
+    /// Forward constancy: the constant of each output channel, from its inputs'.
+    fn constants(&self, _cx: &mut ConstCx<'_, 'g>) {}
+
+    /// Backward need: which input channels the needed output channels read.
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        cx.need_all_inputs()
     }
 
-    fn for_each_nonzero_in_rows(&self, rows: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, f64)) {
-        let (k, n, s) = (self.k, self.n, self.spatial);
-        for r in rows {
-            match (self.transposed, s) {
-                (true, 1) => self.values.for_each_nonzero_in(r * k, k, |c, w| f(c, r, w)),
-                (true, _) => self.values.for_each_nonzero_in(r * k * s, k * s, |e, w| f(e / s, r, w)),
-                (false, _) => self.values.for_each_nonzero_in(r * n, n, |j, w| f(r, j, w)),
-            }
-        }
+    /// Plan: the edits that keep only the decided channels.
+    fn rewrite(&self, _cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        Ok(())
     }
 
-    /// Folds `f(state, c, j, w)` over every non-zero weight, splitting large matrices by rows
-    /// across the machine's cores and merging the per-thread states.
-    pub fn fold_nonzero<T: Send>(
-        &self,
-        init: impl Fn() -> T + Sync,
-        f: impl Fn(&mut T, usize, usize, f64) + Sync,
-        merge: impl Fn(T, T) -> T,
-    ) -> T {
-        const PARALLEL_FROM: usize = 1 << 22;
-        let rows = self.rows();
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rows);
-        if threads <= 1 || self.values.len() < PARALLEL_FROM {
-            let mut state = init();
-            self.for_each_nonzero(|c, j, w| f(&mut state, c, j, w));
-            return state;
-        }
-        let chunk = rows.div_ceil(threads);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (init, f) = (&init, &f);
-                    scope.spawn(move || {
-                        let mut state = init();
-                        self.for_each_nonzero_in_rows(t * chunk..((t + 1) * chunk).min(rows), |c, j, w| {
-                            f(&mut state, c, j, w)
-                        });
-                        state
-                    })
-                })
-                .collect();
-            let states = workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            states.reduce(merge).expect("at least one thread")
-        })
+    /// The weight matrix, for a linear layer (pruning reads it too).
+    fn linear(&self) -> Option<&dyn Linear> {
+        None
     }
 
-    /// `sum_e W[c, j, e]` over the kernel: what a constant input `c` contributes to output `j`.
-    pub fn sum(&self, c: usize, j: usize) -> f64 {
-        let (k, n, s) = (self.k, self.n, self.spatial);
-        let at = if self.transposed { (j * k + c) * s } else { c * n + j };
-        (at..at + s).map(|i| self.values.get(i)).sum()
+    /// The indices of a Gather that selects a graph input's features.
+    fn selected(&self) -> Option<&[i64]> {
+        None
     }
-
-    /// The kept sub-matrix, in the stored layout and type, bit for bit.
-    pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
-        let (k, n, s) = (self.k, self.n, self.spatial);
-        if self.transposed {
-            let cols: Vec<usize> = keep_in.iter().flat_map(|&c| (0..s).map(move |e| c * s + e)).collect();
-            self.values.gather_rows(keep_out, k * s, &cols)
-        } else {
-            self.values.gather_rows(keep_in, n, keep_out)
-        }
-    }
-
-    /// The edit that keeps only `keep_in`/`keep_out`, if that drops anything.
-    pub fn slice_edit(&self, node: usize, keep_in: &[usize], keep_out: &[usize]) -> Option<Edit> {
-        (keep_in.len() != self.k || keep_out.len() != self.n).then(|| {
-            let dims = self.sliced_dims(keep_in.len(), keep_out.len());
-            let raw = self.slice(keep_in, keep_out);
-            Edit::Const { node, slot: 1, tensor: with_data(self.tensor, dims, self.values.dtype, raw) }
-        })
-    }
-
-    fn sliced_dims(&self, keep_in: usize, keep_out: usize) -> Vec<i64> {
-        if self.transposed {
-            let mut dims = self.values.dims.to_vec();
-            dims[0] = keep_out as i64;
-            dims[1] = keep_in as i64;
-            dims
-        } else {
-            vec![keep_in as i64, keep_out as i64]
-        }
-    }
-}
-
-/// `y[.., j] = alpha * sum_c x[.., c] W[c, j] + bias[j]`.
-pub trait Linear {
-    /// The input slot of the activation `x`.
-    fn input_slot(&self) -> usize;
-    /// Channel axes (negative, counted from the end) of `x` and `y`.
-    fn axes(&self) -> (isize, isize);
-    /// Ranks of `x` and `y`, where the operator fixes them.
-    fn ranks(&self) -> (Option<usize>, Option<usize>);
-    /// Whether a constant input contributes the same to every output position, so it folds into
-    /// the bias. Not so for a Conv whose kernel can see zero padding: at the borders the padding
-    /// reads 0, not the constant.
-    fn folds_constants(&self) -> bool {
-        true
-    }
-    /// Whether the node carries its own bias to fold constants into (Gemm's C, Conv's B); a
-    /// MatMul does not, and its folds go to the bias `Add` after it, or a new one.
-    fn holds_bias(&self) -> bool {
-        true
-    }
-    fn weight(&self) -> &Weight<'_>;
-    fn alpha(&self) -> f64;
-    /// The constant added to output `j`, or `None` where it varies along another axis.
-    fn bias(&self, j: usize) -> Option<f64>;
-    /// Emits the edits that keep the bias of the outputs `keep_out` only and add `fold[i]` to
-    /// that of `keep_out[i]` (the weight itself is sliced by [`Weight::slice_edit`]).
-    fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>);
-}
-
-/// Output channel `c` = a per-channel function of input channel `c` (a depthwise Conv).
-pub trait Channelwise {
-    fn input_slot(&self) -> usize;
-    fn axis(&self) -> isize;
-    fn rank(&self) -> usize;
-    fn width(&self) -> usize;
-    /// The output channel's constant, if it has one, given the input channel's.
-    fn constant(&self, c: usize, input: Option<f64>) -> Option<f64>;
-    /// Whether output channel `c` reads input channel `c` (given its constant, if any) in a way
-    /// that needs its value.
-    fn reads(&self, c: usize, input: Option<f64>) -> bool;
-    fn rewrite(&self, node: usize, keep: &[usize], edits: &mut Vec<Edit>) -> Result<()>;
 }
 
 static RULES: &[&dyn OpRule] = &[
     &gemm::Gemm,
     &matmul::MatMul,
     &conv::Conv,
-    &pointwise::Unary,
-    &pointwise::Binary,
-    &pointwise::BatchNorm,
+    &elementwise::Unary,
+    &elementwise::Binary,
+    &elementwise::BatchNorm,
+    &elementwise::PassThrough,
     &norm::LayerNorm,
-    &pointwise::Pool,
-    &pointwise::Reduce,
-    &shape::PassThrough,
+    &pool::Pool,
+    &pool::Reduce,
     &shape::Reshape,
     &shape::Flatten,
-    &shape::Concat,
-    &shape::Split,
     &shape::Transpose,
-    &shape::Select,
+    &concat::Concat,
+    &concat::Split,
+    &gather::Select,
 ];
 
-/// The reason given for nodes that only produce constants; they are not reported as blockers.
-pub const CONSTANT: &str = "it computes a constant";
-
 /// The role of a node; operators without a rule, or outside the default domain, are opaque.
-pub fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
     match node.output.first() {
-        None => return Role::Opaque("it has no output".into()),
-        Some(o) if o.is_empty() => return Role::Opaque("its first output is unnamed".into()),
+        None => return Role::Opaque(Opaque::Malformed("it has no output")),
+        Some(o) if o.is_empty() => return Role::Opaque(Opaque::Malformed("its first output is unnamed")),
         // Identity of a weight, Constant: resolved as constants by the IR, no activation here.
-        Some(o) if cx.ir.is_const(o) => return Role::Opaque(CONSTANT.into()),
+        Some(o) if cx.ir.is_const(o) => return Role::Opaque(Opaque::ComputesConstant),
         _ => {}
     }
-    let domain = node.domain();
-    if !(domain.is_empty() || domain == "ai.onnx") {
-        return Role::Opaque(format!("operator {}::{} has no channel rule", domain, node.op_type()));
-    }
-    let role = match RULES.iter().find(|r| r.op_types().contains(&node.op_type())) {
-        Some(rule) => rule.role(node, cx),
-        None => return Role::Opaque(format!("operator {} has no channel rule", node.op_type())),
+    let (domain, op) = (node.domain(), node.op_type());
+    let rule = RULES.iter().find(|r| r.op_types().contains(&op)).filter(|_| domain.is_empty() || domain == "ai.onnx");
+    let Some(rule) = rule else {
+        return Role::Opaque(Opaque::NoRule { domain: domain.into(), op: op.into() });
     };
-    // The analysis relies on activation slots naming activations; malformed or constant-only
-    // nodes are opaque rather than trusted.
-    let is_act = |slot: usize| node.input.get(slot).is_some_and(|s| !s.is_empty() && !cx.ir.is_const(s));
-    match &role {
-        Role::Pointwise(p) if p.acts.is_empty() || !p.acts.iter().all(|&s| is_act(s)) => {
-            Role::Opaque("its operands are constants or missing".into())
+    let role = rule.role(node, cx);
+    // The passes rely on activation slots naming activations; malformed or constant-only nodes
+    // are opaque rather than trusted.
+    if let Role::Op(op) = &role {
+        let acts = op.activations();
+        let is_act = |slot: &usize| node.input.get(*slot).is_some_and(|s| !s.is_empty() && !cx.ir.is_const(s));
+        if acts.slots.is_empty() || !acts.slots.iter().all(is_act) {
+            return Role::Opaque(Opaque::ConstantOperand(acts.otherwise));
         }
-        Role::Linear(l) if !is_act(l.input_slot()) => Role::Opaque("its data operand is a constant or missing".into()),
-        Role::Channelwise(c) if !is_act(c.input_slot()) => {
-            Role::Opaque("its data operand is a constant or missing".into())
-        }
-        Role::Norm(_) if !is_act(0) => Role::Opaque("it normalizes a constant".into()),
-        Role::Concat { .. } if !(0..node.input.len()).all(is_act) => Role::Opaque("it concatenates constants".into()),
-        Role::Split { .. } if !is_act(0) => Role::Opaque("it splits a constant".into()),
-        Role::Select { .. } if !is_act(0) => Role::Opaque("it gathers from a constant".into()),
-        _ => role,
     }
+    role
+}
+
+/// The role of every node: each rule's, then the multi-node patterns over them.
+pub(crate) fn roles<'g>(graph: &'g GraphProto, ir: &'g Ir) -> Vec<Role<'g>> {
+    let cx = Ctx { graph, ir };
+    let mut roles: Vec<Role<'g>> = graph.node.iter().map(|n| role(n, &cx)).collect();
+    for (last, norm) in norm::decomposed(&cx) {
+        norm.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
+        roles[last.0] = Role::Op(Box::new(norm));
+    }
+    roles
 }
 
 /// Every operator type with a rule, for `--help` and the README.
@@ -344,4 +183,21 @@ pub fn supported() -> Vec<&'static str> {
     let mut v: Vec<_> = RULES.iter().flat_map(|r| r.op_types().iter().copied()).collect();
     v.sort();
     v
+}
+
+/// Every operator type a rewrite can add to a model (bias adds, CompensatedLayerNorms in both
+/// forms, input Gathers), so that executors of minimized models know what to cover.
+pub fn emitted() -> Vec<&'static str> {
+    let mut v: Vec<_> = [linear::EMITS, norm::EMITS, crate::rewrite::EMITS].concat();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Whether a windowed operator (Conv, AveragePool) can read padding anywhere: explicit pads,
+/// or an `auto_pad` other than none and VALID.
+fn may_pad(node: &NodeProto) -> bool {
+    let pads = node.attribute.iter().find(|a| a.name() == "pads").is_some_and(|a| a.ints.iter().any(|&p| p != 0));
+    let auto = node.attribute.iter().find(|a| a.name() == "auto_pad").and_then(|a| a.s.as_deref());
+    pads || !matches!(auto, None | Some(b"NOTSET") | Some(b"VALID"))
 }

@@ -15,15 +15,38 @@
 //!
 //! in plain ONNX operators (ReduceSum, Sub, Mul, Add, Div, Sqrt), so every runtime runs it.
 
-use super::{Ctx, OpRule, Role};
+use super::{Activations, ChannelOp, Ctx, OpRule, Role};
+use crate::analysis::reasons::{Opaque, Why};
+use crate::analysis::{ConstCx, LayoutCx, NeedCx, NodeId, PlanCx, TieCx};
+use crate::error::Result;
 use crate::ir::NodeExt;
-use crate::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
+use crate::onnx::build::{attr_float, attr_int, int64_tensor};
+use crate::onnx::proto::{AttributeProto, NodeProto, TensorProto};
 use crate::onnx::tensor::{encode, with_data, FloatType, Values};
+use crate::rewrite::Edit;
 
-pub struct LayerNorm;
+/// What a CompensatedLayerNorm may be written with, in either form.
+pub(crate) const EMITS: &[&str] = &[
+    "Add",
+    "Cast",
+    "Concat",
+    "Div",
+    "Expand",
+    "Identity",
+    "LayerNormalization",
+    "Mul",
+    "RMSNormalization",
+    "ReduceSum",
+    "Shape",
+    "Slice",
+    "Sqrt",
+    "Sub",
+];
+
+pub(crate) struct LayerNorm;
 
 /// How a CompensatedLayerNorm is written out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ClnForm {
     /// ReduceSum/Sub/Mul/Add/Div/Sqrt over the kept channels, plus the removed constants' terms.
     #[default]
@@ -35,7 +58,7 @@ pub enum ClnForm {
 
 /// A LayerNormalization, an RMSNormalization, or a LayerNorm written out as ReduceMean, Sub,
 /// Pow, Sqrt and Div, over the channel axis: as the analysis sees it.
-pub struct Norm<'g> {
+pub(crate) struct Norm<'g> {
     /// The normalized tensor (for a decomposed norm, what its first ReduceMean reads).
     pub input: &'g str,
     /// RMSNormalization: no centring, no bias.
@@ -50,7 +73,7 @@ pub struct Norm<'g> {
     pub eps: f64,
     pub dtype: FloatType,
     /// The nodes of a decomposed norm before its last, which go when it is replaced.
-    pub inner: Vec<usize>,
+    pub inner: Vec<NodeId>,
 }
 
 impl OpRule for LayerNorm {
@@ -60,24 +83,24 @@ impl OpRule for LayerNorm {
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         if node.output.iter().skip(1).any(|o| !o.is_empty() && !cx.ir.readers(o).is_empty()) {
-            return Role::Opaque("its mean or inverse deviation output is used".into());
+            return Role::Opaque(Opaque::AuxiliaryOutput("its mean or inverse deviation output is used"));
         }
         let constant =
             |slot: usize| node.input.get(slot).filter(|s| !s.is_empty()).map(|s| cx.const_tensor(s).map(Values::of));
         let gamma = match constant(1) {
             Some(Some(Ok(v))) if v.dims.len() == 1 => v,
-            _ => return Role::Opaque("its scale is not a constant vector".into()),
+            _ => return Role::Opaque(Opaque::Shape("its scale is not a constant vector")),
         };
         let beta = match constant(2) {
             None => None,
             Some(Some(Ok(v))) if v.dims == gamma.dims => Some(v),
-            _ => return Role::Opaque("its bias is not a constant vector".into()),
+            _ => return Role::Opaque(Opaque::Shape("its bias is not a constant vector")),
         };
         let rms = node.op_type() == "RMSNormalization";
         if rms && beta.is_some() {
-            return Role::Opaque("it has a third input, which RMSNormalization does not define".into());
+            return Role::Opaque(Opaque::Malformed("it has a third input, which RMSNormalization does not define"));
         }
-        Role::Norm(Norm {
+        Role::Op(Box::new(Norm {
             input: &node.input[0],
             rms,
             dtype: gamma.dtype,
@@ -86,26 +109,12 @@ impl OpRule for LayerNorm {
             to_end: true,
             eps: node.attr_f("epsilon", 1e-5) as f64,
             inner: vec![],
-        })
-    }
-}
-
-fn int_attr(name: &str, i: i64) -> crate::onnx::proto::AttributeProto {
-    crate::onnx::proto::AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Int as i32),
-        i: Some(i),
-        ..Default::default()
+        }))
     }
 }
 
 /// A node of the replacement, named after its output (a local `$` name, made unique later).
-fn local_node(
-    op: &str,
-    inputs: &[&str],
-    output: &str,
-    attribute: Vec<crate::onnx::proto::AttributeProto>,
-) -> NodeProto {
+fn local_node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
     NodeProto {
         name: Some(format!("${}_node", output.trim_start_matches('$'))),
         op_type: Some(op.into()),
@@ -183,20 +192,13 @@ impl Norm<'_> {
         let mut removed_dims = vec![removed.len() as i64];
         removed_dims.resize((-axis) as usize, 1);
         constant("$removed", removed_dims, removed, compute);
-        let axes = TensorProto {
-            name: Some("$axes".into()),
-            dims: vec![1],
-            data_type: Some(DataType::Int64 as i32),
-            raw_data: Some((axis as i64).to_le_bytes().to_vec().into()),
-            ..Default::default()
-        };
-        inits.push(axes);
+        inits.push(int64_tensor("$axes", &[axis as i64]));
         let op = |nodes: &mut Vec<NodeProto>, op: &str, inputs: &[&str], output: &str| {
-            let attribute = if op == "ReduceSum" { vec![int_attr("keepdims", 1)] } else { vec![] };
+            let attribute = if op == "ReduceSum" { vec![attr_int("keepdims", 1)] } else { vec![] };
             nodes.push(local_node(op, inputs, output, attribute));
         };
         let cast = |nodes: &mut Vec<NodeProto>, input: &str, to: FloatType, output: &str| {
-            nodes.push(local_node("Cast", &[input], output, vec![int_attr("to", to.onnx() as i64)]));
+            nodes.push(local_node("Cast", &[input], output, vec![attr_int("to", to.onnx() as i64)]));
         };
         let xin = if widen {
             cast(&mut nodes, x, FloatType::F32, "$x32");
@@ -251,13 +253,7 @@ impl Norm<'_> {
     /// original width, with the removed channels' constants put back.
     fn concatenated(&self, x: &str, y: &str, keep: &[usize], removed: &[f64]) -> (Vec<NodeProto>, Vec<TensorProto>) {
         let dtype = self.dtype;
-        let ints = |name: &str, vals: &[i64]| TensorProto {
-            name: Some(name.into()),
-            dims: vec![vals.len() as i64],
-            data_type: Some(DataType::Int64 as i32),
-            raw_data: Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
-            ..Default::default()
-        };
+        let ints = int64_tensor;
         let floats = |name: &str, vals: &[f64]| {
             let mut t = with_data(&TensorProto::default(), vec![vals.len() as i64], dtype, encode(dtype, vals));
             t.name = Some(name.into());
@@ -282,27 +278,18 @@ impl Norm<'_> {
         let nodes = vec![
             local_node("Shape", &[x], "$shape", vec![]),
             local_node("Slice", &["$shape", "$zero", "$minus_one"], "$leading", vec![]),
-            local_node("Concat", &["$leading", "$removed_width"], "$removed_shape", vec![int_attr("axis", 0)]),
+            local_node("Concat", &["$leading", "$removed_width"], "$removed_shape", vec![attr_int("axis", 0)]),
             local_node("Expand", &["$removed", "$removed_shape"], "$removed_broadcast", vec![]),
-            local_node("Concat", &[x, "$removed_broadcast"], "$full", vec![int_attr("axis", -1)]),
+            local_node("Concat", &[x, "$removed_broadcast"], "$full", vec![attr_int("axis", -1)]),
             local_node(
                 if self.rms { "RMSNormalization" } else { "LayerNormalization" },
                 &ln_inputs,
                 "$normalized",
-                vec![int_attr("axis", -1), float_attr("epsilon", self.eps as f32)],
+                vec![attr_int("axis", -1), attr_float("epsilon", self.eps as f32)],
             ),
             local_node("Slice", &["$normalized", "$zero", "$kept_width", "$minus_one"], y, vec![]),
         ];
         (nodes, inits)
-    }
-}
-
-fn float_attr(name: &str, f: f32) -> crate::onnx::proto::AttributeProto {
-    crate::onnx::proto::AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Float as i32),
-        f: Some(f),
-        ..Default::default()
     }
 }
 
@@ -319,7 +306,7 @@ fn float_attr(name: &str, f: f32) -> crate::onnx::proto::AttributeProto {
 ///
 /// Each match becomes a [`Norm`] on its `Div` node; the other nodes are covered by it. Their
 /// intermediate tensors must have no other reader, or the pattern is not taken.
-pub fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(usize, Norm<'g>)> {
+pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
     let g = cx.graph;
     let ir = cx.ir;
     let op = |n: usize| g.node[n].op_type();
@@ -380,10 +367,82 @@ pub fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(usize, Norm<'g>)> {
                 None => (t.as_str(), true, vec![]),
             };
             inner.extend([square, m2, add, sqrt]);
+            let inner = inner.into_iter().map(NodeId).collect();
             let norm = Norm { input, rms, affine: None, axis: axes[0], to_end: false, eps, dtype, inner };
-            Some((div, norm))
+            Some((NodeId(div), norm))
         })();
         found.extend(matched);
     }
     found
+}
+
+/// The statistics read every channel: one class over the normalized axis whose channels may
+/// leave only as constants the compensation accounts for.
+impl<'g> ChannelOp<'g> for Norm<'g> {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0], otherwise: "it normalizes a constant" }
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let (Some(x), Some(y)) = (cx.value(self.input), cx.output(0)) else { return };
+        if let Some(w) = self.width() {
+            cx.set_width(x, w);
+            cx.set_width(y, w);
+        }
+        cx.copy(x, y);
+        cx.copy(y, x);
+        if let Some(r) = cx.get(x).rank.or(cx.get(y).rank) {
+            cx.set_rank(x, r);
+            cx.set_rank(y, r);
+            let axis = if self.axis < 0 { self.axis + r as i64 } else { self.axis };
+            let channels_alone = !self.to_end || axis == r as i64 - 1;
+            if !channels_alone || cx.get(x).position().is_some_and(|p| p as i64 != axis) {
+                cx.force(x, Why::NormOverOtherAxes);
+                cx.force(y, Why::NormOverOtherAxes);
+            }
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let (Some(x), Some(y)) = (cx.value(self.input), cx.output(0)) else { return };
+        if let (Some(w), true) = (cx.width(x), cx.width(x) == cx.width(y)) {
+            cx.tie(x, 0, y, 0, w);
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let Some(y) = cx.output(0) else { return };
+        let r = (0..cx.consts(y).len()).map(|c| self.constant(c)).collect();
+        cx.set(y, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let (Some(x), Some(y)) = (cx.value(self.input), cx.output(0)) else { return };
+        // If any normalized output is needed, so is every input channel whose value is not a
+        // known constant.
+        let used = (0..cx.needed(y).len()).any(|c| cx.needed(y)[c] && self.constant(c).is_none());
+        if used {
+            let consts = cx.consts(x);
+            (0..cx.needed(x).len()).filter(|&c| consts[c].is_none()).for_each(|c| cx.mark(x, c));
+        }
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let Some(x) = cx.value(self.input) else { return Ok(()) };
+        let (Some(w), Some(axis)) = (cx.layout(x).width, cx.layout(x).axis) else { return Ok(()) };
+        let keep = cx.kept(x, w);
+        if keep.len() < w {
+            let mut kept = vec![false; w];
+            keep.iter().for_each(|&c| kept[c] = true);
+            // Removed channels are constants whenever a normalized output is needed; otherwise
+            // nothing reads the result and any value will do.
+            let removed: Vec<f64> = (0..w).filter(|&c| !kept[c]).map(|c| cx.consts(x)[c].unwrap_or(0.0)).collect();
+            let y = &cx.node_proto().output[0];
+            let (nodes, initializers) = self.compensated(cx.cln_form, self.input, y, axis, &keep, &removed);
+            let node = cx.node.0;
+            cx.push(Edit::Replace { node, nodes, initializers });
+            cx.extend(self.inner.iter().map(|&n| Edit::Remove { node: n.0 }));
+        }
+        Ok(())
+    }
 }

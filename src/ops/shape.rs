@@ -1,50 +1,21 @@
-//! Operators that move data without mixing channels: identities, reshapes, concatenation and
-//! splitting along the channel axis.
+//! Operators that move channels between axes without mixing them: reshapes, flattening and
+//! transposes. A reshape may split the channel axis into heads and head dimensions, or merge
+//! them back: a channel space over two axes.
 
-use super::{Ctx, Layout, OpRule, Pointwise, Role};
+use super::per_channel::{AxisMap, PerChannel};
+use super::{Ctx, OpRule, Role};
+use crate::analysis::layout::Heads;
+use crate::analysis::plan::heads_kept;
+use crate::analysis::reasons::{Opaque, Why};
+use crate::analysis::{CheckCx, LayoutCx, NodeId, PlanCx, ValueId};
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
-use crate::onnx::tensor::int64s;
+use crate::onnx::tensor::{int64s, with_int64s};
+use crate::rewrite::Edit;
 
-pub struct PassThrough;
-pub struct Reshape;
-pub struct Flatten;
-pub struct Concat;
-pub struct Split;
-pub struct Transpose;
-pub struct Select;
-
-impl OpRule for PassThrough {
-    fn op_types(&self) -> &'static [&'static str] {
-        &["Identity", "Dropout", "Cast"]
-    }
-
-    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-        match node.op_type() {
-            // Dropout is the identity at inference; its mask output is another matter.
-            "Dropout"
-                if node
-                    .output
-                    .get(1)
-                    .is_some_and(|m| !m.is_empty() && (!cx.ir.readers(m).is_empty() || cx.ir.outputs.contains(m))) =>
-            {
-                Role::Opaque("its mask output is used".into())
-            }
-            "Cast" => {
-                let to = node.attr_i("to", 0) as i32;
-                let round: fn(f64) -> f64 = match DataType::try_from(to) {
-                    Ok(DataType::Float) => |x| x as f32 as f64,
-                    Ok(DataType::Double) => |x| x,
-                    Ok(DataType::Float16) => |x| half::f16::from_f64(x).to_f64(),
-                    Ok(DataType::Bfloat16) => |x| half::bf16::from_f64(x).to_f64(),
-                    _ => return Role::Opaque("it casts to a non-float type".into()),
-                };
-                Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(move |x| Some(round(x[0])))))
-            }
-            _ => Role::Pointwise(Pointwise::identity()),
-        }
-    }
-}
+pub(crate) struct Reshape;
+pub(crate) struct Flatten;
+pub(crate) struct Transpose;
 
 impl OpRule for Reshape {
     fn op_types(&self) -> &'static [&'static str] {
@@ -54,30 +25,189 @@ impl OpRule for Reshape {
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         let Some(shape) = node.input.get(1).and_then(|s| cx.const_tensor(s)) else {
             return match computed_last(node, cx) {
-                Some(last) => {
-                    let mut p = Pointwise::identity();
-                    p.layout = Layout::ReshapeLast { last };
-                    Role::Pointwise(p)
+                Some(last) => Role::Op(Box::new(PerChannel::identity(Box::new(ReshapeLast { last })))),
+                None => {
+                    Role::Opaque(Opaque::NotConstant("its target shape is computed, and its last entry is not known"))
                 }
-                None => Role::Opaque("its target shape is computed, and its last entry is not known".into()),
             };
         };
         if shape.data_type() != DataType::Int64 as i32 || shape.dims.len() != 1 {
-            return Role::Opaque("its shape is not a 1-D int64 constant".into());
+            return Role::Opaque(Opaque::Shape("its shape is not a 1-D int64 constant"));
         }
-        if node.attr_i("allowzero", 0) != 0 && int64s(shape).contains(&0) {
-            return Role::Opaque("it has allowzero with a zero dimension".into());
+        let target = int64s(shape);
+        if node.attr_i("allowzero", 0) != 0 && target.contains(&0) {
+            return Role::Opaque(Opaque::Unsupported("it has allowzero with a zero dimension".into()));
         }
-        let mut p = Pointwise::identity();
-        p.layout = Layout::Reshape { slot: 1 };
-        Role::Pointwise(p)
+        Role::Op(Box::new(PerChannel::identity(Box::new(Reshaped { target }))))
+    }
+}
+
+/// A reshape to a constant shape: leading axes merge or split while the channel axis stays
+/// last and whole; or the channel axis splits into heads x entries (or merges back); or a
+/// feature map flattens into `[batch, features]`.
+struct Reshaped {
+    target: Vec<i64>,
+}
+
+impl Reshaped {
+    /// The heads a split of `x`'s last axis into the target's last two makes, if it is one.
+    fn split(&self, x: crate::analysis::Layout) -> Option<Heads> {
+        let (&d, &h) = (self.target.last()?, self.target.get(self.target.len().checked_sub(2)?)?);
+        let w = x.width? as i64;
+        let splits = x.axis == Some(-1)
+            && x.heads.is_none()
+            && x.block == Some(1)
+            && x.rank? + 1 == self.target.len()
+            && h > 1
+            && d > 0
+            && h * d == w;
+        splits.then_some(Heads { axis: -2, count: h as usize })
+    }
+
+    /// Whether the target merges `x`'s heads (just before its channel axis) back into one axis.
+    fn merges(&self, x: crate::analysis::Layout) -> bool {
+        let (Some(heads), Some(rank), Some(w)) = (x.heads, x.rank, x.width) else { return false };
+        let last = self.target.last().copied();
+        x.axis == Some(-1)
+            && heads.axis == -2
+            && rank == self.target.len() + 1
+            && (last == Some(-1) || last == Some(w as i64))
+    }
+}
+
+impl AxisMap for Reshaped {
+    fn seed(&self, cx: &mut LayoutCx, o: ValueId) {
+        // Blocks of flattened feature maps are unknown until a Gemm reads them.
+        cx.unknown_block(o);
+    }
+
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
+        let x = acts[0];
+        let lx = cx.get(x);
+        if let Some(heads) = self.split(lx) {
+            cx.set_axis(o, -1);
+            cx.set_rank(o, self.target.len());
+            cx.same_width(x, o);
+            cx.set_block(o, 1);
+            cx.set_heads(o, heads);
+        } else if lx.heads.is_some() {
+            if self.merges(lx) {
+                cx.set_axis(o, -1);
+                cx.set_rank(o, self.target.len());
+                cx.same_width(x, o);
+                cx.set_block(o, 1);
+            } else {
+                cx.force(x, Why::ReshapesChannelAxis);
+                cx.force(o, Why::ReshapesChannelAxis);
+            }
+        } else if lx.axis == Some(-1) {
+            cx.set_axis(o, -1);
+            cx.set_rank(o, self.target.len());
+            if let Some(w) = lx.width {
+                cx.set_width(o, w);
+            }
+            if let Some(b) = lx.block {
+                cx.set_block(o, b);
+            }
+        } else if self.target.len() == 2 && lx.position() == Some(1) {
+            cx.flatten(x, o, None);
+        } else if lx.axis.is_some() {
+            cx.force(x, Why::ReshapesChannelAxis);
+            cx.force(o, Why::ReshapesChannelAxis);
+        }
+    }
+
+    fn check(&self, cx: &CheckCx, o: ValueId) -> Result<(), Why> {
+        let l = cx.layout(o);
+        if l.heads.is_some() {
+            return Ok(()); // a split: its last two entries were matched to the width
+        }
+        let last = *self.target.last().unwrap_or(&0);
+        let entries = l.block.zip(l.width).map(|(b, w)| (w * b) as i64);
+        if last != -1 && Some(last) != entries {
+            return Err(Why::TargetShape(self.target.clone()));
+        }
+        Ok(())
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx, o: ValueId, keep: &[usize]) {
+        let node = cx.node_proto();
+        let t = cx.const_tensor(&node.input[1]).expect("a constant target shape");
+        let l = cx.layout(o);
+        let mut shape = self.target.clone();
+        let n = shape.len();
+        if l.heads.is_some() {
+            let (rows, cols) = heads_kept(l, keep);
+            (shape[n - 2], shape[n - 1]) = (rows.len() as i64, cols.len() as i64);
+        } else if shape[n - 1] != -1 {
+            shape[n - 1] = (keep.len() * l.block.expect("checked")) as i64;
+        } else {
+            return;
+        }
+        let node = cx.node.0;
+        cx.push(Edit::Const { node, slot: 1, tensor: with_int64s(t, &shape) });
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+}
+
+/// A reshape whose target shape is computed (`Concat` of dimensions, as exporters build
+/// `x.view(B, T, C)`) but whose last entry is the channel entries, kept whole: a constant at
+/// (node, slot), rewritten with the width, or `None` when it is the input's own last dimension
+/// read back with `Shape`.
+struct ReshapeLast {
+    last: Option<(NodeId, usize)>,
+}
+
+impl AxisMap for ReshapeLast {
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
+        let x = acts[0];
+        let lx = cx.get(x);
+        if lx.axis == Some(-1) {
+            cx.set_axis(o, -1);
+            cx.same_width(x, o);
+            if let Some(b) = lx.block {
+                cx.set_block(o, b);
+            }
+        } else if lx.axis.is_some() {
+            cx.force(x, Why::ReshapesChannelAxis);
+            cx.force(o, Why::ReshapesChannelAxis);
+        }
+    }
+
+    fn check(&self, cx: &CheckCx, o: ValueId) -> Result<(), Why> {
+        let Some((m, s)) = self.last else { return Ok(()) };
+        let l = cx.layout(o);
+        let last = int64s(cx.const_of(m, s).expect("checked by the rule"))[0];
+        if last != -1 && Some(last) != l.block.zip(l.width).map(|(b, w)| (w * b) as i64) {
+            return Err(Why::TargetShapeEnd(last));
+        }
+        Ok(())
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx, o: ValueId, keep: &[usize]) {
+        let Some((m, s)) = self.last else { return };
+        let t = cx.const_of(m, s).expect("checked by the rule");
+        if int64s(t)[0] == -1 {
+            return;
+        }
+        let entries = (keep.len() * cx.layout(o).block.expect("checked")) as i64;
+        let tensor = with_int64s(t, &[entries]);
+        if cx.readers(&cx.node_of(m).output[0]) == 1 {
+            cx.push(Edit::Const { node: m.0, slot: s, tensor });
+        } else {
+            let node = cx.node.0;
+            cx.push(Edit::CloneProducer { node, slot: 1, producer: m.0, producer_slot: s, tensor });
+        }
     }
 }
 
 /// For a shape built as `Concat(..., last)`: `Some(Some(loc))` when `last` is a one-element
 /// constant (at node, slot), `Some(None)` when it is the reshaped tensor's own last dimension
 /// read back with `Shape`, `None` otherwise.
-fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(usize, usize)>> {
+fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(NodeId, usize)>> {
     let g = cx.graph;
     let producer = |name: &str| cx.ir.producer.get(name).copied();
     let target = node.input.get(1)?;
@@ -91,7 +221,8 @@ fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(usize, usize)>> {
     let slot = c.input.len().checked_sub(1)?;
     let last = &c.input[slot];
     if let Some(t) = cx.const_tensor(last) {
-        return (t.data_type() == DataType::Int64 as i32 && int64s(t).len() == 1).then_some(Some((concat, slot)));
+        return (t.data_type() == DataType::Int64 as i32 && int64s(t).len() == 1)
+            .then_some(Some((NodeId(concat), slot)));
     }
     // The last dimension of x, the reshaped tensor, read back: Gather(Shape(x), -1) or
     // Slice(Shape(x), -1, end), through Unsqueeze/Squeeze (TorchScript adds both).
@@ -126,46 +257,23 @@ impl OpRule for Flatten {
     }
 
     fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
-        let mut p = Pointwise::identity();
-        p.layout = Layout::Flatten { from: node.attr_i("axis", 1) };
-        Role::Pointwise(p)
+        Role::Op(Box::new(PerChannel::identity(Box::new(Flattened { from: node.attr_i("axis", 1) }))))
     }
 }
 
-impl OpRule for Concat {
-    fn op_types(&self) -> &'static [&'static str] {
-        &["Concat"]
-    }
-
-    fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
-        if !node.has_attr("axis") {
-            return Role::Opaque("it has no axis".into());
-        }
-        Role::Concat { axis: node.attr_i("axis", 0) }
-    }
+/// Flatten from axis `from`: keeps a last channel axis whole, or turns a channel axis at `from`
+/// into blocks of the flat axis (a feature map into a Gemm).
+struct Flattened {
+    from: i64,
 }
 
-impl OpRule for Split {
-    fn op_types(&self) -> &'static [&'static str] {
-        &["Split"]
+impl AxisMap for Flattened {
+    fn seed(&self, cx: &mut LayoutCx, o: ValueId) {
+        cx.unknown_block(o);
     }
 
-    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-        let axis = node.attr_i("axis", 0);
-        // Sizes: an input from opset 13, an attribute before; absent means equal parts.
-        let (sizes, slot) = match node.input.get(1).filter(|s| !s.is_empty()) {
-            Some(s) => match cx.const_tensor(s) {
-                Some(t) => (int64s(t), Some(1)),
-                None => return Role::Opaque("its split sizes are computed".into()),
-            },
-            None => {
-                (node.attribute.iter().find(|a| a.name() == "split").map(|a| a.ints.clone()).unwrap_or_default(), None)
-            }
-        };
-        if sizes.iter().any(|&s| s < 0) {
-            return Role::Opaque("its split sizes are negative".into());
-        }
-        Role::Split { axis, sizes: sizes.into_iter().map(|s| s as usize).collect(), sizes_slot: slot }
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
+        cx.flatten(acts[0], o, Some(self.from));
     }
 }
 
@@ -177,39 +285,46 @@ impl OpRule for Transpose {
     fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
         // Without `perm` the axes are reversed, which needs the rank: known only later.
         let Some(perm) = node.attribute.iter().find(|a| a.name() == "perm").map(|a| a.ints.clone()) else {
-            return Role::Opaque("it has no perm attribute".into());
+            return Role::Opaque(Opaque::Malformed("it has no perm attribute"));
         };
-        let mut p = Pointwise::identity();
-        p.layout = Layout::Transpose { perm };
-        Role::Pointwise(p)
+        Role::Op(Box::new(PerChannel::identity(Box::new(Permuted { perm }))))
     }
 }
 
-impl OpRule for Select {
-    fn op_types(&self) -> &'static [&'static str] {
-        &["Gather"]
+/// A permutation of the axes: the channel axis (and the heads axis) move where `perm` puts them.
+struct Permuted {
+    perm: Vec<i64>,
+}
+
+impl AxisMap for Permuted {
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
+        let x = acts[0];
+        let r = cx.get(x).rank.or(cx.get(o).rank).filter(|&r| r == self.perm.len());
+        let Some(r) = r else { return };
+        cx.set_rank(x, r);
+        cx.set_rank(o, r);
+        let (ri, perm) = (r as isize, &self.perm);
+        // Output axis q is input axis perm[q].
+        let forward = |a: isize| perm.iter().position(|&p| p as isize == ri + a).map(|q| q as isize - ri);
+        let back = |a: isize| usize::try_from(ri + a).ok().and_then(|q| perm.get(q)).map(|&p| p as isize - ri);
+        if let Some(p) = cx.get(x).position() {
+            let q = perm.iter().position(|&a| a == p as i64).unwrap_or(p);
+            cx.set_axis(o, q as isize - ri);
+        } else if let Some(q) = cx.get(o).position() {
+            cx.set_axis(x, perm[q] as isize - ri);
+        }
+        if let Some(h) = cx.get(x).heads {
+            forward(h.axis).inspect(|&axis| cx.set_heads(o, Heads { axis, ..h }));
+        } else if let Some(h) = cx.get(o).heads {
+            back(h.axis).inspect(|&axis| cx.set_heads(x, Heads { axis, ..h }));
+        }
+        cx.same_width(x, o);
+        if cx.get(x).block.is_some_and(|b| b != 1) {
+            cx.force(x, Why::MovesFlattenedAxis);
+        }
     }
 
-    /// A Gather of a graph input's features along the last axis by constant indices: how
-    /// `--gather-inputs` reads an input, so a model minimized with it can be minimized again (the
-    /// indices shrink). Gathers of anything else may index shapes or tokens: opaque.
-    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-        let data = node.input.first().map(String::as_str).unwrap_or_default();
-        let last = match node.attr_i("axis", 0) {
-            -1 => true,
-            a => cx.ir.rank(data).is_some_and(|r| a == r as i64 - 1),
-        };
-        let indices = node.input.get(1).and_then(|i| cx.const_tensor(i));
-        match indices {
-            Some(t)
-                if t.dims.len() == 1
-                    && t.data_type() == DataType::Int64 as i32
-                    && last
-                    && cx.ir.inputs.iter().any(|i| i == data) =>
-            {
-                Role::Select { indices: int64s(t) }
-            }
-            _ => Role::Opaque("it is not a Gather of a graph input's features by constant indices".into()),
-        }
+    fn follows_heads(&self) -> bool {
+        true
     }
 }

@@ -222,7 +222,7 @@ fn user_inputs_from_npz_and_npy_are_verified_on() {
 #[test]
 fn readme_lists_every_supported_operator() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    for op in onnx_minimize::ops::supported() {
+    for op in onnx_minimize::supported_operators() {
         assert!(readme.contains(&format!("`{op}`")), "README does not list {op}");
     }
 }

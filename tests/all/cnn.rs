@@ -17,7 +17,7 @@ fn minimize(m: &ModelProto) -> Report {
 }
 
 fn widths(r: &Report) -> Vec<(usize, usize)> {
-    r.layers.iter().map(|l| (l.inputs_after, l.outputs_after)).collect()
+    r.removals.layers.iter().map(|l| (l.inputs_after, l.outputs_after)).collect()
 }
 
 fn image() -> G {

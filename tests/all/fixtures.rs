@@ -26,28 +26,37 @@ fn every_fixture_shrinks_to_its_fixpoint_and_verifies() {
         assert!(v.input_shapes.iter().any(|s| s[0][0] != 1), "{file}: tried another batch size");
         for (i, layer) in f["hidden_layers"].as_array().unwrap().iter().enumerate() {
             let expected = layer["fixpoint"]["remaining"].as_u64().unwrap() as usize;
-            assert_eq!(report.layers[i].outputs_after, expected, "{file}: hidden layer {i}");
-            assert_eq!(report.layers[i + 1].inputs_after, expected, "{file}: layer {} inputs", i + 1);
+            assert_eq!(report.removals.layers[i].outputs_after, expected, "{file}: hidden layer {i}");
+            assert_eq!(report.removals.layers[i + 1].inputs_after, expected, "{file}: layer {} inputs", i + 1);
         }
         assert!(report.after.params < report.before.params, "{file}");
         assert!(report.after.bytes < report.before.bytes, "{file}");
-        let last = report.layers.last().unwrap();
+        let last = report.removals.layers.last().unwrap();
         assert_eq!(last.outputs_after, last.outputs_before, "{file}: graph outputs keep their shape");
         if let Some(unused) = f["unused_input_features"].as_u64().filter(|&u| u > 0) {
-            let input = report.blocked.iter().find(|b| b.reasons.iter().any(|r| r.starts_with("graph input"))).unwrap();
+            let input =
+                report.removals.blocked.iter().find(|b| b.reasons.iter().any(|r| r.code == "graph-input")).unwrap();
             assert_eq!(input.removable as u64, unused, "{file}: unused input features are reported");
         }
         if f["unused_input_features"].as_u64().is_some_and(|u| u > 0) {
             let opts = Options { gather_inputs: true, ..Default::default() };
             let gathered = minimize_file(&fixture(file), Some(&dir.path().join("g.onnx")), &opts, &|_| {}).unwrap();
             let unused = f["unused_input_features"].as_u64().unwrap() as usize;
-            assert_eq!(gathered.layers[0].inputs_after, gathered.layers[0].inputs_before - unused, "{file}");
+            assert_eq!(
+                gathered.removals.layers[0].inputs_after,
+                gathered.removals.layers[0].inputs_before - unused,
+                "{file}"
+            );
             assert!(gathered.after.params < report.after.params);
         }
         // One pass reaches the fixed point: a second finds nothing more.
         let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
         assert!(
-            again.layers.iter().all(|l| l.outputs_after == l.outputs_before && l.inputs_after == l.inputs_before),
+            again
+                .removals
+                .layers
+                .iter()
+                .all(|l| l.outputs_after == l.outputs_before && l.inputs_after == l.inputs_before),
             "{file}"
         );
         // The output keeps the input's storage: external data stays external.
@@ -72,8 +81,12 @@ fn every_cnn_fixture_shrinks_exactly_as_far_as_the_padding_rule_allows() {
         assert!(report.after.params < report.before.params, "{file}");
         for layer in f["layers"].as_array().unwrap().iter().filter(|l| l["treated_as"] == "linear") {
             let node = layer["node"].as_str().unwrap();
-            let ours =
-                report.layers.iter().find(|l| l.node == node).unwrap_or_else(|| panic!("{file}: {node} not reported"));
+            let ours = report
+                .removals
+                .layers
+                .iter()
+                .find(|l| l.node == node)
+                .unwrap_or_else(|| panic!("{file}: {node} not reported"));
             assert_eq!(ours.outputs_after as u64, layer["remaining"].as_u64().unwrap(), "{file}: {node}");
         }
         let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
@@ -101,13 +114,16 @@ fn every_convnext_fixture_shrinks_its_streams_through_compensated_layernorm() {
         if !decomposed {
             for layer in f["layers"].as_array().unwrap() {
                 let node = layer["node"].as_str().unwrap();
-                let Some(ours) = report.layers.iter().find(|l| l.node == node) else { continue };
+                let Some(ours) = report.removals.layers.iter().find(|l| l.node == node) else { continue };
                 let expected =
                     (layer["in_after"].as_u64().unwrap() as usize, layer["out_after"].as_u64().unwrap() as usize);
                 assert_eq!((ours.inputs_after, ours.outputs_after), expected, "{name}: {node}");
             }
         }
-        assert!(report.blocked.iter().all(|b| b.reasons.iter().all(|r| !r.contains("ReduceMean"))), "{name}");
+        assert!(
+            report.removals.blocked.iter().all(|b| b.reasons.iter().all(|r| !r.message.contains("ReduceMean"))),
+            "{name}"
+        );
         let like = if decomposed { name.replace("decomposed", "own") } else { name.to_string() };
         let f = fixtures.iter().find(|g| g["file"] == like.as_str()).unwrap();
         // Beyond the generator's count: the compensation constants, a few per LayerNorm.

@@ -1,7 +1,7 @@
 //! LayerNorm residual streams: constant stream channels leave through CompensatedLayerNorm.
 
 use crate::common::{attr_i, write, G};
-use onnx_minimize::ops::ClnForm;
+use onnx_minimize::ClnForm;
 use onnx_minimize::{minimize_file, Options};
 use proptest::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -122,8 +122,8 @@ fn minimize_as(m: &onnx_minimize::onnx::proto::ModelProto, form: ClnForm) -> onn
 
 /// Every layer reading the stream reads `to` of its `from` channels, and the result verified.
 fn assert_stream_shrinks(r: onnx_minimize::report::Report, from: usize, to: usize, what: &str) {
-    let readers = r.layers.iter().filter(|l| l.inputs_before == from);
-    assert!(readers.clone().all(|l| l.inputs_after == to), "{what}: {:?}", r.layers);
+    let readers = r.removals.layers.iter().filter(|l| l.inputs_before == from);
+    assert!(readers.clone().all(|l| l.inputs_after == to), "{what}: {:?}", r.removals.layers);
     assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{what}");
 }
 
@@ -134,9 +134,13 @@ fn minimize(m: &onnx_minimize::onnx::proto::ModelProto) -> onnx_minimize::report
 #[test]
 fn constant_stream_channels_leave_through_compensated_layernorm() {
     let r = minimize(&pre_ln_stack(7, 8, 2, &[1, 4, 6], true));
-    let embed = r.layers.iter().find(|l| l.node.contains("MatMul") && l.inputs_before == 3).unwrap();
-    assert_eq!(embed.outputs_after, 5, "{:?}", r.layers);
-    assert!(r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5), "{:?}", r.layers);
+    let embed = r.removals.layers.iter().find(|l| l.node.contains("MatMul") && l.inputs_before == 3).unwrap();
+    assert_eq!(embed.outputs_after, 5, "{:?}", r.removals.layers);
+    assert!(
+        r.removals.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
+        "{:?}",
+        r.removals.layers
+    );
     assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5);
 }
 
@@ -169,9 +173,9 @@ fn a_constant_channel_whose_normalized_value_is_used_stays() {
     // Constant in the stream, but the LayerNorms scale it: its normalized output varies.
     let r = minimize(&pre_ln_stack(3, 8, 2, &[2, 5], false));
     assert!(
-        r.layers.iter().all(|l| l.inputs_after == l.inputs_before && l.outputs_after == l.outputs_before),
+        r.removals.layers.iter().all(|l| l.inputs_after == l.inputs_before && l.outputs_after == l.outputs_before),
         "{:?}",
-        r.layers
+        r.removals.layers
     );
 }
 
@@ -184,7 +188,7 @@ proptest! {
         let kind = [Kind::LayerNorm, Kind::RmsNorm, Kind::LayerNormOps, Kind::RmsNormOps][kind];
         let r = minimize(&stack(seed, 6, blocks, &constant, gamma_zero, kind));
         let expected = if gamma_zero && constant.len() < 6 { 6 - constant.len() } else if gamma_zero { 1 } else { 6 };
-        let embed = r.layers.iter().find(|l| l.inputs_before == 3).unwrap();
+        let embed = r.removals.layers.iter().find(|l| l.inputs_before == 3).unwrap();
         prop_assert_eq!(embed.outputs_after, expected);
     }
 }
@@ -208,7 +212,11 @@ fn float16_streams_shrink_and_stay_float16() {
         }
     }
     let r = minimize(&m);
-    assert!(r.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5), "{:?}", r.layers);
+    assert!(
+        r.removals.layers.iter().filter(|l| l.inputs_before == 8).all(|l| l.inputs_after == 5),
+        "{:?}",
+        r.removals.layers
+    );
     let v = r.verification.unwrap();
     assert!(v.outputs[0].max_relative_deviation < 1e-2, "{v:?}");
 }

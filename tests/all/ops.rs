@@ -15,7 +15,7 @@ fn minimize(m: &ModelProto) -> (Report, onnx_minimize::Model) {
 }
 
 fn widths(r: &Report) -> Vec<(usize, usize)> {
-    r.layers.iter().map(|l| (l.inputs_after, l.outputs_after)).collect()
+    r.removals.layers.iter().map(|l| (l.inputs_after, l.outputs_after)).collect()
 }
 
 const B: Option<usize> = None;
@@ -123,7 +123,14 @@ fn an_opaque_operator_keeps_its_channels_and_says_so() {
     g.op("Gemm", &["s", "w2"], "y", vec![attr_i("transB", 1)]);
     let (r, _) = minimize(&g.model("y", &[B, Some(3)]));
     assert_eq!(widths(&r), vec![(4, 6), (6, 3)]);
-    assert!(r.blocked.iter().any(|b| b.reasons.iter().any(|w| w.contains("Softmax"))), "{:?}", r.blocked);
+    assert!(
+        r.removals
+            .blocked
+            .iter()
+            .any(|b| b.reasons.iter().any(|w| w.code == "no-rule" && w.message.contains("Softmax"))),
+        "{:?}",
+        r.removals.blocked
+    );
 }
 
 #[test]
@@ -283,7 +290,7 @@ fn inputs_are_gathered_only_when_that_makes_the_model_smaller() {
         let input = write(dir.path(), "in.onnx", &m);
         let opts = Options { gather_inputs: true, ..Default::default() };
         let report = minimize_file(&input, Some(&dir.path().join("out.onnx")), &opts, &|_| {}).unwrap();
-        assert_eq!(!report.gathered_inputs.is_empty(), gathers, "{dead} dead features");
+        assert_eq!(!report.removals.gathered_inputs.is_empty(), gathers, "{dead} dead features");
         assert!(report.after.params <= report.before.params);
     }
 }

@@ -76,9 +76,9 @@ proptest! {
         let report = minimize_file(&input, Some(&out), &Options { gather_inputs, ..Default::default() }, &|_| {})
             .map_err(|e| TestCaseError::fail(format!("{e}\n{layers:?}")))?;
         prop_assert!(report.verification.is_some());
-        prop_assert!(report.after.params <= report.before.params, "never grows: {:?}", report.layers);
+        prop_assert!(report.after.params <= report.before.params, "never grows: {:?}", report.removals.layers);
         if locally_removable(&layers) {
-            prop_assert!(report.after.params < report.before.params, "{:?}", report.layers);
+            prop_assert!(report.after.params < report.before.params, "{:?}", report.removals.layers);
         }
         let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
         prop_assert_eq!(again.after.params, again.before.params, "a second pass removes nothing more");

@@ -187,10 +187,14 @@ fn a_model_read_through_a_gather_loses_more_input_features_on_the_next_pass() {
         let out = dir.path().join(format!("second_{gather_inputs}.onnx"));
         let r2 = minimize_file(&pruned, Some(&out), &Options { gather_inputs, ..Default::default() }, &|_| {}).unwrap();
         assert!(r2.verification.is_some());
-        let features = r2.layers[0].inputs_after;
-        assert!(features < r1.layers[0].inputs_after, "{features} features left of {}", r1.layers[0].inputs_after);
-        assert_eq!(r2.gathered_inputs.len(), 1);
-        assert_eq!(r2.gathered_inputs[0].kept, features);
+        let features = r2.removals.layers[0].inputs_after;
+        assert!(
+            features < r1.removals.layers[0].inputs_after,
+            "{features} features left of {}",
+            r1.removals.layers[0].inputs_after
+        );
+        assert_eq!(r2.removals.gathered_inputs.len(), 1);
+        assert_eq!(r2.removals.gathered_inputs[0].kept, features);
         let written = Model::load(&out).unwrap();
         assert_eq!(written.graph().node.iter().filter(|n| n.op_type() == "Gather").count(), 1, "one Gather");
         let again =

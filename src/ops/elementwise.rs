@@ -4,19 +4,20 @@
 //! `k * scale`). Exported GELU in its Erf form (`x * 0.5 * (1 + erf(x / sqrt 2))`) is a chain of
 //! these, so it needs no pattern of its own.
 
-use super::{Ctx, Layout, OpRule, Pointwise, Role};
+use super::per_channel::PerChannel;
+use super::{Ctx, OpRule, Role};
+use crate::analysis::reasons::Opaque;
 use crate::ir::NodeExt;
-use crate::onnx::proto::NodeProto;
+use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 use crate::onnx::tensor::Values;
 
 /// Scalar semantics that are defined for every constant input.
 type Total = Box<dyn Fn(&[f64]) -> f64 + Sync>;
 
-pub struct Unary;
-pub struct Binary;
-pub struct BatchNorm;
-pub struct Pool;
-pub struct Reduce;
+pub(crate) struct Unary;
+pub(crate) struct Binary;
+pub(crate) struct BatchNorm;
+pub(crate) struct PassThrough;
 
 fn scalar_input(node: &NodeProto, cx: &Ctx, slot: usize) -> Result<Option<f64>, ()> {
     match node.input.get(slot).filter(|s| !s.is_empty()) {
@@ -130,14 +131,14 @@ impl OpRule for Unary {
                 // opset < 11 keeps the bounds in attributes, later opsets in optional inputs.
                 let (lo, hi) = match (scalar_input(node, cx, 1), scalar_input(node, cx, 2)) {
                     (Ok(lo), Ok(hi)) => (lo.unwrap_or(a("min", f32::MIN)), hi.unwrap_or(a("max", f32::MAX))),
-                    _ => return Role::Opaque("its bounds are not scalar constants".into()),
+                    _ => return Role::Opaque(Opaque::NotConstant("its bounds are not scalar constants")),
                 };
                 Box::new(move |x| x[0].max(lo).min(hi))
             }
             other => unreachable!("{other} is listed in op_types"),
         };
         // Clip's bound inputs are scalars: the channel rule never slices them.
-        Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(move |x| Some(eval(x)))))
+        Role::Op(Box::new(PerChannel::new(vec![0], vec![], Box::new(move |x| Some(eval(x))))))
     }
 }
 
@@ -148,13 +149,13 @@ impl OpRule for Binary {
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         if node.input.len() != 2 || node.input.iter().any(|s| s.is_empty()) {
-            return Role::Opaque("it does not have exactly two operands".into());
+            return Role::Opaque(Opaque::Malformed("it does not have exactly two operands"));
         }
         let (mut acts, mut params) = (vec![], vec![]);
         for (slot, name) in node.input.iter().enumerate() {
             if cx.ir.is_const(name) {
                 if let Some(Err(e)) = cx.const_tensor(name).map(Values::of) {
-                    return Role::Opaque(e.to_string());
+                    return Role::Opaque(Opaque::Tensor(e.to_string()));
                 }
                 params.push(slot);
             } else {
@@ -162,7 +163,7 @@ impl OpRule for Binary {
             }
         }
         if acts.is_empty() {
-            return Role::Opaque("all its operands are constants".into());
+            return Role::Opaque(Opaque::ConstantOperand("all its operands are constants"));
         }
         let op = node.op_type();
         let eval: Total = match op {
@@ -176,9 +177,9 @@ impl OpRule for Binary {
             "PRelu" => Box::new(|x| if x[0] < 0.0 { x[1] * x[0] } else { x[0] }),
             other => unreachable!("{other} is listed in op_types"),
         };
-        let mut p = Pointwise::new(acts, params, Box::new(move |x| Some(eval(x))));
+        let mut p = PerChannel::new(acts, params, Box::new(move |x| Some(eval(x))));
         p.zero_absorbs = op == "Mul";
-        Role::Pointwise(p)
+        Role::Op(Box::new(p))
     }
 }
 
@@ -190,72 +191,50 @@ impl OpRule for BatchNorm {
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         // Inference form only: the training outputs (running statistics) must be unused.
         if node.output.iter().skip(1).any(|o| !o.is_empty()) || node.attr_i("training_mode", 0) != 0 {
-            return Role::Opaque("it runs in training mode".into());
+            return Role::Opaque(Opaque::AuxiliaryOutput("it runs in training mode"));
         }
         if node.input.len() != 5 || !node.input[1..].iter().all(|i| cx.ir.is_const(i)) {
-            return Role::Opaque("its scale, bias, mean and variance are not all constants".into());
+            return Role::Opaque(Opaque::NotConstant("its scale, bias, mean and variance are not all constants"));
         }
         let eps = node.attr_f("epsilon", 1e-5) as f64;
-        let mut p = Pointwise::new(
+        let mut p = PerChannel::new(
             vec![0],
             vec![1, 2, 3, 4],
             Box::new(move |x| Some(x[1] * (x[0] - x[3]) / (x[4] + eps).sqrt() + x[2])),
         );
         p.channel_params = true;
-        Role::Pointwise(p)
+        Role::Op(Box::new(p))
     }
 }
 
-fn pads_zero(node: &NodeProto) -> bool {
-    let pads =
-        node.attribute.iter().find(|a| a.name() == "pads").map(|a| a.ints.iter().all(|&p| p == 0)).unwrap_or(true);
-    let auto = node.attribute.iter().find(|a| a.name() == "auto_pad").and_then(|a| a.s.as_deref());
-    pads && matches!(auto, None | Some(b"NOTSET") | Some(b"VALID"))
-}
-
-impl OpRule for Pool {
+impl OpRule for PassThrough {
     fn op_types(&self) -> &'static [&'static str] {
-        &["MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"]
-    }
-
-    fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
-        if node.output.iter().skip(1).any(|o| !o.is_empty()) {
-            return Role::Opaque("its indices output is used".into());
-        }
-        match node.op_type() {
-            // Lp norms of a constant depend on the window size: constant in, unknown out.
-            "LpPool" | "GlobalLpPool" => {
-                Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(|x| (x[0] == 0.0).then_some(0.0))))
-            }
-            // Padding counted in the average turns a constant into a border effect (unless 0).
-            "AveragePool" if node.attr_i("count_include_pad", 0) != 0 && !pads_zero(node) => {
-                Role::Pointwise(Pointwise::new(vec![0], vec![], Box::new(|x| (x[0] == 0.0).then_some(0.0))))
-            }
-            // Max ignores padding; averages of a constant are the constant.
-            _ => Role::Pointwise(Pointwise::identity()),
-        }
-    }
-}
-
-impl OpRule for Reduce {
-    fn op_types(&self) -> &'static [&'static str] {
-        &["ReduceMean", "ReduceMax", "ReduceMin"]
+        &["Identity", "Dropout", "Cast"]
     }
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-        // Axes are an attribute before opset 18 and an input after.
-        let axes = match node.input.get(1).filter(|s| !s.is_empty()) {
-            Some(a) => match cx.const_tensor(a) {
-                Some(t) => crate::onnx::tensor::int64s(t),
-                None => return Role::Opaque("its axes are computed".into()),
-            },
-            None => node.attribute.iter().find(|a| a.name() == "axes").map(|a| a.ints.clone()).unwrap_or_default(),
-        };
-        if axes.is_empty() {
-            return Role::Opaque("it reduces over every axis, the channels too".into());
+        match node.op_type() {
+            // Dropout is the identity at inference; its mask output is another matter.
+            "Dropout"
+                if node
+                    .output
+                    .get(1)
+                    .is_some_and(|m| !m.is_empty() && (!cx.ir.readers(m).is_empty() || cx.ir.outputs.contains(m))) =>
+            {
+                Role::Opaque(Opaque::AuxiliaryOutput("its mask output is used"))
+            }
+            "Cast" => {
+                let to = node.attr_i("to", 0) as i32;
+                let round: fn(f64) -> f64 = match DataType::try_from(to) {
+                    Ok(DataType::Float) => |x| x as f32 as f64,
+                    Ok(DataType::Double) => |x| x,
+                    Ok(DataType::Float16) => |x| half::f16::from_f64(x).to_f64(),
+                    Ok(DataType::Bfloat16) => |x| half::bf16::from_f64(x).to_f64(),
+                    _ => return Role::Opaque(Opaque::Unsupported("it casts to a non-float type".into())),
+                };
+                Role::Op(Box::new(PerChannel::new(vec![0], vec![], Box::new(move |x| Some(round(x[0]))))))
+            }
+            _ => Role::Op(Box::new(PerChannel::identity(Box::new(super::per_channel::Same)))),
         }
-        let mut p = Pointwise::identity();
-        p.layout = Layout::Reduce { axes, keepdims: node.attr_i("keepdims", 1) != 0 };
-        Role::Pointwise(p)
     }
 }

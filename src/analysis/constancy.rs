@@ -1,0 +1,77 @@
+//! Forward constancy: a channel is constant when it is the same number for every input and
+//! position. Linear layers start constants (a zero row reads nothing that varies); the other
+//! operators push them through.
+
+use super::ids::{IdVec, NodeId, ValueId};
+use super::layout::{Layout, Layouts};
+use super::operands::{Operands, Param};
+use super::Graph;
+use crate::ops::{Linear, Role};
+
+/// Per value: the constant of each channel (`None`: it varies); empty when the width is unknown.
+pub(crate) type Consts = IdVec<ValueId, Vec<Option<f64>>>;
+
+pub(crate) fn forward<'g>(g: &Graph<'g>, layouts: &Layouts, operands: &Operands<'g>) -> Consts {
+    let mut consts: Consts = layouts.values().map(|l| vec![None; l.width.unwrap_or(0)]).collect();
+    for &n in &g.order {
+        if let Role::Op(op) = g.role(n) {
+            op.constants(&mut ConstCx { g, layouts, operands, consts: &mut consts, node: n });
+        }
+    }
+    consts
+}
+
+pub(crate) struct ConstCx<'a, 'g> {
+    g: &'a Graph<'g>,
+    layouts: &'a Layouts,
+    operands: &'a Operands<'g>,
+    consts: &'a mut Consts,
+    pub node: NodeId,
+}
+
+impl<'g> ConstCx<'_, 'g> {
+    pub fn input(&self, slot: usize) -> ValueId {
+        self.g.input(self.node, slot).expect("activation slots are checked when roles are assigned")
+    }
+
+    pub fn output(&self, slot: usize) -> Option<ValueId> {
+        self.g.output(self.node, slot)
+    }
+
+    pub fn input_count(&self) -> usize {
+        self.g.node(self.node).input.len()
+    }
+
+    pub fn consts(&self, v: ValueId) -> &[Option<f64>] {
+        &self.consts[v]
+    }
+
+    pub fn param(&self, slot: usize) -> Option<&Param<'g>> {
+        self.operands.get(self.node, slot)
+    }
+
+    /// Sets the constants of `v`, when they cover its width.
+    pub fn set(&mut self, v: ValueId, consts: Vec<Option<f64>>) {
+        if consts.len() == self.consts[v].len() {
+            self.consts[v] = consts;
+        }
+    }
+
+    /// A linear layer's input constants per weight row (see [`linear_inputs`]).
+    pub fn linear_inputs(&self, x: ValueId, l: &dyn Linear) -> Option<Vec<Option<f64>>> {
+        linear_inputs(self.layouts[x], &self.consts[x], l)
+    }
+}
+
+/// A linear layer's input constants per weight row, with `None` where the constant cannot be
+/// folded exactly (a padded Conv reading a non-zero constant); `None` overall where the input's
+/// channels do not divide the weight's rows into blocks.
+pub(crate) fn linear_inputs(x: Layout, xc: &[Option<f64>], l: &dyn Linear) -> Option<Vec<Option<f64>>> {
+    let b = x.block?;
+    let k = l.weight().k;
+    if xc.len() * b != k {
+        return None;
+    }
+    let exact = l.folds_constants();
+    Some((0..k).map(|kc| xc[kc / b].filter(|&v| exact || v == 0.0)).collect())
+}

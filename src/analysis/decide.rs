@@ -1,0 +1,90 @@
+//! Decision: a class leaves when none of its channels is needed and none belongs to a forced
+//! value. The only pass that depends on what to do with graph inputs, so that both answers can
+//! be planned from one analysis.
+
+use super::ids::ValueId;
+use super::Facts;
+
+/// What unused features of graph inputs do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InputPolicy {
+    /// Graph inputs keep every feature (their unused ones are reported).
+    Keep,
+    /// Unused features leave through a Gather in front of their readers.
+    Gather,
+}
+
+pub(crate) struct Decision {
+    pub policy: InputPolicy,
+    kept_class: Vec<bool>,
+}
+
+impl Decision {
+    /// The channels of `v` that stay (all of them when its width is unknown: `full`).
+    pub fn kept(&self, facts: &Facts, v: ValueId, full: usize) -> Vec<usize> {
+        match facts.layouts[v].width {
+            Some(w) => (0..w).filter(|&c| self.kept_class[facts.classes.class(v, c)]).collect(),
+            None => (0..full).collect(),
+        }
+    }
+
+    /// Whether `v` keeps every channel whatever is needed.
+    pub fn forced(&self, facts: &Facts, v: ValueId) -> bool {
+        facts.forced.is_forced(v) || (self.policy == InputPolicy::Keep && facts.graph.is_graph_input(v))
+    }
+}
+
+pub(crate) fn decide(facts: &Facts, policy: InputPolicy) -> Decision {
+    let mut d = Decision { policy, kept_class: vec![false; facts.classes.len()] };
+    for v in facts.graph.value_ids() {
+        let forced = d.forced(facts, v);
+        for c in 0..facts.layouts[v].width.unwrap_or(0) {
+            if forced || facts.needed[v][c] {
+                let k = facts.classes.class(v, c);
+                d.kept_class[k] = true;
+            }
+        }
+    }
+    while rectangular_heads(facts, &mut d) | one_channel_each(facts, &mut d) {}
+    d
+}
+
+/// Values whose channels span heads keep a product of heads and entries (the same entries in
+/// every kept head), so they stay rectangular. Says whether it kept more.
+fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
+    let mut changed = false;
+    for v in facts.graph.value_ids() {
+        let l = facts.layouts[v];
+        let (Some(heads), Some(per)) = (l.heads, l.per_head()) else { continue };
+        let keep = d.kept(facts, v, 0);
+        let mut rows = vec![false; heads.count];
+        let mut cols = vec![false; per];
+        keep.iter().for_each(|&c| (rows[c / per], cols[c % per]) = (true, true));
+        for c in 0..heads.count * per {
+            let k = facts.classes.class(v, c);
+            if rows[c / per] && cols[c % per] && !d.kept_class[k] {
+                d.kept_class[k] = true;
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+/// A zero-width tensor is legal ONNX but not every runtime takes it: keep one channel, which
+/// costs nothing in exactness (unneeded channels only reach unneeded places). Says whether it
+/// kept more.
+fn one_channel_each(facts: &Facts, d: &mut Decision) -> bool {
+    let mut changed = false;
+    loop {
+        let empty = facts.graph.value_ids().find(|&v| {
+            let w = facts.layouts[v].width.unwrap_or(0);
+            w > 0 && (0..w).all(|c| !d.kept_class[facts.classes.class(v, c)])
+        });
+        match empty {
+            Some(v) => d.kept_class[facts.classes.class(v, 0)] = true,
+            None => return changed,
+        }
+        changed = true;
+    }
+}

@@ -1,0 +1,211 @@
+//! Layout: where each value's channels are. Linear layers and convolutions fix the facts;
+//! every other operator carries them along, forwards and backwards, to a fixed point.
+
+use super::ids::{IdVec, NodeId, ValueId};
+use super::reasons::{Forced, Why};
+use super::Graph;
+use crate::onnx::proto::TensorProto;
+use crate::ops::Role;
+
+/// The outer axis of a channel space that spans two axes: channel `c` is head `c / (width /
+/// count)`, entry `c % (width / count)` along the channel axis (attention's heads x head
+/// dimensions). Removal keeps it a product (the same entries in every kept head), so the
+/// tensor stays rectangular.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Heads {
+    /// Counted from the end, like the channel axis.
+    pub axis: isize,
+    pub count: usize,
+}
+
+/// What is known of one value's channels. Each fact is set once; a second, different answer is
+/// a conflict that keeps the value whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The channel axis, counted from the end (so broadcasting keeps it).
+    pub axis: Option<isize>,
+    /// Channels (all heads together).
+    pub width: Option<usize>,
+    pub rank: Option<usize>,
+    /// Entries per channel along the axis: 1, or `H * W` once a feature map is flattened into
+    /// a Gemm; `None` until a reader fixes it.
+    pub block: Option<usize>,
+    pub heads: Option<Heads>,
+}
+
+impl Layout {
+    /// The channel axis counted from the start, where the rank is known.
+    pub fn position(&self) -> Option<usize> {
+        usize::try_from(self.rank? as isize + self.axis?).ok()
+    }
+
+    /// Channels per head (the width itself without heads).
+    pub fn per_head(&self) -> Option<usize> {
+        Some(self.width? / self.heads.map_or(1, |h| h.count))
+    }
+}
+
+pub(crate) type Layouts = IdVec<ValueId, Layout>;
+
+pub(crate) fn infer(g: &Graph, forced: &mut Forced) -> Layouts {
+    let mut facts: Layouts = g
+        .value_ids()
+        .map(|v| Layout { axis: None, width: None, rank: g.ir.rank(g.name(v)), block: Some(1), heads: None })
+        .collect();
+    let ops: Vec<_> = g.order.iter().filter_map(|&n| Some((n, op(g, n)?))).collect();
+    for &(node, op) in &ops {
+        let mut cx = LayoutCx { g, facts: &mut facts, forced, node, changed: false };
+        op.seed(&mut cx);
+    }
+    for _pass in 0..ops.len().max(1) {
+        let mut changed = false;
+        for &(node, op) in ops.iter().chain(ops.iter().rev()) {
+            let mut cx = LayoutCx { g, facts: &mut facts, forced, node, changed: false };
+            op.layout(&mut cx);
+            changed |= cx.changed;
+        }
+        if !changed {
+            break;
+        }
+    }
+    // Channels over two axes reach only operators that follow them.
+    for &(n, op) in &ops {
+        let values: Vec<ValueId> = g.inputs(n).chain(g.outputs(n)).collect();
+        if !op.follows_heads() && values.iter().any(|&v| facts[v].heads.is_some()) {
+            values.into_iter().for_each(|v| forced.by_node(v, n, Why::SplitsHeads));
+        }
+    }
+    facts
+}
+
+fn op<'a, 'g>(g: &'a Graph<'g>, n: NodeId) -> Option<&'a dyn crate::ops::ChannelOp<'g>> {
+    match g.role(n) {
+        Role::Op(op) => Some(op.as_ref()),
+        Role::Inner | Role::Opaque(_) => None,
+    }
+}
+
+/// What an operator's `layout` (and `seed`) may read and set: the facts of the values it
+/// touches, through setters that turn contradictions into forcing.
+pub(crate) struct LayoutCx<'a, 'g> {
+    g: &'a Graph<'g>,
+    facts: &'a mut Layouts,
+    forced: &'a mut Forced,
+    pub node: NodeId,
+    changed: bool,
+}
+
+impl<'g> LayoutCx<'_, 'g> {
+    /// The activation at input `slot` (a slot the op declared as an activation).
+    pub fn input(&self, slot: usize) -> ValueId {
+        self.g.input(self.node, slot).expect("activation slots are checked when roles are assigned")
+    }
+
+    pub fn output(&self, slot: usize) -> Option<ValueId> {
+        self.g.output(self.node, slot)
+    }
+
+    pub fn value(&self, name: &str) -> Option<ValueId> {
+        self.g.value(name)
+    }
+
+    pub fn const_input(&self, slot: usize) -> Option<&'g TensorProto> {
+        self.g.const_input(self.node, slot)
+    }
+
+    pub fn get(&self, v: ValueId) -> Layout {
+        self.facts[v]
+    }
+
+    pub fn force(&mut self, v: ValueId, why: Why) {
+        self.forced.by_node(v, self.node, why);
+    }
+
+    fn set<T: PartialEq + Copy>(&mut self, v: ValueId, field: fn(&mut Layout) -> &mut Option<T>, x: T) {
+        match *field(&mut self.facts[v]) {
+            Some(old) if old == x => {}
+            Some(_) => self.force(v, Why::LayoutConflict),
+            None => {
+                *field(&mut self.facts[v]) = Some(x);
+                self.changed = true;
+            }
+        }
+    }
+
+    pub fn set_axis(&mut self, v: ValueId, axis: isize) {
+        self.set(v, |l| &mut l.axis, axis)
+    }
+
+    pub fn set_width(&mut self, v: ValueId, width: usize) {
+        self.set(v, |l| &mut l.width, width)
+    }
+
+    pub fn set_rank(&mut self, v: ValueId, rank: usize) {
+        self.set(v, |l| &mut l.rank, rank)
+    }
+
+    pub fn set_block(&mut self, v: ValueId, block: usize) {
+        self.set(v, |l| &mut l.block, block)
+    }
+
+    pub fn set_heads(&mut self, v: ValueId, heads: Heads) {
+        self.set(v, |l| &mut l.heads, heads)
+    }
+
+    /// Before the fixed point: the block of `v` is unknown until a reader fixes it (a flattened
+    /// feature map).
+    pub fn unknown_block(&mut self, v: ValueId) {
+        self.facts[v].block = None;
+    }
+
+    /// `to` has the channels of `from` where they are: axis, width, block and heads.
+    pub fn copy(&mut self, from: ValueId, to: ValueId) {
+        let f = self.facts[from];
+        f.axis.inspect(|&a| self.set_axis(to, a));
+        f.width.inspect(|&w| self.set_width(to, w));
+        f.block.inspect(|&b| self.set_block(to, b));
+        f.heads.inspect(|&h| self.set_heads(to, h));
+    }
+
+    /// Both ways between `a` and `b`: the same width.
+    pub fn same_width(&mut self, a: ValueId, b: ValueId) {
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(w) = self.facts[x].width {
+                self.set_width(y, w);
+            }
+        }
+    }
+
+    /// Concat and Split: all `values` have their channels along `axis` (as written, possibly
+    /// counted from the start), once some rank is known. Says whether it was.
+    pub fn along(&mut self, values: &[ValueId], axis: i64) -> bool {
+        let Some(r) = values.iter().find_map(|&v| self.facts[v].rank) else { return false };
+        let a = if axis < 0 { axis as isize } else { axis as isize - r as isize };
+        for &v in values {
+            self.set_axis(v, a);
+            self.set_rank(v, r);
+        }
+        true
+    }
+
+    /// `o = flatten(x)` from axis `from` (or a 2-D reshape when `None`): the channel axis either
+    /// stays whole and last, or turns into blocks of the flat axis.
+    pub fn flatten(&mut self, x: ValueId, o: ValueId, from: Option<i64>) {
+        let fx = self.facts[x];
+        let (Some(r), Some(p)) = (fx.rank, fx.position()) else { return };
+        let from = from.map_or(1, |f| if f < 0 { f + r as i64 } else { f }) as usize;
+        self.set_axis(o, -1);
+        self.set_rank(o, 2);
+        if let Some(w) = fx.width {
+            self.set_width(o, w);
+        }
+        if p == r - 1 && from == r - 1 {
+            if let Some(b) = fx.block {
+                self.set_block(o, b);
+            }
+        } else if p != from || fx.block != Some(1) {
+            self.force(x, Why::FlattensChannelAxis);
+            self.force(o, Why::FlattensChannelAxis);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Channel analysis: which channels of which tensors are dead or constant, and which can leave.
+//!
+//! Small passes over one frozen view of the graph ([`Graph`]: nodes, their roles, numbered
+//! values), each in its own module with a typed result, in the style of rustc's dataflow passes
+//! and rust-analyzer's inference:
+//!
+//! | pass | module | result |
+//! |---|---|---|
+//! | value numbering, roles | [`values`] | [`Graph`] |
+//! | forcing seeds: graph outputs, opaque nodes, secondary outputs | [`forcing`] | [`Forced`] |
+//! | layout: channel axis, width, rank, block, heads, to a fixed point | [`layout`] | [`Layouts`] |
+//! | operands: per-channel constants and target shapes checked | [`operands`] | [`Operands`] |
+//! | classes: union-find over the channels the operators tie | [`classes`] | [`Classes`] |
+//! | constancy, forward | [`constancy`] | [`Consts`] |
+//! | need, backward | [`need`] | [`Needed`] |
+//! | decision, under a policy for graph inputs | [`decide`] | [`Decision`] |
+//! | plan: edits and the report | [`plan`] | [`Plan`] |
+//!
+//! Every operator-specific question goes to the node's [`crate::ops::ChannelOp`]; the passes
+//! hold only the generic machinery (fixed points, union-find, dataflow). [`Facts`] do not depend
+//! on the graph-input policy, so `--gather-inputs` decides and plans twice over one analysis.
+//! In debug builds the facts are checked for their invariants between passes.
+
+pub(crate) mod classes;
+pub(crate) mod constancy;
+pub(crate) mod decide;
+pub(crate) mod forcing;
+pub(crate) mod ids;
+pub(crate) mod layout;
+pub(crate) mod need;
+pub(crate) mod operands;
+pub(crate) mod plan;
+pub(crate) mod reasons;
+pub(crate) mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub(crate) use classes::{Classes, TieCx};
+pub(crate) use constancy::{ConstCx, Consts};
+pub(crate) use decide::InputPolicy;
+pub(crate) use ids::{NodeId, ValueId};
+pub(crate) use layout::{Layout, LayoutCx, Layouts};
+pub(crate) use need::{NeedCx, Needed};
+pub(crate) use operands::{CheckCx, Operands};
+pub(crate) use plan::PlanCx;
+pub(crate) use reasons::Forced;
+pub(crate) use values::Graph;
+
+/// Everything the analysis knows about the channels, before any decision.
+pub(crate) struct Facts<'g> {
+    pub graph: Graph<'g>,
+    pub forced: Forced,
+    pub layouts: Layouts,
+    pub operands: Operands<'g>,
+    pub classes: Classes,
+    pub consts: Consts,
+    pub needed: Needed,
+}
+
+impl<'g> Facts<'g> {
+    /// Runs every pass up to the decision.
+    pub fn of(graph: Graph<'g>) -> Facts<'g> {
+        let mut forced = forcing::seed(&graph);
+        let layouts = layout::infer(&graph, &mut forced);
+        let operands = operands::check(&graph, &layouts, &mut forced);
+        let classes = classes::build(&graph, &layouts, &mut forced);
+        let consts = constancy::forward(&graph, &layouts, &operands);
+        let needed = need::backward(&graph, &layouts, &operands, &consts, &forced);
+        let facts = Facts { graph, forced, layouts, operands, classes, consts, needed };
+        #[cfg(debug_assertions)]
+        facts.check();
+        facts
+    }
+
+    /// Invariants every pass relies on, asserted between passes in debug builds (rustc's
+    /// `validate_body`): per-channel facts have the value's width, and tied channels agree.
+    #[cfg(debug_assertions)]
+    fn check(&self) {
+        for v in self.graph.value_ids() {
+            let w = self.layouts[v].width.unwrap_or(0);
+            assert_eq!(self.consts[v].len(), w, "constants of '{}' have its width", self.graph.name(v));
+            assert_eq!(self.needed[v].len(), w, "needs of '{}' have its width", self.graph.name(v));
+            if let Some(h) = self.layouts[v].heads {
+                assert!(h.count > 0 && w.is_multiple_of(h.count), "heads of '{}' divide its width", self.graph.name(v));
+            }
+        }
+    }
+}

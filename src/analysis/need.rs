@@ -1,0 +1,119 @@
+//! Backward need: a channel is needed when it is not constant (or its constant cannot be
+//! folded exactly) and something needed reads it with a non-zero weight.
+
+use super::constancy::{linear_inputs, Consts};
+use super::ids::{IdVec, NodeId, ValueId};
+use super::layout::{Layout, Layouts};
+use super::operands::{Operands, Param};
+use super::reasons::Forced;
+use super::Graph;
+use crate::ops::{Linear, Role};
+
+pub(crate) type Needed = IdVec<ValueId, Vec<bool>>;
+
+pub(crate) fn backward<'g>(
+    g: &Graph<'g>,
+    layouts: &Layouts,
+    operands: &Operands<'g>,
+    consts: &Consts,
+    forced: &Forced,
+) -> Needed {
+    let mut needed: Needed = consts.values().map(|c| vec![false; c.len()]).collect();
+    // Graph outputs are needed, and so is everything kept whole for another reason (an opaque
+    // producer, a layout the analysis cannot follow): whatever reads it may use every channel.
+    // Graph inputs have nothing upstream; their unused features are the decision's business.
+    for v in g.value_ids() {
+        if forced.is_forced(v) && !g.is_graph_input(v) {
+            needed[v].iter_mut().for_each(|x| *x = true);
+        }
+    }
+    for v in g.graph_outputs() {
+        needed[v].iter_mut().for_each(|x| *x = true);
+    }
+    for &n in g.order.iter().rev() {
+        let mut cx = NeedCx { g, layouts, operands, consts, needed: &needed, node: n, marks: vec![] };
+        match g.role(n) {
+            Role::Inner => {}
+            Role::Opaque(_) => cx.need_all_inputs(),
+            Role::Op(op) => {
+                // An output whose channels the analysis could not lay out may be used in full.
+                if g.outputs(n).any(|v| layouts[v].width.is_none()) {
+                    cx.need_all_inputs();
+                }
+                op.needs(&mut cx);
+            }
+        }
+        for (v, c) in cx.marks {
+            if let Some(m) = needed[v].get_mut(c) {
+                *m = true;
+            }
+        }
+    }
+    needed
+}
+
+/// What an operator's `needs` may read (the needs of its outputs, constants, layouts) and do:
+/// mark the input channels that needed outputs read.
+pub(crate) struct NeedCx<'a, 'g> {
+    g: &'a Graph<'g>,
+    layouts: &'a Layouts,
+    operands: &'a Operands<'g>,
+    consts: &'a Consts,
+    needed: &'a Needed,
+    pub node: NodeId,
+    marks: Vec<(ValueId, usize)>,
+}
+
+impl<'a, 'g> NeedCx<'a, 'g> {
+    pub fn input(&self, slot: usize) -> ValueId {
+        self.g.input(self.node, slot).expect("activation slots are checked when roles are assigned")
+    }
+
+    /// The activation named `name`, read by name (a multi-node pattern's input).
+    pub fn value(&self, name: &str) -> Option<ValueId> {
+        self.g.value(name)
+    }
+
+    pub fn output(&self, slot: usize) -> Option<ValueId> {
+        self.g.output(self.node, slot)
+    }
+
+    pub fn input_count(&self) -> usize {
+        self.g.node(self.node).input.len()
+    }
+
+    pub fn layout(&self, v: ValueId) -> Layout {
+        self.layouts[v]
+    }
+
+    pub fn consts(&self, v: ValueId) -> &'a [Option<f64>] {
+        &self.consts[v]
+    }
+
+    pub fn needed(&self, v: ValueId) -> &'a [bool] {
+        &self.needed[v]
+    }
+
+    pub fn param(&self, slot: usize) -> Option<&Param<'g>> {
+        self.operands.get(self.node, slot)
+    }
+
+    pub fn mark(&mut self, v: ValueId, c: usize) {
+        self.marks.push((v, c));
+    }
+
+    pub fn mark_all(&mut self, v: ValueId) {
+        let w = self.needed[v].len();
+        self.marks.extend((0..w).map(|c| (v, c)));
+    }
+
+    /// Every channel of every activation the node reads.
+    pub fn need_all_inputs(&mut self) {
+        let inputs: Vec<ValueId> = self.g.inputs(self.node).collect();
+        inputs.into_iter().for_each(|v| self.mark_all(v));
+    }
+
+    pub fn linear_inputs(&self, x: ValueId, l: &dyn Linear) -> Option<Vec<Option<f64>>> {
+        linear_inputs(self.layouts[x], &self.consts[x], l)
+    }
+}

@@ -1,0 +1,234 @@
+//! Plan: the decision as edits to the model, and the report of what left and what was kept.
+
+use std::collections::HashMap;
+
+use super::decide::{Decision, InputPolicy};
+use super::ids::{NodeId, ValueId};
+use super::layout::Layout;
+use super::operands::Param;
+use super::reasons::{KeepReason, Opaque};
+use super::Facts;
+use crate::error::Result;
+use crate::onnx::proto::{NodeProto, TensorProto};
+use crate::onnx::tensor::{with_int64s, FloatType};
+use crate::ops::{ClnForm, Role};
+use crate::report::{Blocked, GatheredInput, LayerReport, Reason, Removals};
+use crate::rewrite::Edit;
+
+/// What the analysis decided, as edits to apply and a report of layers and blocks.
+pub(crate) struct Plan {
+    pub edits: Vec<Edit>,
+    pub removals: Removals,
+}
+
+pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Result<Plan> {
+    let g = &facts.graph;
+    let mut cx = PlanCx {
+        facts,
+        decision,
+        cln_form,
+        node: NodeId(0),
+        edits: vec![],
+        layers: vec![],
+        bias_folds: HashMap::new(),
+    };
+    for &n in &g.order {
+        if let Role::Op(op) = g.role(n) {
+            cx.node = n;
+            op.rewrite(&mut cx)?;
+        }
+    }
+    let PlanCx { mut edits, layers, .. } = cx;
+    let mut gathered = vec![];
+    for v in g.value_ids() {
+        let l = facts.layouts[v];
+        let (Some(w), Some(axis)) = (l.width, l.axis) else { continue };
+        let keep = decision.kept(facts, v, w);
+        if keep.len() == w {
+            continue;
+        }
+        let name = g.name(v).to_string();
+        let b = l.block.unwrap_or(1);
+        let select = g.ir.producer.get(&name).map(|&n| NodeId(n)).and_then(|n| match g.role(n) {
+            Role::Op(op) => op.selected().map(|indices| (n, indices)),
+            _ => None,
+        });
+        if let Some((n, indices)) = select {
+            // An input read through a Gather already: fewer indices.
+            let data = g.node(n).input[0].clone();
+            gathered.push(GatheredInput { input: data, features: w, kept: keep.len() });
+            let kept: Vec<i64> = keep.iter().map(|&c| indices[c]).collect();
+            let like = g.const_input(n, 1).expect("constant indices");
+            let tensor = TensorProto { dims: vec![kept.len() as i64], ..with_int64s(like, &kept) };
+            edits.push(Edit::Const { node: n.0, slot: 1, tensor });
+            edits.push(Edit::Width { value: name, axis, from: w, to: keep.len() });
+        } else if decision.policy == InputPolicy::Gather && g.is_graph_input(v) {
+            let entries: Vec<usize> = keep.iter().flat_map(|&c| c * b..(c + 1) * b).collect();
+            gathered.push(GatheredInput { input: name.clone(), features: w * b, kept: entries.len() });
+            edits.push(Edit::GatherInput { input: name, axis, keep: entries });
+        } else if let Some(heads) = l.heads {
+            let (rows, cols) = heads_kept(l, &keep);
+            let per = w / heads.count;
+            edits.push(Edit::Width { value: name.clone(), axis: heads.axis, from: heads.count, to: rows.len() });
+            edits.push(Edit::Width { value: name, axis, from: per * b, to: cols.len() * b });
+        } else {
+            edits.push(Edit::Width { value: name, axis, from: w * b, to: keep.len() * b });
+        }
+    }
+    let opaque = g
+        .order
+        .iter()
+        .filter_map(|&n| match g.role(n) {
+            Role::Opaque(why) if *why != Opaque::ComputesConstant => Some(Reason {
+                code: why.code().into(),
+                node: Some(g.node(n).name().to_string()),
+                message: format!("{}: {why}", g.label(n)),
+            }),
+            _ => None,
+        })
+        .collect();
+    let blocked = blocked(facts, decision);
+    Ok(Plan { edits, removals: Removals { layers, blocked, opaque, gathered_inputs: gathered } })
+}
+
+/// The heads and the entries per head that a product of kept channels keeps.
+pub(crate) fn heads_kept(l: Layout, keep: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let per = l.per_head().expect("heads have a width");
+    let (mut rows, mut cols): (Vec<usize>, Vec<usize>) = keep.iter().map(|&c| (c / per, c % per)).unzip();
+    for v in [&mut rows, &mut cols] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    (rows, cols)
+}
+
+/// Forced values that hold channels nothing needs, and why they were kept: the report's answer
+/// to "why did this not shrink?".
+fn blocked(facts: &Facts, decision: &Decision) -> Vec<Blocked> {
+    let g = &facts.graph;
+    // A class is free when each of its channels is unneeded or constant.
+    let mut bound = vec![false; facts.classes.len()];
+    for v in g.value_ids() {
+        for c in 0..facts.layouts[v].width.unwrap_or(0) {
+            if facts.needed[v][c] && facts.consts[v][c].is_none() {
+                bound[facts.classes.class(v, c)] = true;
+            }
+        }
+    }
+    let mut out = vec![];
+    for v in g.value_ids() {
+        let Some(w) = facts.layouts[v].width.filter(|_| decision.forced(facts, v)) else { continue };
+        let removable = (0..w).filter(|&c| !bound[facts.classes.class(v, c)]).count();
+        if removable > 0 {
+            let input =
+                (decision.policy == InputPolicy::Keep && g.is_graph_input(v)).then_some(KeepReason::GraphInput(v));
+            let reasons = input.iter().chain(facts.forced.of(v)).map(|r| r.render(g)).collect();
+            out.push(Blocked { values: vec![g.name(v).to_string()], width: w, removable, reasons });
+        }
+    }
+    out
+}
+
+/// What an operator's `rewrite` may read (the facts and the decision) and emit.
+pub(crate) struct PlanCx<'a, 'g> {
+    facts: &'a Facts<'g>,
+    decision: &'a Decision,
+    pub cln_form: ClnForm,
+    pub node: NodeId,
+    edits: Vec<Edit>,
+    layers: Vec<LayerReport>,
+    /// Constants a MatMul folds into the bias `Add` that reads it, by (Add node, bias slot):
+    /// planned in topological order, so the Add finds them when its turn comes.
+    bias_folds: HashMap<(NodeId, usize), Vec<f64>>,
+}
+
+impl<'g> PlanCx<'_, 'g> {
+    pub fn node_proto(&self) -> &'g NodeProto {
+        self.facts.graph.node(self.node)
+    }
+
+    pub fn input(&self, slot: usize) -> ValueId {
+        self.facts.graph.input(self.node, slot).expect("activation slots are checked when roles are assigned")
+    }
+
+    /// The activation named `name`, read by name (a multi-node pattern's input).
+    pub fn value(&self, name: &str) -> Option<ValueId> {
+        self.facts.graph.value(name)
+    }
+
+    pub fn output(&self, slot: usize) -> Option<ValueId> {
+        self.facts.graph.output(self.node, slot)
+    }
+
+    pub fn layout(&self, v: ValueId) -> Layout {
+        self.facts.layouts[v]
+    }
+
+    pub fn consts(&self, v: ValueId) -> &[Option<f64>] {
+        &self.facts.consts[v]
+    }
+
+    pub fn param(&self, slot: usize) -> Option<&Param<'g>> {
+        self.facts.operands.get(self.node, slot)
+    }
+
+    pub fn const_tensor(&self, name: &str) -> Option<&'g TensorProto> {
+        self.facts.graph.ir.const_tensor(self.facts.graph.proto, name)
+    }
+
+    /// The constant at input `slot` of another node (a computed shape's entry).
+    pub fn const_of(&self, n: NodeId, slot: usize) -> Option<&'g TensorProto> {
+        self.facts.graph.const_input(n, slot)
+    }
+
+    pub fn node_of(&self, n: NodeId) -> &'g NodeProto {
+        self.facts.graph.node(n)
+    }
+
+    pub fn readers(&self, name: &str) -> usize {
+        self.facts.graph.ir.readers(name).len()
+    }
+
+    /// The channels of `v` that stay (all of them when its width is unknown: `full`).
+    pub fn kept(&self, v: ValueId, full: usize) -> Vec<usize> {
+        self.decision.kept(self.facts, v, full)
+    }
+
+    pub fn push(&mut self, edit: Edit) {
+        self.edits.push(edit)
+    }
+
+    pub fn extend(&mut self, edits: impl IntoIterator<Item = Edit>) {
+        self.edits.extend(edits)
+    }
+
+    pub fn layer(&mut self, report: LayerReport) {
+        self.layers.push(report)
+    }
+
+    /// Hands `fold` (per output channel of `y`) to the per-channel bias `Add` that is the only
+    /// reader of `y`, when there is one of this type; says whether it took them.
+    pub fn fold_into_reader(&mut self, y: ValueId, dtype: FloatType, fold: Vec<f64>) -> bool {
+        let g = &self.facts.graph;
+        let name = g.name(y);
+        let [(m, slot)] = g.ir.readers(name) else { return false };
+        let m = NodeId(*m);
+        if g.ir.outputs.contains(name) || g.node(m).op_type() != "Add" || g.node(m).input.len() != 2 {
+            return false;
+        }
+        let Role::Op(op) = g.role(m) else { return false };
+        let other = if *slot == 0 { 1 } else { 0 };
+        let bias = self.facts.operands.get(m, other);
+        let ok = op.activations().slots == [*slot]
+            && bias.is_some_and(|p| p.channel_dim.is_some() && p.values.dtype == dtype);
+        if ok {
+            self.bias_folds.insert((m, other), fold);
+        }
+        ok
+    }
+
+    /// The constants another node folded into this node's bias at `slot`.
+    pub fn take_fold(&mut self, slot: usize) -> Option<Vec<f64>> {
+        self.bias_folds.remove(&(self.node, slot))
+    }
+}

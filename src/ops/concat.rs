@@ -1,0 +1,237 @@
+//! Concat and Split along the channel axis: channels laid end to end, each part a segment of
+//! the whole.
+
+use super::{Activations, ChannelOp, Ctx, OpRule, Role};
+use crate::analysis::reasons::{Opaque, Why};
+use crate::analysis::{ConstCx, LayoutCx, NeedCx, PlanCx, TieCx, ValueId};
+use crate::error::Result;
+use crate::ir::NodeExt;
+use crate::onnx::build::{attr_ints, int64_tensor};
+use crate::onnx::proto::NodeProto;
+use crate::onnx::tensor::int64s;
+use crate::rewrite::Edit;
+
+pub(crate) struct Concat;
+pub(crate) struct Split;
+
+impl OpRule for Concat {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Concat"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
+        if !node.has_attr("axis") {
+            return Role::Opaque(Opaque::Malformed("it has no axis"));
+        }
+        Role::Op(Box::new(Concatenated { axis: node.attr_i("axis", 0), parts: node.input.len() }))
+    }
+}
+
+/// Output channels are the inputs' channels in order, along `axis` (as in the attribute).
+struct Concatenated {
+    axis: i64,
+    parts: usize,
+}
+
+/// Forces every value of the node when a part's width is unknown: its segments cannot be
+/// followed. Says whether all are known.
+fn widths_known(cx: &mut TieCx) -> bool {
+    let values = cx.values();
+    let known = values.iter().all(|&v| cx.width(v).is_some());
+    if !known {
+        values.into_iter().for_each(|v| cx.force(v, Why::UnknownPartWidths));
+    }
+    known
+}
+
+impl<'g> ChannelOp<'g> for Concatenated {
+    fn activations(&self) -> Activations {
+        Activations { slots: (0..self.parts).collect(), otherwise: "it concatenates constants" }
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        let ins: Vec<ValueId> = (0..self.parts).map(|s| cx.input(s)).collect();
+        let all: Vec<ValueId> = ins.iter().copied().chain([o]).collect();
+        if cx.along(&all, self.axis) {
+            if let Some(total) = ins.iter().map(|&v| cx.get(v).width).sum::<Option<usize>>() {
+                cx.set_width(o, total);
+            }
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        if !widths_known(cx) {
+            return;
+        }
+        let mut at = 0;
+        for s in 0..self.parts {
+            let x = cx.input(s);
+            let w = cx.width(x).expect("known");
+            cx.tie(x, 0, o, at, w);
+            at += w;
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        let r: Vec<Option<f64>> = (0..self.parts).flat_map(|s| cx.consts(cx.input(s)).to_vec()).collect();
+        cx.set(o, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        let mut at = 0;
+        for s in 0..self.parts {
+            let x = cx.input(s);
+            for c in 0..cx.needed(x).len() {
+                if cx.needed(o).get(at + c).copied().unwrap_or(true) {
+                    cx.mark(x, c);
+                }
+            }
+            at += cx.needed(x).len();
+        }
+    }
+}
+
+impl OpRule for Split {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Split"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let axis = node.attr_i("axis", 0);
+        // Sizes: an input from opset 13, an attribute before; absent means equal parts.
+        let (sizes, form) = match node.input.get(1).filter(|s| !s.is_empty()) {
+            Some(s) => match cx.const_tensor(s) {
+                Some(t) => (int64s(t), SizesIn::Input),
+                None => return Role::Opaque(Opaque::NotConstant("its split sizes are computed")),
+            },
+            None => {
+                let attr = node.attribute.iter().find(|a| a.name() == "split").map(|a| a.ints.clone());
+                // Without sizes, opsets before 13 write them as an attribute, later ones as an input.
+                let form = if attr.is_some() || cx.ir.opset < 13 { SizesIn::Attribute } else { SizesIn::NewInput };
+                (attr.unwrap_or_default(), form)
+            }
+        };
+        if sizes.iter().any(|&s| s < 0) {
+            return Role::Opaque(Opaque::Unsupported("its split sizes are negative".into()));
+        }
+        let sizes = sizes.into_iter().map(|s| s as usize).collect();
+        Role::Op(Box::new(Splitted { axis, sizes, form, parts: node.output.len() }))
+    }
+}
+
+/// Where a rewritten Split writes its sizes.
+enum SizesIn {
+    /// Input 1, which it has.
+    Input,
+    /// The `split` attribute.
+    Attribute,
+    /// A new input 1, replacing `num_outputs`.
+    NewInput,
+}
+
+/// Output `i` holds `sizes[i]` consecutive input channels along `axis`; no sizes: equal parts.
+struct Splitted {
+    axis: i64,
+    sizes: Vec<usize>,
+    form: SizesIn,
+    parts: usize,
+}
+
+impl<'g> ChannelOp<'g> for Splitted {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0], otherwise: "it splits a constant" }
+    }
+
+    fn covers_all_outputs(&self) -> bool {
+        true
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let x = cx.input(0);
+        let outs: Vec<ValueId> = (0..self.parts).filter_map(|s| cx.output(s)).collect();
+        if outs.len() != self.parts {
+            return;
+        }
+        let all: Vec<ValueId> = outs.iter().copied().chain([x]).collect();
+        cx.along(&all, self.axis);
+        let sizes = if self.sizes.is_empty() {
+            match cx.get(x).width {
+                Some(w) if w % outs.len() == 0 => vec![w / outs.len(); outs.len()],
+                _ => return,
+            }
+        } else {
+            self.sizes.clone()
+        };
+        if sizes.len() == outs.len() {
+            cx.set_width(x, sizes.iter().sum());
+            for (&o, &w) in outs.iter().zip(&sizes) {
+                cx.set_width(o, w);
+            }
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let x = cx.input(0);
+        if !widths_known(cx) || (0..self.parts).any(|s| cx.output(s).is_none()) {
+            return;
+        }
+        let mut at = 0;
+        for s in 0..self.parts {
+            let o = cx.output(s).expect("named");
+            let w = cx.width(o).expect("known");
+            cx.tie(x, at, o, 0, w);
+            at += w;
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let x = cx.input(0);
+        let mut at = 0;
+        for s in 0..self.parts {
+            let Some(o) = cx.output(s) else { continue };
+            let w = cx.consts(o).len();
+            at += w;
+            let r = cx.consts(x).get(at - w..at).map(<[_]>::to_vec).unwrap_or_default();
+            cx.set(o, r);
+        }
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let x = cx.input(0);
+        let mut at = 0;
+        for s in 0..self.parts {
+            let Some(o) = cx.output(s) else { continue };
+            let needed = cx.needed(o);
+            for c in (0..needed.len()).filter(|&c| needed[c]) {
+                cx.mark(x, at + c);
+            }
+            at += cx.needed(o).len();
+        }
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let x = cx.input(0);
+        let outs: Vec<Option<ValueId>> = (0..self.parts).map(|s| cx.output(s)).collect();
+        let width = |o: &Option<ValueId>| o.and_then(|o| cx.layout(o).width).unwrap_or(0);
+        let new: Vec<i64> = outs.iter().map(|o| o.map_or(0, |v| cx.kept(v, width(o)).len()) as i64).collect();
+        let old: Vec<i64> = outs.iter().map(|o| width(o) as i64).collect();
+        if new == old || cx.layout(x).width.is_none() {
+            return Ok(());
+        }
+        let node = cx.node.0;
+        let tensor = int64_tensor("", &new);
+        match self.form {
+            SizesIn::Input => cx.push(Edit::Const { node, slot: 1, tensor }),
+            SizesIn::Attribute => cx.push(Edit::Attr { node, attr: attr_ints("split", new) }),
+            SizesIn::NewInput => {
+                cx.push(Edit::RemoveAttr { node, name: "num_outputs".into() });
+                cx.push(Edit::SetInput { node, slot: 1, tensor });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! Linear layers (Gemm, MatMul with a constant weight, Conv): a weight matrix mixes input
+//! channels into output channels. The semantics are shared; each operator says only how its
+//! weight, bias and axes are stored, through [`Linear`].
+
+use super::{Activations, ChannelOp};
+use crate::analysis::reasons::Why;
+use crate::analysis::{ConstCx, LayoutCx, NeedCx, PlanCx};
+use crate::error::Result;
+use crate::onnx::proto::TensorProto;
+use crate::onnx::tensor::{with_data, Values};
+use crate::report::LayerReport;
+use crate::rewrite::Edit;
+
+/// What a rewrite of a linear layer may add: the bias `Add` after a MatMul.
+pub(crate) const EMITS: &[&str] = &["Add"];
+
+/// A weight matrix `W[c, j]` (input channel `c`, output channel `j`) as stored in the model.
+pub(crate) struct Weight<'g> {
+    pub values: Values<'g>,
+    /// The stored tensor, always read at input slot 1 of its node.
+    pub tensor: &'g TensorProto,
+    pub k: usize,
+    pub n: usize,
+    /// Stored as `[N, K]` rather than `[K, N]` (Gemm with `transB`, Conv).
+    pub transposed: bool,
+    /// Kernel elements per (input, output) pair: 1, or `kh * kw` for Conv (`[N, K, kh, kw]`).
+    pub spatial: usize,
+}
+
+impl Weight<'_> {
+    /// Calls `f(c, j, w)` for every non-zero weight, row by row of the stored layout (no
+    /// division per element: this runs over every weight of the model, several times).
+    pub fn for_each_nonzero(&self, f: impl FnMut(usize, usize, f64)) {
+        self.for_each_nonzero_in_rows(0..self.rows(), f)
+    }
+
+    fn rows(&self) -> usize {
+        if self.transposed {
+            self.n
+        } else {
+            self.k
+        }
+    }
+
+    fn for_each_nonzero_in_rows(&self, rows: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, f64)) {
+        let (k, n, s) = (self.k, self.n, self.spatial);
+        for r in rows {
+            match (self.transposed, s) {
+                (true, 1) => self.values.for_each_nonzero_in(r * k, k, |c, w| f(c, r, w)),
+                (true, _) => self.values.for_each_nonzero_in(r * k * s, k * s, |e, w| f(e / s, r, w)),
+                (false, _) => self.values.for_each_nonzero_in(r * n, n, |j, w| f(r, j, w)),
+            }
+        }
+    }
+
+    /// Folds `f(state, c, j, w)` over every non-zero weight, splitting large matrices by rows
+    /// across the machine's cores and merging the per-thread states. The weight's pages are
+    /// released afterwards (see [`Values::release`]): a scan reads each weight once.
+    pub fn fold_nonzero<T: Send>(
+        &self,
+        init: impl Fn() -> T + Sync,
+        f: impl Fn(&mut T, usize, usize, f64) + Sync,
+        merge: impl Fn(T, T) -> T,
+    ) -> T {
+        const PARALLEL_FROM: usize = 1 << 22;
+        let rows = self.rows();
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rows);
+        let state = if threads <= 1 || self.values.len() < PARALLEL_FROM {
+            let mut state = init();
+            self.for_each_nonzero(|c, j, w| f(&mut state, c, j, w));
+            state
+        } else {
+            let chunk = rows.div_ceil(threads);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let (init, f) = (&init, &f);
+                        scope.spawn(move || {
+                            let mut state = init();
+                            self.for_each_nonzero_in_rows(t * chunk..((t + 1) * chunk).min(rows), |c, j, w| {
+                                f(&mut state, c, j, w)
+                            });
+                            state
+                        })
+                    })
+                    .collect();
+                let states = workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                states.reduce(merge).expect("at least one thread")
+            })
+        };
+        self.values.release();
+        state
+    }
+
+    /// `sum_e W[c, j, e]` over the kernel: what a constant input `c` contributes to output `j`.
+    pub fn sum(&self, c: usize, j: usize) -> f64 {
+        let (k, n, s) = (self.k, self.n, self.spatial);
+        let at = if self.transposed { (j * k + c) * s } else { c * n + j };
+        (at..at + s).map(|i| self.values.get(i)).sum()
+    }
+
+    /// The kept sub-matrix, in the stored layout and type, bit for bit.
+    pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
+        let (k, n, s) = (self.k, self.n, self.spatial);
+        if self.transposed {
+            let cols: Vec<usize> = keep_in.iter().flat_map(|&c| (0..s).map(move |e| c * s + e)).collect();
+            self.values.gather_rows(keep_out, k * s, &cols)
+        } else {
+            self.values.gather_rows(keep_in, n, keep_out)
+        }
+    }
+
+    /// The edit that keeps only `keep_in`/`keep_out`, if that drops anything.
+    pub fn slice_edit(&self, node: usize, keep_in: &[usize], keep_out: &[usize]) -> Option<Edit> {
+        (keep_in.len() != self.k || keep_out.len() != self.n).then(|| {
+            let dims = self.sliced_dims(keep_in.len(), keep_out.len());
+            let raw = self.slice(keep_in, keep_out);
+            Edit::Const { node, slot: 1, tensor: with_data(self.tensor, dims, self.values.dtype, raw) }
+        })
+    }
+
+    fn sliced_dims(&self, keep_in: usize, keep_out: usize) -> Vec<i64> {
+        if self.transposed {
+            let mut dims = self.values.dims.to_vec();
+            dims[0] = keep_out as i64;
+            dims[1] = keep_in as i64;
+            dims
+        } else {
+            vec![keep_in as i64, keep_out as i64]
+        }
+    }
+}
+
+/// `y[.., j] = alpha * sum_c x[.., c] W[c, j] + bias[j]`, as one operator stores it.
+pub(crate) trait Linear {
+    /// The input slot of the activation `x`.
+    fn input_slot(&self) -> usize;
+    /// Channel axes (negative, counted from the end) of `x` and `y`.
+    fn axes(&self) -> (isize, isize);
+    /// Ranks of `x` and `y`, where the operator fixes them.
+    fn ranks(&self) -> (Option<usize>, Option<usize>);
+    /// Whether a constant input contributes the same to every output position, so it folds into
+    /// the bias. Not so for a Conv whose kernel can see zero padding: at the borders the padding
+    /// reads 0, not the constant.
+    fn folds_constants(&self) -> bool {
+        true
+    }
+    /// Whether the node carries its own bias to fold constants into (Gemm's C, Conv's B); a
+    /// MatMul does not, and its folds go to the bias `Add` after it, or a new one.
+    fn holds_bias(&self) -> bool {
+        true
+    }
+    fn weight(&self) -> &Weight<'_>;
+    fn alpha(&self) -> f64;
+    /// The constant added to output `j`, or `None` where it varies along another axis.
+    fn bias(&self, j: usize) -> Option<f64>;
+    /// Emits the edits that keep the bias of the outputs `keep_out` only and add `fold[i]` to
+    /// that of `keep_out[i]` (the weight itself is sliced by [`Weight::slice_edit`]).
+    fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>);
+}
+
+/// The channel semantics every linear layer shares: output channels start a new space, fixed by
+/// the weight; an output channel is constant when its row reads nothing that varies; an input
+/// channel is needed when a needed output reads it with a non-zero weight.
+pub(crate) struct LinearOp<'g>(pub Box<dyn Linear + 'g>);
+
+impl<'g> ChannelOp<'g> for LinearOp<'g> {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![self.0.input_slot()], otherwise: "its data operand is a constant or missing" }
+    }
+
+    fn linear(&self) -> Option<&dyn Linear> {
+        Some(self.0.as_ref())
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let l = &self.0;
+        let (x, Some(y)) = (cx.input(l.input_slot()), cx.output(0)) else { return };
+        let ((ai, ao), (ri, ro)) = (l.axes(), l.ranks());
+        let (k, width_out) = (l.weight().k, l.weight().n);
+        cx.set_axis(x, ai);
+        cx.set_axis(y, ao);
+        cx.set_width(y, width_out);
+        if let Some(r) = ri {
+            cx.set_rank(x, r);
+        }
+        if let Some(r) = ro.or(cx.get(x).rank) {
+            cx.set_rank(y, r);
+        }
+        match (cx.get(x).width, cx.get(x).block) {
+            (_, Some(b)) if k % b == 0 => cx.set_width(x, k / b),
+            (Some(w), None) if w > 0 && k % w == 0 => cx.set_block(x, k / w),
+            (None, None) => {}
+            _ => cx.force(x, Why::WidthNotDividingWeight),
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let l = self.0.as_ref();
+        let (x, Some(y)) = (cx.input(l.input_slot()), cx.output(0)) else { return };
+        let w = l.weight();
+        let r = match cx.linear_inputs(x, l) {
+            Some(xc) if cx.consts(y).len() == w.n => {
+                let (acc, varies) = w.fold_nonzero(
+                    || (vec![0.0; w.n], vec![false; w.n]),
+                    |(acc, varies), c, j, wv| match xc[c] {
+                        Some(k) => acc[j] += wv * k,
+                        None => varies[j] = true,
+                    },
+                    |(mut a, mut v), (b, u)| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                        v.iter_mut().zip(u).for_each(|(x, y)| *x |= y);
+                        (a, v)
+                    },
+                );
+                (0..w.n).map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) }).collect()
+            }
+            _ => vec![None; cx.consts(y).len()],
+        };
+        cx.set(y, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let l = self.0.as_ref();
+        let (x, Some(y)) = (cx.input(l.input_slot()), cx.output(0)) else { return };
+        let w = l.weight();
+        match cx.linear_inputs(x, l) {
+            Some(xc) if cx.needed(y).len() == w.n => {
+                let b = cx.layout(x).block.expect("linear inputs have a block");
+                let (ny, width) = (cx.needed(y), cx.needed(x).len());
+                let nx = w.fold_nonzero(
+                    || vec![false; width],
+                    |nx, kc, j, _| {
+                        if ny[j] && xc[kc].is_none() {
+                            nx[kc / b] = true;
+                        }
+                    },
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x |= y);
+                        a
+                    },
+                );
+                nx.into_iter().enumerate().filter(|(_, m)| *m).for_each(|(c, _)| cx.mark(x, c));
+            }
+            _ => cx.mark_all(x),
+        }
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let l = self.0.as_ref();
+        let node = cx.node_proto();
+        let w = l.weight();
+        let (x, Some(y)) = (cx.input(l.input_slot()), cx.output(0)) else { return Ok(()) };
+        let lx = cx.layout(x);
+        let b = lx.block.filter(|b| lx.width.map(|wx| wx * b) == Some(w.k));
+        // Input entries kept: whole blocks of kept channels.
+        let keep_in: Vec<usize> = match b {
+            Some(b) => cx.kept(x, w.k / b).iter().flat_map(|&c| c * b..(c + 1) * b).collect(),
+            None => (0..w.k).collect(),
+        };
+        let keep_out = cx.kept(y, w.n);
+        let mut fold = vec![0.0; w.n];
+        if keep_in.len() < w.k {
+            let mut removed = vec![true; w.k];
+            keep_in.iter().for_each(|&c| removed[c] = false);
+            let xc =
+                crate::analysis::constancy::linear_inputs(lx, cx.consts(x), l).expect("a block means known constants");
+            let folded: Vec<(usize, f64)> =
+                (0..w.k).filter(|&c| removed[c]).filter_map(|c| xc[c].filter(|&k| k != 0.0).map(|k| (c, k))).collect();
+            // Reading the few folded columns directly beats scanning the whole matrix.
+            if folded.len() * w.spatial * keep_out.len() < w.k * w.n * w.spatial / 4 {
+                for &j in &keep_out {
+                    fold[j] = folded.iter().map(|&(c, k)| w.sum(c, j) * k).sum();
+                }
+            } else if !folded.is_empty() {
+                fold = w.fold_nonzero(
+                    || vec![0.0; w.n],
+                    |fold, kc, j, wv| {
+                        if let (true, Some(k)) = (removed[kc], xc[kc]) {
+                            fold[j] += wv * k;
+                        }
+                    },
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                        a
+                    },
+                );
+            }
+        }
+        let folds = !l.holds_bias() && fold.iter().any(|&f| f != 0.0);
+        let fold: Vec<f64> =
+            if folds && cx.fold_into_reader(y, w.values.dtype, fold.iter().map(|f| l.alpha() * f).collect()) {
+                vec![0.0; keep_out.len()]
+            } else {
+                keep_out.iter().map(|&j| l.alpha() * fold[j]).collect()
+            };
+        if keep_in.len() < w.k || keep_out.len() < w.n {
+            let n = cx.node.0;
+            cx.extend(w.slice_edit(n, &keep_in, &keep_out));
+            let mut edits = vec![];
+            l.rewrite_bias(n, &keep_out, &fold, &mut edits);
+            cx.extend(edits);
+        }
+        w.values.release();
+        let mut kept = vec![false; w.n];
+        keep_out.iter().for_each(|&j| kept[j] = true);
+        let constant = (0..w.n).filter(|&j| !kept[j] && cx.consts(y).get(j).copied().flatten().is_some()).count();
+        cx.layer(LayerReport {
+            node: node.name().to_string(),
+            op: node.op_type().to_string(),
+            inputs_before: w.k,
+            inputs_after: keep_in.len(),
+            outputs_before: w.n,
+            outputs_after: keep_out.len(),
+            removed_constant: constant,
+            removed_dead: w.n - keep_out.len() - constant,
+        });
+        Ok(())
+    }
+}

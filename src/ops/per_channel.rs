@@ -1,0 +1,220 @@
+//! Channel-preserving operators: output channel `c` is a scalar function of channel `c` of each
+//! activation and of per-channel constants. Activations, bias adds, layer scales, residual
+//! adds and gating, BatchNorm, poolings, reductions over other axes, transposes and reshapes
+//! all are; they differ only in where the output's channel axis goes ([`AxisMap`]).
+
+use super::{Activations, ChannelOp};
+use crate::analysis::reasons::Why;
+use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, PlanCx, TieCx, ValueId};
+use crate::error::Result;
+use crate::onnx::tensor::{encode, with_data};
+use crate::rewrite::Edit;
+
+/// Scalar semantics on one channel: the values of all its operands, in slot order (activations
+/// and per-channel constants alike), to its output; `None` when the output is not constant even
+/// though the inputs are (an average pool that counts padding).
+pub(crate) type Eval = Box<dyn Fn(&[f64]) -> Option<f64> + Sync>;
+
+/// Where a channel-preserving operator puts the channel axis of its output.
+pub(crate) trait AxisMap: Sync {
+    /// Before the layout's fixed point.
+    fn seed(&self, _cx: &mut LayoutCx, _o: ValueId) {}
+    /// Carries the layout between the activations `acts` and the output `o`.
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, params: &[usize]);
+    /// Checks target shapes against the laid-out output.
+    fn check(&self, _cx: &CheckCx, _o: ValueId) -> Result<(), Why> {
+        Ok(())
+    }
+    /// Rewrites target shapes for the kept channels `keep` of `o`.
+    fn rewrite(&self, _cx: &mut PlanCx, _o: ValueId, _keep: &[usize]) {}
+    fn follows_heads(&self) -> bool {
+        false
+    }
+}
+
+pub(crate) struct PerChannel {
+    /// Input slots holding activations; their channels are the output's.
+    pub acts: Vec<usize>,
+    /// Input slots holding constants that broadcast along the channel axis (size 1 or the
+    /// width); sliced with the channels.
+    pub params: Vec<usize>,
+    pub eval: Eval,
+    /// `x * 0 == 0` whatever `x` is, so a zero operand makes the channel constant and its other
+    /// operand unused.
+    pub zero_absorbs: bool,
+    /// The constants are 1-D vectors indexed by channel whatever the axis (BatchNormalization),
+    /// rather than tensors broadcast against the activation.
+    pub channel_params: bool,
+    pub axes: Box<dyn AxisMap>,
+}
+
+impl PerChannel {
+    pub fn new(acts: Vec<usize>, params: Vec<usize>, eval: Eval) -> Self {
+        PerChannel { acts, params, eval, zero_absorbs: false, channel_params: false, axes: Box::new(Same) }
+    }
+
+    /// An operator whose constant output is its constant input, laid out by `axes`.
+    pub fn identity(axes: Box<dyn AxisMap>) -> Self {
+        PerChannel { axes, ..PerChannel::new(vec![0], vec![], Box::new(|x| Some(x[0]))) }
+    }
+
+    /// The constant of operand `slot` at channel `c`, if it has one.
+    fn operand(&self, slot: usize, c: usize, act: Option<&[Option<f64>]>, param: Option<f64>) -> Option<f64> {
+        match act {
+            Some(consts) if self.acts.contains(&slot) => consts.get(c).copied().flatten(),
+            _ => param,
+        }
+    }
+}
+
+impl<'g> ChannelOp<'g> for PerChannel {
+    fn activations(&self) -> Activations {
+        Activations { slots: self.acts.clone(), otherwise: "its operands are constants or missing" }
+    }
+
+    fn follows_heads(&self) -> bool {
+        self.axes.follows_heads()
+    }
+
+    fn seed(&self, cx: &mut LayoutCx<'_, 'g>) {
+        if let Some(o) = cx.output(0) {
+            self.axes.seed(cx, o);
+        }
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        let acts: Vec<ValueId> = self.acts.iter().map(|&s| cx.input(s)).collect();
+        self.axes.layout(cx, &acts, o, &self.params);
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        let l = cx.layout(o);
+        if l.axis.is_none() || l.width.is_none() {
+            return;
+        }
+        let checked = self.axes.check(cx, o).and_then(|()| {
+            self.params
+                .iter()
+                .map(|&s| Ok((s, cx.per_channel(s, l, self.channel_params)?)))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        match checked {
+            Ok(params) => cx.accept(params),
+            Err(why) => {
+                let acts: Vec<ValueId> = self.acts.iter().map(|&s| cx.input(s)).collect();
+                for v in acts.into_iter().chain([o]) {
+                    cx.force(v, why.clone());
+                }
+            }
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        for &s in &self.acts {
+            let a = cx.input(s);
+            match (cx.width(a), cx.width(o)) {
+                (Some(wa), Some(wo)) if wa == wo => cx.tie(a, 0, o, 0, wa),
+                (None, None) => {}
+                _ => {
+                    cx.force(a, Why::Broadcasts);
+                    cx.force(o, Why::Broadcasts);
+                }
+            }
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        let slots: Vec<usize> =
+            (0..cx.input_count()).filter(|s| self.acts.contains(s) || self.params.contains(s)).collect();
+        let acts: Vec<Option<ValueId>> = slots.iter().map(|&s| self.acts.contains(&s).then(|| cx.input(s))).collect();
+        let r = (0..cx.consts(o).len())
+            .map(|c| {
+                let args: Vec<Option<f64>> = slots
+                    .iter()
+                    .zip(&acts)
+                    .map(|(&s, a)| self.operand(s, c, a.map(|a| cx.consts(a)), cx.param(s).map(|p| p.at(c))))
+                    .collect();
+                if self.zero_absorbs && args.contains(&Some(0.0)) {
+                    Some(0.0)
+                } else {
+                    args.into_iter().collect::<Option<Vec<f64>>>().and_then(|a| (self.eval)(&a))
+                }
+            })
+            .collect();
+        cx.set(o, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        let inputs = cx.input_count();
+        let operand = |cx: &NeedCx, s: usize, c: usize| {
+            let act = self.acts.contains(&s).then(|| cx.consts(cx.input(s)));
+            self.operand(s, c, act, cx.param(s).map(|p| p.at(c)))
+        };
+        let needed = cx.needed(o);
+        for c in (0..needed.len()).filter(|&c| needed[c]) {
+            for &slot in &self.acts {
+                let a = cx.input(slot);
+                let other_zero = self.zero_absorbs && (0..inputs).any(|s| s != slot && operand(cx, s, c) == Some(0.0));
+                if c < cx.needed(a).len() && cx.consts(a)[c].is_none() && !other_zero {
+                    cx.mark(a, c);
+                }
+            }
+        }
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let Some(o) = cx.output(0) else { return Ok(()) };
+        let Some(w) = cx.layout(o).width else { return Ok(()) };
+        let keep = cx.kept(o, w);
+        let folded = self.params.iter().find_map(|&slot| cx.take_fold(slot).map(|f| (slot, f)));
+        if keep.len() == w && folded.is_none() {
+            return Ok(());
+        }
+        let node = cx.node_proto();
+        for &slot in &self.params {
+            let prm = cx.param(slot).expect("a laid-out node's constants are checked");
+            if let Some(dim) = prm.channel_dim {
+                let t = cx.const_tensor(&node.input[slot]).expect("constant");
+                let mut dims = t.dims.clone();
+                dims[dim] = keep.len() as i64;
+                let dtype = prm.values.dtype;
+                let raw = match &folded {
+                    Some((s, fold)) if *s == slot => {
+                        encode(dtype, &keep.iter().map(|&c| prm.at(c) + fold[c]).collect::<Vec<_>>())
+                    }
+                    _ => prm.values.gather(keep.iter().copied()),
+                };
+                let n = cx.node.0;
+                cx.push(Edit::Const { node: n, slot, tensor: with_data(t, dims, dtype, raw) });
+            }
+        }
+        self.axes.rewrite(cx, o, &keep);
+        Ok(())
+    }
+}
+
+/// The output has the activations' layout (broadcasting may add leading axes).
+pub(crate) struct Same;
+
+impl AxisMap for Same {
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, params: &[usize]) {
+        for &a in acts {
+            cx.copy(a, o);
+            cx.copy(o, a);
+        }
+        let param_rank = params.iter().filter_map(|&s| cx.const_input(s)).map(|t| t.dims.len());
+        let ranks: Option<Vec<usize>> = acts.iter().map(|&a| cx.get(a).rank).collect();
+        if let Some(r) = ranks.and_then(|r| r.into_iter().chain(param_rank).max()) {
+            cx.set_rank(o, r);
+        }
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,88 @@
+//! Poolings and reductions over axes other than the channels: channel `c` of the output is a
+//! summary of channel `c` of the input over positions.
+
+use super::per_channel::{AxisMap, PerChannel, Same};
+use super::{may_pad, Ctx, OpRule, Role};
+use crate::analysis::reasons::{Opaque, Why};
+use crate::analysis::{LayoutCx, ValueId};
+use crate::ir::NodeExt;
+use crate::onnx::proto::NodeProto;
+
+pub(crate) struct Pool;
+pub(crate) struct Reduce;
+
+impl OpRule for Pool {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
+        if node.output.iter().skip(1).any(|o| !o.is_empty()) {
+            return Role::Opaque(Opaque::AuxiliaryOutput("its indices output is used"));
+        }
+        match node.op_type() {
+            // Lp norms of a constant depend on the window size: constant in, unknown out.
+            "LpPool" | "GlobalLpPool" => Role::Op(Box::new(zero_only())),
+            // Padding counted in the average turns a constant into a border effect (unless 0).
+            "AveragePool" if node.attr_i("count_include_pad", 0) != 0 && may_pad(node) => {
+                Role::Op(Box::new(zero_only()))
+            }
+            // Max ignores padding; averages of a constant are the constant.
+            _ => Role::Op(Box::new(PerChannel::identity(Box::new(Same)))),
+        }
+    }
+}
+
+impl OpRule for Reduce {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["ReduceMean", "ReduceMax", "ReduceMin"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        // Axes are an attribute before opset 18 and an input after.
+        let axes = match node.input.get(1).filter(|s| !s.is_empty()) {
+            Some(a) => match cx.const_tensor(a) {
+                Some(t) => crate::onnx::tensor::int64s(t),
+                None => return Role::Opaque(Opaque::NotConstant("its axes are computed")),
+            },
+            None => node.attribute.iter().find(|a| a.name() == "axes").map(|a| a.ints.clone()).unwrap_or_default(),
+        };
+        if axes.is_empty() {
+            return Role::Opaque(Opaque::Unsupported("it reduces over every axis, the channels too".into()));
+        }
+        Role::Op(Box::new(PerChannel::identity(Box::new(Reduced { axes, keepdims: node.attr_i("keepdims", 1) != 0 }))))
+    }
+}
+
+/// Constant only where the input is zero: an Lp norm depends on the window size, and an
+/// average that counts padding turns a constant into a border effect.
+fn zero_only() -> PerChannel {
+    PerChannel::new(vec![0], vec![], Box::new(|x| (x[0] == 0.0).then_some(0.0)))
+}
+
+/// A reduction over `axes`, which must not include the channel axis.
+struct Reduced {
+    axes: Vec<i64>,
+    keepdims: bool,
+}
+
+impl AxisMap for Reduced {
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
+        let x = cx.get(acts[0]);
+        let (Some(r), Some(p)) = (x.rank, x.position()) else { return };
+        let axes: Vec<usize> =
+            self.axes.iter().map(|&a| if a < 0 { (a + r as i64) as usize } else { a as usize }).collect();
+        if axes.contains(&p) {
+            cx.force(acts[0], Why::ReducesChannelAxis);
+            return;
+        }
+        let a = x.axis.expect("positioned");
+        let (out_axis, out_rank) =
+            if self.keepdims { (a, r) } else { (a + axes.iter().filter(|&&q| q > p).count() as isize, r - axes.len()) };
+        cx.set_axis(o, out_axis);
+        cx.set_rank(o, out_rank);
+        if let Some(w) = x.width {
+            cx.set_width(o, w);
+        }
+    }
+}
