@@ -32,12 +32,20 @@ TRAINED_INPUTS = {
     "Conv": (2,),
     "ConvTranspose": (1, 2),
     "LayerNormalization": (1, 2),
+    "RMSNormalization": (1,),
     "BatchNormalization": (1, 2),
 }
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Split" and "split" not in values and (len(node.input) < 2 or not node.input[1]):
+        values.setdefault("num_outputs", len(node.output))  # before opset 18 only the outputs say how many parts
+    return values
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _axes(node_attrs: dict, inputs: list, index: int = 1) -> list[int] | None:
@@ -131,15 +139,37 @@ def _conv_transpose(a, x, w, b=None):
     )
 
 
+def _pool_pads(a, x) -> tuple[list[int], list[int]]:
+    """A pool's pads before and after each spatial axis: `pads`, or what `auto_pad` makes of them."""
+    spatial = x.dim() - 2
+    auto_pad = _text(a.get("auto_pad", "NOTSET"))
+    if auto_pad == "VALID":
+        return [0] * spatial, [0] * spatial
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        stride = list(a.get("strides", [1] * spatial))
+        dilation = list(a.get("dilations", [1] * spatial))
+        total = [
+            max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+            for n, s, k, d in zip(x.shape[2:], stride, a["kernel_shape"], dilation)
+        ]
+        small, large = [t // 2 for t in total], [t - t // 2 for t in total]
+        return (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    pads = list(a.get("pads", [0] * 2 * spatial))
+    return pads[:spatial], pads[spatial:]
+
+
 def _pool(kind):
     def run(a, x):
         spatial = x.dim() - 2
         kernel = list(a["kernel_shape"])
-        pads = list(a.get("pads", [0] * 2 * spatial))
-        if pads[:spatial] != pads[spatial:]:
+        begin, end = _pool_pads(a, x)
+        if begin != end:
             raise UnsupportedModel(f"{kind} with asymmetric pads")
+        pads = begin + end
         stride = list(a.get("strides", [1] * spatial))
         ceil = bool(a.get("ceil_mode", 0))
+        if kind == "AveragePool" and any(d != 1 for d in a.get("dilations", [])):
+            raise UnsupportedModel("AveragePool with dilations")
         if kind == "MaxPool":
             fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
             return fn(
@@ -153,6 +183,43 @@ def _pool(kind):
     return run
 
 
+def _lp_root(total, p):
+    """`total ** (1 / p)`, with a finite gradient (zero) where a window is all zeros."""
+    positive = total > 0
+    return torch.where(positive, torch.where(positive, total, 1.0) ** (1.0 / p), 0.0)
+
+
+def _lp_pool(a, x):
+    """The p-norm of each window: a sum pool of |x|^p, as a depthwise convolution with ones. Padding adds
+    nothing to a sum, so a window over pads (or past the end, in ceil_mode) takes the norm of what it covers."""
+    spatial = x.dim() - 2
+    sizes = list(x.shape[2:])
+    kernel = list(a["kernel_shape"])
+    stride = list(a.get("strides", [1] * spatial))
+    dilation = list(a.get("dilations", [1] * spatial))
+    begin, end = _pool_pads(a, x)
+    for i in range(spatial):
+        window = (kernel[i] - 1) * dilation[i] + 1
+        room = sizes[i] + begin[i] + end[i] - window
+        if a.get("ceil_mode", 0):
+            out = -(-room // stride[i]) + 1
+            if (out - 1) * stride[i] >= sizes[i] + begin[i]:  # the last window starts inside the input
+                out -= 1
+        else:
+            out = room // stride[i] + 1
+        end[i] += max(0, (out - 1) * stride[i] + window - (sizes[i] + begin[i] + end[i]))
+    x = F.pad(x.abs() ** a.get("p", 2), [p for i in reversed(range(spatial)) for p in (begin[i], end[i])])
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
+    ones = torch.ones(x.shape[1], 1, *kernel, dtype=x.dtype, device=x.device)
+    total = conv(x, ones, stride=stride, dilation=dilation, groups=x.shape[1])
+    return _lp_root(total, a.get("p", 2))
+
+
+def _global_lp_pool(a, x):
+    total = (x.abs() ** a.get("p", 2)).sum(dim=tuple(range(2, x.dim())), keepdim=True)
+    return _lp_root(total, a.get("p", 2))
+
+
 def _layer_norm(a, x, scale, bias=None):
     axis = a.get("axis", -1) % x.dim()
     dims = list(range(axis, x.dim()))
@@ -160,6 +227,32 @@ def _layer_norm(a, x, scale, bias=None):
     var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
     y = (x - mean) / torch.sqrt(var + a.get("epsilon", 1e-5)) * scale
     return y if bias is None else y + bias
+
+
+def _rms_norm(a, x, scale):
+    """Opset 23: x / sqrt(mean(x^2 over axis..last) + epsilon) * scale, in float64 where stash_type asks."""
+    dims = list(range(a.get("axis", -1) % x.dim(), x.dim()))
+    stash = torch.float64 if a.get("stash_type", 1) == onnx.TensorProto.DOUBLE else torch.float32
+    wide = x.to(stash)
+    y = wide / torch.sqrt((wide * wide).mean(dim=dims, keepdim=True) + a.get("epsilon", 1e-5))
+    return y.to(x.dtype) * scale
+
+
+def _expand(a, x, shape):
+    """Bidirectional broadcasting: `shape` may be shorter than x's or hold 1 where x's dimension is larger."""
+    return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(int(d) for d in shape.tolist())))
+
+
+def _flatten(a, x):
+    axis = a.get("axis", 1)
+    axis = axis + x.dim() if axis < 0 else axis
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+
+
+def _gather(a, x, i):
+    axis = a.get("axis", 0) % x.dim()
+    index = torch.where(i < 0, i + x.shape[axis], i).long()
+    return torch.index_select(x, axis, index.reshape(-1)).reshape(*x.shape[:axis], *i.shape, *x.shape[axis + 1 :])
 
 
 def _batch_norm(a, x, scale, bias, mean, var):
@@ -180,9 +273,8 @@ def _cast(a, x):
 def _split(a, x, split=None):
     axis = a.get("axis", 0)
     sizes = split.tolist() if split is not None else a.get("split")
-    if sizes is None:
-        n = a.get("num_outputs")
-        return list(torch.tensor_split(x, n, dim=axis))
+    if sizes is None:  # equal parts, the last one smaller where they cannot be
+        return list(torch.split(x, -(-x.shape[axis] // a["num_outputs"]), dim=axis))
     return list(torch.split(x, [int(s) for s in sizes], dim=axis))
 
 
@@ -231,12 +323,18 @@ OPS: dict[str, Callable] = {
     "LeakyRelu": lambda a, x: F.leaky_relu(x, a.get("alpha", 0.01)),
     "PRelu": lambda a, x, s: torch.where(x >= 0, x, x * s),
     "Elu": lambda a, x: F.elu(x, a.get("alpha", 1.0)),
-    "Selu": lambda a, x: torch.selu(x),
+    "Selu": lambda a, x: (
+        a.get("gamma", 1.05070102214813232421875) * F.elu(x, a.get("alpha", 1.67326319217681884765625))
+    ),
+    "Celu": lambda a, x: F.celu(x, a.get("alpha", 1.0)),
+    "ThresholdedRelu": lambda a, x: torch.where(x > a.get("alpha", 1.0), x, 0.0),
     "Sigmoid": lambda a, x: torch.sigmoid(x),
     "HardSigmoid": lambda a, x: torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1),
     "HardSwish": lambda a, x: F.hardswish(x),
     "Tanh": lambda a, x: torch.tanh(x),
     "Softplus": lambda a, x: F.softplus(x),
+    "Softsign": lambda a, x: F.softsign(x),
+    "Mish": lambda a, x: F.mish(x),
     "Erf": lambda a, x: torch.erf(x),
     "Gelu": lambda a, x: F.gelu(
         x, approximate="tanh" if a.get("approximate", b"none") in (b"tanh", "tanh") else "none"
@@ -247,23 +345,29 @@ OPS: dict[str, Callable] = {
     "Reciprocal": lambda a, x: 1.0 / x,
     "Neg": lambda a, x: -x,
     "Abs": lambda a, x: torch.abs(x),
+    "Sign": lambda a, x: torch.sign(x),
+    "Ceil": lambda a, x: torch.ceil(x),
+    "Floor": lambda a, x: torch.floor(x),
+    "Sin": lambda a, x: torch.sin(x),
+    "Cos": lambda a, x: torch.cos(x),
     "Clip": _clip,
     "Softmax": lambda a, x: torch.softmax(x, a.get("axis", -1)),
     "LogSoftmax": lambda a, x: torch.log_softmax(x, a.get("axis", -1)),
     "Identity": lambda a, x: x,
     "Dropout": lambda a, x, *rest: x,
     "Cast": _cast,
-    "Flatten": lambda a, x: x.reshape(math.prod(x.shape[: a.get("axis", 1) % max(x.dim(), 1)]), -1),
+    "Flatten": _flatten,
     "Reshape": _reshape,
     "Transpose": lambda a, x: x.permute(*(a.get("perm") or reversed(range(x.dim())))),
     "Concat": lambda a, *xs: torch.cat(xs, dim=a["axis"]),
     "Split": _split,
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
-    "Gather": lambda a, x, i: torch.index_select(x, a.get("axis", 0), i.reshape(-1).long()).reshape(
-        *x.shape[: a.get("axis", 0) % x.dim()], *i.shape, *x.shape[a.get("axis", 0) % x.dim() + 1 :]
+    "Expand": _expand,
+    "Gather": _gather,
+    "Shape": lambda a, x: torch.tensor(
+        x.shape[a.get("start", 0) : a.get("end", x.dim())], dtype=torch.int64, device=x.device
     ),
-    "Shape": lambda a, x: torch.tensor(x.shape[a.get("start", 0) : a.get("end", x.dim())], dtype=torch.int64),
     "Slice": _slice,
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
@@ -271,8 +375,11 @@ OPS: dict[str, Callable] = {
     "AveragePool": _pool("AveragePool"),
     "GlobalAveragePool": lambda a, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
     "GlobalMaxPool": lambda a, x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
+    "LpPool": _lp_pool,
+    "GlobalLpPool": _global_lp_pool,
     "BatchNormalization": _batch_norm,
     "LayerNormalization": _layer_norm,
+    "RMSNormalization": _rms_norm,
     "ReduceMean": _reduce(torch.mean),
     "ReduceSum": _reduce(torch.sum),
     "ReduceMax": _reduce(torch.amax),
