@@ -1,1 +1,283 @@
+//! Each pass on small hand-built graphs, asserted directly: no tract, no files. The tract
+//! end-to-end tests in `tests/` prove exactness; these say which pass got what wrong.
 
+use super::decide::{decide, InputPolicy};
+use super::layout::{Heads, Layout};
+use super::plan::plan;
+use super::reasons::{KeepReason, Opaque, Why};
+use super::{Facts, Graph, ValueId};
+use crate::ir::Ir;
+use crate::onnx::build::{attr_int, f32_tensor, int64_tensor, node, value_info};
+use crate::onnx::proto::{tensor_proto::DataType, GraphProto, NodeProto};
+use crate::ops::ClnForm;
+use crate::rewrite::Edit;
+
+/// A graph with input `x` of the given dims, built node by node; `y` is the output.
+struct G(GraphProto);
+
+impl G {
+    fn new(dims: &[Option<usize>]) -> G {
+        let mut g = GraphProto::default();
+        g.input.push(value_info("x", DataType::Float, dims));
+        g.output.push(value_info("y", DataType::Float, &[]));
+        G(g)
+    }
+
+    /// A weight `[rows, cols]` whose row `r` is all `row_value(r)`.
+    fn matrix(mut self, name: &str, rows: usize, cols: usize, row_value: impl Fn(usize) -> f32) -> G {
+        let vals: Vec<f32> = (0..rows).flat_map(|r| (0..cols).map(move |_| r)).map(&row_value).collect();
+        self.0.initializer.push(f32_tensor(name, &[rows, cols], &vals));
+        self
+    }
+
+    fn vector(mut self, name: &str, vals: &[f32]) -> G {
+        self.0.initializer.push(f32_tensor(name, &[vals.len()], vals));
+        self
+    }
+
+    fn ints(mut self, name: &str, vals: &[i64]) -> G {
+        self.0.initializer.push(int64_tensor(name, vals));
+        self
+    }
+
+    fn op(mut self, op: &str, ins: &[&str], out: &str) -> G {
+        self.0.node.push(node(op, out, ins, &[out], vec![]));
+        self
+    }
+
+    fn with(mut self, n: NodeProto) -> G {
+        self.0.node.push(n);
+        self
+    }
+
+    fn facts<T>(&self, f: impl FnOnce(&Facts) -> T) -> T {
+        let ir = Ir::build(&self.0, 17).expect("a DAG");
+        let facts = Facts::of(Graph::new(&self.0, &ir));
+        f(&facts)
+    }
+}
+
+fn v(facts: &Facts, name: &str) -> ValueId {
+    facts.graph.value(name).unwrap_or_else(|| panic!("no value {name}"))
+}
+
+fn layout(facts: &Facts, name: &str) -> Layout {
+    facts.layouts[v(facts, name)]
+}
+
+/// `x[B, 4] -> Gemm(w1: 4 -> 3, transB) -> h -> Relu -> a -> Gemm(w2: 3 -> 2, transB) -> y`.
+/// Row 1 of w1 is zero (with bias 2: `h[1]` is the constant 2); column 2 of w2 is zero.
+fn chain() -> G {
+    let w2: Vec<f32> = (0..2).flat_map(|_| [1.0, 1.0, 0.0]).collect();
+    let mut g =
+        G::new(&[None, Some(4)]).matrix("w1", 3, 4, |r| if r == 1 { 0.0 } else { 1.0 }).vector("b1", &[0.5, 2.0, -1.0]);
+    g.0.initializer.push(f32_tensor("w2", &[2, 3], &w2));
+    g.with(node("Gemm", "g1", &["x", "w1", "b1"], &["h"], vec![attr_int("transB", 1)]))
+        .op("Relu", &["h"], "a")
+        .with(node("Gemm", "g2", &["a", "w2"], &["y"], vec![attr_int("transB", 1)]))
+}
+
+#[test]
+fn layout_fixes_axes_widths_and_ranks_along_a_chain() {
+    chain().facts(|f| {
+        let h = layout(f, "h");
+        assert_eq!((h.axis, h.width, h.rank, h.block, h.heads), (Some(-1), Some(3), Some(2), Some(1), None));
+        assert_eq!(layout(f, "a"), h);
+        assert_eq!(layout(f, "x").width, Some(4));
+        assert_eq!(layout(f, "y").width, Some(2));
+    });
+}
+
+#[test]
+fn an_activation_ties_its_channels_to_its_input() {
+    chain().facts(|f| {
+        let (h, a, y) = (v(f, "h"), v(f, "a"), v(f, "y"));
+        for c in 0..3 {
+            assert_eq!(f.classes.class(h, c), f.classes.class(a, c));
+        }
+        assert_ne!(f.classes.class(h, 0), f.classes.class(h, 1));
+        // A linear layer starts a new space.
+        assert_ne!(f.classes.class(a, 0), f.classes.class(y, 0));
+    });
+}
+
+#[test]
+fn a_zero_row_makes_a_constant_that_activations_carry() {
+    chain().facts(|f| {
+        assert_eq!(f.consts[v(f, "h")], vec![None, Some(2.0), None]);
+        assert_eq!(f.consts[v(f, "a")], vec![None, Some(2.0), None]);
+    });
+}
+
+#[test]
+fn need_stops_at_zero_columns_and_constants() {
+    chain().facts(|f| {
+        // a[1] is constant (folded), a[2] is read by a zero column only.
+        assert_eq!(f.needed[v(f, "a")], vec![true, false, false]);
+        assert_eq!(f.needed[v(f, "h")], vec![true, false, false]);
+        assert_eq!(f.needed[v(f, "x")], vec![true; 4]);
+    });
+}
+
+#[test]
+fn the_plan_slices_both_weights_and_folds_the_constant() {
+    chain().facts(|f| {
+        let p = plan(f, &decide(f, InputPolicy::Keep), ClnForm::Ops).expect("a plan");
+        let l = &p.removals.layers;
+        assert_eq!((l[0].outputs_after, l[0].removed_constant, l[0].removed_dead), (1, 1, 1));
+        assert_eq!((l[1].inputs_before, l[1].inputs_after), (3, 1));
+        let dims = |node: usize, slot: usize| {
+            p.edits.iter().find_map(|e| match e {
+                Edit::Const { node: n, slot: s, tensor } if (*n, *s) == (node, slot) => Some(tensor.dims.clone()),
+                _ => None,
+            })
+        };
+        assert_eq!(dims(0, 1), Some(vec![1, 4]));
+        assert_eq!(dims(2, 1), Some(vec![2, 1]));
+        // relu(2) = 2 times the column of ones: g2 gains a bias of 2.
+        assert!(p.edits.iter().any(|e| matches!(e, Edit::SetInput { node: 2, slot: 2, .. })));
+    });
+}
+
+#[test]
+fn the_input_policy_changes_the_decision_only() {
+    // Input features 2 and 3 are read by zero columns only.
+    let w: Vec<f32> = (0..3).flat_map(|_| [1.0, 1.0, 0.0, 0.0]).collect();
+    let mut g = G::new(&[None, Some(4)]);
+    g.0.initializer.push(f32_tensor("w", &[3, 4], &w));
+    let g = g.with(node("Gemm", "g", &["x", "w"], &["y"], vec![attr_int("transB", 1)]));
+    g.facts(|f| {
+        let x = v(f, "x");
+        assert_eq!(f.needed[x], vec![true, true, false, false]);
+        assert_eq!(decide(f, InputPolicy::Keep).kept(f, x, 4), vec![0, 1, 2, 3]);
+        assert_eq!(decide(f, InputPolicy::Gather).kept(f, x, 4), vec![0, 1]);
+        let kept = plan(f, &decide(f, InputPolicy::Keep), ClnForm::Ops).expect("a plan");
+        let reasons = &kept.removals.blocked[0].reasons;
+        assert_eq!((reasons[0].code.as_str(), reasons[0].message.as_str()), ("graph-input", "graph input 'x'"));
+    });
+}
+
+#[test]
+fn an_operator_without_a_rule_forces_what_it_touches_with_a_typed_reason() {
+    let g = chain().op("Softmax", &["y"], "s");
+    let g = G(GraphProto { output: vec![value_info("s", DataType::Float, &[])], ..g.0 });
+    g.facts(|f| {
+        let why = Why::Opaque(Opaque::NoRule { domain: String::new(), op: "Softmax".into() });
+        let expected = KeepReason::Node { node: super::NodeId(3), why };
+        assert_eq!(f.forced.of(v(f, "y")), &[expected]);
+        assert!(f.needed[v(f, "y")].iter().all(|&n| n));
+    });
+}
+
+#[test]
+fn a_broadcast_along_the_channel_axis_forces_both_sides() {
+    // h (width 3) + a constant of shape [2, 3] varies along another axis.
+    let g = chain();
+    let mut g = g.matrix("k", 2, 3, |_| 1.0);
+    g.0.node.insert(1, node("Add", "add", &["h", "k"], &["hk"], vec![]));
+    g.0.node[2].input[0] = "hk".into();
+    g.facts(|f| {
+        let codes: Vec<&Why> = f
+            .forced
+            .of(v(f, "hk"))
+            .iter()
+            .map(|r| match r {
+                KeepReason::Node { why, .. } => why,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(matches!(codes[..], [Why::VariesBeyondChannels { .. }]), "{codes:?}");
+    });
+}
+
+#[test]
+fn concat_and_split_tie_channels_at_their_offsets() {
+    // x -> Gemm -> p (2), Gemm -> q (3); Concat(p, q) -> c (5); Split(c, [1, 4]) -> s1, s2.
+    let g = G::new(&[None, Some(4)])
+        .matrix("wp", 2, 4, |_| 1.0)
+        .matrix("wq", 3, 4, |_| 1.0)
+        .ints("sizes", &[1, 4])
+        .matrix("ws", 2, 4, |_| 1.0)
+        .with(node("Gemm", "gp", &["x", "wp"], &["p"], vec![attr_int("transB", 1)]))
+        .with(node("Gemm", "gq", &["x", "wq"], &["q"], vec![attr_int("transB", 1)]))
+        .with(node("Concat", "cat", &["p", "q"], &["c"], vec![attr_int("axis", 1)]))
+        .with(node("Split", "split", &["c", "sizes"], &["s1", "s2"], vec![attr_int("axis", 1)]))
+        .with(node("Gemm", "gs", &["s2", "ws"], &["y1"], vec![attr_int("transB", 1)]))
+        .op("Add", &["y1", "s1"], "y");
+    g.facts(|f| {
+        let (p, q, c, s1, s2) = (v(f, "p"), v(f, "q"), v(f, "c"), v(f, "s1"), v(f, "s2"));
+        assert_eq!(layout(f, "c").width, Some(5));
+        assert_eq!(f.classes.class(q, 0), f.classes.class(c, 2));
+        assert_eq!(f.classes.class(p, 0), f.classes.class(s1, 0));
+        assert_eq!(f.classes.class(p, 1), f.classes.class(s2, 0));
+        assert_eq!(f.classes.class(q, 2), f.classes.class(s2, 3));
+    });
+}
+
+/// `x[B, T, 6] -> MatMul(w: 6 -> 6) -> q -> Reshape [0, 0, 2, 3] -> h -> Transpose -> t -> Relu
+/// -> r -> Transpose -> u -> Reshape [0, 0, 6] -> m -> MatMul(wo: 6 -> 2) -> y`: a channel space
+/// over heads (2) x entries (3). `wo` reads entry `d` of head `h` at row `3h + d`.
+fn heads(wo_row: impl Fn(usize) -> f32) -> G {
+    let perm = || vec![crate::onnx::build::attr_ints("perm", &[0, 2, 1, 3])];
+    G::new(&[None, Some(5), Some(6)])
+        .matrix("w", 6, 6, |_| 1.0)
+        .matrix("wo", 6, 2, wo_row)
+        .ints("split_heads", &[0, 0, 2, 3])
+        .ints("merge_heads", &[0, 0, 6])
+        .op("MatMul", &["x", "w"], "q")
+        .op("Reshape", &["q", "split_heads"], "h")
+        .with(node("Transpose", "t1", &["h"], &["t"], perm()))
+        .op("Relu", &["t"], "r")
+        .with(node("Transpose", "t2", &["r"], &["u"], perm()))
+        .op("Reshape", &["u", "merge_heads"], "m")
+        .op("MatMul", &["m", "wo"], "y")
+}
+
+#[test]
+fn a_head_split_lays_channels_over_two_axes() {
+    heads(|_| 1.0).facts(|f| {
+        let h = layout(f, "h");
+        assert_eq!(
+            (h.axis, h.width, h.rank, h.heads),
+            (Some(-1), Some(6), Some(4), Some(Heads { axis: -2, count: 2 }))
+        );
+        assert_eq!(layout(f, "t").heads, Some(Heads { axis: -3, count: 2 }));
+        assert_eq!(layout(f, "u").heads, Some(Heads { axis: -2, count: 2 }));
+        assert_eq!((layout(f, "m").heads, layout(f, "m").width), (None, Some(6)));
+        let (q, m) = (v(f, "q"), v(f, "m"));
+        assert!((0..6).all(|c| f.classes.class(q, c) == f.classes.class(m, c)));
+        assert!(f.forced.of(v(f, "t")).is_empty());
+    });
+}
+
+#[test]
+fn heads_lose_an_entry_only_where_every_head_loses_it() {
+    let kept = |rows: &[usize]| {
+        let rows = rows.to_vec();
+        heads(move |r| if rows.contains(&r) { 0.0 } else { 1.0 }).facts(|f| {
+            let d = decide(f, InputPolicy::Keep);
+            (d.kept(f, v(f, "q"), 6), d.kept(f, v(f, "t"), 6))
+        })
+    };
+    // Entry 1 is unused in both heads: it leaves from both.
+    assert_eq!(kept(&[1, 4]).0, vec![0, 2, 3, 5]);
+    // Entry 1 of head 0 only: kept, so both heads keep three entries.
+    assert_eq!(kept(&[1]).0, vec![0, 1, 2, 3, 4, 5]);
+    // All of head 1: the head leaves.
+    assert_eq!(kept(&[3, 4, 5]).1, vec![0, 1, 2]);
+}
+
+#[test]
+fn the_plan_rewrites_both_head_reshapes() {
+    heads(|r| if r == 1 || r == 4 { 0.0 } else { 1.0 }).facts(|f| {
+        let p = plan(f, &decide(f, InputPolicy::Keep), ClnForm::Ops).expect("a plan");
+        let shape = |node: usize| {
+            p.edits.iter().find_map(|e| match e {
+                Edit::Const { node: n, slot: 1, tensor } if *n == node => Some(crate::onnx::tensor::int64s(tensor)),
+                _ => None,
+            })
+        };
+        assert_eq!(shape(1), Some(vec![0, 0, 2, 2]));
+        assert_eq!(shape(5), Some(vec![0, 0, 4]));
+    });
+}

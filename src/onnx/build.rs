@@ -1,7 +1,10 @@
 //! Building ONNX protos: attributes, constant tensors and nodes, the way rewrites and tests
 //! both need them (one place, so every caller writes the same, valid forms).
 
-use super::proto::{attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto, TensorProto};
+use super::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, NodeProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
 
 pub fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
@@ -12,8 +15,13 @@ pub fn attr_int(name: &str, v: i64) -> AttributeProto {
     }
 }
 
-pub fn attr_ints(name: &str, v: Vec<i64>) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Ints as i32), ints: v, ..Default::default() }
+pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
 }
 
 pub fn attr_float(name: &str, v: f32) -> AttributeProto {
@@ -54,6 +62,32 @@ pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attribute: 
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
         attribute,
+        ..Default::default()
+    }
+}
+
+/// A tensor's declared type and shape; `None` dimensions are the symbolic `batch`.
+pub fn value_info(name: &str, elem: DataType, dims: &[Option<usize>]) -> ValueInfoProto {
+    use tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(v) => Value::DimValue(*v as i64),
+                None => Value::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -226,7 +226,7 @@ impl<'g> ChannelOp<'g> for Splitted {
         let tensor = int64_tensor("", &new);
         match self.form {
             SizesIn::Input => cx.push(Edit::Const { node, slot: 1, tensor }),
-            SizesIn::Attribute => cx.push(Edit::Attr { node, attr: attr_ints("split", new) }),
+            SizesIn::Attribute => cx.push(Edit::Attr { node, attr: attr_ints("split", &new) }),
             SizesIn::NewInput => {
                 cx.push(Edit::RemoveAttr { node, name: "num_outputs".into() });
                 cx.push(Edit::SetInput { node, slot: 1, tensor });

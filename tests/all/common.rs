@@ -4,79 +4,9 @@ use onnx_minimize::onnx::proto::*;
 use prost::Message;
 use std::path::{Path, PathBuf};
 
-pub fn f32_tensor(name: &str, dims: &[usize], vals: &[f32]) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(tensor_proto::DataType::Float as i32),
-        raw_data: Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
-        ..Default::default()
-    }
-}
-
-pub fn int64_tensor(name: &str, vals: &[i64]) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: vec![vals.len() as i64],
-        data_type: Some(tensor_proto::DataType::Int64 as i32),
-        int64_data: vals.to_vec(),
-        ..Default::default()
-    }
-}
-
-pub fn value_info(name: &str, elem: tensor_proto::DataType, dims: &[Option<usize>]) -> ValueInfoProto {
-    use tensor_shape_proto::{dimension::Value, Dimension};
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            value: Some(match d {
-                Some(v) => Value::DimValue(*v as i64),
-                None => Value::DimParam("batch".into()),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem as i32),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        op_type: Some(op.into()),
-        name: Some(name.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        attribute: attrs,
-        ..Default::default()
-    }
-}
-
-pub fn attr_i(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_proto::AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
-    }
-}
-
-pub fn attr_f(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_proto::AttributeType::Float as i32),
-        f: Some(v),
-        ..Default::default()
-    }
-}
+pub use onnx_minimize::onnx::build::{
+    attr_float as attr_f, attr_int as attr_i, attr_ints, f32_tensor, int64_tensor, node, value_info,
+};
 
 #[derive(Debug, Clone)]
 pub enum Form {
@@ -223,15 +153,6 @@ impl G {
             graph: Some(g),
             ..Default::default()
         }
-    }
-}
-
-pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_proto::AttributeType::Ints as i32),
-        ints: v.to_vec(),
-        ..Default::default()
     }
 }
 

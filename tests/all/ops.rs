@@ -294,3 +294,27 @@ fn inputs_are_gathered_only_when_that_makes_the_model_smaller() {
         assert!(report.after.params <= report.before.params);
     }
 }
+
+/// Attention's head split without the attention: `[B, T, 6] -> [B, T, 2, 3]`, heads moved in
+/// front and back, merged. The channel space spans two axes, and leaves as a product.
+#[test]
+fn head_splits_shrink_entries_in_every_head_or_whole_heads() {
+    for (unused, kept) in
+        [(vec![1, 4], vec![(6, 4), (4, 2)]), (vec![3, 4, 5], vec![(6, 3), (3, 2)]), (vec![1], vec![(6, 6), (6, 2)])]
+    {
+        let mut g = G::new("x", &[B, Some(5), Some(6)]);
+        let w = g.rand(36);
+        g.init("w", &[6, 6], &w).init("b", &[6], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]);
+        let mut wo = g.rand(12);
+        unused.iter().for_each(|&r| wo[r * 2..r * 2 + 2].iter_mut().for_each(|x| *x = 0.0));
+        g.init("wo", &[6, 2], &wo);
+        g.g.initializer.extend([int64_tensor("split", &[0, 0, 2, 3]), int64_tensor("merge", &[0, 0, 6])]);
+        let perm = || vec![crate::common::attr_ints("perm", &[0, 2, 1, 3])];
+        g.op("MatMul", &["x", "w"], "mm", vec![]).op("Add", &["mm", "b"], "q", vec![]);
+        g.op("Reshape", &["q", "split"], "h", vec![]).op("Transpose", &["h"], "t", perm());
+        g.op("Tanh", &["t"], "a", vec![]).op("Transpose", &["a"], "u", perm());
+        g.op("Reshape", &["u", "merge"], "m", vec![]).op("MatMul", &["m", "wo"], "y", vec![]);
+        let (r, _) = minimize(&g.model("y", &[B, Some(5), Some(2)]));
+        assert_eq!(widths(&r), kept, "rows {unused:?} of wo zero");
+    }
+}
