@@ -108,7 +108,7 @@ proptest! {
     }
 }
 
-/// A random CNN: conv/depthwise/residual/concat blocks with random zero patterns, forced zero
+/// A random CNN: conv/depthwise/residual/split/concat blocks with random zero patterns, forced zero
 /// filters and constant channels, then a pooled or flattened head.
 fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
     use crate::common::{attr_i, attr_ints, G};
@@ -145,7 +145,7 @@ fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
     };
     for i in 0..blocks {
         let cout = rng.random_range(2..7usize);
-        match rng.random_range(0..4) {
+        match rng.random_range(0..5) {
             0 => {
                 let y = conv(&mut g, &mut rng, i, &cur, ch, cout, "c");
                 let a = format!("a{i}");
@@ -169,6 +169,39 @@ fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
                 let y2 = conv(&mut g, &mut rng, i, &cur, ch, cout, "s");
                 let a = format!("a{i}");
                 g.op("Add", &[&y1, &y2], &a, vec![]);
+                (cur, ch) = (a, cout);
+            }
+            3 => {
+                // Split into two parts (given sizes, or equal halves), each through its own
+                // activation, concatenated back in the other order.
+                let cout = 2 * rng.random_range(1..4usize);
+                let y = conv(&mut g, &mut rng, i, &cur, ch, cout, "t");
+                let (p, q) = (format!("p{i}"), format!("q{i}"));
+                if rng.random_bool(0.5) {
+                    let first = rng.random_range(1..cout);
+                    g.g.initializer.push(crate::common::int64_tensor(
+                        &format!("sizes{i}"),
+                        &[first as i64, (cout - first) as i64],
+                    ));
+                    g.g.node.push(crate::common::node(
+                        "Split",
+                        &format!("split{i}"),
+                        &[&y, &format!("sizes{i}")],
+                        &[&p, &q],
+                        vec![attr_i("axis", 1)],
+                    ));
+                } else {
+                    g.g.node.push(crate::common::node(
+                        "Split",
+                        &format!("split{i}"),
+                        &[&y],
+                        &[&p, &q],
+                        vec![attr_i("axis", 1)],
+                    ));
+                }
+                let (pa, qa, a) = (format!("pa{i}"), format!("qa{i}"), format!("a{i}"));
+                g.op("Relu", &[&p], &pa, vec![]).op("Tanh", &[&q], &qa, vec![]);
+                g.op("Concat", &[&qa, &pa], &a, vec![attr_i("axis", 1)]);
                 (cur, ch) = (a, cout);
             }
             _ => {
