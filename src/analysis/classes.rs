@@ -4,11 +4,11 @@
 
 use petgraph::unionfind::UnionFind;
 
-use super::ids::{ChannelId, IdVec, NodeId, ValueId};
+use super::ids::{ChannelId, IdVec, ValueId};
 use super::layout::Layouts;
 use super::reasons::{Forced, Why};
+use super::values::{at_node, At};
 use super::Graph;
-use crate::ops::Role;
 
 pub(crate) struct Classes {
     /// Start of each value's channels in the flat channel space.
@@ -43,10 +43,8 @@ pub(crate) fn build(g: &Graph, layouts: &Layouts, forced: &mut Forced) -> Classe
         })
         .collect();
     let mut classes = Classes { offset, uf: UnionFind::new(total), total };
-    for &n in &g.order {
-        if let Role::Op(op) = g.role(n) {
-            op.ties(&mut TieCx { g, layouts, forced, classes: &mut classes, node: n });
-        }
+    for (node, op) in g.ops() {
+        op.ties(&mut TieCx { at: At { graph: g, node }, layouts, forced, classes: &mut classes });
     }
     classes
 }
@@ -54,30 +52,18 @@ pub(crate) fn build(g: &Graph, layouts: &Layouts, forced: &mut Forced) -> Classe
 /// What an operator's `ties` may read (widths) and do: tie channel ranges, or force values
 /// whose channels it cannot map.
 pub(crate) struct TieCx<'a, 'g> {
-    g: &'a Graph<'g>,
+    at: At<'a, 'g>,
     layouts: &'a Layouts,
     forced: &'a mut Forced,
     classes: &'a mut Classes,
-    pub node: NodeId,
 }
 
+at_node!(TieCx);
+
 impl TieCx<'_, '_> {
-    pub fn input(&self, slot: usize) -> ValueId {
-        self.g.input(self.node, slot).expect("activation slots are checked when roles are assigned")
-    }
-
-    /// The activation named `name`, read by name (a multi-node pattern's input).
-    pub fn value(&self, name: &str) -> Option<ValueId> {
-        self.g.value(name)
-    }
-
-    pub fn output(&self, slot: usize) -> Option<ValueId> {
-        self.g.output(self.node, slot)
-    }
-
     /// Every value the node touches.
     pub fn values(&self) -> Vec<ValueId> {
-        self.g.inputs(self.node).chain(self.g.outputs(self.node)).collect()
+        self.at.graph.inputs(self.at.node).chain(self.at.graph.outputs(self.at.node)).collect()
     }
 
     pub fn width(&self, v: ValueId) -> Option<usize> {
@@ -95,6 +81,6 @@ impl TieCx<'_, '_> {
     }
 
     pub fn force(&mut self, v: ValueId, why: Why) {
-        self.forced.by_node(v, self.node, why);
+        self.forced.by_node(v, self.at.node, why);
     }
 }

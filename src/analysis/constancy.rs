@@ -2,52 +2,40 @@
 //! position. Linear layers start constants (a zero row reads nothing that varies); the other
 //! operators push them through.
 
-use super::ids::{IdVec, NodeId, ValueId};
+use super::ids::{IdVec, ValueId};
 use super::layout::{Layout, Layouts};
 use super::operands::{Operands, Param};
+use super::values::{at_node, At};
 use super::Graph;
-use crate::ops::{Linear, Role};
+use crate::ops::Linear;
 
 /// Per value: the constant of each channel (`None`: it varies); empty when the width is unknown.
 pub(crate) type Consts = IdVec<ValueId, Vec<Option<f64>>>;
 
 pub(crate) fn forward<'g>(g: &Graph<'g>, layouts: &Layouts, operands: &Operands<'g>) -> Consts {
     let mut consts: Consts = layouts.values().map(|l| vec![None; l.width.unwrap_or(0)]).collect();
-    for &n in &g.order {
-        if let Role::Op(op) = g.role(n) {
-            op.constants(&mut ConstCx { g, layouts, operands, consts: &mut consts, node: n });
-        }
+    for (node, op) in g.ops() {
+        op.constants(&mut ConstCx { at: At { graph: g, node }, layouts, operands, consts: &mut consts });
     }
     consts
 }
 
 pub(crate) struct ConstCx<'a, 'g> {
-    g: &'a Graph<'g>,
+    at: At<'a, 'g>,
     layouts: &'a Layouts,
     operands: &'a Operands<'g>,
     consts: &'a mut Consts,
-    pub node: NodeId,
 }
 
+at_node!(ConstCx);
+
 impl<'g> ConstCx<'_, 'g> {
-    pub fn input(&self, slot: usize) -> ValueId {
-        self.g.input(self.node, slot).expect("activation slots are checked when roles are assigned")
-    }
-
-    pub fn output(&self, slot: usize) -> Option<ValueId> {
-        self.g.output(self.node, slot)
-    }
-
-    pub fn input_count(&self) -> usize {
-        self.g.node(self.node).input.len()
-    }
-
     pub fn consts(&self, v: ValueId) -> &[Option<f64>] {
         &self.consts[v]
     }
 
     pub fn param(&self, slot: usize) -> Option<&Param<'g>> {
-        self.operands.get(self.node, slot)
+        self.operands.get(self.at.node, slot)
     }
 
     /// Sets the constants of `v`, when they cover its width.

@@ -1,11 +1,10 @@
 //! Layout: where each value's channels are. Linear layers and convolutions fix the facts;
 //! every other operator carries them along, forwards and backwards, to a fixed point.
 
-use super::ids::{IdVec, NodeId, ValueId};
+use super::ids::{IdVec, ValueId};
 use super::reasons::{Forced, Why};
+use super::values::{at_node, At};
 use super::Graph;
-use crate::onnx::proto::TensorProto;
-use crate::ops::Role;
 
 /// The outer axis of a channel space that spans two axes: channel `c` is head `c / (width /
 /// count)`, entry `c % (width / count)` along the channel axis (attention's heads x head
@@ -52,15 +51,15 @@ pub(crate) fn infer(g: &Graph, forced: &mut Forced) -> Layouts {
         .value_ids()
         .map(|v| Layout { axis: None, width: None, rank: g.ir.rank(g.name(v)), block: Some(1), heads: None })
         .collect();
-    let ops: Vec<_> = g.order.iter().filter_map(|&n| Some((n, op(g, n)?))).collect();
+    let ops: Vec<_> = g.ops().collect();
     for &(node, op) in &ops {
-        let mut cx = LayoutCx { g, facts: &mut facts, forced, node, changed: false };
+        let mut cx = LayoutCx { at: At { graph: g, node }, facts: &mut facts, forced, changed: false };
         op.seed(&mut cx);
     }
     for _pass in 0..ops.len().max(1) {
         let mut changed = false;
         for &(node, op) in ops.iter().chain(ops.iter().rev()) {
-            let mut cx = LayoutCx { g, facts: &mut facts, forced, node, changed: false };
+            let mut cx = LayoutCx { at: At { graph: g, node }, facts: &mut facts, forced, changed: false };
             op.layout(&mut cx);
             changed |= cx.changed;
         }
@@ -78,47 +77,24 @@ pub(crate) fn infer(g: &Graph, forced: &mut Forced) -> Layouts {
     facts
 }
 
-fn op<'a, 'g>(g: &'a Graph<'g>, n: NodeId) -> Option<&'a dyn crate::ops::ChannelOp<'g>> {
-    match g.role(n) {
-        Role::Op(op) => Some(op.as_ref()),
-        Role::Inner | Role::Opaque(_) => None,
-    }
-}
-
 /// What an operator's `layout` (and `seed`) may read and set: the facts of the values it
 /// touches, through setters that turn contradictions into forcing.
 pub(crate) struct LayoutCx<'a, 'g> {
-    g: &'a Graph<'g>,
+    at: At<'a, 'g>,
     facts: &'a mut Layouts,
     forced: &'a mut Forced,
-    pub node: NodeId,
     changed: bool,
 }
 
+at_node!(LayoutCx);
+
 impl<'g> LayoutCx<'_, 'g> {
-    /// The activation at input `slot` (a slot the op declared as an activation).
-    pub fn input(&self, slot: usize) -> ValueId {
-        self.g.input(self.node, slot).expect("activation slots are checked when roles are assigned")
-    }
-
-    pub fn output(&self, slot: usize) -> Option<ValueId> {
-        self.g.output(self.node, slot)
-    }
-
-    pub fn value(&self, name: &str) -> Option<ValueId> {
-        self.g.value(name)
-    }
-
-    pub fn const_input(&self, slot: usize) -> Option<&'g TensorProto> {
-        self.g.const_input(self.node, slot)
-    }
-
     pub fn get(&self, v: ValueId) -> Layout {
         self.facts[v]
     }
 
     pub fn force(&mut self, v: ValueId, why: Why) {
-        self.forced.by_node(v, self.node, why);
+        self.forced.by_node(v, self.at.node, why);
     }
 
     fn set<T: PartialEq + Copy>(&mut self, v: ValueId, field: fn(&mut Layout) -> &mut Option<T>, x: T) {

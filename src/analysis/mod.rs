@@ -74,7 +74,7 @@ impl<'g> Facts<'g> {
     }
 
     /// Invariants every pass relies on, asserted between passes in debug builds (rustc's
-    /// `validate_body`): per-channel facts have the value's width, and tied channels agree.
+    /// `validate_body`): per-channel facts have the value's width, and heads divide it.
     #[cfg(debug_assertions)]
     fn check(&self) {
         for v in self.graph.value_ids() {

@@ -2,10 +2,11 @@
 //! folded exactly) and something needed reads it with a non-zero weight.
 
 use super::constancy::{linear_inputs, Consts};
-use super::ids::{IdVec, NodeId, ValueId};
+use super::ids::{IdVec, ValueId};
 use super::layout::{Layout, Layouts};
 use super::operands::{Operands, Param};
 use super::reasons::Forced;
+use super::values::{at_node, At};
 use super::Graph;
 use crate::ops::{Linear, Role};
 
@@ -31,7 +32,7 @@ pub(crate) fn backward<'g>(
         needed[v].iter_mut().for_each(|x| *x = true);
     }
     for &n in g.order.iter().rev() {
-        let mut cx = NeedCx { g, layouts, operands, consts, needed: &needed, node: n, marks: vec![] };
+        let mut cx = NeedCx { at: At { graph: g, node: n }, layouts, operands, consts, needed: &needed, marks: vec![] };
         match g.role(n) {
             Role::Inner => {}
             Role::Opaque(_) => cx.need_all_inputs(),
@@ -55,33 +56,17 @@ pub(crate) fn backward<'g>(
 /// What an operator's `needs` may read (the needs of its outputs, constants, layouts) and do:
 /// mark the input channels that needed outputs read.
 pub(crate) struct NeedCx<'a, 'g> {
-    g: &'a Graph<'g>,
+    at: At<'a, 'g>,
     layouts: &'a Layouts,
     operands: &'a Operands<'g>,
     consts: &'a Consts,
     needed: &'a Needed,
-    pub node: NodeId,
     marks: Vec<(ValueId, usize)>,
 }
 
+at_node!(NeedCx);
+
 impl<'a, 'g> NeedCx<'a, 'g> {
-    pub fn input(&self, slot: usize) -> ValueId {
-        self.g.input(self.node, slot).expect("activation slots are checked when roles are assigned")
-    }
-
-    /// The activation named `name`, read by name (a multi-node pattern's input).
-    pub fn value(&self, name: &str) -> Option<ValueId> {
-        self.g.value(name)
-    }
-
-    pub fn output(&self, slot: usize) -> Option<ValueId> {
-        self.g.output(self.node, slot)
-    }
-
-    pub fn input_count(&self) -> usize {
-        self.g.node(self.node).input.len()
-    }
-
     pub fn layout(&self, v: ValueId) -> Layout {
         self.layouts[v]
     }
@@ -95,7 +80,7 @@ impl<'a, 'g> NeedCx<'a, 'g> {
     }
 
     pub fn param(&self, slot: usize) -> Option<&Param<'g>> {
-        self.operands.get(self.node, slot)
+        self.operands.get(self.at.node, slot)
     }
 
     pub fn mark(&mut self, v: ValueId, c: usize) {
@@ -109,7 +94,7 @@ impl<'a, 'g> NeedCx<'a, 'g> {
 
     /// Every channel of every activation the node reads.
     pub fn need_all_inputs(&mut self) {
-        let inputs: Vec<ValueId> = self.g.inputs(self.node).collect();
+        let inputs: Vec<ValueId> = self.at.graph.inputs(self.at.node).collect();
         inputs.into_iter().for_each(|v| self.mark_all(v));
     }
 

@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use super::ids::{NodeId, ValueId};
 use super::layout::{Layout, Layouts};
 use super::reasons::{Forced, Why};
+use super::values::{at_node, At};
 use super::Graph;
-use crate::onnx::proto::TensorProto;
 use crate::onnx::tensor::Values;
-use crate::ops::Role;
 
 /// A per-channel constant operand of a node.
 pub(crate) struct Param<'g> {
@@ -37,50 +36,32 @@ impl<'g> Operands<'g> {
 
 pub(crate) fn check<'g>(g: &Graph<'g>, layouts: &Layouts, forced: &mut Forced) -> Operands<'g> {
     let mut params = HashMap::new();
-    for &n in &g.order {
-        if let Role::Op(op) = g.role(n) {
-            op.check(&mut CheckCx { g, layouts, forced, params: &mut params, node: n });
-        }
+    for (node, op) in g.ops() {
+        op.check(&mut CheckCx { at: At { graph: g, node }, layouts, forced, params: &mut params });
     }
     Operands { params }
 }
 
 pub(crate) struct CheckCx<'a, 'g> {
-    g: &'a Graph<'g>,
+    at: At<'a, 'g>,
     layouts: &'a Layouts,
     forced: &'a mut Forced,
     params: &'a mut HashMap<(NodeId, usize), Param<'g>>,
-    pub node: NodeId,
 }
 
+at_node!(CheckCx);
+
 impl<'g> CheckCx<'_, 'g> {
-    pub fn input(&self, slot: usize) -> ValueId {
-        self.g.input(self.node, slot).expect("activation slots are checked when roles are assigned")
-    }
-
-    pub fn output(&self, slot: usize) -> Option<ValueId> {
-        self.g.output(self.node, slot)
-    }
-
     pub fn layout(&self, v: ValueId) -> Layout {
         self.layouts[v]
     }
 
-    pub fn const_input(&self, slot: usize) -> Option<&'g TensorProto> {
-        self.g.const_input(self.node, slot)
-    }
-
-    /// The constant at input `slot` of another node (a computed shape's entry).
-    pub fn const_of(&self, n: NodeId, slot: usize) -> Option<&'g TensorProto> {
-        self.g.const_input(n, slot)
-    }
-
     pub fn const_name(&self, slot: usize) -> &'g str {
-        &self.g.node(self.node).input[slot]
+        &self.at.graph.node(self.at.node).input[slot]
     }
 
     pub fn force(&mut self, v: ValueId, why: Why) {
-        self.forced.by_node(v, self.node, why);
+        self.forced.by_node(v, self.at.node, why);
     }
 
     /// Reads the constant at `slot` as one value per channel of a value laid out as `layout`:
@@ -113,6 +94,6 @@ impl<'g> CheckCx<'_, 'g> {
 
     /// Records the node's per-channel constants, by slot, for the passes after this one.
     pub fn accept(&mut self, params: Vec<(usize, Param<'g>)>) {
-        self.params.extend(params.into_iter().map(|(slot, p)| ((self.node, slot), p)));
+        self.params.extend(params.into_iter().map(|(slot, p)| ((self.at.node, slot), p)));
     }
 }

@@ -7,6 +7,7 @@ use super::ids::{NodeId, ValueId};
 use super::layout::Layout;
 use super::operands::Param;
 use super::reasons::{KeepReason, Opaque};
+use super::values::{at_node, At};
 use super::Facts;
 use crate::error::Result;
 use crate::onnx::proto::{NodeProto, TensorProto};
@@ -24,19 +25,17 @@ pub(crate) struct Plan {
 pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Result<Plan> {
     let g = &facts.graph;
     let mut cx = PlanCx {
+        at: At { graph: g, node: NodeId(0) },
         facts,
         decision,
         cln_form,
-        node: NodeId(0),
         edits: vec![],
         layers: vec![],
         bias_folds: HashMap::new(),
     };
-    for &n in &g.order {
-        if let Role::Op(op) = g.role(n) {
-            cx.node = n;
-            op.rewrite(&mut cx)?;
-        }
+    for (node, op) in g.ops() {
+        cx.at.node = node;
+        op.rewrite(&mut cx)?;
     }
     let PlanCx { mut edits, layers, .. } = cx;
     let mut gathered = vec![];
@@ -131,10 +130,10 @@ fn blocked(facts: &Facts, decision: &Decision) -> Vec<Blocked> {
 
 /// What an operator's `rewrite` may read (the facts and the decision) and emit.
 pub(crate) struct PlanCx<'a, 'g> {
+    at: At<'a, 'g>,
     facts: &'a Facts<'g>,
     decision: &'a Decision,
     pub cln_form: ClnForm,
-    pub node: NodeId,
     edits: Vec<Edit>,
     layers: Vec<LayerReport>,
     /// Constants a MatMul folds into the bias `Add` that reads it, by (Add node, bias slot):
@@ -142,24 +141,9 @@ pub(crate) struct PlanCx<'a, 'g> {
     bias_folds: HashMap<(NodeId, usize), Vec<f64>>,
 }
 
+at_node!(PlanCx);
+
 impl<'g> PlanCx<'_, 'g> {
-    pub fn node_proto(&self) -> &'g NodeProto {
-        self.facts.graph.node(self.node)
-    }
-
-    pub fn input(&self, slot: usize) -> ValueId {
-        self.facts.graph.input(self.node, slot).expect("activation slots are checked when roles are assigned")
-    }
-
-    /// The activation named `name`, read by name (a multi-node pattern's input).
-    pub fn value(&self, name: &str) -> Option<ValueId> {
-        self.facts.graph.value(name)
-    }
-
-    pub fn output(&self, slot: usize) -> Option<ValueId> {
-        self.facts.graph.output(self.node, slot)
-    }
-
     pub fn layout(&self, v: ValueId) -> Layout {
         self.facts.layouts[v]
     }
@@ -169,16 +153,11 @@ impl<'g> PlanCx<'_, 'g> {
     }
 
     pub fn param(&self, slot: usize) -> Option<&Param<'g>> {
-        self.facts.operands.get(self.node, slot)
+        self.facts.operands.get(self.at.node, slot)
     }
 
     pub fn const_tensor(&self, name: &str) -> Option<&'g TensorProto> {
         self.facts.graph.ir.const_tensor(self.facts.graph.proto, name)
-    }
-
-    /// The constant at input `slot` of another node (a computed shape's entry).
-    pub fn const_of(&self, n: NodeId, slot: usize) -> Option<&'g TensorProto> {
-        self.facts.graph.const_input(n, slot)
     }
 
     pub fn node_of(&self, n: NodeId) -> &'g NodeProto {
@@ -229,6 +208,6 @@ impl<'g> PlanCx<'_, 'g> {
 
     /// The constants another node folded into this node's bias at `slot`.
     pub fn take_fold(&mut self, slot: usize) -> Option<Vec<f64>> {
-        self.bias_folds.remove(&(self.node, slot))
+        self.bias_folds.remove(&(self.at.node, slot))
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::ids::{IdVec, NodeId, ValueId};
 use crate::ir::Ir;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
-use crate::ops::{self, Role};
+use crate::ops::{self, ChannelOp, Role};
 
 /// The graph as the passes see it: nodes in topological order with their roles, and the
 /// activations numbered (constants are not values: rules read them through the IR).
@@ -61,6 +61,14 @@ impl<'g> Graph<'g> {
         &self.roles[n]
     }
 
+    /// The nodes with channel semantics, in topological order.
+    pub fn ops(&self) -> impl Iterator<Item = (NodeId, &dyn ChannelOp<'g>)> + '_ {
+        self.order.iter().filter_map(|&n| match self.role(n) {
+            Role::Op(op) => Some((n, op.as_ref())),
+            Role::Inner | Role::Opaque(_) => None,
+        })
+    }
+
     /// `node 'name' (Op)`, as the report names nodes.
     pub fn label(&self, n: NodeId) -> String {
         let node = self.node(n);
@@ -98,3 +106,57 @@ impl<'g> Graph<'g> {
         self.ir.outputs.iter().filter_map(|o| self.value(o))
     }
 }
+
+/// The node an operator's method is asked about, with its activations by slot: what every
+/// pass's context shares (each dereferences to it).
+#[derive(Clone, Copy)]
+pub(crate) struct At<'a, 'g> {
+    pub graph: &'a Graph<'g>,
+    pub node: NodeId,
+}
+
+impl<'a, 'g> At<'a, 'g> {
+    /// The activation at input `slot` (a slot the op declared as an activation).
+    pub fn input(&self, slot: usize) -> ValueId {
+        self.graph.input(self.node, slot).expect("activation slots are checked when roles are assigned")
+    }
+
+    pub fn output(&self, slot: usize) -> Option<ValueId> {
+        self.graph.output(self.node, slot)
+    }
+
+    /// The activation named `name` (a multi-node pattern's input).
+    pub fn value(&self, name: &str) -> Option<ValueId> {
+        self.graph.value(name)
+    }
+
+    pub fn input_count(&self) -> usize {
+        self.node_proto().input.len()
+    }
+
+    pub fn const_input(&self, slot: usize) -> Option<&'g TensorProto> {
+        self.graph.const_input(self.node, slot)
+    }
+
+    /// The constant at input `slot` of another node (a computed shape's entry).
+    pub fn const_of(&self, n: NodeId, slot: usize) -> Option<&'g TensorProto> {
+        self.graph.const_input(n, slot)
+    }
+
+    pub fn node_proto(&self) -> &'g NodeProto {
+        self.graph.node(self.node)
+    }
+}
+
+/// A pass context dereferences to the node it asks about.
+macro_rules! at_node {
+    ($cx:ident) => {
+        impl<'a, 'g> std::ops::Deref for $cx<'a, 'g> {
+            type Target = $crate::analysis::values::At<'a, 'g>;
+            fn deref(&self) -> &Self::Target {
+                &self.at
+            }
+        }
+    };
+}
+pub(crate) use at_node;
