@@ -2,22 +2,29 @@
 //! position. Linear layers start constants (a zero row reads nothing that varies); the other
 //! operators push them through.
 
-use super::ids::{IdVec, ValueId};
+use std::collections::HashMap;
+
+use super::ids::{IdVec, NodeId, ValueId};
 use super::layout::{Layout, Layouts};
 use super::operands::{Operands, Param};
 use super::values::{at_node, At};
 use super::Graph;
-use crate::ops::Linear;
+use crate::ops::{Linear, NonZero};
 
 /// Per value: the constant of each channel (`None`: it varies); empty when the width is unknown.
 pub(crate) type Consts = IdVec<ValueId, Vec<Option<f64>>>;
 
-pub(crate) fn forward<'g>(g: &Graph<'g>, layouts: &Layouts, operands: &Operands<'g>) -> Consts {
+/// The non-zero pattern of each linear weight the forward pass read, for the backward pass.
+pub(crate) type Patterns = HashMap<NodeId, NonZero>;
+
+pub(crate) fn forward<'g>(g: &Graph<'g>, layouts: &Layouts, operands: &Operands<'g>) -> (Consts, Patterns) {
     let mut consts: Consts = layouts.values().map(|l| vec![None; l.width.unwrap_or(0)]).collect();
+    let mut patterns = HashMap::new();
     for (node, op) in g.ops() {
-        op.constants(&mut ConstCx { at: At { graph: g, node }, layouts, operands, consts: &mut consts });
+        let at = At { graph: g, node };
+        op.constants(&mut ConstCx { at, layouts, operands, consts: &mut consts, patterns: &mut patterns });
     }
-    consts
+    (consts, patterns)
 }
 
 pub(crate) struct ConstCx<'a, 'g> {
@@ -25,6 +32,7 @@ pub(crate) struct ConstCx<'a, 'g> {
     layouts: &'a Layouts,
     operands: &'a Operands<'g>,
     consts: &'a mut Consts,
+    patterns: &'a mut Patterns,
 }
 
 at_node!(ConstCx);
@@ -43,6 +51,11 @@ impl<'g> ConstCx<'_, 'g> {
         if consts.len() == self.consts[v].len() {
             self.consts[v] = consts;
         }
+    }
+
+    /// Keeps the node's weight pattern for its backward pass.
+    pub fn record(&mut self, pattern: NonZero) {
+        self.patterns.insert(self.at.node, pattern);
     }
 
     /// A linear layer's input constants per weight row (see [`linear_inputs`]).

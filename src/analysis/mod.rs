@@ -65,8 +65,8 @@ impl<'g> Facts<'g> {
         let layouts = layout::infer(&graph, &mut forced);
         let operands = operands::check(&graph, &layouts, &mut forced);
         let classes = classes::build(&graph, &layouts, &mut forced);
-        let consts = constancy::forward(&graph, &layouts, &operands);
-        let needed = need::backward(&graph, &layouts, &operands, &consts, &forced);
+        let (consts, patterns) = constancy::forward(&graph, &layouts, &operands);
+        let needed = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced);
         let facts = Facts { graph, forced, layouts, operands, classes, consts, needed };
         #[cfg(debug_assertions)]
         facts.check();

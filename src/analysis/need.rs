@@ -1,14 +1,14 @@
 //! Backward need: a channel is needed when it is not constant (or its constant cannot be
 //! folded exactly) and something needed reads it with a non-zero weight.
 
-use super::constancy::{linear_inputs, Consts};
+use super::constancy::{linear_inputs, Consts, Patterns};
 use super::ids::{IdVec, ValueId};
 use super::layout::{Layout, Layouts};
 use super::operands::{Operands, Param};
 use super::reasons::Forced;
 use super::values::{at_node, At};
 use super::Graph;
-use crate::ops::{Linear, Role};
+use crate::ops::{Linear, NonZero, Role};
 
 pub(crate) type Needed = IdVec<ValueId, Vec<bool>>;
 
@@ -17,6 +17,7 @@ pub(crate) fn backward<'g>(
     layouts: &Layouts,
     operands: &Operands<'g>,
     consts: &Consts,
+    patterns: &Patterns,
     forced: &Forced,
 ) -> Needed {
     let mut needed: Needed = consts.values().map(|c| vec![false; c.len()]).collect();
@@ -32,7 +33,8 @@ pub(crate) fn backward<'g>(
         needed[v].iter_mut().for_each(|x| *x = true);
     }
     for &n in g.order.iter().rev() {
-        let mut cx = NeedCx { at: At { graph: g, node: n }, layouts, operands, consts, needed: &needed, marks: vec![] };
+        let at = At { graph: g, node: n };
+        let mut cx = NeedCx { at, layouts, operands, consts, patterns, needed: &needed, marks: vec![] };
         match g.role(n) {
             Role::Inner => {}
             Role::Opaque(_) => cx.need_all_inputs(),
@@ -60,6 +62,7 @@ pub(crate) struct NeedCx<'a, 'g> {
     layouts: &'a Layouts,
     operands: &'a Operands<'g>,
     consts: &'a Consts,
+    patterns: &'a Patterns,
     needed: &'a Needed,
     marks: Vec<(ValueId, usize)>,
 }
@@ -81,6 +84,11 @@ impl<'a, 'g> NeedCx<'a, 'g> {
 
     pub fn param(&self, slot: usize) -> Option<&Param<'g>> {
         self.operands.get(self.at.node, slot)
+    }
+
+    /// The weight pattern the forward pass recorded for this node.
+    pub fn pattern(&self) -> Option<&'a NonZero> {
+        self.patterns.get(&self.at.node)
     }
 
     pub fn mark(&mut self, v: ValueId, c: usize) {

@@ -28,12 +28,6 @@ pub(crate) struct Weight<'g> {
 }
 
 impl Weight<'_> {
-    /// Calls `f(c, j, w)` for every non-zero weight, row by row of the stored layout (no
-    /// division per element: this runs over every weight of the model, several times).
-    pub fn for_each_nonzero(&self, f: impl FnMut(usize, usize, f64)) {
-        self.for_each_nonzero_in_rows(0..self.rows(), f)
-    }
-
     fn rows(&self) -> usize {
         if self.transposed {
             self.n
@@ -42,6 +36,8 @@ impl Weight<'_> {
         }
     }
 
+    /// Calls `f(c, j, w)` for every non-zero weight of the stored rows `rows` (no division per
+    /// element: this runs over every weight of the model).
     fn for_each_nonzero_in_rows(&self, rows: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, f64)) {
         let (k, n, s) = (self.k, self.n, self.spatial);
         for r in rows {
@@ -62,26 +58,70 @@ impl Weight<'_> {
         f: impl Fn(&mut T, usize, usize, f64) + Sync,
         merge: impl Fn(T, T) -> T,
     ) -> T {
+        self.scan(init, f, merge, None)
+    }
+
+    /// [`Weight::fold_nonzero`], recording on the way which (input, output) pairs are non-zero.
+    pub fn fold_nonzero_recording<T: Send>(
+        &self,
+        init: impl Fn() -> T + Sync,
+        f: impl Fn(&mut T, usize, usize, f64) + Sync,
+        merge: impl Fn(T, T) -> T,
+    ) -> (T, NonZero) {
+        let (rows, cols) = if self.transposed { (self.n, self.k) } else { (self.k, self.n) };
+        let mut pattern = NonZero { transposed: self.transposed, stride: cols.div_ceil(64), words: vec![] };
+        pattern.words = vec![0; rows * pattern.stride];
+        let state = self.scan(init, f, merge, Some((&mut pattern.words, pattern.stride)));
+        (state, pattern)
+    }
+
+    /// The scan behind both folds; `bits` (words, words per stored row) gets a bit per non-zero
+    /// (stored row, input channel or output) pair, each thread writing only its own rows.
+    fn scan<T: Send>(
+        &self,
+        init: impl Fn() -> T + Sync,
+        f: impl Fn(&mut T, usize, usize, f64) + Sync,
+        merge: impl Fn(T, T) -> T,
+        bits: Option<(&mut [u64], usize)>,
+    ) -> T {
         const PARALLEL_FROM: usize = 1 << 22;
         let rows = self.rows();
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rows);
-        let state = if threads <= 1 || self.values.len() < PARALLEL_FROM {
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rows).max(1);
+        let threads = if self.values.len() < PARALLEL_FROM { 1 } else { threads };
+        let chunk = rows.div_ceil(threads).max(1);
+        let (words, stride) = match bits {
+            Some((w, s)) => (Some(w), s),
+            None => (None, 0),
+        };
+        // One slice of pattern words per thread, matching its rows.
+        let mut slices: Vec<Option<&mut [u64]>> = match words {
+            Some(w) => w.chunks_mut((chunk * stride).max(1)).map(Some).collect(),
+            None => vec![],
+        };
+        slices.resize_with(threads, || None);
+        let run = |t: usize, mut mine: Option<&mut [u64]>| {
+            let (f, transposed) = (&f, self.transposed);
+            let start = t * chunk;
             let mut state = init();
-            self.for_each_nonzero(|c, j, w| f(&mut state, c, j, w));
+            self.for_each_nonzero_in_rows(start..((t + 1) * chunk).min(rows), |c, j, w| {
+                if let Some(bits) = mine.as_deref_mut() {
+                    let (r, col) = if transposed { (j, c) } else { (c, j) };
+                    bits[(r - start) * stride + col / 64] |= 1 << (col % 64);
+                }
+                f(&mut state, c, j, w)
+            });
             state
+        };
+        let state = if threads == 1 {
+            run(0, slices.pop().flatten())
         } else {
-            let chunk = rows.div_ceil(threads);
             std::thread::scope(|scope| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let (init, f) = (&init, &f);
-                        scope.spawn(move || {
-                            let mut state = init();
-                            self.for_each_nonzero_in_rows(t * chunk..((t + 1) * chunk).min(rows), |c, j, w| {
-                                f(&mut state, c, j, w)
-                            });
-                            state
-                        })
+                let workers: Vec<_> = slices
+                    .into_iter()
+                    .enumerate()
+                    .map(|(t, mine)| {
+                        let run = &run;
+                        scope.spawn(move || run(t, mine))
                     })
                     .collect();
                 let states = workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
@@ -127,6 +167,35 @@ impl Weight<'_> {
             dims
         } else {
             vec![keep_in as i64, keep_out as i64]
+        }
+    }
+}
+
+/// Which (input, output) pairs of a weight are non-zero: one bit each, in the stored
+/// orientation. The forward pass records it while it reads the weight, so the backward pass
+/// reads `K * N` bits instead of the weight's bytes again.
+pub(crate) struct NonZero {
+    transposed: bool,
+    /// Words per stored row.
+    stride: usize,
+    words: Vec<u64>,
+}
+
+impl NonZero {
+    /// The input rows (`k` of them) that a needed output (`needed`) reads with a non-zero weight.
+    pub fn read_by(&self, needed: &[bool], k: usize) -> Vec<bool> {
+        let rows = self.words.chunks_exact(self.stride.max(1));
+        if self.transposed {
+            // Rows are outputs: the inputs read are the union of the needed rows.
+            let mut union = vec![0u64; self.stride];
+            for (row, _) in rows.zip(needed).filter(|(_, &n)| n) {
+                union.iter_mut().zip(row).for_each(|(u, r)| *u |= r);
+            }
+            (0..k).map(|c| union[c / 64] >> (c % 64) & 1 == 1).collect()
+        } else {
+            let mut wanted = vec![0u64; self.stride];
+            needed.iter().enumerate().filter(|(_, &n)| n).for_each(|(j, _)| wanted[j / 64] |= 1 << (j % 64));
+            rows.take(k).map(|row| row.iter().zip(&wanted).any(|(r, w)| r & w != 0)).collect()
         }
     }
 }
@@ -201,7 +270,7 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
         let w = l.weight();
         let r = match cx.linear_inputs(x, l) {
             Some(xc) if cx.consts(y).len() == w.n => {
-                let (acc, varies) = w.fold_nonzero(
+                let ((acc, varies), pattern) = w.fold_nonzero_recording(
                     || (vec![0.0; w.n], vec![false; w.n]),
                     |(acc, varies), c, j, wv| match xc[c] {
                         Some(k) => acc[j] += wv * k,
@@ -213,6 +282,7 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
                         (a, v)
                     },
                 );
+                cx.record(pattern);
                 (0..w.n).map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) }).collect()
             }
             _ => vec![None; cx.consts(y).len()],
@@ -224,23 +294,11 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
         let l = self.0.as_ref();
         let (x, Some(y)) = (cx.input(l.input_slot()), cx.output(0)) else { return };
         let w = l.weight();
-        match cx.linear_inputs(x, l) {
-            Some(xc) if cx.needed(y).len() == w.n => {
+        match (cx.linear_inputs(x, l), cx.pattern()) {
+            (Some(xc), Some(pattern)) if cx.needed(y).len() == w.n => {
                 let b = cx.layout(x).block.expect("linear inputs have a block");
-                let (ny, width) = (cx.needed(y), cx.needed(x).len());
-                let nx = w.fold_nonzero(
-                    || vec![false; width],
-                    |nx, kc, j, _| {
-                        if ny[j] && xc[kc].is_none() {
-                            nx[kc / b] = true;
-                        }
-                    },
-                    |mut a, b| {
-                        a.iter_mut().zip(b).for_each(|(x, y)| *x |= y);
-                        a
-                    },
-                );
-                nx.into_iter().enumerate().filter(|(_, m)| *m).for_each(|(c, _)| cx.mark(x, c));
+                let read = pattern.read_by(cx.needed(y), w.k);
+                (0..w.k).filter(|&kc| read[kc] && xc[kc].is_none()).for_each(|kc| cx.mark(x, kc / b));
             }
             _ => cx.mark_all(x),
         }
@@ -316,5 +374,31 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
             removed_dead: w.n - keep_out.len() - constant,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::build::f32_tensor;
+
+    /// Large enough to be scanned by several threads, each recording its own rows' pattern.
+    #[test]
+    fn the_recorded_pattern_answers_what_the_weights_would() {
+        let (rows, cols) = (2048usize, 2051usize);
+        let vals: Vec<f32> =
+            (0..rows * cols).map(|i| if (i * 7919) % 13 < 11 { 0.0 } else { (i % 5) as f32 + 1.0 }).collect();
+        let t = f32_tensor("w", &[rows, cols], &vals);
+        for transposed in [false, true] {
+            let values = Values::of(&t).expect("f32");
+            let (k, n) = if transposed { (cols, rows) } else { (rows, cols) };
+            let w = Weight { values, tensor: &t, k, n, transposed, spatial: 1 };
+            let at = |c: usize, j: usize| if transposed { vals[j * cols + c] } else { vals[c * cols + j] };
+            let (count, pattern) = w.fold_nonzero_recording(|| 0usize, |s, _, _, _| *s += 1, |a, b| a + b);
+            assert_eq!(count, vals.iter().filter(|&&v| v != 0.0).count());
+            let needed: Vec<bool> = (0..n).map(|j| j % 97 == 3).collect();
+            let expected: Vec<bool> = (0..k).map(|c| (0..n).any(|j| needed[j] && at(c, j) != 0.0)).collect();
+            assert_eq!(pattern.read_by(&needed, k), expected, "transposed: {transposed}");
+        }
     }
 }

@@ -21,7 +21,7 @@ mod per_channel;
 mod pool;
 mod shape;
 
-pub(crate) use linear::{Linear, Weight};
+pub(crate) use linear::{Linear, NonZero, Weight};
 pub use norm::ClnForm;
 
 use crate::analysis::reasons::Opaque;
