@@ -59,31 +59,31 @@ pub(crate) struct Facts<'g> {
 }
 
 impl<'g> Facts<'g> {
-    /// Runs every pass up to the decision.
+    /// Runs every pass up to the decision, checking each result's invariants in debug builds
+    /// before the next pass reads it (rustc's `validate_body` between passes).
     pub fn of(graph: Graph<'g>) -> Facts<'g> {
         let mut forced = forcing::seed(&graph);
         let layouts = layout::infer(&graph, &mut forced);
+        debug_check(&graph, "layout", |v| {
+            let l = layouts[v];
+            l.heads.is_none_or(|h| h.count > 0 && l.width.is_some_and(|w| w.is_multiple_of(h.count)))
+        });
         let operands = operands::check(&graph, &layouts, &mut forced);
         let classes = classes::build(&graph, &layouts, &mut forced);
         let (consts, patterns) = constancy::forward(&graph, &layouts, &operands);
+        debug_check(&graph, "constancy", |v| consts[v].len() == layouts[v].width.unwrap_or(0));
         let needed = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced);
-        let facts = Facts { graph, forced, layouts, operands, classes, consts, needed };
-        #[cfg(debug_assertions)]
-        facts.check();
-        facts
+        debug_check(&graph, "need", |v| needed[v].len() == layouts[v].width.unwrap_or(0));
+        Facts { graph, forced, layouts, operands, classes, consts, needed }
     }
+}
 
-    /// Invariants every pass relies on, asserted between passes in debug builds (rustc's
-    /// `validate_body`): per-channel facts have the value's width, and heads divide it.
-    #[cfg(debug_assertions)]
-    fn check(&self) {
-        for v in self.graph.value_ids() {
-            let w = self.layouts[v].width.unwrap_or(0);
-            assert_eq!(self.consts[v].len(), w, "constants of '{}' have its width", self.graph.name(v));
-            assert_eq!(self.needed[v].len(), w, "needs of '{}' have its width", self.graph.name(v));
-            if let Some(h) = self.layouts[v].heads {
-                assert!(h.count > 0 && w.is_multiple_of(h.count), "heads of '{}' divide its width", self.graph.name(v));
-            }
+/// Asserts, in debug builds, that `holds` for every value after `pass`: per-channel facts have
+/// the value's width, heads divide it.
+fn debug_check(g: &Graph, pass: &str, holds: impl Fn(ValueId) -> bool) {
+    if cfg!(debug_assertions) {
+        if let Some(v) = g.value_ids().find(|&v| !holds(v)) {
+            panic!("after the {pass} pass, the facts of '{}' break an invariant", g.name(v));
         }
     }
 }
