@@ -5,7 +5,7 @@
 use petgraph::unionfind::UnionFind;
 
 use super::ids::{ChannelId, IdVec, ValueId};
-use super::layout::Layouts;
+use super::layout::{Layout, Layouts};
 use super::reasons::{Forced, Why};
 use super::values::{at_node, At};
 use super::Graph;
@@ -64,6 +64,10 @@ impl TieCx<'_, '_> {
     /// Every value the node touches.
     pub fn values(&self) -> Vec<ValueId> {
         self.at.graph.inputs(self.at.node).chain(self.at.graph.outputs(self.at.node)).collect()
+    }
+
+    pub fn layout(&self, v: ValueId) -> Layout {
+        self.layouts[v]
     }
 
     pub fn width(&self, v: ValueId) -> Option<usize> {

@@ -38,6 +38,10 @@ pub(crate) struct ConstCx<'a, 'g> {
 at_node!(ConstCx);
 
 impl<'g> ConstCx<'_, 'g> {
+    pub fn layout(&self, v: ValueId) -> Layout {
+        self.layouts[v]
+    }
+
     pub fn consts(&self, v: ValueId) -> &[Option<f64>] {
         &self.consts[v]
     }

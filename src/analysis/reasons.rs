@@ -96,6 +96,7 @@ pub(crate) enum Why {
     /// The tensor's channels span two axes (heads and head dimensions), which this operator
     /// does not follow.
     SplitsHeads,
+    StridedChannelSlice,
 }
 
 impl Why {
@@ -117,6 +118,7 @@ impl Why {
             Why::Broadcasts => "broadcasts",
             Why::UnknownPartWidths => "unknown-widths",
             Why::SplitsHeads => "splits-heads",
+            Why::StridedChannelSlice => "strided-channel-slice",
         }
     }
 }
@@ -143,6 +145,9 @@ impl fmt::Display for Why {
             Why::Broadcasts => f.write_str("it broadcasts along the channel axis"),
             Why::UnknownPartWidths => f.write_str("the widths of its parts are unknown"),
             Why::SplitsHeads => f.write_str("it does not follow channels split over two axes (heads)"),
+            Why::StridedChannelSlice => {
+                f.write_str("it slices the channel axis with a step, or a flattened or split channel axis")
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ mod norm;
 mod per_channel;
 mod pool;
 mod shape;
+mod slice;
 
 pub(crate) use linear::{Linear, NonZero, Weight};
 pub use norm::ClnForm;
@@ -135,6 +136,7 @@ static RULES: &[&dyn OpRule] = &[
     &shape::Reshape,
     &shape::Flatten,
     &shape::Transpose,
+    &slice::Slice,
     &concat::Concat,
     &concat::Split,
     &gather::Select,

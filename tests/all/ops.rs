@@ -318,3 +318,29 @@ fn head_splits_shrink_entries_in_every_head_or_whole_heads() {
         assert_eq!(widths(&r), kept, "rows {unused:?} of wo zero");
     }
 }
+
+/// Slices along the channel axis (bounds as inputs, a negative start, an open end) and along
+/// another axis: channels before and inside the range leave, and the bounds follow.
+#[test]
+fn slices_follow_channels_and_rewrite_their_bounds() {
+    let mut g = G::new("x", &[B, Some(4), Some(5)]);
+    g.weight("w1", 5, 8, &[]).init("b1", &[8], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]);
+    let mut w2 = g.rand(5 * 3);
+    w2[3..6].iter_mut().for_each(|v| *v = 0.0); // sliced channel 1 (h channel 4) unread
+    g.init("w2", &[5, 3], &w2);
+    g.g.initializer.extend([
+        int64_tensor("starts", &[-5, 1]),
+        int64_tensor("ends", &[i64::MAX, 4]),
+        int64_tensor("axes", &[2, 1]),
+    ]);
+    g.op("MatMul", &["x", "w1"], "mm", vec![]).op("Add", &["mm", "b1"], "h", vec![]).op("Relu", &["h"], "a", vec![]);
+    g.op("Slice", &["a", "starts", "ends", "axes"], "s", vec![]).op("MatMul", &["s", "w2"], "y", vec![]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(3), Some(3)]));
+    // h channels 0..3 feed nothing, channel 4 reads zero weights: 8 -> 4, and 5 -> 4 inputs.
+    assert_eq!(widths(&r), vec![(5, 4), (4, 3)]);
+    let bounds = |name: &str| {
+        let t = m.graph().initializer.iter().find(|t| t.name().starts_with(name)).unwrap();
+        onnx_minimize::onnx::tensor::int64s(t)
+    };
+    assert_eq!((bounds("starts"), bounds("ends")), (vec![0, 1], vec![4, 4]));
+}
