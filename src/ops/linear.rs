@@ -268,25 +268,26 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
         let l = self.0.as_ref();
         let (x, Some(y)) = (cx.input(l.input_slot()), cx.output(0)) else { return };
         let w = l.weight();
-        let r = match cx.linear_inputs(x, l) {
-            Some(xc) if cx.consts(y).len() == w.n => {
-                let ((acc, varies), pattern) = w.fold_nonzero_recording(
-                    || (vec![0.0; w.n], vec![false; w.n]),
-                    |(acc, varies), c, j, wv| match xc[c] {
-                        Some(k) => acc[j] += wv * k,
-                        None => varies[j] = true,
-                    },
-                    |(mut a, mut v), (b, u)| {
-                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                        v.iter_mut().zip(u).for_each(|(x, y)| *x |= y);
-                        (a, v)
-                    },
-                );
-                cx.record(pattern);
-                (0..w.n).map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) }).collect()
-            }
-            _ => vec![None; cx.consts(y).len()],
-        };
+        // Input channels the layout cannot map to weight rows all count as varying: an output
+        // whose row is zero is still the constant bias, whatever its input is.
+        if cx.consts(y).len() != w.n {
+            return;
+        }
+        let xc = cx.linear_inputs(x, l).unwrap_or_else(|| vec![None; w.k]);
+        let ((acc, varies), pattern) = w.fold_nonzero_recording(
+            || (vec![0.0; w.n], vec![false; w.n]),
+            |(acc, varies), c, j, wv| match xc[c] {
+                Some(k) => acc[j] += wv * k,
+                None => varies[j] = true,
+            },
+            |(mut a, mut v), (b, u)| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                v.iter_mut().zip(u).for_each(|(x, y)| *x |= y);
+                (a, v)
+            },
+        );
+        cx.record(pattern);
+        let r = (0..w.n).map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) }).collect();
         cx.set(y, r);
     }
 

@@ -344,3 +344,19 @@ fn slices_follow_channels_and_rewrite_their_bounds() {
     };
     assert_eq!((bounds("starts"), bounds("ends")), (vec![0, 1], vec![4, 4]));
 }
+
+/// Regression (an MLP exported with an image-shaped input and `nn.Flatten`): the flattened
+/// tensor's layout is unknown, so every input feature counts as varying and needed; first-layer
+/// units whose rows are zero are still constant, and leave.
+#[test]
+fn units_with_zero_rows_leave_behind_a_flatten_of_unknown_layout() {
+    let mut g = G::new("x", &[B, Some(1), Some(4), Some(4)]);
+    g.op("Flatten", &["x"], "f", vec![attr_i("axis", 1)]);
+    g.weight("w1", 8, 16, &[2, 5]).init("b1", &[8], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]);
+    g.op("Gemm", &["f", "w1", "b1"], "h", vec![attr_i("transB", 1)]).op("Relu", &["h"], "a", vec![]);
+    g.weight("w2", 3, 8, &[]);
+    g.op("Gemm", &["a", "w2"], "y", vec![attr_i("transB", 1)]);
+    let (r, _) = minimize(&g.model("y", &[B, Some(3)]));
+    assert_eq!(widths(&r), vec![(16, 6), (6, 3)]);
+    assert_eq!(r.removals.layers[0].removed_constant, 2);
+}
