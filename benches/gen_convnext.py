@@ -48,6 +48,8 @@ GEN = os.path.join(os.path.dirname(HERE), "fixtures", "generate_convnext.py")
 
 
 def load_gen():
+    # The generator imports its sibling fixture_common as a top-level module.
+    sys.path.insert(0, os.path.dirname(GEN))
     spec = importlib.util.spec_from_file_location("generate_convnext", GEN)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["generate_convnext"] = mod

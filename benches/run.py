@@ -3,7 +3,7 @@
 
     python benches/run.py [--binary PATH] [--sizes lenet,1e6,1e9] [--out bench-out]
                           [--repeat 1] [--timeout 900] [--verify-large]
-                          [--tools minimize,verify,onnx,onnxsim] [--keep-outputs]
+                          [--tools minimize,gather,verify,onnx,onnxsim] [--keep-outputs] [--no-latency]
 
 Models (``--sizes``, comma separated):
 
@@ -15,6 +15,7 @@ Models (``--sizes``, comma separated):
 Tools, each run as its own child process (``--repeat`` times):
 
 * ``minimize``  ``onnx-minimize IN OUT --no-verify -q --report R``
+* ``gather``    the same with ``--gather-inputs`` (decides and plans twice)
 * ``verify``    ``onnx-minimize IN OUT -q --report R`` (tract check); skipped above 2e8
                 parameters unless ``--verify-large``
 * ``onnx``      ``python -c 'onnx.load(IN); onnx.save(m, OUT, save_as_external_data=<as IN>)'``
@@ -75,6 +76,7 @@ PY = sys.executable
 
 TOOLS = {
     "minimize": "onnx-minimize --no-verify",
+    "gather": "onnx-minimize --no-verify --gather-inputs",
     "verify": "onnx-minimize (tract verify)",
     "onnx": "python onnx.load+save",
     "onnxsim": "python -m onnxsim",
@@ -377,6 +379,8 @@ def generate(model: dict, args) -> dict | None:
 def tool_command(tool: str, binary: str, src: str, dst: str, report: str, external: bool) -> list[str]:
     if tool == "minimize":
         return [binary, src, dst, "--no-verify", "-q", "--report", report]
+    if tool == "gather":
+        return [binary, src, dst, "--no-verify", "-q", "--gather-inputs", "--report", report]
     if tool == "verify":
         return [binary, src, dst, "-q", "--report", report]
     if tool == "onnx":
@@ -451,7 +455,9 @@ def run_tool(tool: str, model: dict, args) -> dict:
         if "report" in last:
             entry["params_after"] = last["report"]["after"]["params"]
             entry["bytes_after"] = last["report"]["after"]["bytes"]
-            entry["seconds_analysis"] = last["report"]["seconds_analysis"]
+            entry["seconds_analysis"] = statistics.median(
+                r["report"]["seconds_analysis"] for r in ok if r.get("report", {}).get("seconds_analysis") is not None
+            )
             entry["seconds_total"] = last["report"]["seconds_total"]
             entry["max_relative_deviation"] = last["report"]["max_relative_deviation"]
         elif "output" in last:
@@ -504,20 +510,20 @@ def markdown(results: dict) -> str:
         f"`{m['binary_version']}` ({m['binary_profile']} build), onnx {m.get('onnx')}, onnxsim {m.get('onnxsim')}, "
         f"Python {m['python']}; repeat {results['config']['repeat']} (wall: median, RSS: max).",
         "",
-        "| model | params | model bytes | tool | wall s | peak RSS MB | RSS / model bytes | params after | status |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---|",
+        "| model | params | model bytes | tool | wall s | analysis s | peak RSS MB | RSS / model bytes | params after | status |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for model in results["models"]:
         info = model.get("info")
         if not info:
             err = " ".join(str(model.get("error", "no info")).split()).replace("|", "/")
-            lines.append(f"| {model['name']} | | | | | | | | {err} |")
+            lines.append(f"| {model['name']} | | | | | | | | | {err} |")
             continue
         for e in model["runs"]:
             if "wall_s" not in e:
                 lines.append(
                     f"| {model['name']} | {info['params']:,} | {human_bytes(info['bytes'])} | {e['label']} "
-                    f"| | | | | {e['status']} |"
+                    f"| | | | | | {e['status']} |"
                 )
                 continue
             status = e["status"]
@@ -525,9 +531,10 @@ def markdown(results: dict) -> str:
                 status += f", max dev {e['max_relative_deviation']:.1e}"
             rss = f"{e['peak_rss_mb']:.1f}" + ("*" if e["at_spawn_floor"] else "")
             after = f"{e['params_after']:,}" if e.get("params_after") is not None else ""
+            analysis = f"{e['seconds_analysis']:.2f}" if e.get("seconds_analysis") is not None else ""
             lines.append(
                 f"| {model['name']} | {info['params']:,} | {human_bytes(info['bytes'])} | {e['label']} "
-                f"| {e['wall_s']:.2f} | {rss} | {e['rss_over_model_bytes']:.2f} | {after} | {status} |"
+                f"| {e['wall_s']:.2f} | {analysis} | {rss} | {e['rss_over_model_bytes']:.2f} | {after} | {status} |"
             )
     floor = results["baselines"]["spawn_floor_mb"]
     lines += [
@@ -576,6 +583,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run before it is killed")
     ap.add_argument("--verify-large", action="store_true", help=f"also verify models above {size_tag(int(VERIFY_LIMIT))} params")
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of " + ",".join(TOOLS))
+    ap.add_argument("--no-latency", action="store_true", help="skip the tract latency comparison")
     ap.add_argument("--keep-outputs", action="store_true", help="keep the last output of each run in OUT/work/")
     ap.add_argument("--sparsity", type=float, default=0.9, help="for generated models")
     ap.add_argument("--dead-frac", type=float, default=0.3, help="for generated models")
@@ -586,7 +594,7 @@ def main() -> None:
     for t in tools:
         if t not in TOOLS:
             ap.error(f"unknown tool {t!r}; choose from {', '.join(TOOLS)}")
-    if not os.path.exists(args.binary) and any(t in ("minimize", "verify") for t in tools):
+    if not os.path.exists(args.binary) and any(t in ("minimize", "gather", "verify") for t in tools):
         ap.error(f"no binary at {args.binary}")
     os.makedirs(args.out, exist_ok=True)
 
@@ -637,7 +645,7 @@ def main() -> None:
         for tool in tools:
             model["runs"].append(run_tool(tool, model, args))
             save()
-        if model["name"] in LATENCY_SHAPES:
+        if model["name"] in LATENCY_SHAPES and not args.no_latency:
             model["latency"] = latency(model, args)
         save()
 
