@@ -103,7 +103,7 @@ struct Prunable {
     name: String,
     rows: usize,
     cols: usize,
-    /// Stored `[outputs, inputs, ...]` rather than `[inputs, outputs]`.
+    /// Stored `[outputs, inputs, ...]` rather than `[inputs, outputs, ...]`.
     output_major: bool,
     spatial: usize,
 }
@@ -148,7 +148,7 @@ fn prunables(model: &Model, include_output_layer: bool) -> Result<Vec<Prunable>>
             continue;
         }
         let w = l.weight();
-        let cref = ir.const_ref(&g.node[n].input[1]).expect("a linear weight is a constant");
+        let cref = ir.const_ref(&g.node[n].input[w.slot]).expect("a linear weight is a constant");
         if out.iter().any(|p| p.cref == cref) {
             continue;
         }
@@ -166,7 +166,8 @@ fn read(model: &Model, p: &Prunable) -> Result<(Vec<f64>, FloatType)> {
 /// Unit-coupled scores: |w| times (row mass * column mass)^power, masses relative to their mean.
 fn coupled(p: &Prunable, w: &[f64], power: f64) -> Vec<f64> {
     let (rows, cols, s) = (p.rows, p.cols, p.spatial);
-    let at = |i: usize| if p.output_major { (i / (cols * s), (i / s) % cols) } else { (i % rows, i / rows) };
+    let at =
+        |i: usize| if p.output_major { (i / (cols * s), (i / s) % cols) } else { ((i / s) % rows, i / (rows * s)) };
     let (mut row, mut col) = (vec![0.0; rows], vec![0.0; cols]);
     for (i, x) in w.iter().enumerate() {
         let (r, c) = at(i);

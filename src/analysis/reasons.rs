@@ -97,6 +97,7 @@ pub(crate) enum Why {
     /// does not follow.
     SplitsHeads,
     StridedChannelSlice,
+    UnknownRank,
 }
 
 impl Why {
@@ -119,6 +120,7 @@ impl Why {
             Why::UnknownPartWidths => "unknown-widths",
             Why::SplitsHeads => "splits-heads",
             Why::StridedChannelSlice => "strided-channel-slice",
+            Why::UnknownRank => "unknown-rank",
         }
     }
 }
@@ -145,6 +147,7 @@ impl fmt::Display for Why {
             Why::Broadcasts => f.write_str("it broadcasts along the channel axis"),
             Why::UnknownPartWidths => f.write_str("the widths of its parts are unknown"),
             Why::SplitsHeads => f.write_str("it does not follow channels split over two axes (heads)"),
+            Why::UnknownRank => f.write_str("the rank its channel axis needs is not known"),
             Why::StridedChannelSlice => {
                 f.write_str("it slices the channel axis with a step, or a flattened or split channel axis")
             }

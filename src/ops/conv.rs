@@ -1,5 +1,6 @@
 //! Conv: a linear layer over channels with a spatial kernel (`group == 1`), or a per-channel
-//! filter (depthwise: `group == channels`, one filter per channel).
+//! filter (depthwise: `group == channels`, one filter per channel). ConvTranspose (`group == 1`)
+//! is a linear layer too, with its weight stored inputs first.
 //!
 //! Exporters fold BatchNorm into the Conv, so a dead filter arrives as a zero filter with a
 //! non-zero bias: a constant channel. A constant *input* channel folds into the next Conv's bias
@@ -21,7 +22,9 @@ pub struct Conv;
 struct ConvNode<'g> {
     weight: Weight<'g>,
     bias: Option<(Values<'g>, &'g TensorProto)>,
-    padded: bool,
+    /// A constant input contributes the same to every output position: no zero padding in
+    /// its view. Never for a transposed convolution, whose border outputs gather fewer taps.
+    folds: bool,
 }
 
 struct Depthwise<'g> {
@@ -35,7 +38,7 @@ struct Depthwise<'g> {
 
 impl OpRule for Conv {
     fn op_types(&self) -> &'static [&'static str] {
-        &["Conv"]
+        &["Conv", "ConvTranspose"]
     }
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
@@ -58,9 +61,28 @@ impl OpRule for Conv {
         let kernel: usize = dims[2..].iter().product();
         let group = node.attr_i("group", 1) as usize;
         let padded = may_pad(node);
+        if node.op_type() == "ConvTranspose" {
+            if group != 1 {
+                return Role::Opaque(Opaque::Unsupported(format!(
+                    "it is a grouped transposed convolution (group {group})"
+                )));
+            }
+            // Stored [C_in, C_out, k...]: input rows, output columns.
+            let weight = Weight {
+                values,
+                tensor: w_tensor,
+                slot: 1,
+                k: dims[0],
+                n: dims[1],
+                transposed: false,
+                spatial: kernel,
+            };
+            return Role::Op(Box::new(LinearOp(Box::new(ConvNode { weight, bias, folds: false }))));
+        }
         if group == 1 {
-            let weight = Weight { values, tensor: w_tensor, k: dims[1], n: dims[0], transposed: true, spatial: kernel };
-            Role::Op(Box::new(LinearOp(Box::new(ConvNode { weight, bias, padded }))))
+            let weight =
+                Weight { values, tensor: w_tensor, slot: 1, k: dims[1], n: dims[0], transposed: true, spatial: kernel };
+            Role::Op(Box::new(LinearOp(Box::new(ConvNode { weight, bias, folds: !padded }))))
         } else if dims[1] == 1 && dims[0] == group {
             Role::Op(Box::new(Depthwise { filters: values, w_tensor, bias, padded, channels: group, kernel }))
         } else {
@@ -114,7 +136,7 @@ impl Linear for ConvNode<'_> {
     }
 
     fn folds_constants(&self) -> bool {
-        !self.padded
+        self.folds
     }
 
     fn weight(&self) -> &Weight<'_> {

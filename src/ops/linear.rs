@@ -4,7 +4,7 @@
 
 use super::{Activations, ChannelOp};
 use crate::analysis::reasons::Why;
-use crate::analysis::{ConstCx, LayoutCx, NeedCx, PlanCx};
+use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, PlanCx};
 use crate::error::Result;
 use crate::onnx::proto::TensorProto;
 use crate::onnx::tensor::{with_data, Values};
@@ -17,13 +17,15 @@ pub(crate) const EMITS: &[&str] = &["Add"];
 /// A weight matrix `W[c, j]` (input channel `c`, output channel `j`) as stored in the model.
 pub(crate) struct Weight<'g> {
     pub values: Values<'g>,
-    /// The stored tensor, always read at input slot 1 of its node.
+    /// The stored tensor, read at input `slot` of its node.
     pub tensor: &'g TensorProto,
+    pub slot: usize,
     pub k: usize,
     pub n: usize,
-    /// Stored as `[N, K]` rather than `[K, N]` (Gemm with `transB`, Conv).
+    /// Stored as `[N, K, ...]` rather than `[K, N, ...]` (Gemm with `transB`, Conv, `W @ x`).
     pub transposed: bool,
-    /// Kernel elements per (input, output) pair: 1, or `kh * kw` for Conv (`[N, K, kh, kw]`).
+    /// Kernel elements per (input, output) pair: 1, or `kh * kw` for Conv (`[N, K, kh, kw]`)
+    /// and ConvTranspose (`[K, N, kh, kw]`).
     pub spatial: usize,
 }
 
@@ -44,7 +46,8 @@ impl Weight<'_> {
             match (self.transposed, s) {
                 (true, 1) => self.values.for_each_nonzero_in(r * k, k, |c, w| f(c, r, w)),
                 (true, _) => self.values.for_each_nonzero_in(r * k * s, k * s, |e, w| f(e / s, r, w)),
-                (false, _) => self.values.for_each_nonzero_in(r * n, n, |j, w| f(r, j, w)),
+                (false, 1) => self.values.for_each_nonzero_in(r * n, n, |j, w| f(r, j, w)),
+                (false, _) => self.values.for_each_nonzero_in(r * n * s, n * s, |e, w| f(r, e / s, w)),
             }
         }
     }
@@ -135,19 +138,16 @@ impl Weight<'_> {
     /// `sum_e W[c, j, e]` over the kernel: what a constant input `c` contributes to output `j`.
     pub fn sum(&self, c: usize, j: usize) -> f64 {
         let (k, n, s) = (self.k, self.n, self.spatial);
-        let at = if self.transposed { (j * k + c) * s } else { c * n + j };
+        let at = if self.transposed { (j * k + c) * s } else { (c * n + j) * s };
         (at..at + s).map(|i| self.values.get(i)).sum()
     }
 
     /// The kept sub-matrix, in the stored layout and type, bit for bit.
     pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
         let (k, n, s) = (self.k, self.n, self.spatial);
-        if self.transposed {
-            let cols: Vec<usize> = keep_in.iter().flat_map(|&c| (0..s).map(move |e| c * s + e)).collect();
-            self.values.gather_rows(keep_out, k * s, &cols)
-        } else {
-            self.values.gather_rows(keep_in, n, keep_out)
-        }
+        let (rows, inner, cols) = if self.transposed { (keep_out, k, keep_in) } else { (keep_in, n, keep_out) };
+        let cols: Vec<usize> = cols.iter().flat_map(|&c| (0..s).map(move |e| c * s + e)).collect();
+        self.values.gather_rows(rows, inner * s, &cols)
     }
 
     /// The edit that keeps only `keep_in`/`keep_out`, if that drops anything.
@@ -155,19 +155,15 @@ impl Weight<'_> {
         (keep_in.len() != self.k || keep_out.len() != self.n).then(|| {
             let dims = self.sliced_dims(keep_in.len(), keep_out.len());
             let raw = self.slice(keep_in, keep_out);
-            Edit::Const { node, slot: 1, tensor: with_data(self.tensor, dims, self.values.dtype, raw) }
+            Edit::Const { node, slot: self.slot, tensor: with_data(self.tensor, dims, self.values.dtype, raw) }
         })
     }
 
     fn sliced_dims(&self, keep_in: usize, keep_out: usize) -> Vec<i64> {
-        if self.transposed {
-            let mut dims = self.values.dims.to_vec();
-            dims[0] = keep_out as i64;
-            dims[1] = keep_in as i64;
-            dims
-        } else {
-            vec![keep_in as i64, keep_out as i64]
-        }
+        let mut dims = self.values.dims.to_vec();
+        let (first, second) = if self.transposed { (keep_out, keep_in) } else { (keep_in, keep_out) };
+        (dims[0], dims[1]) = (first as i64, second as i64);
+        dims
     }
 }
 
@@ -213,6 +209,11 @@ pub(crate) trait Linear {
     /// reads 0, not the constant.
     fn folds_constants(&self) -> bool {
         true
+    }
+    /// The least rank of `x` the channel axes hold for (`W @ x` reads axis -2); a value of
+    /// unknown or smaller rank keeps its channels.
+    fn min_rank(&self) -> usize {
+        1
     }
     /// Whether the node carries its own bias to fold constants into (Gemm's C, Conv's B); a
     /// MatMul does not, and its folds go to the bias `Add` after it, or a new one.
@@ -261,6 +262,15 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
             (Some(w), None) if w > 0 && k % w == 0 => cx.set_block(x, k / w),
             (None, None) => {}
             _ => cx.force(x, Why::WidthNotDividingWeight),
+        }
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        let l = self.0.as_ref();
+        let (x, Some(y)) = (cx.input(l.input_slot()), cx.output(0)) else { return };
+        if l.min_rank() > 1 && cx.layout(x).rank.is_none_or(|r| r < l.min_rank()) {
+            cx.force(x, Why::UnknownRank);
+            cx.force(y, Why::UnknownRank);
         }
     }
 
@@ -393,7 +403,7 @@ mod tests {
         for transposed in [false, true] {
             let values = Values::of(&t).expect("f32");
             let (k, n) = if transposed { (cols, rows) } else { (rows, cols) };
-            let w = Weight { values, tensor: &t, k, n, transposed, spatial: 1 };
+            let w = Weight { values, tensor: &t, slot: 1, k, n, transposed, spatial: 1 };
             let at = |c: usize, j: usize| if transposed { vals[j * cols + c] } else { vals[c * cols + j] };
             let (count, pattern) = w.fold_nonzero_recording(|| 0usize, |s, _, _, _| *s += 1, |a, b| a + b);
             assert_eq!(count, vals.iter().filter(|&&v| v != 0.0).count());

@@ -1,7 +1,10 @@
-//! MatMul with a constant 2-D right operand: `Y[.., j] = sum_c X[.., c] W[c, j]`.
+//! MatMul with a constant 2-D operand: `Y[.., j] = sum_c X[.., c] W[c, j]` (weight on the
+//! right, channels on the last axis), or `Y[.., j, :] = sum_c W[j, c] X[.., c, :]` (weight on the
+//! left, channels on the second-to-last axis).
 //!
-//! Exporters emit it for `nn.Linear` on inputs of rank other than 2, followed by an `Add` of the
-//! bias, which the pointwise rules handle as a per-channel constant.
+//! Exporters emit the first for `nn.Linear` on inputs of rank other than 2, followed by an `Add`
+//! of the bias, which the per-channel rules handle as a constant operand; the second where a
+//! weight multiplies a transposed activation.
 
 use super::linear::LinearOp;
 use super::{Ctx, Linear, OpRule, Role, Weight};
@@ -10,10 +13,12 @@ use crate::onnx::proto::{NodeProto, TensorProto};
 use crate::onnx::tensor::{encode, with_data, Values};
 use crate::rewrite::Edit;
 
-pub struct MatMul;
+pub(crate) struct MatMul;
 
 struct MatMulNode<'g> {
     weight: Weight<'g>,
+    /// `W @ x`: the weight is the left operand.
+    left: bool,
 }
 
 impl OpRule for MatMul {
@@ -25,20 +30,23 @@ impl OpRule for MatMul {
         let (Some(a), Some(b)) = (node.input.first(), node.input.get(1)) else {
             return Role::Opaque(Opaque::Malformed("it lacks an operand"));
         };
-        if cx.ir.is_const(a) {
-            return Role::Opaque(Opaque::Unsupported(
-                "its left operand is a constant (W @ x is not supported yet)".into(),
-            ));
-        }
-        let Some(tensor) = cx.const_tensor(b) else {
-            return Role::Opaque(Opaque::NotConstant("its right operand is not a constant weight"));
+        let (slot, name) = match (cx.ir.is_const(a), cx.ir.is_const(b)) {
+            (false, true) => (1, b),
+            (true, false) => (0, a),
+            (true, true) => return Role::Opaque(Opaque::ComputesConstant),
+            (false, false) => {
+                return Role::Opaque(Opaque::NotConstant("neither operand is a constant weight"));
+            }
         };
+        let tensor = cx.const_tensor(name).expect("a constant");
         match Values::of(tensor) {
             Ok(values) if values.dims.len() == 2 => {
-                let (k, n) = (values.dims[0] as usize, values.dims[1] as usize);
-                Role::Op(Box::new(LinearOp(Box::new(MatMulNode {
-                    weight: Weight { values, tensor, k, n, transposed: false, spatial: 1 },
-                }))))
+                let (d0, d1) = (values.dims[0] as usize, values.dims[1] as usize);
+                let left = slot == 0;
+                // On the left the weight is stored [N, K]: output rows, input columns.
+                let (k, n) = if left { (d1, d0) } else { (d0, d1) };
+                let weight = Weight { values, tensor, slot, k, n, transposed: left, spatial: 1 };
+                Role::Op(Box::new(LinearOp(Box::new(MatMulNode { weight, left }))))
             }
             Ok(_) => Role::Opaque(Opaque::Shape("its weight is not a 2-D matrix")),
             Err(e) => Role::Opaque(Opaque::Tensor(e.to_string())),
@@ -48,15 +56,32 @@ impl OpRule for MatMul {
 
 impl Linear for MatMulNode<'_> {
     fn input_slot(&self) -> usize {
-        0
+        if self.left {
+            1
+        } else {
+            0
+        }
     }
 
     fn axes(&self) -> (isize, isize) {
-        (-1, -1)
+        if self.left {
+            (-2, -2)
+        } else {
+            (-1, -1)
+        }
     }
 
     fn ranks(&self) -> (Option<usize>, Option<usize>) {
         (None, None)
+    }
+
+    fn min_rank(&self) -> usize {
+        // A 1-D right operand would put the channels on the last axis instead.
+        if self.left {
+            2
+        } else {
+            1
+        }
     }
 
     fn weight(&self) -> &Weight<'_> {
@@ -79,7 +104,9 @@ impl Linear for MatMulNode<'_> {
         let w = &self.weight;
         if fold.iter().any(|&f| f != 0.0) {
             let dtype = w.values.dtype;
-            let tensor = with_data(&TensorProto::default(), vec![keep_out.len() as i64], dtype, encode(dtype, fold));
+            // Broadcast along the channel axis: [N], or [N, 1] when the channels are rows.
+            let dims = if self.left { vec![keep_out.len() as i64, 1] } else { vec![keep_out.len() as i64] };
+            let tensor = with_data(&TensorProto::default(), dims, dtype, encode(dtype, fold));
             edits.push(Edit::AddBias { node, tensor });
         }
     }

@@ -108,3 +108,28 @@ fn residual_concat_and_split_streams() {
     // c0) keeps 6 of 7, the second (c1..c3) 2 of 3. Layers in topological order: wc, wa, wb, w2, w1.
     assert_eq!(widths(&r), vec![(3, 3), (3, 5), (3, 5), (2, 2), (6, 2)]);
 }
+
+/// A transposed convolution is a linear layer stored inputs first; a constant input never folds
+/// into it (its border outputs gather fewer taps), but a zero one leaves, and so does an input no
+/// filter reads; a zero filter makes a constant output that the next 1x1 Conv folds.
+#[test]
+fn transposed_convolutions_shrink_on_both_sides() {
+    let mut g = G::new("x", &[B, Some(3), Some(4), Some(4)]);
+    g.conv_weight("w1", 6, 3, 3, &[2], &[]).init("b1", &[6], &[0.1, 0.2, -0.5, 0.3, 0.4, 0.5]);
+    g.conv("x", "w1", Some("b1"), "c1", 1, 1).op("Relu", &["c1"], "r1", vec![]);
+    // ConvTranspose weight [in 6, out 4, 2, 2]: input 5 unread, output 1 all zero.
+    let mut wt = g.rand(6 * 4 * 4);
+    for c in 0..6 {
+        for o in 0..4 {
+            if c == 5 || o == 1 {
+                wt[(c * 4 + o) * 4..(c * 4 + o + 1) * 4].iter_mut().for_each(|v| *v = 0.0);
+            }
+        }
+    }
+    g.init("wt", &[6, 4, 2, 2], &wt).init("bt", &[4], &[0.1, 0.7, -0.2, 0.3]);
+    let strides = crate::common::attr_ints("strides", &[2, 2]);
+    g.op("ConvTranspose", &["r1", "wt", "bt"], "t", vec![strides]).op("Relu", &["t"], "r2", vec![]);
+    g.conv_weight("w2", 2, 4, 1, &[], &[]).conv("r2", "w2", None, "y", 0, 1);
+    let r = minimize(&g.model("y", &[B, Some(2), Some(8), Some(8)]));
+    assert_eq!(widths(&r), vec![(3, 4), (4, 3), (3, 2)]);
+}

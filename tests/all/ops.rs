@@ -360,3 +360,19 @@ fn units_with_zero_rows_leave_behind_a_flatten_of_unknown_layout() {
     assert_eq!(widths(&r), vec![(16, 6), (6, 3)]);
     assert_eq!(r.removals.layers[0].removed_constant, 2);
 }
+
+/// `W @ x`: the weight on the left, the channels on the second-to-last axis, the bias a column.
+#[test]
+fn a_weight_on_the_left_shrinks_rows_of_the_activation() {
+    let mut g = G::new("x", &[B, Some(5), Some(3)]);
+    g.weight("w1", 6, 5, &[1]).init("b1", &[6, 1], &[0.1, 0.6, 0.2, 0.3, 0.4, 0.5]);
+    let mut w2 = g.rand(2 * 6);
+    (w2[4], w2[10]) = (0.0, 0.0); // column 4 unread
+    g.init("w2", &[2, 6], &w2);
+    g.op("MatMul", &["w1", "x"], "m", vec![]).op("Add", &["m", "b1"], "h", vec![]).op("Relu", &["h"], "a", vec![]);
+    g.op("MatMul", &["w2", "a"], "y", vec![]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(2), Some(3)]));
+    assert_eq!(widths(&r), vec![(5, 4), (4, 2)]);
+    // relu(0.6) folds into a new bias column after the second MatMul.
+    assert!(m.graph().node.iter().any(|n| n.op_type() == "Add" && n.name().contains("folded")));
+}
