@@ -153,7 +153,8 @@ fn prunables(model: &Model, include_output_layer: bool) -> Result<Vec<Prunable>>
             continue;
         }
         let name = w.tensor.name().to_string();
-        out.push(Prunable { cref, name, rows: w.n, cols: w.k, output_major: w.transposed, spatial: w.spatial });
+        let cols = w.k / w.groups; // a grouped weight stores its group's inputs only
+        out.push(Prunable { cref, name, rows: w.n, cols, output_major: w.transposed, spatial: w.spatial });
     }
     Ok(out)
 }

@@ -50,17 +50,24 @@ pub(crate) fn decide(facts: &Facts, policy: InputPolicy) -> Decision {
 }
 
 /// Values whose channels span heads keep a product of heads and entries (the same entries in
-/// every kept head), so they stay rectangular. Says whether it kept more.
+/// every kept head), so they stay rectangular; values a grouped convolution reads or writes keep
+/// every group, each with the same entries. Says whether it kept more.
 fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
     let mut changed = false;
     for v in facts.graph.value_ids() {
         let l = facts.layouts[v];
-        let (Some(heads), Some(per)) = (l.heads, l.per_head()) else { continue };
+        let Some(width) = l.width else { continue };
+        let (count, whole_rows) = match (l.heads, l.groups) {
+            (Some(h), _) => (h.count, false),
+            (None, Some(g)) => (g, true),
+            (None, None) => continue,
+        };
+        let per = width / count;
         let keep = d.kept(facts, v, 0);
-        let mut rows = vec![false; heads.count];
+        let mut rows = vec![whole_rows && !keep.is_empty(); count];
         let mut cols = vec![false; per];
         keep.iter().for_each(|&c| (rows[c / per], cols[c % per]) = (true, true));
-        for c in 0..heads.count * per {
+        for c in 0..count * per {
             let k = facts.classes.class(v, c);
             if rows[c / per] && cols[c % per] && !d.kept_class[k] {
                 d.kept_class[k] = true;

@@ -30,6 +30,10 @@ pub(crate) struct Layout {
     /// a Gemm; `None` until a reader fixes it.
     pub block: Option<usize>,
     pub heads: Option<Heads>,
+    /// Groups of a grouped convolution that reads or writes the value: the channels, on one
+    /// axis, are `groups` x per group, and leave as a product (the same entries in every group),
+    /// so that every group keeps the same width.
+    pub groups: Option<usize>,
 }
 
 impl Layout {
@@ -49,7 +53,14 @@ pub(crate) type Layouts = IdVec<ValueId, Layout>;
 pub(crate) fn infer(g: &Graph, forced: &mut Forced) -> Layouts {
     let mut facts: Layouts = g
         .value_ids()
-        .map(|v| Layout { axis: None, width: None, rank: g.ir.rank(g.name(v)), block: Some(1), heads: None })
+        .map(|v| Layout {
+            axis: None,
+            width: None,
+            rank: g.ir.rank(g.name(v)),
+            block: Some(1),
+            heads: None,
+            groups: None,
+        })
         .collect();
     let ops: Vec<_> = g.ops().collect();
     for &(node, op) in &ops {
@@ -126,6 +137,10 @@ impl<'g> LayoutCx<'_, 'g> {
 
     pub fn set_heads(&mut self, v: ValueId, heads: Heads) {
         self.set(v, |l| &mut l.heads, heads)
+    }
+
+    pub fn set_groups(&mut self, v: ValueId, groups: usize) {
+        self.set(v, |l| &mut l.groups, groups)
     }
 
     /// Before the fixed point: the block of `v` is unknown until a reader fixes it (a flattened

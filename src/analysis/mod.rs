@@ -66,7 +66,8 @@ impl<'g> Facts<'g> {
         let layouts = layout::infer(&graph, &mut forced);
         debug_check(&graph, "layout", |v| {
             let l = layouts[v];
-            l.heads.is_none_or(|h| h.count > 0 && l.width.is_some_and(|w| w.is_multiple_of(h.count)))
+            let divides = |n: usize| n > 0 && l.width.is_some_and(|w| w.is_multiple_of(n));
+            l.heads.is_none_or(|h| divides(h.count)) && l.groups.is_none_or(divides)
         });
         let operands = operands::check(&graph, &layouts, &mut forced);
         let classes = classes::build(&graph, &layouts, &mut forced);
@@ -79,7 +80,7 @@ impl<'g> Facts<'g> {
 }
 
 /// Asserts, in debug builds, that `holds` for every value after `pass`: per-channel facts have
-/// the value's width, heads divide it.
+/// the value's width, heads and groups divide it.
 fn debug_check(g: &Graph, pass: &str, holds: impl Fn(ValueId) -> bool) {
     if cfg!(debug_assertions) {
         if let Some(v) = g.value_ids().find(|&v| !holds(v)) {

@@ -76,19 +76,20 @@ impl OpRule for Conv {
                 n: dims[1],
                 transposed: false,
                 spatial: kernel,
+                groups: 1,
             };
             return Role::Op(Box::new(LinearOp(Box::new(ConvNode { weight, bias, folds: false }))));
         }
-        if group == 1 {
-            let weight =
-                Weight { values, tensor: w_tensor, slot: 1, k: dims[1], n: dims[0], transposed: true, spatial: kernel };
-            Role::Op(Box::new(LinearOp(Box::new(ConvNode { weight, bias, folds: !padded }))))
-        } else if dims[1] == 1 && dims[0] == group {
+        if dims[1] == 1 && dims[0] == group && group > 1 {
             Role::Op(Box::new(Depthwise { filters: values, w_tensor, bias, padded, channels: group, kernel }))
+        } else if group > 0 && dims[0].is_multiple_of(group) {
+            // Grouped: input channels `K = group * dims[1]`, each output reading its group's.
+            let (k, n) = (dims[1] * group, dims[0]);
+            let weight =
+                Weight { values, tensor: w_tensor, slot: 1, k, n, transposed: true, spatial: kernel, groups: group };
+            Role::Op(Box::new(LinearOp(Box::new(ConvNode { weight, bias, folds: !padded }))))
         } else {
-            Role::Opaque(Opaque::Unsupported(format!(
-                "it is a grouped convolution (group {group}) other than depthwise"
-            )))
+            Role::Opaque(Opaque::Malformed("its group does not divide its filters"))
         }
     }
 }

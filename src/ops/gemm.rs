@@ -57,7 +57,7 @@ impl OpRule for Gemm {
         };
         Role::Op(Box::new(LinearOp(Box::new(GemmNode {
             node,
-            weight: Weight { values, tensor: b_tensor, slot: 1, k, n, transposed: trans_b, spatial: 1 },
+            weight: Weight { values, tensor: b_tensor, slot: 1, k, n, transposed: trans_b, spatial: 1, groups: 1 },
             trans_a: node.attr_i("transA", 0) != 0,
             alpha: node.attr_f("alpha", 1.0) as f64,
             beta: node.attr_f("beta", 1.0) as f64,

@@ -27,6 +27,9 @@ pub(crate) struct Weight<'g> {
     /// Kernel elements per (input, output) pair: 1, or `kh * kw` for Conv (`[N, K, kh, kw]`)
     /// and ConvTranspose (`[K, N, kh, kw]`).
     pub spatial: usize,
+    /// A grouped Conv (`[N, K / groups, kh, kw]`, transposed): output `j` reads only the inputs
+    /// of its group, `(j / (N / groups)) * (K / groups) ..` onwards. 1 for every other layer.
+    pub groups: usize,
 }
 
 impl Weight<'_> {
@@ -38,12 +41,22 @@ impl Weight<'_> {
         }
     }
 
+    /// Stored inputs per output row, and where output `j`'s group starts among the inputs.
+    fn group_of(&self, j: usize) -> (usize, usize) {
+        let per_in = self.k / self.groups;
+        (per_in, j / (self.n / self.groups) * per_in)
+    }
+
     /// Calls `f(c, j, w)` for every non-zero weight of the stored rows `rows` (no division per
     /// element: this runs over every weight of the model).
     fn for_each_nonzero_in_rows(&self, rows: std::ops::Range<usize>, mut f: impl FnMut(usize, usize, f64)) {
         let (k, n, s) = (self.k, self.n, self.spatial);
         for r in rows {
             match (self.transposed, s) {
+                (true, _) if self.groups > 1 => {
+                    let (per_in, base) = self.group_of(r);
+                    self.values.for_each_nonzero_in(r * per_in * s, per_in * s, |e, w| f(base + e / s, r, w))
+                }
                 (true, 1) => self.values.for_each_nonzero_in(r * k, k, |c, w| f(c, r, w)),
                 (true, _) => self.values.for_each_nonzero_in(r * k * s, k * s, |e, w| f(e / s, r, w)),
                 (false, 1) => self.values.for_each_nonzero_in(r * n, n, |j, w| f(r, j, w)),
@@ -138,14 +151,33 @@ impl Weight<'_> {
     /// `sum_e W[c, j, e]` over the kernel: what a constant input `c` contributes to output `j`.
     pub fn sum(&self, c: usize, j: usize) -> f64 {
         let (k, n, s) = (self.k, self.n, self.spatial);
-        let at = if self.transposed { (j * k + c) * s } else { (c * n + j) * s };
+        let (per_in, base) = self.group_of(j);
+        if self.groups > 1 && !(base..base + per_in).contains(&c) {
+            return 0.0;
+        }
+        let at = match self.transposed {
+            true if self.groups > 1 => (j * per_in + c - base) * s,
+            true => (j * k + c) * s,
+            false => (c * n + j) * s,
+        };
         (at..at + s).map(|i| self.values.get(i)).sum()
     }
 
-    /// The kept sub-matrix, in the stored layout and type, bit for bit.
+    /// The kept sub-matrix, in the stored layout and type, bit for bit. A grouped weight keeps
+    /// the same inputs in every group (the decision keeps its channels a product), so the
+    /// columns are the first group's.
     pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
         let (k, n, s) = (self.k, self.n, self.spatial);
-        let (rows, inner, cols) = if self.transposed { (keep_out, k, keep_in) } else { (keep_in, n, keep_out) };
+        let local: Vec<usize>;
+        let (rows, inner, cols) = if self.groups > 1 {
+            let per_in = k / self.groups;
+            local = keep_in.iter().copied().filter(|&c| c < per_in).collect();
+            (keep_out, per_in, local.as_slice())
+        } else if self.transposed {
+            (keep_out, k, keep_in)
+        } else {
+            (keep_in, n, keep_out)
+        };
         let cols: Vec<usize> = cols.iter().flat_map(|&c| (0..s).map(move |e| c * s + e)).collect();
         self.values.gather_rows(rows, inner * s, &cols)
     }
@@ -161,6 +193,7 @@ impl Weight<'_> {
 
     fn sliced_dims(&self, keep_in: usize, keep_out: usize) -> Vec<i64> {
         let mut dims = self.values.dims.to_vec();
+        let keep_in = keep_in / self.groups;
         let (first, second) = if self.transposed { (keep_out, keep_in) } else { (keep_in, keep_out) };
         (dims[0], dims[1]) = (first as i64, second as i64);
         dims
@@ -251,6 +284,10 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
         cx.set_axis(x, ai);
         cx.set_axis(y, ao);
         cx.set_width(y, width_out);
+        if l.weight().groups > 1 {
+            cx.set_groups(x, l.weight().groups);
+            cx.set_groups(y, l.weight().groups);
+        }
         if let Some(r) = ri {
             cx.set_rank(x, r);
         }
@@ -403,7 +440,7 @@ mod tests {
         for transposed in [false, true] {
             let values = Values::of(&t).expect("f32");
             let (k, n) = if transposed { (cols, rows) } else { (rows, cols) };
-            let w = Weight { values, tensor: &t, slot: 1, k, n, transposed, spatial: 1 };
+            let w = Weight { values, tensor: &t, slot: 1, k, n, transposed, spatial: 1, groups: 1 };
             let at = |c: usize, j: usize| if transposed { vals[j * cols + c] } else { vals[c * cols + j] };
             let (count, pattern) = w.fold_nonzero_recording(|| 0usize, |s, _, _, _| *s += 1, |a, b| a + b);
             assert_eq!(count, vals.iter().filter(|&&v| v != 0.0).count());

@@ -45,7 +45,7 @@ impl OpRule for MatMul {
                 let left = slot == 0;
                 // On the left the weight is stored [N, K]: output rows, input columns.
                 let (k, n) = if left { (d1, d0) } else { (d0, d1) };
-                let weight = Weight { values, tensor, slot, k, n, transposed: left, spatial: 1 };
+                let weight = Weight { values, tensor, slot, k, n, transposed: left, spatial: 1, groups: 1 };
                 Role::Op(Box::new(LinearOp(Box::new(MatMulNode { weight, left }))))
             }
             Ok(_) => Role::Opaque(Opaque::Shape("its weight is not a 2-D matrix")),

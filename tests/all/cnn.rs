@@ -133,3 +133,26 @@ fn transposed_convolutions_shrink_on_both_sides() {
     let r = minimize(&g.model("y", &[B, Some(2), Some(8), Some(8)]));
     assert_eq!(widths(&r), vec![(3, 4), (4, 3), (3, 2)]);
 }
+
+/// A grouped convolution (group 2): input entries leave only where both groups lose them, and
+/// so do outputs, so every group keeps the same width and `group` stays 2.
+#[test]
+fn grouped_convolutions_shrink_the_same_entries_in_every_group() {
+    let mut g = G::new("x", &[B, Some(4), Some(6), Some(6)]);
+    g.conv_weight("w1", 8, 4, 1, &[], &[]).conv("x", "w1", None, "c1", 0, 1).op("Relu", &["c1"], "r1", vec![]);
+    // Grouped weight [6, 4, 3, 3]: local input 1 (channels 1 and 5) unread; outputs 1 and 4
+    // (local 1 of each group) zero filters; local input 2 unread in group 0 only (channel 2).
+    let mut wg = g.rand(6 * 4 * 9);
+    for o in 0..6 {
+        for i in 0..4 {
+            if i == 1 || o == 1 || o == 4 || (i == 2 && o < 3) {
+                wg[(o * 4 + i) * 9..(o * 4 + i + 1) * 9].iter_mut().for_each(|v| *v = 0.0);
+            }
+        }
+    }
+    g.init("wg", &[6, 4, 3, 3], &wg).init("bg", &[6], &[0.1, 0.5, 0.2, 0.3, 0.4, 0.6]);
+    g.conv("r1", "wg", Some("bg"), "c2", 1, 2).op("Relu", &["c2"], "r2", vec![]);
+    g.conv_weight("w3", 2, 6, 1, &[], &[]).conv("r2", "w3", None, "y", 0, 1);
+    let r = minimize(&g.model("y", &[B, Some(2), Some(6), Some(6)]));
+    assert_eq!(widths(&r), vec![(4, 6), (6, 4), (4, 2)]);
+}

@@ -108,7 +108,7 @@ proptest! {
     }
 }
 
-/// A random CNN: conv/depthwise/residual/split/concat blocks with random zero patterns, forced zero
+/// A random CNN: conv/depthwise/grouped/residual/split/concat blocks with random zero patterns, forced zero
 /// filters and constant channels, then a pooled or flattened head.
 fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
     use crate::common::{attr_i, attr_ints, G};
@@ -145,7 +145,7 @@ fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
     };
     for i in 0..blocks {
         let cout = rng.random_range(2..7usize);
-        match rng.random_range(0..5) {
+        match rng.random_range(0..6) {
             0 => {
                 let y = conv(&mut g, &mut rng, i, &cur, ch, cout, "c");
                 let a = format!("a{i}");
@@ -169,6 +169,19 @@ fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
                 let y2 = conv(&mut g, &mut rng, i, &cur, ch, cout, "s");
                 let a = format!("a{i}");
                 g.op("Add", &[&y1, &y2], &a, vec![]);
+                (cur, ch) = (a, cout);
+            }
+            4 if ch % 2 == 0 => {
+                // Grouped 3x3 (group 2) with zero filters and unread entries.
+                let cout = 2 * rng.random_range(1..4usize);
+                let zero: Vec<usize> = (0..cout).filter(|_| rng.random_bool(0.3)).collect();
+                let unread: Vec<usize> = (0..ch / 2).filter(|_| rng.random_bool(0.3)).collect();
+                g.conv_weight(&format!("gw{i}"), cout, ch / 2, 3, &zero, &unread);
+                let bias: Vec<f32> = (0..cout).map(|c| if c % 3 == 0 { 0.0 } else { c as f32 * 0.1 }).collect();
+                g.init(&format!("gb{i}"), &[cout], &bias);
+                let (y, a) = (format!("gy{i}"), format!("a{i}"));
+                g.conv(&cur, &format!("gw{i}"), Some(&format!("gb{i}")), &y, 1, 2);
+                g.op("Relu", &[&y], &a, vec![]);
                 (cur, ch) = (a, cout);
             }
             3 => {
