@@ -40,7 +40,7 @@ pub(crate) fn backward<'g>(
             Role::Opaque(_) => cx.need_all_inputs(),
             Role::Op(op) => {
                 // An output whose channels the analysis could not lay out may be used in full.
-                if g.outputs(n).any(|v| layouts[v].width.is_none()) {
+                if op.output_channels() && g.outputs(n).any(|v| layouts[v].width.is_none()) {
                     cx.need_all_inputs();
                 }
                 op.needs(&mut cx);

@@ -34,9 +34,7 @@ impl OpRule for MatMul {
             (false, true) => (1, b),
             (true, false) => (0, a),
             (true, true) => return Role::Opaque(Opaque::ComputesConstant),
-            (false, false) => {
-                return Role::Opaque(Opaque::NotConstant("neither operand is a constant weight"));
-            }
+            (false, false) => return super::attention::role(node, cx),
         };
         let tensor = cx.const_tensor(name).expect("a constant");
         match Values::of(tensor) {

@@ -9,6 +9,7 @@
 //! Adding an operator means one rule in the file of its family and one line in [`RULES`];
 //! docs/design.md walks through it.
 
+mod attention;
 mod concat;
 mod conv;
 mod elementwise;
@@ -86,6 +87,12 @@ pub(crate) trait ChannelOp<'g> {
 
     /// Before the layout's fixed point (a flattening marks its output's block unknown).
     fn seed(&self, _cx: &mut LayoutCx<'_, 'g>) {}
+
+    /// Whether the outputs carry channels. A product of two activations (attention scores)
+    /// does not: its inputs' needs come from the op alone, not from its outputs being unknown.
+    fn output_channels(&self) -> bool {
+        true
+    }
 
     /// Layout: the channel axis, width, rank, block and heads of the values it touches, given
     /// what is known of them; called to a fixed point. Default: it says nothing, so its outputs'

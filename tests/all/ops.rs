@@ -376,3 +376,47 @@ fn a_weight_on_the_left_shrinks_rows_of_the_activation() {
     // relu(0.6) folds into a new bias column after the second MatMul.
     assert!(m.graph().node.iter().any(|n| n.op_type() == "Add" && n.name().contains("folded")));
 }
+
+/// Multi-head attention written out (2 heads of 3): a query dimension that is 0 and a key
+/// dimension that is constant leave Q and K (the softmax forgets a per-query constant); a
+/// constant value dimension folds into the output projection's bias and an unread one leaves.
+/// Without the softmax, the constant key dimension must stay.
+#[test]
+fn attention_heads_lose_query_key_and_value_dimensions() {
+    for softmax in [true, false] {
+        let mut g = G::new("x", &[B, Some(4), Some(6)]);
+        // [in 6, out 6] projections with the listed output columns zero.
+        let projection = |g: &mut G, name: &str, zero_cols: &[usize]| {
+            let mut w = g.rand(36);
+            (0..6).for_each(|c| zero_cols.iter().for_each(|&j| w[c * 6 + j] = 0.0));
+            g.init(name, &[6, 6], &w);
+        };
+        projection(&mut g, "wq", &[1, 4]);
+        projection(&mut g, "wk", &[2, 5]);
+        projection(&mut g, "wv", &[0, 3]);
+        g.init("bq", &[6], &[0.1, 0.0, 0.2, 0.3, 0.0, 0.4]).init("bk", &[6], &[0.5, 0.6, 0.7, 0.8, 0.9, 1.0]);
+        g.init("bv", &[6], &[0.3, 0.1, 0.2, -0.4, 0.5, 0.6]);
+        let mut wo = g.rand(36);
+        [2, 5].iter().for_each(|&r| wo[r * 6..r * 6 + 6].iter_mut().for_each(|v| *v = 0.0));
+        g.init("wo", &[6, 6], &wo).init("bo", &[6], &[0.0; 6]).init("scale", &[], &[3f32.sqrt()]);
+        g.g.initializer.extend([int64_tensor("split", &[0, 0, 2, 3]), int64_tensor("merge", &[0, 0, 6])]);
+        let perm = |p: &[i64]| vec![crate::common::attr_ints("perm", p)];
+        for (t, to) in [("q", &[0, 2, 1, 3]), ("k", &[0, 2, 3, 1]), ("v", &[0, 2, 1, 3])] {
+            g.op("MatMul", &["x", &format!("w{t}")], &format!("{t}m"), vec![]);
+            g.op("Add", &[&format!("{t}m"), &format!("b{t}")], &format!("{t}b"), vec![]);
+            g.op("Reshape", &[&format!("{t}b"), "split"], &format!("{t}h"), vec![]);
+            g.op("Transpose", &[&format!("{t}h")], &format!("{t}t"), perm(to));
+        }
+        g.op("MatMul", &["qt", "kt"], "s", vec![]).op("Div", &["s", "scale"], "ss", vec![]);
+        g.op(if softmax { "Softmax" } else { "Sigmoid" }, &["ss"], "p", vec![attr_i("axis", -1)]);
+        g.op("MatMul", &["p", "vt"], "o", vec![]).op("Transpose", &["o"], "ot", perm(&[0, 2, 1, 3]));
+        g.op("Reshape", &["ot", "merge"], "om", vec![]).op("MatMul", &["om", "wo"], "y0", vec![]);
+        g.op("Add", &["y0", "bo"], "y", vec![]);
+        let (r, _) = minimize(&g.model("y", &[B, Some(4), Some(6)]));
+        // Layers in topological order: V, K, Q, O. Without a softmax the constant key dimension
+        // stays, and `P @ V` is not known to average: V keeps every dimension.
+        let expected =
+            if softmax { vec![(6, 2), (6, 2), (6, 2), (2, 6)] } else { vec![(6, 6), (6, 4), (6, 4), (6, 6)] };
+        assert_eq!(widths(&r), expected, "softmax: {softmax}");
+    }
+}
