@@ -1,12 +1,18 @@
-//! Gather of a graph input's features by constant indices: how `--gather-inputs` reads an
-//! input, so that a model minimized with it can be minimized again (the indices shrink).
+//! Gathers with channel semantics:
+//! - of a graph input's features by constant indices: how `--gather-inputs` reads an input, so
+//!   that a model minimized with it can be minimized again (the indices shrink);
+//! - of rows of a constant table by computed indices (token, position and type embeddings): the
+//!   table's columns are the output's channels, a column constant over the rows is a constant
+//!   channel, and removed channels are removed columns.
 
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::reasons::Opaque;
-use crate::analysis::LayoutCx;
+use crate::analysis::{ConstCx, LayoutCx, PlanCx};
+use crate::error::Result;
 use crate::ir::NodeExt;
-use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
-use crate::onnx::tensor::int64s;
+use crate::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
+use crate::onnx::tensor::{int64s, with_data, Values};
+use crate::rewrite::Edit;
 
 pub(crate) struct Select;
 
@@ -22,6 +28,12 @@ impl OpRule for Select {
             -1 => true,
             a => cx.ir.rank(data).is_some_and(|r| a == r as i64 - 1),
         };
+        if let Some(table) = cx.const_tensor(data).filter(|_| node.attr_i("axis", 0) == 0) {
+            return match Values::of(table) {
+                Ok(values) if values.dims.len() == 2 => Role::Op(Box::new(Embedding { values, table })),
+                _ => Role::Opaque(Opaque::Shape("its table is not a 2-D float matrix")),
+            };
+        }
         let indices = node.input.get(1).and_then(|i| cx.const_tensor(i));
         match indices {
             Some(t)
@@ -59,5 +71,59 @@ impl<'g> ChannelOp<'g> for Selected {
 
     fn selected(&self) -> Option<&[i64]> {
         Some(&self.indices)
+    }
+}
+
+/// `y[.., c] = table[ids[..], c]`: a writer of channels, like a linear layer's output.
+struct Embedding<'g> {
+    values: Values<'g>,
+    table: &'g TensorProto,
+}
+
+impl Embedding<'_> {
+    fn rows_cols(&self) -> (usize, usize) {
+        (self.values.dims[0] as usize, self.values.dims[1] as usize)
+    }
+}
+
+impl<'g> ChannelOp<'g> for Embedding<'g> {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![1], otherwise: "its indices are constants" }
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        cx.set_axis(o, -1);
+        cx.set_width(o, self.rows_cols().1);
+        if let Some(r) = cx.get(cx.input(1)).rank {
+            cx.set_rank(o, r + 1);
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let Some(o) = cx.output(0) else { return };
+        let (rows, cols) = self.rows_cols();
+        // Column c is constant when every row holds its first row's value.
+        let r = (0..cols)
+            .map(|c| {
+                let first = self.values.get(c);
+                (rows > 0 && (1..rows).all(|row| self.values.get(row * cols + c) == first)).then_some(first)
+            })
+            .collect();
+        self.values.release();
+        cx.set(o, r);
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let Some(o) = cx.output(0) else { return Ok(()) };
+        let (rows, cols) = self.rows_cols();
+        let keep = cx.kept(o, cols);
+        if keep.len() < cols {
+            let raw = self.values.gather_rows(&(0..rows).collect::<Vec<_>>(), cols, &keep);
+            let tensor = with_data(self.table, vec![rows as i64, keep.len() as i64], self.values.dtype, raw);
+            let node = cx.node.0;
+            cx.push(Edit::Const { node, slot: 0, tensor });
+        }
+        Ok(())
     }
 }

@@ -420,3 +420,20 @@ fn attention_heads_lose_query_key_and_value_dimensions() {
         assert_eq!(widths(&r), expected, "softmax: {softmax}");
     }
 }
+
+/// A token embedding writes the channels: a table column constant over every row folds into
+/// the next layer's bias, a column nothing reads leaves, and the table loses both.
+#[test]
+fn embedding_tables_lose_constant_and_unread_columns() {
+    let mut g = G::new("ids", &[B, Some(5)]);
+    g.g.input[0] = crate::common::value_info("ids", onnx_minimize::onnx::proto::tensor_proto::DataType::Int64, &[B, Some(5)]);
+    let mut table = g.rand(10 * 6);
+    (0..10).for_each(|r| table[r * 6 + 2] = 0.5);
+    g.init("table", &[10, 6], &table).weight("w", 6, 3, &[4]).init("b", &[3], &[0.1, 0.2, 0.3]);
+    g.op("Gather", &["table", "ids"], "e", vec![attr_i("axis", 0)]).op("MatMul", &["e", "w"], "m", vec![]);
+    g.op("Add", &["m", "b"], "y", vec![]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(5), Some(3)]));
+    assert_eq!(widths(&r), vec![(4, 3)]);
+    let table = m.graph().initializer.iter().find(|t| t.name() == "table").unwrap();
+    assert_eq!(table.dims, vec![10, 4]);
+}
