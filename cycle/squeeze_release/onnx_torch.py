@@ -70,17 +70,27 @@ def _reshape(a, x, shape):
     return x.reshape(dims)
 
 
-def _reduce(fn):
+def _reduce(fn, alone=lambda x: x):
+    """`alone`: what the reduction makes of a single element, the result over no axes (noop_with_empty_axes)."""
+
     def run(a, x, *rest):
         axes = _axes(a, [x, *rest])
         keep = bool(a.get("keepdims", 1))
-        if axes is None:
+        if not axes:  # absent or empty: every axis, or none with noop_with_empty_axes
             if a.get("noop_with_empty_axes", 0):
-                return x
+                return alone(x)
             axes = list(range(x.dim()))
         return fn(x, dim=axes, keepdim=keep)
 
     return run
+
+
+def _prod(x, dim, keepdim):
+    """torch.prod over several axes (it takes one at a time)."""
+    dims = sorted({d % x.dim() for d in dim})
+    for d in dims:
+        x = x.prod(dim=d, keepdim=True)
+    return x if keepdim else x.squeeze(tuple(dims))
 
 
 def _slice(a, x, starts, ends, axes=None, steps=None):
@@ -309,6 +319,262 @@ def _clip(a, x, lo=None, hi=None):
     return torch.clamp(x, min=lo, max=hi)
 
 
+def _pad(a, x, pads=None, value=None, axes=None):
+    """Pad: `pads` and the constant are inputs from opset 11 (attributes `pads` and `value` before), `axes` an input
+    from opset 18. pads[i] goes before and pads[i + n] after axis axes[i] (or axis i). Negative pads crop, and
+    edge, reflect and wrap read the cropped tensor, as ONNX Runtime does. Every mode at any rank: edge, reflect and
+    wrap gather indices along each axis."""
+    mode = _text(a.get("mode", "constant"))
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        raise UnsupportedModel(f"Pad mode {mode!r}")
+    pads = [int(p) for p in pads.reshape(-1).tolist()] if pads is not None else list(a.get("pads", []))
+    rank = x.dim()
+    axes = list(range(rank)) if axes is None else [int(v) % rank for v in axes.reshape(-1).tolist()]
+    if len(pads) != 2 * len(axes):
+        raise UnsupportedModel(f"Pad with {len(pads)} pads for {len(axes)} axes")
+    begin, end = [0] * rank, [0] * rank
+    for i, axis in enumerate(axes):
+        begin[axis], end[axis] = pads[i], pads[i + len(axes)]
+    sizes = [n + b + e for n, b, e in zip(x.shape, begin, end)]
+    if any(size < 0 for size in sizes):
+        raise UnsupportedModel(f"Pad crops more than the input holds: {list(x.shape)} to {sizes}")
+    fill = value.reshape(-1)[0].item() if value is not None and value.numel() else a.get("value", 0.0)
+    if any(max(0, -b) + max(0, -e) > n for n, b, e in zip(x.shape, begin, end)):
+        if mode != "constant" and 0 not in sizes:
+            raise UnsupportedModel(f"Pad mode {mode!r} that crops a whole axis and pads it again")
+        return torch.full(sizes, fill, dtype=x.dtype, device=x.device)  # the crop keeps none of the input
+    for axis in range(rank):
+        cut_begin, cut_end = max(0, -begin[axis]), max(0, -end[axis])
+        if cut_begin or cut_end:
+            x = x.narrow(axis, cut_begin, x.shape[axis] - cut_begin - cut_end)
+    begin, end = [max(0, p) for p in begin], [max(0, p) for p in end]
+    if mode == "constant":
+        return F.pad(x, [p for axis in reversed(range(rank)) for p in (begin[axis], end[axis])], value=fill)
+    for axis in range(rank):
+        n = x.shape[axis]
+        if not (begin[axis] or end[axis]):
+            continue
+        if n == 0:
+            raise UnsupportedModel(f"Pad mode {mode!r} of an empty axis")
+        at = np.arange(-begin[axis], n + end[axis])
+        if mode == "edge":
+            index = np.clip(at, 0, n - 1)
+        elif mode == "wrap":
+            index = at % n
+        elif n == 1:  # reflect: a single element is its own mirror
+            index = np.zeros_like(at)
+        else:  # reflect, about the first and last element, as often as the pads need
+            at = at % (2 * n - 2)
+            index = np.where(at < n, at, 2 * n - 2 - at)
+        x = x.index_select(axis, torch.as_tensor(index, dtype=torch.long, device=x.device))
+    return x
+
+
+def _floats(t) -> list[float]:
+    return [float(v) for v in t.reshape(-1).tolist()]
+
+
+def _source_coordinates(mode: str, out: int, size: int, scale, roi) -> np.ndarray:
+    """The input coordinate each output position along one axis samples (Resize's coordinate_transformation_mode),
+    in float32 and in the order ONNX Runtime computes it, so that nearest rounds the same halves."""
+    y = np.arange(out, dtype=np.float32)
+    s, half = np.float32(scale), np.float32(0.5)
+    if mode == "half_pixel":
+        return (y + half) / s - half
+    if mode == "asymmetric":
+        return y / s
+    if mode == "pytorch_half_pixel":
+        return (y + half) / s - half if out > 1 else np.zeros(out, np.float32)
+    if mode == "tf_half_pixel_for_nn":
+        return (y + half) / s
+    if mode == "align_corners":
+        return y * np.float32(size - 1) / np.float32(out - 1) if out > 1 else np.zeros(out, np.float32)
+    if mode == "half_pixel_symmetric":
+        adjustment = np.float32(out) / (s * np.float32(size))
+        offset = np.float32(size) / np.float32(2) * (np.float32(1) - adjustment)
+        return (float(offset) + (y.astype(np.float64) + 0.5) / float(s) - 0.5).astype(np.float32)
+    if mode == "tf_crop_and_resize":
+        start, end = np.float32(roi[0]), np.float32(roi[1])
+        if out > 1:
+            return start * np.float32(size - 1) + y * (end - start) * np.float32(size - 1) / np.float32(out - 1)
+        return np.full(out, 0.5 * (float(start) + float(end)) * (size - 1), np.float32)
+    raise UnsupportedModel(f"Resize coordinate_transformation_mode {mode!r}")
+
+
+def _nearest(coordinates: np.ndarray, rule: str, scale) -> np.ndarray:
+    """The input position nearest_mode picks for each coordinate (before clamping to the axis)."""
+    floor = np.floor(coordinates)
+    fraction = coordinates - floor
+    if rule == "round_prefer_floor":
+        return floor + (fraction > 0.5)
+    if rule == "round_prefer_ceil":
+        return floor + (fraction >= 0.5)
+    if rule == "floor":
+        return floor
+    if rule == "ceil":
+        return np.ceil(coordinates)
+    if rule == "legacy":  # Upsample and Resize-10: down when enlarging, up when shrinking
+        return np.ceil(coordinates) if scale < 1 else np.trunc(coordinates)
+    raise UnsupportedModel(f"Resize nearest_mode {rule!r}")
+
+
+def _cubic(t: np.ndarray, a: float) -> np.ndarray:
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def _taps(coordinates: np.ndarray, mode: str, a: dict, scale: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input positions (output positions x taps, not yet clamped) and their weights, for linear or cubic. With
+    antialias and a scale below 1 the filter stretches by 1 / scale and its weights are normalised; exclude_outside
+    drops the taps outside the input and normalises what is left; other taps outside read the nearest edge."""
+    x = coordinates.astype(np.float64)
+    reach = 1 if mode == "linear" else 2  # half the filter's support at scale 1
+    stretch = min(float(scale), 1.0) if a.get("antialias", 0) else 1.0
+    wide = math.ceil(reach / stretch)
+    base = np.floor(x)
+    index = base[:, None] + np.arange(1 - wide, wide + 1)[None, :]
+    distance = (index - x[:, None]) * stretch
+    if mode == "linear":
+        weights = np.clip(1 - np.abs(distance), 0, 1)
+    else:
+        weights = _cubic(distance, float(a.get("cubic_coeff_a", -0.75)))
+    normalise = stretch < 1
+    if a.get("exclude_outside", 0):
+        weights = np.where((index < 0) | (index >= size), 0.0, weights)
+        normalise = True
+    if normalise:
+        total = weights.sum(axis=1, keepdims=True)
+        weights = weights / np.where(total == 0, 1.0, total)
+    return index, weights
+
+
+def _along(x, axis: int, index: np.ndarray, weights: np.ndarray | None = None):
+    """x gathered along `axis` at `index` (clamped to the axis), summed over taps with `weights` where given."""
+    index = torch.as_tensor(np.clip(index, 0, x.shape[axis] - 1), dtype=torch.long, device=x.device)
+    if weights is None:
+        return x.index_select(axis, index)
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    weights = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
+    out = None
+    for tap in range(index.shape[1]):
+        term = x.index_select(axis, index[:, tap]) * weights[:, tap].reshape(shape)
+        out = term if out is None else out + term
+    return out
+
+
+def _keeps(coordinates: np.ndarray, n: int, mode: str, rule: str, scale, crop: bool) -> bool:
+    """Whether sampling an axis of n at `coordinates` (n of them) gives it back as it is."""
+    if crop and ((coordinates < 0) | (coordinates > n - 1)).any():
+        return False  # extrapolates
+    if n == 1:
+        return True  # every tap reads the one element, with weights that sum to 1
+    if mode == "nearest":
+        return np.array_equal(np.clip(_nearest(coordinates, rule, scale), 0, n - 1), np.arange(n))
+    return np.array_equal(coordinates, np.arange(n))
+
+
+def _interpolate(a, x, scales, sizes, roi, legacy: bool):
+    """Resize with ONNX's semantics, one axis at a time (every mode is separable): nearest, linear (bilinear,
+    trilinear, ...) and cubic, every coordinate_transformation_mode, nearest_mode, exclude_outside, antialias,
+    axes, keep_aspect_ratio_policy and tf_crop_and_resize's roi and extrapolation_value. `legacy`: Upsample and
+    Resize-10, which know only asymmetric coordinates and round nearest down (up when shrinking)."""
+    rank = x.dim()
+    mode = _text(a.get("mode", "nearest"))
+    if mode not in (("nearest", "linear") if legacy else ("nearest", "linear", "cubic")):
+        raise UnsupportedModel(f"{'Upsample or Resize-10' if legacy else 'Resize'} mode {mode!r}")
+    if mode != "nearest" and not x.is_floating_point():
+        raise UnsupportedModel(f"Resize mode {mode!r} of a {x.dtype} tensor")
+    if mode == "nearest" and (a.get("antialias", 0) or a.get("exclude_outside", 0)):
+        raise UnsupportedModel("Resize mode 'nearest' with antialias or exclude_outside")
+    coordinate = "asymmetric" if legacy else _text(a.get("coordinate_transformation_mode", "half_pixel"))
+    rule = "legacy" if legacy else _text(a.get("nearest_mode", "round_prefer_floor"))
+    axes = [int(axis) % rank for axis in a["axes"]] if "axes" in a else list(range(rank))
+    inputs = [x.shape[axis] for axis in axes]
+    if scales is not None:
+        factors = [np.float32(s) for s in scales]
+        if len(factors) != len(axes):
+            raise UnsupportedModel(f"Resize with {len(factors)} scales for {len(axes)} axes")
+        outputs = [int(f * np.float32(n)) for f, n in zip(factors, inputs)]
+    elif sizes is not None:
+        outputs = [int(s) for s in sizes]
+        if len(outputs) != len(axes):
+            raise UnsupportedModel(f"Resize with {len(outputs)} sizes for {len(axes)} axes")
+        factors = [np.float32(m) / np.float32(n) if n else np.float32(1) for m, n in zip(outputs, inputs)]
+        policy = _text(a.get("keep_aspect_ratio_policy", "stretch"))
+        if policy in ("not_larger", "not_smaller"):
+            factor = min(factors) if policy == "not_larger" else max(factors)
+            factors = [factor] * len(axes)
+            outputs = [math.floor(float(factor * np.float32(n)) + 0.5) for n in inputs]
+        elif policy != "stretch":
+            raise UnsupportedModel(f"Resize keep_aspect_ratio_policy {policy!r}")
+    else:
+        raise UnsupportedModel("Resize without scales or sizes")
+    boxes = [(0.0, 1.0)] * len(axes)
+    if coordinate == "tf_crop_and_resize":
+        if roi is None or len(roi) != 2 * len(axes):
+            raise UnsupportedModel(f"Resize tf_crop_and_resize needs a roi of {2 * len(axes)} values")
+        boxes = list(zip(roi[: len(axes)], roi[len(axes) :]))
+        # The spec sizes a crop from scales by the roi too; ONNX Runtime does not. Only where both agree:
+        for m, n, f, (start, end) in zip(outputs, inputs, factors, boxes):
+            if scales is not None and int(np.float32(n) * (np.float32(end) - np.float32(start)) * f) != m:
+                raise UnsupportedModel("Resize tf_crop_and_resize with scales and a roi that shrinks the output")
+    # An axis whose scale is 1 stays as it is (tf_half_pixel_for_nn would shift it by half a pixel), as in the
+    # spec's reference implementation and ONNX Runtime. Where they part, refuse: ONNX Runtime also leaves as it is
+    # an axis of scale 1 whatever the roi, every axis when the output has the input's shape, and, with antialias,
+    # any axis the output gives its own length, whatever the scales.
+    crop = coordinate == "tf_crop_and_resize"
+    kept = outputs == inputs or (a.get("antialias", 0) and mode != "nearest")
+    plan = []
+    for axis, n, m, f, box in zip(axes, inputs, outputs, factors, boxes):
+        if f == 1 and m == n and not crop:
+            continue
+        coordinates = _source_coordinates(coordinate, m, n, f, box)
+        if m == n and _keeps(coordinates, n, mode, rule, f, crop):
+            continue
+        if m == n and (f == 1 or kept):
+            raise UnsupportedModel(f"Resize of an axis onto its own length that moves it ({coordinate}, scale {f})")
+        plan.append((axis, n, f, coordinates))
+    outside = None
+    for axis, n, f, coordinates in plan:
+        if n == 0:
+            raise UnsupportedModel("Resize of an empty axis")
+        if coordinate == "tf_crop_and_resize":
+            beyond = torch.as_tensor((coordinates < 0) | (coordinates > n - 1), device=x.device)
+            shape = [1] * rank
+            shape[axis] = -1
+            beyond = beyond.reshape(shape)
+            outside = beyond if outside is None else outside | beyond
+        if mode == "nearest":
+            x = _along(x, axis, _nearest(coordinates, rule, f))
+        else:
+            x = _along(x, axis, *_taps(coordinates, mode, a, f, n))
+    if outside is not None:
+        fill = torch.tensor(a.get("extrapolation_value", 0.0), dtype=x.dtype, device=x.device)
+        x = torch.where(outside, fill, x)
+    return x
+
+
+def _resize(a, x, *rest):
+    """Resize-10: X, scales. From opset 11: X, roi, scales, sizes (one of scales and sizes, the other empty)."""
+    if len(rest) == 1:  # two inputs are opset 10's (from 11 a valid node has scales or sizes after the roi)
+        return _interpolate(a, x, _floats(rest[0]), None, None, legacy=True)
+    roi, scales, sizes = (list(rest) + [None] * 3)[:3]
+    present = [None if t is None or t.numel() == 0 else t for t in (roi, scales, sizes)]
+    roi, scales = [None if t is None else _floats(t) for t in present[:2]]
+    sizes = None if present[2] is None else [int(v) for v in present[2].reshape(-1).tolist()]
+    return _interpolate(a, x, scales, sizes, roi, legacy=False)
+
+
+def _upsample(a, x, scales=None):
+    """Upsample: the scales an attribute in opset 7, an input in opset 9; Resize-10's semantics."""
+    if scales is None and "scales" not in a:
+        raise UnsupportedModel("Upsample without scales")
+    return _interpolate(a, x, _floats(scales) if scales is not None else list(a["scales"]), None, None, legacy=True)
+
+
 OPS: dict[str, Callable] = {
     "Gemm": _gemm,
     "MatMul": lambda a, x, y: x @ y,
@@ -384,6 +650,14 @@ OPS: dict[str, Callable] = {
     "ReduceSum": _reduce(torch.sum),
     "ReduceMax": _reduce(torch.amax),
     "ReduceMin": _reduce(torch.amin),
+    "ReduceProd": _reduce(_prod),
+    "ReduceSumSquare": _reduce(lambda x, dim, keepdim: (x * x).sum(dim=dim, keepdim=keepdim), lambda x: x * x),
+    "ReduceL1": _reduce(lambda x, dim, keepdim: x.abs().sum(dim=dim, keepdim=keepdim), torch.abs),
+    "ReduceL2": _reduce(lambda x, dim, keepdim: torch.linalg.vector_norm(x, 2, dim=dim, keepdim=keepdim), torch.abs),
+    "ReduceLogSumExp": _reduce(torch.logsumexp),
+    "Pad": _pad,
+    "Resize": _resize,
+    "Upsample": _upsample,
 }
 
 

@@ -87,6 +87,65 @@ def split(opset, parts, size, **attrs):
     return model([helper.make_node("Split", ["x"], outputs, **attrs)], {"x": [2, size]}, outputs, opset)
 
 
+def reduce(op, opset, axes=None, shape=(2, 3, 4), **attrs):
+    """A reduction with `axes` an attribute before opset 18, an input from it."""
+    inputs, constants = ["x"], {}
+    if axes is not None and opset >= 18:
+        inputs.append("axes")
+        constants["axes"] = np.array(axes, np.int64)
+    elif axes is not None:
+        attrs["axes"] = axes
+    return model([helper.make_node(op, inputs, ["y"], **attrs)], {"x": list(shape)}, ["y"], opset, constants)
+
+
+def pad(opset, pads, shape=(2, 3, 4, 5), value=None, axes=None, **attrs):
+    """Pad with its pads, constant and axes as inputs (opset 11 on; axes from 18), as attributes before 11."""
+    if opset < 11:
+        attrs["pads"] = pads
+        if value is not None:
+            attrs["value"] = value
+        return model([helper.make_node("Pad", ["x"], ["y"], **attrs)], {"x": list(shape)}, ["y"], opset)
+    inputs, constants = ["x", "pads"], {"pads": np.array(pads, np.int64)}
+    if value is not None:
+        constants["value"] = np.array(value, np.float32)
+    if value is not None or axes is not None:
+        inputs.append("value" if value is not None else "")
+    if axes is not None:
+        inputs.append("axes")
+        constants["axes"] = np.array(axes, np.int64)
+    return model([helper.make_node("Pad", inputs, ["y"], **attrs)], {"x": list(shape)}, ["y"], opset, constants)
+
+
+def resize(shape, scales=None, sizes=None, roi=None, opset=13, **attrs):
+    """Resize: X, scales in opset 10; X, roi, scales, sizes from 11 (roi and scales present, maybe empty, before 13)."""
+    constants = {}
+    if scales is not None:
+        constants["scales"] = np.array(scales, np.float32)
+    if opset == 10:
+        inputs = ["x", "scales"]
+    else:
+        if roi is not None:
+            constants["roi"] = np.array(roi, np.float32)
+        elif opset < 13:
+            constants["roi"] = np.zeros(0, np.float32)
+        if scales is None and opset < 13:
+            constants["scales"] = np.zeros(0, np.float32)
+        inputs = ["x", "roi" if "roi" in constants else "", "scales" if "scales" in constants else ""]
+        if sizes is not None:
+            inputs.append("sizes")
+            constants["sizes"] = np.array(sizes, np.int64)
+    return model([helper.make_node("Resize", inputs, ["y"], **attrs)], {"x": list(shape)}, ["y"], opset, constants)
+
+
+def upsample(shape, scales, opset=9, **attrs):
+    """Upsample: the scales an input in opset 9, an attribute in opset 7."""
+    if opset < 9:
+        node = helper.make_node("Upsample", ["x"], ["y"], scales=[float(s) for s in scales], **attrs)
+        return model([node], {"x": list(shape)}, ["y"], opset)
+    node = helper.make_node("Upsample", ["x", "scales"], ["y"], **attrs)
+    return model([node], {"x": list(shape)}, ["y"], opset, {"scales": np.array(scales, np.float32)})
+
+
 # label -> (model, numpy reference or None). Every model runs through ONNX Runtime as well, unless ONNX Runtime
 # cannot run it and a reference stands in.
 CASES = {
@@ -199,6 +258,191 @@ CASES = {
 }
 
 
+REDUCTIONS = {
+    f"{op} {label}": (reduce(op, opset, axes, **attrs), None)
+    for op in ("ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceProd")
+    for label, opset, axes, attrs in (
+        ("opset 13 axes attribute", 13, [1], {"keepdims": 0}),
+        ("opset 13 every axis", 13, None, {}),
+        ("opset 18 axes input", 18, [0, 2], {}),
+        ("opset 18 negative axes, keepdims 0", 18, [-1, 0], {"keepdims": 0}),
+        ("opset 18 every axis, keepdims 0", 18, None, {"keepdims": 0}),
+        ("opset 18 noop_with_empty_axes", 18, None, {"noop_with_empty_axes": 1}),
+        ("opset 18 empty axes input", 18, [], {"keepdims": 0}),
+    )
+}
+
+PADS = {
+    "Pad constant": (pad(13, [0, 0, 1, 2, 0, 0, 3, 1]), None),
+    "Pad constant value input": (pad(13, [1, 0, 2, 0, 0, 1, 0, 3], value=1.5), None),
+    "Pad constant opset 7 attributes": (pad(7, [0, 1, 1, 0, 0, 0, 2, 2], value=-2.0), None),
+    "Pad constant negative pads": (pad(13, [0, -1, 2, -2, -1, 0, -1, 1], value=0.5), None),
+    "Pad constant axes input": (pad(18, [2, -1, 1, 3], value=3.0, axes=[1, -1]), None),
+    "Pad reflect": (pad(13, [0, 0, 2, 3, 0, 0, 3, 1], mode="reflect"), None),
+    "Pad reflect every axis of a 3-D tensor": (pad(13, [1, 2, 3, 1, 1, 2], shape=(3, 4, 5), mode="reflect"), None),
+    "Pad reflect opset 7 attributes": (pad(7, [0, 0, 1, 2, 0, 0, 2, 1], mode="reflect"), None),
+    "Pad reflect negative pads": (pad(13, [0, 1, -1, 2, 0, -1, 2, -2], mode="reflect"), None),
+    "Pad reflect axes input": (pad(18, [3, 1, 2, 2], axes=[-2, 1], mode="reflect"), None),
+    "Pad edge": (pad(13, [0, 0, 3, 1, 0, 0, 2, 4], mode="edge"), None),
+    "Pad edge every axis of a 5-D tensor": (
+        pad(13, [1, 0, 2, 1, 1, 0, 1, 0, 2, 1], shape=(1, 2, 3, 2, 3), mode="edge"),
+        None,
+    ),
+    "Pad edge opset 7 attributes": (pad(7, [1, 0, 0, 2, 0, 2, 1, 0], mode="edge"), None),
+    "Pad edge negative pads": (pad(13, [-1, 2, 0, -2, 0, -1, 3, 1], mode="edge"), None),
+    "Pad edge axes input": (pad(18, [2, 0, 1, 3], axes=[0, 3], mode="edge"), None),
+    "Pad wrap": (pad(19, [0, 0, 2, 3, 0, 0, 1, 4], mode="wrap"), None),
+    "Pad wrap every axis of a 3-D tensor": (pad(19, [1, 2, 3, 1, 0, 2], shape=(3, 4, 5), mode="wrap"), None),
+    "Pad wrap negative pads": (pad(19, [0, 1, -1, 2, 0, -1, 2, -2], mode="wrap"), None),
+    "Pad wrap axes input": (pad(19, [1, 3, 2, 0], axes=[2, -1], mode="wrap"), None),
+    "Pad 1-D": (pad(13, [2, 3], shape=(4,), mode="reflect"), None),
+}
+
+RESIZES = {
+    "Resize nearest x2": (resize([1, 2, 4, 5], scales=[1, 1, 2, 2]), None),
+    "Resize nearest x2 asymmetric floor": (
+        resize([1, 2, 4, 5], scales=[1, 1, 2, 2], coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        None,
+    ),
+    **{
+        f"Resize nearest x1.5 x1.7 {coordinates} {rounding}": (
+            resize(
+                [1, 2, 4, 5],
+                scales=[1, 1, 1.5, 1.7],
+                coordinate_transformation_mode=coordinates,
+                nearest_mode=rounding,
+            ),
+            None,
+        )
+        for coordinates in ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel")
+        for rounding in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+    },
+    "Resize nearest down x0.6 x0.5": (resize([1, 2, 5, 8], scales=[1, 1, 0.6, 0.5]), None),
+    "Resize nearest sizes": (resize([1, 2, 4, 5], sizes=[1, 2, 7, 3], nearest_mode="round_prefer_ceil"), None),
+    "Resize nearest 3-D every axis": (resize([2, 3, 4], scales=[1.5, 2, 0.75]), None),
+    "Resize nearest tf_half_pixel_for_nn opset 11": (
+        resize([1, 2, 4, 5], scales=[1, 1, 1.5, 2.5], opset=11, coordinate_transformation_mode="tf_half_pixel_for_nn"),
+        None,
+    ),
+    "Resize nearest tf_crop_and_resize": (
+        resize(
+            [1, 2, 4, 5],
+            sizes=[1, 2, 5, 6],
+            roi=[0, 0, -0.2, 0.1, 1, 1, 0.9, 1.3],
+            coordinate_transformation_mode="tf_crop_and_resize",
+            extrapolation_value=-7.0,
+        ),
+        None,
+    ),
+    **{
+        f"Resize linear x2 {coordinates}": (
+            resize([1, 2, 4, 5], scales=[1, 1, 2, 2], mode="linear", coordinate_transformation_mode=coordinates),
+            None,
+        )
+        for coordinates in ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel")
+    },
+    **{
+        f"Resize linear x1.5 x2.3 {coordinates}": (
+            resize([1, 2, 4, 5], scales=[1, 1, 1.5, 2.3], mode="linear", coordinate_transformation_mode=coordinates),
+            None,
+        )
+        for coordinates in ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel")
+    },
+    "Resize linear down x0.6 x0.5": (resize([1, 2, 5, 8], scales=[1, 1, 0.6, 0.5], mode="linear"), None),
+    "Resize linear sizes": (resize([1, 2, 4, 5], sizes=[1, 2, 7, 3], mode="linear"), None),
+    "Resize linear sizes to one": (
+        resize([1, 2, 4, 5], sizes=[1, 2, 1, 9], mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),
+        None,
+    ),
+    "Resize linear opset 11 with empty roi": (
+        resize([1, 2, 4, 5], scales=[1, 1, 2, 1.5], opset=11, mode="linear"),
+        None,
+    ),
+    "Resize linear 2-D": (resize([3, 4], scales=[2, 1.5], mode="linear"), None),
+    "Resize trilinear": (resize([1, 1, 3, 4, 5], scales=[1, 1, 2, 1.5, 0.8], mode="linear"), None),
+    "Resize linear tf_crop_and_resize": (
+        resize(
+            [1, 2, 4, 5],
+            sizes=[1, 2, 6, 4],
+            roi=[0, 0, 0.1, -0.3, 1, 1, 0.8, 1.2],
+            mode="linear",
+            coordinate_transformation_mode="tf_crop_and_resize",
+            extrapolation_value=2.5,
+        ),
+        None,
+    ),
+    "Resize linear axes opset 18": (resize([1, 2, 4, 5], scales=[2, 1.5], opset=18, mode="linear", axes=[2, 3]), None),
+    "Resize nearest negative axes opset 18": (resize([1, 2, 4, 5], sizes=[3, 9], opset=18, axes=[-1, 2]), None),
+    "Resize linear not_larger": (
+        resize([1, 2, 4, 5], sizes=[7, 7], opset=18, mode="linear", axes=[2, 3], keep_aspect_ratio_policy="not_larger"),
+        None,
+    ),
+    "Resize nearest not_smaller": (
+        resize([1, 2, 4, 5], sizes=[7, 7], opset=18, axes=[2, 3], keep_aspect_ratio_policy="not_smaller"),
+        None,
+    ),
+    "Resize linear antialias down": (
+        resize([1, 2, 9, 10], scales=[1, 1, 0.5, 0.6], opset=18, mode="linear", antialias=1),
+        None,
+    ),
+    "Resize linear antialias up": (
+        resize([1, 2, 4, 5], scales=[1, 1, 2, 1.5], opset=18, mode="linear", antialias=1),
+        None,
+    ),
+    "Resize linear half_pixel_symmetric": (
+        resize(
+            [1, 2, 4, 5],
+            scales=[1, 1, 1.5, 2.3],
+            opset=19,
+            mode="linear",
+            coordinate_transformation_mode="half_pixel_symmetric",
+        ),
+        None,
+    ),
+    "Resize cubic x2": (resize([1, 2, 4, 5], scales=[1, 1, 2, 2], mode="cubic"), None),
+    "Resize cubic x1.5 x2.3 align_corners": (
+        resize([1, 2, 4, 5], scales=[1, 1, 1.5, 2.3], mode="cubic", coordinate_transformation_mode="align_corners"),
+        None,
+    ),
+    "Resize cubic asymmetric a -0.5": (
+        resize(
+            [1, 2, 4, 5],
+            scales=[1, 1, 2, 1.5],
+            mode="cubic",
+            coordinate_transformation_mode="asymmetric",
+            cubic_coeff_a=-0.5,
+        ),
+        None,
+    ),
+    "Resize cubic exclude_outside": (
+        resize([1, 2, 4, 5], scales=[1, 1, 1.7, 2], mode="cubic", exclude_outside=1),
+        None,
+    ),
+    "Resize cubic down sizes": (resize([1, 2, 9, 10], sizes=[1, 2, 4, 6], mode="cubic"), None),
+    "Resize cubic antialias down": (
+        resize([1, 2, 9, 10], scales=[1, 1, 0.5, 0.6], opset=18, mode="cubic", antialias=1),
+        None,
+    ),
+    "Resize cubic antialias down exclude_outside": (
+        resize([1, 2, 9, 10], scales=[1, 1, 0.5, 0.6], opset=18, mode="cubic", antialias=1, exclude_outside=1),
+        None,
+    ),
+    "Resize opset 10 nearest": (resize([1, 2, 4, 5], scales=[1, 1, 2, 3], opset=10), None),
+    "Resize opset 10 nearest down": (resize([1, 2, 5, 8], scales=[1, 1, 0.6, 0.5], opset=10), None),
+    "Resize opset 10 linear": (resize([1, 2, 4, 5], scales=[1, 1, 1.5, 2], opset=10, mode="linear"), None),
+    "Upsample opset 9 nearest x2": (upsample([1, 2, 4, 5], [1, 1, 2, 2]), None),
+    "Upsample opset 9 nearest x2 x3": (upsample([1, 2, 4, 5], [1, 1, 2, 3]), None),
+    "Upsample opset 9 nearest x1.5": (upsample([1, 2, 4, 5], [1, 1, 1.5, 2.5]), None),
+    "Upsample opset 9 linear": (upsample([1, 2, 4, 5], [1, 1, 2, 1.5], mode="linear"), None),
+    "Upsample opset 7 nearest": (upsample([1, 2, 4, 5], [1, 1, 3, 2], opset=7), None),
+    "Upsample opset 7 linear": (upsample([1, 2, 4, 5], [1, 1, 2, 2], opset=7, mode="linear"), None),
+}
+
+CASES.update(REDUCTIONS)
+CASES.update(PADS)
+CASES.update(RESIZES)
+
+
 class Operators(unittest.TestCase):
     def test_each_operator_computes_what_onnx_runtime_computes(self):
         import onnxruntime
@@ -250,6 +494,51 @@ class Operators(unittest.TestCase):
             y.sum().backward()
             self.assertTrue(torch.isfinite(x.grad).all(), onnx_model.graph.node[0].op_type)
             self.assertTrue((y[0, 1] == 0).all(), "an all-zero window's norm is exactly zero")
+
+    def test_what_it_cannot_run_as_onnx_means_it_refuses(self):
+        refused = {
+            "Pad mode": pad(13, [0, 0, 1, 1, 0, 0, 1, 1], mode="mirror"),
+            "Resize mode": resize([1, 2, 4, 5], scales=[1, 1, 2, 2], mode="bilinear"),
+            "Upsample cubic": upsample([1, 2, 4, 5], [1, 1, 2, 2], mode="cubic"),
+            "Resize nearest antialias": resize([1, 2, 4, 5], scales=[1, 1, 0.5, 0.5], opset=18, antialias=1),
+            # ONNX Runtime copies an input resized to its own shape; the spec resamples it
+            "Resize onto its own shape": resize([1, 2, 2, 3], scales=[1, 1, 1, 1.25]),
+            # the spec sizes the output by the roi too, ONNX Runtime does not
+            "Resize tf_crop_and_resize scales": resize(
+                [1, 2, 4, 5],
+                scales=[1, 1, 2, 2],
+                roi=[0, 0, 0.2, 0, 1, 1, 0.8, 1],
+                coordinate_transformation_mode="tf_crop_and_resize",
+            ),
+        }
+        for label, onnx_model in refused.items():
+            with self.subTest(label):
+                shape = [d.dim_value for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
+                with self.assertRaises(onnx_torch.UnsupportedModel):
+                    OnnxModule(onnx_model)(torch.zeros(shape))
+
+    def test_resampling_passes_every_gradient_back(self):
+        """Each output of Pad (edge, reflect, wrap) reads one input and each of Resize (linear, cubic) a mix with
+        weights that sum to 1: the gradient of the output's sum sums to its size."""
+        for label, onnx_model in {
+            "Pad reflect": PADS["Pad reflect negative pads"][0],
+            "Pad edge": PADS["Pad edge every axis of a 5-D tensor"][0],
+            "Pad wrap": PADS["Pad wrap"][0],
+            "Resize linear": RESIZES["Resize linear x1.5 x2.3 half_pixel"][0],
+            "Resize cubic": RESIZES["Resize cubic x1.5 x2.3 align_corners"][0],
+            "Resize linear antialias": RESIZES["Resize linear antialias down"][0],
+        }.items():
+            with self.subTest(label):
+                shape = [d.dim_value for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
+                x = torch.randn(shape, requires_grad=True)
+                y = OnnxModule(onnx_model)(x)
+                y.sum().backward()
+                self.assertAlmostEqual(float(x.grad.sum()), y.numel(), places=3)
+
+    def test_an_l2_norm_of_zeros_has_a_finite_gradient(self):
+        x = torch.zeros(2, 3, 4, requires_grad=True)
+        OnnxModule(reduce("ReduceL2", 18, [1]))(x).sum().backward()
+        self.assertTrue(torch.isfinite(x.grad).all())
 
     def test_an_rms_norm_scale_trains(self):
         onnx_model = model(
