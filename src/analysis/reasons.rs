@@ -97,6 +97,8 @@ pub(crate) enum Why {
     /// does not follow.
     SplitsHeads,
     StridedChannelSlice,
+    PadsChannelAxis,
+    ResizesChannelAxis,
 }
 
 impl Why {
@@ -119,6 +121,8 @@ impl Why {
             Why::UnknownPartWidths => "unknown-widths",
             Why::SplitsHeads => "splits-heads",
             Why::StridedChannelSlice => "strided-channel-slice",
+            Why::PadsChannelAxis => "pads-channel-axis",
+            Why::ResizesChannelAxis => "resizes-channel-axis",
         }
     }
 }
@@ -145,6 +149,8 @@ impl fmt::Display for Why {
             Why::Broadcasts => f.write_str("it broadcasts along the channel axis"),
             Why::UnknownPartWidths => f.write_str("the widths of its parts are unknown"),
             Why::SplitsHeads => f.write_str("it does not follow channels split over two axes (heads)"),
+            Why::PadsChannelAxis => f.write_str("it pads the channel axis"),
+            Why::ResizesChannelAxis => f.write_str("it resizes the channel axis"),
             Why::StridedChannelSlice => {
                 f.write_str("it slices the channel axis with a step, or a flattened or split channel axis")
             }
