@@ -98,6 +98,8 @@ pub(crate) enum Why {
     SplitsHeads,
     StridedChannelSlice,
     UnknownRank,
+    PadsChannelAxis,
+    ResizesChannelAxis,
 }
 
 impl Why {
@@ -121,6 +123,8 @@ impl Why {
             Why::SplitsHeads => "splits-heads",
             Why::StridedChannelSlice => "strided-channel-slice",
             Why::UnknownRank => "unknown-rank",
+            Why::PadsChannelAxis => "pads-channel-axis",
+            Why::ResizesChannelAxis => "resizes-channel-axis",
         }
     }
 }
@@ -148,6 +152,8 @@ impl fmt::Display for Why {
             Why::UnknownPartWidths => f.write_str("the widths of its parts are unknown"),
             Why::SplitsHeads => f.write_str("it does not follow channels split over two axes (heads)"),
             Why::UnknownRank => f.write_str("the rank its channel axis needs is not known"),
+            Why::PadsChannelAxis => f.write_str("it pads the channel axis"),
+            Why::ResizesChannelAxis => f.write_str("it resizes the channel axis"),
             Why::StridedChannelSlice => {
                 f.write_str("it slices the channel axis with a step, or a flattened or split channel axis")
             }

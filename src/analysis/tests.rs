@@ -281,3 +281,15 @@ fn the_plan_rewrites_both_head_reshapes() {
         assert_eq!(shape(5), Some(vec![0, 0, 4]));
     });
 }
+
+#[test]
+fn padding_or_resizing_the_channel_axis_keeps_it_whole() {
+    let why_of = |g: G, name: &str| g.facts(|f| f.forced.of(v(f, name)).to_vec());
+    let base = || chain().ints("pads", &[0, 1, 0, 0]).vector("scales", &[1.0, 2.0]);
+    let padded = base().op("Pad", &["h", "pads"], "p");
+    let resized = base().op("Resize", &["h", "", "scales"], "p");
+    for (g, why) in [(padded, Why::PadsChannelAxis), (resized, Why::ResizesChannelAxis)] {
+        let reasons = why_of(g, "p");
+        assert!(reasons.iter().any(|r| matches!(r, KeepReason::Node { why: w, .. } if *w == why)), "{reasons:?}");
+    }
+}

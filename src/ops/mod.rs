@@ -22,6 +22,7 @@ mod per_channel;
 mod pool;
 mod shape;
 mod slice;
+mod spatial;
 
 pub(crate) use linear::{Linear, NonZero, Weight};
 pub use norm::ClnForm;
@@ -143,7 +144,10 @@ static RULES: &[&dyn OpRule] = &[
     &shape::Reshape,
     &shape::Flatten,
     &shape::Transpose,
+    &shape::Squeeze,
     &slice::Slice,
+    &spatial::Pad,
+    &spatial::Resize,
     &concat::Concat,
     &concat::Split,
     &gather::Select,

@@ -35,7 +35,17 @@ impl OpRule for Pool {
 
 impl OpRule for Reduce {
     fn op_types(&self) -> &'static [&'static str] {
-        &["ReduceMean", "ReduceMax", "ReduceMin"]
+        &[
+            "ReduceMean",
+            "ReduceMax",
+            "ReduceMin",
+            "ReduceSum",
+            "ReduceSumSquare",
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSumExp",
+            "ReduceProd",
+        ]
     }
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
@@ -50,13 +60,19 @@ impl OpRule for Reduce {
         if axes.is_empty() {
             return Role::Opaque(Opaque::Unsupported("it reduces over every axis, the channels too".into()));
         }
-        Role::Op(Box::new(PerChannel::identity(Box::new(Reduced { axes, keepdims: node.attr_i("keepdims", 1) != 0 }))))
+        let axes = Box::new(Reduced { axes, keepdims: node.attr_i("keepdims", 1) != 0 });
+        Role::Op(Box::new(match node.op_type() {
+            // Summaries of a constant that are the constant.
+            "ReduceMean" | "ReduceMax" | "ReduceMin" => PerChannel::identity(axes),
+            // Sums, norms and products of a constant depend on how many entries they reduce.
+            _ => PerChannel { axes, ..zero_only() },
+        }))
     }
 }
 
 /// Constant only where the input is zero: an Lp norm depends on the window size, and an
 /// average that counts padding turns a constant into a border effect.
-fn zero_only() -> PerChannel {
+pub(super) fn zero_only() -> PerChannel {
     PerChannel::new(vec![0], vec![], Box::new(|x| (x[0] == 0.0).then_some(0.0)))
 }
 

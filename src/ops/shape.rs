@@ -16,6 +16,7 @@ use crate::rewrite::Edit;
 pub(crate) struct Reshape;
 pub(crate) struct Flatten;
 pub(crate) struct Transpose;
+pub(crate) struct Squeeze;
 
 impl OpRule for Reshape {
     fn op_types(&self) -> &'static [&'static str] {
@@ -326,5 +327,62 @@ impl AxisMap for Permuted {
 
     fn follows_heads(&self) -> bool {
         true
+    }
+}
+
+impl OpRule for Squeeze {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Squeeze", "Unsqueeze"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        // Axes: an input from opset 13, an attribute before.
+        let axes = match node.input.get(1).filter(|s| !s.is_empty()) {
+            Some(a) => match cx.const_tensor(a).filter(|t| t.data_type() == DataType::Int64 as i32) {
+                Some(t) => int64s(t),
+                None => return Role::Opaque(Opaque::NotConstant("its axes are not int64 constants")),
+            },
+            None => match node.attribute.iter().find(|a| a.name() == "axes") {
+                Some(a) => a.ints.clone(),
+                // Which axes a bare Squeeze drops depends on the shapes.
+                None => return Role::Opaque(Opaque::Unsupported("it has no axes".into())),
+            },
+        };
+        let insert = node.op_type() == "Unsqueeze";
+        Role::Op(Box::new(PerChannel::identity(Box::new(Squeezed { axes, insert }))))
+    }
+}
+
+/// Axes of size 1 removed (`insert`: added) at `axes`: the channel axis moves past them.
+struct Squeezed {
+    axes: Vec<i64>,
+    insert: bool,
+}
+
+impl AxisMap for Squeezed {
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
+        let x = acts[0];
+        let lx = cx.get(x);
+        let (Some(r), Some(p)) = (lx.rank, lx.position()) else { return };
+        let out_rank = if self.insert { r + self.axes.len() } else { r.saturating_sub(self.axes.len()) };
+        let within = if self.insert { out_rank } else { r } as i64;
+        let axes: Vec<i64> = self.axes.iter().map(|&a| if a < 0 { a + within } else { a }).collect();
+        let out = if self.insert {
+            // Output positions not inserted take the input axes in order.
+            (0..out_rank as i64).filter(|q| !axes.contains(q)).nth(p).map(|q| q as usize)
+        } else if axes.contains(&(p as i64)) {
+            None
+        } else {
+            Some(p - axes.iter().filter(|&&a| a < p as i64).count())
+        };
+        let Some(q) = out else {
+            cx.force(x, Why::ReshapesChannelAxis);
+            cx.force(o, Why::ReshapesChannelAxis);
+            return;
+        };
+        cx.set_axis(o, q as isize - out_rank as isize);
+        cx.set_rank(o, out_rank);
+        cx.same_width(x, o);
+        lx.block.inspect(|&b| cx.set_block(o, b));
     }
 }

@@ -156,3 +156,29 @@ fn grouped_convolutions_shrink_the_same_entries_in_every_group() {
     let r = minimize(&g.model("y", &[B, Some(2), Some(6), Some(6)]));
     assert_eq!(widths(&r), vec![(4, 6), (6, 4), (4, 2)]);
 }
+
+/// Pad and Resize over space, reductions over space, Unsqueeze and Squeeze of other axes: the
+/// channels pass through. A zero constant stays constant through zero padding; a non-zero one
+/// does not (the border reads the pad value), so it stays.
+#[test]
+fn spatial_resampling_reductions_and_squeezes_keep_channels_apart() {
+    let mut g = G::new("x", &[None, Some(3), Some(4), Some(4)]);
+    g.conv_weight("w", 6, 3, 1, &[1, 4], &[]).init("b", &[6], &[0.1, 0.0, 0.3, 0.2, 0.5, 0.4]);
+    g.conv("x", "w", Some("b"), "c", 0, 1).op("Relu", &["c"], "r", vec![]);
+    g.g.initializer.extend([
+        crate::common::int64_tensor("pads", &[0, 0, 1, 1, 0, 0, 1, 1]),
+        crate::common::int64_tensor("spatial", &[2, 3]),
+        crate::common::int64_tensor("one", &[1]),
+    ]);
+    g.init("scales", &[4], &[1.0, 1.0, 2.0, 2.0]);
+    g.op("Pad", &["r", "pads"], "p", vec![]).op("Resize", &["p", "", "scales"], "up", vec![]);
+    g.op("ReduceSum", &["up", "spatial"], "s", vec![attr_i("keepdims", 0)]);
+    g.op("Unsqueeze", &["s", "one"], "u", vec![]).op("Squeeze", &["u", "one"], "f", vec![]);
+    let mut wfc = g.rand(2 * 6);
+    wfc[2] = 0.0;
+    wfc[8] = 0.0; // column 2 unread
+    g.init("wfc", &[2, 6], &wfc);
+    g.op("Gemm", &["f", "wfc"], "y", vec![attr_i("transB", 1)]);
+    let r = minimize(&g.model("y", &[None, Some(2)]));
+    assert_eq!(widths(&r), vec![(3, 4), (4, 2)]);
+}

@@ -426,7 +426,8 @@ fn attention_heads_lose_query_key_and_value_dimensions() {
 #[test]
 fn embedding_tables_lose_constant_and_unread_columns() {
     let mut g = G::new("ids", &[B, Some(5)]);
-    g.g.input[0] = crate::common::value_info("ids", onnx_minimize::onnx::proto::tensor_proto::DataType::Int64, &[B, Some(5)]);
+    g.g.input[0] =
+        crate::common::value_info("ids", onnx_minimize::onnx::proto::tensor_proto::DataType::Int64, &[B, Some(5)]);
     let mut table = g.rand(10 * 6);
     (0..10).for_each(|r| table[r * 6 + 2] = 0.5);
     g.init("table", &[10, 6], &table).weight("w", 6, 3, &[4]).init("b", &[3], &[0.1, 0.2, 0.3]);
