@@ -26,7 +26,10 @@ impl OpRule for Reshape {
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         let Some(shape) = node.input.get(1).and_then(|s| cx.const_tensor(s)) else {
             return match computed_last(node, cx) {
-                Some(last) => Role::Op(Box::new(PerChannel::identity(Box::new(ReshapeLast { last })))),
+                Some(last) => {
+                    let split = last.and_then(|(m, s)| computed_split(cx, m, s));
+                    Role::Op(Box::new(PerChannel::identity(Box::new(ReshapeLast { last, split }))))
+                }
                 None => {
                     Role::Opaque(Opaque::NotConstant("its target shape is computed, and its last entry is not known"))
                 }
@@ -160,13 +163,37 @@ impl AxisMap for Reshaped {
 /// read back with `Shape`.
 struct ReshapeLast {
     last: Option<(NodeId, usize)>,
+    /// When the entry before the last is a constant too (at this slot of the same Concat, which
+    /// only this reshape reads): the target may split the channels into `[.., H, D]` heads
+    /// (`H` may be -1: as many heads as `D` divides the width into).
+    split: Option<(usize, i64, i64)>,
 }
 
 impl AxisMap for ReshapeLast {
     fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
         let x = acts[0];
         let lx = cx.get(x);
-        if lx.axis == Some(-1) {
+        let heads = self.split.and_then(|(_, h, d)| {
+            let w = lx.width? as i64;
+            let count = if h == -1 && w % d == 0 { w / d } else { h };
+            let splits =
+                lx.axis == Some(-1) && lx.heads.is_none() && lx.block == Some(1) && count > 1 && count * d == w;
+            splits.then_some(Heads { axis: -2, count: count as usize })
+        });
+        if let Some(heads) = heads {
+            cx.set_axis(o, -1);
+            cx.same_width(x, o);
+            cx.set_block(o, 1);
+            cx.set_heads(o, heads);
+            lx.rank.inspect(|&r| cx.set_rank(o, r + 1));
+        } else if lx.heads.is_some_and(|h| h.axis != -2) {
+            cx.force(x, Why::ReshapesChannelAxis);
+            cx.force(o, Why::ReshapesChannelAxis);
+        } else if lx.axis == Some(-1) {
+            // Leading axes merge or split (heads just before the channels merge into them).
+            if lx.heads.is_some() {
+                lx.rank.inspect(|&r| cx.set_rank(o, r - 1));
+            }
             cx.set_axis(o, -1);
             cx.same_width(x, o);
             if let Some(b) = lx.block {
@@ -181,6 +208,9 @@ impl AxisMap for ReshapeLast {
     fn check(&self, cx: &CheckCx, o: ValueId) -> Result<(), Why> {
         let Some((m, s)) = self.last else { return Ok(()) };
         let l = cx.layout(o);
+        if l.heads.is_some() {
+            return Ok(()); // a split: its last two entries were matched to the width
+        }
         let last = int64s(cx.const_of(m, s).expect("checked by the rule"))[0];
         if last != -1 && Some(last) != l.block.zip(l.width).map(|(b, w)| (w * b) as i64) {
             return Err(Why::TargetShapeEnd(last));
@@ -191,6 +221,15 @@ impl AxisMap for ReshapeLast {
     fn rewrite(&self, cx: &mut PlanCx, o: ValueId, keep: &[usize]) {
         let Some((m, s)) = self.last else { return };
         let t = cx.const_of(m, s).expect("checked by the rule");
+        if let (Some((h_slot, h, _)), true) = (self.split, cx.layout(o).heads.is_some()) {
+            let (rows, cols) = heads_kept(cx.layout(o), keep);
+            if h != -1 {
+                let t = cx.const_of(m, h_slot).expect("checked by the rule");
+                cx.push(Edit::Const { node: m.0, slot: h_slot, tensor: with_int64s(t, &[rows.len() as i64]) });
+            }
+            cx.push(Edit::Const { node: m.0, slot: s, tensor: with_int64s(t, &[cols.len() as i64]) });
+            return;
+        }
         if int64s(t)[0] == -1 {
             return;
         }
@@ -203,6 +242,24 @@ impl AxisMap for ReshapeLast {
             cx.push(Edit::CloneProducer { node, slot: 1, producer: m.0, producer_slot: s, tensor });
         }
     }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+}
+
+/// For a target `Concat(.., H, D)` (TorchScript's `x.view(x.size()[:-1] + (H, D))`, `H` often
+/// -1) read by one reshape, with `D` a constant at `slot`: the slot of `H`, `H` and `D`.
+fn computed_split(cx: &Ctx, concat: NodeId, slot: usize) -> Option<(usize, i64, i64)> {
+    let c = &cx.graph.node[concat.0];
+    let one = |s: usize| {
+        let t = cx.const_tensor(c.input.get(s)?)?;
+        let v = (t.data_type() == DataType::Int64 as i32).then(|| int64s(t))?;
+        (v.len() == 1).then_some(v[0])
+    };
+    let (h, d) = (one(slot.checked_sub(1)?)?, one(slot)?);
+    let private = cx.ir.readers(&c.output[0]).len() == 1;
+    (private && (h > 1 || h == -1) && d > 0).then_some((slot - 1, h, d))
 }
 
 /// For a shape built as `Concat(..., last)`: `Some(Some(loc))` when `last` is a one-element
@@ -300,8 +357,8 @@ struct Permuted {
 impl AxisMap for Permuted {
     fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
         let x = acts[0];
-        let r = cx.get(x).rank.or(cx.get(o).rank).filter(|&r| r == self.perm.len());
-        let Some(r) = r else { return };
+        // `perm` names every axis: the rank is its length.
+        let r = self.perm.len();
         cx.set_rank(x, r);
         cx.set_rank(o, r);
         let (ri, perm) = (r as isize, &self.perm);

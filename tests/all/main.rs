@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so tract links once.
 
+mod attention;
 mod cli;
 mod cnn;
 mod common;
