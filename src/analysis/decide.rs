@@ -67,6 +67,12 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
         let mut rows = vec![whole_rows && !keep.is_empty(); count];
         let mut cols = vec![false; per];
         keep.iter().for_each(|&c| (rows[c / per], cols[c % per]) = (true, true));
+        // A grouped Conv left with one entry per group would read as depthwise next time, whose
+        // rule removes channels one by one: keep two, so the next pass sees the same operator.
+        if whole_rows && per >= 2 && cols.iter().filter(|&&c| c).count() == 1 {
+            let spare = cols.iter().position(|&c| !c).expect("per >= 2");
+            cols[spare] = true;
+        }
         for c in 0..count * per {
             let k = facts.classes.class(v, c);
             if rows[c / per] && cols[c % per] && !d.kept_class[k] {
