@@ -62,6 +62,9 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
             (None, Some(g)) => (g, true),
             (None, None) => continue,
         };
+        if count == 0 || !width.is_multiple_of(count) {
+            continue; // forced by the layout: every channel stays
+        }
         let per = width / count;
         let keep = d.kept(facts, v, 0);
         let mut rows = vec![whole_rows && !keep.is_empty(); count];

@@ -78,9 +78,17 @@ pub(crate) fn infer(g: &Graph, forced: &mut Forced) -> Layouts {
             break;
         }
     }
-    // Channels over two axes reach only operators that follow them.
+    // Channels over two axes reach only operators that follow them, and heads or groups that
+    // do not divide the width (two operators disagreeing) keep the value whole.
     for &(n, op) in &ops {
         let values: Vec<ValueId> = g.inputs(n).chain(g.outputs(n)).collect();
+        for &v in &values {
+            let l = facts[v];
+            let divides = |c: usize| c > 0 && l.width.is_some_and(|w| w.is_multiple_of(c));
+            if !l.heads.is_none_or(|h| divides(h.count)) || !l.groups.is_none_or(divides) {
+                forced.by_node(v, n, Why::LayoutConflict);
+            }
+        }
         if !op.follows_heads() && values.iter().any(|&v| facts[v].heads.is_some()) {
             values.into_iter().for_each(|v| forced.by_node(v, n, Why::SplitsHeads));
         }

@@ -67,7 +67,7 @@ impl<'g> Facts<'g> {
         debug_check(&graph, "layout", |v| {
             let l = layouts[v];
             let divides = |n: usize| n > 0 && l.width.is_some_and(|w| w.is_multiple_of(n));
-            l.heads.is_none_or(|h| divides(h.count)) && l.groups.is_none_or(divides)
+            forced.is_forced(v) || l.heads.is_none_or(|h| divides(h.count)) && l.groups.is_none_or(divides)
         });
         let operands = operands::check(&graph, &layouts, &mut forced);
         let classes = classes::build(&graph, &layouts, &mut forced);
@@ -80,7 +80,7 @@ impl<'g> Facts<'g> {
 }
 
 /// Asserts, in debug builds, that `holds` for every value after `pass`: per-channel facts have
-/// the value's width, heads and groups divide it.
+/// the value's width, heads and groups divide it (or the value keeps every channel).
 fn debug_check(g: &Graph, pass: &str, holds: impl Fn(ValueId) -> bool) {
     if cfg!(debug_assertions) {
         if let Some(v) = g.value_ids().find(|&v| !holds(v)) {

@@ -293,3 +293,30 @@ fn padding_or_resizing_the_channel_axis_keeps_it_whole() {
         assert!(reasons.iter().any(|r| matches!(r, KeepReason::Node { why: w, .. } if *w == why)), "{reasons:?}");
     }
 }
+
+#[test]
+fn a_merge_that_only_infers_its_last_entry_keeps_the_heads_whole() {
+    // `[0, 0, -1]` could leave the heads axis apart: only an explicit width merges.
+    let mut g = heads(|_| 1.0);
+    let merge = g.0.initializer.iter_mut().find(|t| t.name() == "merge_heads").unwrap();
+    *merge = int64_tensor("merge_heads", &[0, 0, -1]);
+    g.facts(|f| {
+        let reasons = f.forced.of(v(f, "m"));
+        assert!(
+            reasons.iter().any(|r| matches!(r, KeepReason::Node { why: Why::ReshapesChannelAxis, .. })),
+            "{reasons:?}"
+        );
+    });
+}
+
+#[test]
+fn a_conv_bias_of_the_wrong_length_makes_the_conv_opaque() {
+    let g = G::new(&[None, Some(2), Some(4), Some(4)]);
+    let mut g = g.vector("b", &[0.1; 3]);
+    g.0.initializer.push(f32_tensor("w", &[4, 2, 1, 1], &[1.0; 8]));
+    let g = g.op("Conv", &["x", "w", "b"], "y");
+    g.facts(|f| {
+        let why = Why::Opaque(Opaque::Malformed("its bias does not have one entry per output channel"));
+        assert!(f.forced.of(v(f, "x")).contains(&KeepReason::Node { node: super::NodeId(0), why }));
+    });
+}

@@ -94,6 +94,12 @@ impl<'a> Values<'a> {
                     .unwrap_or_else(|_| t.data_type().to_string())
             ),
         })?;
+        if t.dims.iter().any(|&d| d < 0) {
+            return Err(Error::UnsupportedTensor {
+                tensor: t.name.clone().unwrap_or_default(),
+                why: format!("its dimensions {:?} are negative", t.dims),
+            });
+        }
         let n: i64 = t.dims.iter().product();
         let repr = if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty() || n == 0) {
             Repr::Raw(raw)

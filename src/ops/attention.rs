@@ -14,13 +14,14 @@
 //! projections around them.
 
 use super::{Activations, ChannelOp, Ctx, Role};
-use crate::analysis::{ConstCx, LayoutCx, NeedCx, TieCx};
+use crate::analysis::reasons::Why;
+use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, TieCx, ValueId};
 use crate::ir::NodeExt;
 use crate::onnx::proto::NodeProto;
 
 /// The role of a MatMul of two activations.
 pub(crate) fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-    if softmax_rows(cx, &node.input[0]) {
+    if node.input.first().is_some_and(|p| softmax_rows(cx, p)) {
         Role::Op(Box::new(Weighted))
     } else {
         Role::Op(Box::new(Scores { shift_invariant: into_softmax(cx, &node.output[0]) }))
@@ -44,8 +45,21 @@ fn is_row_softmax(cx: &Ctx, node: &NodeProto) -> bool {
         }
 }
 
+/// Identities at inference: Identity, Dropout not asked to train, a Cast between float types.
 fn is_pass_through(node: &NodeProto) -> bool {
-    matches!(node.op_type(), "Identity" | "Dropout" | "Cast") && node.output.len() == 1
+    let float = |to: i64| {
+        use crate::onnx::proto::tensor_proto::DataType as D;
+        [D::Float, D::Double, D::Float16, D::Bfloat16].iter().any(|&d| d as i64 == to)
+    };
+    node.output.len() == 1
+        && !node.input.is_empty()
+        && match node.op_type() {
+            "Identity" => true,
+            // A `training_mode` input may turn it on: only the plain form is an identity.
+            "Dropout" => node.input.get(2).is_none_or(|t| t.is_empty()),
+            "Cast" => float(node.attr_i("to", 0)),
+            _ => false,
+        }
 }
 
 /// Whether `value` is a softmax over its last axis (through identities): its rows sum to 1.
@@ -82,10 +96,18 @@ fn into_softmax(cx: &Ctx, scores: &str) -> bool {
             "Add" => two,
             _ => is_pass_through(node),
         };
-        if !keeps_shift {
-            return false;
+        match node.output.first() {
+            Some(out) if keeps_shift => at = out,
+            _ => return false,
         }
-        at = &node.output[0];
+    }
+}
+
+/// Both operands of a product need two axes at least (a 1-D operand contracts its channels
+/// away): other ranks, or unknown ones, keep their channels.
+fn check_ranks(cx: &mut CheckCx, values: &[ValueId]) {
+    if values.iter().any(|&v| cx.layout(v).rank.is_none_or(|r| r < 2)) {
+        values.iter().for_each(|&v| cx.force(v, Why::UnknownRank));
     }
 }
 
@@ -117,6 +139,11 @@ impl<'g> ChannelOp<'g> for Scores {
                 cx.set_heads(b, h);
             }
         }
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        let values = [cx.input(0), cx.input(1)];
+        check_ranks(cx, &values);
     }
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
@@ -165,6 +192,11 @@ impl<'g> ChannelOp<'g> for Weighted {
             cx.set_rank(v, r);
             cx.set_rank(o, r);
         }
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        let (v, Some(o)) = (cx.input(1), cx.output(0)) else { return };
+        check_ranks(cx, &[v, o]);
     }
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {

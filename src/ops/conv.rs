@@ -58,8 +58,12 @@ impl OpRule for Conv {
             },
         };
         let dims: Vec<usize> = values.dims.iter().map(|&d| d as usize).collect();
+        let group = node.attr_i("group", 1).max(0) as usize;
+        let outputs = if node.op_type() == "ConvTranspose" { dims[1] * group } else { dims[0] };
+        if bias.as_ref().is_some_and(|(b, _)| b.len() != outputs) {
+            return Role::Opaque(Opaque::Malformed("its bias does not have one entry per output channel"));
+        }
         let kernel: usize = dims[2..].iter().product();
-        let group = node.attr_i("group", 1) as usize;
         let padded = may_pad(node);
         if node.op_type() == "ConvTranspose" {
             if group != 1 {

@@ -213,6 +213,9 @@ pub(crate) struct NonZero {
 impl NonZero {
     /// The input rows (`k` of them) that a needed output (`needed`) reads with a non-zero weight.
     pub fn read_by(&self, needed: &[bool], k: usize) -> Vec<bool> {
+        if self.stride == 0 {
+            return vec![false; k]; // no outputs: nothing reads any input
+        }
         let rows = self.words.chunks_exact(self.stride.max(1));
         if self.transposed {
             // Rows are outputs: the inputs read are the union of the needed rows.

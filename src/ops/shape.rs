@@ -28,7 +28,8 @@ impl OpRule for Reshape {
             return match computed_last(node, cx) {
                 Some(last) => {
                     let split = last.and_then(|(m, s)| computed_split(cx, m, s));
-                    Role::Op(Box::new(PerChannel::identity(Box::new(ReshapeLast { last, split }))))
+                    let leading = last.and_then(|(m, s)| shape_reads(cx, m, s));
+                    Role::Op(Box::new(PerChannel::identity(Box::new(ReshapeLast { last, split, leading }))))
                 }
                 None => {
                     Role::Opaque(Opaque::NotConstant("its target shape is computed, and its last entry is not known"))
@@ -64,7 +65,7 @@ impl Reshaped {
             && x.rank? + 1 == self.target.len()
             && h > 1
             && d > 0
-            && h * d == w;
+            && h.checked_mul(d) == Some(w);
         splits.then_some(Heads { axis: -2, count: h as usize })
     }
 
@@ -72,10 +73,8 @@ impl Reshaped {
     fn merges(&self, x: crate::analysis::Layout) -> bool {
         let (Some(heads), Some(rank), Some(w)) = (x.heads, x.rank, x.width) else { return false };
         let last = self.target.last().copied();
-        x.axis == Some(-1)
-            && heads.axis == -2
-            && rank == self.target.len() + 1
-            && (last == Some(-1) || last == Some(w as i64))
+        // An explicit last entry of the whole width: with -1 the heads axis could stay apart.
+        x.axis == Some(-1) && heads.axis == -2 && rank == self.target.len() + 1 && last == Some(w as i64)
     }
 }
 
@@ -124,7 +123,8 @@ impl AxisMap for Reshaped {
     fn check(&self, cx: &CheckCx, o: ValueId) -> Result<(), Why> {
         let l = cx.layout(o);
         if l.heads.is_some() {
-            return Ok(()); // a split: its last two entries were matched to the width
+            // A split matched its last two entries to the width; heads from elsewhere did not.
+            return self.split(cx.layout(cx.input(0))).map(|_| ()).ok_or(Why::ReshapesChannelAxis);
         }
         let last = *self.target.last().unwrap_or(&0);
         let entries = l.block.zip(l.width).map(|(b, w)| (w * b) as i64);
@@ -167,6 +167,29 @@ struct ReshapeLast {
     /// only this reshape reads): the target may split the channels into `[.., H, D]` heads
     /// (`H` may be -1: as many heads as `D` divides the width into).
     split: Option<(usize, i64, i64)>,
+    /// When the last entry is -1 and every entry before it is a dimension read back from a
+    /// tensor's shape (`Unsqueeze(Gather(Shape(t), i))`, TorchScript's `reshape(*size, -1)`):
+    /// the tensors read. The target then merges heads into the channels if it has one entry
+    /// fewer than the input has axes and none of those tensors is split into heads.
+    leading: Option<Vec<String>>,
+}
+
+impl ReshapeLast {
+    /// Whether the target merges heads just before the channel axis back into it: its last
+    /// entry is the whole width, written out.
+    fn merges(&self, cx: &LayoutCx, x: crate::analysis::Layout) -> bool {
+        let last = self.last.and_then(|(m, s)| cx.const_of(m, s)).map(int64s);
+        let heads_last = x.axis == Some(-1) && x.heads.is_some_and(|h| h.axis == -2);
+        let whole = last == x.width.map(|w| vec![w as i64]);
+        // `[d_0, .., d_k, -1]` with each d_i a dimension of a tensor without heads and one entry
+        // fewer than x's axes: the heads axis cannot be one of the d_i, so it merges into -1.
+        let read_back = last == Some(vec![-1])
+            && self.leading.as_ref().is_some_and(|ts| {
+                x.rank == Some(ts.len() + 2)
+                    && ts.iter().all(|t| cx.value(t).is_none_or(|v| cx.get(v).heads.is_none() && v != cx.input(0)))
+            });
+        heads_last && (whole || read_back)
+    }
 }
 
 impl AxisMap for ReshapeLast {
@@ -185,15 +208,11 @@ impl AxisMap for ReshapeLast {
             cx.same_width(x, o);
             cx.set_block(o, 1);
             cx.set_heads(o, heads);
-            lx.rank.inspect(|&r| cx.set_rank(o, r + 1));
-        } else if lx.heads.is_some_and(|h| h.axis != -2) {
+        } else if lx.heads.is_some() && !self.merges(cx, lx) {
             cx.force(x, Why::ReshapesChannelAxis);
             cx.force(o, Why::ReshapesChannelAxis);
         } else if lx.axis == Some(-1) {
             // Leading axes merge or split (heads just before the channels merge into them).
-            if lx.heads.is_some() {
-                lx.rank.inspect(|&r| cx.set_rank(o, r - 1));
-            }
             cx.set_axis(o, -1);
             cx.same_width(x, o);
             if let Some(b) = lx.block {
@@ -209,7 +228,9 @@ impl AxisMap for ReshapeLast {
         let Some((m, s)) = self.last else { return Ok(()) };
         let l = cx.layout(o);
         if l.heads.is_some() {
-            return Ok(()); // a split: its last two entries were matched to the width
+            // A split matched its last two entries to the width; heads from elsewhere did not.
+            let x = cx.layout(cx.input(0));
+            return if self.split.is_some() && x.heads.is_none() { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
         }
         let last = int64s(cx.const_of(m, s).expect("checked by the rule"))[0];
         if last != -1 && Some(last) != l.block.zip(l.width).map(|(b, w)| (w * b) as i64) {
@@ -246,6 +267,23 @@ impl AxisMap for ReshapeLast {
     fn follows_heads(&self) -> bool {
         true
     }
+}
+
+/// For a target `Concat(p_0, .., p_k, last)` with `last` at `slot`: the tensors whose dimensions
+/// the `p_i` read back, when each is `Unsqueeze(Gather(Shape(t), i))`.
+fn shape_reads(cx: &Ctx, concat: NodeId, slot: usize) -> Option<Vec<String>> {
+    let g = cx.graph;
+    let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
+    g.node[concat.0].input[..slot]
+        .iter()
+        .map(|piece| {
+            let unsqueeze = producer(piece).filter(|n| n.op_type() == "Unsqueeze")?;
+            let gather = producer(unsqueeze.input.first()?).filter(|n| n.op_type() == "Gather")?;
+            let index = cx.const_tensor(gather.input.get(1)?).map(int64s).filter(|i| i.len() == 1)?;
+            let shape = producer(gather.input.first()?).filter(|n| n.op_type() == "Shape" && n.attribute.is_empty())?;
+            shape.input.first().filter(|_| index[0] >= 0).cloned()
+        })
+        .collect()
 }
 
 /// For a target `Concat(.., H, D)` (TorchScript's `x.view(x.size()[:-1] + (H, D))`, `H` often
@@ -368,8 +406,8 @@ impl AxisMap for Permuted {
         if let Some(p) = cx.get(x).position() {
             let q = perm.iter().position(|&a| a == p as i64).unwrap_or(p);
             cx.set_axis(o, q as isize - ri);
-        } else if let Some(q) = cx.get(o).position() {
-            cx.set_axis(x, perm[q] as isize - ri);
+        } else if let Some(&p) = cx.get(o).position().and_then(|q| perm.get(q)) {
+            cx.set_axis(x, p as isize - ri);
         }
         if let Some(h) = cx.get(x).heads {
             forward(h.axis).inspect(|&axis| cx.set_heads(o, Heads { axis, ..h }));

@@ -5,10 +5,11 @@ use super::per_channel::{AxisMap, PerChannel};
 use super::pool::zero_only;
 use super::{Ctx, OpRule, Role};
 use crate::analysis::reasons::{Opaque, Why};
-use crate::analysis::{CheckCx, LayoutCx, ValueId};
+use crate::analysis::{CheckCx, LayoutCx, PlanCx, ValueId};
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
-use crate::onnx::tensor::{int64s, Values};
+use crate::onnx::tensor::{int64s, with_int64s, Values};
+use crate::rewrite::Edit;
 
 pub(crate) struct Pad;
 pub(crate) struct Resize;
@@ -144,8 +145,16 @@ impl OpRule for Resize {
         let Some(target) = target else {
             return Role::Opaque(Opaque::NotConstant("its scales or sizes are not constants"));
         };
+        // Crop-and-resize reads a region (the channel axis's too) and fills the rest with a
+        // constant; an aspect-ratio policy applies one scale to every axis in `axes`.
+        if string_attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize"
+            || string_attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch"
+        {
+            return Role::Opaque(Opaque::Unsupported("it crops, or keeps an aspect ratio over its axes".into()));
+        }
         let axes = node.attribute.iter().find(|a| a.name() == "axes").map(|a| a.ints.clone());
-        let resized = Box::new(Resized { target, axes });
+        let sizes_slot = 3;
+        let resized = Box::new(Resized { target, axes, sizes_slot });
         Role::Op(Box::new(match string_attr(node, "mode", "nearest").as_str() {
             // Nearest samples and linear weights that sum to one give a constant back.
             "nearest" | "linear" | "bilinear" => PerChannel::identity(resized),
@@ -163,6 +172,8 @@ enum Target {
 struct Resized {
     target: Target,
     axes: Option<Vec<i64>>,
+    /// Where `sizes` is read, when the target is sizes.
+    sizes_slot: usize,
 }
 
 impl AxisMap for Resized {
@@ -184,5 +195,17 @@ impl AxisMap for Resized {
             Some(&s) if s != (w * l.block.unwrap_or(1)) as i64 => Err(Why::ResizesChannelAxis),
             _ => Ok(()),
         }
+    }
+
+    /// Sizes name the channel axis's length: it becomes the kept width.
+    fn rewrite(&self, cx: &mut PlanCx, o: ValueId, keep: &[usize]) {
+        let l = cx.layout(o);
+        let (Target::Sizes(sizes), Some(r), Some(p)) = (&self.target, l.rank, l.position()) else { return };
+        let Some(i) = channel_entry(&self.axes, r, p).filter(|&i| i < sizes.len()) else { return };
+        let mut new = sizes.clone();
+        new[i] = (keep.len() * l.block.unwrap_or(1)) as i64;
+        let t = cx.const_input(self.sizes_slot).expect("constant sizes");
+        let node = cx.node.0;
+        cx.push(Edit::Const { node, slot: self.sizes_slot, tensor: with_int64s(t, &new) });
     }
 }

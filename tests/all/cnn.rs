@@ -182,3 +182,16 @@ fn spatial_resampling_reductions_and_squeezes_keep_channels_apart() {
     let r = minimize(&g.model("y", &[None, Some(2)]));
     assert_eq!(widths(&r), vec![(3, 4), (4, 2)]);
 }
+
+/// Resize to constant sizes names the channel axis's length too: it follows the kept width.
+#[test]
+fn resize_sizes_follow_the_kept_channels() {
+    let mut g = G::new("x", &[Some(1), Some(3), Some(4), Some(4)]);
+    g.conv_weight("w", 6, 3, 1, &[2], &[]).init("b", &[6], &[0.1, 0.2, 0.0, 0.3, 0.4, 0.5]);
+    g.conv("x", "w", Some("b"), "c", 0, 1);
+    g.g.initializer.push(crate::common::int64_tensor("sizes", &[1, 6, 8, 8]));
+    g.op("Resize", &["c", "", "", "sizes"], "up", vec![]);
+    g.conv_weight("w2", 2, 6, 1, &[], &[]).conv("up", "w2", None, "y", 0, 1);
+    let r = minimize(&g.model("y", &[Some(1), Some(2), Some(8), Some(8)]));
+    assert_eq!(widths(&r), vec![(3, 5), (5, 2)]);
+}
