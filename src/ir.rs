@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
+use crate::onnx::proto::{AttributeProto, GraphProto, NodeProto, TensorProto};
 
 /// Where a constant tensor is stored in the proto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -187,19 +187,27 @@ impl Ir {
 
 /// Attribute lookup with ONNX defaults, shared by the operator rules.
 pub trait NodeExt {
-    fn attr_i(&self, name: &str, default: i64) -> i64;
-    fn attr_f(&self, name: &str, default: f32) -> f32;
-    fn has_attr(&self, name: &str) -> bool;
+    fn attr(&self, name: &str) -> Option<&AttributeProto>;
+    fn attr_i(&self, name: &str, default: i64) -> i64 {
+        self.attr(name).and_then(|a| a.i).unwrap_or(default)
+    }
+    fn attr_f(&self, name: &str, default: f32) -> f32 {
+        self.attr(name).and_then(|a| a.f).unwrap_or(default)
+    }
+    fn attr_ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.attr(name).map(|a| a.ints.clone())
+    }
+    /// A string attribute, as text.
+    fn attr_s(&self, name: &str, default: &str) -> String {
+        self.attr(name).and_then(|a| a.s.as_deref()).map_or(default.into(), |s| String::from_utf8_lossy(s).into())
+    }
+    fn has_attr(&self, name: &str) -> bool {
+        self.attr(name).is_some()
+    }
 }
 
 impl NodeExt for NodeProto {
-    fn attr_i(&self, name: &str, default: i64) -> i64 {
-        self.attribute.iter().find(|a| a.name() == name).and_then(|a| a.i).unwrap_or(default)
-    }
-    fn attr_f(&self, name: &str, default: f32) -> f32 {
-        self.attribute.iter().find(|a| a.name() == name).and_then(|a| a.f).unwrap_or(default)
-    }
-    fn has_attr(&self, name: &str) -> bool {
-        self.attribute.iter().any(|a| a.name() == name)
+    fn attr(&self, name: &str) -> Option<&AttributeProto> {
+        self.attribute.iter().find(|a| a.name() == name)
     }
 }

@@ -39,7 +39,7 @@ fn sole_reader<'g>(cx: &Ctx<'g>, value: &str) -> Option<&'g NodeProto> {
 /// A softmax over the last axis (opset 13 on, or `axis = -1` written out).
 fn is_row_softmax(cx: &Ctx, node: &NodeProto) -> bool {
     node.op_type() == "Softmax"
-        && match node.attribute.iter().find(|a| a.name() == "axis") {
+        && match node.attr("axis") {
             Some(_) => node.attr_i("axis", 0) == -1,
             None => cx.ir.opset >= 13,
         }

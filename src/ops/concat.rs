@@ -109,7 +109,7 @@ impl OpRule for Split {
                 None => return Role::Opaque(Opaque::NotConstant("its split sizes are computed")),
             },
             None => {
-                let attr = node.attribute.iter().find(|a| a.name() == "split").map(|a| a.ints.clone());
+                let attr = node.attr_ints("split");
                 // Without sizes, opsets before 13 write them as an attribute, later ones as an input.
                 let form = if attr.is_some() || cx.ir.opset < 13 { SizesIn::Attribute } else { SizesIn::NewInput };
                 (attr.unwrap_or_default(), form)

@@ -111,12 +111,10 @@ impl OpRule for Unary {
             "Sqrt" => Box::new(|x| x[0].sqrt()),
             "Reciprocal" => Box::new(|x| 1.0 / x[0]),
             "Erf" => Box::new(|x| libm::erf(x[0])),
-            "Gelu" => {
-                match node.attribute.iter().find(|at| at.name() == "approximate").and_then(|at| at.s.as_deref()) {
-                    Some(b"tanh") => Box::new(|x| gelu_tanh(x[0])),
-                    _ => Box::new(|x| gelu_erf(x[0])),
-                }
-            }
+            "Gelu" => match node.attr_s("approximate", "none").as_str() {
+                "tanh" => Box::new(|x| gelu_tanh(x[0])),
+                _ => Box::new(|x| gelu_erf(x[0])),
+            },
             "Mish" => Box::new(|x| x[0] * x[0].exp().ln_1p().tanh()),
             "Sin" => Box::new(|x| x[0].sin()),
             "Cos" => Box::new(|x| x[0].cos()),

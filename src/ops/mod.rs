@@ -30,7 +30,7 @@ pub use norm::ClnForm;
 use crate::analysis::reasons::Opaque;
 use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, PlanCx, TieCx};
 use crate::error::Result;
-use crate::ir::Ir;
+use crate::ir::{Ir, NodeExt};
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
 
 /// What a rule sees of the model while classifying a node: the graph and its constants.
@@ -210,7 +210,6 @@ pub fn emitted() -> Vec<&'static str> {
 /// Whether a windowed operator (Conv, AveragePool) can read padding anywhere: explicit pads,
 /// or an `auto_pad` other than none and VALID.
 fn may_pad(node: &NodeProto) -> bool {
-    let pads = node.attribute.iter().find(|a| a.name() == "pads").is_some_and(|a| a.ints.iter().any(|&p| p != 0));
-    let auto = node.attribute.iter().find(|a| a.name() == "auto_pad").and_then(|a| a.s.as_deref());
-    pads || !matches!(auto, None | Some(b"NOTSET") | Some(b"VALID"))
+    let pads = node.attr_ints("pads").is_some_and(|p| p.iter().any(|&p| p != 0));
+    pads || !matches!(node.attr_s("auto_pad", "NOTSET").as_str(), "NOTSET" | "VALID")
 }

@@ -328,7 +328,7 @@ pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
         }
         match node.input.get(1).filter(|s| !s.is_empty()) {
             Some(a) => Some(crate::onnx::tensor::int64s(ir.const_tensor(g, a)?)),
-            None => node.attribute.iter().find(|a| a.name() == "axes").map(|a| a.ints.clone()),
+            None => node.attr_ints("axes"),
         }
     };
     let mut found = vec![];

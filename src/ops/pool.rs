@@ -55,7 +55,7 @@ impl OpRule for Reduce {
                 Some(t) => crate::onnx::tensor::int64s(t),
                 None => return Role::Opaque(Opaque::NotConstant("its axes are computed")),
             },
-            None => node.attribute.iter().find(|a| a.name() == "axes").map(|a| a.ints.clone()).unwrap_or_default(),
+            None => node.attr_ints("axes").unwrap_or_default(),
         };
         if axes.is_empty() {
             return Role::Opaque(Opaque::Unsupported("it reduces over every axis, the channels too".into()));

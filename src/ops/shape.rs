@@ -380,7 +380,7 @@ impl OpRule for Transpose {
 
     fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
         // Without `perm` the axes are reversed, which needs the rank: known only later.
-        let Some(perm) = node.attribute.iter().find(|a| a.name() == "perm").map(|a| a.ints.clone()) else {
+        let Some(perm) = node.attr_ints("perm") else {
             return Role::Opaque(Opaque::Malformed("it has no perm attribute"));
         };
         Role::Op(Box::new(PerChannel::identity(Box::new(Permuted { perm }))))
@@ -437,8 +437,8 @@ impl OpRule for Squeeze {
                 Some(t) => int64s(t),
                 None => return Role::Opaque(Opaque::NotConstant("its axes are not int64 constants")),
             },
-            None => match node.attribute.iter().find(|a| a.name() == "axes") {
-                Some(a) => a.ints.clone(),
+            None => match node.attr_ints("axes") {
+                Some(axes) => axes,
                 // Which axes a bare Squeeze drops depends on the shapes.
                 None => return Role::Opaque(Opaque::Unsupported("it has no axes".into())),
             },

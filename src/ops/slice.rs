@@ -6,6 +6,7 @@ use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::{ConstCx, Layout, LayoutCx, NeedCx, PlanCx, TieCx};
 use crate::error::Result;
+use crate::ir::NodeExt;
 use crate::onnx::build::attr_ints;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 use crate::onnx::tensor::{int64s, with_int64s};
@@ -35,7 +36,7 @@ impl OpRule for Slice {
     }
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-        let attr = |name: &str| node.attribute.iter().find(|a| a.name() == name).map(|a| a.ints.clone());
+        let attr = |name: &str| node.attr_ints(name);
         let input = |slot: usize| -> Option<Option<Vec<i64>>> {
             match node.input.get(slot).filter(|s| !s.is_empty()) {
                 None => Some(None),

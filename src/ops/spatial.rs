@@ -26,14 +26,6 @@ fn ints(t: &crate::onnx::proto::TensorProto) -> Option<Vec<i64>> {
     (t.data_type() == DataType::Int64 as i32 && t.dims.len() == 1).then(|| int64s(t))
 }
 
-fn string_attr(node: &NodeProto, name: &str, default: &str) -> String {
-    node.attribute
-        .iter()
-        .find(|a| a.name() == name)
-        .and_then(|a| a.s.as_deref())
-        .map_or(default.to_string(), |s| String::from_utf8_lossy(s).into_owned())
-}
-
 impl OpRule for Pad {
     fn op_types(&self) -> &'static [&'static str] {
         &["Pad"]
@@ -44,7 +36,7 @@ impl OpRule for Pad {
         let parsed = (|| {
             let pads = match operand(node, cx, 1)? {
                 Some(t) => ints(t)?,
-                None => node.attribute.iter().find(|a| a.name() == "pads")?.ints.clone(),
+                None => node.attr_ints("pads")?,
             };
             let value = match operand(node, cx, 2)? {
                 Some(t) => Values::of(t).ok().filter(|v| v.len() == 1)?.get(0),
@@ -63,7 +55,7 @@ impl OpRule for Pad {
             return Role::Opaque(Opaque::Malformed("its pads do not match its axes"));
         }
         let padded = Box::new(Padded { pads, axes });
-        Role::Op(Box::new(match string_attr(node, "mode", "constant").as_str() {
+        Role::Op(Box::new(match node.attr_s("mode", "constant").as_str() {
             // Edges and reflections of a constant are the constant.
             "edge" | "reflect" | "wrap" => PerChannel::identity(padded),
             // The border holds `value`: a constant channel stays one only if it equals it.
@@ -147,15 +139,15 @@ impl OpRule for Resize {
         };
         // Crop-and-resize reads a region (the channel axis's too) and fills the rest with a
         // constant; an aspect-ratio policy applies one scale to every axis in `axes`.
-        if string_attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize"
-            || string_attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch"
+        if node.attr_s("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize"
+            || node.attr_s("keep_aspect_ratio_policy", "stretch") != "stretch"
         {
             return Role::Opaque(Opaque::Unsupported("it crops, or keeps an aspect ratio over its axes".into()));
         }
-        let axes = node.attribute.iter().find(|a| a.name() == "axes").map(|a| a.ints.clone());
+        let axes = node.attr_ints("axes");
         let sizes_slot = 3;
         let resized = Box::new(Resized { target, axes, sizes_slot });
-        Role::Op(Box::new(match string_attr(node, "mode", "nearest").as_str() {
+        Role::Op(Box::new(match node.attr_s("mode", "nearest").as_str() {
             // Nearest samples and linear weights that sum to one give a constant back.
             "nearest" | "linear" | "bilinear" => PerChannel::identity(resized),
             _ => PerChannel { axes: resized, ..zero_only() },
