@@ -78,5 +78,5 @@ pub(crate) fn linear_inputs(x: Layout, xc: &[Option<f64>], l: &dyn Linear) -> Op
         return None;
     }
     let exact = l.folds_constants();
-    Some((0..k).map(|kc| xc[kc / b].filter(|&v| exact || v == 0.0)).collect())
+    Some((0..k).map(|kc| xc[x.channel_of(kc, xc.len())].filter(|&v| exact || v == 0.0)).collect())
 }

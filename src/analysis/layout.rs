@@ -29,6 +29,9 @@ pub(crate) struct Layout {
     /// Entries per channel along the axis: 1, or `H * W` once a feature map is flattened into
     /// a Gemm; `None` until a reader fixes it.
     pub block: Option<usize>,
+    /// The block's entries are interleaved: entry `e` belongs to channel `e % width` (a
+    /// channels-last feature map flattened, as NHWC exports do), not to `e / block`.
+    pub interleaved: bool,
     pub heads: Option<Heads>,
     /// Groups of a grouped convolution that reads or writes the value: the channels, on one
     /// axis, are `groups` x per group, and leave as a product (the same entries in every group),
@@ -40,6 +43,15 @@ impl Layout {
     /// The channel axis counted from the start, where the rank is known.
     pub fn position(&self) -> Option<usize> {
         usize::try_from(self.rank? as isize + self.axis?).ok()
+    }
+
+    /// The channel that entry `e` of the channel axis belongs to (`width` channels).
+    pub fn channel_of(&self, e: usize, width: usize) -> usize {
+        if self.interleaved {
+            e % width
+        } else {
+            e / self.block.unwrap_or(1)
+        }
     }
 
     /// Channels per head (the width itself without heads).
@@ -58,6 +70,7 @@ pub(crate) fn infer(g: &Graph, forced: &mut Forced) -> Layouts {
             width: None,
             rank: g.ir.rank(g.name(v)),
             block: Some(1),
+            interleaved: false,
             heads: None,
             groups: None,
         })
@@ -151,6 +164,14 @@ impl<'g> LayoutCx<'_, 'g> {
         self.set(v, |l| &mut l.groups, groups)
     }
 
+    /// The block of `v` is interleaved (see [`Layout::interleaved`]).
+    pub fn set_interleaved(&mut self, v: ValueId) {
+        if !self.facts[v].interleaved {
+            self.facts[v].interleaved = true;
+            self.changed = true;
+        }
+    }
+
     /// Before the fixed point: the block of `v` is unknown until a reader fixes it (a flattened
     /// feature map).
     pub fn unknown_block(&mut self, v: ValueId) {
@@ -163,6 +184,9 @@ impl<'g> LayoutCx<'_, 'g> {
         f.axis.inspect(|&a| self.set_axis(to, a));
         f.width.inspect(|&w| self.set_width(to, w));
         f.block.inspect(|&b| self.set_block(to, b));
+        if f.interleaved {
+            self.set_interleaved(to);
+        }
         f.heads.inspect(|&h| self.set_heads(to, h));
     }
 
@@ -201,6 +225,9 @@ impl<'g> LayoutCx<'_, 'g> {
         if p == r - 1 && from == r - 1 {
             if let Some(b) = fx.block {
                 self.set_block(o, b);
+            }
+            if fx.interleaved {
+                self.set_interleaved(o);
             }
         } else if p != from || fx.block != Some(1) {
             self.force(x, Why::FlattensChannelAxis);

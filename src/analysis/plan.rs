@@ -62,7 +62,9 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
             edits.push(Edit::Const { node: n.0, slot: 1, tensor });
             edits.push(Edit::Width { value: name, axis, from: w, to: keep.len() });
         } else if decision.policy == InputPolicy::Gather && g.is_graph_input(v) {
-            let entries: Vec<usize> = keep.iter().flat_map(|&c| c * b..(c + 1) * b).collect();
+            let mut kept = vec![false; w];
+            keep.iter().for_each(|&c| kept[c] = true);
+            let entries: Vec<usize> = (0..w * b).filter(|&e| kept[l.channel_of(e, w)]).collect();
             gathered.push(GatheredInput { input: name.clone(), features: w * b, kept: entries.len() });
             edits.push(Edit::GatherInput { input: name, axis, keep: entries });
         } else if let Some(heads) = l.heads {

@@ -347,9 +347,9 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
         let w = l.weight();
         match (cx.linear_inputs(x, l), cx.pattern()) {
             (Some(xc), Some(pattern)) if cx.needed(y).len() == w.n => {
-                let b = cx.layout(x).block.expect("linear inputs have a block");
+                let (lx, width) = (cx.layout(x), cx.needed(x).len());
                 let read = pattern.read_by(cx.needed(y), w.k);
-                (0..w.k).filter(|&kc| read[kc] && xc[kc].is_none()).for_each(|kc| cx.mark(x, kc / b));
+                (0..w.k).filter(|&kc| read[kc] && xc[kc].is_none()).for_each(|kc| cx.mark(x, lx.channel_of(kc, width)));
             }
             _ => cx.mark_all(x),
         }
@@ -362,9 +362,14 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
         let (x, Some(y)) = (cx.input(l.input_slot()), cx.output(0)) else { return Ok(()) };
         let lx = cx.layout(x);
         let b = lx.block.filter(|b| lx.width.map(|wx| wx * b) == Some(w.k));
-        // Input entries kept: whole blocks of kept channels.
+        // Input entries kept: every entry of a kept channel (whole blocks, or interleaved).
         let keep_in: Vec<usize> = match b {
-            Some(b) => cx.kept(x, w.k / b).iter().flat_map(|&c| c * b..(c + 1) * b).collect(),
+            Some(b) => {
+                let width = w.k / b;
+                let mut kept = vec![false; width];
+                cx.kept(x, width).iter().for_each(|&c| kept[c] = true);
+                (0..w.k).filter(|&e| kept[lx.channel_of(e, width)]).collect()
+            }
             None => (0..w.k).collect(),
         };
         let keep_out = cx.kept(y, w.n);

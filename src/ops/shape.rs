@@ -69,6 +69,15 @@ impl Reshaped {
         splits.then_some(Heads { axis: -2, count: h as usize })
     }
 
+    /// Entries per channel when the target's explicit last entry is a multiple of the channels
+    /// of a channels-last `x` (rank 3 and up, block 1): the reshape folds axes before the
+    /// channels into the last axis, which keeps the channel of entry `e` at `e % width`.
+    fn interleaves(&self, x: crate::analysis::Layout) -> Option<usize> {
+        let (last, w) = (*self.target.last()?, x.width? as i64);
+        let folds = x.axis == Some(-1) && x.block == Some(1) && !x.interleaved && x.heads.is_none() && x.rank? >= 3;
+        (folds && last > w && last % w == 0).then_some((last / w) as usize)
+    }
+
     /// Whether the target merges `x`'s heads (just before its channel axis) back into one axis.
     fn merges(&self, x: crate::analysis::Layout) -> bool {
         let (Some(heads), Some(rank), Some(w)) = (x.heads, x.rank, x.width) else { return false };
@@ -103,6 +112,14 @@ impl AxisMap for Reshaped {
                 cx.force(x, Why::ReshapesChannelAxis);
                 cx.force(o, Why::ReshapesChannelAxis);
             }
+        } else if let Some(entries) = self.interleaves(lx) {
+            // Channels last, flattened with the axes before them: channel `c` owns every
+            // `width`-th entry of the new last axis.
+            cx.set_axis(o, -1);
+            cx.set_rank(o, self.target.len());
+            cx.same_width(x, o);
+            cx.set_block(o, entries);
+            cx.set_interleaved(o);
         } else if lx.axis == Some(-1) {
             cx.set_axis(o, -1);
             cx.set_rank(o, self.target.len());
@@ -199,8 +216,8 @@ impl AxisMap for ReshapeLast {
         let heads = self.split.and_then(|(_, h, d)| {
             let w = lx.width? as i64;
             let count = if h == -1 && w % d == 0 { w / d } else { h };
-            let splits =
-                lx.axis == Some(-1) && lx.heads.is_none() && lx.block == Some(1) && count > 1 && count * d == w;
+            let fits = count.checked_mul(d) == Some(w);
+            let splits = lx.axis == Some(-1) && lx.heads.is_none() && lx.block == Some(1) && count > 1 && fits;
             splits.then_some(Heads { axis: -2, count: count as usize })
         });
         if let Some(heads) = heads {

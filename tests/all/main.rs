@@ -5,6 +5,7 @@ mod cli;
 mod cnn;
 mod common;
 mod fixtures;
+mod frameworks;
 mod io;
 mod norm;
 mod ops;

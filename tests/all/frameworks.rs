@@ -1,0 +1,23 @@
+//! Models from other converters (fixtures/generate_frameworks.py): scikit-learn through
+//! skl2onnx, and tf2onnx's idioms (NHWC transposes, an unfolded BatchNormalization, Constant-node
+//! weights, a channels-last flatten into MatMul + Add): exact, and as small as the rules allow.
+
+use crate::common::fixture;
+use onnx_minimize::{minimize_file, Options};
+
+#[test]
+fn exports_from_other_converters_shrink_and_verify() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("frameworks/expected.json")).unwrap()).unwrap();
+    for (file, e) in expected.as_object().unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.onnx");
+        let r = minimize_file(&fixture(&format!("frameworks/{file}")), Some(&out), &Options::default(), &|_| {})
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(r.verification.is_some() && r.after.params < r.before.params, "{file}");
+        let hidden: Vec<usize> = e["hidden"].as_array().unwrap().iter().map(|h| h.as_u64().unwrap() as usize).collect();
+        let layers = &r.removals.layers;
+        let widths: Vec<usize> = layers[..layers.len() - 1].iter().map(|l| l.outputs_after).collect();
+        assert_eq!(widths, hidden, "{file}: {layers:?}");
+    }
+}
