@@ -176,7 +176,9 @@ impl OpRule for Binary {
             other => unreachable!("{other} is listed in op_types"),
         };
         let mut p = PerChannel::new(acts, params, Box::new(move |x| Some(eval(x))));
-        p.zero_absorbs = op == "Mul";
+        if op == "Mul" {
+            p.absorb = Some(|x| x.contains(&Some(0.0)).then_some(0.0));
+        }
         Role::Op(Box::new(p))
     }
 }
@@ -201,6 +203,8 @@ impl OpRule for BatchNorm {
             Box::new(move |x| Some(x[1] * (x[0] - x[3]) / (x[4] + eps).sqrt() + x[2])),
         );
         p.channel_params = true;
+        // A zero scale makes the output the bias, whatever the input is.
+        p.absorb = Some(|x| if x[1] == Some(0.0) { x[2] } else { None });
         Role::Op(Box::new(p))
     }
 }

@@ -15,6 +15,9 @@ use crate::rewrite::Edit;
 /// though the inputs are (an average pool that counts padding).
 pub(crate) type Eval = Box<dyn Fn(&[f64]) -> Option<f64> + Sync>;
 
+/// What a channel is, given only some of its operands' constants (see [`PerChannel::absorb`]).
+pub(crate) type Absorb = fn(&[Option<f64>]) -> Option<f64>;
+
 /// Where a channel-preserving operator puts the channel axis of its output.
 pub(crate) trait AxisMap: Sync {
     /// Before the layout's fixed point.
@@ -39,9 +42,10 @@ pub(crate) struct PerChannel {
     /// width); sliced with the channels.
     pub params: Vec<usize>,
     pub eval: Eval,
-    /// `x * 0 == 0` whatever `x` is, so a zero operand makes the channel constant and its other
-    /// operand unused.
-    pub zero_absorbs: bool,
+    /// The output when some operands vary (`None` in the slice) but the others fix it anyway:
+    /// `x * 0 == 0`, a BatchNorm whose scale is 0 outputs its bias. The varying operand is then
+    /// unused.
+    pub absorb: Option<Absorb>,
     /// The constants are 1-D vectors indexed by channel whatever the axis (BatchNormalization),
     /// rather than tensors broadcast against the activation.
     pub channel_params: bool,
@@ -50,7 +54,7 @@ pub(crate) struct PerChannel {
 
 impl PerChannel {
     pub fn new(acts: Vec<usize>, params: Vec<usize>, eval: Eval) -> Self {
-        PerChannel { acts, params, eval, zero_absorbs: false, channel_params: false, axes: Box::new(Same) }
+        PerChannel { acts, params, eval, absorb: None, channel_params: false, axes: Box::new(Same) }
     }
 
     /// An operator whose constant output is its constant input, laid out by `axes`.
@@ -138,10 +142,9 @@ impl<'g> ChannelOp<'g> for PerChannel {
                     .zip(&acts)
                     .map(|(&s, a)| self.operand(s, c, a.map(|a| cx.consts(a)), cx.param(s).map(|p| p.at(c))))
                     .collect();
-                if self.zero_absorbs && args.contains(&Some(0.0)) {
-                    Some(0.0)
-                } else {
-                    args.into_iter().collect::<Option<Vec<f64>>>().and_then(|a| (self.eval)(&a))
+                match args.iter().copied().collect::<Option<Vec<f64>>>() {
+                    Some(all) => (self.eval)(&all),
+                    None => self.absorb.and_then(|f| f(&args)),
                 }
             })
             .collect();
@@ -150,7 +153,8 @@ impl<'g> ChannelOp<'g> for PerChannel {
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
-        let inputs = cx.input_count();
+        let slots: Vec<usize> =
+            (0..cx.input_count()).filter(|s| self.acts.contains(s) || self.params.contains(s)).collect();
         let operand = |cx: &NeedCx, s: usize, c: usize| {
             let act = self.acts.contains(&s).then(|| cx.consts(cx.input(s)));
             self.operand(s, c, act, cx.param(s).map(|p| p.at(c)))
@@ -159,8 +163,11 @@ impl<'g> ChannelOp<'g> for PerChannel {
         for c in (0..needed.len()).filter(|&c| needed[c]) {
             for &slot in &self.acts {
                 let a = cx.input(slot);
-                let other_zero = self.zero_absorbs && (0..inputs).any(|s| s != slot && operand(cx, s, c) == Some(0.0));
-                if c < cx.needed(a).len() && cx.consts(a)[c].is_none() && !other_zero {
+                // Unused when the other operands fix the output whatever this one is.
+                let args: Vec<Option<f64>> =
+                    slots.iter().map(|&s| if s == slot { None } else { operand(cx, s, c) }).collect();
+                let absorbed = self.absorb.is_some_and(|f| f(&args).is_some());
+                if c < cx.needed(a).len() && cx.consts(a)[c].is_none() && !absorbed {
                     cx.mark(a, c);
                 }
             }
