@@ -265,6 +265,13 @@ def _gather(a, x, i):
     return torch.index_select(x, axis, index.reshape(-1)).reshape(*x.shape[:axis], *i.shape, *x.shape[axis + 1 :])
 
 
+def _gather_nd(a, x, i):
+    if a.get("batch_dims", 0):
+        raise UnsupportedModel("GatherND with batch_dims is not supported")
+    index = i.long()
+    return x[tuple(index[..., k] for k in range(index.shape[-1]))]
+
+
 def _batch_norm(a, x, scale, bias, mean, var):
     shape = [1, -1] + [1] * (x.dim() - 2)
     inv = scale.reshape(shape) / torch.sqrt(var.reshape(shape) + a.get("epsilon", 1e-5))
@@ -631,6 +638,7 @@ OPS: dict[str, Callable] = {
     "Unsqueeze": _unsqueeze,
     "Expand": _expand,
     "Gather": _gather,
+    "GatherND": _gather_nd,
     "Shape": lambda a, x: torch.tensor(
         x.shape[a.get("start", 0) : a.get("end", x.dim())], dtype=torch.int64, device=x.device
     ),

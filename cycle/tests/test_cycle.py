@@ -64,8 +64,15 @@ class Executor(unittest.TestCase):
         import onnxruntime
 
         # The transformer exports (fixtures/attention) use operators the executor does not train
-        # (Where, Expand, Equal on attention masks): the cycle does not run transformers yet.
-        fixtures = sorted(p for p in (tool.REPO / "fixtures").rglob("*.onnx") if p.parent.name != "attention")
+        # (Where, Expand, Equal on attention masks): the cycle does not run transformers yet. The
+        # tf2onnx-style model keeps its weights in Constant nodes, which the executor runs but
+        # does not train.
+        untrained = {"tf_style_nhwc.onnx"}
+        fixtures = sorted(
+            p
+            for p in (tool.REPO / "fixtures").rglob("*.onnx")
+            if p.parent.name != "attention" and p.name not in untrained
+        )
         self.assertGreater(len(fixtures), 30)
         rng = np.random.default_rng(0)
         with tempfile.TemporaryDirectory() as tmp:

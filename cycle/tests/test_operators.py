@@ -245,6 +245,16 @@ CASES = {
     "Flatten axis rank": (unary("Flatten", axis=3), None),
     "Flatten axis -1": (unary("Flatten", axis=-1), None),
     "Flatten axis 0": (unary("Flatten", axis=0), None),
+    "GatherND of spatial positions": (
+        model(
+            [helper.make_node("GatherND", ["x", "i"], ["y"])],
+            {"x": [3, 4, 2, 5]},
+            ["y"],
+            13,
+            {"i": np.array([[[0, 1], [2, 3]], [[-1, 0], [1, -2]]], np.int64)},
+        ),
+        None,
+    ),
     "Gather negative indices": (
         model(
             [helper.make_node("Gather", ["x", "i"], ["y"], axis=1)],

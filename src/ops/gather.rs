@@ -5,9 +5,10 @@
 //!   table's columns are the output's channels, a column constant over the rows is a constant
 //!   channel, and removed channels are removed columns.
 
+use super::per_channel::{AxisMap, PerChannel};
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
-use crate::analysis::reasons::Opaque;
-use crate::analysis::{ConstCx, LayoutCx, PlanCx};
+use crate::analysis::reasons::{Opaque, Why};
+use crate::analysis::{ConstCx, LayoutCx, PlanCx, ValueId};
 use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
@@ -15,6 +16,7 @@ use crate::onnx::tensor::{int64s, with_data, Values};
 use crate::rewrite::Edit;
 
 pub(crate) struct Select;
+pub(crate) struct GatherNd;
 
 impl OpRule for Select {
     fn op_types(&self) -> &'static [&'static str] {
@@ -125,5 +127,51 @@ impl<'g> ChannelOp<'g> for Embedding<'g> {
             cx.push(Edit::Const { node, slot: 0, tensor });
         }
         Ok(())
+    }
+}
+
+impl OpRule for GatherNd {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["GatherND"]
+    }
+
+    /// Positions picked by constant indices over the leading axes (the dynamo exporter's
+    /// adaptive pooling): the trailing axes, the channels among them, pass through.
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let indices = node.input.get(1).and_then(|i| cx.const_tensor(i));
+        match indices {
+            Some(t) if t.data_type() == DataType::Int64 as i32 && node.attr_i("batch_dims", 0) == 0 => {
+                let (Some(&k), rank) = (t.dims.last(), t.dims.len()) else {
+                    return Role::Opaque(Opaque::Shape("its indices are a scalar"));
+                };
+                let axes = Box::new(Picked { indexed: k.max(0) as usize, index_rank: rank });
+                Role::Op(Box::new(PerChannel::identity(axes)))
+            }
+            _ => Role::Opaque(Opaque::NotConstant("its indices are not constants, or it has batch dimensions")),
+        }
+    }
+}
+
+/// `GatherND` indexing the first `indexed` axes: the output is `indices.shape[:-1]` followed by
+/// the data's remaining axes, so a channel axis among those keeps its place from the end.
+struct Picked {
+    indexed: usize,
+    index_rank: usize,
+}
+
+impl AxisMap for Picked {
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
+        let x = acts[0];
+        let lx = cx.get(x);
+        let (Some(r), Some(p), Some(a)) = (lx.rank, lx.position(), lx.axis) else { return };
+        if p < self.indexed || r < self.indexed {
+            cx.force(x, Why::ReshapesChannelAxis);
+            cx.force(o, Why::ReshapesChannelAxis);
+            return;
+        }
+        cx.set_axis(o, a);
+        cx.set_rank(o, self.index_rank - 1 + r - self.indexed);
+        cx.same_width(x, o);
+        lx.block.inspect(|&b| cx.set_block(o, b));
     }
 }

@@ -151,6 +151,7 @@ static RULES: &[&dyn OpRule] = &[
     &concat::Concat,
     &concat::Split,
     &gather::Select,
+    &gather::GatherNd,
 ];
 
 /// The role of a node; operators without a rule, or outside the default domain, are opaque.

@@ -195,3 +195,24 @@ fn resize_sizes_follow_the_kept_channels() {
     let r = minimize(&g.model("y", &[Some(1), Some(2), Some(8), Some(8)]));
     assert_eq!(widths(&r), vec![(3, 5), (5, 2)]);
 }
+
+/// The dynamo exporter's adaptive pooling: spatial axes moved in front, positions picked by
+/// GatherND with constant indices, moved back; the channels pass through, constants too.
+#[test]
+fn gathernd_pooling_passes_channels_through() {
+    let mut g = G::new("x", &[B, Some(3), Some(4), Some(4)]);
+    g.conv_weight("w", 6, 3, 1, &[1, 4], &[]).init("b", &[6], &[0.1, 0.0, 0.3, 0.2, 0.7, 0.4]);
+    g.conv("x", "w", Some("b"), "c", 0, 1).op("Relu", &["c"], "r", vec![]);
+    let perm = |p: &[i64]| vec![crate::common::attr_ints("perm", p)];
+    g.op("Transpose", &["r"], "hw_first", perm(&[2, 3, 0, 1]));
+    g.g.initializer.push(onnx_minimize::onnx::proto::TensorProto {
+        dims: vec![2, 2, 2],
+        ..crate::common::int64_tensor("positions", &[0, 0, 1, 3, 3, 1, 2, 2])
+    });
+    g.op("GatherND", &["hw_first", "positions"], "picked", vec![]);
+    g.op("Transpose", &["picked"], "pooled", perm(&[2, 3, 0, 1]));
+    g.op("Flatten", &["pooled"], "f", vec![attr_i("axis", 1)]).weight("wfc", 3, 24, &[]);
+    g.op("Gemm", &["f", "wfc"], "y", vec![attr_i("transB", 1)]);
+    let r = minimize(&g.model("y", &[B, Some(3)]));
+    assert_eq!(widths(&r), vec![(3, 4), (16, 3)]);
+}
