@@ -264,3 +264,21 @@ fn prune_and_release_from_the_command_line() {
         assert!(!out.exists());
     }
 }
+
+/// `--report - | head -1`: the reader goes away before the report is written; the tool stops
+/// quietly, as ripgrep does, instead of panicking on the broken pipe.
+#[test]
+fn a_reader_that_stops_early_ends_the_output_cleanly() {
+    use std::process::Stdio;
+    let lenet = fixture("lenet300_pruned_dynamo.onnx");
+    let mut child = Command::new(bin())
+        .args([lenet.as_os_str(), os("--dry-run"), os("--no-verify"), os("-q"), os("--report"), os("-")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the report is written
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
