@@ -681,6 +681,11 @@ class OnnxModule(torch.nn.Module):
         self.model = model
         graph = model.graph
         constants = {t.name: t for t in graph.initializer}
+        # Weights written as Constant nodes (tf2onnx, older exporters) train like initializers.
+        for n in graph.node:
+            value = next((a.t for a in n.attribute if a.name == "value" and a.HasField("t")), None)
+            if n.op_type == "Constant" and value is not None and n.output[0] not in constants:
+                constants[n.output[0]] = value
         producer = {o: n for n in graph.node for o in n.output}
         # TorchScript exports read shared weights through Identity nodes: the weight is the initializer.
         alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in constants}
@@ -743,6 +748,8 @@ class OnnxModule(torch.nn.Module):
         for name in self._keys:
             values[name] = self.tensor(name)
         for op, ins, outs, attrs, node in self._nodes:
+            if op == "Constant" and outs[0] in self._keys:
+                continue  # its value is a parameter or buffer, read above
             args = [values[i] for i in ins]
             while args and args[-1] is None:
                 args.pop()
@@ -756,12 +763,21 @@ class OnnxModule(torch.nn.Module):
         return out[0] if len(out) == 1 else tuple(out)
 
     def to_onnx(self) -> onnx.ModelProto:
-        """The original model with the trained (masked) values in place of its initializers."""
+        """The original model with the trained (masked) values in place of its initializers and
+        Constant-node weights."""
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
-        for tensor in model.graph.initializer:
-            if isinstance(self.stored(tensor.name), torch.nn.Parameter):
-                array = self.tensor(tensor.name).detach().cpu().numpy()
+        stored = [(t.name, t) for t in model.graph.initializer]
+        stored += [
+            (n.output[0], a.t)
+            for n in model.graph.node
+            if n.op_type == "Constant"
+            for a in n.attribute
+            if a.name == "value"
+        ]
+        for name, tensor in stored:
+            if name in self._keys and isinstance(self.stored(name), torch.nn.Parameter):
+                array = self.tensor(name).detach().cpu().numpy()
                 dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
                 tensor.CopyFrom(numpy_helper.from_array(array.astype(dtype), tensor.name))
         return model

@@ -64,15 +64,8 @@ class Executor(unittest.TestCase):
         import onnxruntime
 
         # The transformer exports (fixtures/attention) use operators the executor does not train
-        # (Where, Expand, Equal on attention masks): the cycle does not run transformers yet. The
-        # tf2onnx-style model keeps its weights in Constant nodes, which the executor runs but
-        # does not train.
-        untrained = {"tf_style_nhwc.onnx"}
-        fixtures = sorted(
-            p
-            for p in (tool.REPO / "fixtures").rglob("*.onnx")
-            if p.parent.name != "attention" and p.name not in untrained
-        )
+        # (Where, Expand, Equal on attention masks): the cycle does not run transformers yet.
+        fixtures = sorted(p for p in (tool.REPO / "fixtures").rglob("*.onnx") if p.parent.name != "attention")
         self.assertGreater(len(fixtures), 30)
         rng = np.random.default_rng(0)
         with tempfile.TemporaryDirectory() as tmp:
@@ -113,6 +106,20 @@ class Executor(unittest.TestCase):
             self.assertEqual(before.opset_import, after.opset_import)
             self.assertEqual([t.name for t in before.graph.initializer], [t.name for t in after.graph.initializer])
             self.assertNotEqual(before.graph.initializer, after.graph.initializer)
+
+    def test_weights_in_constant_nodes_train_and_write_back(self):
+        path = tool.REPO / "fixtures" / "frameworks" / "tf_style_nhwc.onnx"
+        module = onnx_torch.load(path)
+        self.assertEqual(sorted(module.weights), ["dense", "w"])
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(1.0)
+        before, after = onnx.load(str(path)), module.to_onnx()
+        value = {n.output[0]: n.attribute[0].t for n in after.graph.node if n.op_type == "Constant"}
+        original = {n.output[0]: n.attribute[0].t for n in before.graph.node if n.op_type == "Constant"}
+        moved = onnx.numpy_helper.to_array(value["w"]) - onnx.numpy_helper.to_array(original["w"])
+        np.testing.assert_allclose(moved, 1.0)
+        self.assertEqual([n.op_type for n in before.graph.node], [n.op_type for n in after.graph.node])
 
     def test_unknown_ops_are_named(self):
         node = onnx.helper.make_node("NonMaxSuppression", ["x"], ["y"], name="nms")
