@@ -98,6 +98,7 @@ pub(crate) enum Why {
     SplitsHeads,
     StridedChannelSlice,
     UnknownRank,
+    ShapeRead,
     PadsChannelAxis,
     ResizesChannelAxis,
 }
@@ -123,6 +124,7 @@ impl Why {
             Why::SplitsHeads => "splits-heads",
             Why::StridedChannelSlice => "strided-channel-slice",
             Why::UnknownRank => "unknown-rank",
+            Why::ShapeRead => "shape-read",
             Why::PadsChannelAxis => "pads-channel-axis",
             Why::ResizesChannelAxis => "resizes-channel-axis",
         }
@@ -152,6 +154,7 @@ impl fmt::Display for Why {
             Why::UnknownPartWidths => f.write_str("the widths of its parts are unknown"),
             Why::SplitsHeads => f.write_str("it does not follow channels split over two axes (heads)"),
             Why::UnknownRank => f.write_str("the rank its channel axis needs is not known"),
+            Why::ShapeRead => f.write_str("its channel count is read as a number (a Shape)"),
             Why::PadsChannelAxis => f.write_str("it pads the channel axis"),
             Why::ResizesChannelAxis => f.write_str("it resizes the channel axis"),
             Why::StridedChannelSlice => {

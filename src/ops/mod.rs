@@ -21,6 +21,7 @@ mod norm;
 mod per_channel;
 mod pool;
 mod shape;
+mod shape_of;
 mod slice;
 mod spatial;
 
@@ -145,6 +146,7 @@ static RULES: &[&dyn OpRule] = &[
     &shape::Flatten,
     &shape::Transpose,
     &shape::Squeeze,
+    &shape_of::Shape,
     &slice::Slice,
     &spatial::Pad,
     &spatial::Resize,

@@ -29,7 +29,8 @@ impl OpRule for Reshape {
                 Some(last) => {
                     let split = last.and_then(|(m, s)| computed_split(cx, m, s));
                     let leading = last.and_then(|(m, s)| shape_reads(cx, m, s));
-                    Role::Op(Box::new(PerChannel::identity(Box::new(ReshapeLast { last, split, leading }))))
+                    let rank = node.input.get(1).and_then(|t| target_length(cx, t));
+                    Role::Op(Box::new(PerChannel::identity(Box::new(ReshapeLast { last, split, leading, rank }))))
                 }
                 None => {
                     Role::Opaque(Opaque::NotConstant("its target shape is computed, and its last entry is not known"))
@@ -189,6 +190,8 @@ struct ReshapeLast {
     /// the tensors read. The target then merges heads into the channels if it has one entry
     /// fewer than the input has axes and none of those tensors is split into heads.
     leading: Option<Vec<String>>,
+    /// The target's length, when every piece of its Concat has a known length.
+    rank: Option<usize>,
 }
 
 impl ReshapeLast {
@@ -213,6 +216,9 @@ impl AxisMap for ReshapeLast {
     fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
         let x = acts[0];
         let lx = cx.get(x);
+        if let Some(r) = self.rank {
+            cx.set_rank(o, r);
+        }
         let heads = self.split.and_then(|(_, h, d)| {
             let w = lx.width? as i64;
             let count = if h == -1 && w % d == 0 { w / d } else { h };
@@ -284,6 +290,32 @@ impl AxisMap for ReshapeLast {
     fn follows_heads(&self) -> bool {
         true
     }
+}
+
+/// The number of entries of a computed target `Concat(..)`: constants count their elements, a
+/// scalar turned into one entry (`Unsqueeze` of a `Gather` of one index, or of a `Squeeze`)
+/// counts one.
+fn target_length(cx: &Ctx, target: &str) -> Option<usize> {
+    let g = cx.graph;
+    let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
+    let concat = producer(target).filter(|c| c.op_type() == "Concat")?;
+    concat
+        .input
+        .iter()
+        .map(|piece| {
+            if let Some(t) = cx.const_tensor(piece) {
+                return (t.dims.len() == 1).then_some(t.dims[0] as usize);
+            }
+            let unsqueeze = producer(piece).filter(|n| n.op_type() == "Unsqueeze")?;
+            let scalar = producer(unsqueeze.input.first()?)?;
+            let one = match scalar.op_type() {
+                "Gather" => cx.const_tensor(scalar.input.get(1)?).is_some_and(|t| t.dims.is_empty()),
+                "Squeeze" => true,
+                _ => false,
+            };
+            one.then_some(1)
+        })
+        .sum()
 }
 
 /// For a target `Concat(p_0, .., p_k, last)` with `last` at `slot`: the tensors whose dimensions

@@ -438,3 +438,37 @@ fn embedding_tables_lose_constant_and_unread_columns() {
     let table = m.graph().initializer.iter().find(|t| t.name() == "table").unwrap();
     assert_eq!(table.dims, vec![10, 4]);
 }
+
+/// GPT-2's Conv1D as TorchScript writes it: `x.view(-1, x.size(-1))` reads the channel count
+/// back with Shape only to reshape x itself, which follows the new width; reads of other axes
+/// do not change. A Shape whose channel count feeds arithmetic keeps x whole.
+#[test]
+fn shape_reads_that_only_reshape_the_tensor_itself_let_it_shrink() {
+    for arithmetic in [false, true] {
+        let mut g = G::new("x", &[B, Some(3), Some(4)]);
+        g.weight("w1", 4, 6, &[]).init("b1", &[6], &[0.1, -0.2, 0.3, 0.4, 0.5, 0.6]);
+        let mut w2 = g.rand(6 * 2);
+        (w2[2], w2[8]) = (0.0, 0.0); // channel 1 of a unread (w2 is [2, 6], transB)
+        g.init("w2", &[2, 6], &w2);
+        g.g.initializer.extend([
+            int64_tensor("minus_one", &[-1]),
+            int64_tensor("start", &[-1]),
+            int64_tensor("end", &[i64::MAX]),
+            int64_tensor("zero", &[0]),
+        ]);
+        g.op("MatMul", &["x", "w1"], "m", vec![]).op("Add", &["m", "b1"], "h", vec![]).op("Relu", &["h"], "a", vec![]);
+        g.op("Shape", &["a"], "s", vec![]).op("Slice", &["s", "start", "end", "zero"], "c", vec![]);
+        g.op("Concat", &["minus_one", "c"], "target", vec![attr_i("axis", 0)]);
+        g.op("Reshape", &["a", "target"], "flat", vec![]);
+        g.op("Gemm", &["flat", "w2"], "y0", vec![attr_i("transB", 1)]);
+        if arithmetic {
+            // y = y0 * count: the channel count as a number.
+            g.op("Cast", &["c"], "cf", vec![attr_i("to", 1)]).op("Mul", &["y0", "cf"], "y", vec![]);
+        } else {
+            g.op("Identity", &["y0"], "y", vec![]);
+        }
+        let (r, _) = minimize(&g.model("y", &[None, Some(2)]));
+        let expected = if arithmetic { vec![(4, 6), (6, 2)] } else { vec![(4, 5), (5, 2)] };
+        assert_eq!(widths(&r), expected, "arithmetic: {arithmetic}");
+    }
+}

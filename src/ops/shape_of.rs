@@ -1,0 +1,123 @@
+//! Shape: reads a tensor's dimensions, never its values. Its input's channels may leave when
+//! every dimension read is one that does not change (another axis), or the channel axis read
+//! back only to reshape the same tensor (`x.view(-1, x.size(-1))`), which must follow the new
+//! width. Any other read (a scale computed from the head size, say) keeps the input whole.
+
+use super::{Activations, ChannelOp, Ctx, OpRule, Role};
+use crate::analysis::reasons::{Opaque, Why};
+use crate::analysis::CheckCx;
+use crate::onnx::proto::NodeProto;
+use crate::onnx::tensor::int64s;
+
+pub(crate) struct Shape;
+
+/// Which dimensions of the shape a reader picks: `[from, to)` of the shape vector (negative
+/// entries count from the end), and whether the picked value only reaches reshapes of the
+/// tensor itself as their last target entry.
+struct Read {
+    from: i64,
+    to: i64,
+    reshapes_itself: bool,
+}
+
+struct ShapeOf {
+    reads: Vec<Read>,
+}
+
+impl OpRule for Shape {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Shape"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        if !node.attribute.is_empty() {
+            return Role::Opaque(Opaque::Unsupported("it reads a range of the shape (start, end)".into()));
+        }
+        let (Some(x), Some(out)) = (node.input.first(), node.output.first()) else {
+            return Role::Opaque(Opaque::Malformed("it lacks an input or an output"));
+        };
+        let reads: Option<Vec<Read>> =
+            cx.ir.readers(out).iter().map(|&(n, _)| read(cx, &cx.graph.node[n], x)).collect();
+        match reads {
+            Some(reads) if !cx.ir.outputs.contains(out) => Role::Op(Box::new(ShapeOf { reads })),
+            _ => Role::Opaque(Opaque::Unsupported("its dimensions are read in a way not followed".into())),
+        }
+    }
+}
+
+/// The dimensions `reader` picks from `Shape(x)`, when it is a Gather of one constant index or
+/// a Slice of constant bounds along the only axis.
+fn read(cx: &Ctx, reader: &NodeProto, x: &str) -> Option<Read> {
+    let ints =
+        |slot: usize| reader.input.get(slot).filter(|s| !s.is_empty()).and_then(|i| cx.const_tensor(i)).map(int64s);
+    let (from, to) = match reader.op_type() {
+        "Gather" if reader.attribute.iter().all(|a| a.name() != "axis" || a.i() == 0) => {
+            let i = ints(1).filter(|i| i.len() == 1)?[0];
+            (i, if i == -1 { i64::MAX } else { i + 1 })
+        }
+        "Slice" if ints(3).is_none_or(|a| a == [0]) && ints(4).is_none_or(|s| s == [1]) => {
+            (ints(1).filter(|s| s.len() == 1)?[0], ints(2).filter(|e| e.len() == 1)?[0])
+        }
+        _ => return None,
+    };
+    Some(Read { from, to, reshapes_itself: reshapes_itself(cx, reader.output.first()?, x) })
+}
+
+/// Whether `value` reaches, through Squeeze/Unsqueeze steps read by one node each, only
+/// Concats whose last entry it is and whose results only reshape `x`.
+fn reshapes_itself(cx: &Ctx, value: &str, x: &str) -> bool {
+    let mut at = value;
+    loop {
+        let [(n, slot)] = cx.ir.readers(at) else { return false };
+        let node = &cx.graph.node[*n];
+        match node.op_type() {
+            "Squeeze" | "Unsqueeze" if *slot == 0 => at = node.output.first().map(String::as_str).unwrap_or(""),
+            "Concat" => {
+                let last = *slot + 1 == node.input.len();
+                let out = node.output.first().map(String::as_str).unwrap_or("");
+                let readers = cx.ir.readers(out);
+                return last
+                    && !readers.is_empty()
+                    && readers.iter().all(|&(r, s)| {
+                        let reshape = &cx.graph.node[r];
+                        s == 1 && reshape.op_type() == "Reshape" && reshape.input.first().map(String::as_str) == Some(x)
+                    });
+            }
+            _ => return false,
+        }
+    }
+}
+
+impl<'g> ChannelOp<'g> for ShapeOf {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0], otherwise: "it reads the shape of a constant" }
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+
+    fn output_channels(&self) -> bool {
+        false
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        let x = cx.input(0);
+        let l = cx.layout(x);
+        let Some(p) = l.position() else {
+            // Without the channel axis's place nothing says which reads stay the same.
+            return cx.force(x, Why::ShapeRead);
+        };
+        let (r, p) = (l.rank.unwrap_or(0) as i64, p as i64);
+        let at = |i: i64| if i < 0 { i + r } else { i.min(r) };
+        let channel_read = |rd: &Read| (at(rd.from)..at(rd.to)).contains(&p);
+        // Heads on two axes: a read of the heads axis changes too.
+        let heads_read = |rd: &Read| l.heads.is_some_and(|h| (at(rd.from)..at(rd.to)).contains(&(r + h.axis as i64)));
+        if self.reads.iter().any(|rd| heads_read(rd) || (channel_read(rd) && !rd.reshapes_itself)) {
+            cx.force(x, Why::ShapeRead);
+        }
+    }
+
+    /// It reads no values.
+    fn needs(&self, _: &mut crate::analysis::NeedCx<'_, 'g>) {}
+}
