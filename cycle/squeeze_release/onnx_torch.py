@@ -585,6 +585,7 @@ def _upsample(a, x, scales=None):
 OPS: dict[str, Callable] = {
     "Gemm": _gemm,
     "MatMul": lambda a, x, y: x @ y,
+    "Einsum": lambda a, *xs: torch.einsum(_text(a["equation"]), *xs),
     "Add": lambda a, x, y: x + y,
     "Sub": lambda a, x, y: x - y,
     "Mul": lambda a, x, y: x * y,

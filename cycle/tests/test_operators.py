@@ -245,6 +245,16 @@ CASES = {
     "Flatten axis rank": (unary("Flatten", axis=3), None),
     "Flatten axis -1": (unary("Flatten", axis=-1), None),
     "Flatten axis 0": (unary("Flatten", axis=0), None),
+    "Einsum as a product with a matrix": (
+        model(
+            [helper.make_node("Einsum", ["x", "w"], ["y"], equation="bti,ji->btj")],
+            {"x": [2, 3, 4]},
+            ["y"],
+            13,
+            {"w": np.arange(20, dtype=np.float32).reshape(5, 4) / 10},
+        ),
+        None,
+    ),
     "GatherND of spatial positions": (
         model(
             [helper.make_node("GatherND", ["x", "i"], ["y"])],

@@ -14,11 +14,14 @@ use crate::onnx::tensor::{encode, with_data, Values};
 use crate::rewrite::Edit;
 
 pub(crate) struct MatMul;
+pub(crate) struct Einsum;
 
 struct MatMulNode<'g> {
     weight: Weight<'g>,
     /// `W @ x`: the weight is the left operand.
     left: bool,
+    /// The activation's input slot.
+    input: usize,
 }
 
 impl OpRule for MatMul {
@@ -44,7 +47,58 @@ impl OpRule for MatMul {
                 // On the left the weight is stored [N, K]: output rows, input columns.
                 let (k, n) = if left { (d1, d0) } else { (d0, d1) };
                 let weight = Weight { values, tensor, slot, k, n, transposed: left, spatial: 1, groups: 1 };
-                Role::Op(Box::new(LinearOp(Box::new(MatMulNode { weight, left }))))
+                Role::Op(Box::new(LinearOp(Box::new(MatMulNode { weight, left, input: 1 - slot }))))
+            }
+            Ok(_) => Role::Opaque(Opaque::Shape("its weight is not a 2-D matrix")),
+            Err(e) => Role::Opaque(Opaque::Tensor(e.to_string())),
+        }
+    }
+}
+
+impl OpRule for Einsum {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Einsum"]
+    }
+
+    /// An Einsum that is a matrix product with a constant 2-D weight over the activation's last
+    /// axis (`...i,ij->...j`, `bti,ji->btj`, either operand first): a linear layer whose
+    /// outputs are the last axis. The equation stays as written; only sizes change.
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let equation = crate::ir::NodeExt::attr_s(node, "equation", "").replace(' ', "");
+        let parsed = (|| {
+            let (lhs, out) = equation.split_once("->")?;
+            let (a, b) = lhs.split_once(',')?;
+            let [first, second] = &node.input[..] else { return None };
+            let (x_sub, w_sub, weight, slot) = match (cx.ir.is_const(first), cx.ir.is_const(second)) {
+                (false, true) => (a, b, second, 1),
+                (true, false) => (b, a, first, 0),
+                _ => return None,
+            };
+            let w: Vec<char> = w_sub.chars().collect();
+            let contracted = x_sub.chars().last()?;
+            let [w0, w1] = w[..] else { return None };
+            let (transposed, produced) = match (w0 == contracted, w1 == contracted) {
+                (true, false) => (false, w1),
+                (false, true) => (true, w0),
+                _ => return None,
+            };
+            let expected = format!("{}{produced}", &x_sub[..x_sub.len() - contracted.len_utf8()]);
+            let fits = out == expected && !x_sub.contains(produced) && contracted.is_alphabetic();
+            fits.then_some((weight, slot, transposed))
+        })();
+        let Some((name, slot, transposed)) = parsed else {
+            return Role::Opaque(Opaque::Unsupported(
+                "it is not a product with a constant matrix over the last axis".into(),
+            ));
+        };
+        let tensor = cx.const_tensor(name).expect("a constant");
+        match Values::of(tensor) {
+            Ok(values) if values.dims.len() == 2 => {
+                let (d0, d1) = (values.dims[0] as usize, values.dims[1] as usize);
+                let (k, n) = if transposed { (d1, d0) } else { (d0, d1) };
+                let weight = Weight { values, tensor, slot, k, n, transposed, spatial: 1, groups: 1 };
+                let input = 1 - slot;
+                Role::Op(Box::new(LinearOp(Box::new(MatMulNode { weight, left: false, input }))))
             }
             Ok(_) => Role::Opaque(Opaque::Shape("its weight is not a 2-D matrix")),
             Err(e) => Role::Opaque(Opaque::Tensor(e.to_string())),
@@ -54,11 +108,7 @@ impl OpRule for MatMul {
 
 impl Linear for MatMulNode<'_> {
     fn input_slot(&self) -> usize {
-        if self.left {
-            1
-        } else {
-            0
-        }
+        self.input
     }
 
     fn axes(&self) -> (isize, isize) {

@@ -134,6 +134,7 @@ pub(crate) trait ChannelOp<'g> {
 static RULES: &[&dyn OpRule] = &[
     &gemm::Gemm,
     &matmul::MatMul,
+    &matmul::Einsum,
     &conv::Conv,
     &elementwise::Unary,
     &elementwise::Binary,

@@ -472,3 +472,24 @@ fn shape_reads_that_only_reshape_the_tensor_itself_let_it_shrink() {
         assert_eq!(widths(&r), expected, "arithmetic: {arithmetic}");
     }
 }
+
+/// An Einsum that multiplies by a constant matrix over the last axis (here the weight stored
+/// transposed, `bti,ji->btj`) is a linear layer; the equation stays, the sizes shrink.
+#[test]
+fn einsum_products_with_a_matrix_are_linear_layers() {
+    let mut g = G::new("x", &[B, Some(3), Some(4)]);
+    g.weight("w1", 6, 4, &[2]).init("b1", &[6], &[0.1, 0.2, 0.7, 0.3, 0.4, 0.5]);
+    g.weight("w2", 2, 6, &[]);
+    let eq = |e: &str| {
+        vec![onnx_minimize::onnx::proto::AttributeProto {
+            name: Some("equation".into()),
+            r#type: Some(AttributeType::String as i32),
+            s: Some(e.as_bytes().to_vec()),
+            ..Default::default()
+        }]
+    };
+    g.op("Einsum", &["x", "w1"], "m", eq("bti,ji->btj")).op("Add", &["m", "b1"], "h", vec![]);
+    g.op("Relu", &["h"], "a", vec![]).op("Einsum", &["w2", "a"], "y", eq("ji,bti->btj"));
+    let (r, _) = minimize(&g.model("y", &[B, Some(3), Some(2)]));
+    assert_eq!(widths(&r), vec![(4, 5), (5, 2)]);
+}
