@@ -30,7 +30,9 @@ impl OpRule for Reshape {
                     let split = last.and_then(|(m, s)| computed_split(cx, m, s));
                     let leading = last.and_then(|(m, s)| shape_reads(cx, m, s));
                     let rank = node.input.get(1).and_then(|t| target_length(cx, t));
-                    Role::Op(Box::new(PerChannel::identity(Box::new(ReshapeLast { last, split, leading, rank }))))
+                    let keeps_leading = leading_kept(node, cx);
+                    let reshape = ReshapeLast { last, split, leading, rank, keeps_leading };
+                    Role::Op(Box::new(PerChannel::identity(Box::new(reshape))))
                 }
                 None => {
                     Role::Opaque(Opaque::NotConstant("its target shape is computed, and its last entry is not known"))
@@ -192,6 +194,9 @@ struct ReshapeLast {
     leading: Option<Vec<String>>,
     /// The target's length, when every piece of its Concat has a known length.
     rank: Option<usize>,
+    /// The target is `Concat(Slice(Shape(x), 0, k), [-1])` (`x.flatten(k)` in TorchScript): the
+    /// first `k` axes stay as they are, the rest merge; a channel axis among the first stays.
+    keeps_leading: Option<usize>,
 }
 
 impl ReshapeLast {
@@ -226,11 +231,18 @@ impl AxisMap for ReshapeLast {
             let splits = lx.axis == Some(-1) && lx.heads.is_none() && lx.block == Some(1) && count > 1 && fits;
             splits.then_some(Heads { axis: -2, count: count as usize })
         });
+        let kept_axis = self.keeps_leading.zip(lx.position()).filter(|&(k, p)| p < k);
         if let Some(heads) = heads {
             cx.set_axis(o, -1);
             cx.same_width(x, o);
             cx.set_block(o, 1);
             cx.set_heads(o, heads);
+        } else if let (Some((k, p)), None, Some(1)) = (kept_axis, lx.heads, lx.block) {
+            // The channel axis is one of the axes kept as they are.
+            cx.set_axis(o, p as isize - (k as isize + 1));
+            cx.set_rank(o, k + 1);
+            cx.same_width(x, o);
+            cx.set_block(o, 1);
         } else if lx.heads.is_some() && !self.merges(cx, lx) {
             cx.force(x, Why::ReshapesChannelAxis);
             cx.force(o, Why::ReshapesChannelAxis);
@@ -290,6 +302,22 @@ impl AxisMap for ReshapeLast {
     fn follows_heads(&self) -> bool {
         true
     }
+}
+
+/// `k` when the target of `node` is `Concat(Slice(Shape(x), 0, k), [-1])`, x being the tensor
+/// it reshapes.
+fn leading_kept(node: &NodeProto, cx: &Ctx) -> Option<usize> {
+    let g = cx.graph;
+    let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
+    let ints = |name: Option<&String>| name.filter(|s| !s.is_empty()).and_then(|i| cx.const_tensor(i)).map(int64s);
+    let concat = producer(node.input.get(1)?).filter(|c| c.op_type() == "Concat" && c.input.len() == 2)?;
+    (ints(concat.input.get(1))? == [-1]).then_some(())?;
+    let slice = producer(&concat.input[0]).filter(|s| s.op_type() == "Slice")?;
+    let plain = ints(slice.input.get(3)).is_none_or(|a| a == [0]) && ints(slice.input.get(4)).is_none_or(|s| s == [1]);
+    let (start, end) = (ints(slice.input.get(1))?, ints(slice.input.get(2))?);
+    let shape = producer(slice.input.first()?).filter(|s| s.op_type() == "Shape" && s.attribute.is_empty())?;
+    let of_x = shape.input.first() == node.input.first();
+    (plain && of_x && start == [0] && end.len() == 1 && end[0] > 0).then_some(end[0] as usize)
 }
 
 /// The number of entries of a computed target `Concat(..)`: constants count their elements, a

@@ -64,7 +64,7 @@ fn read(cx: &Ctx, reader: &NodeProto, x: &str) -> Option<Read> {
 }
 
 /// Whether `value` reaches, through Squeeze/Unsqueeze steps read by one node each, only
-/// Concats whose last entry it is and whose results only reshape `x`.
+/// Concats whose results only reshape `x` (the Reshape's rule then follows the new shape).
 fn reshapes_itself(cx: &Ctx, value: &str, x: &str) -> bool {
     let mut at = value;
     loop {
@@ -73,11 +73,9 @@ fn reshapes_itself(cx: &Ctx, value: &str, x: &str) -> bool {
         match node.op_type() {
             "Squeeze" | "Unsqueeze" if *slot == 0 => at = node.output.first().map(String::as_str).unwrap_or(""),
             "Concat" => {
-                let last = *slot + 1 == node.input.len();
                 let out = node.output.first().map(String::as_str).unwrap_or("");
                 let readers = cx.ir.readers(out);
-                return last
-                    && !readers.is_empty()
+                return !readers.is_empty()
                     && readers.iter().all(|&(r, s)| {
                         let reshape = &cx.graph.node[r];
                         s == 1 && reshape.op_type() == "Reshape" && reshape.input.first().map(String::as_str) == Some(x)

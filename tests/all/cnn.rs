@@ -216,3 +216,25 @@ fn gathernd_pooling_passes_channels_through() {
     let r = minimize(&g.model("y", &[B, Some(3)]));
     assert_eq!(widths(&r), vec![(3, 4), (16, 3)]);
 }
+
+/// ViT's patch embedding as TorchScript writes `x.flatten(2).transpose(1, 2)`: the target reads
+/// the first two dimensions of x back (`Concat(Slice(Shape(x), 0, 2), [-1])`), so the channel
+/// axis stays where it is and the spatial axes merge after it.
+#[test]
+fn flattening_the_axes_after_the_channels_keeps_them_apart() {
+    let mut g = G::new("x", &[B, Some(3), Some(4), Some(4)]);
+    g.conv_weight("w", 6, 3, 1, &[2, 5], &[]).init("b", &[6], &[0.1, 0.2, 0.0, 0.3, 0.4, 0.5]);
+    g.conv("x", "w", Some("b"), "c", 0, 1).op("Relu", &["c"], "r", vec![]);
+    g.g.initializer.extend([
+        crate::common::int64_tensor("zero", &[0]),
+        crate::common::int64_tensor("two", &[2]),
+        crate::common::int64_tensor("minus_one", &[-1]),
+    ]);
+    g.op("Shape", &["r"], "s", vec![]).op("Slice", &["s", "zero", "two"], "lead", vec![]);
+    g.op("Concat", &["lead", "minus_one"], "target", vec![attr_i("axis", 0)]);
+    g.op("Reshape", &["r", "target"], "flat", vec![]);
+    g.op("Transpose", &["flat"], "tokens", vec![crate::common::attr_ints("perm", &[0, 2, 1])]);
+    g.weight("wl", 6, 2, &[]).op("MatMul", &["tokens", "wl"], "y", vec![]);
+    let r = minimize(&g.model("y", &[B, Some(16), Some(2)]));
+    assert_eq!(widths(&r), vec![(3, 4), (4, 2)]);
+}
