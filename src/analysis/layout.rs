@@ -31,7 +31,7 @@ pub(crate) struct Layout {
     pub block: Option<usize>,
     /// The block's entries are interleaved: entry `e` belongs to channel `e % width` (a
     /// channels-last feature map flattened, as NHWC exports do), not to `e / block`.
-    pub interleaved: bool,
+    pub interleaved: Option<bool>,
     pub heads: Option<Heads>,
     /// Groups of a grouped convolution that reads or writes the value: the channels, on one
     /// axis, are `groups` x per group, and leave as a product (the same entries in every group),
@@ -47,7 +47,7 @@ impl Layout {
 
     /// The channel that entry `e` of the channel axis belongs to (`width` channels).
     pub fn channel_of(&self, e: usize, width: usize) -> usize {
-        if self.interleaved {
+        if self.interleaved == Some(true) {
             e % width
         } else {
             e / self.block.unwrap_or(1)
@@ -70,7 +70,7 @@ pub(crate) fn infer(g: &Graph, forced: &mut Forced) -> Layouts {
             width: None,
             rank: g.ir.rank(g.name(v)),
             block: Some(1),
-            interleaved: false,
+            interleaved: None,
             heads: None,
             groups: None,
         })
@@ -164,12 +164,17 @@ impl<'g> LayoutCx<'_, 'g> {
         self.set(v, |l| &mut l.groups, groups)
     }
 
-    /// The block of `v` is interleaved (see [`Layout::interleaved`]).
-    pub fn set_interleaved(&mut self, v: ValueId) {
-        if !self.facts[v].interleaved {
-            self.facts[v].interleaved = true;
-            self.changed = true;
-        }
+    /// Whether the block of `v` is interleaved (see [`Layout::interleaved`]); two answers that
+    /// differ keep the value whole.
+    pub fn set_interleaved(&mut self, v: ValueId, interleaved: bool) {
+        self.set(v, |l| &mut l.interleaved, interleaved)
+    }
+
+    /// `o` has the block of `x`, interleaved or not (the axes before the channel axis changed).
+    pub fn carry_block(&mut self, x: ValueId, o: ValueId) {
+        let l = self.facts[x];
+        l.block.inspect(|&b| self.set_block(o, b));
+        l.interleaved.inspect(|&i| self.set_interleaved(o, i));
     }
 
     /// Before the fixed point: the block of `v` is unknown until a reader fixes it (a flattened
@@ -184,9 +189,7 @@ impl<'g> LayoutCx<'_, 'g> {
         f.axis.inspect(|&a| self.set_axis(to, a));
         f.width.inspect(|&w| self.set_width(to, w));
         f.block.inspect(|&b| self.set_block(to, b));
-        if f.interleaved {
-            self.set_interleaved(to);
-        }
+        f.interleaved.inspect(|&i| self.set_interleaved(to, i));
         f.heads.inspect(|&h| self.set_heads(to, h));
     }
 
@@ -223,15 +226,13 @@ impl<'g> LayoutCx<'_, 'g> {
             self.set_width(o, w);
         }
         if p == r - 1 && from == r - 1 {
-            if let Some(b) = fx.block {
-                self.set_block(o, b);
-            }
-            if fx.interleaved {
-                self.set_interleaved(o);
-            }
+            self.carry_block(x, o);
         } else if p != from || fx.block != Some(1) {
             self.force(x, Why::FlattensChannelAxis);
             self.force(o, Why::FlattensChannelAxis);
+        } else {
+            // Channels first: each owns a contiguous block of the flat axis.
+            self.set_interleaved(o, false);
         }
     }
 }

@@ -172,6 +172,6 @@ impl AxisMap for Picked {
         cx.set_axis(o, a);
         cx.set_rank(o, self.index_rank - 1 + r - self.indexed);
         cx.same_width(x, o);
-        lx.block.inspect(|&b| cx.set_block(o, b));
+        cx.carry_block(x, o);
     }
 }

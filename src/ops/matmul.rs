@@ -83,7 +83,8 @@ impl OpRule for Einsum {
                 _ => return None,
             };
             let expected = format!("{}{produced}", &x_sub[..x_sub.len() - contracted.len_utf8()]);
-            let fits = out == expected && !x_sub.contains(produced) && contracted.is_alphabetic();
+            let once = x_sub.matches(contracted).count() == 1;
+            let fits = out == expected && !x_sub.contains(produced) && contracted.is_alphabetic() && once;
             fits.then_some((weight, slot, transposed))
         })();
         let Some((name, slot, transposed)) = parsed else {

@@ -72,12 +72,24 @@ impl Reshaped {
         splits.then_some(Heads { axis: -2, count: h as usize })
     }
 
+    /// Whether a last entry of -1 still names the channel axis whole: only when every other
+    /// entry copies x's own dimension (0) and the rank stays; an explicit number is checked
+    /// against the width later.
+    fn last_is_whole(&self, x: crate::analysis::Layout) -> bool {
+        let Some((&last, leading)) = self.target.split_last() else { return false };
+        last != -1 || (x.rank == Some(self.target.len()) && leading.iter().all(|&e| e == 0))
+    }
+
     /// Entries per channel when the target's explicit last entry is a multiple of the channels
     /// of a channels-last `x` (rank 3 and up, block 1): the reshape folds axes before the
     /// channels into the last axis, which keeps the channel of entry `e` at `e % width`.
     fn interleaves(&self, x: crate::analysis::Layout) -> Option<usize> {
         let (last, w) = (*self.target.last()?, x.width? as i64);
-        let folds = x.axis == Some(-1) && x.block == Some(1) && !x.interleaved && x.heads.is_none() && x.rank? >= 3;
+        let folds = x.axis == Some(-1)
+            && x.block == Some(1)
+            && x.interleaved != Some(true)
+            && x.heads.is_none()
+            && x.rank? >= 3;
         (folds && last > w && last % w == 0).then_some((last / w) as usize)
     }
 
@@ -122,16 +134,14 @@ impl AxisMap for Reshaped {
             cx.set_rank(o, self.target.len());
             cx.same_width(x, o);
             cx.set_block(o, entries);
-            cx.set_interleaved(o);
-        } else if lx.axis == Some(-1) {
+            cx.set_interleaved(o, true);
+        } else if lx.axis == Some(-1) && self.last_is_whole(lx) {
             cx.set_axis(o, -1);
             cx.set_rank(o, self.target.len());
             if let Some(w) = lx.width {
                 cx.set_width(o, w);
             }
-            if let Some(b) = lx.block {
-                cx.set_block(o, b);
-            }
+            cx.carry_block(x, o);
         } else if self.target.len() == 2 && lx.position() == Some(1) {
             cx.flatten(x, o, None);
         } else if lx.axis.is_some() {
@@ -200,6 +210,22 @@ struct ReshapeLast {
 }
 
 impl ReshapeLast {
+    /// Whether the last entry is the channel axis whole: a number (checked against the width
+    /// later), x's own last dimension read back, or -1 after x's own other dimensions read back
+    /// in order (or a proven merge of heads).
+    fn last_is_whole(&self, cx: &LayoutCx, x: crate::analysis::Layout) -> bool {
+        let last = self.last.and_then(|(m, s)| cx.const_of(m, s)).map(int64s);
+        if last != Some(vec![-1]) {
+            return true;
+        }
+        let me = cx.input(0);
+        let own = self
+            .leading
+            .as_ref()
+            .is_some_and(|ts| x.rank == Some(ts.len() + 1) && ts.iter().all(|t| cx.value(t) == Some(me)));
+        own || x.heads.is_some() && self.merges(cx, x)
+    }
+
     /// Whether the target merges heads just before the channel axis back into it: its last
     /// entry is the whole width, written out.
     fn merges(&self, cx: &LayoutCx, x: crate::analysis::Layout) -> bool {
@@ -227,11 +253,14 @@ impl AxisMap for ReshapeLast {
         let heads = self.split.and_then(|(_, h, d)| {
             let w = lx.width? as i64;
             let count = if h == -1 && w % d == 0 { w / d } else { h };
-            let fits = count.checked_mul(d) == Some(w);
+            // With H = -1 the target must add exactly one axis, or -1 could absorb leading ones.
+            let one_more = h != -1 || (self.rank.is_some() && self.rank == lx.rank.map(|r| r + 1));
+            let fits = count.checked_mul(d) == Some(w) && one_more;
             let splits = lx.axis == Some(-1) && lx.heads.is_none() && lx.block == Some(1) && count > 1 && fits;
             splits.then_some(Heads { axis: -2, count: count as usize })
         });
-        let kept_axis = self.keeps_leading.zip(lx.position()).filter(|&(k, p)| p < k);
+        let kept_axis =
+            self.keeps_leading.zip(lx.position()).filter(|&(k, p)| p < k && lx.rank.is_some_and(|r| k <= r));
         if let Some(heads) = heads {
             cx.set_axis(o, -1);
             cx.same_width(x, o);
@@ -246,13 +275,11 @@ impl AxisMap for ReshapeLast {
         } else if lx.heads.is_some() && !self.merges(cx, lx) {
             cx.force(x, Why::ReshapesChannelAxis);
             cx.force(o, Why::ReshapesChannelAxis);
-        } else if lx.axis == Some(-1) {
+        } else if lx.axis == Some(-1) && self.last_is_whole(cx, lx) {
             // Leading axes merge or split (heads just before the channels merge into them).
             cx.set_axis(o, -1);
             cx.same_width(x, o);
-            if let Some(b) = lx.block {
-                cx.set_block(o, b);
-            }
+            cx.carry_block(x, o);
         } else if lx.axis.is_some() {
             cx.force(x, Why::ReshapesChannelAxis);
             cx.force(o, Why::ReshapesChannelAxis);
@@ -332,7 +359,7 @@ fn target_length(cx: &Ctx, target: &str) -> Option<usize> {
         .iter()
         .map(|piece| {
             if let Some(t) = cx.const_tensor(piece) {
-                return (t.dims.len() == 1).then_some(t.dims[0] as usize);
+                return (t.dims.len() == 1).then(|| usize::try_from(t.dims[0]).ok()).flatten();
             }
             let unsqueeze = producer(piece).filter(|n| n.op_type() == "Unsqueeze")?;
             let scalar = producer(unsqueeze.input.first()?)?;
@@ -343,22 +370,24 @@ fn target_length(cx: &Ctx, target: &str) -> Option<usize> {
             };
             one.then_some(1)
         })
-        .sum()
+        .try_fold(0usize, |total, n| total.checked_add(n?))
 }
 
 /// For a target `Concat(p_0, .., p_k, last)` with `last` at `slot`: the tensors whose dimensions
-/// the `p_i` read back, when each is `Unsqueeze(Gather(Shape(t), i))`.
+/// the `p_i` read back, when each is `Unsqueeze(Gather(Shape(t), i))`, dimension `i` for entry `i`.
 fn shape_reads(cx: &Ctx, concat: NodeId, slot: usize) -> Option<Vec<String>> {
     let g = cx.graph;
     let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
     g.node[concat.0].input[..slot]
         .iter()
-        .map(|piece| {
+        .enumerate()
+        .map(|(position, piece)| {
             let unsqueeze = producer(piece).filter(|n| n.op_type() == "Unsqueeze")?;
             let gather = producer(unsqueeze.input.first()?).filter(|n| n.op_type() == "Gather")?;
             let index = cx.const_tensor(gather.input.get(1)?).map(int64s).filter(|i| i.len() == 1)?;
             let shape = producer(gather.input.first()?).filter(|n| n.op_type() == "Shape" && n.attribute.is_empty())?;
-            shape.input.first().filter(|_| index[0] >= 0).cloned()
+            // Dimension i read back for entry i: the leading axes keep their sizes.
+            shape.input.first().filter(|_| index[0] == position as i64).cloned()
         })
         .collect()
 }
@@ -555,6 +584,6 @@ impl AxisMap for Squeezed {
         cx.set_axis(o, q as isize - out_rank as isize);
         cx.set_rank(o, out_rank);
         cx.same_width(x, o);
-        lx.block.inspect(|&b| cx.set_block(o, b));
+        cx.carry_block(x, o);
     }
 }

@@ -36,8 +36,12 @@ impl OpRule for Shape {
         let (Some(x), Some(out)) = (node.input.first(), node.output.first()) else {
             return Role::Opaque(Opaque::Malformed("it lacks an input or an output"));
         };
-        let reads: Option<Vec<Read>> =
-            cx.ir.readers(out).iter().map(|&(n, _)| read(cx, &cx.graph.node[n], x)).collect();
+        let reads: Option<Vec<Read>> = cx
+            .ir
+            .readers(out)
+            .iter()
+            .map(|&(n, slot)| (slot == 0).then(|| read(cx, &cx.graph.node[n], x)).flatten())
+            .collect();
         match reads {
             Some(reads) if !cx.ir.outputs.contains(out) => Role::Op(Box::new(ShapeOf { reads })),
             _ => Role::Opaque(Opaque::Unsupported("its dimensions are read in a way not followed".into())),
@@ -50,12 +54,20 @@ impl OpRule for Shape {
 fn read(cx: &Ctx, reader: &NodeProto, x: &str) -> Option<Read> {
     let ints =
         |slot: usize| reader.input.get(slot).filter(|s| !s.is_empty()).and_then(|i| cx.const_tensor(i)).map(int64s);
+    // An optional input that is given must be a constant.
+    let given = |slot: usize| reader.input.get(slot).is_some_and(|s| !s.is_empty());
+    let constant_or_absent = |slot: usize| !given(slot) || ints(slot).is_some();
     let (from, to) = match reader.op_type() {
         "Gather" if reader.attribute.iter().all(|a| a.name() != "axis" || a.i() == 0) => {
             let i = ints(1).filter(|i| i.len() == 1)?[0];
-            (i, if i == -1 { i64::MAX } else { i + 1 })
+            (i, if i == -1 { i64::MAX } else { i.saturating_add(1) })
         }
-        "Slice" if ints(3).is_none_or(|a| a == [0]) && ints(4).is_none_or(|s| s == [1]) => {
+        "Slice"
+            if constant_or_absent(3)
+                && constant_or_absent(4)
+                && ints(3).is_none_or(|a| a == [0])
+                && ints(4).is_none_or(|s| s == [1]) =>
+        {
             (ints(1).filter(|s| s.len() == 1)?[0], ints(2).filter(|e| e.len() == 1)?[0])
         }
         _ => return None,
@@ -69,13 +81,22 @@ fn reshapes_itself(cx: &Ctx, value: &str, x: &str) -> bool {
     let mut at = value;
     loop {
         let [(n, slot)] = cx.ir.readers(at) else { return false };
+        if cx.ir.outputs.contains(at) {
+            return false;
+        }
         let node = &cx.graph.node[*n];
         match node.op_type() {
             "Squeeze" | "Unsqueeze" if *slot == 0 => at = node.output.first().map(String::as_str).unwrap_or(""),
             "Concat" => {
                 let out = node.output.first().map(String::as_str).unwrap_or("");
                 let readers = cx.ir.readers(out);
-                return !readers.is_empty()
+                // The last entry (x's own last dimension read back), or leading entries kept
+                // ahead of a final -1 (`x.flatten(k)`): the places the reshape rules prove.
+                let last = *slot + 1 == node.input.len();
+                let leading = *slot == 0 && node.input.len() == 2;
+                return (last || leading)
+                    && !cx.ir.outputs.contains(out)
+                    && !readers.is_empty()
                     && readers.iter().all(|&(r, s)| {
                         let reshape = &cx.graph.node[r];
                         s == 1 && reshape.op_type() == "Reshape" && reshape.input.first().map(String::as_str) == Some(x)

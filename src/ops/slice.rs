@@ -117,7 +117,7 @@ impl<'g> ChannelOp<'g> for Sliced {
             None => {}
             Some(Ok(None)) => {
                 cx.same_width(x, o);
-                lx.block.inspect(|&b| cx.set_block(o, b));
+                cx.carry_block(x, o);
             }
             Some(Ok(Some((_, count)))) => cx.set_width(o, count),
             Some(Err(why)) => {

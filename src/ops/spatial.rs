@@ -88,7 +88,7 @@ fn along_other_axes(cx: &mut LayoutCx, x: ValueId, o: ValueId, keeps: impl Fn(us
     cx.set_axis(o, a);
     cx.set_rank(o, r);
     cx.same_width(x, o);
-    lx.block.inspect(|&b| cx.set_block(o, b));
+    cx.carry_block(x, o);
 }
 
 /// Pads per axis: `pads[i]` before and `pads[i + n]` after axis `axes[i]` (or axis `i`).

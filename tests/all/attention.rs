@@ -17,6 +17,13 @@ fn every_attention_fixture_loses_its_removable_head_dimensions() {
         let r = minimize_file(&fixture(&format!("attention/{file}")), Some(&out), &Options::default(), &|_| {})
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(r.verification.is_some(), "{file}");
+        // TorchScript's BERT splits heads with `view(*hidden.shape[:-1], -1, D)` on a projection
+        // whose rank nothing declares: without it, `-1` could absorb a leading axis, so the split
+        // is not proven and the heads stay whole (verified, nothing removed there).
+        if file == "bert_ts.onnx" {
+            assert!(r.after.params <= r.before.params, "{file}");
+            continue;
+        }
         let width = heads * dim;
         let layers = &r.removals.layers;
         // Per encoder layer: Q and K keep `qk` of each head, V keeps `vo`, O reads `vo`.
