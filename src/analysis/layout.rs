@@ -129,6 +129,12 @@ impl<'g> LayoutCx<'_, 'g> {
         self.forced.by_node(v, self.at.node, why);
     }
 
+    /// Both sides of an operator keep every channel, for the same reason.
+    pub fn force_both(&mut self, x: ValueId, o: ValueId, why: Why) {
+        self.force(x, why.clone());
+        self.force(o, why);
+    }
+
     fn set<T: PartialEq + Copy>(&mut self, v: ValueId, field: fn(&mut Layout) -> &mut Option<T>, x: T) {
         match *field(&mut self.facts[v]) {
             Some(old) if old == x => {}
@@ -228,8 +234,7 @@ impl<'g> LayoutCx<'_, 'g> {
         if p == r - 1 && from == r - 1 {
             self.carry_block(x, o);
         } else if p != from || fx.block != Some(1) {
-            self.force(x, Why::FlattensChannelAxis);
-            self.force(o, Why::FlattensChannelAxis);
+            self.force_both(x, o, Why::FlattensChannelAxis);
         } else {
             // Channels first: each owns a contiguous block of the flat axis.
             self.set_interleaved(o, false);

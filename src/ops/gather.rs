@@ -165,8 +165,7 @@ impl AxisMap for Picked {
         let lx = cx.get(x);
         let (Some(r), Some(p), Some(a)) = (lx.rank, lx.position(), lx.axis) else { return };
         if p < self.indexed || r < self.indexed {
-            cx.force(x, Why::ReshapesChannelAxis);
-            cx.force(o, Why::ReshapesChannelAxis);
+            cx.force_both(x, o, Why::ReshapesChannelAxis);
             return;
         }
         cx.set_axis(o, a);

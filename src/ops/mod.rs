@@ -33,6 +33,7 @@ use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, PlanCx, TieCx};
 use crate::error::Result;
 use crate::ir::{Ir, NodeExt};
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
+use crate::onnx::tensor::int64s;
 
 /// What a rule sees of the model while classifying a node: the graph and its constants.
 pub(crate) struct Ctx<'g> {
@@ -43,6 +44,21 @@ pub(crate) struct Ctx<'g> {
 impl<'g> Ctx<'g> {
     pub fn const_tensor(&self, name: &str) -> Option<&'g TensorProto> {
         self.ir.const_tensor(self.graph, name)
+    }
+
+    /// The int64 values of the constant given at input `slot` of `node` (none when the input
+    /// is absent or computed).
+    pub fn ints(&self, node: &NodeProto, slot: usize) -> Option<Vec<i64>> {
+        node.input.get(slot).filter(|s| !s.is_empty()).and_then(|s| self.const_tensor(s)).map(int64s)
+    }
+
+    /// Whether optional input `slot` of `node` is absent or the constant `default`: a computed
+    /// one could be anything.
+    pub fn absent_or(&self, node: &NodeProto, slot: usize, default: &[i64]) -> bool {
+        match node.input.get(slot).filter(|s| !s.is_empty()) {
+            None => true,
+            Some(_) => self.ints(node, slot).is_some_and(|v| v == default),
+        }
     }
 }
 

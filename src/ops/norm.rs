@@ -397,8 +397,7 @@ impl<'g> ChannelOp<'g> for Norm<'g> {
             let axis = if self.axis < 0 { self.axis + r as i64 } else { self.axis };
             let channels_alone = !self.to_end || axis == r as i64 - 1;
             if !channels_alone || cx.get(x).position().is_some_and(|p| p as i64 != axis) {
-                cx.force(x, Why::NormOverOtherAxes);
-                cx.force(y, Why::NormOverOtherAxes);
+                cx.force_both(x, y, Why::NormOverOtherAxes);
             }
         }
     }

@@ -124,8 +124,7 @@ impl AxisMap for Reshaped {
                 cx.same_width(x, o);
                 cx.set_block(o, 1);
             } else {
-                cx.force(x, Why::ReshapesChannelAxis);
-                cx.force(o, Why::ReshapesChannelAxis);
+                cx.force_both(x, o, Why::ReshapesChannelAxis);
             }
         } else if let Some(entries) = self.interleaves(lx) {
             // Channels last, flattened with the axes before them: channel `c` owns every
@@ -145,8 +144,7 @@ impl AxisMap for Reshaped {
         } else if self.target.len() == 2 && lx.position() == Some(1) {
             cx.flatten(x, o, None);
         } else if lx.axis.is_some() {
-            cx.force(x, Why::ReshapesChannelAxis);
-            cx.force(o, Why::ReshapesChannelAxis);
+            cx.force_both(x, o, Why::ReshapesChannelAxis);
         }
     }
 
@@ -273,16 +271,14 @@ impl AxisMap for ReshapeLast {
             cx.same_width(x, o);
             cx.set_block(o, 1);
         } else if lx.heads.is_some() && !self.merges(cx, lx) {
-            cx.force(x, Why::ReshapesChannelAxis);
-            cx.force(o, Why::ReshapesChannelAxis);
+            cx.force_both(x, o, Why::ReshapesChannelAxis);
         } else if lx.axis == Some(-1) && self.last_is_whole(cx, lx) {
             // Leading axes merge or split (heads just before the channels merge into them).
             cx.set_axis(o, -1);
             cx.same_width(x, o);
             cx.carry_block(x, o);
         } else if lx.axis.is_some() {
-            cx.force(x, Why::ReshapesChannelAxis);
-            cx.force(o, Why::ReshapesChannelAxis);
+            cx.force_both(x, o, Why::ReshapesChannelAxis);
         }
     }
 
@@ -336,12 +332,11 @@ impl AxisMap for ReshapeLast {
 fn leading_kept(node: &NodeProto, cx: &Ctx) -> Option<usize> {
     let g = cx.graph;
     let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
-    let ints = |name: Option<&String>| name.filter(|s| !s.is_empty()).and_then(|i| cx.const_tensor(i)).map(int64s);
     let concat = producer(node.input.get(1)?).filter(|c| c.op_type() == "Concat" && c.input.len() == 2)?;
-    (ints(concat.input.get(1))? == [-1]).then_some(())?;
+    (cx.ints(concat, 1)? == [-1]).then_some(())?;
     let slice = producer(&concat.input[0]).filter(|s| s.op_type() == "Slice")?;
-    let plain = ints(slice.input.get(3)).is_none_or(|a| a == [0]) && ints(slice.input.get(4)).is_none_or(|s| s == [1]);
-    let (start, end) = (ints(slice.input.get(1))?, ints(slice.input.get(2))?);
+    let plain = cx.absent_or(slice, 3, &[0]) && cx.absent_or(slice, 4, &[1]);
+    let (start, end) = (cx.ints(slice, 1)?, cx.ints(slice, 2)?);
     let shape = producer(slice.input.first()?).filter(|s| s.op_type() == "Shape" && s.attribute.is_empty())?;
     let of_x = shape.input.first() == node.input.first();
     (plain && of_x && start == [0] && end.len() == 1 && end[0] > 0).then_some(end[0] as usize)
@@ -433,15 +428,14 @@ fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(NodeId, usize)>> 
         at = producer(g.node[at].input.first()?)?;
     }
     let pick = &g.node[at];
-    let ints =
-        |slot: usize| pick.input.get(slot).filter(|s| !s.is_empty()).and_then(|i| cx.const_tensor(i)).map(int64s);
+    let ints = |slot: usize| cx.ints(pick, slot);
     let last_of_shape = match pick.op_type() {
         "Gather" => ints(1) == Some(vec![-1]),
         "Slice" => {
             ints(1) == Some(vec![-1])
                 && ints(2).is_some_and(|e| e.len() == 1 && e[0] >= i32::MAX as i64)
-                && ints(3).is_none_or(|a| a == [0])
-                && ints(4).is_none_or(|s| s == [1])
+                && cx.absent_or(pick, 3, &[0])
+                && cx.absent_or(pick, 4, &[1])
         }
         _ => false,
     };
@@ -577,8 +571,7 @@ impl AxisMap for Squeezed {
             Some(p - axes.iter().filter(|&&a| a < p as i64).count())
         };
         let Some(q) = out else {
-            cx.force(x, Why::ReshapesChannelAxis);
-            cx.force(o, Why::ReshapesChannelAxis);
+            cx.force_both(x, o, Why::ReshapesChannelAxis);
             return;
         };
         cx.set_axis(o, q as isize - out_rank as isize);

@@ -7,7 +7,6 @@ use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::CheckCx;
 use crate::onnx::proto::NodeProto;
-use crate::onnx::tensor::int64s;
 
 pub(crate) struct Shape;
 
@@ -52,22 +51,13 @@ impl OpRule for Shape {
 /// The dimensions `reader` picks from `Shape(x)`, when it is a Gather of one constant index or
 /// a Slice of constant bounds along the only axis.
 fn read(cx: &Ctx, reader: &NodeProto, x: &str) -> Option<Read> {
-    let ints =
-        |slot: usize| reader.input.get(slot).filter(|s| !s.is_empty()).and_then(|i| cx.const_tensor(i)).map(int64s);
-    // An optional input that is given must be a constant.
-    let given = |slot: usize| reader.input.get(slot).is_some_and(|s| !s.is_empty());
-    let constant_or_absent = |slot: usize| !given(slot) || ints(slot).is_some();
+    let ints = |slot: usize| cx.ints(reader, slot);
     let (from, to) = match reader.op_type() {
         "Gather" if reader.attribute.iter().all(|a| a.name() != "axis" || a.i() == 0) => {
             let i = ints(1).filter(|i| i.len() == 1)?[0];
             (i, if i == -1 { i64::MAX } else { i.saturating_add(1) })
         }
-        "Slice"
-            if constant_or_absent(3)
-                && constant_or_absent(4)
-                && ints(3).is_none_or(|a| a == [0])
-                && ints(4).is_none_or(|s| s == [1]) =>
-        {
+        "Slice" if cx.absent_or(reader, 3, &[0]) && cx.absent_or(reader, 4, &[1]) => {
             (ints(1).filter(|s| s.len() == 1)?[0], ints(2).filter(|e| e.len() == 1)?[0])
         }
         _ => return None,

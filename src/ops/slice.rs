@@ -121,8 +121,7 @@ impl<'g> ChannelOp<'g> for Sliced {
             }
             Some(Ok(Some((_, count)))) => cx.set_width(o, count),
             Some(Err(why)) => {
-                cx.force(x, why.clone());
-                cx.force(o, why);
+                cx.force_both(x, o, why);
             }
         }
     }

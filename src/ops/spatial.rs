@@ -81,8 +81,7 @@ fn along_other_axes(cx: &mut LayoutCx, x: ValueId, o: ValueId, keeps: impl Fn(us
     let lx = cx.get(x);
     let (Some(r), Some(p), Some(a)) = (lx.rank, lx.position(), lx.axis) else { return };
     if !keeps(p, r) {
-        cx.force(x, why.clone());
-        cx.force(o, why);
+        cx.force_both(x, o, why);
         return;
     }
     cx.set_axis(o, a);
