@@ -40,6 +40,15 @@ pub use report::Report;
 use report::{Removals, Size};
 pub use verify::VerifyOptions;
 
+/// What a long run reports as it goes, for a progress display.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A stage begins.
+    Stage(&'a str),
+    /// The current stage has handled `done` of `total` bytes.
+    Bytes { done: u64, total: u64 },
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// `None` skips verification.
@@ -66,6 +75,13 @@ impl Default for Options {
 
 /// Minimizes a loaded model in place, and says what left and what could not.
 pub fn minimize(model: &mut Model, opts: &Options) -> Result<Removals> {
+    let removals = minimize_deferred(model, opts)?;
+    model.materialize();
+    Ok(removals)
+}
+
+/// [`minimize`], leaving sliced weights to be copied when the model is written.
+fn minimize_deferred(model: &mut Model, opts: &Options) -> Result<Removals> {
     let graph = model.graph();
     let ir = model.ir()?;
     let facts = Facts::of(Graph::new(graph, &ir));
@@ -81,7 +97,8 @@ pub fn minimize(model: &mut Model, opts: &Options) -> Result<Removals> {
         }
     }
     drop(facts);
-    rewrite::apply(model.graph_mut(), &ir, plan_.edits);
+    let pending = rewrite::apply(model.graph_mut(), &ir, plan_.edits);
+    model.defer(pending);
     Ok(plan_.removals)
 }
 
@@ -117,17 +134,22 @@ pub(crate) fn check_paths(input: &Path, output: &Path) -> Result<()> {
 
 /// Reads `input`, minimizes it, verifies it and writes it to `output` (none: a dry run).
 /// Nothing is written unless verification passes (or is turned off).
-pub fn minimize_file(input: &Path, output: Option<&Path>, opts: &Options, progress: &dyn Fn(&str)) -> Result<Report> {
+pub fn minimize_file(
+    input: &Path,
+    output: Option<&Path>,
+    opts: &Options,
+    progress: &dyn Fn(Progress),
+) -> Result<Report> {
     let start = Instant::now();
     if let Some(out) = output {
         check_paths(input, out)?;
     }
-    progress(&format!("reading {}", input.display()));
+    progress(Progress::Stage(&format!("reading {}", input.display())));
     let mut model = Model::load(input)?;
     let before = Size { params: param_count(&model), bytes: model.disk_bytes() };
-    progress("analysing channels");
+    progress(Progress::Stage("analysing channels"));
     let t = Instant::now();
-    let removals = minimize(&mut model, opts)?;
+    let removals = minimize_deferred(&mut model, opts)?;
     let seconds_analysis = t.elapsed().as_secs_f64();
     let mut after = Size { params: param_count(&model), bytes: 0 };
     let mut verification = None;
@@ -142,16 +164,17 @@ pub fn minimize_file(input: &Path, output: Option<&Path>, opts: &Options, progre
         None => None,
     };
     match &target {
-        None => after.bytes = prost::Message::encoded_len(&model.proto) as u64,
+        None => after.bytes = model.encoded_len() as u64,
         Some(out) => {
             let external = opts.external_data.unwrap_or(model.had_external_data);
-            progress(&format!("writing {}", out.display()));
-            onnx::io::write_atomically(&model, out, external, |staged| {
+            progress(Progress::Stage(&format!("writing {}", out.display())));
+            let mut step = |done, total| progress(Progress::Bytes { done, total });
+            onnx::io::write_atomically(&model, out, external, &mut step, |staged| {
                 let data = onnx::io::data_file(staged);
                 after.bytes =
                     [staged, data.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
                 if let Some(v) = &opts.verify {
-                    progress("verifying with tract");
+                    progress(Progress::Stage("verifying with tract"));
                     verification = Some(verify::verify(input, staged, model.graph(), v)?);
                 }
                 Ok(())

@@ -1,13 +1,14 @@
 //! The `onnx-minimize` command line: a thin layer over the library's `minimize_file`.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use onnx_minimize::sparsify::{self, Amount, Calibration, Criterion, PruneOptions, Scope};
-use onnx_minimize::{minimize_file, ClnForm, Error, Options, VerifyOptions};
+use onnx_minimize::{minimize_file, ClnForm, Error, Options, Progress, VerifyOptions};
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -356,11 +357,11 @@ fn minimize(cli: MinimizeArgs) -> Result<(), Error> {
             ClnFormArg::Concat => ClnForm::Concat,
         },
     };
-    let start = Instant::now();
+    let display = ProgressDisplay::new();
     let quiet = cli.quiet;
-    let progress = move |msg: &str| {
+    let progress = |p: Progress| {
         if !quiet {
-            eprintln!("[{:>6.2}s] {msg}", start.elapsed().as_secs_f64());
+            display.show(p)
         }
     };
     let output = if cli.dry_run { None } else { cli.output.as_deref() };
@@ -372,6 +373,54 @@ fn minimize(cli: MinimizeArgs) -> Result<(), Error> {
     match &cli.report {
         Some(path) => write_report(path, &report),
         None => Ok(()),
+    }
+}
+
+/// Stage lines on stderr, and for long stages a bar with bytes done and time left: redrawn in
+/// place on a terminal, a line per tenth in a log.
+struct ProgressDisplay {
+    start: Instant,
+    tty: bool,
+    /// When the current stage began, and what was last drawn (time, tenths done).
+    stage: std::cell::Cell<(Instant, Instant, u64)>,
+}
+
+impl ProgressDisplay {
+    fn new() -> Self {
+        let now = Instant::now();
+        ProgressDisplay { start: now, tty: std::io::stderr().is_terminal(), stage: std::cell::Cell::new((now, now, 0)) }
+    }
+
+    fn show(&self, p: Progress) {
+        let now = Instant::now();
+        let at = now.duration_since(self.start).as_secs_f64();
+        match p {
+            Progress::Stage(msg) => {
+                self.stage.set((now, now, 0));
+                eprintln!("[{at:>6.2}s] {msg}");
+            }
+            Progress::Bytes { done, total } => {
+                let (began, drawn, tenths) = self.stage.get();
+                let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+                let finished = done >= total;
+                let tenth = (fraction * 10.0) as u64;
+                let due = if self.tty { now.duration_since(drawn).as_millis() >= 100 } else { tenth > tenths };
+                if !(due || finished) {
+                    return;
+                }
+                self.stage.set((began, now, tenth));
+                let spent = now.duration_since(began).as_secs_f64();
+                let left = if fraction > 0.0 { (spent * (1.0 - fraction) / fraction).max(0.0) } else { 0.0 };
+                let bar: String = (0..30).map(|i| if (i as f64) < fraction * 30.0 { '#' } else { '.' }).collect();
+                let gb = |b: u64| b as f64 / 1e9;
+                let line = format!("[{at:>6.2}s]   [{bar}] {:.2}/{:.2} GB, {left:.0} s left", gb(done), gb(total));
+                match (self.tty, finished) {
+                    (true, false) => eprint!("\r{line}"),
+                    (true, true) => eprintln!("\r{line}"),
+                    (false, _) => eprintln!("{line}"),
+                }
+            }
+        }
     }
 }
 

@@ -4,11 +4,12 @@
 //! analysis can borrow the graph while planning and the rewrite owns it afterwards. A constant
 //! shared by several nodes is never changed in place: the edited node gets a private copy.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::ir::Ir;
+use crate::ir::{ConstRef, Ir};
 use crate::onnx::build::{attr_int, int64_tensor};
 use crate::onnx::proto::{type_proto, AttributeProto, GraphProto, NodeProto, TensorProto};
+use crate::onnx::tensor::{with_data, Data, FloatType, RowSlice};
 
 /// What [`apply`] itself may add: the Gathers in front of graph inputs.
 pub(crate) const EMITS: &[&str] = &["Gather"];
@@ -21,6 +22,14 @@ pub(crate) enum Edit {
         node: usize,
         slot: usize,
         tensor: TensorProto,
+    },
+    /// Like `Const`, with bytes that are a slice of the stored tensor, copied when the model is
+    /// written; `tensor` holds everything else.
+    Slice {
+        node: usize,
+        slot: usize,
+        tensor: TensorProto,
+        data: RowSlice,
     },
     /// A new constant at input `slot` of `node` (a Gemm gaining its C, a Split its sizes).
     SetInput {
@@ -76,6 +85,29 @@ pub(crate) enum Edit {
     },
 }
 
+impl Edit {
+    /// New contents for the constant at `slot` of `node`: `like` with these dims and data.
+    pub(crate) fn sliced(
+        node: usize,
+        slot: usize,
+        like: &TensorProto,
+        dims: Vec<i64>,
+        dtype: FloatType,
+        data: Data,
+    ) -> Edit {
+        match data {
+            Data::Bytes(raw) => Edit::Const { node, slot, tensor: with_data(like, dims, dtype, raw) },
+            Data::Rows(data) => {
+                let tensor = TensorProto { raw_data: None, ..with_data(like, dims, dtype, vec![]) };
+                Edit::Slice { node, slot, tensor, data }
+            }
+        }
+    }
+}
+
+/// Tensor bytes to be copied when the model is written, by initializer name.
+pub(crate) type Pending = std::collections::HashMap<String, RowSlice>;
+
 /// How many parameters `edits` add to the graph (negative: remove), counting each edited constant as if
 /// private; enough to compare two plans for the same graph.
 pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
@@ -86,9 +118,9 @@ pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
     edits
         .iter()
         .map(|e| match e {
-            Edit::Const { node, slot, tensor } | Edit::SetInput { node, slot, tensor } => {
-                numel(tensor) - read(*node, *slot)
-            }
+            Edit::Const { node, slot, tensor }
+            | Edit::Slice { node, slot, tensor, .. }
+            | Edit::SetInput { node, slot, tensor } => numel(tensor) - read(*node, *slot),
             Edit::Replace { initializers, .. } => initializers.iter().map(numel).sum(),
             Edit::CloneProducer { tensor, .. } | Edit::AddBias { tensor, .. } => numel(tensor),
             Edit::GatherInput { keep, .. } => keep.len() as i64,
@@ -128,41 +160,100 @@ enum Structural {
     InsertAfter(Box<NodeProto>),
 }
 
-pub(crate) fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
-    let mut names = Names::of(g);
-    let mut orphaned = HashSet::new();
-    let mut structural = vec![];
-    let mut copies: std::collections::HashMap<crate::ir::ConstRef, Vec<usize>> = std::collections::HashMap::new();
-    let mut gathers = vec![];
+/// Applies `edits` to `g`, and returns the tensors whose bytes are still to be copied.
+pub(crate) fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) -> Pending {
+    let mut cx = Apply {
+        names: Names::of(g),
+        orphaned: HashSet::new(),
+        structural: vec![],
+        copies: HashMap::new(),
+        pending: Pending::new(),
+        gathers: vec![],
+    };
     for edit in edits {
-        match edit {
-            Edit::Const { node, slot, mut tensor } => {
-                let input = g.node[node].input[slot].clone();
-                let cref = ir.const_ref(&input).expect("edits target constants");
-                if ir.const_uses.get(&cref).copied().unwrap_or(0) <= 1 {
-                    let stored = cref.tensor_mut(g);
-                    tensor.name = stored.name.take();
-                    *stored = tensor;
-                } else {
-                    // Readers of a shared weight that keep the same slice share one copy.
-                    let same = copies.get(&cref).into_iter().flatten().copied().find(|&i| {
-                        let t: &TensorProto = &g.initializer[i];
-                        t.dims == tensor.dims && t.data_type == tensor.data_type && t.raw_data == tensor.raw_data
-                    });
-                    let name = match same {
-                        Some(i) => g.initializer[i].name.clone().unwrap_or_default(),
-                        None => {
-                            let name = names.fresh(&format!("{input}_min"));
-                            tensor.name = Some(name.clone());
-                            g.initializer.push(tensor);
-                            copies.entry(cref).or_default().push(g.initializer.len() - 1);
-                            name
-                        }
-                    };
-                    g.node[node].input[slot] = name;
-                    orphaned.insert(input);
+        cx.edit(g, ir, edit);
+    }
+    cx.finish(g)
+}
+
+/// What applying the edits collects before the structural changes, which shift node indices,
+/// run last.
+struct Apply {
+    names: Names,
+    /// Constants that lost a reader, to drop if they lost all.
+    orphaned: HashSet<String>,
+    structural: Vec<(usize, Structural)>,
+    /// Private copies made of each shared constant.
+    copies: HashMap<ConstRef, Vec<usize>>,
+    pending: Pending,
+    gathers: Vec<(String, isize, Vec<usize>)>,
+}
+
+impl Apply {
+    /// New contents for the constant at `slot` of `node`, with bytes now (`data` none) or later.
+    fn set_const(
+        &mut self,
+        g: &mut GraphProto,
+        ir: &Ir,
+        node: usize,
+        slot: usize,
+        mut tensor: TensorProto,
+        data: Option<RowSlice>,
+    ) {
+        let input = g.node[node].input[slot].clone();
+        let cref = ir.const_ref(&input).expect("edits target constants");
+        if ir.const_uses.get(&cref).copied().unwrap_or(0) <= 1 {
+            let stored = cref.tensor_mut(g);
+            tensor.name = stored.name.take();
+            self.store(matches!(cref, ConstRef::Initializer(_)), &mut tensor, data);
+            *cref.tensor_mut(g) = tensor;
+            return;
+        }
+        // Readers of a shared weight that keep the same slice share one copy.
+        let pending = &self.pending;
+        let same = |t: &TensorProto| {
+            let slice = t.name.as_ref().and_then(|n| pending.get(n));
+            t.dims == tensor.dims
+                && t.data_type == tensor.data_type
+                && match (&data, slice) {
+                    (Some(a), Some(b)) => a.same(b),
+                    (None, None) => t.raw_data == tensor.raw_data,
+                    _ => false,
                 }
+        };
+        let copy = self.copies.get(&cref).into_iter().flatten().copied().find(|&i| same(&g.initializer[i]));
+        let name = match copy {
+            Some(i) => g.initializer[i].name.clone().unwrap_or_default(),
+            None => {
+                let name = self.names.fresh(&format!("{input}_min"));
+                tensor.name = Some(name.clone());
+                self.store(true, &mut tensor, data);
+                g.initializer.push(tensor);
+                self.copies.entry(cref).or_default().push(g.initializer.len() - 1);
+                name
             }
+        };
+        g.node[node].input[slot] = name;
+        self.orphaned.insert(input);
+    }
+
+    /// Registers the slice of a new initializer; a tensor inside a `Constant` node is packed now,
+    /// as the writer streams initializers only.
+    fn store(&mut self, initializer: bool, tensor: &mut TensorProto, data: Option<RowSlice>) {
+        match (data, tensor.name.clone()) {
+            (Some(data), Some(name)) if initializer => {
+                self.pending.insert(name, data);
+            }
+            (Some(data), _) => tensor.raw_data = Some(data.to_vec().into()),
+            (None, _) => {}
+        }
+    }
+
+    fn edit(&mut self, g: &mut GraphProto, ir: &Ir, edit: Edit) {
+        let Apply { names, orphaned, structural, gathers, .. } = self;
+        match edit {
+            Edit::Const { node, slot, tensor } => self.set_const(g, ir, node, slot, tensor, None),
+            Edit::Slice { node, slot, tensor, data } => self.set_const(g, ir, node, slot, tensor, Some(data)),
             Edit::SetInput { node, slot, mut tensor } => {
                 let name = names.fresh(&format!("{}_input{slot}", g.node[node].name()));
                 tensor.name = Some(name.clone());
@@ -209,78 +300,86 @@ pub(crate) fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) {
             Edit::GatherInput { input, axis, keep } => gathers.push((input, axis, keep)),
         }
     }
-    // From the back so earlier indices stay valid; in place, or right after the node, keeps the
-    // order topological.
-    structural.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
-    for (node, change) in structural {
-        match change {
-            Structural::Bias(tensor) => {
-                let mut tensor = *tensor;
-                let out = g.node[node].output[0].clone();
-                let base = g.node[node].name().to_string();
-                let pre = names.fresh(&format!("{out}_before_folded_bias"));
-                let bias = names.fresh(&format!("{base}_folded_bias"));
-                g.node[node].output[0] = pre.clone();
-                tensor.name = Some(bias.clone());
-                g.initializer.push(tensor);
-                let add = NodeProto {
-                    name: Some(names.fresh(&format!("{base}_folded_bias_add"))),
-                    op_type: Some("Add".into()),
-                    input: vec![pre, bias],
-                    output: vec![out],
-                    ..Default::default()
-                };
-                g.node.insert(node + 1, add);
-            }
-            Structural::Replace(mut nodes, mut initializers) => {
-                let base = g.node[node].name().to_string();
-                let mut local: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-                let mut rename = |n: &mut String| {
-                    if let Some(l) = n.strip_prefix('$') {
-                        *n = local.entry(l.to_string()).or_insert_with(|| names.fresh(&format!("{base}_{l}"))).clone();
-                    }
-                };
-                for n in nodes.iter_mut() {
-                    n.input.iter_mut().chain(n.output.iter_mut()).for_each(&mut rename);
-                    if let Some(name) = n.name.as_mut() {
-                        rename(name);
-                    }
+
+    fn finish(self, g: &mut GraphProto) -> Pending {
+        let Apply { mut names, orphaned, mut structural, gathers, pending, .. } = self;
+        // From the back so earlier indices stay valid; in place, or right after the node, keeps the
+        // order topological.
+        structural.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        for (node, change) in structural {
+            match change {
+                Structural::Bias(tensor) => {
+                    let mut tensor = *tensor;
+                    let out = g.node[node].output[0].clone();
+                    let base = g.node[node].name().to_string();
+                    let pre = names.fresh(&format!("{out}_before_folded_bias"));
+                    let bias = names.fresh(&format!("{base}_folded_bias"));
+                    g.node[node].output[0] = pre.clone();
+                    tensor.name = Some(bias.clone());
+                    g.initializer.push(tensor);
+                    let add = NodeProto {
+                        name: Some(names.fresh(&format!("{base}_folded_bias_add"))),
+                        op_type: Some("Add".into()),
+                        input: vec![pre, bias],
+                        output: vec![out],
+                        ..Default::default()
+                    };
+                    g.node.insert(node + 1, add);
                 }
-                for t in initializers.iter_mut() {
-                    if let Some(name) = t.name.as_mut() {
-                        rename(name);
+                Structural::Replace(mut nodes, mut initializers) => {
+                    let base = g.node[node].name().to_string();
+                    let mut local: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+                    let mut rename = |n: &mut String| {
+                        if let Some(l) = n.strip_prefix('$') {
+                            *n = local
+                                .entry(l.to_string())
+                                .or_insert_with(|| names.fresh(&format!("{base}_{l}")))
+                                .clone();
+                        }
+                    };
+                    for n in nodes.iter_mut() {
+                        n.input.iter_mut().chain(n.output.iter_mut()).for_each(&mut rename);
+                        if let Some(name) = n.name.as_mut() {
+                            rename(name);
+                        }
                     }
+                    for t in initializers.iter_mut() {
+                        if let Some(name) = t.name.as_mut() {
+                            rename(name);
+                        }
+                    }
+                    g.initializer.extend(initializers);
+                    g.node.splice(node..=node, nodes);
                 }
-                g.initializer.extend(initializers);
-                g.node.splice(node..=node, nodes);
+                Structural::Remove => {
+                    g.node.remove(node);
+                }
+                Structural::InsertAfter(copy) => g.node.insert(node + 1, *copy),
             }
-            Structural::Remove => {
-                g.node.remove(node);
+        }
+        // Last, as they shift every node index: Gathers in front of all nodes.
+        for (input, axis, keep) in gathers {
+            let kept = names.fresh(&format!("{input}_kept"));
+            let indices = names.fresh(&format!("{input}_kept_indices"));
+            for n in g.node.iter_mut() {
+                n.input.iter_mut().filter(|i| **i == input).for_each(|i| *i = kept.clone());
             }
-            Structural::InsertAfter(copy) => g.node.insert(node + 1, *copy),
+            let idx: Vec<i64> = keep.iter().map(|&c| c as i64).collect();
+            g.initializer.push(int64_tensor(&indices, &idx));
+            let axis_attr = attr_int("axis", axis as i64);
+            let gather = NodeProto {
+                name: Some(names.fresh(&format!("{input}_gather_used_features"))),
+                op_type: Some("Gather".into()),
+                input: vec![input, indices],
+                output: vec![kept],
+                attribute: vec![axis_attr],
+                ..Default::default()
+            };
+            g.node.insert(0, gather);
         }
+        drop_unread(g, &orphaned);
+        pending
     }
-    // Last, as they shift every node index: Gathers in front of all nodes.
-    for (input, axis, keep) in gathers {
-        let kept = names.fresh(&format!("{input}_kept"));
-        let indices = names.fresh(&format!("{input}_kept_indices"));
-        for n in g.node.iter_mut() {
-            n.input.iter_mut().filter(|i| **i == input).for_each(|i| *i = kept.clone());
-        }
-        let idx: Vec<i64> = keep.iter().map(|&c| c as i64).collect();
-        g.initializer.push(int64_tensor(&indices, &idx));
-        let axis_attr = attr_int("axis", axis as i64);
-        let gather = NodeProto {
-            name: Some(names.fresh(&format!("{input}_gather_used_features"))),
-            op_type: Some("Gather".into()),
-            input: vec![input, indices],
-            output: vec![kept],
-            attribute: vec![axis_attr],
-            ..Default::default()
-        };
-        g.node.insert(0, gather);
-    }
-    drop_unread(g, &orphaned);
 }
 
 /// Removes the constants in `candidates` that nothing reads any more, and the Identity or

@@ -128,7 +128,11 @@ fn the_plan_slices_both_weights_and_folds_the_constant() {
         assert_eq!((l[1].inputs_before, l[1].inputs_after), (3, 1));
         let dims = |node: usize, slot: usize| {
             p.edits.iter().find_map(|e| match e {
-                Edit::Const { node: n, slot: s, tensor } if (*n, *s) == (node, slot) => Some(tensor.dims.clone()),
+                Edit::Const { node: n, slot: s, tensor } | Edit::Slice { node: n, slot: s, tensor, .. }
+                    if (*n, *s) == (node, slot) =>
+                {
+                    Some(tensor.dims.clone())
+                }
                 _ => None,
             })
         };

@@ -3,9 +3,9 @@
 //! The whole `ModelProto` is decoded with prost from the newest `onnx-ml.proto`, so every field the
 //! schema knows survives a round trip. Weight bytes are never copied on the way in: `raw_data` is
 //! a `Bytes` slice of the mapped `.onnx` file, and external tensors become slices of their mapped
-//! `.data` file. Writing streams weights to disk one tensor at a time and hands the pages of the
-//! input back to the kernel as it goes, so resident memory follows the tensors being rewritten, not
-//! the model.
+//! `.data` file. Rewritten weights stay slices of those maps ([`RowSlice`]) until written; writing
+//! copies them into the output one buffer at a time and hands the pages of the input back to the
+//! kernel as it goes, so resident memory follows a buffer, not the model.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,6 +18,7 @@ use memmap2::{Mmap, UncheckedAdvice};
 use prost::Message;
 
 use super::proto::{tensor_proto::DataLocation, ModelProto, StringStringEntryProto, TensorProto};
+use super::tensor::RowSlice;
 use crate::error::{Error, Result};
 
 /// The newest default-domain opset whose operators the rules were written against.
@@ -27,6 +28,13 @@ pub const MAX_OPSET: i64 = 28;
 /// `onnx.save_model` does.
 const EXTERNAL_THRESHOLD: usize = 1024;
 
+/// External tensors of at least this many bytes start at a multiple of [`ALIGNMENT`], so that
+/// onnxruntime can memory-map them (its own writer's threshold).
+const ALIGN_FROM: usize = 1 << 20;
+
+/// The allocation granularity on Windows (64 KiB), a multiple of the page size everywhere else.
+const ALIGNMENT: usize = 64 << 10;
+
 /// A loaded model: the complete protobuf, with every tensor's bytes reachable through `raw_data`.
 pub struct Model {
     pub proto: ModelProto,
@@ -34,6 +42,8 @@ pub struct Model {
     /// Whether any tensor was stored outside the `.onnx` file; the output follows the input.
     pub had_external_data: bool,
     maps: Vec<Arc<Mmap>>,
+    /// Initializers whose bytes are a slice still to be copied, by name.
+    pending: HashMap<String, RowSlice>,
 }
 
 struct MapOwner(Arc<Mmap>);
@@ -63,18 +73,52 @@ fn map(path: &Path) -> std::io::Result<Arc<Mmap>> {
 /// (bytes anywhere else are left alone). Only an optimisation: the pages are read again from
 /// the page cache or disk if touched later.
 pub(crate) fn release_pages(data: &[u8]) {
+    with_mapping(data, |m, offset| {
+        // SAFETY: the mapping is read-only and file-backed; dropped pages are re-read from the
+        // file, so no data is lost.
+        let _ = unsafe { m.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, data.len()) };
+    })
+}
+
+/// Maps the pages behind `data`, if they come from a mapped input file, in one call: touching
+/// them one by one costs a page fault per 64 KB, more than copying them.
+fn prefetch_pages(data: &[u8]) {
+    #[cfg(target_os = "linux")]
+    with_mapping(data, |m, offset| {
+        let _ = m.advise_range(memmap2::Advice::PopulateRead, offset, data.len());
+    })
+}
+
+fn with_mapping(data: &[u8], f: impl FnOnce(&Mmap, usize)) {
     if data.is_empty() {
         return;
     }
     let ptr = data.as_ptr() as usize;
     let mapped = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
-    for m in mapped.iter().filter_map(Weak::upgrade) {
+    if let Some(m) = mapped.iter().filter_map(Weak::upgrade).find(|m| {
         let start = m.as_ptr() as usize;
-        if ptr >= start && ptr + data.len() <= start + m.len() {
-            // SAFETY: the mapping is read-only and file-backed; dropped pages are re-read from
-            // the file, so no data is lost.
-            let _ = unsafe { m.unchecked_advise_range(UncheckedAdvice::DontNeed, ptr - start, data.len()) };
-        }
+        ptr >= start && ptr + data.len() <= start + m.len()
+    }) {
+        f(&m, ptr - m.as_ptr() as usize)
+    }
+}
+
+/// About how many bytes of a mapped input a scan holds resident at once.
+const WINDOW: usize = 16 << 20;
+
+/// Visits `rows` (sorted) of row-major `data` with rows of `row_bytes`, in groups spanning about
+/// 16 MB: each group's pages are mapped in one call before `visit` reads them and given back
+/// after, so a scan neither faults page by page nor keeps the model resident.
+pub(crate) fn in_windows(data: &[u8], row_bytes: usize, rows: &[usize], mut visit: impl FnMut(&[usize])) {
+    let mut start = 0;
+    while start < rows.len() {
+        let first = rows[start];
+        let end = start + rows[start..].iter().take_while(|&&r| (r + 1 - first) * row_bytes <= WINDOW).count().max(1);
+        let span = &data[(first * row_bytes).min(data.len())..((rows[end - 1] + 1) * row_bytes).min(data.len())];
+        prefetch_pages(span);
+        visit(&rows[start..end]);
+        release_pages(span);
+        start = end;
     }
 }
 
@@ -101,7 +145,13 @@ impl Model {
                 return Err(Error::UnknownOpset { path: path.to_path_buf(), domain, version, max: MAX_OPSET });
             }
         }
-        let mut model = Model { proto, path: path.to_path_buf(), had_external_data: false, maps: vec![map] };
+        let mut model = Model {
+            proto,
+            path: path.to_path_buf(),
+            had_external_data: false,
+            maps: vec![map],
+            pending: HashMap::new(),
+        };
         model.resolve_external_data()?;
         Ok(model)
     }
@@ -187,31 +237,90 @@ impl Model {
         Ok(())
     }
 
+    /// Initializers whose bytes are to be these slices when written (from a rewrite).
+    pub(crate) fn defer(&mut self, slices: HashMap<String, RowSlice>) {
+        self.pending.extend(slices);
+    }
+
+    /// Copies every slice still pending into its tensor, so that `proto` is complete. Writing
+    /// does not need this: it copies slices straight into the output.
+    pub fn materialize(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for t in self.graph_mut().initializer.iter_mut() {
+            if let Some(slice) = t.name.as_ref().and_then(|n| pending.get(n)) {
+                t.raw_data = Some(slice.to_vec().into());
+            }
+        }
+    }
+
+    /// Bytes the model takes encoded inline (pending slices included).
+    pub fn encoded_len(&self) -> usize {
+        self.proto.encoded_len() + self.pending.values().map(|s| s.len() + 10).sum::<usize>()
+    }
+
     /// Writes the model to `path` (and `<file name>.data` beside it when `external`).
     /// Not atomic on its own: see [`write_atomically`].
     pub fn write(&self, path: &Path, external: bool) -> Result<()> {
+        self.write_with_progress(path, external, &mut |_, _| {})
+    }
+
+    /// [`Model::write`], calling `progress(bytes written, bytes to write)` after each external
+    /// tensor.
+    pub fn write_with_progress(&self, path: &Path, external: bool, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
         let write_err = |p: &Path| {
             let p = p.to_path_buf();
             move |source| Error::Write { path: p, source }
         };
-        let external = external || self.proto.encoded_len() > i32::MAX as usize;
+        let external = external || self.encoded_len() > i32::MAX as usize;
         let mut out = self.proto.clone();
+        let graph = out.graph.as_mut().expect("checked at load");
+        let slice_of = |t: &TensorProto| t.name.as_ref().and_then(|n| self.pending.get(n));
         if external {
             let data_path = data_file(path);
             let location = data_path.file_name().unwrap_or_default().to_string_lossy().into_owned();
             let mut data = BufWriter::with_capacity(1 << 20, File::create(&data_path).map_err(write_err(&data_path))?);
+            let len_of =
+                |t: &TensorProto| slice_of(t).map_or_else(|| t.raw_data.as_ref().map_or(0, |r| r.len()), |s| s.len());
+            let total: u64 =
+                graph.initializer.iter().map(len_of).filter(|&l| l >= EXTERNAL_THRESHOLD).map(|l| l as u64).sum();
             let mut offset = 0usize;
-            let graph = out.graph.as_mut().expect("checked at load");
             for t in graph.initializer.iter_mut() {
-                let Some(raw) = t.raw_data.take_if(|r| r.len() >= EXTERNAL_THRESHOLD) else {
+                let len = len_of(t);
+                if len < EXTERNAL_THRESHOLD {
+                    if let Some(slice) = slice_of(t) {
+                        t.raw_data = Some(slice.to_vec().into());
+                    }
                     continue;
-                };
-                data.write_all(&raw).map_err(write_err(&data_path))?;
-                release_pages(&raw);
-                set_external(t, &location, offset, raw.len());
-                offset += raw.len();
+                }
+                if len >= ALIGN_FROM && !offset.is_multiple_of(ALIGNMENT) {
+                    let pad = ALIGNMENT - offset % ALIGNMENT;
+                    data.write_all(&[0u8; ALIGNMENT][..pad]).map_err(write_err(&data_path))?;
+                    offset += pad;
+                }
+                match slice_of(t) {
+                    Some(slice) => {
+                        slice.write_to(&mut data).map_err(write_err(&data_path))?;
+                        release_pages(slice.source());
+                    }
+                    None => {
+                        let raw = t.raw_data.take().unwrap_or_default();
+                        data.write_all(&raw).map_err(write_err(&data_path))?;
+                        release_pages(&raw);
+                    }
+                }
+                #[cfg(test)]
+                fail_point::hit(&data_path)?;
+                set_external(t, &location, offset, len);
+                offset += len;
+                progress(offset as u64, total);
             }
             data.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(write_err(&data_path))?;
+        } else {
+            for t in graph.initializer.iter_mut() {
+                if let Some(slice) = slice_of(t) {
+                    t.raw_data = Some(slice.to_vec().into());
+                }
+            }
         }
         let file = File::create(path).map_err(write_err(path))?;
         // Encoded straight into the file: an inline model is never held a second time in memory.
@@ -219,6 +328,32 @@ impl Model {
         out.encode(&mut sink).expect("a file sink never runs out of space");
         sink.flush().and_then(|f| f.sync_all()).map_err(write_err(path))?;
         Ok(())
+    }
+}
+
+/// A test's way to make writing fail after a chosen number of tensors, to prove that a failure
+/// anywhere leaves no output.
+#[cfg(test)]
+pub(crate) mod fail_point {
+    use std::cell::Cell;
+    use std::path::Path;
+
+    thread_local! {
+        /// Tensors left before the write fails (none: never).
+        pub static AFTER: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    pub fn hit(path: &Path) -> crate::Result<()> {
+        AFTER.with(|a| match a.get() {
+            Some(0) => {
+                Err(crate::Error::Write { path: path.to_path_buf(), source: std::io::Error::other("injected failure") })
+            }
+            Some(n) => {
+                a.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        })
     }
 }
 
@@ -300,6 +435,7 @@ pub fn write_atomically(
     model: &Model,
     path: &Path,
     external: bool,
+    progress: &mut dyn FnMut(u64, u64),
     check: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     let dir = match path.parent() {
@@ -313,7 +449,7 @@ pub fn write_atomically(
         .tempdir_in(&dir)
         .map_err(|source| Error::Write { path: dir.clone(), source })?;
     let staged = staging.path().join(name);
-    model.write(&staged, external)?;
+    model.write_with_progress(&staged, external, progress)?;
     check(&staged)?;
     let (staged_data, final_data) = (data_file(&staged), data_file(path));
     if staged_data.exists() {
@@ -321,4 +457,38 @@ pub fn write_atomically(
     }
     std::fs::rename(&staged, path).map_err(|source| Error::Write { path: path.to_path_buf(), source })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that fails after any number of tensors leaves nothing behind, pending slices
+    /// included.
+    #[test]
+    fn a_write_failing_at_any_tensor_leaves_no_output() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lenet300_pruned_dynamo_ext.onnx");
+        let mut model = Model::load(&src).unwrap();
+        crate::minimize_deferred(&mut model, &crate::Options { verify: None, ..Default::default() }).unwrap();
+        assert!(!model.pending.is_empty(), "the fixture's weights are sliced");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.onnx");
+        let external = model.graph().initializer.iter().filter(|t| {
+            let len = t
+                .name
+                .as_ref()
+                .and_then(|n| model.pending.get(n))
+                .map_or(t.raw_data.as_ref().map_or(0, |r| r.len()), |s| s.len());
+            len >= EXTERNAL_THRESHOLD
+        });
+        for fail_at in 0..external.count() {
+            fail_point::AFTER.with(|a| a.set(Some(fail_at)));
+            let err = write_atomically(&model, &out, true, &mut |_, _| {}, |_| Ok(()));
+            assert!(err.is_err(), "failing after {fail_at} tensors");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "failing after {fail_at} tensors");
+        }
+        fail_point::AFTER.with(|a| a.set(None));
+        write_atomically(&model, &out, true, &mut |_, _| {}, |_| Ok(())).unwrap();
+        assert!(out.exists() && data_file(&out).exists());
+    }
 }

@@ -4,6 +4,10 @@
 //! elements one at a time as `f64`, and rewriting copies kept elements byte for byte, so a tensor
 //! that is only sliced is bit-identical to the original. Only folded biases are re-encoded.
 
+use std::io::Write;
+
+use bytes::Bytes;
+
 use super::proto::{tensor_proto::DataType, TensorProto};
 use crate::error::Error;
 
@@ -67,7 +71,7 @@ impl FloatType {
 /// Where a tensor's elements live: packed little-endian bytes, or one of ONNX's typed fields.
 #[derive(Clone, Copy)]
 enum Repr<'a> {
-    Raw(&'a [u8]),
+    Raw(&'a Bytes),
     F32(&'a [f32]),
     F64(&'a [f64]),
     /// float16 and bfloat16 in `int32_data`, one element per int32, low 16 bits.
@@ -200,32 +204,16 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// Packs elements `[r][c]` of a row-major matrix with rows of `row_len`, for the given rows
-    /// and columns, into raw bytes of the same type, bit for bit.
+    /// Elements `[r][c]` of a row-major matrix with rows of `row_len`, for the given rows and
+    /// columns, in the same type, bit for bit.
     ///
-    /// This copies most of a pruned model's weights, so raw tensors take a loop of fixed-size
-    /// copies into a preallocated buffer rather than one call per element.
-    pub fn gather_rows(&self, rows: &[usize], row_len: usize, cols: &[usize]) -> Vec<u8> {
-        let Repr::Raw(b) = self.repr else {
-            return self.gather(rows.iter().flat_map(|&r| cols.iter().map(move |&c| r * row_len + c)));
-        };
-        fn copy<const N: usize>(b: &[u8], rows: &[usize], row_len: usize, cols: &[usize]) -> Vec<u8> {
-            let mut out = vec![0u8; rows.len() * cols.len() * N];
-            for (dst, &r) in out.chunks_exact_mut(cols.len() * N).zip(rows) {
-                let row = &b[r * row_len * N..(r + 1) * row_len * N];
-                for (d, &c) in dst.chunks_exact_mut(N).zip(cols) {
-                    d.copy_from_slice(&row[c * N..c * N + N]);
-                }
-            }
-            out
-        }
-        if cols.is_empty() {
-            return vec![];
-        }
-        match self.dtype.size() {
-            2 => copy::<2>(b, rows, row_len, cols),
-            4 => copy::<4>(b, rows, row_len, cols),
-            _ => copy::<8>(b, rows, row_len, cols),
+    /// This is most of a pruned model's weights, so raw tensors are not copied here: the
+    /// [`RowSlice`] is copied into the output file when the model is written, one buffer at a
+    /// time, and memory follows that buffer rather than the rewritten weights.
+    pub fn slice_rows(&self, rows: &[usize], row_len: usize, cols: &[usize]) -> Data {
+        match self.repr {
+            Repr::Raw(b) => Data::Rows(RowSlice::new(b.clone(), self.dtype.size(), rows.to_vec(), row_len, cols)),
+            _ => Data::Bytes(self.gather(rows.iter().flat_map(|&r| cols.iter().map(move |&c| r * row_len + c)))),
         }
     }
 
@@ -274,6 +262,97 @@ fn bits16(dtype: FloatType, bits: u16) -> f64 {
     match dtype {
         FloatType::Bf16 => half::bf16::from_bits(bits).to_f64(),
         _ => half::f16::from_bits(bits).to_f64(),
+    }
+}
+
+/// The bytes of a rewritten tensor: packed now, or a slice of the input copied when written.
+pub enum Data {
+    Bytes(Vec<u8>),
+    Rows(RowSlice),
+}
+
+/// Chosen rows and columns of a row-major tensor stored as raw bytes (usually a slice of the
+/// memory-mapped input), copied only when written: see [`Values::slice_rows`].
+#[derive(Clone)]
+pub struct RowSlice {
+    source: Bytes,
+    elem: usize,
+    rows: Vec<usize>,
+    row_len: usize,
+    /// Kept columns as runs `(first, count)`: kept columns come in long runs, and a run is one
+    /// copy however long it is.
+    runs: Vec<(usize, usize)>,
+    kept: usize,
+}
+
+/// How much a slice copies between writes.
+const SLICE_BUFFER: usize = 1 << 20;
+
+impl RowSlice {
+    fn new(source: Bytes, elem: usize, rows: Vec<usize>, row_len: usize, cols: &[usize]) -> RowSlice {
+        let mut runs: Vec<(usize, usize)> = vec![];
+        for &c in cols {
+            match runs.last_mut() {
+                Some((first, count)) if *first + *count == c => *count += 1,
+                _ => runs.push((c, 1)),
+            }
+        }
+        debug_assert!(rows.iter().all(|&r| (r + 1) * row_len * elem <= source.len()));
+        debug_assert!(runs.iter().all(|&(f, n)| f + n <= row_len));
+        RowSlice { source, elem, rows, row_len, runs, kept: cols.len() }
+    }
+
+    /// Bytes it writes.
+    pub fn len(&self) -> usize {
+        self.rows.len() * self.kept * self.elem
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The tensor it slices, whole (to give its pages back once written).
+    pub fn source(&self) -> &[u8] {
+        &self.source
+    }
+
+    /// Copies the slice into `out` through one buffer of at most 1 MB, reading the source in
+    /// windows (see [`super::io::in_windows`]).
+    pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(self.len().min(SLICE_BUFFER));
+        let row_bytes = self.row_len * self.elem;
+        let mut result = Ok(());
+        super::io::in_windows(&self.source, row_bytes, &self.rows, |rows| {
+            for &r in rows {
+                if result.is_err() {
+                    return;
+                }
+                let row = &self.source[r * row_bytes..(r + 1) * row_bytes];
+                for &(first, count) in &self.runs {
+                    buf.extend_from_slice(&row[first * self.elem..(first + count) * self.elem]);
+                }
+                if buf.len() >= SLICE_BUFFER {
+                    result = out.write_all(&buf);
+                    buf.clear();
+                }
+            }
+        });
+        result?;
+        out.write_all(&buf)
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.write_to(&mut out).expect("writing to memory cannot fail");
+        out
+    }
+
+    /// Whether both slices copy the same elements of the same stored tensor.
+    pub fn same(&self, other: &RowSlice) -> bool {
+        self.source.as_ptr() == other.source.as_ptr()
+            && self.source.len() == other.source.len()
+            && (self.elem, self.row_len, &self.rows, &self.runs)
+                == (other.elem, other.row_len, &other.rows, &other.runs)
     }
 }
 

@@ -234,11 +234,10 @@ impl<'g> ChannelOp<'g> for Depthwise<'g> {
         }
         let node = cx.node.0;
         let k = self.kernel;
-        let raw = self.filters.gather(keep.iter().flat_map(|&c| c * k..(c + 1) * k));
+        let data = self.filters.slice_rows(&keep, k, &(0..k).collect::<Vec<_>>());
         let mut dims = self.filters.dims.to_vec();
         dims[0] = keep.len() as i64;
-        let mut edits =
-            vec![Edit::Const { node, slot: 1, tensor: with_data(self.w_tensor, dims, self.filters.dtype, raw) }];
+        let mut edits = vec![Edit::sliced(node, 1, self.w_tensor, dims, self.filters.dtype, data)];
         bias_edit(node, &self.bias, &self.filters, &keep, &vec![0.0; keep.len()], &mut edits);
         edits.push(Edit::Attr { node, attr: attr_int("group", keep.len() as i64) });
         cx.extend(edits);

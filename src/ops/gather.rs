@@ -12,7 +12,7 @@ use crate::analysis::{ConstCx, LayoutCx, PlanCx, ValueId};
 use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
-use crate::onnx::tensor::{int64s, with_data, Values};
+use crate::onnx::tensor::{int64s, Values};
 use crate::rewrite::Edit;
 
 pub(crate) struct Select;
@@ -121,10 +121,9 @@ impl<'g> ChannelOp<'g> for Embedding<'g> {
         let (rows, cols) = self.rows_cols();
         let keep = cx.kept(o, cols);
         if keep.len() < cols {
-            let raw = self.values.gather_rows(&(0..rows).collect::<Vec<_>>(), cols, &keep);
-            let tensor = with_data(self.table, vec![rows as i64, keep.len() as i64], self.values.dtype, raw);
-            let node = cx.node.0;
-            cx.push(Edit::Const { node, slot: 0, tensor });
+            let data = self.values.slice_rows(&(0..rows).collect::<Vec<_>>(), cols, &keep);
+            let dims = vec![rows as i64, keep.len() as i64];
+            cx.push(Edit::sliced(cx.node.0, 0, self.table, dims, self.values.dtype, data));
         }
         Ok(())
     }

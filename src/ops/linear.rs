@@ -7,7 +7,7 @@ use crate::analysis::reasons::Why;
 use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, PlanCx};
 use crate::error::Result;
 use crate::onnx::proto::TensorProto;
-use crate::onnx::tensor::{with_data, Values};
+use crate::onnx::tensor::{Data, Values};
 use crate::report::LayerReport;
 use crate::rewrite::Edit;
 
@@ -119,12 +119,17 @@ impl Weight<'_> {
             let (f, transposed) = (&f, self.transposed);
             let start = t * chunk;
             let mut state = init();
-            self.for_each_nonzero_in_rows(start..((t + 1) * chunk).min(rows), |c, j, w| {
-                if let Some(bits) = mine.as_deref_mut() {
-                    let (r, col) = if transposed { (j, c) } else { (c, j) };
-                    bits[(r - start) * stride + col / 64] |= 1 << (col % 64);
-                }
-                f(&mut state, c, j, w)
+            let mine_rows: Vec<usize> = (start..((t + 1) * chunk).min(rows)).collect();
+            let row_bytes = self.values.raw().len() / rows.max(1);
+            crate::onnx::io::in_windows(self.values.raw(), row_bytes, &mine_rows, |window| {
+                let range = window[0]..window[window.len() - 1] + 1;
+                self.for_each_nonzero_in_rows(range, |c, j, w| {
+                    if let Some(bits) = mine.as_deref_mut() {
+                        let (r, col) = if transposed { (j, c) } else { (c, j) };
+                        bits[(r - start) * stride + col / 64] |= 1 << (col % 64);
+                    }
+                    f(&mut state, c, j, w)
+                })
             });
             state
         };
@@ -163,10 +168,34 @@ impl Weight<'_> {
         (at..at + s).map(|i| self.values.get(i)).sum()
     }
 
+    /// `fold[j] = sum over (c, k) in folded of sum(c, j) * k` for each `j` in `outputs`, reading
+    /// only the stored rows involved, a window at a time (a column read touches every page).
+    fn fold_columns(&self, folded: &[(usize, f64)], outputs: &[usize], fold: &mut [f64]) {
+        let row_bytes = self.values.raw().len() / self.rows().max(1);
+        if self.transposed {
+            crate::onnx::io::in_windows(self.values.raw(), row_bytes, outputs, |rows| {
+                for &j in rows {
+                    fold[j] = folded.iter().map(|&(c, k)| self.sum(c, j) * k).sum();
+                }
+            });
+        } else {
+            // Summed in the same order, input by input, from -0.0 as `Sum` does: the same bits.
+            outputs.iter().for_each(|&j| fold[j] = -0.0);
+            let inputs: Vec<usize> = folded.iter().map(|&(c, _)| c).collect();
+            let mut at = 0;
+            crate::onnx::io::in_windows(self.values.raw(), row_bytes, &inputs, |rows| {
+                for (&c, &(_, k)) in rows.iter().zip(&folded[at..]) {
+                    outputs.iter().for_each(|&j| fold[j] += self.sum(c, j) * k);
+                }
+                at += rows.len();
+            });
+        }
+    }
+
     /// The kept sub-matrix, in the stored layout and type, bit for bit. A grouped weight keeps
     /// the same inputs in every group (the decision keeps its channels a product), so the
     /// columns are the first group's.
-    pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Vec<u8> {
+    pub fn slice(&self, keep_in: &[usize], keep_out: &[usize]) -> Data {
         let (k, n, s) = (self.k, self.n, self.spatial);
         let local: Vec<usize>;
         let (rows, inner, cols) = if self.groups > 1 {
@@ -179,15 +208,14 @@ impl Weight<'_> {
             (keep_in, n, keep_out)
         };
         let cols: Vec<usize> = cols.iter().flat_map(|&c| (0..s).map(move |e| c * s + e)).collect();
-        self.values.gather_rows(rows, inner * s, &cols)
+        self.values.slice_rows(rows, inner * s, &cols)
     }
 
     /// The edit that keeps only `keep_in`/`keep_out`, if that drops anything.
     pub fn slice_edit(&self, node: usize, keep_in: &[usize], keep_out: &[usize]) -> Option<Edit> {
         (keep_in.len() != self.k || keep_out.len() != self.n).then(|| {
             let dims = self.sliced_dims(keep_in.len(), keep_out.len());
-            let raw = self.slice(keep_in, keep_out);
-            Edit::Const { node, slot: self.slot, tensor: with_data(self.tensor, dims, self.values.dtype, raw) }
+            Edit::sliced(node, self.slot, self.tensor, dims, self.values.dtype, self.slice(keep_in, keep_out))
         })
     }
 
@@ -383,9 +411,7 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
                 (0..w.k).filter(|&c| removed[c]).filter_map(|c| xc[c].filter(|&k| k != 0.0).map(|k| (c, k))).collect();
             // Reading the few folded columns directly beats scanning the whole matrix.
             if folded.len() * w.spatial * keep_out.len() < w.k * w.n * w.spatial / 4 {
-                for &j in &keep_out {
-                    fold[j] = folded.iter().map(|&(c, k)| w.sum(c, j) * k).sum();
-                }
+                w.fold_columns(&folded, &keep_out, &mut fold);
             } else if !folded.is_empty() {
                 fold = w.fold_nonzero(
                     || vec![0.0; w.n],

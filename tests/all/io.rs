@@ -43,10 +43,49 @@ fn a_failed_check_leaves_no_file_behind() {
     let dir = tempfile::tempdir().unwrap();
     let m = Model::load(&fixture("lenet300_pruned_dynamo_ext.onnx")).unwrap();
     let out = dir.path().join("out.onnx");
-    let err = onnx_minimize::onnx::io::write_atomically(&m, &out, true, |staged| {
+    let err = onnx_minimize::onnx::io::write_atomically(&m, &out, true, &mut |_, _| {}, |staged| {
         assert!(staged.exists() && staged.with_file_name("out.onnx.data").exists());
         Err(onnx_minimize::Error::Usage("refused".into()))
     });
     assert!(err.is_err());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+fn every_fixture(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()) {
+        if e.is_dir() {
+            every_fixture(&e, out);
+        } else if e.extension().is_some_and(|x| x == "onnx") {
+            out.push(e);
+        }
+    }
+}
+
+/// The minimized model written by streaming its sliced weights from the input (what
+/// `minimize_file` does) is byte for byte the model that `minimize` builds in memory and writes.
+#[test]
+fn streamed_weights_write_the_same_bytes_as_weights_built_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fixtures = vec![];
+    every_fixture(&fixture(""), &mut fixtures);
+    assert!(fixtures.len() > 30, "{fixtures:?}");
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_default();
+    // The same file name in two folders: external data names its file.
+    let (streamed, built) = (dir.path().join("streamed/m.onnx"), dir.path().join("built/m.onnx"));
+    std::fs::create_dir_all(streamed.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(built.parent().unwrap()).unwrap();
+    for src in &fixtures {
+        for external in [false, true] {
+            let opts = onnx_minimize::Options { verify: None, external_data: Some(external), ..Default::default() };
+            onnx_minimize::minimize_file(src, Some(&streamed), &opts, &|_| {}).unwrap();
+            let mut m = Model::load(src).unwrap();
+            onnx_minimize::minimize(&mut m, &opts).unwrap();
+            m.write(&built, external).unwrap();
+            let data = |p: &std::path::Path| onnx_minimize::onnx::io::data_file(p);
+            assert!(read(&streamed) == read(&built), "{} (external: {external})", src.display());
+            assert!(read(&data(&streamed)) == read(&data(&built)), "{} (data)", src.display());
+            let _ = std::fs::remove_file(data(&streamed));
+            let _ = std::fs::remove_file(data(&built));
+        }
+    }
 }
