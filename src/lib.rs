@@ -38,7 +38,7 @@ pub use onnx::io::Model;
 pub use ops::ClnForm;
 pub use report::Report;
 use report::{Removals, Size};
-pub use verify::VerifyOptions;
+pub use verify::{VerifyMode, VerifyOptions};
 
 /// What a long run reports as it goes, for a progress display.
 #[derive(Debug, Clone, Copy)]
@@ -75,13 +75,14 @@ impl Default for Options {
 
 /// Minimizes a loaded model in place, and says what left and what could not.
 pub fn minimize(model: &mut Model, opts: &Options) -> Result<Removals> {
-    let removals = minimize_deferred(model, opts)?;
+    let (removals, _) = minimize_deferred(model, opts)?;
     model.materialize();
     Ok(removals)
 }
 
-/// [`minimize`], leaving sliced weights to be copied when the model is written.
-fn minimize_deferred(model: &mut Model, opts: &Options) -> Result<Removals> {
+/// [`minimize`], leaving sliced weights to be copied when the model is written; also says which
+/// entries of each value the minimized model keeps.
+fn minimize_deferred(model: &mut Model, opts: &Options) -> Result<(Removals, verify::ChannelMap)> {
     let graph = model.graph();
     let ir = model.ir()?;
     let facts = Facts::of(Graph::new(graph, &ir));
@@ -99,7 +100,7 @@ fn minimize_deferred(model: &mut Model, opts: &Options) -> Result<Removals> {
     drop(facts);
     let pending = rewrite::apply(model.graph_mut(), &ir, plan_.edits);
     model.defer(pending);
-    Ok(plan_.removals)
+    Ok((plan_.removals, plan_.channels))
 }
 
 /// Every operator type with a channel rule (all others keep their tensors whole).
@@ -149,7 +150,7 @@ pub fn minimize_file(
     let before = Size { params: param_count(&model), bytes: model.disk_bytes() };
     progress(Progress::Stage("analysing channels"));
     let t = Instant::now();
-    let removals = minimize_deferred(&mut model, opts)?;
+    let (removals, channels) = minimize_deferred(&mut model, opts)?;
     let seconds_analysis = t.elapsed().as_secs_f64();
     let mut after = Size { params: param_count(&model), bytes: 0 };
     let mut verification = None;
@@ -175,7 +176,7 @@ pub fn minimize_file(
                     [staged, data.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
                 if let Some(v) = &opts.verify {
                     progress(Progress::Stage("verifying with tract"));
-                    verification = Some(verify::verify(input, staged, model.graph(), v)?);
+                    verification = Some(verify::verify(input, staged, model.graph(), v, &channels, progress)?);
                 }
                 Ok(())
             })?;

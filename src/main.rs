@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use onnx_minimize::sparsify::{self, Amount, Calibration, Criterion, PruneOptions, Scope};
-use onnx_minimize::{minimize_file, ClnForm, Error, Options, Progress, VerifyOptions};
+use onnx_minimize::{minimize_file, ClnForm, Error, Options, Progress, VerifyMode, VerifyOptions};
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -167,6 +167,14 @@ struct ReleaseArgs {
     seed: u64,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum VerifyArg {
+    Auto,
+    Whole,
+    Blockwise,
+    None,
+}
+
 #[derive(Args)]
 struct MinimizeArgs {
     /// The pruned model (.onnx; external data is read from beside it).
@@ -180,9 +188,17 @@ struct MinimizeArgs {
     /// Write the report as JSON to this file ("-" for standard output).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// Skip the tract check (faster on huge models; nothing then proves the output right).
+    /// How tract checks the output: whole (both models at once: a few times their bytes of
+    /// memory), blockwise (piece by piece: memory follows two pieces of --block-mb), auto (whole
+    /// where it fits in the memory available), or none (nothing then proves the output right).
+    #[arg(long, value_enum, default_value_t = VerifyArg::Auto, value_name = "HOW")]
+    verify: VerifyArg,
+    /// The same as --verify none.
     #[arg(long)]
     no_verify: bool,
+    /// Megabytes of weights per piece in block-wise verification.
+    #[arg(long, default_value_t = 256.0, value_name = "MB")]
+    block_mb: f64,
     /// Largest accepted output deviation, relative to each output's largest magnitude.
     /// Default 1e-4, or 1e-2 for models with float16/bfloat16 weights.
     #[arg(long, value_name = "X")]
@@ -339,7 +355,13 @@ fn minimize(cli: MinimizeArgs) -> Result<(), Error> {
         return Err(Error::Usage("give an output path, or --dry-run to only report".into()));
     }
     let opts = Options {
-        verify: (!cli.no_verify).then(|| VerifyOptions {
+        verify: (!cli.no_verify && !matches!(cli.verify, VerifyArg::None)).then(|| VerifyOptions {
+            mode: match cli.verify {
+                VerifyArg::Whole => VerifyMode::Whole,
+                VerifyArg::Blockwise => VerifyMode::Blockwise,
+                _ => VerifyMode::Auto,
+            },
+            block_bytes: Some((cli.block_mb.max(0.0) * (1u64 << 20) as f64) as u64),
             tolerance: cli.tolerance,
             input_shapes: cli.input_shape.iter().cloned().collect::<HashMap<_, _>>(),
             runs: cli.runs,

@@ -79,6 +79,9 @@ pub struct Verification {
     pub seconds: f64,
     /// tract could not run the model in its own float types, so both were compared as float32.
     pub as_float32: bool,
+    /// "whole", or "blockwise" (piece by piece, `pieces` of them).
+    pub mode: String,
+    pub pieces: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]

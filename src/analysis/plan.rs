@@ -15,11 +15,14 @@ use crate::onnx::tensor::{with_int64s, FloatType};
 use crate::ops::{ClnForm, Role};
 use crate::report::{Blocked, GatheredInput, LayerReport, Reason, Removals};
 use crate::rewrite::Edit;
+use crate::verify::{ChannelMap, Kept};
 
 /// What the analysis decided, as edits to apply and a report of layers and blocks.
 pub(crate) struct Plan {
     pub edits: Vec<Edit>,
     pub removals: Removals,
+    /// Which entries of each laid-out value the minimized model keeps, for block-wise checks.
+    pub channels: ChannelMap,
 }
 
 pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Result<Plan> {
@@ -32,22 +35,42 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
         edits: vec![],
         layers: vec![],
         bias_folds: HashMap::new(),
+        shifted: vec![],
     };
     for (node, op) in g.ops() {
         cx.at.node = node;
         op.rewrite(&mut cx)?;
     }
-    let PlanCx { mut edits, layers, .. } = cx;
+    let PlanCx { mut edits, layers, shifted, .. } = cx;
     let mut gathered = vec![];
+    let mut channels = ChannelMap::new();
     for v in g.value_ids() {
         let l = facts.layouts[v];
         let (Some(w), Some(axis)) = (l.width, l.axis) else { continue };
         let keep = decision.kept(facts, v, w);
+        let name = g.name(v).to_string();
+        let b = l.block.unwrap_or(1);
+        let gathered_input = decision.policy == InputPolicy::Gather && g.is_graph_input(v);
+        // A value whose constants another node's bias now adds differs from the original's by
+        // them: no entry of it can be compared.
+        if l.heads.is_none() && !gathered_input && !shifted.contains(&v) {
+            let mut kept = vec![false; w];
+            keep.iter().for_each(|&c| kept[c] = true);
+            let entries: Vec<usize> = (0..w * b).filter(|&e| kept[l.channel_of(e, w)]).collect();
+            // Entries nothing needs may hold anything in the minimized model.
+            let needed = |e: usize| facts.needed[v][l.channel_of(e, w)];
+            let constants = (0..w * b)
+                .filter(|&e| !kept[l.channel_of(e, w)] && needed(e))
+                .filter_map(|e| facts.consts[v][l.channel_of(e, w)].map(|k| (e, k)))
+                .collect();
+            let compared: Vec<usize> = (0..entries.len()).filter(|&i| needed(entries[i])).collect();
+            let compared = (compared.len() < entries.len()).then_some(compared);
+            let keep = (keep.len() < w).then_some(entries);
+            channels.insert(name.clone(), Kept { axis, entries: w * b, keep, compared, constants });
+        }
         if keep.len() == w {
             continue;
         }
-        let name = g.name(v).to_string();
-        let b = l.block.unwrap_or(1);
         let select = g.ir.producer.get(&name).map(|&n| NodeId(n)).and_then(|n| match g.role(n) {
             Role::Op(op) => op.selected().map(|indices| (n, indices)),
             _ => None,
@@ -61,7 +84,7 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
             let tensor = TensorProto { dims: vec![kept.len() as i64], ..with_int64s(like, &kept) };
             edits.push(Edit::Const { node: n.0, slot: 1, tensor });
             edits.push(Edit::Width { value: name, axis, from: w, to: keep.len() });
-        } else if decision.policy == InputPolicy::Gather && g.is_graph_input(v) {
+        } else if gathered_input {
             let mut kept = vec![false; w];
             keep.iter().for_each(|&c| kept[c] = true);
             let entries: Vec<usize> = (0..w * b).filter(|&e| kept[l.channel_of(e, w)]).collect();
@@ -89,7 +112,7 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
         })
         .collect();
     let blocked = blocked(facts, decision);
-    Ok(Plan { edits, removals: Removals { layers, blocked, opaque, gathered_inputs: gathered } })
+    Ok(Plan { edits, removals: Removals { layers, blocked, opaque, gathered_inputs: gathered }, channels })
 }
 
 /// The heads and the entries per head that a product of kept channels keeps.
@@ -141,6 +164,8 @@ pub(crate) struct PlanCx<'a, 'g> {
     /// Constants a MatMul folds into the bias `Add` that reads it, by (Add node, bias slot):
     /// planned in topological order, so the Add finds them when its turn comes.
     bias_folds: HashMap<(NodeId, usize), Vec<f64>>,
+    /// Values whose folded constants a reader's bias adds instead: they differ from the original.
+    shifted: Vec<ValueId>,
 }
 
 at_node!(PlanCx);
@@ -204,6 +229,7 @@ impl<'g> PlanCx<'_, 'g> {
             && bias.is_some_and(|p| p.channel_dim.is_some() && p.values.dtype == dtype);
         if ok {
             self.bias_folds.insert((m, other), fold);
+            self.shifted.push(y);
         }
         ok
     }

@@ -89,3 +89,27 @@ fn streamed_weights_write_the_same_bytes_as_weights_built_in_memory() {
         }
     }
 }
+
+/// Block-wise verification, cut as finely as the weights allow, passes wherever whole-model
+/// verification does: every committed fixture.
+#[test]
+fn blockwise_verification_agrees_with_whole_on_every_fixture() {
+    use onnx_minimize::{VerifyMode, VerifyOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut fixtures = vec![];
+    every_fixture(&fixture(""), &mut fixtures);
+    let out = dir.path().join("m.onnx");
+    for src in &fixtures {
+        let mut pieces = 0;
+        for (mode, block_bytes) in [(VerifyMode::Whole, None), (VerifyMode::Blockwise, Some(4096))] {
+            let v = VerifyOptions { mode, block_bytes, runs: 1, ..Default::default() };
+            let opts = onnx_minimize::Options { verify: Some(v), ..Default::default() };
+            let r = onnx_minimize::minimize_file(src, Some(&out), &opts, &|_| {})
+                .unwrap_or_else(|e| panic!("{} ({mode:?}): {e}", src.display()));
+            let v = r.verification.unwrap();
+            pieces = v.pieces.unwrap_or(pieces);
+            assert_eq!(v.mode, if mode == VerifyMode::Whole { "whole" } else { "blockwise" });
+        }
+        assert!(pieces >= 1, "{}", src.display());
+    }
+}

@@ -2,6 +2,10 @@
 //!
 //! Inputs are fresh random tensors (not anything the analysis looked at), on several shapes where
 //! the model has dynamic dimensions, so a rewrite that only holds for one batch size is caught.
+//! Models too large for tract to hold whole (it needs a few times a model's bytes) are checked
+//! piece by piece instead: see [`blockwise`].
+
+mod blockwise;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,12 +30,71 @@ pub struct VerifyOptions {
     pub seed: u64,
     /// Inputs of the user's own to check on, besides the random ones.
     pub inputs: Vec<crate::npy::InputFile>,
+    pub mode: VerifyMode,
+    /// Bytes of weights per piece in block-wise verification (default 256 MB).
+    pub block_bytes: Option<u64>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions { tolerance: None, input_shapes: HashMap::new(), runs: 3, seed: 0x5eed, inputs: vec![] }
+        VerifyOptions {
+            tolerance: None,
+            input_shapes: HashMap::new(),
+            runs: 3,
+            seed: 0x5eed,
+            inputs: vec![],
+            mode: VerifyMode::Auto,
+            block_bytes: None,
+        }
     }
+}
+
+/// How the minimized model is checked against the original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyMode {
+    /// Whole where tract can hold both models in the memory available, block-wise otherwise.
+    Auto,
+    /// Both models run whole: the strongest check, and a few times the models' bytes of memory.
+    Whole,
+    /// Piece by piece: memory follows two pieces.
+    Blockwise,
+}
+
+/// Default weight bytes of a block-wise piece.
+const BLOCK_BYTES: u64 = 256 << 20;
+
+/// tract's peak memory for a model, in multiples of its bytes (measured on the 1B sparse MLP).
+const TRACT_BYTES_FACTOR: f64 = 3.6;
+
+/// Which entries of a value the minimized model keeps, along one axis.
+#[derive(Debug, Clone)]
+pub(crate) struct Kept {
+    /// Counted from the end (-1: the last axis).
+    pub axis: isize,
+    /// Entries of the original along that axis.
+    pub entries: usize,
+    /// The kept entries, in order; none: all of them.
+    pub keep: Option<Vec<usize>>,
+    /// Which of the kept entries (positions in `keep`) something needs, the only ones that must
+    /// agree; none: all of them.
+    pub compared: Option<Vec<usize>>,
+    /// Removed entries and the constant each holds for every input.
+    pub constants: Vec<(usize, f64)>,
+}
+
+/// [`Kept`] for every value whose channels the analysis laid out, by name.
+pub(crate) type ChannelMap = HashMap<String, Kept>;
+
+/// Bytes of memory available to this process, where the system says.
+fn memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+fn file_bytes(model: &Path) -> u64 {
+    let data = crate::onnx::io::data_file(model);
+    [model, data.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
 }
 
 /// Sizes tried for dynamic dimensions, one per run: 1 first, then others, so that a rewrite
@@ -128,13 +191,42 @@ fn run(model: &InferenceModel, path: &Path, inputs: &[Tensor]) -> Result<TVec<TV
 /// tract does not run every operator in float16 or float64 (Gemm among them). When it cannot run
 /// either model in its own types, both are compared as float32 copies instead (every
 /// float16/bfloat16 value is exact in float32), and the report says so.
-pub fn verify(original: &Path, minimized: &Path, graph: &GraphProto, opts: &VerifyOptions) -> Result<Verification> {
+pub(crate) fn verify(
+    original: &Path,
+    minimized: &Path,
+    graph: &GraphProto,
+    opts: &VerifyOptions,
+    channels: &ChannelMap,
+    progress: &dyn Fn(crate::Progress),
+) -> Result<Verification> {
     // Folded biases are rounded to the weights' type: 16-bit floats carry ~3 decimal digits.
     let sixteen = graph
         .initializer
         .iter()
         .any(|t| [DataType::Float16 as i32, DataType::Bfloat16 as i32].contains(&t.data_type()));
     let tolerance = opts.tolerance.unwrap_or(if sixteen { 1e-2 } else { 1e-4 });
+    let whole = match opts.mode {
+        VerifyMode::Whole => true,
+        VerifyMode::Blockwise => false,
+        VerifyMode::Auto => {
+            let need = TRACT_BYTES_FACTOR * (file_bytes(original) + file_bytes(minimized)) as f64;
+            memory_available().is_none_or(|a| need <= a as f64 * 0.8)
+        }
+    };
+    if !whole {
+        return blockwise::verify(original, minimized, channels, opts, tolerance, progress);
+    }
+    verify_whole(original, minimized, graph, opts, tolerance)
+}
+
+/// Both models whole, in tract.
+pub fn verify_whole(
+    original: &Path,
+    minimized: &Path,
+    graph: &GraphProto,
+    opts: &VerifyOptions,
+    tolerance: f64,
+) -> Result<Verification> {
     match compare(original, minimized, graph, opts, tolerance) {
         Err(Error::Tract { model, why }) if has_non_f32_floats(graph) => {
             let dir = tempfile::tempdir().map_err(|source| Error::Write { path: std::env::temp_dir(), source })?;
@@ -163,9 +255,15 @@ fn has_non_f32_floats(g: &GraphProto) -> bool {
 
 /// A float32 copy of a model: float tensors, declared types and float casts all become float32.
 fn as_f32_copy(path: &Path, to: &Path) -> Result<(crate::Model, std::path::PathBuf)> {
-    use crate::onnx::tensor::{encode, with_data, FloatType, Values};
     let mut m = crate::Model::load(path)?;
-    let g = m.graph_mut();
+    graph_to_f32(m.graph_mut());
+    m.write(to, false)?;
+    Ok((m, to.to_path_buf()))
+}
+
+/// Makes every float tensor, declared type and float cast of `g` float32.
+fn graph_to_f32(g: &mut GraphProto) {
+    use crate::onnx::tensor::{encode, with_data, FloatType, Values};
     let convert = |t: &mut crate::onnx::proto::TensorProto| {
         if let (true, Ok(v)) = (is_other_float(t.data_type()), Values::of(t)) {
             let vals: Vec<f64> = (0..v.len()).map(|i| v.get(i)).collect();
@@ -188,8 +286,45 @@ fn as_f32_copy(path: &Path, to: &Path) -> Result<(crate::Model, std::path::PathB
             }
         }
     }
-    m.write(to, false)?;
-    Ok((m, to.to_path_buf()))
+}
+
+/// The input sets to check on, by input name: the user's first, when given, then random ones
+/// on the shapes the options and [`DYNAMIC_SIZES`] give.
+fn input_sets(graph: &GraphProto, opts: &VerifyOptions) -> Result<Vec<Vec<(String, Tensor)>>> {
+    let specs = input_specs(graph);
+    for name in opts.input_shapes.keys() {
+        if !specs.iter().any(|s| &s.name == name) {
+            let known: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::Usage(format!("--input-shape names '{name}', but the model's inputs are {known:?}")));
+        }
+    }
+    let user = crate::npy::read_inputs(&opts.inputs)?;
+    if let Some(missing) = specs.iter().find(|s| !user.is_empty() && !user.contains_key(&s.name)) {
+        let given: Vec<_> = user.keys().collect();
+        return Err(Error::Usage(format!("--inputs gives {given:?} but not the model's input '{}'", missing.name)));
+    }
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let offset = usize::from(!user.is_empty());
+    (0..opts.runs.max(1) + offset)
+        .map(|r| {
+            specs
+                .iter()
+                .map(|s| {
+                    let t = if r < offset {
+                        user[&s.name].clone()
+                    } else {
+                        let size = DYNAMIC_SIZES[(r - offset) % DYNAMIC_SIZES.len()];
+                        let shape = match opts.input_shapes.get(&s.name) {
+                            Some(shape) => shape.clone(),
+                            None => s.dims.iter().map(|d| d.unwrap_or(size)).collect(),
+                        };
+                        random_tensor(&mut rng, s.elem, &shape)?
+                    };
+                    Ok((s.name.clone(), t))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn compare(
@@ -200,42 +335,13 @@ fn compare(
     tolerance: f64,
 ) -> Result<Verification> {
     let start = Instant::now();
-    let specs = input_specs(graph);
-    for name in opts.input_shapes.keys() {
-        if !specs.iter().any(|s| &s.name == name) {
-            let known: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::Usage(format!("--input-shape names '{name}', but the model's inputs are {known:?}")));
-        }
-    }
     let load = |p: &Path| tract_onnx::onnx().model_for_path(p).map_err(tract_err(p));
     let (a, b) = (load(original)?, load(minimized)?);
-    let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut worst: Vec<f64> = vec![];
     let mut shapes = vec![];
     let names: Vec<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
-    let user = crate::npy::read_inputs(&opts.inputs)?;
-    if let Some(missing) = specs.iter().find(|s| !user.is_empty() && !user.contains_key(&s.name)) {
-        let given: Vec<_> = user.keys().collect();
-        return Err(Error::Usage(format!("--inputs gives {given:?} but not the model's input '{}'", missing.name)));
-    }
-    // The user's inputs first, when given, then random ones.
-    let offset = usize::from(!user.is_empty());
-    for r in 0..opts.runs.max(1) + offset {
-        let inputs = if r < offset {
-            specs.iter().map(|s| user[&s.name].clone()).collect()
-        } else {
-            let size = DYNAMIC_SIZES[(r - offset) % DYNAMIC_SIZES.len()];
-            specs
-                .iter()
-                .map(|s| {
-                    let shape = match opts.input_shapes.get(&s.name) {
-                        Some(shape) => shape.clone(),
-                        None => s.dims.iter().map(|d| d.unwrap_or(size)).collect(),
-                    };
-                    random_tensor(&mut rng, s.elem, &shape)
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
+    for (r, set) in input_sets(graph, opts)?.into_iter().enumerate() {
+        let inputs: Vec<Tensor> = set.into_iter().map(|(_, t)| t).collect();
         let set: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
         let ya = run(&a, original, &inputs)?;
         let yb = run(&b, minimized, &inputs)?;
@@ -264,6 +370,8 @@ fn compare(
             .collect(),
         seconds: start.elapsed().as_secs_f64(),
         as_float32: false,
+        mode: "whole".into(),
+        pieces: None,
     })
 }
 

@@ -1,0 +1,456 @@
+//! Block-wise verification: for models tract cannot hold whole.
+//!
+//! The original graph is cut, in its topological order, into pieces of about
+//! [`VerifyOptions::block_bytes`] of weights. Each piece of the original runs in tract on the
+//! values the previous pieces of the original computed; the minimized model's matching piece (the
+//! nodes its outputs need, back to values already known) runs on the same values with the removed
+//! entries taken out. Its outputs must match the original's kept entries, and the original's
+//! removed entries must equal the constants the analysis claimed for them. Values whose entries
+//! the analysis cannot name (a shape, a value split into heads) come from the minimized model's
+//! own earlier pieces instead, so every node of the minimized model is still checked, through
+//! the graph outputs at the latest. Memory follows two pieces and the values crossing the cuts.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use prost::Message;
+use tract_onnx::prelude::*;
+
+use super::{
+    deviation, graph_to_f32, has_non_f32_floats, input_sets, plan, tract_err, ChannelMap, Kept, VerifyOptions,
+};
+use crate::error::{Error, Result};
+use crate::onnx::proto::{
+    tensor_proto::DataType, type_proto, GraphProto, ModelProto, TensorProto, TypeProto, ValueInfoProto,
+};
+use crate::report::{OutputCheck, Verification};
+use crate::{Model, Progress};
+
+/// A run of the original's nodes, and the values it hands on.
+struct Piece {
+    /// Indices into the original's nodes, in topological order.
+    nodes: Vec<usize>,
+    /// Values it computes that later pieces or the graph outputs read.
+    outputs: Vec<String>,
+    /// Bytes of weights it reads.
+    bytes: u64,
+    /// Values no piece after this one reads (dropped once it ran).
+    last_use: Vec<String>,
+}
+
+/// Cuts `g` (whose nodes `order` sorts topologically) after the first node at which a piece
+/// reaches `budget` bytes of weights.
+fn cut(g: &GraphProto, order: &[usize], budget: u64) -> Result<Vec<Piece>> {
+    let sizes: HashMap<&str, u64> =
+        g.initializer.iter().map(|t| (t.name(), t.raw_data.as_ref().map_or(0, |r| r.len() as u64))).collect();
+    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    if let Some(n) = g.node.iter().find(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())) {
+        return Err(Error::Usage(format!(
+            "block-wise verification cannot cut through control flow ({} '{}'): use --verify whole",
+            n.op_type(),
+            n.name()
+        )));
+    }
+    // The position of the last node reading each value (graph outputs: never done).
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (p, &n) in order.iter().enumerate() {
+        for i in g.node[n].input.iter().filter(|i| !i.is_empty()) {
+            last.insert(i, p);
+        }
+    }
+    outputs.iter().for_each(|o| {
+        last.insert(o, usize::MAX);
+    });
+    let mut pieces: Vec<Piece> = vec![];
+    let mut live: Vec<&str> = vec![];
+    let mut piece = Piece { nodes: vec![], outputs: vec![], bytes: 0, last_use: vec![] };
+    let mut counted: HashSet<&str> = HashSet::new();
+    for (p, &n) in order.iter().enumerate() {
+        let node = &g.node[n];
+        piece.nodes.push(n);
+        for i in &node.input {
+            if let Some(&b) = sizes.get(i.as_str()) {
+                if counted.insert(i) {
+                    piece.bytes += b;
+                }
+            }
+        }
+        live.extend(node.output.iter().filter(|o| !o.is_empty() && last.contains_key(o.as_str())).map(|o| o.as_str()));
+        if (piece.bytes >= budget && p + 1 < order.len()) || p + 1 == order.len() {
+            live.retain(|v| last[v] > p);
+            let mine: HashSet<&str> =
+                piece.nodes.iter().flat_map(|&n| g.node[n].output.iter().map(|o| o.as_str())).collect();
+            piece.outputs = live.iter().filter(|v| mine.contains(*v)).map(|v| v.to_string()).collect();
+            pieces.push(std::mem::replace(
+                &mut piece,
+                Piece { nodes: vec![], outputs: vec![], bytes: 0, last_use: vec![] },
+            ));
+            counted.clear();
+        }
+    }
+    // Which values each piece is the last to read.
+    let position: HashMap<usize, usize> = order.iter().enumerate().map(|(p, &n)| (n, p)).collect();
+    let ends: Vec<usize> = pieces.iter().map(|pc| position[pc.nodes.last().expect("pieces are not empty")]).collect();
+    for (name, &l) in &last {
+        if l != usize::MAX {
+            let k = ends.partition_point(|&e| e < l);
+            let at = k.min(pieces.len() - 1);
+            pieces[at].last_use.push(name.to_string());
+        }
+    }
+    Ok(pieces)
+}
+
+/// The nodes of `g` (in graph order) that compute `targets` from `known` values, initializers
+/// and `Constant` nodes.
+fn slice(
+    g: &GraphProto,
+    producer: &HashMap<&str, usize>,
+    targets: &[String],
+    known: &dyn Fn(&str) -> bool,
+) -> Vec<usize> {
+    let mut chosen = HashSet::new();
+    let mut stack: Vec<&str> = targets.iter().map(|t| t.as_str()).collect();
+    while let Some(v) = stack.pop() {
+        if known(v) {
+            continue;
+        }
+        if let Some(&n) = producer.get(v) {
+            if chosen.insert(n) {
+                stack.extend(g.node[n].input.iter().filter(|i| !i.is_empty()).map(|i| i.as_str()));
+            }
+        }
+    }
+    let mut nodes: Vec<usize> = chosen.into_iter().collect();
+    nodes.sort_unstable();
+    nodes
+}
+
+/// Runs `nodes` of `model` on the values `feed`, returning `outputs`. Float values become graph
+/// inputs; the others (shapes, indices, masks) become constants, as tract needs shapes and axes
+/// to be known. The piece holds the weights those nodes read and is loaded from memory.
+fn run_piece(
+    model: &ModelProto,
+    nodes: &[usize],
+    feed: Vec<(&String, Tensor)>,
+    outputs: &[String],
+    as_f32: bool,
+    label: &Path,
+) -> Result<TVec<TValue>> {
+    let g = model.graph.as_ref().expect("checked at load");
+    let read: HashSet<&str> = nodes.iter().flat_map(|&n| g.node[n].input.iter().map(|i| i.as_str())).collect();
+    let mut graph = GraphProto {
+        name: Some("piece".into()),
+        node: nodes.iter().map(|&n| g.node[n].clone()).collect(),
+        initializer: g.initializer.iter().filter(|t| read.contains(t.name())).cloned().collect(),
+        output: outputs.iter().map(|o| ValueInfoProto { name: Some(o.clone()), ..Default::default() }).collect(),
+        ..Default::default()
+    };
+    let mut inputs = vec![];
+    for (name, t) in feed {
+        let t = if t.datum_type() == DatumType::TDim {
+            t.cast_to::<i64>().map_err(|e| shape_err(name, e.to_string()))?.into_owned()
+        } else {
+            t
+        };
+        let elem = onnx_type(name, t.datum_type())?;
+        if t.datum_type().is_float() {
+            graph.input.push(typed(name, elem));
+            inputs.push(t);
+        } else {
+            graph.initializer.push(TensorProto {
+                name: Some(name.clone()),
+                dims: t.shape().iter().map(|&d| d as i64).collect(),
+                data_type: Some(elem as i32),
+                raw_data: Some(t.as_bytes().to_vec().into()),
+                ..Default::default()
+            });
+        }
+    }
+    if as_f32 {
+        graph_to_f32(&mut graph);
+    }
+    let piece = ModelProto {
+        ir_version: model.ir_version,
+        opset_import: model.opset_import.clone(),
+        functions: model.functions.clone(),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    let bytes = piece.encode_to_vec();
+    drop(piece);
+    let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(tract_err(label))?;
+    drop(bytes);
+    let facts: Vec<_> = inputs.iter().map(|t| (t.datum_type(), t.shape().to_vec())).collect();
+    plan(&model, label, &facts)?.run(inputs.into_iter().map(|t| t.into_tvalue()).collect()).map_err(tract_err(label))
+}
+
+/// The ONNX element type of tract's (little-endian, as ONNX stores raw data) type.
+fn onnx_type(name: &str, dt: DatumType) -> Result<DataType> {
+    Ok(match dt {
+        DatumType::F32 => DataType::Float,
+        DatumType::F16 => DataType::Float16,
+        DatumType::F64 => DataType::Double,
+        DatumType::I64 => DataType::Int64,
+        DatumType::I32 => DataType::Int32,
+        DatumType::I16 => DataType::Int16,
+        DatumType::I8 => DataType::Int8,
+        DatumType::U8 => DataType::Uint8,
+        DatumType::Bool => DataType::Bool,
+        other => return Err(shape_err(name, format!("cannot pass a {other:?} tensor between pieces"))),
+    })
+}
+
+/// A graph input of this element type (tract wants one; the shape comes from the tensor).
+fn typed(name: &str, elem: DataType) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem as i32),
+                shape: None,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The entries of `t` that the minimized model keeps.
+fn project(t: &Tensor, name: &str, k: &Kept) -> Result<Tensor> {
+    match &k.keep {
+        Some(keep) => select(t, name, axis_of(t, name, k)?, keep),
+        None => Ok(t.clone()),
+    }
+}
+
+/// `indices` of `t` along `axis`.
+fn select(t: &Tensor, name: &str, axis: usize, indices: &[usize]) -> Result<Tensor> {
+    let dt = t.datum_type();
+    let wide = t.cast_to::<f64>().map_err(|e| shape_err(name, e.to_string()))?;
+    let view = wide.to_plain_array_view::<f64>().map_err(|e| shape_err(name, e.to_string()))?;
+    let kept = view.select(tract_ndarray::Axis(axis), indices);
+    Tensor::from(kept).cast_to_dt(dt).map(|c| c.into_owned()).map_err(|e| shape_err(name, e.to_string()))
+}
+
+/// How far the minimized model's `ours` is from the original's `theirs` on the entries that
+/// something needs.
+fn kept_deviation(theirs: &Tensor, ours: &Tensor, name: &str, k: &Kept) -> Result<f64> {
+    let theirs = project(theirs, name, k)?;
+    let (theirs, ours) = match &k.compared {
+        Some(needed) => {
+            let axis = usize::try_from(ours.rank() as isize + k.axis)
+                .map_err(|_| shape_err(name, format!("shape {:?} has no axis {}", ours.shape(), k.axis)))?;
+            (select(&theirs, name, axis, needed)?, select(ours, name, axis, needed)?)
+        }
+        None => (theirs, ours.clone()),
+    };
+    deviation(&theirs, &ours).map_err(|why| shape_err(name, why))
+}
+
+fn axis_of(t: &Tensor, name: &str, k: &Kept) -> Result<usize> {
+    let axis = t.rank() as isize + k.axis;
+    match usize::try_from(axis).ok().filter(|&a| t.shape()[a] == k.entries) {
+        Some(a) => Ok(a),
+        None => Err(shape_err(name, format!("shape {:?} has no axis {} of {} entries", t.shape(), k.axis, k.entries))),
+    }
+}
+
+fn shape_err(name: &str, why: String) -> Error {
+    Error::Tract { model: "block-wise verification".into(), why: format!("value '{name}': {why}") }
+}
+
+/// Largest deviation of the removed entries of `t` from the constants claimed for them,
+/// relative to `t`'s scale.
+fn constant_deviation(t: &Tensor, name: &str, k: &Kept) -> Result<f64> {
+    if k.constants.is_empty() {
+        return Ok(0.0);
+    }
+    let axis = axis_of(t, name, k)?;
+    let wide = t.cast_to::<f64>().map_err(|e| shape_err(name, e.to_string()))?;
+    let view = wide.to_plain_array_view::<f64>().map_err(|e| shape_err(name, e.to_string()))?;
+    let scale = view.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(f32::EPSILON as f64);
+    let mut worst = 0.0f64;
+    for &(e, c) in &k.constants {
+        for x in view.index_axis(tract_ndarray::Axis(axis), e).iter() {
+            let d = if *x == c { 0.0 } else { (x - c).abs() };
+            worst = if d.is_nan() { f64::INFINITY } else { worst.max(d) };
+        }
+    }
+    Ok(worst / scale)
+}
+
+pub(super) fn verify(
+    original: &Path,
+    minimized: &Path,
+    channels: &ChannelMap,
+    opts: &VerifyOptions,
+    tolerance: f64,
+    progress: &dyn Fn(Progress),
+) -> Result<Verification> {
+    let start = Instant::now();
+    let (o, m) = (Model::load(original)?, Model::load(minimized)?);
+    let (og, mg) = (o.graph(), m.graph());
+    let as_f32 = has_non_f32_floats(og) || has_non_f32_floats(mg);
+    let order = o.ir()?.order;
+    let budget = opts.block_bytes.unwrap_or(super::BLOCK_BYTES);
+    let pieces = cut(og, &order, budget)?;
+    let total: u64 = pieces.iter().map(|p| p.bytes).sum();
+    let m_producer: HashMap<&str, usize> =
+        mg.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+    let m_inputs: HashSet<&str> = mg.input.iter().map(|i| i.name()).collect();
+    let m_consts: HashSet<&str> = mg.initializer.iter().map(|t| t.name()).collect();
+    let graph_outputs: Vec<String> = og.output.iter().map(|o| o.name().to_string()).collect();
+    let mut worst = vec![0.0f64; graph_outputs.len()];
+    let mut shapes = vec![];
+    let runs = input_sets(og, opts)?;
+    for (r, inputs) in runs.into_iter().enumerate() {
+        shapes.push(inputs.iter().map(|(_, t)| t.shape().to_vec()).collect());
+        let mut seen = 0u64;
+        // Values of the original, and of the minimized model where its own are needed.
+        let mut theirs: HashMap<String, Tensor> = HashMap::new();
+        let mut ours: HashMap<String, Tensor> = HashMap::new();
+        for (name, t) in inputs {
+            let t = if as_f32 && t.datum_type().is_float() {
+                t.cast_to::<f32>().map_err(tract_err(original))?.into_owned()
+            } else {
+                t
+            };
+            ours.insert(name.clone(), t.clone());
+            theirs.insert(name, t);
+        }
+        for (k, piece) in pieces.iter().enumerate() {
+            // The original's piece, on the original's values.
+            let produced: HashSet<&str> =
+                piece.nodes.iter().flat_map(|&n| og.node[n].output.iter().map(|o| o.as_str())).collect();
+            let mut o_inputs: Vec<String> = piece
+                .nodes
+                .iter()
+                .flat_map(|&n| og.node[n].input.iter())
+                .filter(|i| !i.is_empty() && !produced.contains(i.as_str()) && theirs.contains_key(i.as_str()))
+                .cloned()
+                .collect();
+            o_inputs.sort();
+            o_inputs.dedup();
+            let label = |which: &str| format!("{} (piece {} of {}, {which})", original.display(), k + 1, pieces.len());
+            let feed = o_inputs.iter().map(|i| (i, theirs[i].clone())).collect();
+            let ys = run_piece(&o.proto, &piece.nodes, feed, &piece.outputs, as_f32, Path::new(&label("original")))?;
+            for (name, y) in piece.outputs.iter().zip(ys) {
+                theirs.insert(name.clone(), y.into_tensor());
+            }
+            // The minimized model's piece: the nodes its share of the outputs needs.
+            let targets: Vec<String> =
+                piece.outputs.iter().filter(|v| m_producer.contains_key(v.as_str())).cloned().collect();
+            let known = |v: &str| {
+                m_consts.contains(v)
+                    || m_inputs.contains(v)
+                    || ours.contains_key(v)
+                    || (channels.contains_key(v) && theirs.contains_key(v) && !produced.contains(v))
+            };
+            let nodes = slice(mg, &m_producer, &targets, &known);
+            let inside: HashSet<&str> =
+                nodes.iter().flat_map(|&n| mg.node[n].output.iter().map(|o| o.as_str())).collect();
+            let mut m_in: Vec<String> = nodes
+                .iter()
+                .flat_map(|&n| mg.node[n].input.iter())
+                .filter(|i| !i.is_empty() && !inside.contains(i.as_str()) && !m_consts.contains(i.as_str()))
+                .cloned()
+                .collect();
+            m_in.sort();
+            m_in.dedup();
+            let feed = m_in
+                .iter()
+                .map(|i| match (channels.get(i), theirs.get(i), ours.get(i)) {
+                    (Some(kept), Some(t), _) if !produced.contains(i.as_str()) => Ok((i, project(t, i, kept)?)),
+                    (_, _, Some(t)) => Ok((i, t.clone())),
+                    _ => Err(shape_err(i, "no earlier piece computed it".into())),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let ys = run_piece(&m.proto, &nodes, feed, &targets, as_f32, Path::new(&label("minimized")))?;
+            for (name, y) in targets.iter().zip(ys) {
+                let y = y.into_tensor();
+                let theirs_y = &theirs[name];
+                let (dev, what) = match channels.get(name) {
+                    Some(kept) => {
+                        let c = constant_deviation(theirs_y, name, kept)?;
+                        let d = kept_deviation(theirs_y, &y, name, kept)?;
+                        if c > d {
+                            (c, format!("{name} (its removed entries are not the constants the analysis found)"))
+                        } else {
+                            (d, name.clone())
+                        }
+                    }
+                    None if graph_outputs.contains(name) => {
+                        (deviation(theirs_y, &y).map_err(|why| shape_err(name, why))?, name.clone())
+                    }
+                    None => (0.0, name.clone()),
+                };
+                if dev.is_nan() || dev > tolerance {
+                    return Err(Error::Diverged { output: what, deviation: dev, tolerance, run: r });
+                }
+                if let Some(i) = graph_outputs.iter().position(|g| g == name) {
+                    worst[i] = worst[i].max(dev);
+                }
+                ours.insert(name.clone(), y);
+            }
+            for v in piece.last_use.iter().filter(|v| !m_inputs.contains(v.as_str())) {
+                theirs.remove(v);
+                ours.remove(v);
+            }
+            seen += piece.bytes;
+            progress(Progress::Bytes { done: seen, total });
+        }
+    }
+    Ok(Verification {
+        runs: shapes.len(),
+        input_shapes: shapes,
+        tolerance,
+        outputs: worst
+            .into_iter()
+            .zip(graph_outputs)
+            .map(|(d, output)| OutputCheck { output, max_relative_deviation: d })
+            .collect(),
+        seconds: start.elapsed().as_secs_f64(),
+        as_float32: as_f32,
+        mode: "blockwise".into(),
+        pieces: Some(pieces.len()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::tensor::{encode, with_data, Values};
+
+    /// A folded bias made wrong inside one piece is caught there, and named.
+    #[test]
+    fn a_wrong_folded_bias_inside_one_piece_is_caught() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp_constants_ts.onnx");
+        let mut model = Model::load(&src).unwrap();
+        let (_, channels) =
+            crate::minimize_deferred(&mut model, &crate::Options { verify: None, ..Default::default() }).unwrap();
+        model.materialize();
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad) = (dir.path().join("good.onnx"), dir.path().join("bad.onnx"));
+        model.write(&good, false).unwrap();
+        let opts = VerifyOptions { runs: 1, block_bytes: Some(1), ..Default::default() };
+        let ok = verify(&src, &good, &channels, &opts, 1e-4, &|_| {}).unwrap();
+        assert!(ok.pieces.unwrap() > 2, "{:?}", ok.pieces);
+        // The second layer's bias holds the constants folded from the first.
+        let g = model.graph_mut();
+        let second = g.node.iter().filter(|n| n.op_type() == "Gemm").nth(1).unwrap();
+        let (bias, dense) = (second.input[2].clone(), second.output[0].clone());
+        let t = g.initializer.iter_mut().find(|t| t.name() == bias).unwrap();
+        let v = Values::of(t).unwrap();
+        let mut vals: Vec<f64> = (0..v.len()).map(|i| v.get(i)).collect();
+        vals[0] += 0.5;
+        let dtype = v.dtype;
+        *t = with_data(t, t.dims.clone(), dtype, encode(dtype, &vals));
+        model.write(&bad, false).unwrap();
+        match verify(&src, &bad, &channels, &opts, 1e-4, &|_| {}) {
+            Err(Error::Diverged { output, .. }) => assert!(output.starts_with(&dense), "{output} is not {dense}"),
+            other => panic!("not caught: {other:?}"),
+        }
+    }
+}
