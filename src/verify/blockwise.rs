@@ -127,63 +127,92 @@ fn slice(
     nodes
 }
 
-/// Runs `nodes` of `model` on the values `feed`, returning `outputs`. Float values become graph
-/// inputs; the others (shapes, indices, masks) become constants, as tract needs shapes and axes
-/// to be known. The piece holds the weights those nodes read and is loaded from memory.
-fn run_piece(
-    model: &ModelProto,
-    nodes: &[usize],
-    feed: Vec<(&String, Tensor)>,
-    outputs: &[String],
+/// `nodes` of a model, loaded in tract for the constants they were last given.
+struct Loaded<'m> {
+    model: &'m ModelProto,
+    nodes: &'m [usize],
+    outputs: &'m [String],
     as_f32: bool,
-    label: &Path,
-) -> Result<TVec<TValue>> {
-    let g = model.graph.as_ref().expect("checked at load");
-    let read: HashSet<&str> = nodes.iter().flat_map(|&n| g.node[n].input.iter().map(|i| i.as_str())).collect();
-    let mut graph = GraphProto {
-        name: Some("piece".into()),
-        node: nodes.iter().map(|&n| g.node[n].clone()).collect(),
-        initializer: g.initializer.iter().filter(|t| read.contains(t.name())).cloned().collect(),
-        output: outputs.iter().map(|o| ValueInfoProto { name: Some(o.clone()), ..Default::default() }).collect(),
-        ..Default::default()
-    };
-    let mut inputs = vec![];
-    for (name, t) in feed {
-        let t = if t.datum_type() == DatumType::TDim {
-            t.cast_to::<i64>().map_err(|e| shape_err(name, e.to_string()))?.into_owned()
-        } else {
-            t
-        };
-        let elem = onnx_type(name, t.datum_type())?;
-        if t.datum_type().is_float() {
-            graph.input.push(typed(name, elem));
-            inputs.push(t);
-        } else {
-            graph.initializer.push(TensorProto {
-                name: Some(name.clone()),
-                dims: t.shape().iter().map(|&d| d as i64).collect(),
-                data_type: Some(elem as i32),
-                raw_data: Some(t.as_bytes().to_vec().into()),
-                ..Default::default()
-            });
+    label: String,
+    last: Option<(Vec<u8>, InferenceModel)>,
+}
+
+impl Loaded<'_> {
+    /// Runs the nodes on the values `feed`. Float values become graph inputs; the others
+    /// (shapes, indices, masks) become constants, as tract needs shapes and axes to be known,
+    /// so the piece is loaded again only when those change. The piece holds the weights its
+    /// nodes read and is loaded from memory.
+    fn run(&mut self, feed: Vec<(&String, Tensor)>) -> Result<TVec<TValue>> {
+        let label = Path::new(&self.label);
+        let mut inputs = vec![];
+        let mut constants = vec![];
+        let mut key = vec![];
+        for (name, t) in feed {
+            let t = if t.datum_type() == DatumType::TDim {
+                t.cast_to::<i64>().map_err(|e| shape_err(name, e.to_string()))?.into_owned()
+            } else {
+                t
+            };
+            let elem = onnx_type(name, t.datum_type())?;
+            if t.datum_type().is_float() {
+                key.extend_from_slice(name.as_bytes());
+                inputs.push((name, elem, t));
+            } else {
+                let c = TensorProto {
+                    name: Some(name.clone()),
+                    dims: t.shape().iter().map(|&d| d as i64).collect(),
+                    data_type: Some(elem as i32),
+                    raw_data: Some(t.as_bytes().to_vec().into()),
+                    ..Default::default()
+                };
+                key.extend(c.encode_to_vec());
+                constants.push(c);
+            }
         }
+        if self.last.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.last = None;
+            let typed_inputs = inputs.iter().map(|(name, elem, _)| typed(name, *elem)).collect();
+            let bytes = self.encode(typed_inputs, constants);
+            let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(tract_err(label))?;
+            self.last = Some((key, model));
+        }
+        let model = &self.last.as_ref().expect("loaded above").1;
+        let facts: Vec<_> = inputs.iter().map(|(_, _, t)| (t.datum_type(), t.shape().to_vec())).collect();
+        let values = inputs.into_iter().map(|(_, _, t)| t.into_tvalue()).collect();
+        plan(model, label, &facts)?.run(values).map_err(tract_err(label))
     }
-    if as_f32 {
-        graph_to_f32(&mut graph);
+
+    fn encode(&self, input: Vec<ValueInfoProto>, constants: Vec<TensorProto>) -> Vec<u8> {
+        let g = self.model.graph.as_ref().expect("checked at load");
+        let read: HashSet<&str> = self.nodes.iter().flat_map(|&n| g.node[n].input.iter().map(|i| i.as_str())).collect();
+        let weights: Vec<&TensorProto> = g.initializer.iter().filter(|t| read.contains(t.name())).collect();
+        let mut graph = GraphProto {
+            name: Some("piece".into()),
+            node: self.nodes.iter().map(|&n| g.node[n].clone()).collect(),
+            initializer: weights.iter().map(|&t| t.clone()).chain(constants).collect(),
+            input,
+            output: self
+                .outputs
+                .iter()
+                .map(|o| ValueInfoProto { name: Some(o.clone()), ..Default::default() })
+                .collect(),
+            ..Default::default()
+        };
+        if self.as_f32 {
+            graph_to_f32(&mut graph);
+        }
+        let piece = ModelProto {
+            ir_version: self.model.ir_version,
+            opset_import: self.model.opset_import.clone(),
+            functions: self.model.functions.clone(),
+            graph: Some(graph),
+            ..Default::default()
+        };
+        let bytes = piece.encode_to_vec();
+        // The weights were read from the mapped files once; tract holds its own copy now.
+        weights.iter().filter_map(|t| t.raw_data.as_deref()).for_each(crate::onnx::io::release_pages);
+        bytes
     }
-    let piece = ModelProto {
-        ir_version: model.ir_version,
-        opset_import: model.opset_import.clone(),
-        functions: model.functions.clone(),
-        graph: Some(graph),
-        ..Default::default()
-    };
-    let bytes = piece.encode_to_vec();
-    drop(piece);
-    let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(tract_err(label))?;
-    drop(bytes);
-    let facts: Vec<_> = inputs.iter().map(|t| (t.datum_type(), t.shape().to_vec())).collect();
-    plan(&model, label, &facts)?.run(inputs.into_iter().map(|t| t.into_tvalue()).collect()).map_err(tract_err(label))
 }
 
 /// The ONNX element type of tract's (little-endian, as ONNX stores raw data) type.
@@ -303,62 +332,77 @@ pub(super) fn verify(
     let m_consts: HashSet<&str> = mg.initializer.iter().map(|t| t.name()).collect();
     let graph_outputs: Vec<String> = og.output.iter().map(|o| o.name().to_string()).collect();
     let mut worst = vec![0.0f64; graph_outputs.len()];
-    let mut shapes = vec![];
     let runs = input_sets(og, opts)?;
+    let shapes: Vec<Vec<Vec<usize>>> =
+        runs.iter().map(|set| set.iter().map(|(_, t)| t.shape().to_vec()).collect()).collect();
+    // Per run, values of the original, and of the minimized model where its own are needed.
+    let mut theirs: Vec<HashMap<String, Tensor>> = vec![HashMap::new(); runs.len()];
+    let mut ours: Vec<HashMap<String, Tensor>> = vec![HashMap::new(); runs.len()];
     for (r, inputs) in runs.into_iter().enumerate() {
-        shapes.push(inputs.iter().map(|(_, t)| t.shape().to_vec()).collect());
-        let mut seen = 0u64;
-        // Values of the original, and of the minimized model where its own are needed.
-        let mut theirs: HashMap<String, Tensor> = HashMap::new();
-        let mut ours: HashMap<String, Tensor> = HashMap::new();
         for (name, t) in inputs {
             let t = if as_f32 && t.datum_type().is_float() {
                 t.cast_to::<f32>().map_err(tract_err(original))?.into_owned()
             } else {
                 t
             };
-            ours.insert(name.clone(), t.clone());
-            theirs.insert(name, t);
+            ours[r].insert(name.clone(), t.clone());
+            theirs[r].insert(name, t);
         }
-        for (k, piece) in pieces.iter().enumerate() {
-            // The original's piece, on the original's values.
-            let produced: HashSet<&str> =
-                piece.nodes.iter().flat_map(|&n| og.node[n].output.iter().map(|o| o.as_str())).collect();
-            let mut o_inputs: Vec<String> = piece
-                .nodes
-                .iter()
-                .flat_map(|&n| og.node[n].input.iter())
-                .filter(|i| !i.is_empty() && !produced.contains(i.as_str()) && theirs.contains_key(i.as_str()))
-                .cloned()
-                .collect();
-            o_inputs.sort();
-            o_inputs.dedup();
-            let label = |which: &str| format!("{} (piece {} of {}, {which})", original.display(), k + 1, pieces.len());
-            let feed = o_inputs.iter().map(|i| (i, theirs[i].clone())).collect();
-            let ys = run_piece(&o.proto, &piece.nodes, feed, &piece.outputs, as_f32, Path::new(&label("original")))?;
+    }
+    let mut seen = 0u64;
+    // Each piece is loaded once for every run: loading dominates.
+    for (k, piece) in pieces.iter().enumerate() {
+        let label = |which: &str| format!("{} (piece {} of {}, {which})", original.display(), k + 1, pieces.len());
+        // The original's piece, on the original's values.
+        let produced: HashSet<&str> =
+            piece.nodes.iter().flat_map(|&n| og.node[n].output.iter().map(|o| o.as_str())).collect();
+        let mut o_inputs: Vec<String> = piece
+            .nodes
+            .iter()
+            .flat_map(|&n| og.node[n].input.iter())
+            .filter(|i| !i.is_empty() && !produced.contains(i.as_str()) && theirs[0].contains_key(i.as_str()))
+            .cloned()
+            .collect();
+        o_inputs.sort();
+        o_inputs.dedup();
+        let mut loaded = Loaded {
+            model: &o.proto,
+            nodes: &piece.nodes,
+            outputs: &piece.outputs,
+            as_f32,
+            label: label("original"),
+            last: None,
+        };
+        for values in theirs.iter_mut() {
+            let feed = o_inputs.iter().map(|i| (i, values[i].clone())).collect();
+            let ys = loaded.run(feed)?;
             for (name, y) in piece.outputs.iter().zip(ys) {
-                theirs.insert(name.clone(), y.into_tensor());
+                values.insert(name.clone(), y.into_tensor());
             }
-            // The minimized model's piece: the nodes its share of the outputs needs.
-            let targets: Vec<String> =
-                piece.outputs.iter().filter(|v| m_producer.contains_key(v.as_str())).cloned().collect();
-            let known = |v: &str| {
-                m_consts.contains(v)
-                    || m_inputs.contains(v)
-                    || ours.contains_key(v)
-                    || (channels.contains_key(v) && theirs.contains_key(v) && !produced.contains(v))
-            };
-            let nodes = slice(mg, &m_producer, &targets, &known);
-            let inside: HashSet<&str> =
-                nodes.iter().flat_map(|&n| mg.node[n].output.iter().map(|o| o.as_str())).collect();
-            let mut m_in: Vec<String> = nodes
-                .iter()
-                .flat_map(|&n| mg.node[n].input.iter())
-                .filter(|i| !i.is_empty() && !inside.contains(i.as_str()) && !m_consts.contains(i.as_str()))
-                .cloned()
-                .collect();
-            m_in.sort();
-            m_in.dedup();
+        }
+        drop(loaded);
+        // The minimized model's piece: the nodes its share of the outputs needs.
+        let targets: Vec<String> =
+            piece.outputs.iter().filter(|v| m_producer.contains_key(v.as_str())).cloned().collect();
+        let known = |v: &str| {
+            m_consts.contains(v)
+                || m_inputs.contains(v)
+                || ours[0].contains_key(v)
+                || (channels.contains_key(v) && theirs[0].contains_key(v) && !produced.contains(v))
+        };
+        let nodes = slice(mg, &m_producer, &targets, &known);
+        let inside: HashSet<&str> = nodes.iter().flat_map(|&n| mg.node[n].output.iter().map(|o| o.as_str())).collect();
+        let mut m_in: Vec<String> = nodes
+            .iter()
+            .flat_map(|&n| mg.node[n].input.iter())
+            .filter(|i| !i.is_empty() && !inside.contains(i.as_str()) && !m_consts.contains(i.as_str()))
+            .cloned()
+            .collect();
+        m_in.sort();
+        m_in.dedup();
+        let mut loaded =
+            Loaded { model: &m.proto, nodes: &nodes, outputs: &targets, as_f32, label: label("minimized"), last: None };
+        for (r, (theirs, ours)) in theirs.iter_mut().zip(ours.iter_mut()).enumerate() {
             let feed = m_in
                 .iter()
                 .map(|i| match (channels.get(i), theirs.get(i), ours.get(i)) {
@@ -367,7 +411,7 @@ pub(super) fn verify(
                     _ => Err(shape_err(i, "no earlier piece computed it".into())),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let ys = run_piece(&m.proto, &nodes, feed, &targets, as_f32, Path::new(&label("minimized")))?;
+            let ys = loaded.run(feed)?;
             for (name, y) in targets.iter().zip(ys) {
                 let y = y.into_tensor();
                 let theirs_y = &theirs[name];
@@ -398,9 +442,9 @@ pub(super) fn verify(
                 theirs.remove(v);
                 ours.remove(v);
             }
-            seen += piece.bytes;
-            progress(Progress::Bytes { done: seen, total });
         }
+        seen += piece.bytes;
+        progress(Progress::Bytes { done: seen, total });
     }
     Ok(Verification {
         runs: shapes.len(),
