@@ -45,8 +45,9 @@ pub use verify::{VerifyMode, VerifyOptions};
 pub enum Progress<'a> {
     /// A stage begins.
     Stage(&'a str),
-    /// The current stage has handled `done` of `total` bytes.
-    Bytes { done: u64, total: u64 },
+    /// The current stage has handled `done` of `total` bytes, in `items` of `of` `unit`s
+    /// (tensors written, pieces verified).
+    Bytes { done: u64, total: u64, items: usize, of: usize, unit: &'static str },
 }
 
 #[derive(Debug, Clone)]
@@ -169,8 +170,7 @@ pub fn minimize_file(
         Some(out) => {
             let external = opts.external_data.unwrap_or(model.had_external_data);
             progress(Progress::Stage(&format!("writing {}", out.display())));
-            let mut step = |done, total| progress(Progress::Bytes { done, total });
-            onnx::io::write_atomically(&model, out, external, &mut step, |staged| {
+            onnx::io::write_atomically(&model, out, external, &mut |p| progress(p), |staged| {
                 let data = onnx::io::data_file(staged);
                 after.bytes =
                     [staged, data.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();

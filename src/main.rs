@@ -421,7 +421,7 @@ impl ProgressDisplay {
                 self.stage.set((now, now, 0));
                 eprintln!("[{at:>6.2}s] {msg}");
             }
-            Progress::Bytes { done, total } => {
+            Progress::Bytes { done, total, items, of, unit } => {
                 let (began, drawn, tenths) = self.stage.get();
                 let fraction = if total == 0 { 1.0 } else { done as f64 / total as f64 };
                 let finished = done >= total;
@@ -435,7 +435,11 @@ impl ProgressDisplay {
                 let left = if fraction > 0.0 { (spent * (1.0 - fraction) / fraction).max(0.0) } else { 0.0 };
                 let bar: String = (0..30).map(|i| if (i as f64) < fraction * 30.0 { '#' } else { '.' }).collect();
                 let gb = |b: u64| b as f64 / 1e9;
-                let line = format!("[{at:>6.2}s]   [{bar}] {:.2}/{:.2} GB, {left:.0} s left", gb(done), gb(total));
+                let line = format!(
+                    "[{at:>6.2}s]   [{bar}] {items}/{of} {unit}, {:.2}/{:.2} GB, {left:.0} s left",
+                    gb(done),
+                    gb(total)
+                );
                 match (self.tty, finished) {
                     (true, false) => eprint!("\r{line}"),
                     (true, true) => eprintln!("\r{line}"),

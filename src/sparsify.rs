@@ -312,6 +312,6 @@ pub fn rewrite_file(
     crate::check_paths(input, output)?;
     let mut model = Model::load(input)?;
     let report = rewrite(&mut model)?;
-    crate::onnx::io::write_atomically(&model, output, model.had_external_data, &mut |_, _| {}, |_| Ok(()))?;
+    crate::onnx::io::write_atomically(&model, output, model.had_external_data, &mut |_| {}, |_| Ok(()))?;
     Ok(report)
 }

@@ -261,12 +261,16 @@ impl Model {
     /// Writes the model to `path` (and `<file name>.data` beside it when `external`).
     /// Not atomic on its own: see [`write_atomically`].
     pub fn write(&self, path: &Path, external: bool) -> Result<()> {
-        self.write_with_progress(path, external, &mut |_, _| {})
+        self.write_with_progress(path, external, &mut |_| {})
     }
 
-    /// [`Model::write`], calling `progress(bytes written, bytes to write)` after each external
-    /// tensor.
-    pub fn write_with_progress(&self, path: &Path, external: bool, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    /// [`Model::write`], reporting bytes and tensors written after each external tensor.
+    pub fn write_with_progress(
+        &self,
+        path: &Path,
+        external: bool,
+        progress: &mut dyn FnMut(crate::Progress),
+    ) -> Result<()> {
         let write_err = |p: &Path| {
             let p = p.to_path_buf();
             move |source| Error::Write { path: p, source }
@@ -281,8 +285,9 @@ impl Model {
             let mut data = BufWriter::with_capacity(1 << 20, File::create(&data_path).map_err(write_err(&data_path))?);
             let len_of =
                 |t: &TensorProto| slice_of(t).map_or_else(|| t.raw_data.as_ref().map_or(0, |r| r.len()), |s| s.len());
-            let total: u64 =
-                graph.initializer.iter().map(len_of).filter(|&l| l >= EXTERNAL_THRESHOLD).map(|l| l as u64).sum();
+            let sizes = || graph.initializer.iter().map(len_of).filter(|&l| l >= EXTERNAL_THRESHOLD);
+            let (total, of) = (sizes().map(|l| l as u64).sum(), sizes().count());
+            let mut items = 0;
             let mut offset = 0usize;
             for t in graph.initializer.iter_mut() {
                 let len = len_of(t);
@@ -312,7 +317,8 @@ impl Model {
                 fail_point::hit(&data_path)?;
                 set_external(t, &location, offset, len);
                 offset += len;
-                progress(offset as u64, total);
+                items += 1;
+                progress(crate::Progress::Bytes { done: offset as u64, total, items, of, unit: "tensors" });
             }
             data.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(write_err(&data_path))?;
         } else {
@@ -435,7 +441,7 @@ pub fn write_atomically(
     model: &Model,
     path: &Path,
     external: bool,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &mut dyn FnMut(crate::Progress),
     check: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     let dir = match path.parent() {
@@ -483,12 +489,12 @@ mod tests {
         });
         for fail_at in 0..external.count() {
             fail_point::AFTER.with(|a| a.set(Some(fail_at)));
-            let err = write_atomically(&model, &out, true, &mut |_, _| {}, |_| Ok(()));
+            let err = write_atomically(&model, &out, true, &mut |_| {}, |_| Ok(()));
             assert!(err.is_err(), "failing after {fail_at} tensors");
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "failing after {fail_at} tensors");
         }
         fail_point::AFTER.with(|a| a.set(None));
-        write_atomically(&model, &out, true, &mut |_, _| {}, |_| Ok(())).unwrap();
+        write_atomically(&model, &out, true, &mut |_| {}, |_| Ok(())).unwrap();
         assert!(out.exists() && data_file(&out).exists());
     }
 }

@@ -444,7 +444,7 @@ pub(super) fn verify(
             }
         }
         seen += piece.bytes;
-        progress(Progress::Bytes { done: seen, total });
+        progress(Progress::Bytes { done: seen, total, items: k + 1, of: pieces.len(), unit: "pieces" });
     }
     Ok(Verification {
         runs: shapes.len(),

@@ -43,7 +43,7 @@ fn a_failed_check_leaves_no_file_behind() {
     let dir = tempfile::tempdir().unwrap();
     let m = Model::load(&fixture("lenet300_pruned_dynamo_ext.onnx")).unwrap();
     let out = dir.path().join("out.onnx");
-    let err = onnx_minimize::onnx::io::write_atomically(&m, &out, true, &mut |_, _| {}, |staged| {
+    let err = onnx_minimize::onnx::io::write_atomically(&m, &out, true, &mut |_| {}, |staged| {
         assert!(staged.exists() && staged.with_file_name("out.onnx.data").exists());
         Err(onnx_minimize::Error::Usage("refused".into()))
     });
