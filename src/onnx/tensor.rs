@@ -228,6 +228,49 @@ impl<'a> Values<'a> {
         }
     }
 
+    /// The elements as raw float32 bytes (exact for every 16-bit float), converted in bulk.
+    pub fn to_f32_bytes(&self) -> Vec<u8> {
+        use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+        let mut wide = vec![0f32; self.len()];
+        match (self.repr, self.dtype) {
+            (Repr::Raw(b), FloatType::F16 | FloatType::Bf16) => {
+                let bits: Vec<u16> = b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                match self.dtype {
+                    FloatType::F16 => bits.reinterpret_cast::<half::f16>().convert_to_f32_slice(&mut wide),
+                    _ => bits.reinterpret_cast::<half::bf16>().convert_to_f32_slice(&mut wide),
+                }
+            }
+            _ => wide.iter_mut().enumerate().for_each(|(i, x)| *x = self.get(i) as f32),
+        }
+        wide.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// Sets bit `i` of `words` for every element `start + i` (of `len`) that is not zero: the
+    /// same answer as [`Self::for_each_nonzero_in`], without a call per element.
+    pub fn nonzero_bits(&self, start: usize, len: usize, words: &mut [u64]) {
+        fn pack<const N: usize>(b: &[u8], words: &mut [u64], nonzero: impl Fn([u8; N]) -> bool) {
+            for (w, chunk) in words.iter_mut().zip(b.chunks(64 * N)) {
+                let mut word = 0u64;
+                for (i, e) in chunk.chunks_exact(N).enumerate() {
+                    word |= (nonzero(e.try_into().expect("N bytes")) as u64) << i;
+                }
+                *w |= word;
+            }
+        }
+        let size = self.dtype.size();
+        match self.repr {
+            Repr::Raw(b) => {
+                let b = &b[start * size..(start + len) * size];
+                match self.dtype {
+                    FloatType::F32 => pack::<4>(b, words, |e| u32::from_le_bytes(e) & 0x7fff_ffff != 0),
+                    FloatType::F16 | FloatType::Bf16 => pack::<2>(b, words, |e| u16::from_le_bytes(e) & 0x7fff != 0),
+                    FloatType::F64 => pack::<8>(b, words, |e| u64::from_le_bytes(e) & !(1 << 63) != 0),
+                }
+            }
+            _ => self.for_each_nonzero_in(start, len, |i, _| words[i / 64] |= 1 << (i % 64)),
+        }
+    }
+
     /// Elements `[r][c]` of a row-major matrix with rows of `row_len`, for the given rows and
     /// columns, in the same type, bit for bit.
     ///
@@ -437,6 +480,7 @@ mod tests {
             v.for_each_nonzero(|i, x| nz.push((i, x)));
             assert_eq!(nz, vec![(1, 1.5), (3, -2.0)]);
             assert_eq!(v.gather([3, 1].into_iter()), encode(dtype, &[-2.0, 1.5]));
+            assert_eq!(v.to_f32_bytes(), encode(FloatType::F32, &[0.0, 1.5, -0.0, -2.0]));
         }
     }
 
@@ -452,6 +496,22 @@ mod tests {
                 let slow: Vec<(usize, f64)> =
                     (0..len).filter(|&i| vals[start + i] != 0.0).map(|i| (i, vals[start + i])).collect();
                 assert_eq!(fast, slow, "{dtype:?} {start} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn nonzero_bits_mark_what_the_scan_finds() {
+        let vals: Vec<f64> = (0..150).map(|i| if i % 3 == 0 || i % 7 == 0 { 0.0 } else { i as f64 - 70.0 }).collect();
+        for dtype in [FloatType::F32, FloatType::F16, FloatType::Bf16, FloatType::F64] {
+            let t = tensor(dtype, &vals);
+            let v = Values::of(&t).unwrap();
+            for (start, len) in [(0, 150), (5, 130), (64, 64usize)] {
+                let mut words = vec![0u64; len.div_ceil(64)];
+                v.nonzero_bits(start, len, &mut words);
+                let mut expected = vec![0u64; len.div_ceil(64)];
+                v.for_each_nonzero_in(start, len, |i, _| expected[i / 64] |= 1 << (i % 64));
+                assert_eq!(words, expected, "{dtype:?} {start} {len}");
             }
         }
     }

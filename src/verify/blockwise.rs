@@ -127,6 +127,9 @@ fn slice(
     nodes
 }
 
+/// Input types and shapes, what an optimized tract plan is made for.
+type Facts = Vec<(DatumType, Vec<usize>)>;
+
 /// `nodes` of a model, loaded in tract for the constants they were last given.
 struct Loaded<'m> {
     model: &'m ModelProto,
@@ -135,6 +138,8 @@ struct Loaded<'m> {
     as_f32: bool,
     label: String,
     last: Option<(Vec<u8>, InferenceModel)>,
+    /// tract's optimized plan of `last` for the input facts it was made for.
+    planned: Option<(Facts, Arc<TypedRunnableModel>)>,
 }
 
 impl Loaded<'_> {
@@ -170,16 +175,22 @@ impl Loaded<'_> {
             }
         }
         if self.last.as_ref().is_none_or(|(k, _)| *k != key) {
-            self.last = None;
+            (self.last, self.planned) = (None, None);
             let typed_inputs = inputs.iter().map(|(name, elem, _)| typed(name, *elem)).collect();
             let bytes = self.encode(typed_inputs, constants);
             let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(tract_err(label))?;
             self.last = Some((key, model));
         }
         let model = &self.last.as_ref().expect("loaded above").1;
-        let facts: Vec<_> = inputs.iter().map(|(_, _, t)| (t.datum_type(), t.shape().to_vec())).collect();
+        let facts: Facts = inputs.iter().map(|(_, _, t)| (t.datum_type(), t.shape().to_vec())).collect();
+        let runnable = match self.planned.take() {
+            Some((f, r)) if f == facts => r,
+            _ => plan(model, label, &facts)?,
+        };
         let values = inputs.into_iter().map(|(_, _, t)| t.into_tvalue()).collect();
-        plan(model, label, &facts)?.run(values).map_err(tract_err(label))
+        let out = runnable.run(values).map_err(tract_err(label));
+        self.planned = Some((facts, runnable));
+        out
     }
 
     fn encode(&self, input: Vec<ValueInfoProto>, constants: Vec<TensorProto>) -> Vec<u8> {
@@ -372,6 +383,7 @@ pub(super) fn verify(
             as_f32,
             label: label("original"),
             last: None,
+            planned: None,
         };
         for values in theirs.iter_mut() {
             let feed = o_inputs.iter().map(|i| (i, values[i].clone())).collect();
@@ -400,8 +412,15 @@ pub(super) fn verify(
             .collect();
         m_in.sort();
         m_in.dedup();
-        let mut loaded =
-            Loaded { model: &m.proto, nodes: &nodes, outputs: &targets, as_f32, label: label("minimized"), last: None };
+        let mut loaded = Loaded {
+            model: &m.proto,
+            nodes: &nodes,
+            outputs: &targets,
+            as_f32,
+            label: label("minimized"),
+            last: None,
+            planned: None,
+        };
         for (r, (theirs, ours)) in theirs.iter_mut().zip(ours.iter_mut()).enumerate() {
             let feed = m_in
                 .iter()

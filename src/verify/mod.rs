@@ -263,11 +263,10 @@ fn as_f32_copy(path: &Path, to: &Path) -> Result<(crate::Model, std::path::PathB
 
 /// Makes every float tensor, declared type and float cast of `g` float32.
 fn graph_to_f32(g: &mut GraphProto) {
-    use crate::onnx::tensor::{encode, with_data, FloatType, Values};
+    use crate::onnx::tensor::{with_data, FloatType, Values};
     let convert = |t: &mut crate::onnx::proto::TensorProto| {
         if let (true, Ok(v)) = (is_other_float(t.data_type()), Values::of(t)) {
-            let vals: Vec<f64> = (0..v.len()).map(|i| v.get(i)).collect();
-            *t = with_data(t, t.dims.clone(), FloatType::F32, encode(FloatType::F32, &vals));
+            *t = with_data(t, t.dims.clone(), FloatType::F32, v.to_f32_bytes());
         }
     };
     g.initializer.iter_mut().for_each(convert);
