@@ -517,7 +517,7 @@ mod tests {
             let (count, pattern) = w.fold_nonzero_recording(|| 0usize, |s, _, _, _| *s += 1, |a, b| a + b, &|_| false);
             assert_eq!(count, vals.iter().filter(|&&v| v != 0.0).count());
             // Rows that only record their bits record the same bits, without a call per weight.
-            let even = |r: usize| r % 2 == 0;
+            let even = |r: usize| r.is_multiple_of(2);
             let (odd, fast) = w.fold_nonzero_recording(|| 0usize, |s, _, _, _| *s += 1, |a, b| a + b, &even);
             assert_eq!(fast.words, pattern.words);
             assert_eq!(odd, vals.chunks(cols).skip(1).step_by(2).flatten().filter(|&&v| v != 0.0).count());
