@@ -262,9 +262,10 @@ impl<'a> Values<'a> {
             Repr::Raw(b) => {
                 let b = &b[start * size..(start + len) * size];
                 match self.dtype {
-                    FloatType::F32 => pack::<4>(b, words, |e| u32::from_le_bytes(e) & 0x7fff_ffff != 0),
+                    // Dense rows are the common case for 16-bit weights: pack without branches.
                     FloatType::F16 | FloatType::Bf16 => pack::<2>(b, words, |e| u16::from_le_bytes(e) & 0x7fff != 0),
-                    FloatType::F64 => pack::<8>(b, words, |e| u64::from_le_bytes(e) & !(1 << 63) != 0),
+                    // Pruned float32 rows are mostly zero: the scan skips them two at a time.
+                    _ => self.for_each_nonzero_in(start, len, |i, _| words[i / 64] |= 1 << (i % 64)),
                 }
             }
             _ => self.for_each_nonzero_in(start, len, |i, _| words[i / 64] |= 1 << (i % 64)),

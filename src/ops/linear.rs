@@ -253,17 +253,20 @@ pub(crate) struct NonZero {
 }
 
 impl NonZero {
-    /// Marks in `reaches` every output that a stored row for which `rows` holds reads with a
-    /// non-zero weight: rows are inputs, or (transposed) outputs.
-    fn mark_reached(&self, rows: &dyn Fn(usize) -> bool, reaches: &mut [bool]) {
+    /// Marks in `reaches` every output that reads an input for which `inputs` holds with a
+    /// non-zero weight.
+    fn mark_reached(&self, inputs: &dyn Fn(usize) -> bool, reaches: &mut [bool]) {
         let stride = self.stride.max(1);
+        let rows = self.words.chunks_exact(stride).enumerate();
         if self.transposed {
-            for (j, row) in self.words.chunks_exact(stride).enumerate().filter(|&(j, _)| rows(j)) {
-                reaches[j] |= row.iter().any(|&w| w != 0);
+            let mut mask = vec![0u64; stride];
+            (0..stride * 64).filter(|&c| inputs(c)).for_each(|c| mask[c / 64] |= 1 << (c % 64));
+            for (j, row) in rows {
+                reaches[j] |= row.iter().zip(&mask).any(|(r, m)| r & m != 0);
             }
         } else {
             let mut union = vec![0u64; stride];
-            for (_, row) in self.words.chunks_exact(stride).enumerate().filter(|&(c, _)| rows(c)) {
+            for (_, row) in rows.filter(|&(c, _)| inputs(c)) {
                 union.iter_mut().zip(row).for_each(|(u, r)| *u |= r);
             }
             reaches.iter_mut().enumerate().for_each(|(j, r)| *r |= union[j / 64] >> (j % 64) & 1 == 1);
@@ -383,7 +386,8 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
             return;
         }
         let xc = cx.linear_inputs(x, l).unwrap_or_else(|| vec![None; w.k]);
-        // A varying input makes every output it reaches vary: its rows need only their pattern.
+        // A varying input makes every output it reaches vary: that follows from the pattern, so
+        // the rows of varying inputs (of every input, transposed, when all vary) need only it.
         let all_vary = xc.iter().all(Option::is_none);
         let only_bits = |r: usize| if w.transposed { all_vary } else { xc[r].is_none() };
         let ((acc, mut varies), pattern) = w.fold_nonzero_recording(
@@ -400,7 +404,7 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
             &only_bits,
         );
         if w.spatial == 1 && w.groups == 1 {
-            pattern.mark_reached(&only_bits, &mut varies);
+            pattern.mark_reached(&|c| c < w.k && xc[c].is_none(), &mut varies);
         }
         cx.record(pattern);
         let r = (0..w.n).map(|j| if varies[j] { None } else { l.bias(j).map(|b| l.alpha() * acc[j] + b) }).collect();
@@ -523,15 +527,7 @@ mod tests {
             assert_eq!(odd, vals.chunks(cols).skip(1).step_by(2).flatten().filter(|&&v| v != 0.0).count());
             let mut reached = vec![false; n];
             fast.mark_reached(&even, &mut reached);
-            let expected: Vec<bool> = (0..n)
-                .map(|j| {
-                    if transposed {
-                        even(j) && (0..k).any(|c| at(c, j) != 0.0)
-                    } else {
-                        (0..k).any(|c| even(c) && at(c, j) != 0.0)
-                    }
-                })
-                .collect();
+            let expected: Vec<bool> = (0..n).map(|j| (0..k).any(|c| even(c) && at(c, j) != 0.0)).collect();
             assert_eq!(reached, expected);
             let needed: Vec<bool> = (0..n).map(|j| j % 97 == 3).collect();
             let expected: Vec<bool> = (0..k).map(|c| (0..n).any(|j| needed[j] && at(c, j) != 0.0)).collect();
