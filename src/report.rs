@@ -167,9 +167,13 @@ impl Report {
                 let worst = v.outputs.iter().map(|o| o.max_relative_deviation).fold(0.0, f64::max);
                 let how =
                     if v.as_float32 { " (as float32 copies: tract cannot run the model's own types)" } else { "" };
+                let whole = match v.pieces {
+                    Some(n) => format!(", block-wise in {n} pieces"),
+                    None => String::new(),
+                };
                 let _ = writeln!(
                     s,
-                    "verified with tract on {} input sets{how}: max relative deviation {:.2e} (tolerance {:.0e})",
+                    "verified with tract on {} input sets{whole}{how}: max relative deviation {:.2e} (tolerance {:.0e})",
                     v.runs, worst, v.tolerance
                 );
             }

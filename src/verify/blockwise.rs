@@ -18,13 +18,14 @@ use prost::Message;
 use tract_onnx::prelude::*;
 
 use super::{
-    deviation, graph_to_f32, has_non_f32_floats, input_sets, plan, tract_err, ChannelMap, Kept, VerifyOptions,
+    deviation, graph_to_f32, has_non_f32_floats, input_sets, plan, tract_err, verification, ChannelMap, Kept,
+    VerifyOptions,
 };
 use crate::error::{Error, Result};
 use crate::onnx::proto::{
     tensor_proto::DataType, type_proto, GraphProto, ModelProto, TensorProto, TypeProto, ValueInfoProto,
 };
-use crate::report::{OutputCheck, Verification};
+use crate::report::Verification;
 use crate::{Model, Progress};
 
 /// A run of the original's nodes, and the values it hands on.
@@ -465,20 +466,10 @@ pub(super) fn verify(
         seen += piece.bytes;
         progress(Progress::Bytes { done: seen, total, items: k + 1, of: pieces.len(), unit: "pieces" });
     }
-    Ok(Verification {
-        runs: shapes.len(),
-        input_shapes: shapes,
-        tolerance,
-        outputs: worst
-            .into_iter()
-            .zip(graph_outputs)
-            .map(|(d, output)| OutputCheck { output, max_relative_deviation: d })
-            .collect(),
-        seconds: start.elapsed().as_secs_f64(),
-        as_float32: as_f32,
-        mode: "blockwise".into(),
-        pieces: Some(pieces.len()),
-    })
+    let mut v =
+        verification(shapes, tolerance, graph_outputs.into_iter().zip(worst), start, "blockwise", Some(pieces.len()));
+    v.as_float32 = as_f32;
+    Ok(v)
 }
 
 #[cfg(test)]

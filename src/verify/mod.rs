@@ -216,17 +216,6 @@ pub(crate) fn verify(
     if !whole {
         return blockwise::verify(original, minimized, channels, opts, tolerance, progress);
     }
-    verify_whole(original, minimized, graph, opts, tolerance)
-}
-
-/// Both models whole, in tract.
-pub fn verify_whole(
-    original: &Path,
-    minimized: &Path,
-    graph: &GraphProto,
-    opts: &VerifyOptions,
-    tolerance: f64,
-) -> Result<Verification> {
     match compare(original, minimized, graph, opts, tolerance) {
         Err(Error::Tract { model, why }) if has_non_f32_floats(graph) => {
             let dir = tempfile::tempdir().map_err(|source| Error::Write { path: std::env::temp_dir(), source })?;
@@ -358,20 +347,29 @@ fn compare(
         }
         shapes.push(set);
     }
-    Ok(Verification {
+    let outputs = worst.into_iter().enumerate().map(|(i, d)| (names.get(i).cloned().unwrap_or_default(), d));
+    Ok(verification(shapes, tolerance, outputs, start, "whole", None))
+}
+
+/// The report of a check that passed: each output's largest deviation over the input sets.
+fn verification(
+    shapes: Vec<Vec<Vec<usize>>>,
+    tolerance: f64,
+    outputs: impl Iterator<Item = (String, f64)>,
+    start: Instant,
+    mode: &str,
+    pieces: Option<usize>,
+) -> Verification {
+    Verification {
         runs: shapes.len(),
         input_shapes: shapes,
         tolerance,
-        outputs: worst
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| OutputCheck { output: names.get(i).cloned().unwrap_or_default(), max_relative_deviation: d })
-            .collect(),
+        outputs: outputs.map(|(output, d)| OutputCheck { output, max_relative_deviation: d }).collect(),
         seconds: start.elapsed().as_secs_f64(),
         as_float32: false,
-        mode: "whole".into(),
-        pieces: None,
-    })
+        mode: mode.into(),
+        pieces,
+    }
 }
 
 /// max |x - y| / max |x|, with the scale floored so all-zero outputs compare absolutely.
