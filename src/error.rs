@@ -13,6 +13,9 @@ pub enum Error {
     #[error("{path} is not a valid ONNX model ({why}); is it truncated, or not an .onnx file?")]
     Decode { path: PathBuf, why: String },
 
+    #[error("{path} is not a valid ONNX graph: {why}; re-export it, or check it with onnx.checker.check_model")]
+    Invalid { path: PathBuf, why: String },
+
     #[error("tensor '{tensor}' keeps its data in {path}, which cannot be read ({why}); keep the .data file next to the model under the name the model gives")]
     ExternalData { tensor: String, path: PathBuf, why: String },
 

@@ -60,6 +60,43 @@ pub struct Ir {
     pub opset: i64,
 }
 
+/// Initializers that a runtime would reject or misread: one name twice, negative dimensions, or
+/// stored bytes that do not fill the shape.
+fn validate_initializers(g: &GraphProto) -> Result<(), String> {
+    use crate::onnx::proto::tensor_proto::DataType;
+    let mut seen = HashSet::new();
+    for t in &g.initializer {
+        let name = t.name();
+        if !seen.insert(name) {
+            return Err(format!("two initializers are named '{name}': a name is defined once"));
+        }
+        if t.dims.iter().any(|&d| d < 0) {
+            return Err(format!("initializer '{name}' has negative dimensions {:?}", t.dims));
+        }
+        let size = match DataType::try_from(t.data_type()) {
+            Ok(DataType::Double | DataType::Int64 | DataType::Uint64 | DataType::Complex64) => 8,
+            Ok(DataType::Float | DataType::Int32 | DataType::Uint32) => 4,
+            Ok(DataType::Float16 | DataType::Bfloat16 | DataType::Int16 | DataType::Uint16) => 2,
+            Ok(DataType::Int8 | DataType::Uint8 | DataType::Bool) => 1,
+            _ => continue,
+        };
+        let numel = t.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        if let (Some(raw), Some(n)) = (t.raw_data.as_ref(), numel) {
+            if raw.len() as u64 != n.saturating_mul(size) {
+                return Err(format!(
+                    "initializer '{name}' holds {} bytes but its shape {:?} needs {}",
+                    raw.len(),
+                    t.dims,
+                    n.saturating_mul(size)
+                ));
+            }
+        } else if numel.is_none() {
+            return Err(format!("initializer '{name}' has dimensions {:?} too large to address", t.dims));
+        }
+    }
+    Ok(())
+}
+
 fn shadowed_by_input(g: &GraphProto) -> HashSet<&str> {
     g.input.iter().filter_map(|i| i.name.as_deref()).collect()
 }
@@ -89,12 +126,34 @@ impl Ir {
                 consts.insert(name, ConstRef::Initializer(i));
             }
         }
+        validate_initializers(g)?;
         let mut dag = DiGraph::new();
         let idx: Vec<NodeIndex> = (0..g.node.len()).map(|i| dag.add_node(i)).collect();
         let mut producer = HashMap::new();
+        let label = |i: usize| format!("node '{}' ({})", g.node[i].name(), g.node[i].op_type());
         for (i, n) in g.node.iter().enumerate() {
             for o in n.output.iter().filter(|o| !o.is_empty()) {
-                producer.insert(o.clone(), i);
+                if let Some(j) = producer.insert(o.clone(), i) {
+                    return Err(format!(
+                        "'{o}' is written by {} and by {}: every value has one writer",
+                        label(j),
+                        label(i)
+                    ));
+                }
+                if consts.contains_key(o) || inputs_shadow.contains(o.as_str()) {
+                    return Err(format!("'{o}' is written by {} but is also a graph input or initializer", label(i)));
+                }
+            }
+        }
+        for (i, n) in g.node.iter().enumerate() {
+            let undefined = n.input.iter().find(|s| {
+                !s.is_empty()
+                    && !producer.contains_key(*s)
+                    && !consts.contains_key(*s)
+                    && !inputs_shadow.contains(s.as_str())
+            });
+            if let Some(name) = undefined {
+                return Err(format!("{} reads '{name}', which no node, graph input or initializer defines", label(i)));
             }
         }
         let mut consumers: HashMap<String, Vec<(usize, usize)>> = HashMap::new();

@@ -165,7 +165,7 @@ impl Model {
             .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
             .and_then(|o| o.version)
             .unwrap_or(MAX_OPSET);
-        crate::ir::Ir::build(self.graph(), opset).map_err(|why| Error::Decode { path: self.path.clone(), why })
+        crate::ir::Ir::build(self.graph(), opset).map_err(|why| Error::Invalid { path: self.path.clone(), why })
     }
 
     /// Bytes of the model file and every data file it reads.
@@ -212,6 +212,16 @@ impl Model {
                 });
             }
             let ext_err = |why: String| Error::ExternalData { tensor: name.clone(), path: path.clone(), why };
+            // A symlink beside the model may point anywhere; the data must really be there.
+            let folder = if dir.as_os_str().is_empty() { Path::new(".") } else { dir.as_path() };
+            if let (Ok(real), Ok(folder)) = (std::fs::canonicalize(&path), std::fs::canonicalize(folder)) {
+                if !real.starts_with(&folder) {
+                    return Err(ext_err(format!(
+                        "it resolves to {}, outside the model's folder (a symlink?): copy the data beside the model",
+                        real.display()
+                    )));
+                }
+            }
             let parse = |k: &str| {
                 key(k).map(|v| v.parse::<usize>().map_err(|e| ext_err(format!("bad {k} '{v}': {e}")))).transpose()
             };

@@ -113,3 +113,87 @@ fn blockwise_verification_agrees_with_whole_on_every_fixture() {
         assert!(pieces >= 1, "{}", src.display());
     }
 }
+
+/// Models no runtime would accept are refused before anything is analysed, each with an error
+/// naming the tensor, value or node at fault, and no output.
+#[test]
+fn malformed_graphs_are_refused_by_name() {
+    use crate::common::{mlp, write, Form, Layer};
+    use onnx_minimize::onnx::proto::NodeProto;
+    let base = || {
+        let layer = |n_in, n_out| Layer {
+            n_in,
+            n_out,
+            w: (0..n_in * n_out).map(|i| i as f32 - 3.0).collect(),
+            bias: Some(vec![0.5; n_out]),
+            form: Form::Gemm { trans_b: true, alpha: 1.0, beta: 1.0 },
+            act: Some("Relu"),
+        };
+        mlp(&[layer(3, 4), layer(4, 2)])
+    };
+    fn graph(m: &mut ModelProto) -> &mut onnx_minimize::onnx::proto::GraphProto {
+        m.graph.as_mut().unwrap()
+    }
+    type Mutation = Box<dyn Fn(&mut ModelProto)>;
+    let cases: Vec<(&str, Mutation, &str)> = vec![
+        (
+            "duplicate initializer",
+            Box::new(|m| {
+                let t = graph(m).initializer[0].clone();
+                graph(m).initializer.push(t)
+            }),
+            "two initializers are named",
+        ),
+        ("undefined input", Box::new(|m| graph(m).node[1].input[0] = "nothing".into()), "reads 'nothing'"),
+        (
+            "two writers",
+            Box::new(|m| {
+                let n: NodeProto = graph(m).node[1].clone();
+                graph(m).node.push(NodeProto { name: Some("again".into()), ..n })
+            }),
+            "every value has one writer",
+        ),
+        ("negative dims", Box::new(|m| graph(m).initializer[0].dims[0] = -4), "negative dimensions"),
+        ("short data", Box::new(|m| graph(m).initializer[0].dims[0] = 1 << 40), "holds"),
+        (
+            "cycle",
+            Box::new(|m| {
+                let out = graph(m).node[1].output[0].clone();
+                graph(m).node[0].input[0] = out
+            }),
+            "cycle",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (what, mutate, expected) in cases {
+        let mut m = base();
+        mutate(&mut m);
+        let src = write(dir.path(), "bad.onnx", &m);
+        let out = dir.path().join("out.onnx");
+        let err = onnx_minimize::minimize_file(&src, Some(&out), &onnx_minimize::Options::default(), &|_| {})
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert!(matches!(err, onnx_minimize::Error::Invalid { .. }), "{what}: {err}");
+        assert!(err.to_string().contains(expected), "{what}: {err}");
+        assert_eq!(err.exit_code(), 1, "{what}");
+        assert!(!out.exists(), "{what}");
+    }
+}
+
+/// External data reached through a symlink that leaves the model's folder is refused.
+#[cfg(unix)]
+#[test]
+fn external_data_outside_the_model_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Model::load(&fixture("lenet300_pruned_dynamo_ext.onnx")).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    let folder = dir.path().join("model");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(&folder).unwrap();
+    m.write(&elsewhere.join("m.onnx"), true).unwrap();
+    std::fs::copy(elsewhere.join("m.onnx"), folder.join("m.onnx")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("m.onnx.data"), folder.join("m.onnx.data")).unwrap();
+    let err = Model::load(&folder.join("m.onnx")).err().expect("refused");
+    assert!(err.to_string().contains("outside the model's folder"), "{err}");
+    assert!(Model::load(&elsewhere.join("m.onnx")).is_ok());
+}
