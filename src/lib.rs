@@ -76,17 +76,21 @@ impl Default for Options {
 
 /// Minimizes a loaded model in place, and says what left and what could not.
 pub fn minimize(model: &mut Model, opts: &Options) -> Result<Removals> {
-    let (removals, _) = minimize_deferred(model, opts)?;
+    let (removals, _) = minimize_deferred(model, opts, &|_| {})?;
     model.materialize();
     Ok(removals)
 }
 
 /// [`minimize`], leaving sliced weights to be copied when the model is written; also says which
 /// entries of each value the minimized model keeps.
-fn minimize_deferred(model: &mut Model, opts: &Options) -> Result<(Removals, verify::ChannelMap)> {
+fn minimize_deferred(
+    model: &mut Model,
+    opts: &Options,
+    progress: &dyn Fn(Progress),
+) -> Result<(Removals, verify::ChannelMap)> {
     let graph = model.graph();
     let ir = model.ir()?;
-    let facts = Facts::of(Graph::new(graph, &ir));
+    let facts = Facts::of(Graph::new(graph, &ir), progress);
     let plan =
         |policy| analysis::plan::plan(&facts, &analysis::decide::decide(&facts, policy), opts.compensated_layernorm);
     let mut plan_ = plan(if opts.gather_inputs { InputPolicy::Gather } else { InputPolicy::Keep })?;
@@ -151,7 +155,7 @@ pub fn minimize_file(
     let before = Size { params: param_count(&model), bytes: model.disk_bytes() };
     progress(Progress::Stage("analysing channels"));
     let t = Instant::now();
-    let (removals, channels) = minimize_deferred(&mut model, opts)?;
+    let (removals, channels) = minimize_deferred(&mut model, opts, progress)?;
     let seconds_analysis = t.elapsed().as_secs_f64();
     let mut after = Size { params: param_count(&model), bytes: 0 };
     let mut verification = None;

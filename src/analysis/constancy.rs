@@ -17,12 +17,33 @@ pub(crate) type Consts = IdVec<ValueId, Vec<Option<f64>>>;
 /// The non-zero pattern of each linear weight the forward pass read, for the backward pass.
 pub(crate) type Patterns = HashMap<NodeId, NonZero>;
 
-pub(crate) fn forward<'g>(g: &Graph<'g>, layouts: &Layouts, operands: &Operands<'g>) -> (Consts, Patterns) {
+/// The pass that reads every weight: `progress` hears the bytes of weights read so far.
+pub(crate) fn forward<'g>(
+    g: &Graph<'g>,
+    layouts: &Layouts,
+    operands: &Operands<'g>,
+    progress: &dyn Fn(crate::Progress),
+) -> (Consts, Patterns) {
     let mut consts: Consts = layouts.values().map(|l| vec![None; l.width.unwrap_or(0)]).collect();
     let mut patterns = HashMap::new();
-    for (node, op) in g.ops() {
+    let weight_bytes = |n: NodeId| -> u64 {
+        (0..g.node(n).input.len())
+            .filter_map(|s| g.const_input(n, s))
+            .map(|t| t.raw_data.as_ref().map_or(0, |r| r.len() as u64))
+            .sum()
+    };
+    let ops: Vec<_> = g.ops().collect();
+    let total: u64 = ops.iter().map(|&(n, _)| weight_bytes(n)).sum();
+    let of = ops.iter().filter(|&&(n, _)| weight_bytes(n) > 0).count();
+    let (mut done, mut items) = (0, 0);
+    for (node, op) in ops {
         let at = At { graph: g, node };
         op.constants(&mut ConstCx { at, layouts, operands, consts: &mut consts, patterns: &mut patterns });
+        let bytes = weight_bytes(node);
+        if bytes > 0 {
+            (done, items) = (done + bytes, items + 1);
+            progress(crate::Progress::Bytes { done, total, items, of, unit: "nodes with weights" });
+        }
     }
     (consts, patterns)
 }

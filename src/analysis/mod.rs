@@ -61,7 +61,9 @@ pub(crate) struct Facts<'g> {
 impl<'g> Facts<'g> {
     /// Runs every pass up to the decision, checking each result's invariants in debug builds
     /// before the next pass reads it (rustc's `validate_body` between passes).
-    pub fn of(graph: Graph<'g>) -> Facts<'g> {
+    /// Every pass over `graph`; `progress` hears how much of the weights the one that reads
+    /// them has read.
+    pub fn of(graph: Graph<'g>, progress: &dyn Fn(crate::Progress)) -> Facts<'g> {
         let mut forced = forcing::seed(&graph);
         let layouts = layout::infer(&graph, &mut forced);
         debug_check(&graph, "layout", |v| {
@@ -71,7 +73,7 @@ impl<'g> Facts<'g> {
         });
         let operands = operands::check(&graph, &layouts, &mut forced);
         let classes = classes::build(&graph, &layouts, &mut forced);
-        let (consts, patterns) = constancy::forward(&graph, &layouts, &operands);
+        let (consts, patterns) = constancy::forward(&graph, &layouts, &operands, progress);
         debug_check(&graph, "constancy", |v| consts[v].len() == layouts[v].width.unwrap_or(0));
         let needed = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced);
         debug_check(&graph, "need", |v| needed[v].len() == layouts[v].width.unwrap_or(0));

@@ -485,7 +485,7 @@ mod tests {
     fn a_write_failing_at_any_tensor_leaves_no_output() {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lenet300_pruned_dynamo_ext.onnx");
         let mut model = Model::load(&src).unwrap();
-        crate::minimize_deferred(&mut model, &crate::Options { verify: None, ..Default::default() }).unwrap();
+        crate::minimize_deferred(&mut model, &crate::Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
         assert!(!model.pending.is_empty(), "the fixture's weights are sliced");
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.onnx");

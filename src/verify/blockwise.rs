@@ -483,7 +483,8 @@ mod tests {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp_constants_ts.onnx");
         let mut model = Model::load(&src).unwrap();
         let (_, channels) =
-            crate::minimize_deferred(&mut model, &crate::Options { verify: None, ..Default::default() }).unwrap();
+            crate::minimize_deferred(&mut model, &crate::Options { verify: None, ..Default::default() }, &|_| {})
+                .unwrap();
         model.materialize();
         let dir = tempfile::tempdir().unwrap();
         let (good, bad) = (dir.path().join("good.onnx"), dir.path().join("bad.onnx"));
