@@ -322,6 +322,26 @@ fn constant_deviation(t: &Tensor, name: &str, k: &Kept) -> Result<f64> {
     Ok(worst / scale)
 }
 
+/// How far the minimized model's value `ours` is from the original's `theirs`, and what to call
+/// it if too far: on the kept entries something needs, and on the removed entries against their
+/// claimed constants, where the map names them; whole for a graph output it does not; not at all
+/// otherwise (the minimized model's own value is then carried on and judged downstream).
+fn judge(name: &str, theirs: &Tensor, ours: &Tensor, kept: Option<&Kept>, output: bool) -> Result<(f64, String)> {
+    Ok(match kept {
+        Some(kept) => {
+            let c = constant_deviation(theirs, name, kept)?;
+            let d = kept_deviation(theirs, ours, name, kept)?;
+            if c > d {
+                (c, format!("{name} (its removed entries are not the constants the analysis found)"))
+            } else {
+                (d, name.to_string())
+            }
+        }
+        None if output => (deviation(theirs, ours).map_err(|why| shape_err(name, why))?, name.to_string()),
+        None => (0.0, name.to_string()),
+    })
+}
+
 pub(super) fn verify(
     original: &Path,
     minimized: &Path,
@@ -434,22 +454,7 @@ pub(super) fn verify(
             let ys = loaded.run(feed)?;
             for (name, y) in targets.iter().zip(ys) {
                 let y = y.into_tensor();
-                let theirs_y = &theirs[name];
-                let (dev, what) = match channels.get(name) {
-                    Some(kept) => {
-                        let c = constant_deviation(theirs_y, name, kept)?;
-                        let d = kept_deviation(theirs_y, &y, name, kept)?;
-                        if c > d {
-                            (c, format!("{name} (its removed entries are not the constants the analysis found)"))
-                        } else {
-                            (d, name.clone())
-                        }
-                    }
-                    None if graph_outputs.contains(name) => {
-                        (deviation(theirs_y, &y).map_err(|why| shape_err(name, why))?, name.clone())
-                    }
-                    None => (0.0, name.clone()),
-                };
+                let (dev, what) = judge(name, &theirs[name], &y, channels.get(name), graph_outputs.contains(name))?;
                 if dev.is_nan() || dev > tolerance {
                     return Err(Error::Diverged { output: what, deviation: dev, tolerance, run: r });
                 }
