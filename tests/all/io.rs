@@ -197,3 +197,38 @@ fn external_data_outside_the_model_folder_is_refused() {
     assert!(err.to_string().contains("outside the model's folder"), "{err}");
     assert!(Model::load(&elsewhere.join("m.onnx")).is_ok());
 }
+
+/// External tensors of 1 MiB and more start at 64 KiB boundaries (so onnxruntime can map them),
+/// and read back unchanged.
+#[test]
+fn large_external_tensors_are_aligned() {
+    use crate::common::{mlp, write, Form, Layer};
+    let layer = |n_in: usize, n_out: usize| Layer {
+        n_in,
+        n_out,
+        w: (0..n_in * n_out).map(|i| (i % 7) as f32 - 3.0).collect(),
+        bias: Some(vec![0.5; n_out]),
+        form: Form::Gemm { trans_b: true, alpha: 1.0, beta: 1.0 },
+        act: Some("Relu"),
+    };
+    // 300 x 1000 floats = 1.2 MB after a 12 KB weight: the second needs padding.
+    let m = mlp(&[layer(3, 1000), layer(1000, 300)]);
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "m.onnx", &m);
+    let out = dir.path().join("ext.onnx");
+    Model::load(&src).unwrap().write(&out, true).unwrap();
+    let stored = decode(&out);
+    let mut large = 0;
+    for t in &stored.graph.unwrap().initializer {
+        let entry =
+            |k: &str| t.external_data.iter().find(|e| e.key() == k).map(|e| e.value().parse::<usize>().unwrap());
+        if let (Some(offset), Some(length)) = (entry("offset"), entry("length")) {
+            if length >= 1 << 20 {
+                assert_eq!(offset % (64 << 10), 0, "{}", t.name());
+                large += 1;
+            }
+        }
+    }
+    assert_eq!(large, 1);
+    assert_eq!(Model::load(&out).unwrap().proto, Model::load(&src).unwrap().proto);
+}
