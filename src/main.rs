@@ -26,6 +26,9 @@ EXAMPLES:
   See what would be removed, without writing anything, as JSON for a pipeline:
     onnx-minimize pruned.onnx --dry-run --report report.json
 
+  Models larger than tract can hold (LLMs): verify piece by piece, a few GB of memory at most:
+    onnx-minimize llama.onnx small.onnx --verify blockwise --block-mb 256
+
 HOW IT WORKS:
   A channel (a unit of a Gemm/MatMul layer or a Conv filter, and every tensor that carries it:
   activations, residual streams, LayerNorms, concatenations) leaves
@@ -33,7 +36,9 @@ HOW IT WORKS:
   same constant for every input, in which case that constant is folded into the next layer's
   bias. Channels that meet an operator without a rule, a graph input or a graph output are kept,
   and the summary says which node kept them. The written model is run against the original with
-  tract on fresh random inputs; if any output deviates past --tolerance, nothing is written.
+  tract on fresh random inputs (whole, or piece by piece where it would not fit in memory); if any
+  output deviates past --tolerance, nothing is written. Kept weights are copied from the
+  memory-mapped input straight into the output, so memory stays far below the model's size.
 
 EXIT STATUS:
   0 success; 1 bad input or I/O error; 2 usage error; 3 verification found a difference

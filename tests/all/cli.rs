@@ -40,8 +40,25 @@ fn main_job_on_the_lenet_fixture_writes_report_and_model() {
     assert!(stderr(&o).contains("verifying with tract"), "progress is shown");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert!(json["after"]["params"].as_u64() < json["before"]["params"].as_u64());
+    assert_eq!(json["verification"]["mode"], "whole", "small models are checked whole");
     assert!(out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no staging folder is left behind");
+    // Piece by piece, on request: the report says so.
+    let o = run(&[
+        fixture("lenet300_pruned_dynamo.onnx").as_os_str(),
+        out.as_os_str(),
+        os("--verify"),
+        os("blockwise"),
+        os("--block-mb"),
+        os("0.2"),
+        os("--report"),
+        report.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("block-wise in"), "{}", String::from_utf8_lossy(&o.stdout));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["verification"]["mode"], "blockwise");
+    assert!(json["verification"]["pieces"].as_u64() > Some(1), "{}", json["verification"]);
 }
 
 #[test]
@@ -65,7 +82,8 @@ fn dry_run_writes_nothing() {
 fn help_teaches() {
     let o = run(&[os("--help")]);
     let text = String::from_utf8_lossy(&o.stdout);
-    for needle in ["EXAMPLES", "EXIT STATUS", "--input-shape", "--dry-run", "--report", "OPERATORS", "Gemm"] {
+    for needle in ["EXAMPLES", "EXIT STATUS", "--input-shape", "--dry-run", "--report", "--verify", "OPERATORS", "Gemm"]
+    {
         assert!(text.contains(needle), "{needle}");
     }
 }
