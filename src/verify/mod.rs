@@ -276,6 +276,26 @@ fn graph_to_f32(g: &mut GraphProto) {
     }
 }
 
+/// Which inputs a run fed and how their shapes were chosen, for an error that says what to pass:
+/// random values on dynamic dimensions are meaningless to some models (an audio length a frame
+/// size must divide, a scalar sample rate).
+fn describe_inputs(specs: &[InputSpec], set: &[(String, Tensor)], opts: &VerifyOptions) -> String {
+    let one = |(name, t): &(String, Tensor)| {
+        let spec = specs.iter().find(|s| &s.name == name);
+        let how = if opts.input_shapes.contains_key(name) {
+            "from --input-shape"
+        } else if spec.is_some_and(|s| s.dims.iter().any(Option::is_none)) {
+            "dynamic dimensions guessed: pass --input-shape NAME=D1,D2,... or --inputs FILE.npz"
+        } else if t.rank() == 0 {
+            "a random scalar: if it is a setting (a sample rate, a length), pass --inputs with its value"
+        } else {
+            "as declared"
+        };
+        format!("'{name}' {:?} {:?} ({how})", t.datum_type(), t.shape())
+    };
+    format!("inputs {}", set.iter().map(one).collect::<Vec<_>>().join(", "))
+}
+
 /// The input sets to check on, by input name: the user's first, when given, then random ones
 /// on the shapes the options and [`DYNAMIC_SIZES`] give.
 fn input_sets(graph: &GraphProto, opts: &VerifyOptions) -> Result<Vec<Vec<(String, Tensor)>>> {
@@ -328,11 +348,17 @@ fn compare(
     let mut worst: Vec<f64> = vec![];
     let mut shapes = vec![];
     let names: Vec<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
+    let specs = input_specs(graph);
     for (r, set) in input_sets(graph, opts)?.into_iter().enumerate() {
+        let tried = describe_inputs(&specs, &set, opts);
         let inputs: Vec<Tensor> = set.into_iter().map(|(_, t)| t).collect();
         let set: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-        let ya = run(&a, original, &inputs)?;
-        let yb = run(&b, minimized, &inputs)?;
+        let with_inputs = |e: Error| match e {
+            Error::Tract { model, why } => Error::Tract { model, why: format!("{why}\n  on {tried}") },
+            e => e,
+        };
+        let ya = run(&a, original, &inputs).map_err(with_inputs)?;
+        let yb = run(&b, minimized, &inputs).map_err(with_inputs)?;
         worst.resize(ya.len(), 0.0);
         for (i, (x, y)) in ya.iter().zip(&yb).enumerate() {
             let output = names.get(i).cloned().unwrap_or_else(|| format!("#{i}"));

@@ -232,3 +232,35 @@ fn large_external_tensors_are_aligned() {
     assert_eq!(large, 1);
     assert_eq!(Model::load(&out).unwrap().proto, Model::load(&src).unwrap().proto);
 }
+
+/// When tract cannot run a model on the shapes guessed for its dynamic dimensions, the error says
+/// which input got which shape and what to pass instead.
+#[test]
+fn a_model_tract_cannot_run_on_guessed_shapes_names_the_input() {
+    use crate::common::{int64_tensor, node, value_info, write};
+    use onnx_minimize::onnx::proto::{tensor_proto::DataType, GraphProto, OperatorSetIdProto};
+    // Frames of 4 samples: any length the guesses try (1, 3, 2) fails to reshape.
+    let g = GraphProto {
+        name: Some("frames".into()),
+        node: vec![node("Reshape", "frame", &["audio", "shape"], &["y"], vec![])],
+        initializer: vec![int64_tensor("shape", &[-1, 4])],
+        input: vec![value_info("audio", DataType::Float, &[None])],
+        output: vec![value_info("y", DataType::Float, &[None, Some(4)])],
+        ..Default::default()
+    };
+    let m = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        graph: Some(g),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "frames.onnx", &m);
+    let out = dir.path().join("out.onnx");
+    let err = onnx_minimize::minimize_file(&src, Some(&out), &onnx_minimize::Options::default(), &|_| {})
+        .err()
+        .expect("tract cannot reshape 1 sample into frames of 4");
+    let text = err.to_string();
+    assert!(text.contains("'audio'") && text.contains("--input-shape"), "{text}");
+    assert!(!out.exists());
+}
