@@ -258,8 +258,7 @@ fn a_model_tract_cannot_run_on_guessed_shapes_names_the_input() {
     let src = write(dir.path(), "frames.onnx", &m);
     let out = dir.path().join("out.onnx");
     let err = onnx_minimize::minimize_file(&src, Some(&out), &onnx_minimize::Options::default(), &|_| {})
-        .err()
-        .expect("tract cannot reshape 1 sample into frames of 4");
+        .expect_err("tract cannot reshape 1 sample into frames of 4");
     let text = err.to_string();
     assert!(text.contains("'audio'") && text.contains("--input-shape"), "{text}");
     assert!(!out.exists());
