@@ -80,8 +80,8 @@ pub(crate) fn release_pages(data: &[u8]) {
     })
 }
 
-/// Maps the pages behind `data`, if they come from a mapped input file, in one call: touching
-/// them one by one costs a page fault per 64 KB, more than copying them.
+/// Maps the pages behind `data`, if they come from a mapped input file, in one call: one large
+/// read when the model is on disk, rather than a fault per 64 KB.
 fn prefetch_pages(data: &[u8]) {
     #[cfg(target_os = "linux")]
     with_mapping(data, |m, offset| {
