@@ -174,50 +174,15 @@ impl<'a> Values<'a> {
     /// and run at memory speed.
     pub fn for_each_nonzero_in(&self, start: usize, len: usize, mut f: impl FnMut(usize, f64)) {
         match (self.repr, self.dtype) {
-            (Repr::Raw(b), FloatType::F32) => {
-                let b = &b[start * 4..(start + len) * 4];
-                let mut pairs = b.chunks_exact(8);
-                for (p, c) in pairs.by_ref().enumerate() {
-                    let both = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                    if both & 0x7fff_ffff_7fff_ffff == 0 {
-                        continue;
-                    }
-                    for (h, q) in c.chunks_exact(4).enumerate() {
-                        let v = f32::from_le_bytes([q[0], q[1], q[2], q[3]]);
-                        if v != 0.0 {
-                            f(2 * p + h, v as f64)
-                        }
-                    }
-                }
-                if let [a, b2, c, d] = *pairs.remainder() {
-                    let v = f32::from_le_bytes([a, b2, c, d]);
-                    if v != 0.0 {
-                        f(len - 1, v as f64)
-                    }
-                }
-            }
-            (Repr::Raw(b), FloatType::F16 | FloatType::Bf16) => {
-                let b = &b[start * 2..(start + len) * 2];
-                let mut quads = b.chunks_exact(8);
-                for (p, c) in quads.by_ref().enumerate() {
-                    let four = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                    if four & 0x7fff_7fff_7fff_7fff == 0 {
-                        continue;
-                    }
-                    for (h, q) in c.chunks_exact(2).enumerate() {
-                        let bits = u16::from_le_bytes([q[0], q[1]]);
-                        if bits & 0x7fff != 0 {
-                            f(4 * p + h, bits16(self.dtype, bits))
-                        }
-                    }
-                }
-                let done = len - quads.remainder().len() / 2;
-                for (h, q) in quads.remainder().chunks_exact(2).enumerate() {
-                    let bits = u16::from_le_bytes([q[0], q[1]]);
-                    if bits & 0x7fff != 0 {
-                        f(done + h, bits16(self.dtype, bits))
-                    }
-                }
+            (Repr::Raw(b), FloatType::F32) => skip_zeros::<4>(&b[start * 4..(start + len) * 4], f, |e| {
+                let v = f32::from_le_bytes(e);
+                (v != 0.0).then_some(v as f64)
+            }),
+            (Repr::Raw(b), dtype @ (FloatType::F16 | FloatType::Bf16)) => {
+                skip_zeros::<2>(&b[start * 2..(start + len) * 2], f, |e| {
+                    let bits = u16::from_le_bytes(e);
+                    (bits & 0x7fff != 0).then(|| bits16(dtype, bits))
+                })
             }
             _ => (0..len).for_each(|i| {
                 let v = self.get(start + i);
@@ -257,17 +222,12 @@ impl<'a> Values<'a> {
                 *w |= word;
             }
         }
-        let size = self.dtype.size();
-        match self.repr {
-            Repr::Raw(b) => {
-                let b = &b[start * size..(start + len) * size];
-                match self.dtype {
-                    // Dense rows are the common case for 16-bit weights: pack without branches.
-                    FloatType::F16 | FloatType::Bf16 => pack::<2>(b, words, |e| u16::from_le_bytes(e) & 0x7fff != 0),
-                    // Pruned float32 rows are mostly zero: the scan skips them two at a time.
-                    _ => self.for_each_nonzero_in(start, len, |i, _| words[i / 64] |= 1 << (i % 64)),
-                }
+        match (self.repr, self.dtype) {
+            // Dense rows are the common case for 16-bit weights: pack without branches.
+            (Repr::Raw(b), FloatType::F16 | FloatType::Bf16) => {
+                pack::<2>(&b[start * 2..(start + len) * 2], words, |e| u16::from_le_bytes(e) & 0x7fff != 0)
             }
+            // Pruned float32 rows are mostly zero: the scan skips them eight bytes at a time.
             _ => self.for_each_nonzero_in(start, len, |i, _| words[i / 64] |= 1 << (i % 64)),
         }
     }
@@ -315,6 +275,33 @@ impl<'a> Values<'a> {
             }
         }
         out
+    }
+}
+
+/// Calls `f(i, v)` for every element `i` of packed `b` (elements of `N` bytes) that `value` reads
+/// as a non-zero `v`, skipping eight bytes at a time when they hold only zeros of either sign.
+fn skip_zeros<const N: usize>(b: &[u8], mut f: impl FnMut(usize, f64), value: impl Fn([u8; N]) -> Option<f64>) {
+    // Every bit but each element's sign bit.
+    let magnitude = match N {
+        2 => 0x7fff_7fff_7fff_7fff,
+        _ => 0x7fff_ffff_7fff_ffff,
+    };
+    let mut words = b.chunks_exact(8);
+    for (w, c) in words.by_ref().enumerate() {
+        if u64::from_le_bytes(c.try_into().expect("8 bytes")) & magnitude == 0 {
+            continue;
+        }
+        for (h, e) in c.chunks_exact(N).enumerate() {
+            if let Some(v) = value(e.try_into().expect("N bytes")) {
+                f(w * (8 / N) + h, v)
+            }
+        }
+    }
+    let done = (b.len() - words.remainder().len()) / N;
+    for (h, e) in words.remainder().chunks_exact(N).enumerate() {
+        if let Some(v) = value(e.try_into().expect("N bytes")) {
+            f(done + h, v)
+        }
     }
 }
 
