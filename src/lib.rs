@@ -108,6 +108,16 @@ fn minimize_deferred(
     Ok((plan_.removals, plan_.channels))
 }
 
+/// A committed fixture, minimized without verification, its sliced weights still pending.
+#[cfg(test)]
+pub(crate) fn minimized_fixture(name: &str) -> (std::path::PathBuf, Model, verify::ChannelMap) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let mut model = Model::load(&src).expect("a committed fixture");
+    let opts = Options { verify: None, ..Default::default() };
+    let (_, channels) = minimize_deferred(&mut model, &opts, &|_| {}).expect("fixtures minimize");
+    (src, model, channels)
+}
+
 /// Every operator type with a channel rule (all others keep their tensors whole).
 pub fn supported_operators() -> Vec<&'static str> {
     ops::supported()
@@ -175,9 +185,7 @@ pub fn minimize_file(
             let external = opts.external_data.unwrap_or(model.had_external_data);
             progress(Progress::Stage(&format!("writing {}", out.display())));
             onnx::io::write_atomically(&model, out, external, &mut |p| progress(p), |staged| {
-                let data = onnx::io::data_file(staged);
-                after.bytes =
-                    [staged, data.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+                after.bytes = onnx::io::file_bytes(staged);
                 if let Some(v) = &opts.verify {
                     progress(Progress::Stage("verifying with tract"));
                     verification = Some(verify::verify(input, staged, model.graph(), v, &channels, progress)?);

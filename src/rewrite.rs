@@ -106,7 +106,7 @@ impl Edit {
 }
 
 /// Tensor bytes to be copied when the model is written, by initializer name.
-pub(crate) type Pending = std::collections::HashMap<String, RowSlice>;
+pub(crate) type Pending = HashMap<String, RowSlice>;
 
 /// How many parameters `edits` add to the graph (negative: remove), counting each edited constant as if
 /// private; enough to compare two plans for the same graph.
@@ -328,7 +328,7 @@ impl Apply {
                 }
                 Structural::Replace(mut nodes, mut initializers) => {
                     let base = g.node[node].name().to_string();
-                    let mut local: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+                    let mut local: HashMap<String, String> = HashMap::new();
                     let mut rename = |n: &mut String| {
                         if let Some(l) = n.strip_prefix('$') {
                             *n = local

@@ -32,14 +32,13 @@ pub(crate) fn forward<'g>(
             .map(|t| t.raw_data.as_ref().map_or(0, |r| r.len() as u64))
             .sum()
     };
-    let ops: Vec<_> = g.ops().collect();
-    let total: u64 = ops.iter().map(|&(n, _)| weight_bytes(n)).sum();
-    let of = ops.iter().filter(|&&(n, _)| weight_bytes(n) > 0).count();
+    let ops: Vec<_> = g.ops().map(|(n, op)| (n, op, weight_bytes(n))).collect();
+    let total: u64 = ops.iter().map(|&(_, _, bytes)| bytes).sum();
+    let of = ops.iter().filter(|&&(_, _, bytes)| bytes > 0).count();
     let (mut done, mut items) = (0, 0);
-    for (node, op) in ops {
+    for (node, op, bytes) in ops {
         let at = At { graph: g, node };
         op.constants(&mut ConstCx { at, layouts, operands, consts: &mut consts, patterns: &mut patterns });
-        let bytes = weight_bytes(node);
         if bytes > 0 {
             (done, items) = (done + bytes, items + 1);
             progress(crate::Progress::Bytes { done, total, items, of, unit: "nodes with weights" });

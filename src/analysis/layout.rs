@@ -46,6 +46,11 @@ impl Layout {
     }
 
     /// The channel that entry `e` of the channel axis belongs to (`width` channels).
+    /// The entries, of `entries` along the axis, whose channel (of `width`) `keep` holds.
+    pub fn entries_where(&self, width: usize, entries: usize, keep: impl Fn(usize) -> bool) -> Vec<usize> {
+        (0..entries).filter(|&e| keep(self.channel_of(e, width))).collect()
+    }
+
     pub fn channel_of(&self, e: usize, width: usize) -> usize {
         if self.interleaved == Some(true) {
             e % width

@@ -51,21 +51,22 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
         let name = g.name(v).to_string();
         let b = l.block.unwrap_or(1);
         let gathered_input = decision.policy == InputPolicy::Gather && g.is_graph_input(v);
+        let mut kept = vec![false; w];
+        keep.iter().for_each(|&c| kept[c] = true);
+        let entries = l.entries_where(w, w * b, |c| kept[c]);
         // A value whose constants another node's bias now adds differs from the original's by
         // them: no entry of it can be compared.
         if l.heads.is_none() && !gathered_input && !shifted.contains(&v) {
-            let mut kept = vec![false; w];
-            keep.iter().for_each(|&c| kept[c] = true);
-            let entries: Vec<usize> = (0..w * b).filter(|&e| kept[l.channel_of(e, w)]).collect();
             // Entries nothing needs may hold anything in the minimized model.
-            let needed = |e: usize| facts.needed[v][l.channel_of(e, w)];
-            let constants = (0..w * b)
-                .filter(|&e| !kept[l.channel_of(e, w)] && needed(e))
+            let needed = &facts.needed[v];
+            let constants = l
+                .entries_where(w, w * b, |c| !kept[c] && needed[c])
+                .into_iter()
                 .filter_map(|e| facts.consts[v][l.channel_of(e, w)].map(|k| (e, k)))
                 .collect();
-            let compared: Vec<usize> = (0..entries.len()).filter(|&i| needed(entries[i])).collect();
+            let compared: Vec<usize> = (0..entries.len()).filter(|&i| needed[l.channel_of(entries[i], w)]).collect();
             let compared = (compared.len() < entries.len()).then_some(compared);
-            let keep = (keep.len() < w).then_some(entries);
+            let keep = (keep.len() < w).then(|| entries.clone());
             channels.insert(name.clone(), Kept { axis, entries: w * b, keep, compared, constants });
         }
         if keep.len() == w {
@@ -85,9 +86,6 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
             edits.push(Edit::Const { node: n.0, slot: 1, tensor });
             edits.push(Edit::Width { value: name, axis, from: w, to: keep.len() });
         } else if gathered_input {
-            let mut kept = vec![false; w];
-            keep.iter().for_each(|&c| kept[c] = true);
-            let entries: Vec<usize> = (0..w * b).filter(|&e| kept[l.channel_of(e, w)]).collect();
             gathered.push(GatheredInput { input: name.clone(), features: w * b, kept: entries.len() });
             edits.push(Edit::GatherInput { input: name, axis, keep: entries });
         } else if let Some(heads) = l.heads {

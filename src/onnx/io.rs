@@ -257,10 +257,18 @@ impl Model {
     pub fn materialize(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         for t in self.graph_mut().initializer.iter_mut() {
-            if let Some(slice) = t.name.as_ref().and_then(|n| pending.get(n)) {
-                t.raw_data = Some(slice.to_vec().into());
-            }
+            pack(&pending, t);
         }
+    }
+
+    /// The slice an initializer's bytes are still to be copied from, if any.
+    fn slice_of(&self, t: &TensorProto) -> Option<&RowSlice> {
+        t.name.as_ref().and_then(|n| self.pending.get(n))
+    }
+
+    /// Bytes of an initializer's raw data, pending or not.
+    fn stored_len(&self, t: &TensorProto) -> usize {
+        self.slice_of(t).map_or_else(|| t.raw_data.as_ref().map_or(0, |r| r.len()), RowSlice::len)
     }
 
     /// Bytes the model takes encoded inline (pending slices included).
@@ -288,23 +296,18 @@ impl Model {
         let external = external || self.encoded_len() > i32::MAX as usize;
         let mut out = self.proto.clone();
         let graph = out.graph.as_mut().expect("checked at load");
-        let slice_of = |t: &TensorProto| t.name.as_ref().and_then(|n| self.pending.get(n));
         if external {
             let data_path = data_file(path);
             let location = data_path.file_name().unwrap_or_default().to_string_lossy().into_owned();
             let mut data = BufWriter::with_capacity(1 << 20, File::create(&data_path).map_err(write_err(&data_path))?);
-            let len_of =
-                |t: &TensorProto| slice_of(t).map_or_else(|| t.raw_data.as_ref().map_or(0, |r| r.len()), |s| s.len());
-            let sizes = || graph.initializer.iter().map(len_of).filter(|&l| l >= EXTERNAL_THRESHOLD);
+            let sizes = || graph.initializer.iter().map(|t| self.stored_len(t)).filter(|&l| l >= EXTERNAL_THRESHOLD);
             let (total, of) = (sizes().map(|l| l as u64).sum(), sizes().count());
             let mut items = 0;
             let mut offset = 0usize;
             for t in graph.initializer.iter_mut() {
-                let len = len_of(t);
+                let len = self.stored_len(t);
                 if len < EXTERNAL_THRESHOLD {
-                    if let Some(slice) = slice_of(t) {
-                        t.raw_data = Some(slice.to_vec().into());
-                    }
+                    pack(&self.pending, t);
                     continue;
                 }
                 if len >= ALIGN_FROM && !offset.is_multiple_of(ALIGNMENT) {
@@ -312,7 +315,7 @@ impl Model {
                     data.write_all(&[0u8; ALIGNMENT][..pad]).map_err(write_err(&data_path))?;
                     offset += pad;
                 }
-                match slice_of(t) {
+                match self.slice_of(t) {
                     Some(slice) => {
                         slice.write_to(&mut data).map_err(write_err(&data_path))?;
                         release_pages(slice.source());
@@ -332,11 +335,7 @@ impl Model {
             }
             data.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(write_err(&data_path))?;
         } else {
-            for t in graph.initializer.iter_mut() {
-                if let Some(slice) = slice_of(t) {
-                    t.raw_data = Some(slice.to_vec().into());
-                }
-            }
+            graph.initializer.iter_mut().for_each(|t| pack(&self.pending, t));
         }
         let file = File::create(path).map_err(write_err(path))?;
         // Encoded straight into the file: an inline model is never held a second time in memory.
@@ -344,6 +343,13 @@ impl Model {
         out.encode(&mut sink).expect("a file sink never runs out of space");
         sink.flush().and_then(|f| f.sync_all()).map_err(write_err(path))?;
         Ok(())
+    }
+}
+
+/// Copies the slice `t`'s bytes are pending from, if any, into `t`.
+fn pack(pending: &HashMap<String, RowSlice>, t: &mut TensorProto) {
+    if let Some(slice) = t.name.as_ref().and_then(|n| pending.get(n)) {
+        t.raw_data = Some(slice.to_vec().into());
     }
 }
 
@@ -434,6 +440,12 @@ pub fn data_file(path: &Path) -> PathBuf {
     path.with_file_name(format!("{name}.data"))
 }
 
+/// Bytes of a written model: the `.onnx` file and its `.data` file, if any.
+pub fn file_bytes(path: &Path) -> u64 {
+    let data = data_file(path);
+    [path, data.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
+}
+
 fn set_external(t: &mut TensorProto, location: &str, offset: usize, length: usize) {
     let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
     t.data_location = Some(DataLocation::External as i32);
@@ -483,20 +495,11 @@ mod tests {
     /// included.
     #[test]
     fn a_write_failing_at_any_tensor_leaves_no_output() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lenet300_pruned_dynamo_ext.onnx");
-        let mut model = Model::load(&src).unwrap();
-        crate::minimize_deferred(&mut model, &crate::Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
+        let (_, model, _) = crate::minimized_fixture("lenet300_pruned_dynamo_ext.onnx");
         assert!(!model.pending.is_empty(), "the fixture's weights are sliced");
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.onnx");
-        let external = model.graph().initializer.iter().filter(|t| {
-            let len = t
-                .name
-                .as_ref()
-                .and_then(|n| model.pending.get(n))
-                .map_or(t.raw_data.as_ref().map_or(0, |r| r.len()), |s| s.len());
-            len >= EXTERNAL_THRESHOLD
-        });
+        let external = model.graph().initializer.iter().filter(|t| model.stored_len(t) >= EXTERNAL_THRESHOLD);
         for fail_at in 0..external.count() {
             fail_point::AFTER.with(|a| a.set(Some(fail_at)));
             let err = write_atomically(&model, &out, true, &mut |_| {}, |_| Ok(()));

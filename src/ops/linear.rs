@@ -438,7 +438,7 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
                 let width = w.k / b;
                 let mut kept = vec![false; width];
                 cx.kept(x, width).iter().for_each(|&c| kept[c] = true);
-                (0..w.k).filter(|&e| kept[lx.channel_of(e, width)]).collect()
+                lx.entries_where(width, w.k, |c| kept[c])
             }
             None => (0..w.k).collect(),
         };

@@ -29,6 +29,7 @@ use crate::report::Verification;
 use crate::{Model, Progress};
 
 /// A run of the original's nodes, and the values it hands on.
+#[derive(Default)]
 struct Piece {
     /// Indices into the original's nodes, in topological order.
     nodes: Vec<usize>,
@@ -65,7 +66,7 @@ fn cut(g: &GraphProto, order: &[usize], budget: u64) -> Result<Vec<Piece>> {
     });
     let mut pieces: Vec<Piece> = vec![];
     let mut live: Vec<&str> = vec![];
-    let mut piece = Piece { nodes: vec![], outputs: vec![], bytes: 0, last_use: vec![] };
+    let mut piece = Piece::default();
     let mut counted: HashSet<&str> = HashSet::new();
     for (p, &n) in order.iter().enumerate() {
         let node = &g.node[n];
@@ -80,13 +81,9 @@ fn cut(g: &GraphProto, order: &[usize], budget: u64) -> Result<Vec<Piece>> {
         live.extend(node.output.iter().filter(|o| !o.is_empty() && last.contains_key(o.as_str())).map(|o| o.as_str()));
         if (piece.bytes >= budget && p + 1 < order.len()) || p + 1 == order.len() {
             live.retain(|v| last[v] > p);
-            let mine: HashSet<&str> =
-                piece.nodes.iter().flat_map(|&n| g.node[n].output.iter().map(|o| o.as_str())).collect();
+            let mine = outputs_of(g, &piece.nodes);
             piece.outputs = live.iter().filter(|v| mine.contains(*v)).map(|v| v.to_string()).collect();
-            pieces.push(std::mem::replace(
-                &mut piece,
-                Piece { nodes: vec![], outputs: vec![], bytes: 0, last_use: vec![] },
-            ));
+            pieces.push(std::mem::take(&mut piece));
             counted.clear();
         }
     }
@@ -101,6 +98,25 @@ fn cut(g: &GraphProto, order: &[usize], budget: u64) -> Result<Vec<Piece>> {
         }
     }
     Ok(pieces)
+}
+
+/// The values `nodes` of `g` write.
+fn outputs_of<'g>(g: &'g GraphProto, nodes: &[usize]) -> HashSet<&'g str> {
+    nodes.iter().flat_map(|&n| g.node[n].output.iter().map(|o| o.as_str())).collect()
+}
+
+/// The values `nodes` of `g` read but do not write, for which `from_outside` holds, each once.
+fn reads_from_outside(g: &GraphProto, nodes: &[usize], from_outside: impl Fn(&str) -> bool) -> Vec<String> {
+    let inside = outputs_of(g, nodes);
+    let mut reads: Vec<String> = nodes
+        .iter()
+        .flat_map(|&n| g.node[n].input.iter())
+        .filter(|i| !i.is_empty() && !inside.contains(i.as_str()) && from_outside(i))
+        .cloned()
+        .collect();
+    reads.sort();
+    reads.dedup();
+    reads
 }
 
 /// The nodes of `g` (in graph order) that compute `targets` from `known` values, initializers
@@ -366,12 +382,12 @@ pub(super) fn verify(
     let mut worst = vec![0.0f64; graph_outputs.len()];
     let runs = input_sets(og, opts)?;
     let shapes: Vec<Vec<Vec<usize>>> =
-        runs.iter().map(|set| set.iter().map(|(_, t)| t.shape().to_vec()).collect()).collect();
+        runs.iter().map(|set| set.tensors.iter().map(|(_, t)| t.shape().to_vec()).collect()).collect();
     // Per run, values of the original, and of the minimized model where its own are needed.
     let mut theirs: Vec<HashMap<String, Tensor>> = vec![HashMap::new(); runs.len()];
     let mut ours: Vec<HashMap<String, Tensor>> = vec![HashMap::new(); runs.len()];
-    for (r, inputs) in runs.into_iter().enumerate() {
-        for (name, t) in inputs {
+    for (r, set) in runs.iter().enumerate() {
+        for (name, t) in set.tensors.iter().cloned() {
             let t = if as_f32 && t.datum_type().is_float() {
                 t.cast_to::<f32>().map_err(tract_err(original))?.into_owned()
             } else {
@@ -386,17 +402,8 @@ pub(super) fn verify(
     for (k, piece) in pieces.iter().enumerate() {
         let label = |which: &str| format!("{} (piece {} of {}, {which})", original.display(), k + 1, pieces.len());
         // The original's piece, on the original's values.
-        let produced: HashSet<&str> =
-            piece.nodes.iter().flat_map(|&n| og.node[n].output.iter().map(|o| o.as_str())).collect();
-        let mut o_inputs: Vec<String> = piece
-            .nodes
-            .iter()
-            .flat_map(|&n| og.node[n].input.iter())
-            .filter(|i| !i.is_empty() && !produced.contains(i.as_str()) && theirs[0].contains_key(i.as_str()))
-            .cloned()
-            .collect();
-        o_inputs.sort();
-        o_inputs.dedup();
+        let produced = outputs_of(og, &piece.nodes);
+        let o_inputs = reads_from_outside(og, &piece.nodes, |i| theirs[0].contains_key(i));
         let mut loaded = Loaded {
             model: &o.proto,
             nodes: &piece.nodes,
@@ -406,9 +413,9 @@ pub(super) fn verify(
             last: None,
             planned: None,
         };
-        for values in theirs.iter_mut() {
+        for (values, set) in theirs.iter_mut().zip(&runs) {
             let feed = o_inputs.iter().map(|i| (i, values[i].clone())).collect();
-            let ys = loaded.run(feed)?;
+            let ys = loaded.run(feed).map_err(|e| set.explain(e))?;
             for (name, y) in piece.outputs.iter().zip(ys) {
                 values.insert(name.clone(), y.into_tensor());
             }
@@ -424,15 +431,7 @@ pub(super) fn verify(
                 || (channels.contains_key(v) && theirs[0].contains_key(v) && !produced.contains(v))
         };
         let nodes = slice(mg, &m_producer, &targets, &known);
-        let inside: HashSet<&str> = nodes.iter().flat_map(|&n| mg.node[n].output.iter().map(|o| o.as_str())).collect();
-        let mut m_in: Vec<String> = nodes
-            .iter()
-            .flat_map(|&n| mg.node[n].input.iter())
-            .filter(|i| !i.is_empty() && !inside.contains(i.as_str()) && !m_consts.contains(i.as_str()))
-            .cloned()
-            .collect();
-        m_in.sort();
-        m_in.dedup();
+        let m_in = reads_from_outside(mg, &nodes, |i| !m_consts.contains(i));
         let mut loaded = Loaded {
             model: &m.proto,
             nodes: &nodes,
@@ -451,7 +450,7 @@ pub(super) fn verify(
                     _ => Err(shape_err(i, "no earlier piece computed it".into())),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let ys = loaded.run(feed)?;
+            let ys = loaded.run(feed).map_err(|e| runs[r].explain(e))?;
             for (name, y) in targets.iter().zip(ys) {
                 let y = y.into_tensor();
                 let (dev, what) = judge(name, &theirs[name], &y, channels.get(name), graph_outputs.contains(name))?;
@@ -485,11 +484,7 @@ mod tests {
     /// A folded bias made wrong inside one piece is caught there, and named.
     #[test]
     fn a_wrong_folded_bias_inside_one_piece_is_caught() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp_constants_ts.onnx");
-        let mut model = Model::load(&src).unwrap();
-        let (_, channels) =
-            crate::minimize_deferred(&mut model, &crate::Options { verify: None, ..Default::default() }, &|_| {})
-                .unwrap();
+        let (src, mut model, channels) = crate::minimized_fixture("mlp_constants_ts.onnx");
         model.materialize();
         let dir = tempfile::tempdir().unwrap();
         let (good, bad) = (dir.path().join("good.onnx"), dir.path().join("bad.onnx"));

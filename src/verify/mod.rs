@@ -92,11 +92,6 @@ fn memory_available() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
-fn file_bytes(model: &Path) -> u64 {
-    let data = crate::onnx::io::data_file(model);
-    [model, data.as_path()].iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
-}
-
 /// Sizes tried for dynamic dimensions, one per run: 1 first, then others, so that a rewrite
 /// that only works for batch 1 is caught.
 const DYNAMIC_SIZES: [usize; 3] = [1, 3, 2];
@@ -181,9 +176,10 @@ pub fn plan(
     m.into_optimized().map_err(&err)?.into_runnable().map_err(&err)
 }
 
-fn run(model: &InferenceModel, path: &Path, inputs: &[Tensor]) -> Result<TVec<TValue>> {
-    let facts: Vec<_> = inputs.iter().map(|t| (t.datum_type(), t.shape().to_vec())).collect();
-    plan(model, path, &facts)?.run(inputs.iter().map(|t| t.clone().into_tvalue()).collect()).map_err(tract_err(path))
+fn run(model: &InferenceModel, path: &Path, inputs: &[(String, Tensor)]) -> Result<TVec<TValue>> {
+    let facts: Vec<_> = inputs.iter().map(|(_, t)| (t.datum_type(), t.shape().to_vec())).collect();
+    let values = inputs.iter().map(|(_, t)| t.clone().into_tvalue()).collect();
+    plan(model, path, &facts)?.run(values).map_err(tract_err(path))
 }
 
 /// Runs both models and returns the deviations, or [`Error::Diverged`] past the tolerance.
@@ -209,7 +205,8 @@ pub(crate) fn verify(
         VerifyMode::Whole => true,
         VerifyMode::Blockwise => false,
         VerifyMode::Auto => {
-            let need = TRACT_BYTES_FACTOR * (file_bytes(original) + file_bytes(minimized)) as f64;
+            let bytes = crate::onnx::io::file_bytes(original) + crate::onnx::io::file_bytes(minimized);
+            let need = TRACT_BYTES_FACTOR * bytes as f64;
             memory_available().is_none_or(|a| need <= a as f64 * 0.8)
         }
     };
@@ -276,6 +273,22 @@ fn graph_to_f32(g: &mut GraphProto) {
     }
 }
 
+/// One set of inputs to check on, by input name, and how their shapes were chosen.
+struct InputSet {
+    tensors: Vec<(String, Tensor)>,
+    described: String,
+}
+
+impl InputSet {
+    /// `e` saying, when tract could not run a model, which inputs it was given.
+    fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::Tract { model, why } => Error::Tract { model, why: format!("{why}\n  on {}", self.described) },
+            e => e,
+        }
+    }
+}
+
 /// Which inputs a run fed and how their shapes were chosen, for an error that says what to pass:
 /// random values on dynamic dimensions are meaningless to some models (an audio length a frame
 /// size must divide, a scalar sample rate).
@@ -298,7 +311,7 @@ fn describe_inputs(specs: &[InputSpec], set: &[(String, Tensor)], opts: &VerifyO
 
 /// The input sets to check on, by input name: the user's first, when given, then random ones
 /// on the shapes the options and [`DYNAMIC_SIZES`] give.
-fn input_sets(graph: &GraphProto, opts: &VerifyOptions) -> Result<Vec<Vec<(String, Tensor)>>> {
+fn input_sets(graph: &GraphProto, opts: &VerifyOptions) -> Result<Vec<InputSet>> {
     let specs = input_specs(graph);
     for name in opts.input_shapes.keys() {
         if !specs.iter().any(|s| &s.name == name) {
@@ -315,7 +328,7 @@ fn input_sets(graph: &GraphProto, opts: &VerifyOptions) -> Result<Vec<Vec<(Strin
     let offset = usize::from(!user.is_empty());
     (0..opts.runs.max(1) + offset)
         .map(|r| {
-            specs
+            let tensors = specs
                 .iter()
                 .map(|s| {
                     let t = if r < offset {
@@ -330,7 +343,8 @@ fn input_sets(graph: &GraphProto, opts: &VerifyOptions) -> Result<Vec<Vec<(Strin
                     };
                     Ok((s.name.clone(), t))
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            Ok(InputSet { described: describe_inputs(&specs, &tensors, opts), tensors })
         })
         .collect()
 }
@@ -348,17 +362,9 @@ fn compare(
     let mut worst: Vec<f64> = vec![];
     let mut shapes = vec![];
     let names: Vec<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
-    let specs = input_specs(graph);
     for (r, set) in input_sets(graph, opts)?.into_iter().enumerate() {
-        let tried = describe_inputs(&specs, &set, opts);
-        let inputs: Vec<Tensor> = set.into_iter().map(|(_, t)| t).collect();
-        let set: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-        let with_inputs = |e: Error| match e {
-            Error::Tract { model, why } => Error::Tract { model, why: format!("{why}\n  on {tried}") },
-            e => e,
-        };
-        let ya = run(&a, original, &inputs).map_err(with_inputs)?;
-        let yb = run(&b, minimized, &inputs).map_err(with_inputs)?;
+        let ya = run(&a, original, &set.tensors).map_err(|e| set.explain(e))?;
+        let yb = run(&b, minimized, &set.tensors).map_err(|e| set.explain(e))?;
         worst.resize(ya.len(), 0.0);
         for (i, (x, y)) in ya.iter().zip(&yb).enumerate() {
             let output = names.get(i).cloned().unwrap_or_else(|| format!("#{i}"));
@@ -371,7 +377,7 @@ fn compare(
             }
             worst[i] = worst[i].max(dev);
         }
-        shapes.push(set);
+        shapes.push(set.tensors.iter().map(|(_, t)| t.shape().to_vec()).collect());
     }
     let outputs = worst.into_iter().enumerate().map(|(i, d)| (names.get(i).cloned().unwrap_or_default(), d));
     Ok(verification(shapes, tolerance, outputs, start, "whole", None))

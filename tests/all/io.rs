@@ -257,9 +257,13 @@ fn a_model_tract_cannot_run_on_guessed_shapes_names_the_input() {
     let dir = tempfile::tempdir().unwrap();
     let src = write(dir.path(), "frames.onnx", &m);
     let out = dir.path().join("out.onnx");
-    let err = onnx_minimize::minimize_file(&src, Some(&out), &onnx_minimize::Options::default(), &|_| {})
-        .expect_err("tract cannot reshape 1 sample into frames of 4");
-    let text = err.to_string();
-    assert!(text.contains("'audio'") && text.contains("--input-shape"), "{text}");
-    assert!(!out.exists());
+    for mode in [onnx_minimize::VerifyMode::Whole, onnx_minimize::VerifyMode::Blockwise] {
+        let verify = onnx_minimize::VerifyOptions { mode, ..Default::default() };
+        let opts = onnx_minimize::Options { verify: Some(verify), ..Default::default() };
+        let err = onnx_minimize::minimize_file(&src, Some(&out), &opts, &|_| {})
+            .expect_err("tract cannot reshape 1 sample into frames of 4");
+        let text = err.to_string();
+        assert!(text.contains("'audio'") && text.contains("--input-shape"), "{mode:?}: {text}");
+        assert!(!out.exists());
+    }
 }
