@@ -55,7 +55,8 @@ pub struct Ir {
     /// Readers of each stored constant, through any alias, so a rewrite knows whether it may
     /// change the tensor in place or must give its node a private copy.
     pub const_uses: HashMap<ConstRef, usize>,
-    ranks: HashMap<String, usize>,
+    /// Declared shapes (type information): a dimension is `None` where it is symbolic or unset.
+    shapes: HashMap<String, Vec<Option<u64>>>,
     /// The default-domain opset, where operators changed form (Split's sizes, Reduce's axes).
     pub opset: i64,
 }
@@ -207,18 +208,27 @@ impl Ir {
                 *const_uses.entry(*c).or_default() += 1;
             }
         }
-        let mut ranks = HashMap::new();
+        let mut shapes = HashMap::new();
         for vi in g.input.iter().chain(&g.output).chain(&g.value_info) {
             let shape = vi.r#type.as_ref().and_then(|t| match &t.value {
                 Some(crate::onnx::proto::type_proto::Value::TensorType(tt)) => tt.shape.as_ref(),
                 _ => None,
             });
             if let (Some(name), Some(shape)) = (&vi.name, shape) {
-                ranks.insert(name.clone(), shape.dim.len());
+                use crate::onnx::proto::tensor_shape_proto::dimension::Value;
+                let dims = shape
+                    .dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(Value::DimValue(v)) if v >= 0 => Some(v as u64),
+                        _ => None,
+                    })
+                    .collect();
+                shapes.insert(name.clone(), dims);
             }
         }
         let inputs = g.input.iter().filter_map(|i| i.name.clone()).filter(|n| !consts.contains_key(n)).collect();
-        Ok(Ir { order, producer, consumers, inputs, outputs, consts, const_uses, ranks, opset })
+        Ok(Ir { order, producer, consumers, inputs, outputs, consts, const_uses, shapes, opset })
     }
 
     pub fn const_ref(&self, name: &str) -> Option<ConstRef> {
@@ -236,7 +246,22 @@ impl Ir {
 
     /// The rank a value is declared with in the graph's type information, if any.
     pub fn rank(&self, name: &str) -> Option<usize> {
-        self.ranks.get(name).copied()
+        self.shapes.get(name).map(Vec::len)
+    }
+
+    /// The dimension `axis` (counted from the end, as channel axes are) of a value, as declared;
+    /// axes before a declared shape's first are 1, as broadcasting reads them.
+    pub fn dim_from_end(&self, name: &str, axis: isize) -> Option<u64> {
+        let dims = self.shapes.get(name)?;
+        match usize::try_from(dims.len() as isize + axis) {
+            Ok(i) => dims.get(i).copied().flatten(),
+            Err(_) => Some(1),
+        }
+    }
+
+    /// The declared shape of a value, where its type information gives one.
+    pub fn shape(&self, name: &str) -> Option<&[Option<u64>]> {
+        self.shapes.get(name).map(Vec::as_slice)
     }
 
     pub fn readers(&self, name: &str) -> &[(usize, usize)] {

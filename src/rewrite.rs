@@ -53,13 +53,12 @@ pub(crate) enum Edit {
         initializers: Vec<TensorProto>,
     },
     /// Input `slot` of `node` reads a private copy of `producer` (a target shape that other
-    /// reshapes share), whose input `producer_slot` becomes the constant `tensor`.
+    /// reshapes share), whose inputs at the given slots become the given constants.
     CloneProducer {
         node: usize,
         slot: usize,
         producer: usize,
-        producer_slot: usize,
-        tensor: TensorProto,
+        entries: Vec<(usize, TensorProto)>,
     },
     /// `node` goes (a decomposed LayerNorm's inner node, once its last node is replaced).
     Remove {
@@ -122,7 +121,8 @@ pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
             | Edit::Slice { node, slot, tensor, .. }
             | Edit::SetInput { node, slot, tensor } => numel(tensor) - read(*node, *slot),
             Edit::Replace { initializers, .. } => initializers.iter().map(numel).sum(),
-            Edit::CloneProducer { tensor, .. } | Edit::AddBias { tensor, .. } => numel(tensor),
+            Edit::CloneProducer { entries, .. } => entries.iter().map(|(_, t)| numel(t)).sum(),
+            Edit::AddBias { tensor, .. } => numel(tensor),
             Edit::GatherInput { keep, .. } => keep.len() as i64,
             Edit::Attr { .. } | Edit::RemoveAttr { .. } | Edit::Remove { .. } | Edit::Width { .. } => 0,
         })
@@ -279,15 +279,17 @@ impl Apply {
                 orphaned.extend(g.node[node].input.iter().filter(|i| ir.is_const(i)).cloned());
                 structural.push((node, Structural::Replace(nodes, initializers)));
             }
-            Edit::CloneProducer { node, slot, producer, producer_slot, mut tensor } => {
+            Edit::CloneProducer { node, slot, producer, entries } => {
                 let mut copy = g.node[producer].clone();
                 let base = format!("{}_for_{}", copy.output[0], g.node[node].name());
                 let out = names.fresh(&base);
-                let constant = names.fresh(&format!("{base}_entry"));
-                tensor.name = Some(constant.clone());
-                g.initializer.push(tensor);
+                for (producer_slot, mut tensor) in entries {
+                    let constant = names.fresh(&format!("{base}_entry"));
+                    tensor.name = Some(constant.clone());
+                    g.initializer.push(tensor);
+                    copy.input[producer_slot] = constant;
+                }
                 copy.name = Some(names.fresh(&format!("{}_copy", copy.name())));
-                copy.input[producer_slot] = constant;
                 copy.output = vec![out.clone()];
                 g.node[node].input[slot] = out;
                 structural.push((producer, Structural::InsertAfter(Box::new(copy))));

@@ -202,6 +202,29 @@ impl<'g> PlanCx<'_, 'g> {
         self.edits.push(edit)
     }
 
+    /// Sets constant inputs of `producer`, whose output this node reads at input 1 (a computed
+    /// target shape): in place when this node is its only reader, else on a private copy, since
+    /// exporters compute one target and hand it to several reshapes.
+    pub fn rewrite_producer(&mut self, producer: NodeId, entries: Vec<(usize, TensorProto)>) {
+        self.rewrite_producer_of(self.at.node, 1, producer, entries)
+    }
+
+    /// [`Self::rewrite_producer`] for the shape that input `slot` of `reader` reads (a node of
+    /// a multi-node pattern).
+    pub fn rewrite_producer_of(
+        &mut self,
+        reader: NodeId,
+        slot: usize,
+        producer: NodeId,
+        entries: Vec<(usize, TensorProto)>,
+    ) {
+        if self.readers(&self.node_of(producer).output[0]) == 1 {
+            self.extend(entries.into_iter().map(|(slot, tensor)| Edit::Const { node: producer.0, slot, tensor }));
+        } else {
+            self.push(Edit::CloneProducer { node: reader.0, slot, producer: producer.0, entries });
+        }
+    }
+
     pub fn extend(&mut self, edits: impl IntoIterator<Item = Edit>) {
         self.edits.extend(edits)
     }

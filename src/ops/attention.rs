@@ -13,9 +13,13 @@
 //! Both follow channels split into heads, so the Q/K and V/O head dimensions shrink with the
 //! projections around them.
 
+use super::shape::ShapeInput;
 use super::{Activations, ChannelOp, Ctx, Role};
+use crate::analysis::layout::Heads;
+use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::Why;
-use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, TieCx, ValueId};
+use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
+use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::proto::NodeProto;
 
@@ -220,5 +224,196 @@ impl<'g> ChannelOp<'g> for Weighted {
             return cx.mark_all(v);
         }
         (0..needed.len()).filter(|&d| needed[d] && consts[d].is_none()).for_each(|d| cx.mark(v, d));
+    }
+}
+
+/// Grouped-query attention's `repeat_kv` as every exporter writes it: `Unsqueeze` a new axis
+/// after the heads, `Expand` it to `n_rep` copies, `Reshape` the two axes into one:
+/// `[.., KVH, T, D] -> [.., KVH, 1, T, D] -> [.., KVH, n_rep, T, D] -> [.., KVH * n_rep, T, D]`.
+/// Output head `g * n_rep + r` is input head `g`, so a K/V dimension (or head) is one class
+/// with its copies in the group's query heads: it leaves only when the rule holds for the whole
+/// group. Multi-query attention is `KVH = 1` (the key then has no heads axis of its own).
+pub(crate) struct RepeatKv<'g> {
+    input: &'g str,
+    pub inner: Vec<NodeId>,
+    expand: NodeId,
+    expand_shape: ShapeInput,
+    target: ShapeInput,
+    /// Rank of the input and output; the heads axis sits at `heads` (from the start).
+    rank: usize,
+    heads: usize,
+    kv_heads: usize,
+    n_rep: usize,
+    head_dim: usize,
+    /// Which written entries name the sizes (the others are 1 or -1, and stay): the expand
+    /// shape's heads and head dimension, the target's head dimension.
+    written: [bool; 3],
+}
+
+/// Every `repeat_kv` in the graph, keyed by its Reshape.
+pub(crate) fn repeated_heads<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, RepeatKv<'g>)> {
+    let (g, ir) = (cx.graph, cx.ir);
+    let sole = |value: &str, op: &str| -> Option<usize> {
+        match ir.readers(value) {
+            [(n, 0)] if !ir.outputs.contains(value) && g.node[*n].op_type() == op && g.node[*n].domain().is_empty() => {
+                Some(*n)
+            }
+            _ => None,
+        }
+    };
+    let mut found = vec![];
+    for (n, unsqueeze) in g.node.iter().enumerate() {
+        let matched = (|| {
+            if unsqueeze.op_type() != "Unsqueeze" || !unsqueeze.domain().is_empty() {
+                return None;
+            }
+            let x = unsqueeze.input.first().filter(|x| !ir.is_const(x))?;
+            let rank = ir.rank(x)?;
+            let axes = match unsqueeze.input.get(1).filter(|a| !a.is_empty()) {
+                Some(_) => cx.ints(unsqueeze, 1)?,
+                None => unsqueeze.attr_ints("axes")?,
+            };
+            let [axis] = axes[..] else { return None };
+            let axis = if axis < 0 { axis + rank as i64 + 1 } else { axis } as usize;
+            // The new axis follows the heads axis, both before the channel axis (the last).
+            let heads = axis.checked_sub(1).filter(|&h| h + 1 < rank)?;
+            let expand = sole(&unsqueeze.output[0], "Expand")?;
+            let reshape = sole(&g.node[expand].output[0], "Reshape")?;
+            let expand_shape = ShapeInput::of(cx, &g.node[expand], 1).filter(|s| s.len() == rank + 1)?;
+            let target = ShapeInput::of(cx, &g.node[reshape], 1).filter(|s| s.len() == rank)?;
+            let n_rep = expand_shape.get(cx, axis).filter(|&r| r > 1)? as usize;
+            let all_heads = target.get(cx, heads).filter(|&h| h > 0 && h as usize % n_rep == 0)? as usize;
+            let kv_heads = all_heads / n_rep;
+            let kv_entry = expand_shape.get(cx, heads)?;
+            let (d_entry, d_target) = (expand_shape.get(cx, rank)?, target.get(cx, rank - 1)?);
+            let head_dim = if d_target > 0 { d_target } else { d_entry };
+            let fits = (kv_entry == 1 || kv_entry == kv_heads as i64)
+                && (d_entry == 1 || d_entry == head_dim)
+                && (d_target == -1 || d_target == head_dim)
+                && head_dim > 1;
+            fits.then(|| RepeatKv {
+                input: x.as_str(),
+                inner: vec![NodeId(n), NodeId(expand)],
+                expand: NodeId(expand),
+                expand_shape,
+                target,
+                rank,
+                heads,
+                kv_heads,
+                n_rep,
+                head_dim: head_dim as usize,
+                written: [kv_entry != 1, d_entry != 1, d_target != -1],
+            })
+            .map(|r| (NodeId(reshape), r))
+        })();
+        found.extend(matched);
+    }
+    found
+}
+
+impl RepeatKv<'_> {
+    fn heads_of(&self, count: usize) -> Option<Heads> {
+        (count > 1).then_some(Heads { axis: self.heads as isize - self.rank as isize, count })
+    }
+
+    /// Input channel of output channel `c`: head `c / D` is input head `c / D / n_rep`.
+    fn source(&self, c: usize) -> usize {
+        let d = self.head_dim;
+        (c / d / self.n_rep) * d + c % d
+    }
+}
+
+impl<'g> ChannelOp<'g> for RepeatKv<'g> {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0], otherwise: "it repeats constant heads" }
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        let all = self.kv_heads * self.n_rep;
+        for (v, count) in [(x, self.kv_heads), (o, all)] {
+            cx.set_axis(v, -1);
+            cx.set_rank(v, self.rank);
+            cx.set_block(v, 1);
+            cx.set_width(v, count * self.head_dim);
+            if let Some(h) = self.heads_of(count) {
+                cx.set_heads(v, h);
+            }
+        }
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        // Heads that some other operator laid out differently (a conflict already forces them),
+        // or a single key head that is not the only head: the copies would not line up.
+        if self.kv_heads == 1 && cx.layout(x).heads.is_some() {
+            cx.force(x, Why::LayoutConflict);
+            cx.force(o, Why::LayoutConflict);
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        if cx.width(x) != Some(self.kv_heads * self.head_dim)
+            || cx.width(o) != Some(self.kv_heads * self.n_rep * self.head_dim)
+        {
+            return;
+        }
+        for h in 0..self.kv_heads * self.n_rep {
+            cx.tie(x, self.source(h * self.head_dim), o, h * self.head_dim, self.head_dim);
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        let xs = cx.consts(x).to_vec();
+        let r = (0..cx.consts(o).len()).map(|c| xs.get(self.source(c)).copied().flatten()).collect();
+        cx.set(o, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        let (needed, consts) = (cx.needed(o), cx.consts(x));
+        if needed.len() != self.kv_heads * self.n_rep * self.head_dim || consts.len() != self.kv_heads * self.head_dim {
+            return cx.mark_all(x);
+        }
+        let marks: Vec<usize> =
+            (0..needed.len()).filter(|&c| needed[c]).map(|c| self.source(c)).filter(|&s| consts[s].is_none()).collect();
+        marks.into_iter().for_each(|s| cx.mark(x, s));
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let Some(o) = cx.output(0) else { return Ok(()) };
+        let full = self.kv_heads * self.n_rep * self.head_dim;
+        let keep = cx.kept(o, full);
+        if keep.len() == full {
+            return Ok(());
+        }
+        let (rows, cols) = match cx.layout(o).heads {
+            Some(_) => heads_kept(cx.layout(o), &keep),
+            None => (vec![0], keep.clone()),
+        };
+        let (groups, dims) = ((rows.len() / self.n_rep) as i64, cols.len() as i64);
+        let (last, heads) = (self.rank, self.heads);
+        let [kv_written, d_written, d_target_written] = self.written;
+        let expand_changes: Vec<(usize, i64)> = [(heads, groups, kv_written), (last, dims, d_written)]
+            .into_iter()
+            .filter(|e| e.2)
+            .map(|(k, v, _)| (k, v))
+            .collect();
+        if !expand_changes.is_empty() {
+            self.expand_shape.rewrite(cx, self.expand, 1, &expand_changes);
+        }
+        let mut target_changes = vec![(heads, groups * self.n_rep as i64)];
+        if d_target_written {
+            target_changes.push((last - 1, dims));
+        }
+        let node = cx.node;
+        self.target.rewrite(cx, node, 1, &target_changes);
+        Ok(())
     }
 }

@@ -208,6 +208,10 @@ pub(crate) fn roles<'g>(graph: &'g GraphProto, ir: &'g Ir) -> Vec<Role<'g>> {
         norm.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
         roles[last.0] = Role::Op(Box::new(norm));
     }
+    for (last, repeat) in attention::repeated_heads(&cx) {
+        repeat.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
+        roles[last.0] = Role::Op(Box::new(repeat));
+    }
     roles
 }
 

@@ -237,7 +237,17 @@ impl ReshapeLast {
                 x.rank == Some(ts.len() + 2)
                     && ts.iter().all(|t| cx.value(t).is_none_or(|v| cx.get(v).heads.is_none() && v != cx.input(0)))
             });
-        heads_last && (whole || read_back)
+        // `[.., -1]` with one entry fewer than x's axes, whose output a reader holds to x's
+        // width (a projection's weight): row-major order puts head h's entry d at `h * D + d`.
+        let held = self.held(cx, x) && cx.output(0).is_some_and(|o| cx.get(o).width == x.width);
+        heads_last && (whole || read_back || held)
+    }
+
+    /// Whether the target is `[.., -1]` with one entry fewer than x's axes: a merge of heads
+    /// once a reader fixes the output's width (until then, not a reason to keep x whole).
+    fn held(&self, cx: &LayoutCx, x: crate::analysis::Layout) -> bool {
+        let last = self.last.and_then(|(m, s)| cx.const_of(m, s)).map(int64s);
+        last == Some(vec![-1]) && self.rank.is_some() && self.rank == x.rank.map(|r| r - 1)
     }
 }
 
@@ -271,7 +281,9 @@ impl AxisMap for ReshapeLast {
             cx.same_width(x, o);
             cx.set_block(o, 1);
         } else if lx.heads.is_some() && !self.merges(cx, lx) {
-            cx.force_both(x, o, Why::ReshapesChannelAxis);
+            if !self.held(cx, lx) || cx.get(o).width.is_some() {
+                cx.force_both(x, o, Why::ReshapesChannelAxis);
+            }
         } else if lx.axis == Some(-1) && self.last_is_whole(cx, lx) {
             // Leading axes merge or split (heads just before the channels merge into them).
             cx.set_axis(o, -1);
@@ -302,24 +314,18 @@ impl AxisMap for ReshapeLast {
         let t = cx.const_of(m, s).expect("checked by the rule");
         if let (Some((h_slot, h, _)), true) = (self.split, cx.layout(o).heads.is_some()) {
             let (rows, cols) = heads_kept(cx.layout(o), keep);
+            let mut entries = vec![(s, with_int64s(t, &[cols.len() as i64]))];
             if h != -1 {
                 let t = cx.const_of(m, h_slot).expect("checked by the rule");
-                cx.push(Edit::Const { node: m.0, slot: h_slot, tensor: with_int64s(t, &[rows.len() as i64]) });
+                entries.push((h_slot, with_int64s(t, &[rows.len() as i64])));
             }
-            cx.push(Edit::Const { node: m.0, slot: s, tensor: with_int64s(t, &[cols.len() as i64]) });
-            return;
+            return cx.rewrite_producer(m, entries);
         }
         if int64s(t)[0] == -1 {
             return;
         }
         let entries = (keep.len() * cx.layout(o).block.expect("checked")) as i64;
-        let tensor = with_int64s(t, &[entries]);
-        if cx.readers(&cx.node_of(m).output[0]) == 1 {
-            cx.push(Edit::Const { node: m.0, slot: s, tensor });
-        } else {
-            let node = cx.node.0;
-            cx.push(Edit::CloneProducer { node, slot: 1, producer: m.0, producer_slot: s, tensor });
-        }
+        cx.rewrite_producer(m, vec![(s, with_int64s(t, &[entries]))]);
     }
 
     fn follows_heads(&self) -> bool {
@@ -346,6 +352,9 @@ fn leading_kept(node: &NodeProto, cx: &Ctx) -> Option<usize> {
 /// scalar turned into one entry (`Unsqueeze` of a `Gather` of one index, or of a `Squeeze`)
 /// counts one.
 fn target_length(cx: &Ctx, target: &str) -> Option<usize> {
+    if let Some(&[Some(n)]) = cx.ir.shape(target) {
+        return usize::try_from(n).ok();
+    }
     let g = cx.graph;
     let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
     let concat = producer(target).filter(|c| c.op_type() == "Concat")?;
@@ -388,7 +397,8 @@ fn shape_reads(cx: &Ctx, concat: NodeId, slot: usize) -> Option<Vec<String>> {
 }
 
 /// For a target `Concat(.., H, D)` (TorchScript's `x.view(x.size()[:-1] + (H, D))`, `H` often
-/// -1) read by one reshape, with `D` a constant at `slot`: the slot of `H`, `H` and `D`.
+/// -1), with `D` a constant at `slot`: the slot of `H`, `H` and `D`. A target other reshapes
+/// share (the dynamo exporter computes one for Q, K and V) gets a private copy when rewritten.
 fn computed_split(cx: &Ctx, concat: NodeId, slot: usize) -> Option<(usize, i64, i64)> {
     let c = &cx.graph.node[concat.0];
     let one = |s: usize| {
@@ -397,8 +407,7 @@ fn computed_split(cx: &Ctx, concat: NodeId, slot: usize) -> Option<(usize, i64, 
         (v.len() == 1).then_some(v[0])
     };
     let (h, d) = (one(slot.checked_sub(1)?)?, one(slot)?);
-    let private = cx.ir.readers(&c.output[0]).len() == 1;
-    (private && (h > 1 || h == -1) && d > 0).then_some((slot - 1, h, d))
+    ((h > 1 || h == -1) && d > 0).then_some((slot - 1, h, d))
 }
 
 /// For a shape built as `Concat(..., last)`: `Some(Some(loc))` when `last` is a one-element
@@ -578,5 +587,69 @@ impl AxisMap for Squeezed {
         cx.set_rank(o, out_rank);
         cx.same_width(x, o);
         cx.carry_block(x, o);
+    }
+}
+
+/// A shape operand (Expand's or Reshape's) whose entries the rules read one by one: a 1-D
+/// int64 constant, or a `Concat` of one-entry pieces (the exporters' computed shapes), some of
+/// them constants.
+pub(crate) enum ShapeInput {
+    Constant(Vec<i64>),
+    Pieces { concat: NodeId, count: usize },
+}
+
+impl ShapeInput {
+    /// Input `slot` of `node`, when it is one of the two forms.
+    pub fn of(cx: &Ctx, node: &NodeProto, slot: usize) -> Option<ShapeInput> {
+        let name = node.input.get(slot)?;
+        if let Some(t) = cx.const_tensor(name) {
+            return (t.data_type() == DataType::Int64 as i32 && t.dims.len() == 1).then(|| Self::Constant(int64s(t)));
+        }
+        let concat = *cx.ir.producer.get(name)?;
+        let c = &cx.graph.node[concat];
+        let one_entry = |piece: &String| match cx.const_tensor(piece) {
+            Some(t) => t.dims == [1],
+            None => cx.ir.shape(piece) == Some(&[Some(1)]),
+        };
+        (c.op_type() == "Concat" && c.attr_i("axis", 0) == 0 && c.input.iter().all(one_entry))
+            .then(|| Self::Pieces { concat: NodeId(concat), count: c.input.len() })
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Constant(v) => v.len(),
+            Self::Pieces { count, .. } => *count,
+        }
+    }
+
+    /// Entry `k` when it is a constant.
+    pub fn get(&self, cx: &Ctx, k: usize) -> Option<i64> {
+        match self {
+            Self::Constant(v) => v.get(k).copied(),
+            Self::Pieces { concat, .. } => {
+                let t = cx.const_tensor(cx.graph.node[concat.0].input.get(k)?)?;
+                (t.data_type() == DataType::Int64 as i32).then(|| int64s(t)[0])
+            }
+        }
+    }
+
+    /// Rewrites constant entries (position, value) of the shape that input `slot` of `reader`
+    /// reads; every position named holds a constant.
+    pub fn rewrite(&self, cx: &mut PlanCx, reader: NodeId, slot: usize, changes: &[(usize, i64)]) {
+        match self {
+            Self::Constant(v) => {
+                let mut v = v.clone();
+                changes.iter().for_each(|&(k, x)| v[k] = x);
+                let t = cx.const_of(reader, slot).expect("a constant shape");
+                cx.push(Edit::Const { node: reader.0, slot, tensor: with_int64s(t, &v) });
+            }
+            Self::Pieces { concat, .. } => {
+                let entries = changes
+                    .iter()
+                    .map(|&(k, x)| (k, with_int64s(cx.const_of(*concat, k).expect("a constant entry"), &[x])))
+                    .collect();
+                cx.rewrite_producer_of(reader, slot, *concat, entries);
+            }
+        }
     }
 }
