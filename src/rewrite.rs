@@ -75,6 +75,15 @@ pub(crate) enum Edit {
         axis: isize,
         keep: Vec<usize>,
     },
+    /// Input `slot` of `node` reads the entries `keep` (along `axis`) of what it read, through
+    /// a Gather shared by every reader that keeps the same entries (a rotary table read by the
+    /// queries and keys of every layer).
+    GatherOperand {
+        node: usize,
+        slot: usize,
+        axis: isize,
+        keep: Vec<usize>,
+    },
     /// A value's declared size along its channel axis changes.
     Width {
         value: String,
@@ -123,7 +132,7 @@ pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
             Edit::Replace { initializers, .. } => initializers.iter().map(numel).sum(),
             Edit::CloneProducer { entries, .. } => entries.iter().map(|(_, t)| numel(t)).sum(),
             Edit::AddBias { tensor, .. } => numel(tensor),
-            Edit::GatherInput { keep, .. } => keep.len() as i64,
+            Edit::GatherInput { keep, .. } | Edit::GatherOperand { keep, .. } => keep.len() as i64,
             Edit::Attr { .. } | Edit::RemoveAttr { .. } | Edit::Remove { .. } | Edit::Width { .. } => 0,
         })
         .sum()
@@ -158,6 +167,7 @@ enum Structural {
     Replace(Vec<NodeProto>, Vec<TensorProto>),
     Remove,
     InsertAfter(Box<NodeProto>),
+    InsertBefore(Box<NodeProto>),
 }
 
 /// Applies `edits` to `g`, and returns the tensors whose bytes are still to be copied.
@@ -169,6 +179,7 @@ pub(crate) fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) -> Pending {
         copies: HashMap::new(),
         pending: Pending::new(),
         gathers: vec![],
+        operand_gathers: HashMap::new(),
     };
     for edit in edits {
         cx.edit(g, ir, edit);
@@ -187,6 +198,8 @@ struct Apply {
     copies: HashMap<ConstRef, Vec<usize>>,
     pending: Pending,
     gathers: Vec<(String, isize, Vec<usize>)>,
+    /// Gathers of operands by (value, axis, entries): their output and first reader.
+    operand_gathers: HashMap<(String, isize, Vec<usize>), (String, String, usize)>,
 }
 
 impl Apply {
@@ -300,14 +313,39 @@ impl Apply {
             }
             Edit::Width { value, axis, from, to } => set_width(g, &value, axis, from, to),
             Edit::GatherInput { input, axis, keep } => gathers.push((input, axis, keep)),
+            Edit::GatherOperand { node, slot, axis, keep } => {
+                let input = g.node[node].input[slot].clone();
+                let (out, _, first) =
+                    self.operand_gathers.entry((input.clone(), axis, keep.clone())).or_insert_with(|| {
+                        let out = self.names.fresh(&format!("{input}_kept"));
+                        let indices = self.names.fresh(&format!("{input}_kept_indices"));
+                        let idx: Vec<i64> = keep.iter().map(|&c| c as i64).collect();
+                        g.initializer.push(int64_tensor(&indices, &idx));
+                        (out, indices, node)
+                    });
+                *first = (*first).min(node);
+                g.node[node].input[slot] = out.clone();
+            }
         }
     }
 
     fn finish(self, g: &mut GraphProto) -> Pending {
-        let Apply { mut names, orphaned, mut structural, gathers, pending, .. } = self;
+        let Apply { mut names, orphaned, mut structural, gathers, pending, operand_gathers, .. } = self;
+        for ((input, axis, _), (out, indices, first)) in operand_gathers {
+            let gather = NodeProto {
+                name: Some(names.fresh(&format!("{input}_gather_kept"))),
+                op_type: Some("Gather".into()),
+                input: vec![input, indices],
+                output: vec![out],
+                attribute: vec![attr_int("axis", axis as i64)],
+                ..Default::default()
+            };
+            structural.push((first, Structural::InsertBefore(Box::new(gather))));
+        }
         // From the back so earlier indices stay valid; in place, or right after the node, keeps the
         // order topological.
-        structural.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        // A node's own changes before what goes in front of it.
+        structural.sort_by_key(|(n, change)| (std::cmp::Reverse(*n), matches!(change, Structural::InsertBefore(_))));
         for (node, change) in structural {
             match change {
                 Structural::Bias(tensor) => {
@@ -357,6 +395,7 @@ impl Apply {
                     g.node.remove(node);
                 }
                 Structural::InsertAfter(copy) => g.node.insert(node + 1, *copy),
+                Structural::InsertBefore(gather) => g.node.insert(node, *gather),
             }
         }
         // Last, as they shift every node index: Gathers in front of all nodes.

@@ -22,6 +22,7 @@ use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, NodeId, PlanCx, TieCx,
 use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::proto::NodeProto;
+use crate::rewrite::Edit;
 
 /// The role of a MatMul of two activations.
 pub(crate) fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
@@ -414,6 +415,13 @@ impl<'g> ChannelOp<'g> for RepeatKv<'g> {
         }
         let node = cx.node;
         self.target.rewrite(cx, node, 1, &target_changes);
+        // The declared shapes of the pattern's inner values, `[.., KVH, 1 | n_rep, T, D]`.
+        let heads_axis = self.heads as isize - self.rank as isize - 1;
+        for inner in &self.inner {
+            let value = cx.node_of(*inner).output[0].clone();
+            cx.push(Edit::Width { value: value.clone(), axis: heads_axis, from: self.kv_heads, to: groups as usize });
+            cx.push(Edit::Width { value, axis: -1, from: self.head_dim, to: dims as usize });
+        }
         Ok(())
     }
 }

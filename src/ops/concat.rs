@@ -57,7 +57,16 @@ impl<'g> ChannelOp<'g> for Concatenated {
             if let Some(total) = ins.iter().map(|&v| cx.get(v).width).sum::<Option<usize>>() {
                 cx.set_width(o, total);
             }
+            // Channels split into heads concatenate head by head (rotary embeddings put the
+            // halves of every head back together): every part and the output share the heads.
+            if let Some(h) = all.iter().find_map(|&v| cx.get(v).heads) {
+                all.iter().for_each(|&v| cx.set_heads(v, h));
+            }
         }
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
     }
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
@@ -65,33 +74,60 @@ impl<'g> ChannelOp<'g> for Concatenated {
         if !widths_known(cx) {
             return;
         }
-        let mut at = 0;
-        for s in 0..self.parts {
-            let x = cx.input(s);
-            let w = cx.width(x).expect("known");
-            cx.tie(x, 0, o, at, w);
-            at += w;
+        let runs = self.runs(cx.layout(o), &(0..self.parts).map(|s| cx.width(cx.input(s))).collect::<Vec<_>>());
+        for (s, from, to, count) in runs {
+            cx.tie(cx.input(s), from, o, to, count);
         }
     }
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
-        let r: Vec<Option<f64>> = (0..self.parts).flat_map(|s| cx.consts(cx.input(s)).to_vec()).collect();
+        let widths: Vec<_> = (0..self.parts).map(|s| Some(cx.consts(cx.input(s)).len())).collect();
+        let mut r = vec![None; cx.consts(o).len()];
+        for (s, from, to, count) in self.runs(cx.layout(o), &widths) {
+            let xs = cx.consts(cx.input(s));
+            r[to..to + count].copy_from_slice(&xs[from..from + count]);
+        }
         cx.set(o, r);
     }
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
-        let mut at = 0;
-        for s in 0..self.parts {
-            let x = cx.input(s);
-            for c in 0..cx.needed(x).len() {
-                if cx.needed(o).get(at + c).copied().unwrap_or(true) {
-                    cx.mark(x, c);
-                }
-            }
-            at += cx.needed(x).len();
+        let widths: Vec<_> = (0..self.parts).map(|s| Some(cx.needed(cx.input(s)).len())).collect();
+        let needed = cx.needed(o);
+        let runs = self.runs(cx.layout(o), &widths);
+        if runs.is_empty() {
+            return (0..self.parts).for_each(|s| cx.mark_all(cx.input(s)));
         }
+        let mut marks = vec![];
+        for (s, from, to, count) in runs {
+            marks.extend((0..count).filter(|&k| needed.get(to + k).copied().unwrap_or(true)).map(|k| (s, from + k)));
+        }
+        marks.into_iter().for_each(|(s, c)| cx.mark(cx.input(s), c));
+    }
+}
+
+impl Concatenated {
+    /// Runs `(part, part channel, output channel, count)`: each part's channels laid end to
+    /// end, within every head when the output is split into heads. Empty when a width is
+    /// unknown or does not add up.
+    fn runs(&self, o: crate::analysis::Layout, widths: &[Option<usize>]) -> Vec<(usize, usize, usize, usize)> {
+        let Some(widths) = widths.iter().copied().collect::<Option<Vec<usize>>>() else { return vec![] };
+        let heads = o.heads.map_or(1, |h| h.count);
+        if widths.iter().any(|w| w % heads != 0) || o.width != Some(widths.iter().sum()) {
+            return vec![];
+        }
+        let per_out = widths.iter().sum::<usize>() / heads;
+        let mut runs = vec![];
+        for h in 0..heads {
+            let mut at = 0;
+            for (s, w) in widths.iter().enumerate() {
+                let per = w / heads;
+                runs.push((s, h * per, h * per_out + at, per));
+                at += per;
+            }
+        }
+        runs
     }
 }
 

@@ -4,8 +4,9 @@
 //! all are; they differ only in where the output's channel axis goes ([`AxisMap`]).
 
 use super::{Activations, ChannelOp};
+use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::Why;
-use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, PlanCx, TieCx, ValueId};
+use crate::analysis::{CheckCx, ConstCx, Graph, Layout, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::onnx::tensor::{encode, with_data};
 use crate::rewrite::Edit;
@@ -62,13 +63,61 @@ impl PerChannel {
         PerChannel { axes, ..PerChannel::new(vec![0], vec![], Box::new(|x| Some(x[0]))) }
     }
 
-    /// The constant of operand `slot` at channel `c`, if it has one.
+    /// The constant of operand `slot` at channel `c`, if it has one (an operand broadcast over
+    /// the channels, `act` none, varies).
     fn operand(&self, slot: usize, c: usize, act: Option<&[Option<f64>]>, param: Option<f64>) -> Option<f64> {
         match act {
             Some(consts) if self.acts.contains(&slot) => consts.get(c).copied().flatten(),
+            None if self.acts.contains(&slot) => None,
             _ => param,
         }
     }
+
+    /// The activation slots read as [`Side`] operands, given the laid-out output.
+    fn sides(&self, g: &Graph, node: NodeId, o: Layout) -> Vec<usize> {
+        if self.acts.len() < 2 {
+            return vec![];
+        }
+        let name = |s: usize| g.node(node).input[s].as_str();
+        self.acts.iter().copied().filter(|&s| side(g, name(s), o) == Some(Side::Broadcast)).collect()
+    }
+}
+
+/// How an activation of a two-activation elementwise operator relates to the output's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// It has the output's channels (and heads): they are one class.
+    Same,
+    /// It is broadcast over the heads (rotary embeddings' `cos`/`sin` tables, `[.., 1, T, D]`
+    /// against `[.., H, T, D]`) or over the channel axis (a per-position scalar such as a norm's
+    /// `1 / rms`): output channel `(h, d)` reads its entry `d`, or its only entry. It keeps its
+    /// own channels; where entries leave, the operator reads a `Gather` of the kept ones.
+    Broadcast,
+}
+
+/// Whether `a` (by its declared shape) is laid out as `o` or broadcast over its heads or
+/// channels; `None` while its declared size on the channel axis matches neither (the heads
+/// may not be known yet) or the output's layout is not known.
+fn side(g: &Graph, a: &str, o: Layout) -> Option<Side> {
+    let (axis, per) = (o.axis?, o.per_head()?);
+    if g.ir.shape(a).is_none() || o.block != Some(1) {
+        return Some(Side::Same);
+    }
+    let over_heads = o.heads.is_some_and(|h| g.ir.dim_from_end(a, h.axis) == Some(1));
+    match g.ir.dim_from_end(a, axis) {
+        Some(1) if per > 1 && (o.heads.is_none() || over_heads) => Some(Side::Broadcast),
+        Some(n) if n as usize == per && over_heads => Some(Side::Broadcast),
+        Some(n) if n as usize == per => Some(Side::Same),
+        Some(_) => None,
+        None => Some(Side::Same),
+    }
+}
+
+/// Whether `a`'s declared shape has size 1 on an axis where `o`'s does not: before `o`'s layout
+/// is known, such an operand tells nothing about it.
+fn broadcast_into(g: &Graph, a: &str, o: &str) -> bool {
+    let (Some(da), Some(doo)) = (g.ir.shape(a), g.ir.shape(o)) else { return false };
+    (1..=da.len().min(doo.len())).any(|k| da[da.len() - k] == Some(1) && doo[doo.len() - k] != Some(1))
 }
 
 impl<'g> ChannelOp<'g> for PerChannel {
@@ -117,8 +166,15 @@ impl<'g> ChannelOp<'g> for PerChannel {
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
-        for &s in &self.acts {
+        let lo = cx.layout(o);
+        let sides = self.sides(cx.graph, cx.node, lo);
+        for &s in self.acts.iter().filter(|s| !sides.contains(s)) {
             let a = cx.input(s);
+            if self.acts.len() > 1 && lo.axis.is_some() && side(cx.graph, cx.graph.name(a), lo).is_none() {
+                cx.force(a, Why::Broadcasts);
+                cx.force(o, Why::Broadcasts);
+                continue;
+            }
             match (cx.width(a), cx.width(o)) {
                 (Some(wa), Some(wo)) if wa == wo => cx.tie(a, 0, o, 0, wa),
                 (None, None) => {}
@@ -134,7 +190,9 @@ impl<'g> ChannelOp<'g> for PerChannel {
         let Some(o) = cx.output(0) else { return };
         let slots: Vec<usize> =
             (0..cx.input_count()).filter(|s| self.acts.contains(s) || self.params.contains(s)).collect();
-        let acts: Vec<Option<ValueId>> = slots.iter().map(|&s| self.acts.contains(&s).then(|| cx.input(s))).collect();
+        let sides = self.sides(cx.graph, cx.node, cx.layout(o));
+        let acts: Vec<Option<ValueId>> =
+            slots.iter().map(|&s| (self.acts.contains(&s) && !sides.contains(&s)).then(|| cx.input(s))).collect();
         let r = (0..cx.consts(o).len())
             .map(|c| {
                 let args: Vec<Option<f64>> = slots
@@ -155,13 +213,17 @@ impl<'g> ChannelOp<'g> for PerChannel {
         let Some(o) = cx.output(0) else { return };
         let slots: Vec<usize> =
             (0..cx.input_count()).filter(|s| self.acts.contains(s) || self.params.contains(s)).collect();
+        let sides = self.sides(cx.graph, cx.node, cx.layout(o));
         let operand = |cx: &NeedCx, s: usize, c: usize| {
-            let act = self.acts.contains(&s).then(|| cx.consts(cx.input(s)));
+            let act = (self.acts.contains(&s) && !sides.contains(&s)).then(|| cx.consts(cx.input(s)));
             self.operand(s, c, act, cx.param(s).map(|p| p.at(c)))
         };
+        for &s in &sides {
+            cx.mark_all(cx.input(s));
+        }
         let needed = cx.needed(o);
         for c in (0..needed.len()).filter(|&c| needed[c]) {
-            for &slot in &self.acts {
+            for &slot in self.acts.iter().filter(|s| !sides.contains(s)) {
                 let a = cx.input(slot);
                 // Unused when the other operands fix the output whatever this one is.
                 let args: Vec<Option<f64>> =
@@ -181,6 +243,19 @@ impl<'g> ChannelOp<'g> for PerChannel {
         let folded = self.params.iter().find_map(|&slot| cx.take_fold(slot).map(|f| (slot, f)));
         if keep.len() == w && folded.is_none() {
             return Ok(());
+        }
+        let lo = cx.layout(o);
+        for slot in self.sides(cx.graph, cx.node, lo) {
+            let input = &cx.node_proto().input[slot];
+            let per = lo.per_head().expect("laid out");
+            // A broadcast operand with one entry per head dimension reads the kept ones.
+            if cx.graph.ir.dim_from_end(input, lo.axis.expect("laid out")) == Some(per as u64) {
+                let entries = if lo.heads.is_some() { heads_kept(lo, &keep).1 } else { keep.clone() };
+                if entries.len() < per {
+                    let (node, axis) = (cx.node.0, lo.axis.expect("laid out"));
+                    cx.push(Edit::GatherOperand { node, slot, axis, keep: entries });
+                }
+            }
         }
         let node = cx.node_proto();
         for &slot in &self.params {
@@ -211,6 +286,15 @@ pub(crate) struct Same;
 impl AxisMap for Same {
     fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, params: &[usize]) {
         for &a in acts {
+            if acts.len() > 1 {
+                let (g, lo) = (cx.graph, cx.get(o));
+                let known = lo.axis.is_some() && lo.width.is_some();
+                let (an, on) = (g.name(a), g.name(o));
+                // A broadcast operand keeps its own layout; one not yet placed waits.
+                if known && side(g, an, lo) != Some(Side::Same) || !known && broadcast_into(g, an, on) {
+                    continue;
+                }
+            }
             cx.copy(a, o);
             cx.copy(o, a);
         }

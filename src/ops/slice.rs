@@ -3,6 +3,7 @@
 //! before or inside the range leave.
 
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
+use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::{ConstCx, Layout, LayoutCx, NeedCx, PlanCx, TieCx};
 use crate::error::Result;
@@ -87,14 +88,21 @@ impl Sliced {
         (self.steps[i] == 1).then_some((s as usize, (e - s).max(0) as usize))
     }
 
-    /// `Some((start, count))` when the channel axis is sliced (step 1), `None` when it is not;
-    /// `Err` when it is sliced in a way this rule does not follow.
+    /// `Some((start, count))` when the channel axis is sliced (step 1; within each head, for
+    /// channels split into heads: rotary embeddings take halves of every head), `None` when it
+    /// is not; `Err` when it is sliced in a way this rule does not follow.
     fn channels(&self, x: Layout) -> Option<Result<Option<(usize, usize)>, Why>> {
         let entry = self.channel_entry(x)?;
+        let r = x.rank? as i64;
+        let on_heads =
+            x.heads.is_some_and(|h| self.axes.iter().any(|&a| (if a < 0 { a + r } else { a }) == r + h.axis as i64));
+        if on_heads {
+            return Some(Err(Why::SplitsHeads));
+        }
         Some(match entry {
             None => Ok(None),
-            Some(i) if x.block == Some(1) && x.heads.is_none() => {
-                x.width.map(|w| self.range(i, w).ok_or(Why::StridedChannelSlice).map(Some))?
+            Some(i) if x.block == Some(1) => {
+                x.per_head().map(|d| self.range(i, d).ok_or(Why::StridedChannelSlice).map(Some))?
             }
             Some(_) => Err(Why::StridedChannelSlice),
         })
@@ -118,25 +126,41 @@ impl<'g> ChannelOp<'g> for Sliced {
             Some(Ok(None)) => {
                 cx.same_width(x, o);
                 cx.carry_block(x, o);
+                if let Some(h) = lx.heads {
+                    cx.set_heads(o, h);
+                }
             }
-            Some(Ok(Some((_, count)))) => cx.set_width(o, count),
+            Some(Ok(Some((_, count)))) => {
+                let heads = lx.heads.map_or(1, |h| h.count);
+                cx.set_width(o, heads * count);
+                cx.set_block(o, 1);
+                if let Some(h) = lx.heads {
+                    cx.set_heads(o, h);
+                }
+            }
             Some(Err(why)) => {
                 cx.force_both(x, o, why);
             }
         }
     }
 
+    fn follows_heads(&self) -> bool {
+        true
+    }
+
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
-        if let (Some((start, count)), Some(_)) = (self.mapped(cx.layout(x), cx.width(o)), cx.width(x)) {
-            cx.tie(x, start, o, 0, count);
+        if let (Some(runs), Some(_)) = (self.mapped(cx.layout(x), cx.width(o)), cx.width(x)) {
+            runs.into_iter().for_each(|(from, to, count)| cx.tie(x, from, o, to, count));
         }
     }
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
-        if let Some((start, count)) = self.mapped(cx.layout(x), Some(cx.consts(o).len())) {
-            let r = cx.consts(x).get(start..start + count).map(<[_]>::to_vec).unwrap_or_default();
+        if let Some(runs) = self.mapped(cx.layout(x), Some(cx.consts(o).len())) {
+            let xs = cx.consts(x);
+            let r = runs.iter().flat_map(|&(from, _, count)| xs.get(from..from + count).unwrap_or_default().to_vec());
+            let r: Vec<_> = r.collect();
             cx.set(o, r);
         }
     }
@@ -144,9 +168,13 @@ impl<'g> ChannelOp<'g> for Sliced {
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
         match self.mapped(cx.layout(x), Some(cx.needed(o).len())) {
-            Some((start, _)) => {
+            Some(runs) => {
                 let needed = cx.needed(o);
-                (0..needed.len()).filter(|&c| needed[c]).for_each(|c| cx.mark(x, start + c));
+                let marks: Vec<usize> = runs
+                    .iter()
+                    .flat_map(|&(from, to, count)| (0..count).filter(move |&k| needed[to + k]).map(move |k| from + k))
+                    .collect();
+                marks.into_iter().for_each(|c| cx.mark(x, c));
             }
             None => cx.mark_all(x),
         }
@@ -158,13 +186,19 @@ impl<'g> ChannelOp<'g> for Sliced {
         let (Some(Some(i)), Some(Ok(Some((start, count))))) = (self.channel_entry(lx), self.channels(lx)) else {
             return Ok(());
         };
-        let (kept_in, kept_out) = (cx.kept(x, w), cx.kept(o, count));
+        let heads = lx.heads.map_or(1, |h| h.count);
+        let (kept_in, kept_out) = (cx.kept(x, w), cx.kept(o, heads * count));
         if kept_in.len() == w {
             return Ok(());
         }
-        let new_start = kept_in.iter().filter(|&&c| c < start).count() as i64;
+        // Every kept head keeps the same entries: count them in the first kept head.
+        let (entries_in, entries_out) = match lx.heads {
+            Some(_) => (heads_kept(lx, &kept_in).1, heads_kept(cx.layout(o), &kept_out).1),
+            None => (kept_in, kept_out),
+        };
+        let new_start = entries_in.iter().filter(|&&c| c < start).count() as i64;
         let (mut starts, mut ends) = (self.starts.clone(), self.ends.clone());
-        (starts[i], ends[i]) = (new_start, new_start + kept_out.len() as i64);
+        (starts[i], ends[i]) = (new_start, new_start + entries_out.len() as i64);
         let node = cx.node.0;
         match self.bounds {
             Bounds::Inputs => {
@@ -183,14 +217,19 @@ impl<'g> ChannelOp<'g> for Sliced {
 }
 
 impl Sliced {
-    /// Input channels `start..start + count` are output channels `0..count`, when both widths
-    /// agree with the bounds (the identity when the channel axis is not sliced).
-    fn mapped(&self, x: Layout, out_width: Option<usize>) -> Option<(usize, usize)> {
-        let (w, count) = match self.channels(x)? {
-            Ok(None) => (x.width?, x.width?),
-            Ok(Some((start, count))) => return (out_width == Some(count)).then_some((start, count)),
-            Err(_) => return None,
-        };
-        (out_width == Some(w)).then_some((0, count))
+    /// Runs `(input channel, output channel, count)`: input channels `start..start + count` of
+    /// each head are its output channels, when both widths agree with the bounds (the identity
+    /// when the channel axis is not sliced).
+    fn mapped(&self, x: Layout, out_width: Option<usize>) -> Option<Vec<(usize, usize, usize)>> {
+        let w = x.width?;
+        match self.channels(x)? {
+            Ok(None) => (out_width == Some(w)).then(|| vec![(0, 0, w)]),
+            Ok(Some((start, count))) => {
+                let (heads, per) = (x.heads.map_or(1, |h| h.count), x.per_head()?);
+                (out_width == Some(heads * count))
+                    .then(|| (0..heads).map(|h| (h * per + start, h * count, count)).collect())
+            }
+            Err(_) => None,
+        }
     }
 }
