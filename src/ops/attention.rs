@@ -22,12 +22,13 @@ use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, NodeId, PlanCx, TieCx,
 use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::proto::NodeProto;
+use crate::onnx::tensor::int64s;
 use crate::rewrite::Edit;
 
 /// The role of a MatMul of two activations.
 pub(crate) fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-    if node.input.first().is_some_and(|p| softmax_rows(cx, p)) {
-        Role::Op(Box::new(Weighted))
+    if let Some(rows) = node.input.first().and_then(|p| softmax_rows(cx, p)) {
+        Role::Op(Box::new(Weighted { rows }))
     } else {
         Role::Op(Box::new(Scores { shift_invariant: into_softmax(cx, &node.output[0]) }))
     }
@@ -67,20 +68,45 @@ fn is_pass_through(node: &NodeProto) -> bool {
         }
 }
 
-/// Whether `value` is a softmax over its last axis (through identities): its rows sum to 1.
-fn softmax_rows(cx: &Ctx, value: &str) -> bool {
+/// What the rows of attention weights sum to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    One,
+    /// 1, or 0 where a row was all NaN (the dynamo exporter's `Where(IsNaN(P), 0, P)` after the
+    /// softmax, for rows masked out entirely): only a zero value dimension stays constant.
+    OneOrZero,
+}
+
+/// Whether `value` is a softmax over its last axis (through identities), and what its rows sum
+/// to.
+fn softmax_rows(cx: &Ctx, value: &str) -> Option<Rows> {
     let mut at = value;
+    let mut rows = Rows::One;
     loop {
-        let Some(&p) = cx.ir.producer.get(at) else { return false };
-        let node = &cx.graph.node[p];
+        let node = &cx.graph.node[*cx.ir.producer.get(at)?];
         if is_row_softmax(cx, node) {
-            return true;
+            return Some(rows);
+        }
+        if let Some(p) = nan_to_zero(cx, node) {
+            rows = Rows::OneOrZero;
+            at = p;
+            continue;
         }
         if !is_pass_through(node) {
-            return false;
+            return None;
         }
         at = &node.input[0];
     }
+}
+
+/// `p` when `node` is `Where(IsNaN(p), 0, p)`.
+fn nan_to_zero<'g>(cx: &Ctx<'g>, node: &'g NodeProto) -> Option<&'g str> {
+    let [cond, zero, p] = &node.input[..] else { return None };
+    let isnan = &cx.graph.node[*cx.ir.producer.get(cond)?];
+    let zero = cx.const_tensor(zero).and_then(|t| crate::onnx::tensor::Values::of(t).ok());
+    let is_zero = zero.is_some_and(|z| z.len() == 1 && z.get(0) == 0.0);
+    let matches = node.op_type() == "Where" && isnan.op_type() == "IsNaN" && isnan.input.first() == Some(p);
+    (matches && is_zero).then_some(p.as_str())
 }
 
 /// Whether `scores` reach a softmax over the last axis through steps that keep a constant
@@ -177,7 +203,9 @@ impl<'g> ChannelOp<'g> for Scores {
 }
 
 /// `O = P @ V` with the rows of `P` summing to 1: O's channels are V's.
-struct Weighted;
+struct Weighted {
+    rows: Rows,
+}
 
 impl<'g> ChannelOp<'g> for Weighted {
     fn activations(&self) -> Activations {
@@ -213,18 +241,20 @@ impl<'g> ChannelOp<'g> for Weighted {
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let (v, Some(o)) = (cx.input(1), cx.output(0)) else { return };
-        let r = cx.consts(v).to_vec();
+        let r = cx.consts(v).iter().map(|&c| c.filter(|&k| self.rows == Rows::One || k == 0.0)).collect();
         cx.set(o, r);
     }
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let (p, v, Some(o)) = (cx.input(0), cx.input(1), cx.output(0)) else { return };
         cx.mark_all(p);
-        let (needed, consts) = (cx.needed(o), cx.consts(v));
-        if needed.len() != consts.len() {
+        let (needed, out) = (cx.needed(o), cx.consts(o));
+        if needed.len() != cx.needed(v).len() || out.len() != needed.len() {
             return cx.mark_all(v);
         }
-        (0..needed.len()).filter(|&d| needed[d] && consts[d].is_none()).for_each(|d| cx.mark(v, d));
+        // A needed output dimension reads its value dimension unless it is a known constant.
+        let marks: Vec<usize> = (0..needed.len()).filter(|&d| needed[d] && out[d].is_none()).collect();
+        marks.into_iter().for_each(|d| cx.mark(v, d));
     }
 }
 
@@ -423,5 +453,114 @@ impl<'g> ChannelOp<'g> for RepeatKv<'g> {
             cx.push(Edit::Width { value, axis: -1, from: self.head_dim, to: dims as usize });
         }
         Ok(())
+    }
+}
+
+/// The dynamo exporter's `K^T` in `scaled_dot_product_attention` (torchlib): the last two axes
+/// swapped through a 3-D reshape, `Reshape(k, [-1, k.shape[-2], k.shape[-1]])`, `Transpose(perm
+/// = [0, 2, 1])`, `Reshape(.., k.shape[:-2] ++ [k.shape[-1], k.shape[-2]])`, with every shape
+/// read from `k` itself. It is a transpose of the last two axes whatever `k`'s width, so its
+/// shapes need no rewriting; the pattern only keeps the `Shape` of `k` from counting as a read
+/// of the channel count.
+pub(crate) struct SwapLast<'g> {
+    input: &'g str,
+    pub inner: Vec<NodeId>,
+}
+
+/// Every such swap in the graph, keyed by its last Reshape.
+pub(crate) fn swapped_last_axes<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, SwapLast<'g>)> {
+    let (g, ir) = (cx.graph, cx.ir);
+    let producer = |name: &str| ir.producer.get(name).copied();
+    let op = |n: usize, t: &str| g.node[n].op_type() == t && g.node[n].domain().is_empty();
+    let mut found = vec![];
+    for (last, reshape) in g.node.iter().enumerate() {
+        let matched = (|| {
+            (op(last, "Reshape") && reshape.input.len() == 2).then_some(())?;
+            let t = producer(&reshape.input[0]).filter(|&t| op(t, "Transpose"))?;
+            (g.node[t].attr_ints("perm")? == [0, 2, 1]).then_some(())?;
+            let first = producer(&g.node[t].input[0]).filter(|&r| op(r, "Reshape"))?;
+            let k = g.node[first].input.first()?.as_str();
+            let (c1, c2) = (producer(g.node[first].input.get(1)?)?, producer(&reshape.input[1])?);
+            (op(c1, "Concat") && op(c2, "Concat")).then_some(())?;
+            // Pieces: Slices of one Shape of k, [-1] a constant.
+            let mut shape = None;
+            let mut piece = |name: &str| -> Option<(Vec<i64>, Vec<i64>, usize)> {
+                let s = producer(name).filter(|&s| op(s, "Slice"))?;
+                let node = &g.node[s];
+                (node.input.len() == 3).then_some(())?;
+                let sh = producer(&node.input[0]).filter(|&n| op(n, "Shape"))?;
+                let plain = g.node[sh].attr_i("start", 0) == 0 && g.node[sh].attr("end").is_none();
+                (plain && g.node[sh].input.first().map(String::as_str) == Some(k)).then_some(())?;
+                (*shape.get_or_insert(sh) == sh).then_some(())?;
+                Some((cx.ints(node, 1)?, cx.ints(node, 2)?, s))
+            };
+            let [minus_one, second, last_dim] = &g.node[c1].input[..] else { return None };
+            (cx.const_tensor(minus_one).map(int64s)? == [-1]).then_some(())?;
+            let (s2, e2, n2) = piece(second)?;
+            let (s1, e1, n1) = piece(last_dim)?;
+            let [lead, l2, p2] = &g.node[c2].input[..] else { return None };
+            let (s0, e0, n0) = piece(lead)?;
+            let same = l2 == last_dim && p2 == second;
+            let bounds = s2 == [-2] && e2 == [-1] && s1 == [-1] && e1 == [i64::MAX] && s0 == [i64::MIN] && e0 == [-2];
+            (same && bounds).then_some(())?;
+            let inner = vec![shape?, n0, n1, n2, c1, first, t, c2];
+            // Nothing outside reads what the pattern computes (the shape of k included).
+            let outside = inner
+                .iter()
+                .flat_map(|&n| &g.node[n].output)
+                .any(|v| ir.outputs.contains(v) || ir.readers(v).iter().any(|(r, _)| !inner.contains(r) && *r != last));
+            (!outside).then(|| SwapLast { input: k, inner: inner.into_iter().map(NodeId).collect() })
+        })();
+        found.extend(matched.map(|s| (NodeId(last), s)));
+    }
+    found
+}
+
+impl<'g> ChannelOp<'g> for SwapLast<'g> {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0], otherwise: "it transposes a constant" }
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        let swap = |a: isize| match a {
+            -1 => -2,
+            -2 => -1,
+            a => a,
+        };
+        for (from, to) in [(x, o), (o, x)] {
+            let l = cx.get(from);
+            l.axis.inspect(|&a| cx.set_axis(to, swap(a)));
+            l.rank.inspect(|&r| cx.set_rank(to, r));
+            l.width.inspect(|&w| cx.set_width(to, w));
+            l.block.inspect(|&b| cx.set_block(to, b));
+            l.heads.inspect(|&h| cx.set_heads(to, Heads { axis: swap(h.axis), ..h }));
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        if let (Some(w), true) = (cx.width(x), cx.width(x) == cx.width(o)) {
+            cx.tie(x, 0, o, 0, w);
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        let r = cx.consts(x).to_vec();
+        cx.set(o, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        let needed = cx.needed(o).to_vec();
+        if needed.len() != cx.needed(x).len() {
+            return cx.mark_all(x);
+        }
+        (0..needed.len()).filter(|&c| needed[c]).for_each(|c| cx.mark(x, c));
     }
 }

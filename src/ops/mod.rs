@@ -212,6 +212,10 @@ pub(crate) fn roles<'g>(graph: &'g GraphProto, ir: &'g Ir) -> Vec<Role<'g>> {
         repeat.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
         roles[last.0] = Role::Op(Box::new(repeat));
     }
+    for (last, swap) in attention::swapped_last_axes(&cx) {
+        swap.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
+        roles[last.0] = Role::Op(Box::new(swap));
+    }
     roles
 }
 
