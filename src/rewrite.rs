@@ -187,6 +187,9 @@ pub(crate) fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) -> Pending {
     cx.finish(g)
 }
 
+/// A Gather of an operand: the value, the axis and the entries kept.
+type OperandGather = (String, isize, Vec<usize>);
+
 /// What applying the edits collects before the structural changes, which shift node indices,
 /// run last.
 struct Apply {
@@ -199,7 +202,7 @@ struct Apply {
     pending: Pending,
     gathers: Vec<(String, isize, Vec<usize>)>,
     /// Gathers of operands by (value, axis, entries): their output and first reader.
-    operand_gathers: HashMap<(String, isize, Vec<usize>), (String, String, usize)>,
+    operand_gathers: HashMap<OperandGather, (String, String, usize)>,
 }
 
 impl Apply {

@@ -45,8 +45,42 @@ pub(crate) fn decide(facts: &Facts, policy: InputPolicy) -> Decision {
             }
         }
     }
-    while rectangular_heads(facts, &mut d) | one_channel_each(facts, &mut d) {}
+    let links: Vec<(ValueId, ValueId)> = facts.graph.ops().flat_map(|(n, op)| op.head_links(&facts.graph, n)).collect();
+    while rectangular_heads(facts, &mut d) | linked_heads(facts, &links, &mut d) | one_channel_each(facts, &mut d) {}
     d
+}
+
+/// Values linked by an operator keep the same heads: a head either keeps a channel in both or
+/// in neither (a head some other reason keeps in one gets back its first kept entry, or its
+/// first entry, in the other). Says whether it kept more.
+fn linked_heads(facts: &Facts, links: &[(ValueId, ValueId)], d: &mut Decision) -> bool {
+    let mut changed = false;
+    for &(a, b) in links {
+        let (la, lb) = (facts.layouts[a], facts.layouts[b]);
+        let (Some(ha), Some(hb), Some(pa), Some(pb)) = (la.heads, lb.heads, la.per_head(), lb.per_head()) else {
+            continue;
+        };
+        if ha.count != hb.count {
+            continue; // the layouts disagree: the attention itself fails to line up, forced elsewhere
+        }
+        let rows = |v: ValueId, per: usize, d: &Decision| {
+            let mut rows = vec![false; ha.count];
+            d.kept(facts, v, 0).iter().for_each(|&c| rows[c / per] = true);
+            rows
+        };
+        let (ra, rb) = (rows(a, pa, d), rows(b, pb, d));
+        for (v, per, mine, other) in [(a, pa, &ra, &rb), (b, pb, &rb, &ra)] {
+            let first = d.kept(facts, v, 0).first().map_or(0, |&c| c % per);
+            for h in (0..ha.count).filter(|&h| other[h] && !mine[h]) {
+                let k = facts.classes.class(v, h * per + first);
+                if !d.kept_class[k] {
+                    d.kept_class[k] = true;
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
 }
 
 /// Values whose channels span heads keep a product of heads and entries (the same entries in

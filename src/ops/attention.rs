@@ -18,7 +18,7 @@ use super::{Activations, ChannelOp, Ctx, Role};
 use crate::analysis::layout::Heads;
 use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::Why;
-use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
+use crate::analysis::{CheckCx, ConstCx, Graph, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::proto::NodeProto;
@@ -30,7 +30,9 @@ pub(crate) fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
     if let Some(rows) = node.input.first().and_then(|p| softmax_rows(cx, p)) {
         Role::Op(Box::new(Weighted { rows }))
     } else {
-        Role::Op(Box::new(Scores { shift_invariant: into_softmax(cx, &node.output[0]) }))
+        let softmax = into_softmax(cx, &node.output[0]);
+        let weighted = softmax.and_then(|p| weighted_by(cx, p));
+        Role::Op(Box::new(Scores { shift_invariant: softmax.is_some(), weighted }))
     }
 }
 
@@ -109,16 +111,16 @@ fn nan_to_zero<'g>(cx: &Ctx<'g>, node: &'g NodeProto) -> Option<&'g str> {
     (matches && is_zero).then_some(p.as_str())
 }
 
-/// Whether `scores` reach a softmax over the last axis through steps that keep a constant
-/// added to a row a constant added to the row: scalings by a scalar constant, additions of
-/// anything (masks), identities; each value read by the next step alone.
-fn into_softmax(cx: &Ctx, scores: &str) -> bool {
+/// The softmax over the last axis that `scores` reach through steps that keep a constant added
+/// to a row a constant added to the row: scalings by a scalar constant, additions of anything
+/// (masks), identities; each value read by the next step alone.
+fn into_softmax<'g>(cx: &Ctx<'g>, scores: &str) -> Option<&'g str> {
     let scalar = |name: &str| cx.const_tensor(name).is_some_and(|t| t.dims.iter().product::<i64>() == 1);
     let mut at = scores;
     loop {
-        let Some(node) = sole_reader(cx, at) else { return false };
+        let node = sole_reader(cx, at)?;
         if is_row_softmax(cx, node) {
-            return true;
+            return node.output.first().map(String::as_str);
         }
         let two = node.input.len() == 2;
         let keeps_shift = match node.op_type() {
@@ -129,8 +131,22 @@ fn into_softmax(cx: &Ctx, scores: &str) -> bool {
         };
         match node.output.first() {
             Some(out) if keeps_shift => at = out,
-            _ => return false,
+            _ => return None,
         }
+    }
+}
+
+/// `(V, O)` of the `O = P @ V` that alone reads the softmax `p` (through identities and the
+/// NaN guard): the attention whose heads the scores serve.
+fn weighted_by<'g>(cx: &Ctx<'g>, p: &str) -> Option<(&'g str, &'g str)> {
+    let mut at = p;
+    loop {
+        let node = sole_reader(cx, at)?;
+        if node.op_type() == "MatMul" && node.input.first().map(String::as_str) == Some(at) {
+            return Some((node.input.get(1)?.as_str(), node.output.first()?.as_str()));
+        }
+        let through = is_pass_through(node) || nan_to_zero(cx, node).is_some();
+        at = node.output.first().filter(|_| through)?;
     }
 }
 
@@ -143,11 +159,29 @@ fn check_ranks(cx: &mut CheckCx, values: &[ValueId]) {
 }
 
 /// `S = Q @ K^T` over channels that Q holds on its last axis and K^T on its second to last.
-struct Scores {
+struct Scores<'g> {
     shift_invariant: bool,
+    /// `(V, O)` of the attention that reads the scores' softmax alone: a head whose output
+    /// nothing needs (or whose output is constant) needs no scores, so its Q/K go, and the
+    /// heads Q and V keep must then be the same.
+    weighted: Option<(&'g str, &'g str)>,
 }
 
-impl<'g> ChannelOp<'g> for Scores {
+impl Scores<'_> {
+    /// Per head of the scores, whether the attention output reads it; `None` when unknown.
+    fn live_heads(&self, cx: &NeedCx, heads: usize) -> Option<Vec<bool>> {
+        let o = cx.value(self.weighted?.1)?;
+        let l = cx.layout(o);
+        let (needed, consts) = (cx.needed(o), cx.consts(o));
+        if l.heads.map(|h| h.count) != Some(heads) || needed.len() != l.width? {
+            return None;
+        }
+        let per = l.per_head()?;
+        Some((0..heads).map(|h| (h * per..(h + 1) * per).any(|c| needed[c] && consts[c].is_none())).collect())
+    }
+}
+
+impl<'g> ChannelOp<'g> for Scores<'g> {
     fn activations(&self) -> Activations {
         Activations { slots: vec![0, 1], otherwise: "its operands are constants or missing" }
     }
@@ -177,6 +211,11 @@ impl<'g> ChannelOp<'g> for Scores {
         check_ranks(cx, &values);
     }
 
+    fn head_links(&self, g: &Graph<'g>, node: NodeId) -> Vec<(ValueId, ValueId)> {
+        let v = self.weighted.and_then(|(v, _)| g.value(v));
+        v.and_then(|v| Some((g.input(node, 0)?, v))).into_iter().collect()
+    }
+
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let (q, kt) = (cx.input(0), cx.input(1));
         if let (Some(w), true) = (cx.width(q), cx.width(q) == cx.width(kt)) {
@@ -192,9 +231,13 @@ impl<'g> ChannelOp<'g> for Scores {
             cx.mark_all(kt);
             return;
         }
+        let heads = cx.layout(q).heads.map(|h| h.count);
+        let live = heads.and_then(|h| self.live_heads(cx, h));
+        let per = cx.layout(q).per_head().unwrap_or(qc.len().max(1));
         for d in 0..qc.len() {
             let vanishes = qc[d] == Some(0.0) || kc[d] == Some(0.0) || (self.shift_invariant && kc[d].is_some());
-            if !vanishes {
+            let dead_head = live.as_ref().is_some_and(|l| !l[d / per]);
+            if !vanishes && !dead_head {
                 cx.mark(q, d);
                 cx.mark(kt, d);
             }
@@ -313,7 +356,7 @@ pub(crate) fn repeated_heads<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, RepeatKv<'g>)> {
             let expand_shape = ShapeInput::of(cx, &g.node[expand], 1).filter(|s| s.len() == rank + 1)?;
             let target = ShapeInput::of(cx, &g.node[reshape], 1).filter(|s| s.len() == rank)?;
             let n_rep = expand_shape.get(cx, axis).filter(|&r| r > 1)? as usize;
-            let all_heads = target.get(cx, heads).filter(|&h| h > 0 && h as usize % n_rep == 0)? as usize;
+            let all_heads = target.get(cx, heads).filter(|&h| h > 0 && (h as usize).is_multiple_of(n_rep))? as usize;
             let kv_heads = all_heads / n_rep;
             let kv_entry = expand_shape.get(cx, heads)?;
             let (d_entry, d_target) = (expand_shape.get(cx, rank)?, target.get(cx, rank - 1)?);

@@ -29,7 +29,7 @@ pub(crate) use linear::{Linear, NonZero, Weight};
 pub use norm::ClnForm;
 
 use crate::analysis::reasons::Opaque;
-use crate::analysis::{CheckCx, ConstCx, LayoutCx, NeedCx, PlanCx, TieCx};
+use crate::analysis::{CheckCx, ConstCx, Graph, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::ir::{Ir, NodeExt};
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
@@ -134,6 +134,12 @@ pub(crate) trait ChannelOp<'g> {
     /// Plan: the edits that keep only the decided channels.
     fn rewrite(&self, _cx: &mut PlanCx<'_, 'g>) -> Result<()> {
         Ok(())
+    }
+
+    /// Pairs of values split into heads whose kept heads must be the same though no channel
+    /// ties them (attention's queries and values: the scores' heads meet the values' heads).
+    fn head_links(&self, _g: &Graph<'g>, _node: NodeId) -> Vec<(ValueId, ValueId)> {
+        vec![]
     }
 
     /// The weight matrix, for a linear layer (pruning reads it too).

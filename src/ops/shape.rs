@@ -95,10 +95,12 @@ impl Reshaped {
 
     /// Whether the target merges `x`'s heads (just before its channel axis) back into one axis.
     fn merges(&self, x: crate::analysis::Layout) -> bool {
-        let (Some(heads), Some(rank), Some(w)) = (x.heads, x.rank, x.width) else { return false };
+        let (Some(heads), Some(w)) = (x.heads, x.width) else { return false };
         let last = self.target.last().copied();
-        // An explicit last entry of the whole width: with -1 the heads axis could stay apart.
-        x.axis == Some(-1) && heads.axis == -2 && rank == self.target.len() + 1 && last == Some(w as i64)
+        // An explicit last entry of the whole width (with -1 the heads axis could stay apart):
+        // in row-major order the last axis then holds exactly `[H, D]`, entry `h * D + d`,
+        // however the axes before merge (`[B, T, H, D] -> [B * T, H * D]` too).
+        x.axis == Some(-1) && heads.axis == -2 && last == Some(w as i64)
     }
 }
 
@@ -612,7 +614,7 @@ impl ShapeInput {
             None => cx.ir.shape(piece) == Some(&[Some(1)]),
         };
         (c.op_type() == "Concat" && c.attr_i("axis", 0) == 0 && c.input.iter().all(one_entry))
-            .then(|| Self::Pieces { concat: NodeId(concat), count: c.input.len() })
+            .then_some(Self::Pieces { concat: NodeId(concat), count: c.input.len() })
     }
 
     pub fn len(&self) -> usize {
