@@ -12,9 +12,10 @@ Unsqueeze/Expand/Reshape, a causal mask, Softmax, the output projection, SiLU-ga
 LM head. Shapes are static (batch 1, ``--seq`` tokens), so tract can run every piece.
 
 ``--zero`` zeroes that fraction of the MLP's hidden units (their gate and up columns: the unit
-then outputs silu(0) * 0 = 0, which minimization removes with the matching down rows) and of the
-attention heads' value dimensions (V columns; the output projection's matching rows fold a
-zero). Weights are written tensor by tensor, each tensor of 1 MiB or more at a 64 KiB boundary;
+then outputs silu(0) * 0 = 0, which minimization removes with the matching down rows), of the
+value dimensions (the same V columns in every key/value head; the output projection's matching
+rows fold a zero) and of the rotary pairs of the keys (K columns d and d + head_dim/2 in every
+key/value head: those query/key dimensions leave Q and K). Weights are written tensor by tensor, each tensor of 1 MiB or more at a 64 KiB boundary;
 ``--repeat-weights`` writes one layer's weights for every layer (same bytes, different names),
 which makes a very large file quickly. Prints a JSON summary.
 """
@@ -101,8 +102,15 @@ def main() -> None:
         dead_units = rng.choice(f, int(f * a.zero), replace=False)
         gate[:, dead_units] = 0
         up[:, dead_units] = 0
-        dead_v = rng.choice(kvh * hd, int(kvh * hd * a.zero), replace=False)
-        v[:, dead_v] = 0
+        # Attention: the same value dimensions in every key/value head (the output projection
+        # reads zeros there), and the same rotary pairs (d, d + hd/2) of the keys (a zero key
+        # dimension rotates to zero: the pair leaves the queries and keys of the whole group).
+        dead_v = rng.choice(hd, int(hd * a.zero), replace=False)
+        dead_pairs = rng.choice(hd // 2, int(hd // 2 * a.zero), replace=False)
+        for g in range(kvh):
+            v[:, g * hd + dead_v] = 0
+            k[:, g * hd + dead_pairs] = 0
+            k[:, g * hd + hd // 2 + dead_pairs] = 0
         return {
             "q": encode(q), "k": encode(k), "v": encode(v), "o": encode(o),
             "gate": encode(gate), "up": encode(up), "down": encode(down),

@@ -249,19 +249,23 @@ impl Ir {
         self.shapes.get(name).map(Vec::len)
     }
 
-    /// The dimension `axis` (counted from the end, as channel axes are) of a value, as declared;
-    /// axes before a declared shape's first are 1, as broadcasting reads them.
-    pub fn dim_from_end(&self, name: &str, axis: isize) -> Option<u64> {
-        let dims = self.shapes.get(name)?;
-        match usize::try_from(dims.len() as isize + axis) {
-            Ok(i) => dims.get(i).copied().flatten(),
-            Err(_) => Some(1),
-        }
-    }
-
     /// The declared shape of a value, where its type information gives one.
     pub fn shape(&self, name: &str) -> Option<&[Option<u64>]> {
         self.shapes.get(name).map(Vec::as_slice)
+    }
+
+    /// The dimension `axis` (counted from the end, as channel axes are) of a value: a constant's
+    /// own, or as declared; axes before the first are 1, as broadcasting reads them.
+    pub fn dim_from_end(&self, g: &GraphProto, name: &str, axis: isize) -> Option<u64> {
+        let at = |len: usize| usize::try_from(len as isize + axis).ok();
+        if let Some(t) = self.const_tensor(g, name) {
+            return Some(at(t.dims.len()).map_or(1, |i| t.dims[i] as u64));
+        }
+        let dims = self.shapes.get(name)?;
+        match at(dims.len()) {
+            Some(i) => dims[i],
+            None => Some(1),
+        }
     }
 
     pub fn readers(&self, name: &str) -> &[(usize, usize)] {

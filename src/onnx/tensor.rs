@@ -246,6 +246,17 @@ impl<'a> Values<'a> {
     }
 
     /// Packs the elements at `indices` into raw bytes of the same type, bit for bit.
+    /// The raw bytes of the entries `keep` along axis `pos` (from the start), every other axis
+    /// whole.
+    pub fn gather_axis(&self, pos: usize, keep: &[usize]) -> Vec<u8> {
+        let dims: Vec<usize> = self.dims.iter().map(|&d| d as usize).collect();
+        let (outer, inner) = (dims[..pos].iter().product::<usize>(), dims[pos + 1..].iter().product::<usize>());
+        let n = dims[pos];
+        self.gather(
+            (0..outer).flat_map(|o| keep.iter().flat_map(move |&k| (0..inner).map(move |i| (o * n + k) * inner + i))),
+        )
+    }
+
     pub fn gather(&self, indices: impl Iterator<Item = usize>) -> Vec<u8> {
         let size = self.dtype.size();
         let mut out = Vec::new();

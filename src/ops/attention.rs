@@ -342,7 +342,10 @@ pub(crate) fn repeated_heads<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, RepeatKv<'g>)> {
                 return None;
             }
             let x = unsqueeze.input.first().filter(|x| !ir.is_const(x))?;
-            let rank = ir.rank(x)?;
+            let expand = sole(&unsqueeze.output[0], "Expand")?;
+            let expand_shape = ShapeInput::of(cx, &g.node[expand], 1)?;
+            // The rank as declared, or as the expanded shape (one axis more) says.
+            let rank = ir.rank(x).unwrap_or(expand_shape.len().checked_sub(1)?);
             let axes = match unsqueeze.input.get(1).filter(|a| !a.is_empty()) {
                 Some(_) => cx.ints(unsqueeze, 1)?,
                 None => unsqueeze.attr_ints("axes")?,
@@ -351,9 +354,8 @@ pub(crate) fn repeated_heads<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, RepeatKv<'g>)> {
             let axis = if axis < 0 { axis + rank as i64 + 1 } else { axis } as usize;
             // The new axis follows the heads axis, both before the channel axis (the last).
             let heads = axis.checked_sub(1).filter(|&h| h + 1 < rank)?;
-            let expand = sole(&unsqueeze.output[0], "Expand")?;
             let reshape = sole(&g.node[expand].output[0], "Reshape")?;
-            let expand_shape = ShapeInput::of(cx, &g.node[expand], 1).filter(|s| s.len() == rank + 1)?;
+            (expand_shape.len() == rank + 1).then_some(())?;
             let target = ShapeInput::of(cx, &g.node[reshape], 1).filter(|s| s.len() == rank)?;
             let n_rep = expand_shape.get(cx, axis).filter(|&r| r > 1)? as usize;
             let all_heads = target.get(cx, heads).filter(|&h| h > 0 && (h as usize).is_multiple_of(n_rep))? as usize;

@@ -8,7 +8,7 @@ use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::Why;
 use crate::analysis::{CheckCx, ConstCx, Graph, Layout, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::error::Result;
-use crate::onnx::tensor::{encode, with_data};
+use crate::onnx::tensor::{encode, with_data, Values};
 use crate::rewrite::Edit;
 
 /// Scalar semantics on one channel: the values of all its operands, in slot order (activations
@@ -100,11 +100,12 @@ enum Side {
 /// may not be known yet) or the output's layout is not known.
 fn side(g: &Graph, a: &str, o: Layout) -> Option<Side> {
     let (axis, per) = (o.axis?, o.per_head()?);
-    if g.ir.shape(a).is_none() || o.block != Some(1) {
+    let dim = |axis: isize| g.ir.dim_from_end(g.proto, a, axis);
+    if (g.ir.shape(a).is_none() && !g.ir.is_const(a)) || o.block != Some(1) {
         return Some(Side::Same);
     }
-    let over_heads = o.heads.is_some_and(|h| g.ir.dim_from_end(a, h.axis) == Some(1));
-    match g.ir.dim_from_end(a, axis) {
+    let over_heads = o.heads.is_some_and(|h| dim(h.axis) == Some(1));
+    match dim(axis) {
         Some(1) if per > 1 && (o.heads.is_none() || over_heads) => Some(Side::Broadcast),
         Some(n) if n as usize == per && over_heads => Some(Side::Broadcast),
         Some(n) if n as usize == per => Some(Side::Same),
@@ -147,10 +148,19 @@ impl<'g> ChannelOp<'g> for PerChannel {
         if l.axis.is_none() || l.width.is_none() {
             return;
         }
+        // A constant that is not per channel but broadcast over the heads or the channels (a
+        // rotary table folded into a constant) is read like a broadcast activation.
+        let side_const = |s: usize| {
+            let name = &cx.node_proto().input[s];
+            !self.channel_params && side(cx.graph, name, l) == Some(Side::Broadcast)
+        };
         let checked = self.axes.check(cx, o).and_then(|()| {
             self.params
                 .iter()
-                .map(|&s| Ok((s, cx.per_channel(s, l, self.channel_params)?)))
+                .filter_map(|&s| match cx.per_channel(s, l, self.channel_params) {
+                    Err(_) if side_const(s) => None,
+                    r => Some(r.map(|p| (s, p))),
+                })
                 .collect::<Result<Vec<_>, _>>()
         });
         match checked {
@@ -245,21 +255,34 @@ impl<'g> ChannelOp<'g> for PerChannel {
             return Ok(());
         }
         let lo = cx.layout(o);
-        for slot in self.sides(cx.graph, cx.node, lo) {
+        let (per, axis) = (lo.per_head().expect("laid out"), lo.axis.expect("laid out"));
+        let entries = if lo.heads.is_some() { heads_kept(lo, &keep).1 } else { keep.clone() };
+        let sides = self.sides(cx.graph, cx.node, lo);
+        let side_params = self.params.iter().copied().filter(|&s| cx.param(s).is_none());
+        for slot in sides.into_iter().chain(side_params.collect::<Vec<_>>()) {
             let input = &cx.node_proto().input[slot];
-            let per = lo.per_head().expect("laid out");
-            // A broadcast operand with one entry per head dimension reads the kept ones.
-            if cx.graph.ir.dim_from_end(input, lo.axis.expect("laid out")) == Some(per as u64) {
-                let entries = if lo.heads.is_some() { heads_kept(lo, &keep).1 } else { keep.clone() };
-                if entries.len() < per {
-                    let (node, axis) = (cx.node.0, lo.axis.expect("laid out"));
-                    cx.push(Edit::GatherOperand { node, slot, axis, keep: entries });
+            // A broadcast operand with one entry per head dimension reads the kept ones: a
+            // constant is sliced, an activation gathered.
+            if cx.graph.ir.dim_from_end(cx.graph.proto, input, axis) != Some(per as u64) || entries.len() == per {
+                continue;
+            }
+            let node = cx.node.0;
+            match cx.const_input(slot) {
+                Some(t) => {
+                    let values = Values::of(t).expect("checked");
+                    let pos = (t.dims.len() as isize + axis) as usize;
+                    let mut dims = t.dims.clone();
+                    dims[pos] = entries.len() as i64;
+                    let raw = values.gather_axis(pos, &entries);
+                    cx.push(Edit::Const { node, slot, tensor: with_data(t, dims, values.dtype, raw) });
                 }
+                None => cx.push(Edit::GatherOperand { node, slot, axis, keep: entries.clone() }),
             }
         }
         let node = cx.node_proto();
         for &slot in &self.params {
-            let prm = cx.param(slot).expect("a laid-out node's constants are checked");
+            // A constant broadcast over heads or varying beyond the channels (sliced above).
+            let Some(prm) = cx.param(slot) else { continue };
             if let Some(dim) = prm.channel_dim {
                 let t = cx.const_tensor(&node.input[slot]).expect("constant");
                 let mut dims = t.dims.clone();
