@@ -45,33 +45,38 @@ pub(crate) fn decide(facts: &Facts, policy: InputPolicy) -> Decision {
             }
         }
     }
-    let links: Vec<(ValueId, ValueId)> = facts.graph.ops().flat_map(|(n, op)| op.head_links(&facts.graph, n)).collect();
+    let links: Vec<(ValueId, Option<ValueId>)> =
+        facts.graph.ops().flat_map(|(n, op)| op.head_links(&facts.graph, n)).collect();
     while rectangular_heads(facts, &mut d) | linked_heads(facts, &links, &mut d) | one_channel_each(facts, &mut d) {}
     d
 }
 
 /// Values linked by an operator keep the same heads: a head either keeps a channel in both or
 /// in neither (a head some other reason keeps in one gets back its first kept entry, or its
-/// first entry, in the other). Says whether it kept more.
-fn linked_heads(facts: &Facts, links: &[(ValueId, ValueId)], d: &mut Decision) -> bool {
+/// first entry, in the other). Without a partner whose heads line up, every head stays. Says
+/// whether it kept more.
+fn linked_heads(facts: &Facts, links: &[(ValueId, Option<ValueId>)], d: &mut Decision) -> bool {
     let mut changed = false;
+    let heads = |v: ValueId| facts.layouts[v].heads.zip(facts.layouts[v].per_head());
+    let rows = |v: ValueId, d: &Decision| {
+        let (h, per) = heads(v).expect("heads");
+        let mut rows = vec![false; h.count];
+        d.kept(facts, v, 0).iter().for_each(|&c| rows[c / per] = true);
+        rows
+    };
     for &(a, b) in links {
-        let (la, lb) = (facts.layouts[a], facts.layouts[b]);
-        let (Some(ha), Some(hb), Some(pa), Some(pb)) = (la.heads, lb.heads, la.per_head(), lb.per_head()) else {
-            continue;
+        let pair = [Some(a), b].into_iter().flatten().filter(|&v| heads(v).is_some()).collect::<Vec<_>>();
+        let lined_up = pair.len() == 2 && heads(pair[0]).map(|h| h.0.count) == heads(pair[1]).map(|h| h.0.count);
+        let union: Vec<bool> = match lined_up {
+            true => rows(pair[0], d).iter().zip(rows(pair[1], d)).map(|(x, y)| *x || y).collect(),
+            false => vec![],
         };
-        if ha.count != hb.count {
-            continue; // the layouts disagree: the attention itself fails to line up, forced elsewhere
-        }
-        let rows = |v: ValueId, per: usize, d: &Decision| {
-            let mut rows = vec![false; ha.count];
-            d.kept(facts, v, 0).iter().for_each(|&c| rows[c / per] = true);
-            rows
-        };
-        let (ra, rb) = (rows(a, pa, d), rows(b, pb, d));
-        for (v, per, mine, other) in [(a, pa, &ra, &rb), (b, pb, &rb, &ra)] {
+        for &v in &pair {
+            let (h, per) = heads(v).expect("heads");
+            let wanted = if lined_up { union.clone() } else { vec![true; h.count] };
+            let mine = rows(v, d);
             let first = d.kept(facts, v, 0).first().map_or(0, |&c| c % per);
-            for h in (0..ha.count).filter(|&h| other[h] && !mine[h]) {
+            for h in (0..wanted.len()).filter(|&h| wanted[h] && !mine[h]) {
                 let k = facts.classes.class(v, h * per + first);
                 if !d.kept_class[k] {
                     d.kept_class[k] = true;

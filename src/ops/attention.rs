@@ -211,9 +211,9 @@ impl<'g> ChannelOp<'g> for Scores<'g> {
         check_ranks(cx, &values);
     }
 
-    fn head_links(&self, g: &Graph<'g>, node: NodeId) -> Vec<(ValueId, ValueId)> {
+    fn head_links(&self, g: &Graph<'g>, node: NodeId) -> Vec<(ValueId, Option<ValueId>)> {
         let v = self.weighted.and_then(|(v, _)| g.value(v));
-        v.and_then(|v| Some((g.input(node, 0)?, v))).into_iter().collect()
+        g.input(node, 0).map(|q| (q, v)).into_iter().collect()
     }
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
@@ -362,11 +362,12 @@ pub(crate) fn repeated_heads<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, RepeatKv<'g>)> {
             let kv_heads = all_heads / n_rep;
             let kv_entry = expand_shape.get(cx, heads)?;
             let (d_entry, d_target) = (expand_shape.get(cx, rank)?, target.get(cx, rank - 1)?);
+            // An expand entry of 1 may be a broadcast: the target must then write the size.
             let head_dim = if d_target > 0 { d_target } else { d_entry };
             let fits = (kv_entry == 1 || kv_entry == kv_heads as i64)
                 && (d_entry == 1 || d_entry == head_dim)
                 && (d_target == -1 || d_target == head_dim)
-                && head_dim > 1;
+                && (head_dim > 1 || d_target == 1);
             fits.then(|| RepeatKv {
                 input: x.as_str(),
                 inner: vec![NodeId(n), NodeId(expand)],

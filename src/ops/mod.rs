@@ -137,8 +137,9 @@ pub(crate) trait ChannelOp<'g> {
     }
 
     /// Pairs of values split into heads whose kept heads must be the same though no channel
-    /// ties them (attention's queries and values: the scores' heads meet the values' heads).
-    fn head_links(&self, _g: &Graph<'g>, _node: NodeId) -> Vec<(ValueId, ValueId)> {
+    /// ties them (attention's queries and values: the scores' heads meet the values' heads);
+    /// a value without a known partner keeps every head.
+    fn head_links(&self, _g: &Graph<'g>, _node: NodeId) -> Vec<(ValueId, Option<ValueId>)> {
         vec![]
     }
 

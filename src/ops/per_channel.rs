@@ -114,6 +114,15 @@ fn side(g: &Graph, a: &str, o: Layout) -> Option<Side> {
     }
 }
 
+/// Whether constant `a` has one entry per channel of `o` (per head dimension, size 1 on the
+/// heads axis), or one for all, along `o`'s channel axis.
+fn entrywise(g: &Graph, a: &str, o: Layout) -> bool {
+    let (Some(axis), Some(per)) = (o.axis, o.per_head()) else { return false };
+    let dim = |axis: isize| g.ir.dim_from_end(g.proto, a, axis);
+    let along = dim(axis).is_some_and(|n| n == 1 || n as usize == per);
+    along && o.block == Some(1) && o.heads.is_none_or(|h| dim(h.axis) == Some(1))
+}
+
 /// Whether `a`'s declared shape has size 1 on an axis where `o`'s does not: before `o`'s layout
 /// is known, such an operand tells nothing about it.
 fn broadcast_into(g: &Graph, a: &str, o: &str) -> bool {
@@ -148,12 +157,10 @@ impl<'g> ChannelOp<'g> for PerChannel {
         if l.axis.is_none() || l.width.is_none() {
             return;
         }
-        // A constant that is not per channel but broadcast over the heads or the channels (a
-        // rotary table folded into a constant) is read like a broadcast activation.
-        let side_const = |s: usize| {
-            let name = &cx.node_proto().input[s];
-            !self.channel_params && side(cx.graph, name, l) == Some(Side::Broadcast)
-        };
+        // A constant that is not per channel but has one entry per channel (or per head
+        // dimension, broadcast over the heads) and varies along other axes (a rotary table
+        // folded into a constant, `[T, D]`) is read as varying, and sliced with the channels.
+        let side_const = |s: usize| !self.channel_params && entrywise(cx.graph, &cx.node_proto().input[s], l);
         let checked = self.axes.check(cx, o).and_then(|()| {
             self.params
                 .iter()
