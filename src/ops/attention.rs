@@ -32,7 +32,8 @@ pub(crate) fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
     } else {
         let softmax = into_softmax(cx, &node.output[0]);
         let weighted = softmax.and_then(|p| weighted_by(cx, p));
-        Role::Op(Box::new(Scores { shift_invariant: softmax.is_some(), weighted }))
+        let scores = score_values(cx, &node.output[0]);
+        Role::Op(Box::new(Scores { shift_invariant: softmax.is_some(), weighted, scores }))
     }
 }
 
@@ -136,6 +137,31 @@ fn into_softmax<'g>(cx: &Ctx<'g>, scores: &str) -> Option<&'g str> {
     }
 }
 
+/// `scores` and the values computed from it alone (each read by the next step only) up to the
+/// operand of a product: the attention weights, with a NaN guard's mask.
+fn score_values<'g>(cx: &Ctx<'g>, scores: &'g str) -> Vec<&'g str> {
+    let mut values = vec![scores];
+    let mut at = scores;
+    while let Some(node) = sole_reader(cx, at) {
+        if node.op_type() == "MatMul" {
+            break;
+        }
+        if let Some(isnan) = node.input.first().and_then(|c| cx.ir.producer.get(c)) {
+            if nan_to_zero(cx, node).is_some() {
+                values.push(&cx.graph.node[*isnan].output[0]);
+            }
+        }
+        match node.output.first() {
+            Some(out) if node.output.len() == 1 => {
+                values.push(out);
+                at = out;
+            }
+            _ => break,
+        }
+    }
+    values
+}
+
 /// `(V, O)` of the `O = P @ V` that alone reads the softmax `p` (through identities and the
 /// NaN guard): the attention whose heads the scores serve.
 fn weighted_by<'g>(cx: &Ctx<'g>, p: &str) -> Option<(&'g str, &'g str)> {
@@ -165,6 +191,9 @@ struct Scores<'g> {
     /// nothing needs (or whose output is constant) needs no scores, so its Q/K go, and the
     /// heads Q and V keep must then be the same.
     weighted: Option<(&'g str, &'g str)>,
+    /// The scores and what is computed from them up to the attention weights `P` (a NaN
+    /// guard's mask too): `[.., H, T, T]` tensors whose declared heads follow Q's.
+    scores: Vec<&'g str>,
 }
 
 impl Scores<'_> {
@@ -209,6 +238,20 @@ impl<'g> ChannelOp<'g> for Scores<'g> {
     fn check(&self, cx: &mut CheckCx<'_, 'g>) {
         let values = [cx.input(0), cx.input(1)];
         check_ranks(cx, &values);
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        // The declared heads of the scores follow the queries' (no channels of their own).
+        let q = cx.input(0);
+        let (Some(w), Some(h)) = (cx.layout(q).width, cx.layout(q).heads) else { return Ok(()) };
+        let keep = cx.kept(q, w);
+        let rows = heads_kept(cx.layout(q), &keep).0.len();
+        if rows < h.count && h.axis <= -3 {
+            for value in &self.scores {
+                cx.push(Edit::Width { value: value.to_string(), axis: h.axis, from: h.count, to: rows });
+            }
+        }
+        Ok(())
     }
 
     fn head_links(&self, g: &Graph<'g>, node: NodeId) -> Vec<(ValueId, Option<ValueId>)> {
