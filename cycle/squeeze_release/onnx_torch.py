@@ -248,6 +248,22 @@ def _rms_norm(a, x, scale):
     return y.to(x.dtype) * scale
 
 
+def _attention(a, q, k, v, mask=None, *rest):
+    """Attention (opset 23), 4-D form: query head h reads key/value head h // (Hq / Hkv)."""
+    if "q_num_heads" in a or any(r is not None for r in rest) or a.get("softcap", 0.0):
+        raise UnsupportedModel("Attention with 3-D inputs, a key/value cache or softcap is not supported")
+    rep = q.shape[-3] // k.shape[-3]
+    k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
+    scores = (q @ k.transpose(-1, -2)) * a.get("scale", 1.0 / q.shape[-1] ** 0.5)
+    if a.get("is_causal", 0):
+        t, s = scores.shape[-2:]
+        keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.softmax(scores, dim=-1) @ v
+
+
 def _expand(a, x, shape):
     """Bidirectional broadcasting: `shape` may be shorter than x's or hold 1 where x's dimension is larger."""
     return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(int(d) for d in shape.tolist())))
@@ -637,6 +653,7 @@ OPS: dict[str, Callable] = {
     "Split": _split,
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
+    "Attention": _attention,
     "Expand": _expand,
     "Gather": _gather,
     "GatherND": _gather_nd,

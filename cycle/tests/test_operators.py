@@ -237,6 +237,24 @@ CASES = {
         ),
         None,
     ),
+    "Attention with grouped heads and an additive mask": (
+        model(
+            [helper.make_node("Attention", ["q", "k", "v", "m"], ["y"], scale=0.4)],
+            {"q": [2, 4, 3, 6], "k": [2, 2, 5, 6], "v": [2, 2, 5, 4], "m": [3, 5]},
+            ["y"],
+            23,
+        ),
+        None,
+    ),
+    "Attention causal with the default scale": (
+        model(
+            [helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1)],
+            {"q": [1, 2, 4, 6], "k": [1, 2, 4, 6], "v": [1, 2, 4, 6]},
+            ["y"],
+            23,
+        ),
+        None,
+    ),
     "emitted LayerNormalization": (concatenated_norm("LayerNormalization"), None),
     "emitted LayerNormalization without bias": (concatenated_norm("LayerNormalization", beta=False), None),
     "emitted RMSNormalization": (concatenated_norm("RMSNormalization"), None),

@@ -14,13 +14,15 @@
 //! projections around them.
 
 use super::shape::ShapeInput;
-use super::{Activations, ChannelOp, Ctx, Role};
+use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::layout::Heads;
 use crate::analysis::plan::heads_kept;
-use crate::analysis::reasons::Why;
+use crate::analysis::reasons::{Opaque, Why};
+use crate::analysis::Layout;
 use crate::analysis::{CheckCx, ConstCx, Graph, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::ir::NodeExt;
+use crate::onnx::build::attr_float;
 use crate::onnx::proto::NodeProto;
 use crate::onnx::tensor::int64s;
 use crate::rewrite::Edit;
@@ -651,5 +653,167 @@ impl<'g> ChannelOp<'g> for SwapLast<'g> {
             return cx.mark_all(x);
         }
         (0..needed.len()).filter(|&c| needed[c]).for_each(|c| cx.mark(x, c));
+    }
+}
+
+/// ONNX's `Attention` (opset 23), in its 4-D form: `Q [B, Hq, T, D]`, `K [B, Hkv, S, D]`,
+/// `V [B, Hkv, S, Dv]` to `Y [B, Hq, T, Dv]`, query head `h` reading key/value head
+/// `h / (Hq / Hkv)`. The scores and weighted-values rules of the written-out form, inside one
+/// operator: query/key dimensions tie across the group, value/output dimensions too, a head
+/// whose output nothing needs leaves, and the scale is written out when the head dimension
+/// shrinks (its default, `1 / sqrt(D)`, would follow the new width).
+pub(crate) struct AttentionOp {
+    scale_written: bool,
+    /// Softcapping (`softcap * tanh(S / softcap)`) breaks the softmax's shift invariance.
+    shift_invariant: bool,
+    rows: Rows,
+    has_mask: bool,
+}
+
+pub(crate) struct Attention;
+
+impl OpRule for Attention {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Attention"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let used = |o: &String| !o.is_empty() && (!cx.ir.readers(o).is_empty() || cx.ir.outputs.contains(o));
+        if node.output.iter().skip(1).any(used) {
+            return Role::Opaque(Opaque::AuxiliaryOutput("its cache or scores outputs are used"));
+        }
+        if node.input.iter().skip(4).any(|i| !i.is_empty()) {
+            return Role::Opaque(Opaque::Unsupported("it reads a key/value cache".into()));
+        }
+        if node.attr("q_num_heads").is_some() || node.attr("kv_num_heads").is_some() {
+            return Role::Opaque(Opaque::Unsupported("it takes 3-D inputs (heads inside the last axis)".into()));
+        }
+        let has_mask = node.input.get(3).is_some_and(|m| !m.is_empty());
+        Role::Op(Box::new(AttentionOp {
+            scale_written: node.attr("scale").is_some(),
+            shift_invariant: node.attr_f("softcap", 0.0) == 0.0,
+            // A mask may leave a row with no key at all: its weights are then not a softmax row.
+            rows: if has_mask { Rows::OneOrZero } else { Rows::One },
+            has_mask,
+        }))
+    }
+}
+
+impl AttentionOp {
+    /// `(Hq, Hkv, D, Dv)` when the layouts of Q, K and V line up.
+    fn shape(&self, l: [Layout; 3]) -> Option<(usize, usize, usize, usize)> {
+        // A 4-D operand laid out without heads has one (multi-query attention's keys).
+        let count = |l: Layout| l.width.map(|_| l.heads.map_or(1, |h| h.count));
+        let (hq, hkv) = (count(l[0])?, count(l[1])?);
+        let (d, dk, dv) = (l[0].per_head()?, l[1].per_head()?, l[2].per_head()?);
+        let ok = count(l[2]) == Some(hkv) && hkv > 0 && hq.is_multiple_of(hkv) && d == dk;
+        ok.then_some((hq, hkv, d, dv))
+    }
+}
+
+impl<'g> ChannelOp<'g> for AttentionOp {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0, 1, 2], otherwise: "its query, key or value is a constant or missing" }
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let Some(y) = cx.output(0) else { return };
+        let (q, v) = (cx.input(0), cx.input(2));
+        for x in [q, cx.input(1), v, y] {
+            cx.set_axis(x, -1);
+            cx.set_rank(x, 4);
+            cx.set_block(x, 1);
+        }
+        let lq = cx.get(q);
+        if let (Some(_), Some(dv)) = (lq.width, cx.get(v).per_head()) {
+            lq.heads.inspect(|&h| cx.set_heads(y, h));
+            cx.set_width(y, lq.heads.map_or(1, |h| h.count) * dv);
+        }
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        let Some(y) = cx.output(0) else { return };
+        let values = [cx.input(0), cx.input(1), cx.input(2), y];
+        let l = [cx.layout(values[0]), cx.layout(values[1]), cx.layout(values[2])];
+        let fits = self.shape(l).is_some_and(|(hq, _, _, dv)| cx.layout(y).width == Some(hq * dv));
+        if !fits {
+            values.iter().for_each(|&v| cx.force(v, Why::UnknownPartWidths));
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let (q, k, v, Some(y)) = (cx.input(0), cx.input(1), cx.input(2), cx.output(0)) else { return };
+        let Some((hq, hkv, d, dv)) = self.shape([cx.layout(q), cx.layout(k), cx.layout(v)]) else { return };
+        let rep = hq / hkv;
+        for h in 0..hq {
+            cx.tie(q, h * d, k, h / rep * d, d);
+            cx.tie(y, h * dv, v, h / rep * dv, dv);
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let (q, k, v, Some(y)) = (cx.input(0), cx.input(1), cx.input(2), cx.output(0)) else { return };
+        let Some((hq, hkv, _, dv)) = self.shape([cx.layout(q), cx.layout(k), cx.layout(v)]) else { return };
+        let vs = cx.consts(v).to_vec();
+        let keep = |x: &f64| self.rows == Rows::One || *x == 0.0;
+        let r = (0..hq * dv).map(|c| vs.get((c / dv) / (hq / hkv) * dv + c % dv).copied().flatten().filter(keep));
+        let r: Vec<_> = r.collect();
+        cx.set(y, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let (q, k, v, Some(y)) = (cx.input(0), cx.input(1), cx.input(2), cx.output(0)) else { return };
+        // A computed mask is read whole (it has no channels of its own).
+        if let Some(mask) = cx.graph.input(cx.node, 3).filter(|_| self.has_mask) {
+            cx.mark_all(mask);
+        }
+        let Some((hq, hkv, d, dv)) = self.shape([cx.layout(q), cx.layout(k), cx.layout(v)]) else {
+            return [q, k, v].into_iter().for_each(|x| cx.mark_all(x));
+        };
+        let rep = hq / hkv;
+        let (needed, out) = (cx.needed(y), cx.consts(y));
+        if needed.len() != hq * dv || out.len() != hq * dv {
+            return [q, k, v].into_iter().for_each(|x| cx.mark_all(x));
+        }
+        let (qc, kc) = (cx.consts(q), cx.consts(k));
+        let mut marks = vec![];
+        for h in 0..hq {
+            let outputs = h * dv..(h + 1) * dv;
+            // Output dimensions read their value dimensions unless they are known constants.
+            marks
+                .extend(outputs.clone().filter(|&c| needed[c] && out[c].is_none()).map(|c| (v, h / rep * dv + c % dv)));
+            if !outputs.into_iter().any(|c| needed[c] && out[c].is_none()) {
+                continue; // nothing reads this head's output: its scores do not matter
+            }
+            for e in 0..d {
+                let (qd, kd) = (qc[h * d + e], kc[h / rep * d + e]);
+                let vanishes = qd == Some(0.0) || kd == Some(0.0) || (self.shift_invariant && kd.is_some());
+                if !vanishes {
+                    marks.push((q, h * d + e));
+                    marks.push((k, h / rep * d + e));
+                }
+            }
+        }
+        marks.into_iter().for_each(|(x, c)| cx.mark(x, c));
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let q = cx.input(0);
+        let l = cx.layout(q);
+        let (Some(w), Some(d)) = (l.width, l.per_head()) else { return Ok(()) };
+        let keep = cx.kept(q, w);
+        if !self.scale_written && heads_kept(l, &keep).1.len() < d {
+            let node = cx.node.0;
+            cx.push(Edit::Attr { node, attr: attr_float("scale", 1.0 / (d as f32).sqrt()) });
+        }
+        Ok(())
+    }
+
+    fn head_links(&self, g: &Graph<'g>, node: NodeId) -> Vec<(ValueId, Option<ValueId>)> {
+        g.input(node, 0).map(|q| (q, g.output(node, 0))).into_iter().collect()
     }
 }

@@ -158,6 +158,7 @@ static RULES: &[&dyn OpRule] = &[
     &gemm::Gemm,
     &matmul::MatMul,
     &matmul::Einsum,
+    &attention::Attention,
     &conv::Conv,
     &elementwise::Unary,
     &elementwise::Binary,

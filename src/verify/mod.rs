@@ -173,7 +173,13 @@ pub fn plan(
     for (i, (dt, shape)) in inputs.iter().enumerate() {
         m = m.with_input_fact(i, InferenceFact::dt_shape(*dt, shape)).map_err(&err)?;
     }
-    m.into_optimized().map_err(&err)?.into_runnable().map_err(&err)
+    let typed = m.into_typed().map_err(&err)?.into_decluttered().map_err(&err)?;
+    // tract's code generation refuses some forms its reference operators run (a boolean mask
+    // in opset 23's Attention): those run decluttered, slower but the same arithmetic.
+    match typed.clone().into_optimized() {
+        Ok(optimized) => optimized.into_runnable().map_err(&err),
+        Err(_) => typed.into_runnable().map_err(&err),
+    }
 }
 
 fn run(model: &InferenceModel, path: &Path, inputs: &[(String, Tensor)]) -> Result<TVec<TValue>> {

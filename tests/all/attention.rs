@@ -41,8 +41,8 @@ fn float_params(path: &std::path::Path) -> u64 {
     floats.map(|t| t.dims.iter().product::<i64>() as u64).sum()
 }
 
-/// A random attention block `y = Attention(x) W_o`: heads, head dimensions, grouped-query
-/// ratio, rotary embeddings (rotate_half with constant tables), biases and a causal mask drawn
+/// A random attention block `y = Attention(x) W_o`, written out or as opset 23's `Attention`:
+/// heads, head dimensions, grouped-query ratio, rotary embeddings (rotate_half with constant tables), biases and a causal mask drawn
 /// at random, with random zero patterns in the projections: query dimensions (or rotary pairs)
 /// zero in every head or in one head only, zero or constant key and value dimensions, value
 /// dimensions nothing reads, whole heads nothing reads. Returns the model and whether the rules
@@ -121,31 +121,44 @@ fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool)
             *x = format!("{n}_r");
         }
     }
-    if kv < heads {
-        g.g.initializer.push(int64_tensor("unsq", &[2]));
-        g.g.initializer.push(int64_tensor("rep", &[1, kv as i64, (heads / kv) as i64, t as i64, d as i64]));
-        g.g.initializer.push(int64_tensor("grp", &[1, heads as i64, t as i64, d as i64]));
-        for x in [&mut k, &mut v] {
-            let n = x.clone();
-            g.op("Unsqueeze", &[&n, "unsq"], &format!("{n}_u"), vec![]);
-            g.op("Expand", &[&format!("{n}_u"), "rep"], &format!("{n}_e"), vec![]);
-            g.op("Reshape", &[&format!("{n}_e"), "grp"], &format!("{n}_g"), vec![]);
-            *x = format!("{n}_g");
-        }
-    }
-    g.op("Transpose", &[&k], "kT", vec![attr_ints("perm", &[0, 1, 3, 2])]);
-    g.op("MatMul", &[&q, "kT"], "s", vec![]);
-    g.init("scale", &[], &[1.0 / (d as f32).sqrt()]);
-    g.op("Mul", &["s", "scale"], "scaled", vec![]);
-    let mut scores = "scaled".to_string();
-    if rng.random_bool(0.5) {
+    // The core: opset 23's Attention (native grouped heads, default or written scale), or
+    // written out with K/V repeated by Unsqueeze/Expand/Reshape.
+    let fused = rng.random_bool(0.3);
+    let mask = rng.random_bool(0.5).then(|| {
         let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { -1e4 } else { 0.0 }).collect();
         g.init("mask", &[t, t], &mask);
-        g.op("Add", &["scaled", "mask"], "masked", vec![]);
-        scores = "masked".into();
+        "mask"
+    });
+    if fused {
+        let mut inputs = vec![q.as_str(), k.as_str(), v.as_str()];
+        inputs.extend(mask);
+        let scale = rng.random_bool(0.5).then(|| crate::common::attr_f("scale", 0.5)).into_iter().collect();
+        g.op("Attention", &inputs, "o", scale);
+    } else {
+        if kv < heads {
+            g.g.initializer.push(int64_tensor("unsq", &[2]));
+            g.g.initializer.push(int64_tensor("rep", &[1, kv as i64, (heads / kv) as i64, t as i64, d as i64]));
+            g.g.initializer.push(int64_tensor("grp", &[1, heads as i64, t as i64, d as i64]));
+            for x in [&mut k, &mut v] {
+                let n = x.clone();
+                g.op("Unsqueeze", &[&n, "unsq"], &format!("{n}_u"), vec![]);
+                g.op("Expand", &[&format!("{n}_u"), "rep"], &format!("{n}_e"), vec![]);
+                g.op("Reshape", &[&format!("{n}_e"), "grp"], &format!("{n}_g"), vec![]);
+                *x = format!("{n}_g");
+            }
+        }
+        g.op("Transpose", &[&k], "kT", vec![attr_ints("perm", &[0, 1, 3, 2])]);
+        g.op("MatMul", &[&q, "kT"], "s", vec![]);
+        g.init("scale", &[], &[1.0 / (d as f32).sqrt()]);
+        g.op("Mul", &["s", "scale"], "scaled", vec![]);
+        let mut scores = "scaled".to_string();
+        if let Some(m) = mask {
+            g.op("Add", &["scaled", m], "masked", vec![]);
+            scores = "masked".into();
+        }
+        g.op("Softmax", &[&scores], "p", vec![attr_i("axis", -1)]);
+        g.op("MatMul", &["p", &v], "o", vec![]);
     }
-    g.op("Softmax", &[&scores], "p", vec![attr_i("axis", -1)]);
-    g.op("MatMul", &["p", &v], "o", vec![]);
     g.op("Transpose", &["o"], "ot", vec![attr_ints("perm", &[0, 2, 1, 3])]);
     g.g.initializer.push(int64_tensor("merge", &[1, t as i64, (heads * d) as i64]));
     g.op("Reshape", &["ot", "merge"], "om", vec![]);
@@ -162,7 +175,11 @@ fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool)
     }
     g.init("wo", &[heads * d, c], &wo);
     g.op("MatMul", &["om", "wo"], "y", vec![]);
-    (g.model("y", &[Some(1), Some(t), Some(c)]), removable)
+    let mut model = g.model("y", &[Some(1), Some(t), Some(c)]);
+    if fused {
+        model.opset_import[0].version = Some(23);
+    }
+    (model, removable)
 }
 
 proptest::proptest! {
