@@ -41,145 +41,211 @@ fn float_params(path: &std::path::Path) -> u64 {
     floats.map(|t| t.dims.iter().product::<i64>() as u64).sum()
 }
 
-/// A random attention block `y = Attention(x) W_o`, written out or as opset 23's `Attention`:
-/// heads, head dimensions, grouped-query ratio, rotary embeddings (rotate_half with constant tables), biases and a causal mask drawn
-/// at random, with random zero patterns in the projections: query dimensions (or rotary pairs)
-/// zero in every head or in one head only, zero or constant key and value dimensions, value
-/// dimensions nothing reads, whole heads nothing reads. Returns the model and whether the rules
-/// must remove something (a value dimension no head reads, a query dimension zero in all heads).
+/// An attention block `y = Attention(x) W_o`, written out or as opset 23's `Attention`.
+#[derive(Debug, Clone, Default)]
+struct Block {
+    heads: usize,
+    kv: usize,
+    d: usize,
+    c: usize,
+    rope: bool,
+    /// Per projection (Q, K, V): zeroed (head, dimension) columns, and whether the bias (if
+    /// any) keeps its entry there, making the dimension a constant rather than zero.
+    zeros: [Vec<(usize, usize)>; 3],
+    keep_bias: [bool; 3],
+    bias: [bool; 3],
+    fused: bool,
+    scale_attr: bool,
+    mask: bool,
+    /// Output projection rows zeroed: a dimension in every head, a whole head.
+    unread_dim: Option<usize>,
+    dead_head: Option<usize>,
+}
+
+impl Block {
+    fn model(&self) -> onnx_minimize::onnx::proto::ModelProto {
+        use crate::common::{attr_i, attr_ints, int64_tensor, G};
+        let (heads, kv, d, c, t) = (self.heads, self.kv, self.d, self.c, 5usize);
+        let mut g = G::new("x", &[Some(1), Some(t), Some(c)]);
+        let projection = |g: &mut G, p: usize, name: &str, n_heads: usize| {
+            let cols = n_heads * d;
+            let (mut w, mut b) = (g.rand(c * cols), g.rand(cols));
+            for &(h, e) in &self.zeros[p] {
+                (0..c).for_each(|r| w[r * cols + h * d + e] = 0.0);
+                if !self.keep_bias[p] {
+                    b[h * d + e] = 0.0;
+                }
+            }
+            g.init(&format!("w{name}"), &[c, cols], &w);
+            let y = format!("{name}_lin");
+            g.op("MatMul", &["x", &format!("w{name}")], &y, vec![]);
+            if self.bias[p] {
+                g.init(&format!("b{name}"), &[cols], &b);
+                g.op("Add", &[&y, &format!("b{name}")], &format!("{name}_proj"), vec![]);
+            } else {
+                g.op("Identity", &[&y], &format!("{name}_proj"), vec![]);
+            }
+            // [1, T, n, D] -> [1, n, T, D]
+            g.g.initializer.push(int64_tensor(&format!("shape_{name}"), &[1, t as i64, n_heads as i64, d as i64]));
+            g.op("Reshape", &[&format!("{name}_proj"), &format!("shape_{name}")], &format!("{name}4"), vec![]);
+            g.op("Transpose", &[&format!("{name}4")], &format!("{name}t"), vec![attr_ints("perm", &[0, 2, 1, 3])]);
+            format!("{name}t")
+        };
+        let mut q = projection(&mut g, 0, "q", heads);
+        let mut k = projection(&mut g, 1, "k", kv);
+        let mut v = projection(&mut g, 2, "v", kv);
+        if self.rope {
+            let ang: Vec<f32> = (0..t * d).map(|i| (i / d) as f32 * (1.0 + (i % (d / 2)) as f32) * 0.3).collect();
+            g.init("cos", &[t, d], &ang.iter().map(|a| a.cos()).collect::<Vec<_>>());
+            g.init("sin", &[t, d], &ang.iter().map(|a| a.sin()).collect::<Vec<_>>());
+            g.g.initializer.push(int64_tensor("half", &[d as i64 / 2]));
+            g.g.initializer.push(int64_tensor("zero", &[0]));
+            g.g.initializer.push(int64_tensor("end", &[d as i64]));
+            g.g.initializer.push(int64_tensor("last", &[-1]));
+            for x in [&mut q, &mut k] {
+                let n = x.clone();
+                g.op("Slice", &[&n, "zero", "half", "last"], &format!("{n}_x1"), vec![]);
+                g.op("Slice", &[&n, "half", "end", "last"], &format!("{n}_x2"), vec![]);
+                g.op("Neg", &[&format!("{n}_x2")], &format!("{n}_nx2"), vec![]);
+                g.op(
+                    "Concat",
+                    &[&format!("{n}_nx2"), &format!("{n}_x1")],
+                    &format!("{n}_rot"),
+                    vec![attr_i("axis", -1)],
+                );
+                g.op("Mul", &[&n, "cos"], &format!("{n}_c"), vec![]);
+                g.op("Mul", &[&format!("{n}_rot"), "sin"], &format!("{n}_s"), vec![]);
+                g.op("Add", &[&format!("{n}_c"), &format!("{n}_s")], &format!("{n}_r"), vec![]);
+                *x = format!("{n}_r");
+            }
+        }
+        if self.mask {
+            let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { -1e4 } else { 0.0 }).collect();
+            g.init("mask", &[t, t], &mask);
+        }
+        // The core: opset 23's Attention (native grouped heads, default or written scale), or
+        // written out with K/V repeated by Unsqueeze/Expand/Reshape.
+        let mask = self.mask.then_some("mask");
+        if self.fused {
+            let mut inputs = vec![q.as_str(), k.as_str(), v.as_str()];
+            inputs.extend(mask);
+            let scale = self.scale_attr.then(|| crate::common::attr_f("scale", 0.5)).into_iter().collect();
+            g.op("Attention", &inputs, "o", scale);
+        } else {
+            if kv < heads {
+                g.g.initializer.push(int64_tensor("unsq", &[2]));
+                g.g.initializer.push(int64_tensor("rep", &[1, kv as i64, (heads / kv) as i64, t as i64, d as i64]));
+                g.g.initializer.push(int64_tensor("grp", &[1, heads as i64, t as i64, d as i64]));
+                for x in [&mut k, &mut v] {
+                    let n = x.clone();
+                    g.op("Unsqueeze", &[&n, "unsq"], &format!("{n}_u"), vec![]);
+                    g.op("Expand", &[&format!("{n}_u"), "rep"], &format!("{n}_e"), vec![]);
+                    g.op("Reshape", &[&format!("{n}_e"), "grp"], &format!("{n}_g"), vec![]);
+                    *x = format!("{n}_g");
+                }
+            }
+            g.op("Transpose", &[&k], "kT", vec![attr_ints("perm", &[0, 1, 3, 2])]);
+            g.op("MatMul", &[&q, "kT"], "s", vec![]);
+            g.init("scale", &[], &[1.0 / (d as f32).sqrt()]);
+            g.op("Mul", &["s", "scale"], "scaled", vec![]);
+            let mut scores = "scaled".to_string();
+            if let Some(m) = mask {
+                g.op("Add", &["scaled", m], "masked", vec![]);
+                scores = "masked".into();
+            }
+            g.op("Softmax", &[&scores], "p", vec![attr_i("axis", -1)]);
+            g.op("MatMul", &["p", &v], "o", vec![]);
+        }
+        g.op("Transpose", &["o"], "ot", vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        g.g.initializer.push(int64_tensor("merge", &[1, t as i64, (heads * d) as i64]));
+        g.op("Reshape", &["ot", "merge"], "om", vec![]);
+        // The output projection: a dimension no head reads, a head nothing reads.
+        let mut wo = g.rand(heads * d * c);
+        if let Some(e) = self.unread_dim {
+            (0..heads).for_each(|h| wo[(h * d + e) * c..(h * d + e + 1) * c].iter_mut().for_each(|x| *x = 0.0));
+        }
+        if let Some(h) = self.dead_head {
+            wo[h * d * c..(h + 1) * d * c].iter_mut().for_each(|x| *x = 0.0);
+        }
+        g.init("wo", &[heads * d, c], &wo);
+        g.op("MatMul", &["om", "wo"], "y", vec![]);
+        let mut model = g.model("y", &[Some(1), Some(t), Some(c)]);
+        if self.fused {
+            model.opset_import[0].version = Some(23);
+        }
+        model
+    }
+}
+
+/// A random block: heads, head dimensions, grouped-query ratio, rotary embeddings, biases, a
+/// causal mask and the fused operator drawn at random, with zero patterns in the projections:
+/// query dimensions (or rotary pairs) zero in every head or in one head only, zero or constant
+/// key and value dimensions, value dimensions nothing reads, whole heads nothing reads. Says
+/// whether the rules must remove something (a value dimension no head reads, a query
+/// dimension zero in all heads).
 fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool) {
-    use crate::common::{attr_i, attr_ints, int64_tensor, G};
     use rand::{rngs::StdRng, Rng, SeedableRng};
     let mut rng = StdRng::seed_from_u64(seed);
     let heads = rng.random_range(1..5usize);
     let kv = [heads, 1, if heads % 2 == 0 { heads / 2 } else { heads }][rng.random_range(0..3)];
-    let rope = rng.random_bool(0.5);
-    let d = [2usize, 4, 6][rng.random_range(0..3)];
-    let (t, c) = (5usize, rng.random_range(2..7usize));
-    let mut g = G::new("x", &[Some(1), Some(t), Some(c)]);
-    // Per head dimension: zero in every head (removable), or in one head only (stays).
+    let (rope, d) = (rng.random_bool(0.5), [2usize, 4, 6][rng.random_range(0..3)]);
+    let mut b = Block { heads, kv, d, c: rng.random_range(2..7usize), rope, ..Default::default() };
     let pair = |e: usize| if rope { vec![e, (e + d / 2) % d] } else { vec![e] };
     let mut removable = false;
-    let mut projection = |g: &mut G, rng: &mut StdRng, name: &str, n_heads: usize, role: char| {
-        let cols = n_heads * d;
-        let mut w = g.rand(c * cols);
-        let mut b = g.rand(cols);
-        let mut zero = |col: usize, keep_bias: bool, b: &mut Vec<f32>| {
-            (0..c).for_each(|r| w[r * cols + col] = 0.0);
-            if !keep_bias {
-                b[col] = 0.0;
-            }
-        };
+    for (p, n_heads) in [heads, kv, kv].into_iter().enumerate() {
         let every = rng.random_range(0..d);
         let one = (rng.random_range(0..n_heads), rng.random_range(0..d));
-        let keep_bias = role != 'q' && rng.random_bool(0.5);
+        b.keep_bias[p] = p != 0 && rng.random_bool(0.5);
         if rng.random_bool(0.7) {
-            for h in 0..n_heads {
-                pair(every).into_iter().for_each(|e| zero(h * d + e, keep_bias, &mut b));
-            }
+            b.zeros[p].extend((0..n_heads).flat_map(|h| pair(every).into_iter().map(move |e| (h, e))));
             // Unless it is every dimension: a live head keeps one.
-            removable |= role == 'q' && pair(every).len() < d;
+            removable |= p == 0 && pair(every).len() < d;
         }
         if rng.random_bool(0.5) {
-            pair(one.1).into_iter().for_each(|e| zero(one.0 * d + e, false, &mut b));
+            b.zeros[p].extend(pair(one.1).into_iter().map(|e| (one.0, e)));
         }
-        g.init(&format!("w{name}"), &[c, cols], &w);
-        let y = format!("{name}_lin");
-        g.op("MatMul", &["x", &format!("w{name}")], &y, vec![]);
-        if rng.random_bool(0.5) {
-            g.init(&format!("b{name}"), &[cols], &b);
-            g.op("Add", &[&y, &format!("b{name}")], &format!("{name}_proj"), vec![]);
-        } else {
-            g.op("Identity", &[&y], &format!("{name}_proj"), vec![]);
-        }
-        // [1, T, n, D] -> [1, n, T, D]
-        g.g.initializer.push(int64_tensor(&format!("shape_{name}"), &[1, t as i64, n_heads as i64, d as i64]));
-        g.op("Reshape", &[&format!("{name}_proj"), &format!("shape_{name}")], &format!("{name}4"), vec![]);
-        g.op("Transpose", &[&format!("{name}4")], &format!("{name}t"), vec![attr_ints("perm", &[0, 2, 1, 3])]);
-        format!("{name}t")
-    };
-    let mut q = projection(&mut g, &mut rng, "q", heads, 'q');
-    let mut k = projection(&mut g, &mut rng, "k", kv, 'k');
-    let mut v = projection(&mut g, &mut rng, "v", kv, 'v');
-    if rope {
-        let ang: Vec<f32> = (0..t * d).map(|i| (i / d) as f32 * (1.0 + (i % (d / 2)) as f32) * 0.3).collect();
-        g.init("cos", &[t, d], &ang.iter().map(|a| a.cos()).collect::<Vec<_>>());
-        g.init("sin", &[t, d], &ang.iter().map(|a| a.sin()).collect::<Vec<_>>());
-        g.g.initializer.push(int64_tensor("half", &[d as i64 / 2]));
-        g.g.initializer.push(int64_tensor("zero", &[0]));
-        g.g.initializer.push(int64_tensor("end", &[d as i64]));
-        g.g.initializer.push(int64_tensor("last", &[-1]));
-        for x in [&mut q, &mut k] {
-            let n = x.clone();
-            g.op("Slice", &[&n, "zero", "half", "last"], &format!("{n}_x1"), vec![]);
-            g.op("Slice", &[&n, "half", "end", "last"], &format!("{n}_x2"), vec![]);
-            g.op("Neg", &[&format!("{n}_x2")], &format!("{n}_nx2"), vec![]);
-            g.op("Concat", &[&format!("{n}_nx2"), &format!("{n}_x1")], &format!("{n}_rot"), vec![attr_i("axis", -1)]);
-            g.op("Mul", &[&n, "cos"], &format!("{n}_c"), vec![]);
-            g.op("Mul", &[&format!("{n}_rot"), "sin"], &format!("{n}_s"), vec![]);
-            g.op("Add", &[&format!("{n}_c"), &format!("{n}_s")], &format!("{n}_r"), vec![]);
-            *x = format!("{n}_r");
-        }
+        b.bias[p] = rng.random_bool(0.5);
     }
-    // The core: opset 23's Attention (native grouped heads, default or written scale), or
-    // written out with K/V repeated by Unsqueeze/Expand/Reshape.
-    let fused = rng.random_bool(0.3);
-    let mask = rng.random_bool(0.5).then(|| {
-        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { -1e4 } else { 0.0 }).collect();
-        g.init("mask", &[t, t], &mask);
-        "mask"
-    });
-    if fused {
-        let mut inputs = vec![q.as_str(), k.as_str(), v.as_str()];
-        inputs.extend(mask);
-        let scale = rng.random_bool(0.5).then(|| crate::common::attr_f("scale", 0.5)).into_iter().collect();
-        g.op("Attention", &inputs, "o", scale);
-    } else {
-        if kv < heads {
-            g.g.initializer.push(int64_tensor("unsq", &[2]));
-            g.g.initializer.push(int64_tensor("rep", &[1, kv as i64, (heads / kv) as i64, t as i64, d as i64]));
-            g.g.initializer.push(int64_tensor("grp", &[1, heads as i64, t as i64, d as i64]));
-            for x in [&mut k, &mut v] {
-                let n = x.clone();
-                g.op("Unsqueeze", &[&n, "unsq"], &format!("{n}_u"), vec![]);
-                g.op("Expand", &[&format!("{n}_u"), "rep"], &format!("{n}_e"), vec![]);
-                g.op("Reshape", &[&format!("{n}_e"), "grp"], &format!("{n}_g"), vec![]);
-                *x = format!("{n}_g");
-            }
-        }
-        g.op("Transpose", &[&k], "kT", vec![attr_ints("perm", &[0, 1, 3, 2])]);
-        g.op("MatMul", &[&q, "kT"], "s", vec![]);
-        g.init("scale", &[], &[1.0 / (d as f32).sqrt()]);
-        g.op("Mul", &["s", "scale"], "scaled", vec![]);
-        let mut scores = "scaled".to_string();
-        if let Some(m) = mask {
-            g.op("Add", &["scaled", m], "masked", vec![]);
-            scores = "masked".into();
-        }
-        g.op("Softmax", &[&scores], "p", vec![attr_i("axis", -1)]);
-        g.op("MatMul", &["p", &v], "o", vec![]);
-    }
-    g.op("Transpose", &["o"], "ot", vec![attr_ints("perm", &[0, 2, 1, 3])]);
-    g.g.initializer.push(int64_tensor("merge", &[1, t as i64, (heads * d) as i64]));
-    g.op("Reshape", &["ot", "merge"], "om", vec![]);
-    // The output projection: a dimension no head reads, a head nothing reads.
-    let mut wo = g.rand(heads * d * c);
+    (b.fused, b.scale_attr, b.mask) = (rng.random_bool(0.3), rng.random_bool(0.5), rng.random_bool(0.5));
     if rng.random_bool(0.6) {
-        let e = rng.random_range(0..d);
-        (0..heads).for_each(|h| wo[(h * d + e) * c..(h * d + e + 1) * c].iter_mut().for_each(|x| *x = 0.0));
+        b.unread_dim = Some(rng.random_range(0..d));
         removable = true;
     }
-    if rng.random_bool(0.3) {
-        let h = rng.random_range(0..heads);
-        wo[h * d * c..(h + 1) * d * c].iter_mut().for_each(|x| *x = 0.0);
-    }
-    g.init("wo", &[heads * d, c], &wo);
-    g.op("MatMul", &["om", "wo"], "y", vec![]);
-    let mut model = g.model("y", &[Some(1), Some(t), Some(c)]);
-    if fused {
-        model.opset_import[0].version = Some(23);
-    }
-    (model, removable)
+    b.dead_head = rng.random_bool(0.3).then(|| rng.random_range(0..heads));
+    (b.model(), removable)
+}
+
+/// Output widths of the Q, K and V projections after minimizing `b` (verified by tract).
+fn qkv_after(b: &Block) -> [usize; 3] {
+    let dir = tempfile::tempdir().unwrap();
+    let input = crate::common::write(dir.path(), "in.onnx", &b.model());
+    let r = minimize_file(&input, Some(&dir.path().join("out.onnx")), &Options::default(), &|_| {}).unwrap();
+    let width = |node: &str| r.removals.layers.iter().find(|l| l.node == node).map_or(usize::MAX, |l| l.outputs_after);
+    // The Q, K and V projections, by the names `G` gives them.
+    [width("MatMul_0"), width("MatMul_4"), width("MatMul_8")]
+}
+
+/// Rotary embeddings: a zero key pair rotates to zero and leaves Q and K; a constant non-zero
+/// key pair rotates into a position-dependent key and stays.
+#[test]
+fn a_constant_key_under_rotary_embeddings_stays_and_a_zero_one_leaves() {
+    let zero_pair = vec![(0, 0), (0, 2), (1, 0), (1, 2)];
+    let b = Block { heads: 2, kv: 2, d: 4, c: 3, rope: true, bias: [true; 3], ..Default::default() };
+    let zero = Block { zeros: [vec![], zero_pair.clone(), vec![]], ..b.clone() };
+    assert_eq!(qkv_after(&zero)[..2], [4, 4]);
+    let constant = Block { zeros: [vec![], zero_pair, vec![]], keep_bias: [false, true, false], ..b };
+    assert_eq!(qkv_after(&constant)[..2], [8, 8]);
+}
+
+/// Grouped-query attention: a query dimension zero in one group's heads stays (every head keeps
+/// the same dimensions); zero in every query head, it leaves Q and the shared K.
+#[test]
+fn a_query_dimension_leaves_only_when_every_head_of_every_group_loses_it() {
+    let b = Block { heads: 4, kv: 2, d: 4, c: 3, ..Default::default() };
+    let one_group = Block { zeros: [vec![(0, 1), (1, 1)], vec![], vec![]], ..b.clone() };
+    assert_eq!(qkv_after(&one_group)[..2], [16, 8]);
+    let all = Block { zeros: [(0..4).map(|h| (h, 1)).collect(), vec![], vec![]], ..b };
+    assert_eq!(qkv_after(&all)[..2], [12, 6]);
 }
 
 proptest::proptest! {
