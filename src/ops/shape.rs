@@ -7,7 +7,7 @@ use super::{Ctx, OpRule, Role};
 use crate::analysis::layout::Heads;
 use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::{Opaque, Why};
-use crate::analysis::{CheckCx, LayoutCx, NodeId, PlanCx, ValueId};
+use crate::analysis::{CheckCx, Graph, LayoutCx, NodeId, PlanCx, ValueId};
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 use crate::onnx::tensor::{int64s, with_int64s};
@@ -93,6 +93,25 @@ impl Reshaped {
         (folds && last > w && last % w == 0).then_some((last / w) as usize)
     }
 
+    /// Whether the target rewrites only the axes before `x`'s heads: the same rank, and from the
+    /// heads axis on the very sizes `x` has (heads, head dimensions and, between them, what
+    /// `x` declares), so in row-major order every `(h, d)` stays where it was (the dynamo
+    /// exporter's `view` of SDPA's output to its own shape).
+    fn keeps_heads(&self, g: &Graph, x: &str, l: crate::analysis::Layout) -> bool {
+        let (Some(h), Some(per), Some(rank)) = (l.heads, l.per_head(), l.rank) else { return false };
+        if l.axis != Some(-1) || rank != self.target.len() || h.axis >= -1 {
+            return false;
+        }
+        (1..=h.axis.unsigned_abs()).all(|k| {
+            let want = match -(k as isize) {
+                -1 => Some(per as u64),
+                a if a == h.axis => Some(h.count as u64),
+                a => g.ir.dim_from_end(g.proto, x, a),
+            };
+            want.is_some_and(|w| self.target[rank - k] == w as i64)
+        })
+    }
+
     /// Whether the target merges `x`'s heads (just before its channel axis) back into one axis.
     fn merges(&self, x: crate::analysis::Layout) -> bool {
         let (Some(heads), Some(w)) = (x.heads, x.width) else { return false };
@@ -119,6 +138,12 @@ impl AxisMap for Reshaped {
             cx.same_width(x, o);
             cx.set_block(o, 1);
             cx.set_heads(o, heads);
+        } else if let (Some(h), true) = (lx.heads, self.keeps_heads(cx.graph, cx.graph.name(x), lx)) {
+            cx.set_axis(o, -1);
+            cx.set_rank(o, self.target.len());
+            cx.same_width(x, o);
+            cx.set_block(o, 1);
+            cx.set_heads(o, h);
         } else if lx.heads.is_some() {
             if self.merges(lx) {
                 cx.set_axis(o, -1);
@@ -153,8 +178,11 @@ impl AxisMap for Reshaped {
     fn check(&self, cx: &CheckCx, o: ValueId) -> Result<(), Why> {
         let l = cx.layout(o);
         if l.heads.is_some() {
-            // A split matched its last two entries to the width; heads from elsewhere did not.
-            return self.split(cx.layout(cx.input(0))).map(|_| ()).ok_or(Why::ReshapesChannelAxis);
+            // A split matched its last two entries to the width, or the heads pass through
+            // untouched; heads from elsewhere did not.
+            let (x, lx) = (cx.input(0), cx.layout(cx.input(0)));
+            let kept = self.keeps_heads(cx.graph, cx.graph.name(x), lx);
+            return if kept || self.split(lx).is_some() { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
         }
         let last = *self.target.last().unwrap_or(&0);
         let entries = l.block.zip(l.width).map(|(b, w)| (w * b) as i64);
@@ -170,9 +198,9 @@ impl AxisMap for Reshaped {
         let l = cx.layout(o);
         let mut shape = self.target.clone();
         let n = shape.len();
-        if l.heads.is_some() {
+        if let Some(h) = l.heads {
             let (rows, cols) = heads_kept(l, keep);
-            (shape[n - 2], shape[n - 1]) = (rows.len() as i64, cols.len() as i64);
+            (shape[(n as isize + h.axis) as usize], shape[n - 1]) = (rows.len() as i64, cols.len() as i64);
         } else if shape[n - 1] != -1 {
             shape[n - 1] = (keep.len() * l.block.expect("checked")) as i64;
         } else {
