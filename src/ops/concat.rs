@@ -2,6 +2,7 @@
 //! the whole.
 
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
+use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::{ConstCx, LayoutCx, NeedCx, PlanCx, TieCx, ValueId};
 use crate::error::Result;
@@ -74,7 +75,7 @@ impl<'g> ChannelOp<'g> for Concatenated {
         if !widths_known(cx) {
             return;
         }
-        let runs = self.runs(cx.layout(o), &(0..self.parts).map(|s| cx.width(cx.input(s))).collect::<Vec<_>>());
+        let runs = segments(cx.layout(o), &(0..self.parts).map(|s| cx.width(cx.input(s))).collect::<Vec<_>>());
         for (s, from, to, count) in runs {
             cx.tie(cx.input(s), from, o, to, count);
         }
@@ -84,7 +85,7 @@ impl<'g> ChannelOp<'g> for Concatenated {
         let Some(o) = cx.output(0) else { return };
         let widths: Vec<_> = (0..self.parts).map(|s| Some(cx.consts(cx.input(s)).len())).collect();
         let mut r = vec![None; cx.consts(o).len()];
-        for (s, from, to, count) in self.runs(cx.layout(o), &widths) {
+        for (s, from, to, count) in segments(cx.layout(o), &widths) {
             let xs = cx.consts(cx.input(s));
             r[to..to + count].copy_from_slice(&xs[from..from + count]);
         }
@@ -95,7 +96,7 @@ impl<'g> ChannelOp<'g> for Concatenated {
         let Some(o) = cx.output(0) else { return };
         let widths: Vec<_> = (0..self.parts).map(|s| Some(cx.needed(cx.input(s)).len())).collect();
         let needed = cx.needed(o);
-        let runs = self.runs(cx.layout(o), &widths);
+        let runs = segments(cx.layout(o), &widths);
         if runs.is_empty() {
             return (0..self.parts).for_each(|s| cx.mark_all(cx.input(s)));
         }
@@ -107,28 +108,26 @@ impl<'g> ChannelOp<'g> for Concatenated {
     }
 }
 
-impl Concatenated {
-    /// Runs `(part, part channel, output channel, count)`: each part's channels laid end to
-    /// end, within every head when the output is split into heads. Empty when a width is
-    /// unknown or does not add up.
-    fn runs(&self, o: crate::analysis::Layout, widths: &[Option<usize>]) -> Vec<(usize, usize, usize, usize)> {
-        let Some(widths) = widths.iter().copied().collect::<Option<Vec<usize>>>() else { return vec![] };
-        let heads = o.heads.map_or(1, |h| h.count);
-        if widths.iter().any(|w| w % heads != 0) || o.width != Some(widths.iter().sum()) {
-            return vec![];
-        }
-        let per_out = widths.iter().sum::<usize>() / heads;
-        let mut runs = vec![];
-        for h in 0..heads {
-            let mut at = 0;
-            for (s, w) in widths.iter().enumerate() {
-                let per = w / heads;
-                runs.push((s, h * per, h * per_out + at, per));
-                at += per;
-            }
-        }
-        runs
+/// Runs `(part, part channel, whole channel, count)`: the parts' channels laid end to end in
+/// the whole, within every head when the whole is split into heads (rotary halves, the per-head
+/// q/k/v of a packed projection). Empty when a width is unknown or does not add up.
+fn segments(whole: crate::analysis::Layout, widths: &[Option<usize>]) -> Vec<(usize, usize, usize, usize)> {
+    let Some(widths) = widths.iter().copied().collect::<Option<Vec<usize>>>() else { return vec![] };
+    let heads = whole.heads.map_or(1, |h| h.count);
+    if widths.iter().any(|w| w % heads != 0) || whole.width != Some(widths.iter().sum()) {
+        return vec![];
     }
+    let per_whole = widths.iter().sum::<usize>() / heads;
+    let mut runs = vec![];
+    for h in 0..heads {
+        let mut at = 0;
+        for (s, w) in widths.iter().enumerate() {
+            let per = w / heads;
+            runs.push((s, h * per, h * per_whole + at, per));
+            at += per;
+        }
+    }
+    runs
 }
 
 impl OpRule for Split {
@@ -195,19 +194,27 @@ impl<'g> ChannelOp<'g> for Splitted {
         let all: Vec<ValueId> = outs.iter().copied().chain([x]).collect();
         cx.along(&all, self.axis);
         let sizes = if self.sizes.is_empty() {
-            match cx.get(x).width {
+            match cx.get(x).per_head() {
                 Some(w) if w % outs.len() == 0 => vec![w / outs.len(); outs.len()],
                 _ => return,
             }
         } else {
             self.sizes.clone()
         };
+        // Split into heads, the sizes are per head: every part keeps the heads.
+        let heads = cx.get(x).heads;
+        let count = heads.map_or(1, |h| h.count);
         if sizes.len() == outs.len() {
-            cx.set_width(x, sizes.iter().sum());
+            cx.set_width(x, count * sizes.iter().sum::<usize>());
             for (&o, &w) in outs.iter().zip(&sizes) {
-                cx.set_width(o, w);
+                cx.set_width(o, count * w);
+                heads.inspect(|&h| cx.set_heads(o, h));
             }
         }
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
     }
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
@@ -215,46 +222,56 @@ impl<'g> ChannelOp<'g> for Splitted {
         if !widths_known(cx) || (0..self.parts).any(|s| cx.output(s).is_none()) {
             return;
         }
-        let mut at = 0;
-        for s in 0..self.parts {
-            let o = cx.output(s).expect("named");
-            let w = cx.width(o).expect("known");
-            cx.tie(x, at, o, 0, w);
-            at += w;
+        let outs: Vec<ValueId> = (0..self.parts).map(|s| cx.output(s).expect("named")).collect();
+        for (s, from, to, count) in segments(cx.layout(x), &outs.iter().map(|&o| cx.width(o)).collect::<Vec<_>>()) {
+            cx.tie(outs[s], from, x, to, count);
         }
     }
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let x = cx.input(0);
-        let mut at = 0;
-        for s in 0..self.parts {
-            let Some(o) = cx.output(s) else { continue };
-            let w = cx.consts(o).len();
-            at += w;
-            let r = cx.consts(x).get(at - w..at).map(<[_]>::to_vec).unwrap_or_default();
-            cx.set(o, r);
+        let Some(outs) = (0..self.parts).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else { return };
+        let widths: Vec<_> = outs.iter().map(|&o| Some(cx.consts(o).len())).collect();
+        let mut parts: Vec<Vec<Option<f64>>> = widths.iter().map(|w| vec![None; w.unwrap_or(0)]).collect();
+        let xs = cx.consts(x);
+        for (s, from, to, count) in segments(cx.layout(x), &widths) {
+            if let Some(src) = xs.get(to..to + count) {
+                parts[s][from..from + count].copy_from_slice(src);
+            }
         }
+        outs.into_iter().zip(parts).for_each(|(o, r)| cx.set(o, r));
     }
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let x = cx.input(0);
-        let mut at = 0;
-        for s in 0..self.parts {
-            let Some(o) = cx.output(s) else { continue };
-            let needed = cx.needed(o);
-            for c in (0..needed.len()).filter(|&c| needed[c]) {
-                cx.mark(x, at + c);
-            }
-            at += cx.needed(o).len();
+        let Some(outs) = (0..self.parts).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else {
+            return cx.mark_all(x);
+        };
+        let widths: Vec<_> = outs.iter().map(|&o| Some(cx.needed(o).len())).collect();
+        let runs = segments(cx.layout(x), &widths);
+        if runs.is_empty() {
+            return cx.mark_all(x);
         }
+        let mut marks = vec![];
+        for (s, from, to, count) in runs {
+            let needed = cx.needed(outs[s]);
+            marks.extend((0..count).filter(|&k| needed[from + k]).map(|k| to + k));
+        }
+        marks.into_iter().for_each(|c| cx.mark(x, c));
     }
 
     fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
         let x = cx.input(0);
         let outs: Vec<Option<ValueId>> = (0..self.parts).map(|s| cx.output(s)).collect();
         let width = |o: &Option<ValueId>| o.and_then(|o| cx.layout(o).width).unwrap_or(0);
-        let new: Vec<i64> = outs.iter().map(|o| o.map_or(0, |v| cx.kept(v, width(o)).len()) as i64).collect();
-        let old: Vec<i64> = outs.iter().map(|o| width(o) as i64).collect();
+        // Sizes per head when split into heads (every head keeps the same entries).
+        let per_head =
+            |o: &Option<ValueId>, kept: Vec<usize>| match o.map(|v| cx.layout(v)).filter(|l| l.heads.is_some()) {
+                Some(l) => heads_kept(l, &kept).1.len(),
+                None => kept.len(),
+            };
+        let new: Vec<i64> = outs.iter().map(|o| o.map_or(0, |v| per_head(o, cx.kept(v, width(o)))) as i64).collect();
+        let old: Vec<i64> = outs.iter().map(|o| o.map_or(0, |_| per_head(o, (0..width(o)).collect())) as i64).collect();
         if new == old || cx.layout(x).width.is_none() {
             return Ok(());
         }
