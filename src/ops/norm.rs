@@ -351,9 +351,26 @@ pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
             let eps_tensor = ir.const_tensor(g, a.input.get(eps_slot)?)?;
             let (eps, dtype) = (scalar(&a.input[eps_slot])?, FloatType::from_onnx(eps_tensor.data_type())?);
             let sqrt = sole(&a.output[0]).filter(|&n| op(n) == "Sqrt")?;
-            let div = sole(&g.node[sqrt].output[0]).filter(|&n| op(n) == "Div")?;
+            let s = &g.node[sqrt].output[0];
+            // y = t / s, or t * (1 / s) with the inverse written as Reciprocal (the dynamo
+            // exporter's rsqrt) or as Div(1, s) (TorchScript's), the product either way round.
+            let (div, inverse) = match sole(s).map(|n| (n, op(n)))? {
+                (r, "Div") if g.node[r].input.get(1) == Some(s) && scalar(&g.node[r].input[0]) == Some(1.0) => {
+                    (sole(&g.node[r].output[0])?, Some(r))
+                }
+                (d, "Div") => (d, None),
+                (r, "Reciprocal") => (sole(&g.node[r].output[0])?, Some(r)),
+                _ => return None,
+            };
             let dv = &g.node[div];
-            (dv.input.first() == Some(t) && dv.input.get(1) == Some(&g.node[sqrt].output[0])).then_some(())?;
+            let reads_t_by = |by: &String| {
+                let pair = (dv.input.first(), dv.input.get(1));
+                pair == (Some(t), Some(by)) || (op(div) == "Mul" && pair == (Some(by), Some(t)))
+            };
+            match inverse {
+                None => reads_t_by(s).then_some(())?,
+                Some(r) => (op(div) == "Mul" && reads_t_by(&g.node[r].output[0])).then_some(())?,
+            }
             // Centred by its own mean over the same axis, privately: a LayerNorm; otherwise an
             // RMSNorm of t (which may have other readers: it is the norm's input).
             let private = !ir.readers(t).iter().any(|r| r.0 != square && r.0 != div) && !ir.outputs.contains(t);
@@ -367,6 +384,7 @@ pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
                 None => (t.as_str(), true, vec![]),
             };
             inner.extend([square, m2, add, sqrt]);
+            inner.extend(inverse);
             let inner = inner.into_iter().map(NodeId).collect();
             let norm = Norm { input, rms, affine: None, axis: axes[0], to_end: false, eps, dtype, inner };
             Some((NodeId(div), norm))

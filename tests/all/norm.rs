@@ -29,6 +29,10 @@ enum Kind {
     LayerNormOps,
     /// Pow/ReduceMean/Add/Sqrt/Div, then Mul by the scale.
     RmsNormOps,
+    /// The same with `x * Reciprocal(sqrt)` (the dynamo exporter's rsqrt).
+    RmsNormReciprocal,
+    /// The same with `Div(1, sqrt) * x` (TorchScript's), the product the other way round.
+    RmsNormInverse,
 }
 
 /// The same stack with its norms written as `kind` says.
@@ -66,7 +70,7 @@ fn stack(
         match kind {
             Kind::LayerNorm => g.op("LayerNormalization", &[x, &gn, &bn], name, vec![attr_i("axis", -1)]),
             Kind::RmsNorm => g.op("RMSNormalization", &[x, &gn], name, vec![attr_i("axis", -1)]),
-            Kind::LayerNormOps | Kind::RmsNormOps => {
+            Kind::LayerNormOps | Kind::RmsNormOps | Kind::RmsNormReciprocal | Kind::RmsNormInverse => {
                 g.init(&local("two"), &[], &[2.0]).init(&local("eps"), &[], &[1e-5]);
                 let axes = crate::common::attr_ints("axes", &[-1]);
                 let centred = if kind == Kind::LayerNormOps {
@@ -80,7 +84,18 @@ fn stack(
                 g.op("ReduceMean", &[&local("sq")], &local("var"), vec![axes]);
                 g.op("Add", &[&local("var"), &local("eps")], &local("var_eps"), vec![]);
                 g.op("Sqrt", &[&local("var_eps")], &local("dev"), vec![]);
-                g.op("Div", &[&centred, &local("dev")], &local("normalized"), vec![]);
+                match kind {
+                    Kind::RmsNormReciprocal => {
+                        g.op("Reciprocal", &[&local("dev")], &local("inv"), vec![]);
+                        g.op("Mul", &[&centred, &local("inv")], &local("normalized"), vec![])
+                    }
+                    Kind::RmsNormInverse => {
+                        g.init(&local("one"), &[], &[1.0]);
+                        g.op("Div", &[&local("one"), &local("dev")], &local("inv"), vec![]);
+                        g.op("Mul", &[&local("inv"), &centred], &local("normalized"), vec![])
+                    }
+                    _ => g.op("Div", &[&centred, &local("dev")], &local("normalized"), vec![]),
+                };
                 let scaled = if kind == Kind::LayerNormOps { local("scaled") } else { name.to_string() };
                 g.op("Mul", &[&local("normalized"), &gn], &scaled, vec![]);
                 if kind == Kind::LayerNormOps {
@@ -162,7 +177,7 @@ fn rmsnorm_streams_shrink_in_both_forms() {
 
 #[test]
 fn decomposed_norms_are_recognised_and_compensated() {
-    for kind in [Kind::LayerNormOps, Kind::RmsNormOps] {
+    for kind in [Kind::LayerNormOps, Kind::RmsNormOps, Kind::RmsNormReciprocal, Kind::RmsNormInverse] {
         let r = minimize(&stack(9, 8, 2, &[0, 6, 7], true, kind));
         assert_stream_shrinks(r, 8, 5, &format!("{kind:?}"));
     }
@@ -183,9 +198,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn pre_ln_stacks_compute_the_same(seed in any::<u64>(), blocks in 1usize..4, constant in proptest::collection::btree_set(0usize..6, 0..6), gamma_zero in any::<bool>(), kind in 0usize..4) {
+    fn pre_ln_stacks_compute_the_same(seed in any::<u64>(), blocks in 1usize..4, constant in proptest::collection::btree_set(0usize..6, 0..6), gamma_zero in any::<bool>(), kind in 0usize..6) {
         let constant: Vec<usize> = constant.into_iter().collect();
-        let kind = [Kind::LayerNorm, Kind::RmsNorm, Kind::LayerNormOps, Kind::RmsNormOps][kind];
+        let kind = [Kind::LayerNorm, Kind::RmsNorm, Kind::LayerNormOps, Kind::RmsNormOps, Kind::RmsNormReciprocal, Kind::RmsNormInverse][kind];
         let r = minimize(&stack(seed, 6, blocks, &constant, gamma_zero, kind));
         let expected = if gamma_zero && constant.len() < 6 { 6 - constant.len() } else if gamma_zero { 1 } else { 6 };
         let embed = r.removals.layers.iter().find(|l| l.inputs_before == 3).unwrap();
