@@ -202,7 +202,8 @@ struct Apply {
     pending: Pending,
     gathers: Vec<(String, isize, Vec<usize>)>,
     /// Gathers of operands by (value, axis, entries): their output and first reader.
-    operand_gathers: HashMap<OperandGather, (String, String, usize)>,
+    /// Each such Gather and its first reader.
+    operand_gathers: HashMap<OperandGather, (NodeProto, usize)>,
 }
 
 impl Apply {
@@ -318,31 +319,22 @@ impl Apply {
             Edit::GatherInput { input, axis, keep } => gathers.push((input, axis, keep)),
             Edit::GatherOperand { node, slot, axis, keep } => {
                 let input = g.node[node].input[slot].clone();
-                let (out, _, first) =
-                    self.operand_gathers.entry((input.clone(), axis, keep.clone())).or_insert_with(|| {
-                        let out = self.names.fresh(&format!("{input}_kept"));
-                        let indices = self.names.fresh(&format!("{input}_kept_indices"));
-                        let idx: Vec<i64> = keep.iter().map(|&c| c as i64).collect();
-                        g.initializer.push(int64_tensor(&indices, &idx));
-                        (out, indices, node)
-                    });
+                let (gather, first) = self
+                    .operand_gathers
+                    .entry((input.clone(), axis, keep.clone()))
+                    .or_insert_with(|| (kept_gather(&mut self.names, g, &input, axis, &keep, "gather_kept"), node));
                 *first = (*first).min(node);
-                g.node[node].input[slot] = out.clone();
+                g.node[node].input[slot] = gather.output[0].clone();
             }
         }
     }
 
     fn finish(self, g: &mut GraphProto) -> Pending {
         let Apply { mut names, orphaned, mut structural, gathers, pending, operand_gathers, .. } = self;
-        for ((input, axis, _), (out, indices, first)) in operand_gathers {
-            let gather = NodeProto {
-                name: Some(names.fresh(&format!("{input}_gather_kept"))),
-                op_type: Some("Gather".into()),
-                input: vec![input, indices],
-                output: vec![out],
-                attribute: vec![attr_int("axis", axis as i64)],
-                ..Default::default()
-            };
+        // In a fixed order: gathers in front of one node go in by name, not by hash.
+        let mut operand_gathers: Vec<(NodeProto, usize)> = operand_gathers.into_values().collect();
+        operand_gathers.sort_by(|(a, m), (b, n)| (m, &a.output).cmp(&(n, &b.output)));
+        for (gather, first) in operand_gathers {
             structural.push((first, Structural::InsertBefore(Box::new(gather))));
         }
         // From the back so earlier indices stay valid; in place, or right after the node, keeps the
@@ -403,26 +395,38 @@ impl Apply {
         }
         // Last, as they shift every node index: Gathers in front of all nodes.
         for (input, axis, keep) in gathers {
-            let kept = names.fresh(&format!("{input}_kept"));
-            let indices = names.fresh(&format!("{input}_kept_indices"));
+            let gather = kept_gather(&mut names, g, &input, axis, &keep, "gather_used_features");
             for n in g.node.iter_mut() {
-                n.input.iter_mut().filter(|i| **i == input).for_each(|i| *i = kept.clone());
+                n.input.iter_mut().filter(|i| **i == input).for_each(|i| *i = gather.output[0].clone());
             }
-            let idx: Vec<i64> = keep.iter().map(|&c| c as i64).collect();
-            g.initializer.push(int64_tensor(&indices, &idx));
-            let axis_attr = attr_int("axis", axis as i64);
-            let gather = NodeProto {
-                name: Some(names.fresh(&format!("{input}_gather_used_features"))),
-                op_type: Some("Gather".into()),
-                input: vec![input, indices],
-                output: vec![kept],
-                attribute: vec![axis_attr],
-                ..Default::default()
-            };
             g.node.insert(0, gather);
         }
         drop_unread(g, &orphaned);
         pending
+    }
+}
+
+/// A Gather of the entries `keep` of `input` along `axis` (`{input}_kept`, its indices an
+/// initializer of `g`), named `{input}_{what}`.
+fn kept_gather(
+    names: &mut Names,
+    g: &mut GraphProto,
+    input: &str,
+    axis: isize,
+    keep: &[usize],
+    what: &str,
+) -> NodeProto {
+    let kept = names.fresh(&format!("{input}_kept"));
+    let indices = names.fresh(&format!("{input}_kept_indices"));
+    let idx: Vec<i64> = keep.iter().map(|&c| c as i64).collect();
+    g.initializer.push(int64_tensor(&indices, &idx));
+    NodeProto {
+        name: Some(names.fresh(&format!("{input}_{what}"))),
+        op_type: Some("Gather".into()),
+        input: vec![input.to_string(), indices],
+        output: vec![kept],
+        attribute: vec![attr_int("axis", axis as i64)],
+        ..Default::default()
     }
 }
 

@@ -245,7 +245,6 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// Packs the elements at `indices` into raw bytes of the same type, bit for bit.
     /// The raw bytes of the entries `keep` along axis `pos` (from the start), every other axis
     /// whole.
     pub fn gather_axis(&self, pos: usize, keep: &[usize]) -> Vec<u8> {
@@ -257,6 +256,7 @@ impl<'a> Values<'a> {
         )
     }
 
+    /// Packs the elements at `indices` into raw bytes of the same type, bit for bit.
     pub fn gather(&self, indices: impl Iterator<Item = usize>) -> Vec<u8> {
         let size = self.dtype.size();
         let mut out = Vec::new();

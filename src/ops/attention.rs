@@ -82,6 +82,14 @@ enum Rows {
     OneOrZero,
 }
 
+impl Rows {
+    /// Whether a constant value dimension `v` gives the constant `v` in the output: always
+    /// when the rows sum to 1, only for 0 when a row may sum to 0.
+    fn keeps(self, v: f64) -> bool {
+        self == Rows::One || v == 0.0
+    }
+}
+
 /// Whether `value` is a softmax over its last axis (through identities), and what its rows sum
 /// to.
 fn softmax_rows(cx: &Ctx, value: &str) -> Option<Rows> {
@@ -329,7 +337,7 @@ impl<'g> ChannelOp<'g> for Weighted {
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let (v, Some(o)) = (cx.input(1), cx.output(0)) else { return };
-        let r = cx.consts(v).iter().map(|&c| c.filter(|&k| self.rows == Rows::One || k == 0.0)).collect();
+        let r = cx.consts(v).iter().map(|&c| c.filter(|&k| self.rows.keeps(k))).collect();
         cx.set(o, r);
     }
 
@@ -759,8 +767,8 @@ impl<'g> ChannelOp<'g> for AttentionOp {
         let (q, k, v, Some(y)) = (cx.input(0), cx.input(1), cx.input(2), cx.output(0)) else { return };
         let Some((hq, hkv, _, dv)) = self.shape([cx.layout(q), cx.layout(k), cx.layout(v)]) else { return };
         let vs = cx.consts(v).to_vec();
-        let keep = |x: &f64| self.rows == Rows::One || *x == 0.0;
-        let r = (0..hq * dv).map(|c| vs.get((c / dv) / (hq / hkv) * dv + c % dv).copied().flatten().filter(keep));
+        let r = (0..hq * dv)
+            .map(|c| vs.get((c / dv) / (hq / hkv) * dv + c % dv).copied().flatten().filter(|&k| self.rows.keeps(k)));
         let r: Vec<_> = r.collect();
         cx.set(y, r);
     }

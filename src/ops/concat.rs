@@ -271,7 +271,7 @@ impl<'g> ChannelOp<'g> for Splitted {
                 None => kept.len(),
             };
         let new: Vec<i64> = outs.iter().map(|o| o.map_or(0, |v| per_head(o, cx.kept(v, width(o)))) as i64).collect();
-        let old: Vec<i64> = outs.iter().map(|o| o.map_or(0, |_| per_head(o, (0..width(o)).collect())) as i64).collect();
+        let old: Vec<i64> = outs.iter().map(|o| o.and_then(|v| cx.layout(v).per_head()).unwrap_or(0) as i64).collect();
         if new == old || cx.layout(x).width.is_none() {
             return Ok(());
         }
