@@ -9,7 +9,8 @@
 //! graph; `ops` says what each operator means for channels; `analysis` decides what leaves, in
 //! small passes; `rewrite` applies it; [`verify`] checks it; [`report`] tells what happened.
 //! The engine modules are private: the API is [`minimize_file`], [`minimize`], [`Model`],
-//! [`Options`], [`Report`] and the cycle's [`sparsify`] rewrites.
+//! [`Options`], [`Report`], the cycle's [`sparsify`] rewrites, and the command line itself
+//! ([`cli::main`], for front ends that ship the command: the binary and the Python wheel).
 //!
 //! ```no_run
 //! use onnx_minimize::{minimize_file, Options};
@@ -19,6 +20,7 @@
 //! ```
 
 mod analysis;
+pub mod cli;
 pub mod error;
 mod ir;
 pub mod npy;

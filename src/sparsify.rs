@@ -23,7 +23,8 @@ use crate::onnx::tensor::{encode, with_data, FloatType, Values};
 use crate::ops::{self, Role};
 use crate::Model;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `--criterion` (the derived names are the CLI's and the Python package's spellings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Criterion {
     /// |w|.
     Magnitude,
@@ -32,12 +33,23 @@ pub enum Criterion {
     UnitCoupled,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `--scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Scope {
     /// One threshold across all prunable tensors.
     Global,
     /// Each tensor pruned to the sparsity on its own.
     PerTensor,
+}
+
+/// Checks an amount to prune (the command line checks its flags with it too).
+pub fn fraction(x: f64) -> std::result::Result<f64, String> {
+    (0.0..=1.0).contains(&x).then_some(x).ok_or_else(|| format!("{x} is not a fraction between 0 and 1"))
+}
+
+/// Checks the unit-coupled score's exponent.
+pub fn coupling(x: f64) -> std::result::Result<f64, String> {
+    (0.0..=16.0).contains(&x).then_some(x).ok_or_else(|| format!("the coupling {x} is not between 0 and 16"))
 }
 
 /// How much to prune, as a fraction of the prunable weights (of each scope group).
@@ -192,6 +204,8 @@ fn zeros(w: &[f64]) -> usize {
 
 /// Prunes the model's linear-layer weights in place by exactly `opts.amount`.
 pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
+    let (Amount::Sparsity(amount) | Amount::Remaining(amount)) = opts.amount;
+    fraction(amount).and_then(|_| coupling(opts.coupling)).map_err(crate::Error::Usage)?;
     let targets = prunables(model, opts.include_output_layer)?;
     let mut weights = vec![];
     for p in &targets {

@@ -1,7 +1,7 @@
 """The cycle driver at toy scale: the ONNX executor against PyTorch, masks, and a whole run with resume.
 
-Run: python3 -m unittest discover -s cycle/tests -t cycle   (needs torch, onnx, matplotlib and a built
-onnx-minimize: $ONNX_MINIMIZE, or target/release or target/debug of this checkout).
+Run: python3 -m unittest discover -s cycle/tests -t cycle   (needs torch, onnx, matplotlib and the onnx-minimize
+package: `pip install .` at the repository's root).
 """
 
 import json
@@ -16,6 +16,8 @@ import torch
 
 from squeeze_release import Config, OnnxModule, Run, UnsupportedModel, onnx_torch, tool
 from squeeze_release.mnist import accuracy, export, fit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def toy_data(seed: int = 0, n: int = 768):
@@ -65,7 +67,7 @@ class Executor(unittest.TestCase):
 
         # The transformer exports (fixtures/attention) use operators the executor does not train
         # (Where, Expand, Equal on attention masks): the cycle does not run transformers yet.
-        fixtures = sorted(p for p in (tool.REPO / "fixtures").rglob("*.onnx") if p.parent.name != "attention")
+        fixtures = sorted(p for p in (REPO / "fixtures").rglob("*.onnx") if p.parent.name != "attention")
         self.assertGreater(len(fixtures), 30)
         rng = np.random.default_rng(0)
         with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +110,7 @@ class Executor(unittest.TestCase):
             self.assertNotEqual(before.graph.initializer, after.graph.initializer)
 
     def test_weights_in_constant_nodes_train_and_write_back(self):
-        path = tool.REPO / "fixtures" / "frameworks" / "tf_style_nhwc.onnx"
+        path = REPO / "fixtures" / "frameworks" / "tf_style_nhwc.onnx"
         module = onnx_torch.load(path)
         self.assertEqual(sorted(module.weights), ["dense", "w"])
         with torch.no_grad():

@@ -45,8 +45,9 @@ pub(crate) const EMITS: &[&str] = &[
 
 pub(crate) struct LayerNorm;
 
-/// How a CompensatedLayerNorm is written out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How a CompensatedLayerNorm is written out (`--compensated-layernorm`: its names are the CLI's and
+/// the Python package's spellings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClnForm {
     /// ReduceSum/Sub/Mul/Add/Div/Sqrt over the kept channels, plus the removed constants' terms.
     #[default]

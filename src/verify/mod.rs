@@ -49,8 +49,8 @@ impl Default for VerifyOptions {
     }
 }
 
-/// How the minimized model is checked against the original.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the minimized model is checked against the original (`--verify`, less `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VerifyMode {
     /// Whole where tract can hold both models in the memory available, block-wise otherwise.
     Auto,
