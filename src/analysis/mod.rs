@@ -12,6 +12,7 @@
 //! | operands: per-channel constants and target shapes checked | [`operands`] | [`Operands`] |
 //! | classes: union-find over the channels the operators tie | [`classes`] | [`Classes`] |
 //! | constancy, forward | [`constancy`] | [`Consts`] |
+//! | non-finite constants: what they reach keeps every channel | [`finite`] | [`Forced`], [`Consts`] |
 //! | need, backward | [`need`] | [`Needed`] |
 //! | decision, under a policy for graph inputs | [`decide`] | [`Decision`] |
 //! | plan: edits and the report | [`plan`] | [`Plan`] |
@@ -24,6 +25,7 @@
 pub(crate) mod classes;
 pub(crate) mod constancy;
 pub(crate) mod decide;
+pub(crate) mod finite;
 pub(crate) mod forcing;
 pub(crate) mod ids;
 pub(crate) mod layout;
@@ -56,6 +58,8 @@ pub(crate) struct Facts<'g> {
     pub classes: Classes,
     pub consts: Consts,
     pub needed: Needed,
+    /// Nodes reading a constant that holds Inf or NaN (see [`finite`]).
+    pub non_finite: Vec<NodeId>,
 }
 
 impl<'g> Facts<'g> {
@@ -73,11 +77,12 @@ impl<'g> Facts<'g> {
         });
         let operands = operands::check(&graph, &layouts, &mut forced);
         let classes = classes::build(&graph, &layouts, &mut forced);
-        let (consts, patterns) = constancy::forward(&graph, &layouts, &operands, progress);
+        let (mut consts, patterns) = constancy::forward(&graph, &layouts, &operands, progress);
+        let non_finite = finite::taint(&graph, &patterns, &mut forced, &mut consts);
         debug_check(&graph, "constancy", |v| consts[v].len() == layouts[v].width.unwrap_or(0));
         let needed = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced);
         debug_check(&graph, "need", |v| needed[v].len() == layouts[v].width.unwrap_or(0));
-        Facts { graph, forced, layouts, operands, classes, consts, needed }
+        Facts { graph, forced, layouts, operands, classes, consts, needed, non_finite }
     }
 }
 

@@ -108,6 +108,11 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
             }),
             _ => None,
         })
+        .chain(facts.non_finite.iter().map(|&n| Reason {
+            code: "non-finite".into(),
+            node: Some(g.node(n).name().to_string()),
+            message: format!("{}: {}", g.label(n), super::reasons::Why::NonFinite),
+        }))
         .collect();
     let blocked = blocked(facts, decision);
     Ok(Plan { edits, removals: Removals { layers, blocked, opaque, gathered_inputs: gathered }, channels })

@@ -101,6 +101,8 @@ pub(crate) enum Why {
     ShapeRead,
     PadsChannelAxis,
     ResizesChannelAxis,
+    /// It may hold Inf or NaN: a constant it is computed from does (see `analysis::finite`).
+    NonFinite,
 }
 
 impl Why {
@@ -127,6 +129,7 @@ impl Why {
             Why::ShapeRead => "shape-read",
             Why::PadsChannelAxis => "pads-channel-axis",
             Why::ResizesChannelAxis => "resizes-channel-axis",
+            Why::NonFinite => "non-finite",
         }
     }
 }
@@ -157,6 +160,9 @@ impl fmt::Display for Why {
             Why::ShapeRead => f.write_str("its channel count is read as a number (a Shape)"),
             Why::PadsChannelAxis => f.write_str("it pads the channel axis"),
             Why::ResizesChannelAxis => f.write_str("it resizes the channel axis"),
+            Why::NonFinite => f.write_str(
+                "it may hold Inf or NaN, as a constant it is computed from does (0 * Inf is NaN: no channel can be proven removable)",
+            ),
             Why::StridedChannelSlice => {
                 f.write_str("it slices the channel axis with a step, or a flattened or split channel axis")
             }

@@ -211,25 +211,56 @@ impl<'a> Values<'a> {
     }
 
     /// Sets bit `i` of `words` for every element `start + i` (of `len`) that is not zero: the
-    /// same answer as [`Self::for_each_nonzero_in`], without a call per element.
-    pub fn nonzero_bits(&self, start: usize, len: usize, words: &mut [u64]) {
-        fn pack<const N: usize>(b: &[u8], words: &mut [u64], nonzero: impl Fn([u8; N]) -> bool) {
+    /// same answer as [`Self::for_each_nonzero_in`], without a call per element. Says whether
+    /// one of them is Inf or NaN (see `analysis::finite`).
+    pub fn nonzero_bits(&self, start: usize, len: usize, words: &mut [u64]) -> bool {
+        fn pack<const N: usize>(
+            b: &[u8],
+            words: &mut [u64],
+            nonzero: impl Fn([u8; N]) -> bool,
+            non_finite: impl Fn([u8; N]) -> bool,
+        ) -> bool {
+            let mut any = false;
             for (w, chunk) in words.iter_mut().zip(b.chunks(64 * N)) {
                 let mut word = 0u64;
                 for (i, e) in chunk.chunks_exact(N).enumerate() {
-                    word |= (nonzero(e.try_into().expect("N bytes")) as u64) << i;
+                    let e = e.try_into().expect("N bytes");
+                    word |= (nonzero(e) as u64) << i;
+                    any |= non_finite(e);
                 }
                 *w |= word;
             }
+            any
         }
         match (self.repr, self.dtype) {
             // Dense rows are the common case for 16-bit weights: pack without branches.
-            (Repr::Raw(b), FloatType::F16 | FloatType::Bf16) => {
-                pack::<2>(&b[start * 2..(start + len) * 2], words, |e| u16::from_le_bytes(e) & 0x7fff != 0)
+            (Repr::Raw(b), dtype @ (FloatType::F16 | FloatType::Bf16)) => {
+                // Inf and NaN are the largest exponent.
+                let exponent = if dtype == FloatType::F16 { 0x7c00 } else { 0x7f80 };
+                pack::<2>(
+                    &b[start * 2..(start + len) * 2],
+                    words,
+                    |e| u16::from_le_bytes(e) & 0x7fff != 0,
+                    |e| u16::from_le_bytes(e) & exponent == exponent,
+                )
             }
             // Pruned float32 rows are mostly zero: the scan skips them eight bytes at a time.
-            _ => self.for_each_nonzero_in(start, len, |i, _| words[i / 64] |= 1 << (i % 64)),
+            _ => {
+                let mut any = false;
+                self.for_each_nonzero_in(start, len, |i, v| {
+                    words[i / 64] |= 1 << (i % 64);
+                    any |= !v.is_finite();
+                });
+                any
+            }
         }
+    }
+
+    /// Whether an element is Inf or NaN.
+    pub fn any_non_finite(&self) -> bool {
+        let mut any = false;
+        self.for_each_nonzero_in(0, self.len(), |_, v| any |= !v.is_finite());
+        any
     }
 
     /// Elements `[r][c]` of a row-major matrix with rows of `row_len`, for the given rows and

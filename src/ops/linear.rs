@@ -74,7 +74,7 @@ impl Weight<'_> {
         f: impl Fn(&mut T, usize, usize, f64) + Sync,
         merge: impl Fn(T, T) -> T,
     ) -> T {
-        self.scan(init, f, merge, None, &|_| false)
+        self.scan(init, f, merge, None, &|_| false).0
     }
 
     /// [`Weight::fold_nonzero`], recording on the way which (input, output) pairs are non-zero.
@@ -88,14 +88,15 @@ impl Weight<'_> {
         only_bits: &(dyn Fn(usize) -> bool + Sync),
     ) -> (T, NonZero) {
         let (rows, cols) = if self.transposed { (self.n, self.k) } else { (self.k, self.n) };
-        let mut pattern = NonZero { transposed: self.transposed, stride: cols.div_ceil(64), words: vec![] };
-        pattern.words = vec![0; rows * pattern.stride];
-        let state = self.scan(init, f, merge, Some((&mut pattern.words, pattern.stride)), only_bits);
-        (state, pattern)
+        let stride = cols.div_ceil(64);
+        let mut words = vec![0; rows * stride];
+        let (state, non_finite) = self.scan(init, f, merge, Some((&mut words, stride)), only_bits);
+        (state, NonZero { transposed: self.transposed, stride, words, slot: self.slot, non_finite })
     }
 
     /// The scan behind both folds; `bits` (words, words per stored row) gets a bit per non-zero
-    /// (stored row, input channel or output) pair, each thread writing only its own rows.
+    /// (stored row, input channel or output) pair, each thread writing only its own rows. Also
+    /// says whether a weight is Inf or NaN, which costs nothing while every weight passes by.
     fn scan<T: Send>(
         &self,
         init: impl Fn() -> T + Sync,
@@ -103,7 +104,7 @@ impl Weight<'_> {
         merge: impl Fn(T, T) -> T,
         bits: Option<(&mut [u64], usize)>,
         only_bits: &(dyn Fn(usize) -> bool + Sync),
-    ) -> T {
+    ) -> (T, bool) {
         const PARALLEL_FROM: usize = 1 << 22;
         let rows = self.rows();
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rows).max(1);
@@ -125,7 +126,7 @@ impl Weight<'_> {
         let run = |t: usize, mut mine: Option<&mut [u64]>| {
             let (f, transposed) = (&f, self.transposed);
             let start = t * chunk;
-            let mut state = init();
+            let (mut state, mut non_finite) = (init(), false);
             let mine_rows: Vec<usize> = (start..((t + 1) * chunk).min(rows)).collect();
             let row_bytes = self.values.raw().len() / rows.max(1);
             let row_len = self.values.len() / rows.max(1);
@@ -133,7 +134,7 @@ impl Weight<'_> {
                 for &r in window {
                     if let (true, Some(bits)) = (bits_only(r), mine.as_deref_mut()) {
                         let words = &mut bits[(r - start) * stride..(r - start + 1) * stride];
-                        self.values.nonzero_bits(r * row_len, row_len, words);
+                        non_finite |= self.values.nonzero_bits(r * row_len, row_len, words);
                         continue;
                     }
                     self.for_each_nonzero_in_rows(r..r + 1, |c, j, w| {
@@ -141,11 +142,12 @@ impl Weight<'_> {
                             let (r, col) = if transposed { (j, c) } else { (c, j) };
                             bits[(r - start) * stride + col / 64] |= 1 << (col % 64);
                         }
+                        non_finite |= !w.is_finite();
                         f(&mut state, c, j, w)
                     })
                 }
             });
-            state
+            (state, non_finite)
         };
         let state = if threads == 1 {
             run(0, slices.pop().flatten())
@@ -160,7 +162,7 @@ impl Weight<'_> {
                     })
                     .collect();
                 let states = workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-                states.reduce(merge).expect("at least one thread")
+                states.reduce(|(a, x), (b, y)| (merge(a, b), x || y)).expect("at least one thread")
             })
         };
         self.values.release();
@@ -250,6 +252,10 @@ pub(crate) struct NonZero {
     /// Words per stored row.
     stride: usize,
     words: Vec<u64>,
+    /// The node's input slot the weight was read at.
+    pub slot: usize,
+    /// A weight is Inf or NaN.
+    pub non_finite: bool,
 }
 
 impl NonZero {

@@ -7,6 +7,7 @@ mod common;
 mod fixtures;
 mod frameworks;
 mod io;
+mod nonfinite;
 mod norm;
 mod ops;
 mod properties;
