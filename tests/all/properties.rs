@@ -86,6 +86,31 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// One weight or bias Inf, -Inf or NaN anywhere: exact still, NaN positions included.
+    #[test]
+    fn mlps_with_a_non_finite_weight_stay_exact(seed in any::<u64>(), depth in 1usize..4, at in any::<prop::sample::Index>(), kind in 0usize..3) {
+        let mut layers = random_mlp(seed, depth);
+        let bad = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN][kind];
+        let l = at.index(layers.len());
+        let layer = &mut layers[l];
+        match &mut layer.bias {
+            Some(b) if at.index(2) == 0 => {
+                let i = at.index(b.len());
+                b[i] = bad
+            }
+            _ => { let i = at.index(layer.w.len()); layer.w[i] = bad }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let input = write(dir.path(), "in.onnx", &mlp(&layers));
+        let report = minimize_file(&input, Some(&dir.path().join("out.onnx")), &Options::default(), &|_| {})
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{layers:?}")))?;
+        prop_assert!(report.after.params <= report.before.params);
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Corrupted models (bytes flipped, cut short) give an error or a model, never a panic.
