@@ -303,15 +303,21 @@ impl Norm<'_> {
 /// RMSNorm:                                        y = Div(x, Sqrt(Add(ReduceMean(x^2, [a]), eps)))
 /// ```
 ///
-/// with `^2` as `Pow(_, 2)` or `Mul(_, _)`.
+/// with `^2` as `Pow(_, 2)` or `Mul(_, _)`; and Keras' LayerNormalization as tf2onnx writes it,
+/// the affine map folded in:
 ///
-/// Each match becomes a [`Norm`] on its `Div` node; the other nodes are covered by it. Their
-/// intermediate tensors must have no other reader, or the pattern is not taken.
+/// ```text
+/// s = Mul(Reciprocal(Sqrt(Add(ReduceMean(d^2, [a]), eps))), gamma)
+/// y = Add(Mul(x, s), Add(Mul(Neg(m), s), beta))          (operands of Mul and Add either way round)
+/// ```
+///
+/// Each match becomes a [`Norm`] on its `Div` node (the last `Add` of Keras' form, with its
+/// gamma and beta); the other nodes are covered by it. Their intermediate tensors must have no
+/// other reader, or the pattern is not taken.
 pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
     let g = cx.graph;
     let ir = cx.ir;
     let op = |n: usize| g.node[n].op_type();
-    let default_domain = |n: usize| matches!(g.node[n].domain(), "" | "ai.onnx");
     // The one node reading `value` (at any number of its slots), when it is not a graph output.
     let sole = |value: &str| -> Option<usize> {
         let readers = ir.readers(value);
@@ -322,16 +328,7 @@ pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
         let v = Values::of(ir.const_tensor(g, name)?).ok()?;
         (v.len() == 1).then(|| v.get(0))
     };
-    let mean_axes = |n: usize| -> Option<Vec<i64>> {
-        let node = &g.node[n];
-        if op(n) != "ReduceMean" || !default_domain(n) || node.attr_i("keepdims", 1) != 1 {
-            return None;
-        }
-        match node.input.get(1).filter(|s| !s.is_empty()) {
-            Some(a) => Some(crate::onnx::tensor::int64s(ir.const_tensor(g, a)?)),
-            None => node.attr_ints("axes"),
-        }
-    };
+    let mean_axes = |n: usize| mean_axes(cx, n);
     let mut found = vec![];
     // Anchor on the square's mean: v = ReduceMean(t^2); s = Sqrt(v + eps); y = t / s.
     for m2 in 0..g.node.len() {
@@ -353,6 +350,9 @@ pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
             let (eps, dtype) = (scalar(&a.input[eps_slot])?, FloatType::from_onnx(eps_tensor.data_type())?);
             let sqrt = sole(&a.output[0]).filter(|&n| op(n) == "Sqrt")?;
             let s = &g.node[sqrt].output[0];
+            if let Some(keras) = keras_layernorm(cx, t, &axes, vec![square, m2, add, sqrt], eps, dtype) {
+                return Some(keras);
+            }
             // y = t / s, or t * (1 / s) with the inverse written as Reciprocal (the dynamo
             // exporter's rsqrt) or as Div(1, s) (TorchScript's), the product either way round.
             let (div, inverse) = match sole(s).map(|n| (n, op(n)))? {
@@ -393,6 +393,86 @@ pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
         found.extend(matched);
     }
     found
+}
+
+/// The axes of a `ReduceMean` keeping its dimensions, as an attribute or (opset 18) an input.
+fn mean_axes(cx: &Ctx, n: usize) -> Option<Vec<i64>> {
+    let node = &cx.graph.node[n];
+    if node.op_type() != "ReduceMean" || !matches!(node.domain(), "" | "ai.onnx") || node.attr_i("keepdims", 1) != 1 {
+        return None;
+    }
+    match node.input.get(1).filter(|s| !s.is_empty()) {
+        Some(a) => Some(crate::onnx::tensor::int64s(cx.ir.const_tensor(cx.graph, a)?)),
+        None => node.attr_ints("axes"),
+    }
+}
+
+/// Keras' LayerNormalization through tf2onnx (see [`decomposed`]), from the centred `t` whose
+/// square's mean is the variance, given the nodes from that square to the `Sqrt`.
+fn keras_layernorm<'g>(
+    cx: &Ctx<'g>,
+    t: &'g str,
+    axes: &[i64],
+    mut inner: Vec<usize>,
+    eps: f64,
+    dtype: FloatType,
+) -> Option<(NodeId, Norm<'g>)> {
+    let (g, ir) = (cx.graph, cx.ir);
+    let op = |n: usize| g.node[n].op_type();
+    let readers = |value: &str| -> Vec<usize> {
+        let mut r: Vec<usize> = ir.readers(value).iter().map(|r| r.0).collect();
+        r.dedup();
+        if ir.outputs.contains(value) {
+            r.push(usize::MAX);
+        }
+        r
+    };
+    let sole = |value: &str| match readers(value)[..] {
+        [n] if n != usize::MAX => Some(n),
+        _ => None,
+    };
+    let out = |n: usize| g.node[n].output[0].as_str();
+    // The other operand of a binary node, given one.
+    let other = |n: usize, one: &str| -> Option<&'g str> {
+        let i = &g.node[n].input;
+        match (i.first(), i.get(1)) {
+            (Some(a), Some(b)) if a == one => Some(b.as_str()),
+            (Some(a), Some(b)) if b == one => Some(a.as_str()),
+            _ => None,
+        }
+    };
+    let vector = |name: &str| Values::of(ir.const_tensor(g, name)?).ok();
+    let sqrt = *inner.last()?;
+    let reciprocal = sole(out(sqrt)).filter(|&n| op(n) == "Reciprocal")?;
+    let scale = sole(out(reciprocal)).filter(|&n| op(n) == "Mul")?;
+    let gamma = vector(other(scale, out(reciprocal))?)?;
+    // Centred privately: t = Sub(x, m), m = ReduceMean(x) over the same axis, read by t and a Neg.
+    let sub = ir.producer.get(t).copied().filter(|&n| op(n) == "Sub" && sole(t) == Some(inner[0]))?;
+    let (x, mean) = (g.node[sub].input.first()?.as_str(), g.node[sub].input.get(1)?.as_str());
+    let m1 = ir.producer.get(mean).copied()?;
+    (g.node[m1].input.first().map(String::as_str) == Some(x) && mean_axes(cx, m1).as_deref() == Some(axes))
+        .then_some(())?;
+    let mean_readers = readers(mean);
+    let neg = *mean_readers.iter().find(|&&n| n != sub && n != usize::MAX && op(n) == "Neg")?;
+    (mean_readers.len() == 2 && mean_readers.contains(&sub)).then_some(())?;
+    // s scales x and -m, then beta joins the latter.
+    let (mut times_x, mut times_mean) = (None, None);
+    for n in readers(out(scale)) {
+        match (n != usize::MAX && op(n) == "Mul").then(|| other(n, out(scale))).flatten() {
+            Some(o) if o == x => times_x = Some(n),
+            Some(o) if o == out(neg) && sole(out(neg)) == Some(n) => times_mean = Some(n),
+            _ => return None,
+        }
+    }
+    let (times_x, times_mean) = (times_x?, times_mean?);
+    let shift = sole(out(times_mean)).filter(|&n| op(n) == "Add")?;
+    let beta = vector(other(shift, out(times_mean))?)?;
+    let y = sole(out(times_x)).filter(|&n| op(n) == "Add" && sole(out(shift)) == Some(n))?;
+    (other(y, out(times_x)) == Some(out(shift)) && gamma.len() == beta.len()).then_some(())?;
+    inner.extend([m1, sub, reciprocal, scale, neg, times_x, times_mean, shift]);
+    let inner = inner.into_iter().map(NodeId).collect();
+    let affine = Some((gamma, Some(beta)));
+    Some((NodeId(y), Norm { input: x, rms: false, affine, axis: axes[0], to_end: false, eps, dtype, inner }))
 }
 
 /// The statistics read every channel: one class over the normalized axis whose channels may

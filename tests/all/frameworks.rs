@@ -1,6 +1,9 @@
-//! Models from other converters (fixtures/generate_frameworks.py): scikit-learn through
-//! skl2onnx, and tf2onnx's idioms (NHWC transposes, an unfolded BatchNormalization, Constant-node
-//! weights, a channels-last flatten into MatMul + Add): exact, and as small as the rules allow.
+//! Models from other converters: scikit-learn through skl2onnx and tf2onnx's idioms built by hand
+//! (fixtures/generate_frameworks.py: NHWC transposes, an unfolded BatchNormalization,
+//! Constant-node weights, a channels-last flatten into MatMul + Add), and TensorFlow functions
+//! converted by tf2onnx itself (fixtures/generate_tf2onnx.py: an MLP, an NHWC CNN with a folded
+//! BatchNorm, a residual stream under Keras' LayerNormalization): exact, and as small as the rules
+//! allow.
 
 use crate::common::fixture;
 use onnx_minimize::{minimize_file, Options};

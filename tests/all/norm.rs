@@ -33,6 +33,9 @@ enum Kind {
     RmsNormReciprocal,
     /// The same with `Div(1, sqrt) * x` (TorchScript's), the product the other way round.
     RmsNormInverse,
+    /// Keras' LayerNormalization as tf2onnx writes it: `s = gamma / sqrt(var + eps)`,
+    /// `y = x * s + (beta - mean * s)`.
+    KerasLayerNorm,
 }
 
 /// The same stack with its norms written as `kind` says.
@@ -70,6 +73,23 @@ fn stack(
         match kind {
             Kind::LayerNorm => g.op("LayerNormalization", &[x, &gn, &bn], name, vec![attr_i("axis", -1)]),
             Kind::RmsNorm => g.op("RMSNormalization", &[x, &gn], name, vec![attr_i("axis", -1)]),
+            Kind::KerasLayerNorm => {
+                g.init(&local("eps"), &[], &[1e-5]);
+                let axes = crate::common::attr_ints("axes", &[-1]);
+                g.op("ReduceMean", &[x], &local("mean"), vec![axes.clone()]);
+                g.op("Neg", &[&local("mean")], &local("neg"), vec![]);
+                g.op("Sub", &[x, &local("mean")], &local("centred"), vec![]);
+                g.op("Mul", &[&local("centred"), &local("centred")], &local("sq"), vec![]);
+                g.op("ReduceMean", &[&local("sq")], &local("var"), vec![axes]);
+                g.op("Add", &[&local("var"), &local("eps")], &local("var_eps"), vec![]);
+                g.op("Sqrt", &[&local("var_eps")], &local("dev"), vec![]);
+                g.op("Reciprocal", &[&local("dev")], &local("inv"), vec![]);
+                g.op("Mul", &[&local("inv"), &gn], &local("s"), vec![]);
+                g.op("Mul", &[x, &local("s")], &local("xs"), vec![]);
+                g.op("Mul", &[&local("neg"), &local("s")], &local("ms"), vec![]);
+                g.op("Add", &[&local("ms"), &bn], &local("shift"), vec![]);
+                g.op("Add", &[&local("xs"), &local("shift")], name, vec![])
+            }
             Kind::LayerNormOps | Kind::RmsNormOps | Kind::RmsNormReciprocal | Kind::RmsNormInverse => {
                 g.init(&local("two"), &[], &[2.0]).init(&local("eps"), &[], &[1e-5]);
                 let axes = crate::common::attr_ints("axes", &[-1]);
@@ -177,7 +197,9 @@ fn rmsnorm_streams_shrink_in_both_forms() {
 
 #[test]
 fn decomposed_norms_are_recognised_and_compensated() {
-    for kind in [Kind::LayerNormOps, Kind::RmsNormOps, Kind::RmsNormReciprocal, Kind::RmsNormInverse] {
+    for kind in
+        [Kind::LayerNormOps, Kind::RmsNormOps, Kind::RmsNormReciprocal, Kind::RmsNormInverse, Kind::KerasLayerNorm]
+    {
         let r = minimize(&stack(9, 8, 2, &[0, 6, 7], true, kind));
         assert_stream_shrinks(r, 8, 5, &format!("{kind:?}"));
     }
@@ -198,9 +220,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn pre_ln_stacks_compute_the_same(seed in any::<u64>(), blocks in 1usize..4, constant in proptest::collection::btree_set(0usize..6, 0..6), gamma_zero in any::<bool>(), kind in 0usize..6) {
+    fn pre_ln_stacks_compute_the_same(seed in any::<u64>(), blocks in 1usize..4, constant in proptest::collection::btree_set(0usize..6, 0..6), gamma_zero in any::<bool>(), kind in 0usize..7) {
         let constant: Vec<usize> = constant.into_iter().collect();
-        let kind = [Kind::LayerNorm, Kind::RmsNorm, Kind::LayerNormOps, Kind::RmsNormOps, Kind::RmsNormReciprocal, Kind::RmsNormInverse][kind];
+        let kind = [Kind::LayerNorm, Kind::RmsNorm, Kind::LayerNormOps, Kind::RmsNormOps, Kind::RmsNormReciprocal, Kind::RmsNormInverse, Kind::KerasLayerNorm][kind];
         let r = minimize(&stack(seed, 6, blocks, &constant, gamma_zero, kind));
         let expected = if gamma_zero && constant.len() < 6 { 6 - constant.len() } else if gamma_zero { 1 } else { 6 };
         let embed = r.removals.layers.iter().find(|l| l.inputs_before == 3).unwrap();
