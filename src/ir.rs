@@ -81,7 +81,7 @@ fn validate_initializers(g: &GraphProto) -> Result<(), String> {
             Ok(DataType::Int8 | DataType::Uint8 | DataType::Bool) => 1,
             _ => continue,
         };
-        let numel = t.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let numel = crate::onnx::tensor::numel(&t.dims);
         if let (Some(raw), Some(n)) = (t.raw_data.as_ref(), numel) {
             if raw.len() as u64 != n.saturating_mul(size) {
                 return Err(format!(

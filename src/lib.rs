@@ -138,7 +138,11 @@ pub fn param_count(model: &Model) -> u64 {
         .iter()
         .filter(|n| n.op_type() == "Constant")
         .flat_map(|n| n.attribute.iter().filter_map(|a| a.t.as_ref()));
-    g.initializer.iter().chain(constants).map(|t| t.dims.iter().product::<i64>().max(0) as u64).sum()
+    g.initializer
+        .iter()
+        .chain(constants)
+        .map(|t| onnx::tensor::numel(&t.dims).unwrap_or(0))
+        .fold(0, u64::saturating_add)
 }
 
 /// Refuses to overwrite the input with the output.

@@ -61,7 +61,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Tensor> {
         .map(|s| s.parse().map_err(|_| bad(path, format!("bad shape ({shape_text})"))))
         .collect::<Result<_>>()?;
     let data = &bytes[start + len..];
-    let n: usize = shape.iter().product();
+    let n =
+        shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| bad(path, "its shape is too large"))?;
     fn read<T: Datum + Copy, const N: usize>(
         data: &[u8],
         n: usize,

@@ -119,7 +119,7 @@ pub(crate) type Pending = HashMap<String, RowSlice>;
 /// How many parameters `edits` add to the graph (negative: remove), counting each edited constant as if
 /// private; enough to compare two plans for the same graph.
 pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
-    let numel = |t: &TensorProto| t.dims.iter().product::<i64>();
+    let numel = |t: &TensorProto| crate::onnx::tensor::numel(&t.dims).map_or(0, |n| n as i64);
     let read = |node: usize, slot: usize| {
         g.node[node].input.get(slot).and_then(|name| ir.const_tensor(g, name)).map_or(0, numel)
     };

@@ -11,6 +11,12 @@ use bytes::Bytes;
 use super::proto::{tensor_proto::DataType, TensorProto};
 use crate::error::Error;
 
+/// Elements of a tensor of these dimensions; `None` for a negative dimension or a count past
+/// `u64` (a model's dimensions are untrusted input: nothing multiplies them unchecked).
+pub fn numel(dims: &[i64]) -> Option<u64> {
+    dims.iter().try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?))
+}
+
 /// Floating-point element types whose zeros and constants we can reason about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FloatType {
@@ -104,7 +110,10 @@ impl<'a> Values<'a> {
                 why: format!("its dimensions {:?} are negative", t.dims),
             });
         }
-        let n: i64 = t.dims.iter().product();
+        let n = numel(&t.dims).filter(|&n| n <= usize::MAX as u64).ok_or_else(|| Error::UnsupportedTensor {
+            tensor: t.name.clone().unwrap_or_default(),
+            why: format!("its dimensions {:?} are too large to address", t.dims),
+        })?;
         let repr = if let Some(raw) = t.raw_data.as_ref().filter(|r| !r.is_empty() || n == 0) {
             Repr::Raw(raw)
         } else {
@@ -115,7 +124,7 @@ impl<'a> Values<'a> {
             }
         };
         let v = Values { dtype, dims: &t.dims, repr };
-        if v.len() as i64 != n {
+        if v.len() as u64 != n {
             return Err(Error::UnsupportedTensor {
                 tensor: t.name.clone().unwrap_or_default(),
                 why: format!("holds {} elements but its dims {:?} need {n}", v.len(), t.dims),

@@ -126,7 +126,7 @@ fn nan_to_zero<'g>(cx: &Ctx<'g>, node: &'g NodeProto) -> Option<&'g str> {
 /// to a row a constant added to the row: scalings by a scalar constant, additions of anything
 /// (masks), identities; each value read by the next step alone.
 fn into_softmax<'g>(cx: &Ctx<'g>, scores: &str) -> Option<&'g str> {
-    let scalar = |name: &str| cx.const_tensor(name).is_some_and(|t| t.dims.iter().product::<i64>() == 1);
+    let scalar = |name: &str| cx.const_tensor(name).is_some_and(|t| crate::onnx::tensor::numel(&t.dims) == Some(1));
     let mut at = scores;
     loop {
         let node = sole_reader(cx, at)?;

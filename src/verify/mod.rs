@@ -132,7 +132,11 @@ fn input_specs(g: &GraphProto) -> Vec<InputSpec> {
 }
 
 fn random_tensor(rng: &mut StdRng, elem: i32, shape: &[usize]) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
+    // Past a billion elements a random input is a declared shape no one meant (or a crash).
+    let n =
+        shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= 1 << 30).ok_or_else(|| {
+            Error::Usage(format!("an input of shape {shape:?} is too large to make: give --input-shape"))
+        })?;
     let normal = |rng: &mut StdRng| {
         // Box-Muller: unit normal values exercise both signs of every activation.
         let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
