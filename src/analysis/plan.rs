@@ -111,7 +111,10 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
         .chain(facts.non_finite.iter().map(|&n| Reason {
             code: "non-finite".into(),
             node: Some(g.node(n).name().to_string()),
-            message: format!("{}: {}", g.label(n), super::reasons::Why::NonFinite),
+            message: format!(
+                "{}: it reads a constant holding Inf or NaN, so what it reads and what it computes keep every channel (0 * Inf is NaN)",
+                g.label(n)
+            ),
         }))
         .collect();
     let blocked = blocked(facts, decision);

@@ -223,35 +223,22 @@ impl<'a> Values<'a> {
     /// same answer as [`Self::for_each_nonzero_in`], without a call per element. Says whether
     /// one of them is Inf or NaN (see `analysis::finite`).
     pub fn nonzero_bits(&self, start: usize, len: usize, words: &mut [u64]) -> bool {
-        fn pack<const N: usize>(
-            b: &[u8],
-            words: &mut [u64],
-            nonzero: impl Fn([u8; N]) -> bool,
-            non_finite: impl Fn([u8; N]) -> bool,
-        ) -> bool {
-            let mut any = false;
+        fn pack<const N: usize>(b: &[u8], words: &mut [u64], nonzero: impl Fn([u8; N]) -> bool) {
             for (w, chunk) in words.iter_mut().zip(b.chunks(64 * N)) {
                 let mut word = 0u64;
                 for (i, e) in chunk.chunks_exact(N).enumerate() {
-                    let e = e.try_into().expect("N bytes");
-                    word |= (nonzero(e) as u64) << i;
-                    any |= non_finite(e);
+                    word |= (nonzero(e.try_into().expect("N bytes")) as u64) << i;
                 }
                 *w |= word;
             }
-            any
         }
         match (self.repr, self.dtype) {
-            // Dense rows are the common case for 16-bit weights: pack without branches.
+            // Dense rows are the common case for 16-bit weights: pack without branches, then test
+            // the exponents in a second pass over the same (cached) bytes, which vectorizes.
             (Repr::Raw(b), dtype @ (FloatType::F16 | FloatType::Bf16)) => {
-                // Inf and NaN are the largest exponent.
-                let exponent = if dtype == FloatType::F16 { 0x7c00 } else { 0x7f80 };
-                pack::<2>(
-                    &b[start * 2..(start + len) * 2],
-                    words,
-                    |e| u16::from_le_bytes(e) & 0x7fff != 0,
-                    |e| u16::from_le_bytes(e) & exponent == exponent,
-                )
+                let row = &b[start * 2..(start + len) * 2];
+                pack::<2>(row, words, |e| u16::from_le_bytes(e) & 0x7fff != 0);
+                non_finite_bits(row, dtype)
             }
             // Pruned float32 rows are mostly zero: the scan skips them eight bytes at a time.
             _ => {
@@ -265,10 +252,14 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// Whether an element is Inf or NaN.
+    /// Whether an element is Inf or NaN: the largest exponent, tested on the stored bits (a
+    /// table of embeddings goes by at memory speed). The pages are released afterwards.
     pub fn any_non_finite(&self) -> bool {
-        let mut any = false;
-        self.for_each_nonzero_in(0, self.len(), |_, v| any |= !v.is_finite());
+        let any = match self.repr {
+            Repr::Raw(b) => non_finite_bits(b, self.dtype),
+            _ => (0..self.len()).any(|i| !self.get(i).is_finite()),
+        };
+        self.release();
         any
     }
 
@@ -331,6 +322,35 @@ impl<'a> Values<'a> {
 
 /// Calls `f(i, v)` for every element `i` of packed `b` (elements of `N` bytes) that `value` reads
 /// as a non-zero `v`, skipping eight bytes at a time when they hold only zeros of either sign.
+/// Whether a stored element of `dtype` in `b` has the largest exponent (Inf or NaN). Eight bytes
+/// at a time: each lane masked to its exponent and compared with the largest through the
+/// zero-lane test (`(v - ones) & !v & highs`; the masked lanes never set their high bit).
+fn non_finite_bits(b: &[u8], dtype: FloatType) -> bool {
+    let (size, exponent): (usize, u64) = match dtype {
+        FloatType::F32 => (4, 0x7f80_0000),
+        FloatType::F64 => (8, 0x7ff0_0000_0000_0000),
+        FloatType::F16 => (2, 0x7c00),
+        FloatType::Bf16 => (2, 0x7f80),
+    };
+    let ones: u64 = match size {
+        2 => 0x0001_0001_0001_0001,
+        4 => 0x0000_0001_0000_0001,
+        _ => 1,
+    };
+    let (mask, highs) = (exponent * ones, (ones << (8 * size - 1)));
+    let mut words = b.chunks_exact(8);
+    let any = words.by_ref().fold(false, |any, w| {
+        let v = (u64::from_le_bytes(w.try_into().expect("8 bytes")) & mask) ^ mask;
+        any | (v.wrapping_sub(ones) & !v & highs != 0)
+    });
+    let tail = words.remainder().chunks_exact(size).any(|e| {
+        let mut lane = [0u8; 8];
+        lane[..size].copy_from_slice(e);
+        u64::from_le_bytes(lane) & exponent == exponent
+    });
+    any || tail
+}
+
 fn skip_zeros<const N: usize>(b: &[u8], mut f: impl FnMut(usize, f64), value: impl Fn([u8; N]) -> Option<f64>) {
     // Every bit but each element's sign bit.
     let magnitude = match N {
@@ -551,6 +571,36 @@ mod tests {
                 let mut expected = vec![0u64; len.div_ceil(64)];
                 v.for_each_nonzero_in(start, len, |i, _| expected[i / 64] |= 1 << (i % 64));
                 assert_eq!(words, expected, "{dtype:?} {start} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_elements_are_found_wherever_they_are() {
+        let finite: Vec<f64> = (0..37).map(|i| (i as f64 - 18.0) * 1e3).collect();
+        for dtype in [FloatType::F32, FloatType::F16, FloatType::Bf16, FloatType::F64] {
+            let largest = match dtype {
+                FloatType::F32 => f32::MAX as f64,
+                FloatType::F64 => f64::MAX,
+                FloatType::F16 => half::f16::MAX.to_f64(),
+                FloatType::Bf16 => half::bf16::MAX.to_f64(),
+            };
+            let mut vals = finite.clone();
+            vals[3] = -largest;
+            vals[30] = largest;
+            let t = tensor(dtype, &vals);
+            let v = Values::of(&t).unwrap();
+            assert!(!v.any_non_finite(), "{dtype:?}");
+            assert!(!v.nonzero_bits(0, vals.len(), &mut [0; 1]), "{dtype:?}");
+            for at in [0, 1, 2, 3, 5, 35, 36] {
+                for bad in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+                    let mut vals = finite.clone();
+                    vals[at] = bad;
+                    let t = tensor(dtype, &vals);
+                    let v = Values::of(&t).unwrap();
+                    assert!(v.any_non_finite(), "{dtype:?} {bad} at {at}");
+                    assert!(v.nonzero_bits(0, vals.len(), &mut [0; 1]), "{dtype:?} {bad} at {at}");
+                }
             }
         }
     }

@@ -34,7 +34,7 @@ fn a_unit_with_an_infinite_weight_stays_though_only_zeros_read_it() {
     assert!(widths(&r).iter().all(|&(i, o)| i >= 3 || o >= 3), "{}", r.to_text());
     let said: Vec<_> = r.removals.opaque.iter().map(|o| (o.code.as_str(), o.node.as_deref())).collect();
     assert_eq!(said, vec![("non-finite", Some("fc0"))]);
-    assert!(r.to_text().contains("node 'fc0' (MatMul): it may hold Inf or NaN"), "{}", r.to_text());
+    assert!(r.to_text().contains("node 'fc0' (MatMul): it reads a constant holding Inf or NaN"), "{}", r.to_text());
 }
 
 #[test]
