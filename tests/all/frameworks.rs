@@ -2,10 +2,13 @@
 //! (fixtures/generate_frameworks.py: NHWC transposes, an unfolded BatchNormalization,
 //! Constant-node weights, a channels-last flatten into MatMul + Add), and TensorFlow functions
 //! converted by tf2onnx itself (fixtures/generate_tf2onnx.py: an MLP, an NHWC CNN with a folded
-//! BatchNorm, a residual stream under Keras' LayerNormalization): exact, and as small as the rules
-//! allow.
+//! BatchNorm, a residual stream under Keras' LayerNormalization), and PaddlePaddle models exported
+//! by paddle2onnx (fixtures/generate_paddle2onnx.py: the same three, with Conv + Add biases, an
+//! unfolded BatchNormalization, a Shape-computed flatten, LayerNormalization): exact, and as small
+//! as the rules allow.
 
 use crate::common::fixture;
+use onnx_minimize::sparsify::{self, Amount, Criterion, PruneOptions, Scope};
 use onnx_minimize::{minimize_file, Options};
 
 #[test]
@@ -22,5 +25,21 @@ fn exports_from_other_converters_shrink_and_verify() {
         let layers = &r.removals.layers;
         let widths: Vec<usize> = layers[..layers.len() - 1].iter().map(|l| l.outputs_after).collect();
         assert_eq!(widths, hidden, "{file}: {layers:?}");
+
+        // The cycle's own pruning on top: exact, strictly smaller than the export, never larger
+        // than minimizing the export alone.
+        let pruned = dir.path().join("pruned.onnx");
+        let opts = PruneOptions {
+            amount: Amount::Sparsity(0.6),
+            scope: Scope::Global,
+            criterion: Criterion::UnitCoupled,
+            coupling: 1.0,
+            include_output_layer: false,
+        };
+        sparsify::rewrite_file(&fixture(&format!("frameworks/{file}")), &pruned, |m| sparsify::prune(m, &opts))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let again = minimize_file(&pruned, Some(&out), &Options::default(), &|_| {})
+            .unwrap_or_else(|e| panic!("{file} pruned: {e}"));
+        assert!(again.after.params <= r.after.params && again.after.params < r.before.params, "{file}");
     }
 }
