@@ -156,7 +156,22 @@ impl<'g> LayoutCx<'_, 'g> {
     }
 
     pub fn set_width(&mut self, v: ValueId, width: usize) {
-        self.set(v, |l| &mut l.width, width)
+        if self.plausible(v, width, self.facts[v].block) {
+            self.set(v, |l| &mut l.width, width)
+        }
+    }
+
+    /// Whether `width` channels of `block` entries fit one axis of a real tensor. Shapes come
+    /// from the model (reshape targets, declared dimensions), which may be wrong: an axis of
+    /// more than 2^32 entries is taken for a wrong shape, and the value keeps its channels,
+    /// rather than be walked entry by entry; so is an empty one (no pass divides by zero).
+    fn plausible(&mut self, v: ValueId, width: usize, block: Option<usize>) -> bool {
+        let entries = width.checked_mul(block.unwrap_or(1));
+        let fits = entries.is_some_and(|e| e > 0 && e <= 1 << 32);
+        if !fits {
+            self.force(v, Why::ImplausibleSize);
+        }
+        fits
     }
 
     pub fn set_rank(&mut self, v: ValueId, rank: usize) {
@@ -164,11 +179,15 @@ impl<'g> LayoutCx<'_, 'g> {
     }
 
     pub fn set_block(&mut self, v: ValueId, block: usize) {
-        self.set(v, |l| &mut l.block, block)
+        if self.plausible(v, self.facts[v].width.unwrap_or(1), Some(block)) {
+            self.set(v, |l| &mut l.block, block)
+        }
     }
 
     pub fn set_heads(&mut self, v: ValueId, heads: Heads) {
-        self.set(v, |l| &mut l.heads, heads)
+        if self.plausible(v, heads.count, Some(1)) {
+            self.set(v, |l| &mut l.heads, heads)
+        }
     }
 
     pub fn set_groups(&mut self, v: ValueId, groups: usize) {

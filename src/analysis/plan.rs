@@ -51,12 +51,21 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
         let name = g.name(v).to_string();
         let b = l.block.unwrap_or(1);
         let gathered_input = decision.policy == InputPolicy::Gather && g.is_graph_input(v);
+        // A value whose constants another node's bias now adds differs from the original's by
+        // them: no entry of it can be compared.
+        let comparable = l.heads.is_none() && !gathered_input && !shifted.contains(&v);
+        if keep.len() == w && facts.needed[v].iter().all(|&n| n) {
+            // Whole and needed whole: the same entries, not listed (a model's shapes may claim
+            // more entries than any tensor holds).
+            if comparable {
+                channels.insert(name, Kept { axis, entries: w * b, keep: None, compared: None, constants: vec![] });
+            }
+            continue;
+        }
         let mut kept = vec![false; w];
         keep.iter().for_each(|&c| kept[c] = true);
         let entries = l.entries_where(w, w * b, |c| kept[c]);
-        // A value whose constants another node's bias now adds differs from the original's by
-        // them: no entry of it can be compared.
-        if l.heads.is_none() && !gathered_input && !shifted.contains(&v) {
+        if comparable {
             // Entries nothing needs may hold anything in the minimized model.
             let needed = &facts.needed[v];
             let constants = l

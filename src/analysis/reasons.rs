@@ -103,6 +103,8 @@ pub(crate) enum Why {
     ResizesChannelAxis,
     /// It may hold Inf or NaN: a constant it is computed from does (see `analysis::finite`).
     NonFinite,
+    /// A shape in the model would give its channel axis no entry, or more than 2^32.
+    ImplausibleSize,
 }
 
 impl Why {
@@ -130,6 +132,7 @@ impl Why {
             Why::PadsChannelAxis => "pads-channel-axis",
             Why::ResizesChannelAxis => "resizes-channel-axis",
             Why::NonFinite => "non-finite",
+            Why::ImplausibleSize => "implausible-size",
         }
     }
 }
@@ -160,6 +163,9 @@ impl fmt::Display for Why {
             Why::ShapeRead => f.write_str("its channel count is read as a number (a Shape)"),
             Why::PadsChannelAxis => f.write_str("it pads the channel axis"),
             Why::ResizesChannelAxis => f.write_str("it resizes the channel axis"),
+            Why::ImplausibleSize => {
+                f.write_str("a shape in the model would give its channel axis no entry, or more than 2^32 (is it wrong?)")
+            }
             Why::NonFinite => f.write_str(
                 "it may hold Inf or NaN, as a constant it is computed from does (0 * Inf is NaN: no channel can be proven removable)",
             ),

@@ -83,14 +83,29 @@ impl Reshaped {
     /// Entries per channel when the target's explicit last entry is a multiple of the channels
     /// of a channels-last `x` (rank 3 and up, block 1): the reshape folds axes before the
     /// channels into the last axis, which keeps the channel of entry `e` at `e % width`.
-    fn interleaves(&self, x: crate::analysis::Layout) -> Option<usize> {
+    fn interleaves(&self, g: &Graph, name: &str, x: crate::analysis::Layout) -> Option<usize> {
         let (last, w) = (*self.target.last()?, x.width? as i64);
         let folds = x.axis == Some(-1)
             && x.block == Some(1)
             && x.interleaved != Some(true)
             && x.heads.is_none()
             && x.rank? >= 3;
-        (folds && last > w && last % w == 0).then_some((last / w) as usize)
+        (folds && last > w && last % w == 0 && self.merges_trailing(g, name, x.rank?, last))
+            .then_some((last / w) as usize)
+    }
+
+    /// Whether `last` entries can be `x`'s trailing axes merged, as far as its declared
+    /// dimensions tell (a target that cannot be is a wrong shape, not a layout to follow).
+    fn merges_trailing(&self, g: &Graph, name: &str, rank: usize, last: i64) -> bool {
+        let mut entries = 1u64;
+        for axis in 1..rank as isize {
+            let Some(d) = g.ir.dim_from_end(g.proto, name, -axis) else { return true };
+            entries = entries.saturating_mul(d);
+            if entries == last as u64 {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether the target rewrites only the axes before `x`'s heads: the same rank, and from the
@@ -153,7 +168,7 @@ impl AxisMap for Reshaped {
             } else {
                 cx.force_both(x, o, Why::ReshapesChannelAxis);
             }
-        } else if let Some(entries) = self.interleaves(lx) {
+        } else if let Some(entries) = self.interleaves(cx.graph, cx.graph.name(x), lx) {
             // Channels last, flattened with the axes before them: channel `c` owns every
             // `width`-th entry of the new last axis.
             cx.set_axis(o, -1);
