@@ -28,10 +28,20 @@ impl OpRule for Concat {
     }
 }
 
-/// Output channels are the inputs' channels in order, along `axis` (as in the attribute).
+/// Output channels are the inputs' channels in order, along `axis` (as in the attribute); or,
+/// when the values are laid out along another axis, every part has the output's channels
+/// (stacked: a class token before the patches, a key cache along the tokens).
 struct Concatenated {
     axis: i64,
     parts: usize,
+}
+
+impl Concatenated {
+    /// Whether `l` puts the channels on an axis other than the concatenation's.
+    fn stacked(&self, l: crate::analysis::Layout) -> bool {
+        let (Some(a), Some(r)) = (l.axis, l.rank) else { return false };
+        a != if self.axis < 0 { self.axis as isize } else { self.axis as isize - r as isize }
+    }
 }
 
 /// Forces every value of the node when a part's width is unknown: its segments cannot be
@@ -47,14 +57,25 @@ fn widths_known(cx: &mut TieCx) -> bool {
 
 impl<'g> ChannelOp<'g> for Concatenated {
     fn activations(&self) -> Activations {
-        Activations { slots: (0..self.parts).collect(), otherwise: "it concatenates constants" }
+        Activations { slots: (0..self.parts).collect(), otherwise: "it concatenates constants", none: false }
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
         let ins: Vec<ValueId> = (0..self.parts).map(|s| cx.input(s)).collect();
         let all: Vec<ValueId> = ins.iter().copied().chain([o]).collect();
-        if cx.along(&all, self.axis) {
+        if let Some(l) = all.iter().map(|&v| cx.get(v)).find(|&l| self.stacked(l)) {
+            for &v in &all {
+                l.axis.inspect(|&a| cx.set_axis(v, a));
+                l.rank.inspect(|&r| cx.set_rank(v, r));
+                l.heads.inspect(|&h| cx.set_heads(v, h));
+            }
+            for &v in &ins {
+                cx.same_width(v, o);
+                cx.carry_block(v, o);
+                cx.carry_block(o, v);
+            }
+        } else if cx.along(&all, self.axis) {
             if let Some(total) = ins.iter().map(|&v| cx.get(v).width).sum::<Option<usize>>() {
                 cx.set_width(o, total);
             }
@@ -75,6 +96,16 @@ impl<'g> ChannelOp<'g> for Concatenated {
         if !widths_known(cx) {
             return;
         }
+        if self.stacked(cx.layout(o)) {
+            for s in 0..self.parts {
+                let x = cx.input(s);
+                match (cx.width(x), cx.width(o)) {
+                    (Some(a), Some(b)) if a == b => cx.tie(x, 0, o, 0, a),
+                    _ => [x, o].into_iter().for_each(|v| cx.force(v, Why::Broadcasts)),
+                }
+            }
+            return;
+        }
         let runs = segments(cx.layout(o), &(0..self.parts).map(|s| cx.width(cx.input(s))).collect::<Vec<_>>());
         for (s, from, to, count) in runs {
             cx.tie(cx.input(s), from, o, to, count);
@@ -83,6 +114,17 @@ impl<'g> ChannelOp<'g> for Concatenated {
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
+        if self.stacked(cx.layout(o)) {
+            // A channel is constant when every part holds the same constant in it.
+            let parts: Vec<&[Option<f64>]> = (0..self.parts).map(|s| cx.consts(cx.input(s))).collect();
+            let r = (0..cx.consts(o).len())
+                .map(|c| {
+                    let first = parts.first()?.get(c).copied().flatten()?;
+                    parts.iter().all(|p| p.get(c).copied().flatten() == Some(first)).then_some(first)
+                })
+                .collect();
+            return cx.set(o, r);
+        }
         let widths: Vec<_> = (0..self.parts).map(|s| Some(cx.consts(cx.input(s)).len())).collect();
         let mut r = vec![None; cx.consts(o).len()];
         for (s, from, to, count) in segments(cx.layout(o), &widths) {
@@ -94,6 +136,18 @@ impl<'g> ChannelOp<'g> for Concatenated {
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
+        if self.stacked(cx.layout(o)) {
+            let needed: Vec<usize> = (0..cx.needed(o).len()).filter(|&c| cx.needed(o)[c]).collect();
+            for s in 0..self.parts {
+                let x = cx.input(s);
+                if cx.needed(x).len() == cx.needed(o).len() {
+                    needed.iter().for_each(|&c| cx.mark(x, c));
+                } else {
+                    cx.mark_all(x);
+                }
+            }
+            return;
+        }
         let widths: Vec<_> = (0..self.parts).map(|s| Some(cx.needed(cx.input(s)).len())).collect();
         let needed = cx.needed(o);
         let runs = segments(cx.layout(o), &widths);
@@ -178,7 +232,7 @@ struct Splitted {
 
 impl<'g> ChannelOp<'g> for Splitted {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it splits a constant" }
+        Activations { slots: vec![0], otherwise: "it splits a constant", none: false }
     }
 
     fn covers_all_outputs(&self) -> bool {

@@ -193,7 +193,7 @@ impl Depthwise<'_> {
 /// Output channel `c` is a per-channel filter of input channel `c`.
 impl<'g> ChannelOp<'g> for Depthwise<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "its data operand is a constant or missing" }
+        Activations { slots: vec![0], otherwise: "its data operand is a constant or missing", none: false }
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {

@@ -62,7 +62,7 @@ struct Selected {
 
 impl<'g> ChannelOp<'g> for Selected {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it gathers from a constant" }
+        Activations { slots: vec![0], otherwise: "it gathers from a constant", none: false }
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
@@ -90,7 +90,7 @@ impl Embedding<'_> {
 
 impl<'g> ChannelOp<'g> for Embedding<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![1], otherwise: "its indices are constants" }
+        Activations { slots: vec![1], otherwise: "its indices are constants", none: false }
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {

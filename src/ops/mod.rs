@@ -84,6 +84,9 @@ pub(crate) enum Role<'g> {
 pub(crate) struct Activations {
     pub slots: Vec<usize>,
     pub otherwise: &'static str,
+    /// The node may read no activation with channels: a constant broadcast to a computed shape
+    /// (Expand of a class token), whose channels its readers lay out.
+    pub none: bool,
 }
 
 /// An operator's meaning for channels, one method per analysis pass. The passes call them in
@@ -171,6 +174,7 @@ static RULES: &[&dyn OpRule] = &[
     &shape::Flatten,
     &shape::Transpose,
     &shape::Squeeze,
+    &shape::Expand,
     &shape_of::Shape,
     &slice::Slice,
     &spatial::Pad,
@@ -201,7 +205,7 @@ fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
     if let Role::Op(op) = &role {
         let acts = op.activations();
         let is_act = |slot: &usize| node.input.get(*slot).is_some_and(|s| !s.is_empty() && !cx.ir.is_const(s));
-        if acts.slots.is_empty() || !acts.slots.iter().all(is_act) {
+        if (acts.slots.is_empty() && !acts.none) || !acts.slots.iter().all(is_act) {
             return Role::Opaque(Opaque::ConstantOperand(acts.otherwise));
         }
     }

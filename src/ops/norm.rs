@@ -479,7 +479,7 @@ fn keras_layernorm<'g>(
 /// leave only as constants the compensation accounts for.
 impl<'g> ChannelOp<'g> for Norm<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it normalizes a constant" }
+        Activations { slots: vec![0], otherwise: "it normalizes a constant", none: false }
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {

@@ -132,7 +132,9 @@ fn broadcast_into(g: &Graph, a: &str, o: &str) -> bool {
 
 impl<'g> ChannelOp<'g> for PerChannel {
     fn activations(&self) -> Activations {
-        Activations { slots: self.acts.clone(), otherwise: "its operands are constants or missing" }
+        // Only constants to broadcast with the channels (Expand of one): the readers lay them out.
+        let none = self.acts.is_empty() && !self.params.is_empty();
+        Activations { slots: self.acts.clone(), otherwise: "its operands are constants or missing", none }
     }
 
     fn follows_heads(&self) -> bool {

@@ -635,6 +635,87 @@ impl AxisMap for Squeezed {
     }
 }
 
+pub(crate) struct Expand;
+
+impl OpRule for Expand {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Expand"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let Some(shape) = ShapeInput::of(cx, node, 1) else {
+            return Role::Opaque(Opaque::Unsupported("its shape is computed in a way not followed".into()));
+        };
+        let entries = (0..shape.len()).map(|k| shape.get(cx, k)).collect();
+        let op = PerChannel::identity(Box::new(Expanded { shape, entries }));
+        // A constant expanded (a class token broadcast over the batch) is a per-channel constant
+        // of the output, sliced with its channels; an activation passes its channels through.
+        match cx.const_tensor(&node.input[0]) {
+            Some(_) => Role::Op(Box::new(PerChannel { acts: vec![], params: vec![0], ..op })),
+            None => Role::Op(Box::new(op)),
+        }
+    }
+}
+
+/// Expand's numpy broadcast, right-aligned: the channel axis (counted from the end) stays where
+/// it is, and the shape's entry there must keep it: 1 (the input's own size) or the width
+/// itself (rewritten with the kept count); the other entries repeat the input along other axes.
+struct Expanded {
+    shape: ShapeInput,
+    /// The shape's constant entries.
+    entries: Vec<Option<i64>>,
+}
+
+impl Expanded {
+    /// The shape's entry on the channel axis, if the shape reaches it.
+    fn entry(&self, axis: isize) -> Option<(usize, Option<i64>)> {
+        let k = usize::try_from(self.entries.len() as isize + axis).ok()?;
+        Some((k, self.entries[k]))
+    }
+}
+
+impl AxisMap for Expanded {
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
+        let Some(&x) = acts.first() else {
+            // An expanded constant: its readers place the channel axis, and its size there is
+            // the width (a size of 1 is broadcast over the channels: not a vector of them).
+            let (Some(axis), Some(t)) = (cx.get(o).axis, cx.const_input(0)) else { return };
+            let dim = usize::try_from(t.dims.len() as isize + axis).ok().and_then(|i| t.dims.get(i).copied());
+            if let Some(w) = dim.filter(|&d| d > 1) {
+                cx.set_width(o, w as usize);
+                cx.set_block(o, 1);
+            }
+            return;
+        };
+        let lx = cx.get(x);
+        let Some(axis) = lx.axis else { return };
+        cx.set_axis(o, axis);
+        if let Some(r) = lx.rank {
+            cx.set_rank(o, r.max(self.entries.len()));
+        }
+        cx.same_width(x, o);
+        cx.carry_block(x, o);
+    }
+
+    fn check(&self, cx: &CheckCx, o: ValueId) -> Result<(), Why> {
+        let l = cx.layout(o);
+        let (Some(axis), Some(w)) = (l.axis, l.width) else { return Ok(()) };
+        match self.entry(axis) {
+            None | Some((_, Some(1))) => Ok(()),
+            Some((_, Some(e))) if e == w as i64 && l.block == Some(1) => Ok(()),
+            _ => Err(Why::Broadcasts),
+        }
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx, o: ValueId, keep: &[usize]) {
+        let axis = cx.layout(o).axis.expect("checked");
+        if let Some((k, Some(_))) = self.entry(axis).filter(|&(_, e)| e != Some(1)) {
+            let node = cx.node;
+            self.shape.rewrite(cx, node, 1, &[(k, keep.len() as i64)]);
+        }
+    }
+}
+
 /// A shape operand (Expand's or Reshape's) whose entries the rules read one by one: a 1-D
 /// int64 constant, or a `Concat` of one-entry pieces (the exporters' computed shapes), some of
 /// them constants.

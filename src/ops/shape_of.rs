@@ -99,7 +99,7 @@ fn reshapes_itself(cx: &Ctx, value: &str, x: &str) -> bool {
 
 impl<'g> ChannelOp<'g> for ShapeOf {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it reads the shape of a constant" }
+        Activations { slots: vec![0], otherwise: "it reads the shape of a constant", none: false }
     }
 
     fn follows_heads(&self) -> bool {

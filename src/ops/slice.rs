@@ -111,7 +111,7 @@ impl Sliced {
 
 impl<'g> ChannelOp<'g> for Sliced {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it slices a constant" }
+        Activations { slots: vec![0], otherwise: "it slices a constant", none: false }
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {

@@ -2,6 +2,7 @@
 
 use crate::common::{attr_f, attr_i, int64_tensor, write, G};
 use onnx_minimize::onnx::proto::{attribute_proto::AttributeType, AttributeProto, ModelProto};
+use onnx_minimize::onnx::tensor::int64s;
 use onnx_minimize::report::Report;
 use onnx_minimize::{minimize_file, Options};
 
@@ -492,4 +493,32 @@ fn einsum_products_with_a_matrix_are_linear_layers() {
     g.op("Relu", &["h"], "a", vec![]).op("Einsum", &["w2", "a"], "y", eq("ji,bti->btj"));
     let (r, _) = minimize(&g.model("y", &[B, Some(3), Some(2)]));
     assert_eq!(widths(&r), vec![(4, 5), (5, 2)]);
+}
+
+/// Expand: a class token broadcast over the batch (a constant, sliced with the stream's
+/// channels) and an activation broadcast over the tokens (the shape's channel entry rewritten).
+#[test]
+fn expanded_class_tokens_and_activations_follow_the_channels() {
+    let mut g = G::new("x", &[B, Some(3), Some(4)]);
+    // The head reads stream channels 0, 2, 3, 5: channels 1 and 4 leave everywhere.
+    g.weight("w", 4, 6, &[]).weight("head", 6, 2, &[1, 4]);
+    let cls = g.rand(6);
+    g.init("cls", &[1, 1, 6], &cls);
+    g.g.initializer.extend([int64_tensor("one", &[1]), int64_tensor("three", &[3]), int64_tensor("six", &[6])]);
+    g.op("MatMul", &["x", "w"], "patches", vec![]).rank("patches", &[B, Some(3), Some(6)]);
+    g.op("Shape", &["x"], "batch", vec![attr_i("start", 0), attr_i("end", 1)]).rank("batch", &[Some(1)]);
+    g.op("Concat", &["batch", "one", "one"], "cls_shape", vec![attr_i("axis", 0)]);
+    g.op("Expand", &["cls", "cls_shape"], "cls_b", vec![]).rank("cls_b", &[B, Some(1), Some(6)]);
+    g.op("ReduceMean", &["patches"], "mean", vec![crate::common::attr_ints("axes", &[1])]);
+    g.op("Concat", &["batch", "three", "six"], "mean_shape", vec![attr_i("axis", 0)]);
+    g.op("Expand", &["mean", "mean_shape"], "mean_b", vec![]).rank("mean_b", &[B, Some(3), Some(6)]);
+    g.op("Sub", &["patches", "mean_b"], "centred", vec![]);
+    g.op("Concat", &["cls_b", "centred"], "stream", vec![attr_i("axis", 1)]).rank("stream", &[B, Some(4), Some(6)]);
+    g.op("MatMul", &["stream", "head"], "y", vec![]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(4), Some(2)]));
+    assert_eq!(widths(&r), vec![(4, 4), (4, 2)], "{}", r.to_text());
+    let sliced = m.graph().initializer.iter().find(|t| t.name() == "cls").expect("the class token");
+    assert_eq!(sliced.dims, vec![1, 1, 4]);
+    let entries: Vec<Vec<i64>> = m.graph().initializer.iter().filter(|t| t.dims == [1]).map(int64s).collect();
+    assert!(entries.contains(&vec![4]), "the activation's Expand shape says 4 channels: {entries:?}");
 }
