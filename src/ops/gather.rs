@@ -46,6 +46,12 @@ impl OpRule for Select {
             {
                 Role::Op(Box::new(Selected { indices: int64s(t) }))
             }
+            // Positions or tokens of an activation picked by constant indices (a ViT's class
+            // token, `x[:, 0]`): the channels pass through, unless the axis is theirs.
+            Some(t) if !cx.ir.is_const(data) && !last => {
+                let axes = Box::new(Taken { axis: node.attr_i("axis", 0), index_rank: t.dims.len() });
+                Role::Op(Box::new(PerChannel::identity(axes)))
+            }
             _ => Role::Opaque(Opaque::Unsupported(
                 "it is not a Gather of a graph input's features by constant indices".into(),
             )),
@@ -148,6 +154,33 @@ impl OpRule for GatherNd {
             }
             _ => Role::Opaque(Opaque::NotConstant("its indices are not constants, or it has batch dimensions")),
         }
+    }
+}
+
+/// `Gather` along `axis`, other than the channels', by constant indices of rank `index_rank`:
+/// that axis is replaced by the indices' axes, and the channel axis keeps its place from the end
+/// (the gathered axis before it) or from the start (after it).
+struct Taken {
+    axis: i64,
+    index_rank: usize,
+}
+
+impl AxisMap for Taken {
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
+        let x = acts[0];
+        let lx = cx.get(x);
+        let (Some(r), Some(p), Some(a)) = (lx.rank, lx.position(), lx.axis) else { return };
+        let gathered = if self.axis < 0 { self.axis + r as i64 } else { self.axis };
+        let out_rank = r - 1 + self.index_rank;
+        let axis = match usize::try_from(gathered) {
+            Ok(g) if g < p => a,
+            Ok(g) if g > p && g < r => p as isize - out_rank as isize,
+            _ => return cx.force_both(x, o, Why::ReshapesChannelAxis),
+        };
+        cx.set_axis(o, axis);
+        cx.set_rank(o, out_rank);
+        cx.same_width(x, o);
+        cx.carry_block(x, o);
     }
 }
 

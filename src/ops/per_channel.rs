@@ -123,6 +123,28 @@ fn entrywise(g: &Graph, a: &str, o: Layout) -> bool {
     along && o.block == Some(1) && o.heads.is_none_or(|h| dim(h.axis) == Some(1))
 }
 
+/// Per channel of `o`, the one value constant `t` holds in it, if it holds one: `t` has an
+/// entry per channel along `o`'s channel axis and varies along others (none otherwise).
+fn uniform_channels(t: &crate::onnx::proto::TensorProto, o: Layout) -> Option<Vec<Option<f64>>> {
+    let (axis, width) = (o.axis?, o.width?);
+    let values = crate::onnx::tensor::Values::of(t).ok()?;
+    let pos = usize::try_from(values.dims.len() as isize + axis).ok()?;
+    if o.block != Some(1) || o.heads.is_some() || values.dims.get(pos) != Some(&(width as i64)) {
+        return None;
+    }
+    let inner: usize = values.dims[pos + 1..].iter().map(|&d| d as usize).product();
+    let mut seen: Vec<Option<Option<f64>>> = vec![None; width];
+    for i in 0..values.len() {
+        let (c, v) = ((i / inner) % width, values.get(i));
+        seen[c] = match seen[c] {
+            None => Some(Some(v)),
+            Some(Some(k)) if k == v => Some(Some(k)),
+            _ => Some(None),
+        };
+    }
+    Some(seen.into_iter().map(Option::flatten).collect())
+}
+
 /// Whether `a`'s declared shape has size 1 on an axis where `o`'s does not: before `o`'s layout
 /// is known, such an operand tells nothing about it.
 fn broadcast_into(g: &Graph, a: &str, o: &str) -> bool {
@@ -212,12 +234,23 @@ impl<'g> ChannelOp<'g> for PerChannel {
         let sides = self.sides(cx.graph, cx.node, cx.layout(o));
         let acts: Vec<Option<ValueId>> =
             slots.iter().map(|&s| (self.acts.contains(&s) && !sides.contains(&s)).then(|| cx.input(s))).collect();
+        // Constants read as varying (they vary along other axes: a position table) are still
+        // constant in the channels along which they do not.
+        let lo = cx.layout(o);
+        let uniform: Vec<(usize, Vec<Option<f64>>)> = (self.params.iter())
+            .filter(|&&s| cx.param(s).is_none())
+            .filter_map(|&s| Some((s, uniform_channels(cx.const_input(s)?, lo)?)))
+            .collect();
+        let side_const = |s: usize, c: usize| uniform.iter().find(|u| u.0 == s).and_then(|u| u.1[c]);
         let r = (0..cx.consts(o).len())
             .map(|c| {
                 let args: Vec<Option<f64>> = slots
                     .iter()
                     .zip(&acts)
-                    .map(|(&s, a)| self.operand(s, c, a.map(|a| cx.consts(a)), cx.param(s).map(|p| p.at(c))))
+                    .map(|(&s, a)| {
+                        let param = cx.param(s).map(|p| p.at(c)).or_else(|| side_const(s, c));
+                        self.operand(s, c, a.map(|a| cx.consts(a)), param)
+                    })
                     .collect();
                 match args.iter().copied().collect::<Option<Vec<f64>>>() {
                     Some(all) => (self.eval)(&all),

@@ -72,12 +72,40 @@ impl Reshaped {
         splits.then_some(Heads { axis: -2, count: h as usize })
     }
 
+    /// The output's channel axis from the start when it is not the last (a channels-first
+    /// layout [`Reshaped::keeps_channels_first`] laid out).
+    fn channels_first(&self, l: crate::analysis::Layout) -> Option<usize> {
+        let a = l.axis.filter(|&a| a < -1)?;
+        usize::try_from(self.target.len() as isize + a).ok()
+    }
+
     /// Whether a last entry of -1 still names the channel axis whole: only when every other
     /// entry copies x's own dimension (0) and the rank stays; an explicit number is checked
     /// against the width later.
     fn last_is_whole(&self, x: crate::analysis::Layout) -> bool {
         let Some((&last, leading)) = self.target.split_last() else { return false };
         last != -1 || (x.rank == Some(self.target.len()) && leading.iter().all(|&e| e == 0))
+    }
+
+    /// The channel axis' position when the target keeps a channels-first axis where it is and
+    /// only merges (or splits) the axes after it, as a ViT's patch embedding writes
+    /// `flatten(2)`: `[B, C, H, W] -> [-1, C, H * W]`. The entry there is the width; the axes
+    /// after it hold what `x`'s declared ones do, so the one `-1` before it is the batch.
+    fn keeps_channels_first(&self, g: &Graph, name: &str, x: crate::analysis::Layout) -> Option<usize> {
+        let (p, r, w) = (x.position()?, x.rank?, x.width? as i64);
+        if x.block != Some(1) || x.heads.is_some() || p + 1 >= r || p + 1 >= self.target.len() {
+            return None;
+        }
+        let after = (1..(r - p) as isize).try_fold(1u64, |n, k| n.checked_mul(g.ir.dim_from_end(g.proto, name, -k)?));
+        let target_after = self.target[p + 1..].iter().try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?));
+        let prefix = &self.target[..p];
+        let fits = self.target[p] == w
+            && after.is_some()
+            && after == target_after
+            && prefix.iter().filter(|&&d| d == -1).count() <= 1
+            && (prefix.contains(&-1)
+                || (0..p).all(|i| g.ir.dim_from_end(g.proto, name, i as isize - r as isize) == Some(prefix[i] as u64)));
+        fits.then_some(p)
     }
 
     /// Entries per channel when the target's explicit last entry is a multiple of the channels
@@ -176,6 +204,11 @@ impl AxisMap for Reshaped {
             cx.same_width(x, o);
             cx.set_block(o, entries);
             cx.set_interleaved(o, true);
+        } else if let Some(p) = self.keeps_channels_first(cx.graph, cx.graph.name(x), lx) {
+            cx.set_axis(o, p as isize - self.target.len() as isize);
+            cx.set_rank(o, self.target.len());
+            cx.same_width(x, o);
+            cx.set_block(o, 1);
         } else if lx.axis == Some(-1) && self.last_is_whole(lx) {
             cx.set_axis(o, -1);
             cx.set_rank(o, self.target.len());
@@ -199,8 +232,12 @@ impl AxisMap for Reshaped {
             let kept = self.keeps_heads(cx.graph, cx.graph.name(x), lx);
             return if kept || self.split(lx).is_some() { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
         }
-        let last = *self.target.last().unwrap_or(&0);
         let entries = l.block.zip(l.width).map(|(b, w)| (w * b) as i64);
+        if let Some(p) = self.channels_first(l) {
+            // Channels first, the axes after them merged: the entry at the axis is the width.
+            return if Some(self.target[p]) == entries { Ok(()) } else { Err(Why::TargetShape(self.target.clone())) };
+        }
+        let last = *self.target.last().unwrap_or(&0);
         if last != -1 && Some(last) != entries {
             return Err(Why::TargetShape(self.target.clone()));
         }
@@ -216,6 +253,8 @@ impl AxisMap for Reshaped {
         if let Some(h) = l.heads {
             let (rows, cols) = heads_kept(l, keep);
             (shape[(n as isize + h.axis) as usize], shape[n - 1]) = (rows.len() as i64, cols.len() as i64);
+        } else if let Some(p) = self.channels_first(l) {
+            shape[p] = keep.len() as i64;
         } else if shape[n - 1] != -1 {
             shape[n - 1] = (keep.len() * l.block.expect("checked")) as i64;
         } else {
