@@ -280,3 +280,57 @@ proptest! {
         prop_assert_eq!(again.after.params, again.before.params, "a second pass removes nothing more");
     }
 }
+
+/// A ViT-like embedding: patches from a MatMul, a class token expanded over the batch and put
+/// before them along the tokens, a position table added, a head reading every token's channels.
+/// `pruned` stream channels are zero in the patch projection, the token and the table, and
+/// `unread` ones have zero head rows.
+fn random_tokens(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, usize) {
+    use crate::common::{attr_i, int64_tensor, G};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (tokens, d_in, d, out) =
+        (rng.random_range(1..4usize), rng.random_range(1..5usize), rng.random_range(2..9usize), 2);
+    let pruned: Vec<usize> = (0..d).filter(|_| rng.random_bool(0.3)).collect();
+    let unread: Vec<usize> = (0..d).filter(|c| !pruned.contains(c) && rng.random_bool(0.2)).collect();
+    let mut g = G::new("x", &[None, Some(tokens), Some(d_in)]);
+    // Tables whose last axis is the stream's channels.
+    let table = |g: &mut G, name: &str, dims: &[usize]| {
+        let mut v = g.rand(dims.iter().product());
+        v.iter_mut().enumerate().filter(|(i, _)| pruned.contains(&(i % d))).for_each(|(_, x)| *x = 0.0);
+        g.init(name, dims, &v);
+    };
+    table(&mut g, "w", &[d_in, d]);
+    table(&mut g, "cls", &[1, 1, d]);
+    table(&mut g, "pos", &[1, tokens + 1, d]);
+    let mut head = g.rand(d * out);
+    head.iter_mut().enumerate().filter(|(i, _)| unread.contains(&(i / out))).for_each(|(_, x)| *x = 0.0);
+    g.init("head", &[d, out], &head);
+    g.g.initializer.push(int64_tensor("one", &[1]));
+    g.op("MatMul", &["x", "w"], "patches", vec![]).rank("patches", &[None, Some(tokens), Some(d)]);
+    g.op("Shape", &["x"], "batch", vec![attr_i("start", 0), attr_i("end", 1)]).rank("batch", &[Some(1)]);
+    g.op("Concat", &["batch", "one", "one"], "cls_shape", vec![attr_i("axis", 0)]);
+    g.op("Expand", &["cls", "cls_shape"], "cls_b", vec![]).rank("cls_b", &[None, Some(1), Some(d)]);
+    g.op("Concat", &["cls_b", "patches"], "tokens", vec![attr_i("axis", 1)]);
+    g.rank("tokens", &[None, Some(tokens + 1), Some(d)]);
+    g.op("Add", &["tokens", "pos"], "stream", vec![]).rank("stream", &[None, Some(tokens + 1), Some(d)]);
+    g.op("MatMul", &["stream", "head"], "y", vec![]);
+    let removable = (0..d).filter(|c| pruned.contains(c) || unread.contains(c)).count();
+    (g.model("y", &[None, Some(tokens + 1), Some(out)]), d - removable)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Class tokens, position tables and token concatenation: exact, and the stream keeps
+    /// exactly the channels that are neither constant zero nor unread.
+    #[test]
+    fn token_streams_shrink_exactly(seed in any::<u64>()) {
+        let (model, kept) = random_tokens(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let input = write(dir.path(), "in.onnx", &model);
+        let report = minimize_file(&input, Some(&dir.path().join("out.onnx")), &Options::default(), &|_| {})
+            .map_err(|e| TestCaseError::fail(format!("seed {seed}: {e}")))?;
+        let head = report.removals.layers.last().unwrap();
+        prop_assert_eq!(head.inputs_after, kept.max(1), "seed {}: {}", seed, report.to_text());
+    }
+}
