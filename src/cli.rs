@@ -328,7 +328,7 @@ fn minimize(cli: MinimizeArgs) -> Result<(), Error> {
                 VerifyArg::Blockwise => VerifyMode::Blockwise,
                 _ => VerifyMode::Auto,
             },
-            block_bytes: Some((cli.block_mb.max(0.0) * (1u64 << 20) as f64) as u64),
+            block_bytes: Some(crate::verify::megabytes(cli.block_mb)),
             tolerance: cli.tolerance,
             input_shapes: cli.input_shape.iter().cloned().collect::<HashMap<_, _>>(),
             runs: cli.runs,

@@ -143,7 +143,7 @@ fn minimize_file(
         "none" => None,
         mode => Some(VerifyOptions {
             mode: choice::<VerifyMode>("verify", mode)?,
-            block_bytes: Some((block_mb.max(0.0) * (1u64 << 20) as f64) as u64),
+            block_bytes: Some(onnx_minimize::verify::megabytes(block_mb)),
             tolerance,
             input_shapes: input_shapes.unwrap_or_default(),
             runs,

@@ -320,8 +320,6 @@ impl<'a> Values<'a> {
     }
 }
 
-/// Calls `f(i, v)` for every element `i` of packed `b` (elements of `N` bytes) that `value` reads
-/// as a non-zero `v`, skipping eight bytes at a time when they hold only zeros of either sign.
 /// Whether a stored element of `dtype` in `b` has the largest exponent (Inf or NaN). Eight bytes
 /// at a time: each lane masked to its exponent and compared with the largest through the
 /// zero-lane test (`(v - ones) & !v & highs`; the masked lanes never set their high bit).
@@ -351,6 +349,8 @@ fn non_finite_bits(b: &[u8], dtype: FloatType) -> bool {
     any || tail
 }
 
+/// Calls `f(i, v)` for every element `i` of packed `b` (elements of `N` bytes) that `value` reads
+/// as a non-zero `v`, skipping eight bytes at a time when they hold only zeros of either sign.
 fn skip_zeros<const N: usize>(b: &[u8], mut f: impl FnMut(usize, f64), value: impl Fn([u8; N]) -> Option<f64>) {
     // Every bit but each element's sign bit.
     let magnitude = match N {

@@ -318,12 +318,7 @@ pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
     let g = cx.graph;
     let ir = cx.ir;
     let op = |n: usize| g.node[n].op_type();
-    // The one node reading `value` (at any number of its slots), when it is not a graph output.
-    let sole = |value: &str| -> Option<usize> {
-        let readers = ir.readers(value);
-        let first = readers.first()?.0;
-        (readers.iter().all(|r| r.0 == first) && !ir.outputs.contains(value)).then_some(first)
-    };
+    let sole = |value: &str| sole(ir, value);
     let scalar = |name: &str| -> Option<f64> {
         let v = Values::of(ir.const_tensor(g, name)?).ok()?;
         (v.len() == 1).then(|| v.get(0))
@@ -395,6 +390,13 @@ pub(crate) fn decomposed<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Norm<'g>)> {
     found
 }
 
+/// The one node reading `value` (at any number of its slots), when it is not a graph output.
+fn sole(ir: &crate::ir::Ir, value: &str) -> Option<usize> {
+    let readers = ir.readers(value);
+    let first = readers.first()?.0;
+    (readers.iter().all(|r| r.0 == first) && !ir.outputs.contains(value)).then_some(first)
+}
+
 /// The axes of a `ReduceMean` keeping its dimensions, as an attribute or (opset 18) an input.
 fn mean_axes(cx: &Ctx, n: usize) -> Option<Vec<i64>> {
     let node = &cx.graph.node[n];
@@ -419,6 +421,7 @@ fn keras_layernorm<'g>(
 ) -> Option<(NodeId, Norm<'g>)> {
     let (g, ir) = (cx.graph, cx.ir);
     let op = |n: usize| g.node[n].op_type();
+    // The nodes reading `value`, each once; a graph output has one more reader, `usize::MAX`.
     let readers = |value: &str| -> Vec<usize> {
         let mut r: Vec<usize> = ir.readers(value).iter().map(|r| r.0).collect();
         r.dedup();
@@ -427,10 +430,7 @@ fn keras_layernorm<'g>(
         }
         r
     };
-    let sole = |value: &str| match readers(value)[..] {
-        [n] if n != usize::MAX => Some(n),
-        _ => None,
-    };
+    let sole = |value: &str| sole(ir, value);
     let out = |n: usize| g.node[n].output[0].as_str();
     // The other operand of a binary node, given one.
     let other = |n: usize, one: &str| -> Option<&'g str> {

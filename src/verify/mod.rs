@@ -49,6 +49,11 @@ impl Default for VerifyOptions {
     }
 }
 
+/// Bytes in `mb` megabytes (a negative size is none), for `--block-mb`.
+pub fn megabytes(mb: f64) -> u64 {
+    (mb.max(0.0) * (1u64 << 20) as f64) as u64
+}
+
 /// How the minimized model is checked against the original (`--verify`, less `none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VerifyMode {
