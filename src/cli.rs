@@ -113,7 +113,11 @@ struct PruneArgs {
     #[arg(long, value_enum, default_value_t = Scope::Global)]
     scope: Scope,
     /// magnitude: |w|; unit-coupled: |w| times the geometric mean of its row's and column's
-    /// mass, which gathers the zeros into whole units that minimization can remove.
+    /// mass, which gathers the zeros into whole units that minimization can remove;
+    /// space-coupled: the same with the masses of whole channel spaces (a residual stream's
+    /// channel across every block that writes or reads it), and a channel left without weights
+    /// also loses its biases, norm scales and embedding entries, so that it can leave a
+    /// LayerNorm stream (ConvNeXt, transformers).
     #[arg(long, value_enum, default_value_t = Criterion::Magnitude)]
     criterion: Criterion,
     /// How strongly unit-coupled scores follow the units: |w| * (row mass * column mass)^P. 0.5 is the
@@ -268,6 +272,11 @@ fn sparsify(
             })
             .collect();
         text.push(format!("{what}: sparsity {:.4} -> {:.4}", report.sparsity_before, report.sparsity_after));
+        if !report.silenced.is_empty() {
+            let entries: usize = report.silenced.iter().map(|t| t.zeros_after - t.zeros_before).sum();
+            let tensors = report.silenced.len();
+            text.push(format!("channels left without weights: {entries} bias, norm and embedding entries zeroed in {tensors} tensors"));
+        }
         summary(&io.report, &text.join("\n"))?;
     }
     match &io.report {

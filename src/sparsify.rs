@@ -11,12 +11,17 @@
 //!   pruning threshold), so that released weights are not pruned straight back.
 //!
 //! Biases, norms and the output layer (a linear layer whose output reaches a graph output
-//! without another linear layer) are never touched. Both are deterministic under a seed.
+//! without another linear layer) are never touched, with one exception: the *space-coupled*
+//! criterion scores a weight by the masses of whole channel spaces (every layer that writes or
+//! reads the channel, across residual blocks), and a space it leaves without any non-zero
+//! weight loses its biases, norm scales and embedding entries too, so that the channel is the
+//! constant 0 that minimization removes. Both rewrites are deterministic under a seed.
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::analysis::{self, Graph, NodeId, ValueId};
 use crate::ir::{ConstRef, Ir};
 use crate::onnx::proto::GraphProto;
 use crate::onnx::tensor::{encode, with_data, FloatType, Values};
@@ -31,6 +36,13 @@ pub enum Criterion {
     /// |w| times the geometric mean of its row's and column's mass (each relative to the
     /// tensor's mean), which favours whole-unit death.
     UnitCoupled,
+    /// As unit-coupled, with a row's and a column's mass taken over the whole channel space
+    /// they belong to: every row that writes the channel and every column that reads it, in
+    /// every layer (a residual stream's channel across all its blocks, a hidden unit's row with
+    /// its reader's column, a head dimension's query and key rows). A space left with no
+    /// non-zero weight also loses its biases, norm scales and embedding entries, which a
+    /// channel needs to be constant where LayerNorms, class tokens or position tables write it.
+    SpaceCoupled,
 }
 
 /// `--scope`.
@@ -107,10 +119,14 @@ pub struct SparsifyReport {
     pub tensors: Vec<TensorChange>,
     pub sparsity_before: f64,
     pub sparsity_after: f64,
+    /// Biases, norm scales and embedding entries zeroed with the channel spaces that the
+    /// space-coupled criterion left without weights (not counted in the sparsity).
+    pub silenced: Vec<TensorChange>,
 }
 
 /// A prunable weight: where it is stored and its `[rows, cols]` view (rows = outputs).
 struct Prunable {
+    node: usize,
     cref: ConstRef,
     name: String,
     rows: usize,
@@ -166,7 +182,7 @@ fn prunables(model: &Model, include_output_layer: bool) -> Result<Vec<Prunable>>
         }
         let name = w.tensor.name().to_string();
         let cols = w.k / w.groups; // a grouped weight stores its group's inputs only
-        out.push(Prunable { cref, name, rows: w.n, cols, output_major: w.transposed, spatial: w.spatial });
+        out.push(Prunable { node: n, cref, name, rows: w.n, cols, output_major: w.transposed, spatial: w.spatial });
     }
     Ok(out)
 }
@@ -176,26 +192,171 @@ fn read(model: &Model, p: &Prunable) -> Result<(Vec<f64>, FloatType)> {
     Ok(((0..v.len()).map(|i| v.get(i)).collect(), v.dtype))
 }
 
-/// Unit-coupled scores: |w| times (row mass * column mass)^power, masses relative to their mean.
-fn coupled(p: &Prunable, w: &[f64], power: f64) -> Vec<f64> {
+/// Where a weight element sits: `(row, column)` of its `[outputs, inputs]` view.
+fn position(p: &Prunable, i: usize) -> (usize, usize) {
     let (rows, cols, s) = (p.rows, p.cols, p.spatial);
-    let at =
-        |i: usize| if p.output_major { (i / (cols * s), (i / s) % cols) } else { ((i / s) % rows, i / (rows * s)) };
-    let (mut row, mut col) = (vec![0.0; rows], vec![0.0; cols]);
+    if p.output_major {
+        (i / (cols * s), (i / s) % cols)
+    } else {
+        ((i / s) % rows, i / (rows * s))
+    }
+}
+
+/// The entries of one tensor along one axis, and the channel space of each: what a group lasso
+/// over whole channel spaces sums (see [`channel_spaces`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Membership {
+    pub tensor: String,
+    pub axis: usize,
+    /// The space of each entry along `axis`, numbered over the whole model (the numbers are
+    /// distinct per space, not consecutive).
+    pub spaces: Vec<usize>,
+}
+
+/// The channel spaces of a model's prunable weights and of the biases, norm scales and embedding
+/// entries that write them: the groups of a group lasso that, like the space-coupled criterion,
+/// acts on a residual stream's channel across every block at once. A weight's rows (outputs)
+/// and columns (inputs) each belong to a space; a row or column the layouts do not map is a
+/// space of its own.
+pub fn channel_spaces(model: &Model, include_output_layer: bool) -> Result<Vec<Membership>> {
+    let targets = prunables(model, include_output_layer)?;
+    let s = spaces(model, &targets)?;
+    let g = model.graph();
+    let (mut number, mut count) = (std::collections::HashMap::new(), 0);
+    let mut id = |k: Option<usize>| {
+        count += 1;
+        match k {
+            Some(k) => *number.entry(k).or_insert(count - 1),
+            None => count - 1, // a space of its own
+        }
+    };
+    let mut out = vec![];
+    for (p, slices) in targets.iter().zip(&s.slices) {
+        // Stored [outputs, inputs, ...] (Gemm with transB, Conv) or [inputs, outputs] (MatMul).
+        let (row_axis, col_axis) = if p.output_major { (0, 1) } else { (1, 0) };
+        for (axis, of) in [(row_axis, &slices.rows), (col_axis, &slices.cols)] {
+            // One entry (a depthwise kernel's column) is the whole tensor, not a channel.
+            if of.len() > 1 {
+                out.push(Membership { tensor: p.name.clone(), axis, spaces: of.iter().map(|&k| id(k)).collect() });
+            }
+        }
+    }
+    for (cref, at, classes) in &s.writers {
+        let tensor = cref.tensor(g).name().to_string();
+        out.push(Membership { tensor, axis: *at, spaces: classes.iter().map(|&k| id(Some(k))).collect() });
+    }
+    Ok(out)
+}
+
+/// Unit-coupled scores: |w| times (row mass * column mass)^power, masses relative to their
+/// mean over the tensor. A row's or column's mass is its own, or its channel space's (`space`).
+fn coupled(p: &Prunable, w: &[f64], power: f64, space: Option<(&Slices, &[f64])>) -> Vec<f64> {
+    let (mut row, mut col) = (vec![0.0; p.rows], vec![0.0; p.cols]);
     for (i, x) in w.iter().enumerate() {
-        let (r, c) = at(i);
+        let (r, c) = position(p, i);
         row[r] += x.abs();
         col[c] += x.abs();
+    }
+    if let Some((slices, mass)) = space {
+        let shared = |own: &mut [f64], classes: &[Option<usize>]| {
+            own.iter_mut().zip(classes).for_each(|(m, k)| *m = k.map_or(*m, |k| mass[k]));
+        };
+        shared(&mut row, &slices.rows);
+        shared(&mut col, &slices.cols);
     }
     let mean = |v: &[f64]| (v.iter().sum::<f64>() / v.len().max(1) as f64).max(f64::MIN_POSITIVE);
     let (mr, mc) = (mean(&row), mean(&col));
     w.iter()
         .enumerate()
         .map(|(i, x)| {
-            let (r, c) = at(i);
+            let (r, c) = position(p, i);
             x.abs() * ((row[r] / mr) * (col[c] / mc)).powf(power)
         })
         .collect()
+}
+
+/// The channel space (class) of each row and column of one prunable weight; `None` where the
+/// layouts do not map it (the slice then counts alone).
+struct Slices {
+    rows: Vec<Option<usize>>,
+    cols: Vec<Option<usize>>,
+}
+
+/// The channel spaces of the prunable weights, and what zeroing whole spaces needs to know.
+struct Spaces {
+    slices: Vec<Slices>,
+    count: usize,
+    /// Per-channel constants of the nodes writing each space: (constant, its channel dimension,
+    /// the space of each entry along it).
+    writers: Vec<(ConstRef, usize, Vec<usize>)>,
+}
+
+/// Float constants that a node writing a channel space adds or multiplies per channel, by op
+/// type and input slot: zeroing a channel's entries makes it the constant 0 (never a divisor,
+/// an exponent or a variance).
+fn writes_per_channel(op: &str, slot: usize) -> bool {
+    match op {
+        "Add" | "Sub" | "Mul" | "Concat" | "Expand" => true,
+        "LayerNormalization" => slot == 1 || slot == 2,
+        "RMSNormalization" => slot == 1,
+        "Gemm" | "Conv" | "ConvTranspose" => slot == 2,
+        _ => false,
+    }
+}
+
+fn spaces(model: &Model, targets: &[Prunable]) -> Result<Spaces> {
+    let ir = model.ir()?;
+    let g = Graph::new(model.graph(), &ir);
+    let (layouts, classes) = analysis::spaces(&g);
+    // The space of each of `entries` entries along a value's channel axis.
+    let map = |v: Option<ValueId>, entries: usize| -> Option<Vec<usize>> {
+        let v = v?;
+        let l = layouts[v];
+        let w = l.width.filter(|&w| w > 0 && w * l.block.unwrap_or(1) == entries)?;
+        Some((0..entries).map(|e| classes.class(v, l.channel_of(e, w))).collect())
+    };
+    let lift = |m: Option<Vec<usize>>, n: usize| m.map_or(vec![None; n], |m| m.into_iter().map(Some).collect());
+    let slices = targets
+        .iter()
+        .map(|p| {
+            let n = NodeId(p.node);
+            let linear = match g.role(n) {
+                Role::Op(op) => op.linear(),
+                _ => None,
+            };
+            let x = linear.and_then(|l| g.input(n, l.input_slot()));
+            // A grouped weight's columns are per group: each row's own inputs, not one channel.
+            let grouped = linear.is_none_or(|l| l.weight().groups > 1);
+            Slices {
+                rows: lift(map(g.output(n, 0), p.rows), p.rows),
+                cols: if grouped { vec![None; p.cols] } else { lift(map(x, p.cols), p.cols) },
+            }
+        })
+        .collect();
+    let mut writers = vec![];
+    for n in g.order.iter().copied() {
+        let node = g.node(n);
+        let Some(o) = g.output(n, 0) else { continue };
+        let l = layouts[o];
+        let (Some(axis), Some(width)) = (l.axis, l.width) else { continue };
+        if l.heads.is_some() || l.block.is_some_and(|b| b != 1) {
+            continue;
+        }
+        for (slot, name) in node.input.iter().enumerate() {
+            let Some(cref) = ir.const_ref(name) else { continue };
+            // A constant another node reads too would change there as well.
+            if !writes_per_channel(node.op_type(), slot) || ir.readers(name).len() != 1 {
+                continue;
+            }
+            let dims = &cref.tensor(g.proto).dims;
+            let at = if node.op_type().starts_with("Conv") { 0 } else { dims.len() as isize + axis };
+            if at < 0 || dims.get(at as usize) != Some(&(width as i64)) {
+                continue;
+            }
+            writers.push((cref, at as usize, (0..width).map(|c| classes.class(o, c)).collect::<Vec<usize>>()));
+        }
+    }
+    Ok(Spaces { slices, count: classes.len(), writers })
 }
 
 fn zeros(w: &[f64]) -> usize {
@@ -211,12 +372,22 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
     for p in &targets {
         weights.push(read(model, p)?);
     }
+    let spaces = match opts.criterion {
+        Criterion::SpaceCoupled => Some(spaces(model, &targets)?),
+        _ => None,
+    };
+    let mass = spaces.as_ref().map(|s| space_mass(s, &targets, weights.iter().map(|(w, _)| w.as_slice())));
     let scores: Vec<Vec<f64>> = targets
         .iter()
         .zip(&weights)
-        .map(|(p, (w, _))| match opts.criterion {
+        .enumerate()
+        .map(|(t, (p, (w, _)))| match opts.criterion {
             Criterion::Magnitude => w.iter().map(|x| x.abs()).collect(),
-            Criterion::UnitCoupled => coupled(p, w, opts.coupling),
+            Criterion::UnitCoupled => coupled(p, w, opts.coupling, None),
+            Criterion::SpaceCoupled => {
+                let (s, m) = (spaces.as_ref().expect("computed above"), mass.as_deref().expect("computed above"));
+                coupled(p, w, opts.coupling, Some((&s.slices[t], m)))
+            }
         })
         .collect();
     // Which elements to zero: the lowest scores, exactly the amount of each group; existing zeros
@@ -242,12 +413,59 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
         }
     }
     let mut changes = vec![];
+    let mut pruned = vec![];
     for ((p, (w, dtype)), cut) in targets.iter().zip(weights).zip(cut) {
         let before = zeros(&w);
         let new: Vec<f64> = w.iter().zip(&cut).map(|(&x, &c)| if c { 0.0 } else { x }).collect();
-        changes.push(store(model, p, before, &new, dtype));
+        changes.push(store(model, &p.cref, &p.name, before, &new, dtype));
+        pruned.push(new);
     }
-    Ok(summarize(changes))
+    let silenced = match spaces {
+        Some(s) => silence(model, &s, &targets, &pruned)?,
+        None => vec![],
+    };
+    Ok(summarize(changes, silenced))
+}
+
+/// Each space's mass: the magnitudes of every weight in a row or column of it.
+fn space_mass<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item = &'w [f64]>) -> Vec<f64> {
+    let mut mass = vec![0.0; s.count];
+    for ((p, slices), w) in targets.iter().zip(&s.slices).zip(weights) {
+        for (i, x) in w.iter().enumerate() {
+            let (r, c) = position(p, i);
+            for k in [slices.rows[r], slices.cols[c]].into_iter().flatten() {
+                mass[k] += x.abs();
+            }
+        }
+    }
+    mass
+}
+
+/// Zeroes the per-channel writer constants of every space that has weights but none left
+/// non-zero.
+fn silence(model: &mut Model, s: &Spaces, targets: &[Prunable], pruned: &[Vec<f64>]) -> Result<Vec<TensorChange>> {
+    let mass = space_mass(s, targets, pruned.iter().map(Vec::as_slice));
+    let mut has = vec![false; s.count];
+    for slices in &s.slices {
+        slices.rows.iter().chain(&slices.cols).flatten().for_each(|&k| has[k] = true);
+    }
+    let mut changes = vec![];
+    for (cref, at, classes) in &s.writers {
+        let t = cref.tensor(model.graph());
+        let Ok(v) = Values::of(t) else { continue }; // not a float tensor
+        let stride: usize = t.dims[at + 1..].iter().map(|&d| d as usize).product();
+        let old: Vec<f64> = (0..v.len()).map(|i| v.get(i)).collect();
+        let gone = |i: usize| {
+            let k = classes[(i / stride) % classes.len()];
+            has[k] && mass[k] == 0.0
+        };
+        let new: Vec<f64> = old.iter().enumerate().map(|(i, &x)| if gone(i) { 0.0 } else { x }).collect();
+        if new != old {
+            let (name, dtype) = (t.name().to_string(), v.dtype);
+            changes.push(store(model, cref, &name, zeros(&old), &new, dtype));
+        }
+    }
+    Ok(changes)
 }
 
 /// Replaces the exact zeros of the linear-layer weights by calibrated noise, in place.
@@ -298,23 +516,23 @@ pub fn release(
                 })
                 .collect()
         };
-        changes.push(store(model, p, before, &new, dtype));
+        changes.push(store(model, &p.cref, &p.name, before, &new, dtype));
     }
-    Ok(summarize(changes))
+    Ok(summarize(changes, vec![]))
 }
 
-/// Writes a weight back in its own type, and says what changed.
-fn store(model: &mut Model, p: &Prunable, zeros_before: usize, new: &[f64], dtype: FloatType) -> TensorChange {
-    let t = p.cref.tensor_mut(model.graph_mut());
+/// Writes a tensor back in its own type, and says what changed.
+fn store(model: &mut Model, cref: &ConstRef, name: &str, zeros_before: usize, new: &[f64], dtype: FloatType) -> TensorChange {
+    let t = cref.tensor_mut(model.graph_mut());
     *t = with_data(t, t.dims.clone(), dtype, encode(dtype, new));
-    TensorChange { tensor: p.name.clone(), elements: new.len(), zeros_before, zeros_after: zeros(new) }
+    TensorChange { tensor: name.to_string(), elements: new.len(), zeros_before, zeros_after: zeros(new) }
 }
 
-fn summarize(tensors: Vec<TensorChange>) -> SparsifyReport {
+fn summarize(tensors: Vec<TensorChange>, silenced: Vec<TensorChange>) -> SparsifyReport {
     let total = tensors.iter().map(|t| t.elements).sum::<usize>().max(1) as f64;
     let before = tensors.iter().map(|t| t.zeros_before).sum::<usize>() as f64 / total;
     let after = tensors.iter().map(|t| t.zeros_after).sum::<usize>() as f64 / total;
-    SparsifyReport { tensors, sparsity_before: before, sparsity_after: after }
+    SparsifyReport { tensors, sparsity_before: before, sparsity_after: after, silenced }
 }
 
 /// Reads `input`, applies `rewrite`, and writes `output` atomically with the input's storage.

@@ -59,6 +59,9 @@ class Config:
     #: masked otherwise); kept only if it scores at least as well.
     final_epochs: float = 10.0
     gather_inputs: bool = True
+    #: onnx-minimize --compensated-layernorm: "ops" (plain operators) or "concat" (a LayerNormalization over
+    #: the kept channels and the removed constants, whose scale and bias keep training in the executor).
+    compensated_layernorm: str = "ops"
     seed: int = 0
 
 
@@ -144,7 +147,7 @@ class Run:
 
     def _baseline(self) -> None:
         log("baseline: minimizing and evaluating")
-        report = tool.minimize(self.path("baseline.onnx"), self.path("baseline.min.onnx"), self.config.gather_inputs)
+        report = tool.minimize(self.path("baseline.onnx"), self.path("baseline.min.onnx"), self.config)
         module = self.module("baseline.onnx")
         self.state["baseline"] = {
             "params": report["before"]["params"],
@@ -202,9 +205,7 @@ class Run:
 
         def minimize():
             try:
-                report = tool.minimize(
-                    self.path(f"{tag}.finetuned.onnx"), self.path(f"{tag}.min.onnx"), c.gather_inputs
-                )
+                report = tool.minimize(self.path(f"{tag}.finetuned.onnx"), self.path(f"{tag}.min.onnx"), c)
             except tool.ToolError as e:
                 # onnx-minimize writes nothing it could not verify (tract fails on some degenerate
                 # one-unit models): such a cycle cannot be judged, so it is rejected.
@@ -325,13 +326,13 @@ class Run:
         if polished and polished["metric"] >= best["metric"]:
             final = polished["file"]
         try:
-            report = tool.minimize(self.path(final), self.path("final.onnx"), self.config.gather_inputs)
+            report = tool.minimize(self.path(final), self.path("final.onnx"), self.config)
         except tool.ToolError:
             if not best or final == best["model"]:
                 raise
             log("final training gave a model that could not be verified; keeping the cycle's model")
             final = best["model"]
-            report = tool.minimize(self.path(final), self.path("final.onnx"), self.config.gather_inputs)
+            report = tool.minimize(self.path(final), self.path("final.onnx"), self.config)
         module = self.module("final.onnx")
         result = {
             "baseline_metric": base["metric"],

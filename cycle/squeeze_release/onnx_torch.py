@@ -728,6 +728,7 @@ class OnnxModule(torch.nn.Module):
             if node.op_type == "Add" and after_matmul:  # the bias of a MatMul layer
                 trained.update(x for x in inputs if x in constants)
         trained.update(self.weights)
+        self.trained = sorted(trained)
         self._keys: dict[str, str] = {}
         for index, (name, tensor) in enumerate(constants.items()):
             value = torch.from_numpy(numpy_helper.to_array(tensor).copy())
@@ -740,6 +741,7 @@ class OnnxModule(torch.nn.Module):
             else:
                 self.register_buffer(key, value)
         self.weights = [w for w in self.weights if isinstance(self.stored(w), torch.nn.Parameter)]
+        self.trained = [w for w in self.trained if isinstance(self.stored(w), torch.nn.Parameter)]
         self.masks: dict[str, torch.Tensor] = {}
         self._nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n), n.name) for n in graph.node]
         self._inputs = [i.name for i in graph.input if i.name not in constants]
@@ -756,9 +758,10 @@ class OnnxModule(torch.nn.Module):
         return value if mask is None else value * mask
 
     def mask_zeros(self) -> int:
-        """Freezes every exact zero of the prunable weights at zero; returns how many there are."""
-        self.masks = {name: self.tensor(name).detach() != 0 for name in self.weights}
-        return sum(int((~m).sum()) for m in self.masks.values())
+        """Freezes every exact zero of the trained tensors at zero (the pruned weights, and the biases and
+        norm scales of channels that space-coupled pruning silenced); returns how many weights are zero."""
+        self.masks = {name: self.tensor(name).detach() != 0 for name in self.trained}
+        return sum(int((~self.masks[name]).sum()) for name in self.weights)
 
     def forward(self, *inputs: torch.Tensor):
         values: dict[str, torch.Tensor | None] = {"": None}
@@ -802,7 +805,9 @@ class OnnxModule(torch.nn.Module):
 
 
 def load(path: str | os.PathLike) -> OnnxModule:
-    return OnnxModule(onnx.load(os.fspath(path)))
+    module = OnnxModule(onnx.load(os.fspath(path)))
+    module.source = os.fspath(path)  # what onnx-minimize reads to tell the module's channel spaces
+    return module
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:

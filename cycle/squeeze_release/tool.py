@@ -16,8 +16,11 @@ def prune(src, dst, fraction: float, config) -> dict:
     return report.to_dict()
 
 
-def minimize(src, dst, gather_inputs: bool = True, seed: int = 0) -> dict:
-    return onnx_minimize.minimize_file(src, dst, gather_inputs=gather_inputs, seed=seed).to_dict()
+def minimize(src, dst, config) -> dict:
+    """`config`: the cycle's Config (gather_inputs, compensated_layernorm)."""
+    return onnx_minimize.minimize_file(
+        src, dst, gather_inputs=config.gather_inputs, compensated_layernorm=config.compensated_layernorm
+    ).to_dict()
 
 
 def release(src, dst, calibration: str, seed: int) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import torch
 
-from squeeze_release import Config, OnnxModule, Run, UnsupportedModel, onnx_torch, tool
+from squeeze_release import Config, OnnxModule, Run, UnsupportedModel, onnx_torch, tool, vision
 from squeeze_release.mnist import accuracy, export, fit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ class Executor(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             for fixture in fixtures:
                 small = Path(tmp) / "small.onnx"
-                tool.minimize(fixture, small, gather_inputs=True)
+                tool.minimize(fixture, small, Config())
                 for path in (fixture, small):
                     try:
                         session = onnxruntime.InferenceSession(str(path))
@@ -95,6 +95,50 @@ class Executor(unittest.TestCase):
                     scale = np.abs(want).max() + 1e-6
                     tol = 1e-2 if np.float16 in (v.dtype for v in feeds.values()) else 1e-4
                     self.assertLess(np.abs(got - want).max() / scale, tol, f"{path.name} from {fixture}")
+
+    def test_the_layernorm_stream_recipes_run_as_onnx_runtime_runs_them_pruned_and_minimized(self):
+        """The recipes' ConvNeXt and ViT (dynamo exports: depthwise convs, channels-last LayerNorms, layer
+        scales, attention as SDPA lowers, a class token and a position table), pruned space-coupled until
+        whole stream channels empty, then minimized with either CompensatedLayerNorm form: the executor
+        computes what ONNX Runtime computes on each, and the minimized models what the pruned one does."""
+        import onnxruntime
+
+        def weaken(model: torch.nn.Module, width: int, channels: range) -> None:
+            """What group lasso does to a stream channel the data does not need: every layer's rows and
+            columns of it (the first stage's, for the ConvNeXt) become small."""
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                    if m.weight.shape[0] == width:
+                        m.weight[channels] *= 0.01
+                    if m.weight.shape[1] == width:
+                        m.weight[:, channels] *= 0.01
+
+        x = torch.randn(3, 784)
+        run = lambda path: onnxruntime.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+        for arch, cls in vision.MODELS.items():
+            with self.subTest(arch), tempfile.TemporaryDirectory() as tmp:
+                torch.manual_seed(0)
+                model = cls()
+                with torch.no_grad():  # trained-like: no two norms equal (the exporter would share them)
+                    for p in model.parameters():
+                        p.add_(0.05 * torch.randn_like(p))
+                    weaken(model, model.features[0].out_channels if arch == "convnext" else model.embed.out_channels, range(4))
+                dense, pruned = vision.export(model, Path(tmp) / "dense.onnx"), Path(tmp) / "pruned.onnx"
+                config = Config(criterion="space-coupled", coupling=2.0)
+                report = tool.prune(dense, pruned, 0.99, config)
+                self.assertTrue(report["silenced"], "stream channels emptied, with their norms and embeddings")
+                reference = run(pruned)
+                for form in ("ops", "concat"):
+                    small = Path(tmp) / f"{form}.onnx"
+                    minimized = tool.minimize(pruned, small, Config(compensated_layernorm=form))
+                    self.assertLess(minimized["after"]["params"], minimized["before"]["params"])
+                    stream = minimized["layers"][0]  # the stem's or the patch embedding's channels
+                    self.assertLess(stream["outputs_after"], stream["outputs_before"], f"{arch} {form}")
+                    np.testing.assert_allclose(run(small), reference, rtol=1e-4, atol=1e-5)
+                    for path in (dense, pruned, small):
+                        with torch.no_grad():
+                            got = onnx_torch.load(path)(x).numpy()
+                        np.testing.assert_allclose(got, run(path), rtol=1e-4, atol=1e-5, err_msg=f"{arch} {path.name}")
 
     def test_writing_back_changes_only_values(self):
         with tempfile.TemporaryDirectory() as tmp:

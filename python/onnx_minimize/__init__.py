@@ -28,7 +28,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from . import _native
 from ._native import (
@@ -76,6 +76,7 @@ __all__ = [
     "UsageError",
     "Verification",
     "VerificationError",
+    "channel_spaces",
     "minimize",
     "minimize_file",
     "operators",
@@ -278,8 +279,11 @@ def prune_file(
     existing zeros included) and `remove` (the fraction of the weights not zero yet to zero now:
     one step of iterative pruning). `scope`: "global" (one threshold) or "per-tensor".
     `criterion`: "magnitude" (|w|) or "unit-coupled" (|w| times (row mass * column mass) **
-    `coupling`, which gathers the zeros into whole units that `minimize` can remove). Biases,
-    norms and the output layer (unless `include_output_layer`) are left alone.
+    `coupling`, which gathers the zeros into whole units that `minimize` can remove) or
+    "space-coupled" (the masses of whole channel spaces across layers, a residual stream's
+    channel in every block; a channel left without weights loses its biases, norm scales and
+    embedding entries too, listed in the report's `silenced`). Otherwise biases, norms and the
+    output layer (unless `include_output_layer`) are left alone.
     """
     report = _native.prune_file(
         os.fspath(src),
@@ -292,6 +296,15 @@ def prune_file(
         include_output_layer=include_output_layer,
     )
     return SparsifyReport.from_dict(json.loads(report))
+
+
+def channel_spaces(src: str | os.PathLike, *, include_output_layer: bool = False) -> list[dict[str, Any]]:
+    """The channel spaces of the prunable weights of the model at `src`, for a group lasso that acts on
+    whole channels across layers, as space-coupled pruning does: a list of `{"tensor", "axis", "spaces"}`,
+    one per weight axis (rows, columns) and per bias, norm scale or embedding table writing a space, where
+    `spaces[i]` numbers the space of entry `i` along `axis` (equal numbers: one space, such as a residual
+    stream's channel in every block that writes or reads it, with its LayerNorm scales)."""
+    return json.loads(_native.channel_spaces(os.fspath(src), include_output_layer=include_output_layer))
 
 
 def release_file(

@@ -155,13 +155,17 @@ class SparsifyReport:
     tensors: list[TensorChange]
     sparsity_before: float
     sparsity_after: float
+    #: Biases, norm scales and embedding entries zeroed with the channels that the space-coupled
+    #: criterion left without weights.
+    silenced: list[TensorChange] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SparsifyReport:
-        return cls([TensorChange(**t) for t in d["tensors"]], d["sparsity_before"], d["sparsity_after"])
+        changes = lambda key: [TensorChange(**t) for t in d.get(key, [])]
+        return cls(changes("tensors"), d["sparsity_before"], d["sparsity_after"], changes("silenced"))
 
 
 class Progress(NamedTuple):

@@ -206,6 +206,17 @@ fn prune_file(
     sparsify_file(py, src, dst, |m| sparsify::prune(m, &opts))
 }
 
+/// The channel spaces of `src`'s prunable weights and their writers, as JSON memberships.
+#[pyfunction]
+#[pyo3(signature = (src, *, include_output_layer = false))]
+fn channel_spaces(py: Python<'_>, src: PathBuf, include_output_layer: bool) -> PyResult<String> {
+    let spaces = py.detach(|| {
+        let model = onnx_minimize::Model::load(&src)?;
+        sparsify::channel_spaces(&model, include_output_layer)
+    });
+    Ok(serde_json::to_string(&spaces.map_err(to_py)?).expect("memberships serialize"))
+}
+
 /// Releases `src` into `dst`; returns the report as JSON.
 #[pyfunction]
 #[pyo3(signature = (src, dst, *, calibration = "threshold:1.5", seed = 0, include_output_layer = false))]
@@ -251,6 +262,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(minimize_file, m)?)?;
     m.add_function(wrap_pyfunction!(prune_file, m)?)?;
     m.add_function(wrap_pyfunction!(release_file, m)?)?;
+    m.add_function(wrap_pyfunction!(channel_spaces, m)?)?;
     m.add_function(wrap_pyfunction!(cli, m)?)?;
     m.add_function(wrap_pyfunction!(operators, m)?)?;
     Ok(())

@@ -86,6 +86,15 @@ impl<'g> Facts<'g> {
     }
 }
 
+/// The channel spaces alone (layouts and classes; no weight is read): what pruning couples
+/// across.
+pub(crate) fn spaces(graph: &Graph) -> (Layouts, Classes) {
+    let mut forced = forcing::seed(graph);
+    let layouts = layout::infer(graph, &mut forced);
+    let classes = classes::build(graph, &layouts, &mut forced);
+    (layouts, classes)
+}
+
 /// Asserts, in debug builds, that `holds` for every value after `pass`: per-channel facts have
 /// the value's width, heads and groups divide it (or the value keeps every channel).
 fn debug_check(g: &Graph, pass: &str, holds: impl Fn(ValueId) -> bool) {

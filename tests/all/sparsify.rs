@@ -202,3 +202,64 @@ fn a_model_read_through_a_gather_loses_more_input_features_on_the_next_pass() {
         assert_eq!(again.after.params, again.before.params, "the fixed point is reached in one pass");
     }
 }
+
+/// A LayerNorm stream's channel is constant only when every writer writes a constant, the
+/// LayerNorms that write it included: unit-coupled pruning never touches their scales, so the
+/// stream keeps every channel however sparse it gets. Space-coupled pruning scores whole stream
+/// channels across all blocks and silences the norm scales, biases and embeddings of the ones it
+/// empties; minimization then removes exactly those, verified on fresh inputs.
+#[test]
+fn space_coupled_pruning_empties_whole_layernorm_stream_channels() {
+    use onnx_minimize::{minimize_file, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let stream = |criterion| {
+        let mut m = Model::load(&fixture("convnext/convnext_hf_dynamo.onnx")).unwrap();
+        let opts = PruneOptions {
+            amount: Amount::Sparsity(0.99),
+            scope: Scope::Global,
+            criterion,
+            coupling: 2.0,
+            include_output_layer: false,
+        };
+        let r = prune(&mut m, &opts).unwrap();
+        let total: usize = r.tensors.iter().map(|t| t.elements).sum();
+        let after: usize = r.tensors.iter().map(|t| t.zeros_after).sum();
+        assert_eq!(after, (total as f64 * 0.99).round() as usize, "the sparsity is exact: {criterion:?}");
+        let pruned = dir.path().join(format!("{criterion:?}.onnx"));
+        m.write(&pruned, false).unwrap();
+        let small = dir.path().join(format!("{criterion:?}.min.onnx"));
+        let report = minimize_file(&pruned, Some(&small), &Options::default(), &|_| {}).unwrap();
+        assert!(report.verification.is_some());
+        (report.removals.layers[0].outputs_before, report.removals.layers[0].outputs_after, r.silenced.len())
+    };
+    let (width, unit, none) = stream(Criterion::UnitCoupled);
+    assert_eq!((unit, none), (width, 0), "unit-coupled: the stem's LayerNorm writes every stream channel");
+    let (_, space, silenced) = stream(Criterion::SpaceCoupled);
+    assert!(space < width && silenced > 0, "space-coupled keeps {space} of {width} stream channels");
+}
+
+/// The groups a space-coupled group lasso sums: a stream channel's space holds the stem's row,
+/// every block's writer rows and reader columns, and the LayerNorm scales writing it; a hidden
+/// unit's space holds its row and its reader's column, and nothing else.
+#[test]
+fn channel_spaces_group_a_stream_channel_across_blocks() {
+    use onnx_minimize::sparsify::channel_spaces;
+    let m = Model::load(&fixture("convnext/convnext_hf_dynamo.onnx")).unwrap();
+    let spaces = channel_spaces(&m, false).unwrap();
+    let holding = |space: usize| -> Vec<(String, usize)> {
+        spaces.iter().filter(|s| s.spaces.contains(&space)).map(|s| (s.tensor.clone(), s.axis)).collect()
+    };
+    let stem = spaces.iter().find(|s| s.axis == 0 && s.spaces.len() == 16).expect("the stem's 16 rows");
+    let stream = holding(stem.spaces[0]);
+    assert!(stream.len() >= 8, "the stream channel in every block: {stream:?}");
+    assert!(stream.iter().any(|(t, _)| t.contains("layernorm") || t.contains("norm")), "{stream:?}");
+    for s in &spaces {
+        let mut sorted = s.spaces.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), s.spaces.len(), "one space per entry of {} along {}", s.tensor, s.axis);
+    }
+    let hidden = spaces.iter().find(|s| s.spaces.len() == 64).expect("a 64-unit MLP");
+    let unit = holding(hidden.spaces[0]);
+    assert_eq!(unit.len(), 3, "its row, its bias and its reader's column: {unit:?}");
+}
