@@ -255,13 +255,15 @@ def _attention(a, q, k, v, mask=None, *rest):
     rep = q.shape[-3] // k.shape[-3]
     k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
     scores = (q @ k.transpose(-1, -2)) * a.get("scale", 1.0 / q.shape[-1] ** 0.5)
+    lowest = float("-inf")
     if a.get("is_causal", 0):
         t, s = scores.shape[-2:]
         keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril()
-        scores = scores.masked_fill(~keep, float("-inf"))
+        scores = scores.masked_fill(~keep, lowest)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    return torch.softmax(scores, dim=-1) @ v
+        scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
+    # A row with every key masked attends to nothing (ONNX Runtime's output there is 0, not NaN).
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v
 
 
 def _expand(a, x, shape):
@@ -278,7 +280,7 @@ def _flatten(a, x):
 def _gather(a, x, i):
     axis = a.get("axis", 0) % x.dim()
     index = torch.where(i < 0, i + x.shape[axis], i).long()
-    return torch.index_select(x, axis, index.reshape(-1)).reshape(*x.shape[:axis], *i.shape, *x.shape[axis + 1 :])
+    return torch.index_select(x, axis, index.reshape(-1)).reshape((*x.shape[:axis], *i.shape, *x.shape[axis + 1 :]))
 
 
 def _gather_nd(a, x, i):
@@ -321,6 +323,27 @@ def _constant(a):
         if key in a:
             return torch.tensor(list(a[key]), dtype=dtype)
     raise UnsupportedModel("Constant without a tensor value")
+
+
+def _constant_of_shape(a, shape):
+    value = torch.from_numpy(numpy_helper.to_array(a["value"]).copy()) if "value" in a else torch.zeros(1)
+    value = value.float() if value.is_floating_point() else value
+    return value.reshape(()).expand(tuple(int(d) for d in shape.tolist())).clone()
+
+
+def _trilu(a, x, k=None):
+    k = int(k) if k is not None else 0
+    return torch.triu(x, k) if a.get("upper", 1) else torch.tril(x, k)
+
+
+def _gather_elements(a, x, index):
+    axis = a.get("axis", 0) % x.dim()
+    return torch.gather(x, axis, index % x.shape[axis])
+
+
+def _is_inf(a, x):
+    positive, negative = a.get("detect_positive", 1), a.get("detect_negative", 1)
+    return (torch.isposinf(x) & bool(positive)) | (torch.isneginf(x) & bool(negative))
 
 
 def _unsqueeze(a, x, axes=None):
@@ -654,6 +677,23 @@ OPS: dict[str, Callable] = {
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
     "Attention": _attention,
+    # Attention masks, as the exporters write them (padding, causal, SDPA's NaN guard).
+    "Where": lambda a, c, x, y: torch.where(c.bool(), x, y),
+    "IsNaN": lambda a, x: torch.isnan(x),
+    "IsInf": _is_inf,
+    "Equal": lambda a, x, y: x == y,
+    "Less": lambda a, x, y: x < y,
+    "LessOrEqual": lambda a, x, y: x <= y,
+    "Greater": lambda a, x, y: x > y,
+    "GreaterOrEqual": lambda a, x, y: x >= y,
+    "And": lambda a, x, y: x.bool() & y.bool(),
+    "Or": lambda a, x, y: x.bool() | y.bool(),
+    "Xor": lambda a, x, y: x.bool() ^ y.bool(),
+    "Not": lambda a, x: ~x.bool(),
+    "ConstantOfShape": _constant_of_shape,
+    "Range": lambda a, start, limit, delta: torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype),
+    "Trilu": _trilu,
+    "GatherElements": _gather_elements,
     "Expand": _expand,
     "Gather": _gather,
     "GatherND": _gather_nd,
