@@ -6,6 +6,7 @@ with; by default the `onnx-minimize` command the wheel installed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -213,6 +214,19 @@ def test_prune_and_release_in_memory_as_on_files(tmp_path):
     released, report = onnx_minimize.release(pruned, calibration="std:0.1", seed=3)
     assert report.sparsity_before > 0.98 and report.sparsity_after < 0.01
     assert len(released.graph.initializer) == len(pruned.graph.initializer)
+
+
+def test_space_coupled_pruning_and_the_channel_spaces_it_couples(tmp_path):
+    convnext = FIXTURES / "convnext" / "convnext_hf_dynamo.onnx"
+    report = onnx_minimize.prune_file(convnext, tmp_path / "p.onnx", sparsity=0.99, criterion="space-coupled", coupling=2)
+    assert report.silenced and all(t.zeros_after > t.zeros_before for t in report.silenced)
+    assert report.to_dict()["silenced"] == [dataclasses.asdict(t) for t in report.silenced]
+    spaces = onnx_minimize.channel_spaces(convnext)
+    named = {(m["tensor"], m["axis"]) for m in spaces}
+    assert ("m.convnext.embeddings.layernorm.weight", 0) in named  # norm scales group with their channels
+    stem = next(m for m in spaces if m["tensor"].endswith("patch_embeddings.weight"))
+    stream = [m["tensor"] for m in spaces if stem["spaces"][0] in m["spaces"]]
+    assert len(stream) > 8, stream
 
 
 def test_the_command_is_installed_and_teaches(tmp_path):
