@@ -121,7 +121,11 @@ class Executor(unittest.TestCase):
                 with torch.no_grad():  # trained-like: no two norms equal (the exporter would share them)
                     for p in model.parameters():
                         p.add_(0.05 * torch.randn_like(p))
-                    weaken(model, model.features[0].out_channels if arch == "convnext" else model.embed.out_channels, range(4))
+                    weaken(
+                        model,
+                        model.features[0].out_channels if arch == "convnext" else model.embed.out_channels,
+                        range(4),
+                    )
                 dense, pruned = vision.export(model, Path(tmp) / "dense.onnx"), Path(tmp) / "pruned.onnx"
                 config = Config(criterion="space-coupled", coupling=2.0)
                 report = tool.prune(dense, pruned, 0.99, config)

@@ -218,7 +218,9 @@ def test_prune_and_release_in_memory_as_on_files(tmp_path):
 
 def test_space_coupled_pruning_and_the_channel_spaces_it_couples(tmp_path):
     convnext = FIXTURES / "convnext" / "convnext_hf_dynamo.onnx"
-    report = onnx_minimize.prune_file(convnext, tmp_path / "p.onnx", sparsity=0.99, criterion="space-coupled", coupling=2)
+    report = onnx_minimize.prune_file(
+        convnext, tmp_path / "p.onnx", sparsity=0.99, criterion="space-coupled", coupling=2
+    )
     assert report.silenced and all(t.zeros_after > t.zeros_before for t in report.silenced)
     assert report.to_dict()["silenced"] == [dataclasses.asdict(t) for t in report.silenced]
     spaces = onnx_minimize.channel_spaces(convnext)
