@@ -275,7 +275,9 @@ fn sparsify(
         if !report.silenced.is_empty() {
             let entries: usize = report.silenced.iter().map(|t| t.zeros_after - t.zeros_before).sum();
             let tensors = report.silenced.len();
-            text.push(format!("channels left without weights: {entries} bias, norm and embedding entries zeroed in {tensors} tensors"));
+            text.push(format!(
+                "channels left without weights: {entries} bias, norm and embedding entries zeroed in {tensors} tensors"
+            ));
         }
         summary(&io.report, &text.join("\n"))?;
     }

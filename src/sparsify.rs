@@ -20,8 +20,8 @@
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::error::Result;
 use crate::analysis::{self, Graph, NodeId, ValueId};
+use crate::error::Result;
 use crate::ir::{ConstRef, Ir};
 use crate::onnx::proto::GraphProto;
 use crate::onnx::tensor::{encode, with_data, FloatType, Values};
@@ -296,7 +296,8 @@ struct Spaces {
 /// an exponent or a variance).
 fn writes_per_channel(op: &str, slot: usize) -> bool {
     match op {
-        "Add" | "Sub" | "Mul" | "Concat" | "Expand" => true,
+        "Add" | "Sub" | "Mul" | "Concat" => true,
+        "Expand" => slot == 0,
         "LayerNormalization" => slot == 1 || slot == 2,
         "RMSNormalization" => slot == 1,
         "Gemm" | "Conv" | "ConvTranspose" => slot == 2,
@@ -348,7 +349,11 @@ fn spaces(model: &Model, targets: &[Prunable]) -> Result<Spaces> {
             if !writes_per_channel(node.op_type(), slot) || ir.readers(name).len() != 1 {
                 continue;
             }
-            let dims = &cref.tensor(g.proto).dims;
+            let t = cref.tensor(g.proto);
+            if Values::of(t).is_err() {
+                continue; // not a float tensor
+            }
+            let dims = &t.dims;
             let at = if node.op_type().starts_with("Conv") { 0 } else { dims.len() as isize + axis };
             if at < 0 || dims.get(at as usize) != Some(&(width as i64)) {
                 continue;
@@ -452,7 +457,7 @@ fn silence(model: &mut Model, s: &Spaces, targets: &[Prunable], pruned: &[Vec<f6
     let mut changes = vec![];
     for (cref, at, classes) in &s.writers {
         let t = cref.tensor(model.graph());
-        let Ok(v) = Values::of(t) else { continue }; // not a float tensor
+        let v = Values::of(t)?;
         let stride: usize = t.dims[at + 1..].iter().map(|&d| d as usize).product();
         let old: Vec<f64> = (0..v.len()).map(|i| v.get(i)).collect();
         let gone = |i: usize| {
@@ -522,7 +527,14 @@ pub fn release(
 }
 
 /// Writes a tensor back in its own type, and says what changed.
-fn store(model: &mut Model, cref: &ConstRef, name: &str, zeros_before: usize, new: &[f64], dtype: FloatType) -> TensorChange {
+fn store(
+    model: &mut Model,
+    cref: &ConstRef,
+    name: &str,
+    zeros_before: usize,
+    new: &[f64],
+    dtype: FloatType,
+) -> TensorChange {
     let t = cref.tensor_mut(model.graph_mut());
     *t = with_data(t, t.dims.clone(), dtype, encode(dtype, new));
     TensorChange { tensor: name.to_string(), elements: new.len(), zeros_before, zeros_after: zeros(new) }
