@@ -133,7 +133,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn any_sparsity_is_reached_exactly(seed in any::<u64>(), sparsity in 0.0f64..1.0, coupled in any::<bool>(), global in any::<bool>()) {
+    fn any_sparsity_is_reached_exactly(seed in any::<u64>(), sparsity in 0.0f64..1.0, criterion in 0usize..3, global in any::<bool>()) {
         let layers: Vec<Layer> = [(5usize, 7usize), (7, 6), (6, 2)].iter().enumerate().map(|(i, &(n_in, n_out))| Layer {
             n_in, n_out,
             w: (0..n_in * n_out).map(|k| (((seed >> (k % 48)) as usize + k * 7 + i) % 13) as f32 - 6.0).collect(),
@@ -146,7 +146,7 @@ proptest! {
         let opts = PruneOptions {
             amount: Amount::Sparsity(sparsity),
             scope: if global { Scope::Global } else { Scope::PerTensor },
-            criterion: if coupled { Criterion::UnitCoupled } else { Criterion::Magnitude },
+            criterion: [Criterion::Magnitude, Criterion::UnitCoupled, Criterion::SpaceCoupled][criterion],
             coupling: if global { 0.5 } else { 2.0 },
             include_output_layer: false,
         };
@@ -159,6 +159,19 @@ proptest! {
             for t in &r.tensors {
                 prop_assert_eq!(t.zeros_after, expected(t.elements).max(t.zeros_before));
             }
+        }
+        // A unit whose row and reader's column space-coupled pruning emptied has its bias zeroed
+        // too: it is the constant 0, and minimization removes at least those units, exactly.
+        // (A layer keeps one unit at least.)
+        prop_assert!(r.silenced.is_empty() || opts.criterion == Criterion::SpaceCoupled);
+        let pruned = dir.path().join("pruned.onnx");
+        m.write(&pruned, false).unwrap();
+        let small = dir.path().join("small.onnx");
+        let report = onnx_minimize::minimize_file(&pruned, Some(&small), &Default::default(), &|_| {}).unwrap();
+        for t in &r.silenced {
+            let layer = report.removals.layers.iter().find(|l| l.node == t.tensor.replace('b', "fc")).unwrap();
+            let left = (layer.outputs_before - (t.zeros_after - t.zeros_before)).max(1);
+            prop_assert!(layer.outputs_after <= left, "{} keeps {} units, {left} not silenced", layer.node, layer.outputs_after);
         }
     }
 }
