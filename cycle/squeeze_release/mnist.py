@@ -105,9 +105,12 @@ class MLP(torch.nn.Sequential):
 class SpaceLasso:
     """Group lasso over channel spaces: the sum, over every channel space of an ONNX model, of the L2 norm of
     all its entries (`onnx_minimize.channel_spaces`: the rows of every layer writing it, the columns of every
-    layer reading it, the biases, LayerNorm scales and embedding entries writing it). A residual stream's
+    layer reading it, the biases, LayerNorm scales and embedding entries writing it), each weighted by the
+    square root of its size (Yuan and Lin's group lasso), the weights scaled to average 1. A residual stream's
     channel is one group across all blocks, so the penalty drives whole stream channels, hidden units and
-    head dimensions to zero together, as space-coupled pruning then removes them."""
+    head dimensions to zero together, as space-coupled pruning then removes them; without the size weights a
+    stream channel, thousands of entries in one group, would feel a tenth of the push per weight that a
+    hidden unit does, and every stream channel stays alive."""
 
     def __init__(self, path: str | os.PathLike):
         import onnx_minimize
@@ -116,14 +119,21 @@ class SpaceLasso:
         number = {k: i for i, k in enumerate(sorted({k for m in memberships for k in m["spaces"]}))}
         self.count = len(number)
         self.parts = [(m["tensor"], m["axis"], torch.tensor([number[k] for k in m["spaces"]])) for m in memberships]
+        self.weights: torch.Tensor | None = None
 
     def __call__(self, module: onnx_torch.OnnxModule) -> torch.Tensor:
         total = torch.zeros(self.count)
+        if self.weights is None:
+            size = torch.zeros(self.count)
+            for name, axis, spaces in self.parts:
+                w = module.tensor(name)
+                size.index_add_(0, spaces, torch.full((len(spaces),), float(w.numel() // w.shape[axis])))
+            self.weights = size.sqrt() / size.sqrt().mean()
         for name, axis, spaces in self.parts:
             w = module.tensor(name)
             others = [d for d in range(w.dim()) if d != axis]
             total = total.index_add(0, spaces, (w * w).sum(dim=others) if others else w * w)
-        return total.clamp_min(1e-12).sqrt().sum()
+        return (self.weights * total.clamp_min(1e-12).sqrt()).sum()
 
 
 def fit(
