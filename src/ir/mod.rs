@@ -10,6 +10,8 @@ use std::collections::{HashMap, HashSet};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
+mod shapes;
+
 use crate::onnx::proto::{AttributeProto, GraphProto, NodeProto, TensorProto};
 
 /// Where a constant tensor is stored in the proto.
@@ -55,7 +57,8 @@ pub struct Ir {
     /// Readers of each stored constant, through any alias, so a rewrite knows whether it may
     /// change the tensor in place or must give its node a private copy.
     pub const_uses: HashMap<ConstRef, usize>,
-    /// Declared shapes (type information): a dimension is `None` where it is symbolic or unset.
+    /// Shapes, declared (type information) or inferred (`shapes`): a dimension is `None` where
+    /// it is symbolic or unknown.
     shapes: HashMap<String, Vec<Option<u64>>>,
     /// The default-domain opset, where operators changed form (Split's sizes, Reduce's axes).
     pub opset: i64,
@@ -228,7 +231,9 @@ impl Ir {
             }
         }
         let inputs = g.input.iter().filter_map(|i| i.name.clone()).filter(|n| !consts.contains_key(n)).collect();
-        Ok(Ir { order, producer, consumers, inputs, outputs, consts, const_uses, shapes, opset })
+        let mut ir = Ir { order, producer, consumers, inputs, outputs, consts, const_uses, shapes, opset };
+        ir.infer_shapes(g);
+        Ok(ir)
     }
 
     pub fn const_ref(&self, name: &str) -> Option<ConstRef> {
@@ -244,18 +249,18 @@ impl Ir {
         self.consts.get(name).map(|&c| c.tensor(g))
     }
 
-    /// The rank a value is declared with in the graph's type information, if any.
+    /// The rank of a value, as declared in the graph's type information or inferred from it.
     pub fn rank(&self, name: &str) -> Option<usize> {
         self.shapes.get(name).map(Vec::len)
     }
 
-    /// The declared shape of a value, where its type information gives one.
+    /// The shape of a value, where its type information gives one or inference found it.
     pub fn shape(&self, name: &str) -> Option<&[Option<u64>]> {
         self.shapes.get(name).map(Vec::as_slice)
     }
 
     /// The dimension `axis` (counted from the end, as channel axes are) of a value: a constant's
-    /// own, or as declared; axes before the first are 1, as broadcasting reads them.
+    /// own, or as declared or inferred; axes before the first are 1, as broadcasting reads them.
     pub fn dim_from_end(&self, g: &GraphProto, name: &str, axis: isize) -> Option<u64> {
         let at = |len: usize| usize::try_from(len as isize + axis).ok();
         if let Some(t) = self.const_tensor(g, name) {

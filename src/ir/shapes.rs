@@ -1,0 +1,423 @@
+//! Shapes the graph does not declare, inferred forward from those it does: rank always where
+//! the operator fixes it, a dimension only where it is certain.
+//!
+//! Exports with dynamic axes often declare no intermediate shapes (the TorchScript exporter
+//! writes none for a BERT's hidden states), and the channel rules need ranks to prove a
+//! reshape's `-1` cannot absorb a leading axis. Declared shapes always win; an operator left
+//! out here simply leaves its outputs unknown, which costs removals, never exactness.
+//!
+//! As ONNX's own shape inference does ("data propagation"), the values of small integer
+//! tensors computed from known dimensions are followed too: `Shape` of a value whose
+//! dimensions are known, and `Concat`, `Gather`, `Slice`, `Unsqueeze` of such values. Traced
+//! exports build `expand` and `view` targets that way, and their ranks follow from them.
+
+use std::collections::HashMap;
+
+use super::{Ir, NodeExt};
+use crate::onnx::proto::{tensor_proto::DataType, GraphProto, NodeProto};
+use crate::onnx::tensor::int64s;
+
+type Shape = Vec<Option<u64>>;
+/// Followed values of small int64 tensors, by name.
+type Values = HashMap<String, Vec<i64>>;
+
+/// Operators whose first output has the shape of their first input.
+const SAME_AS_FIRST: &[&str] = &[
+    "Abs",
+    "Acos",
+    "Asin",
+    "Atan",
+    "BatchNormalization",
+    "Cast",
+    "CastLike",
+    "Ceil",
+    "Celu",
+    "Clip",
+    "Cos",
+    "Cosh",
+    "CumSum",
+    "DequantizeLinear",
+    "Dropout",
+    "Elu",
+    "Erf",
+    "Exp",
+    "Floor",
+    "Gelu",
+    "HardSigmoid",
+    "HardSwish",
+    "Hardmax",
+    "Identity",
+    "InstanceNormalization",
+    "IsInf",
+    "IsNaN",
+    "LayerNormalization",
+    "LeakyRelu",
+    "Log",
+    "LogSoftmax",
+    "LpNormalization",
+    "Mish",
+    "Neg",
+    "Not",
+    "QuantizeLinear",
+    "Reciprocal",
+    "Relu",
+    "Round",
+    "Selu",
+    "Shrink",
+    "Sigmoid",
+    "Sign",
+    "Sin",
+    "Sinh",
+    "Softmax",
+    "Softplus",
+    "Softsign",
+    "Sqrt",
+    "Tan",
+    "Tanh",
+    "ThresholdedRelu",
+    "Trilu",
+    "RMSNormalization",
+    "SimplifiedLayerNormalization",
+];
+
+/// Operators that broadcast their inputs against each other (numpy rules).
+const BROADCASTING: &[&str] = &[
+    "Add",
+    "And",
+    "BitShift",
+    "Div",
+    "Equal",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "Max",
+    "Mean",
+    "Min",
+    "Mod",
+    "Mul",
+    "Or",
+    "Pow",
+    "PRelu",
+    "Sub",
+    "Sum",
+    "Where",
+    "Xor",
+];
+
+impl Ir {
+    /// Fills in the shapes of values the graph leaves undeclared, in topological order.
+    pub(super) fn infer_shapes(&mut self, g: &GraphProto) {
+        let mut values = HashMap::new();
+        for i in self.order.clone() {
+            let node = &g.node[i];
+            if !(node.domain().is_empty() || node.domain() == "ai.onnx") {
+                continue;
+            }
+            if let Some(v) = self.propagate(g, node, &values) {
+                values.insert(node.output[0].clone(), v);
+            }
+            let Some(out) = node.output.first().filter(|o| !o.is_empty() && !self.shapes.contains_key(*o)) else {
+                continue;
+            };
+            if self.is_const(out) {
+                continue;
+            }
+            if let Some(shape) = self.infer(g, node, &values) {
+                self.shapes.insert(out.clone(), shape);
+            }
+        }
+    }
+
+    /// A value's shape: a constant's dims, or as declared or inferred so far.
+    fn known(&self, g: &GraphProto, name: &str) -> Option<Shape> {
+        if let Some(t) = self.const_tensor(g, name) {
+            return Some(t.dims.iter().map(|&d| u64::try_from(d).ok()).collect());
+        }
+        self.shapes.get(name).cloned()
+    }
+
+    /// The value of a small int64 tensor: a constant, or one followed by [`Ir::propagate`].
+    fn ints(&self, g: &GraphProto, name: &str, values: &Values) -> Option<Vec<i64>> {
+        match self.const_tensor(g, name) {
+            Some(t) => (t.data_type() == DataType::Int64 as i32 && t.external_data.is_empty() && t.dims.len() <= 1)
+                .then(|| int64s(t)),
+            None => values.get(name).cloned(),
+        }
+    }
+
+    /// The value of a node's int64 output, where its inputs' values (or known dimensions) fix it.
+    fn propagate(&self, g: &GraphProto, node: &NodeProto, values: &Values) -> Option<Vec<i64>> {
+        let input = |slot: usize| node.input.get(slot).filter(|s| !s.is_empty());
+        let value = |slot: usize| self.ints(g, input(slot)?, values);
+        match node.op_type() {
+            "Shape" => {
+                let x = self.known(g, input(0)?)?;
+                let r = x.len() as i64;
+                let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) } as usize;
+                let (start, end) = (clamp(node.attr_i("start", 0)), clamp(node.attr_i("end", r)));
+                x.get(start..end.max(start))?.iter().map(|d| d.and_then(|d| i64::try_from(d).ok())).collect()
+            }
+            "Concat" => {
+                node.input.iter().map(|s| self.ints(g, s, values)).collect::<Option<Vec<_>>>().map(|v| v.concat())
+            }
+            "Unsqueeze" | "Squeeze" | "Identity" => value(0),
+            "Cast" if node.attr_i("to", 0) == DataType::Int64 as i64 => value(0),
+            "Gather" if node.attr_i("axis", 0) == 0 => {
+                let data = value(0)?;
+                let at =
+                    |i: i64| data.get(usize::try_from(if i < 0 { i + data.len() as i64 } else { i }).ok()?).copied();
+                value(1)?.into_iter().map(at).collect()
+            }
+            _ => None,
+        }
+    }
+
+    fn infer(&self, g: &GraphProto, node: &NodeProto, values: &Values) -> Option<Shape> {
+        let op = node.op_type();
+        let ints_at = |slot: usize| self.ints(g, node.input.get(slot).filter(|s| !s.is_empty())?, values);
+        let input = |slot: usize| node.input.get(slot).filter(|s| !s.is_empty()).and_then(|s| self.known(g, s));
+        let x = input(0);
+        // Axes, from an input since some opset, an attribute before.
+        let axes = |slot: usize| ints_at(slot).or_else(|| node.attr_ints("axes"));
+        let normalized = |axes: &[i64], rank: usize| -> Option<Vec<usize>> {
+            axes.iter()
+                .map(|&a| usize::try_from(if a < 0 { a + rank as i64 } else { a }).ok().filter(|&a| a < rank))
+                .collect()
+        };
+        if SAME_AS_FIRST.contains(&op) {
+            return x;
+        }
+        if BROADCASTING.contains(&op) {
+            let shapes: Option<Vec<Shape>> = node.input.iter().map(|s| self.known(g, s)).collect();
+            return broadcast(&shapes?);
+        }
+        match op {
+            "Shape" => {
+                let r = x?.len() as i64;
+                let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) };
+                let (start, end) = (clamp(node.attr_i("start", 0)), clamp(node.attr_i("end", r)));
+                Some(vec![Some((end - start).max(0) as u64)])
+            }
+            "Size" => Some(vec![]),
+            "ConstantOfShape" => match ints_at(0) {
+                Some(dims) => Some(dims.into_iter().map(|d| u64::try_from(d).ok()).collect()),
+                None => Some(vec![None; input(0)?.first().copied()?? as usize]),
+            },
+            "Range" => Some(vec![None]),
+            "NonZero" => Some(vec![Some(x?.len() as u64), None]),
+            "Gather" => {
+                let (data, idx) = (x?, input(1)?);
+                let axis = normalized(&[node.attr_i("axis", 0)], data.len())?[0];
+                Some([&data[..axis], &idx[..], &data[axis + 1..]].concat())
+            }
+            "GatherElements" => input(1),
+            "Unsqueeze" => {
+                let x = x?;
+                let rank = x.len() + axes(1)?.len();
+                let axes = normalized(&axes(1)?, rank)?;
+                let mut rest = x.into_iter();
+                (0..rank).map(|a| if axes.contains(&a) { Some(Some(1)) } else { rest.next() }).collect()
+            }
+            "Squeeze" => {
+                let x = x?;
+                let axes = normalized(&axes(1)?, x.len())?;
+                Some(x.into_iter().enumerate().filter(|(a, _)| !axes.contains(a)).map(|(_, d)| d).collect())
+            }
+            "Transpose" => {
+                let x = x?;
+                let perm = node.attr_ints("perm").unwrap_or_else(|| (0..x.len() as i64).rev().collect());
+                perm.iter().map(|&p| usize::try_from(p).ok().and_then(|p| x.get(p).copied())).collect()
+            }
+            "Reshape" => {
+                let target = ints_at(1);
+                match target {
+                    Some(t) => {
+                        let copy = node.attr_i("allowzero", 0) == 0;
+                        let mut dims: Shape = t
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &d)| match d {
+                                0 if copy => x.as_ref().and_then(|x| x.get(i).copied().flatten()),
+                                d => u64::try_from(d).ok(),
+                            })
+                            .collect();
+                        // The one -1 is what the others leave of the input's elements.
+                        let total = x.and_then(|x| x.iter().try_fold(1u64, |n, &d| n.checked_mul(d?)));
+                        let others = dims
+                            .iter()
+                            .zip(&t)
+                            .filter(|(_, &e)| e != -1)
+                            .try_fold(1u64, |n, (&d, _)| n.checked_mul(d?));
+                        if let (Some(free), Some(total), Some(others)) =
+                            (t.iter().position(|&d| d == -1), total, others)
+                        {
+                            if others > 0 && total % others == 0 && t.iter().filter(|&&d| d == -1).count() == 1 {
+                                dims[free] = Some(total / others);
+                            }
+                        }
+                        Some(dims)
+                    }
+                    // A computed target of known length.
+                    None => Some(vec![None; input(1)?.first().copied()?? as usize]),
+                }
+            }
+            "Expand" => {
+                let target = match ints_at(1) {
+                    Some(t) => t.into_iter().map(|d| u64::try_from(d).ok()).collect(),
+                    None => vec![None; input(1)?.first().copied()?? as usize],
+                };
+                // An entry of 1 keeps the input's dimension: broadcasting, as for Add.
+                broadcast(&[x?, target])
+            }
+            "Concat" => {
+                let shapes: Option<Vec<Shape>> = node.input.iter().map(|s| self.known(g, s)).collect();
+                let shapes = shapes?;
+                let rank = shapes.first()?.len();
+                if shapes.iter().any(|s| s.len() != rank) {
+                    return None;
+                }
+                let axis = normalized(&[node.attr_i("axis", 0)], rank)?[0];
+                Some(
+                    (0..rank)
+                        .map(|a| {
+                            if a == axis {
+                                shapes.iter().try_fold(0u64, |n, s| n.checked_add(s[a]?))
+                            } else {
+                                shapes.iter().find_map(|s| s[a])
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            "Slice" | "Pad" | "Resize" | "Upsample" | "Tile" | "ReverseSequence" => {
+                // Same rank; the moved axes' sizes are not tracked.
+                Some(vec![None; x?.len()])
+            }
+            "Split" => Some(vec![None; x?.len()]),
+            "Flatten" => Some(vec![None, None]),
+            "Gemm" => Some(vec![None, None]),
+            "MatMul" => {
+                let (a, b) = (x?, input(1)?);
+                if a.len() < 2 || b.len() < 2 {
+                    return None;
+                }
+                let batch = broadcast(&[a[..a.len() - 2].to_vec(), b[..b.len() - 2].to_vec()])?;
+                Some([batch, vec![a[a.len() - 2], b[b.len() - 1]]].concat())
+            }
+            "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" => Some(vec![None; x?.len()]),
+            "GlobalAveragePool" | "GlobalMaxPool" => {
+                let x = x?;
+                let n = x.len().min(2);
+                Some([&x[..n], &vec![Some(1); x.len() - n][..]].concat())
+            }
+            _ if op.starts_with("Reduce") || op == "ArgMax" || op == "ArgMin" => {
+                let x = x?;
+                let keep = node.attr_i("keepdims", 1) != 0;
+                if keep {
+                    return Some(vec![None; x.len()]);
+                }
+                let axes = match op {
+                    "ArgMax" | "ArgMin" => vec![node.attr_i("axis", 0)],
+                    _ => axes(1)?,
+                };
+                let axes = normalized(&axes, x.len())?;
+                Some(vec![None; x.len() - axes.len()])
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Numpy broadcasting of declared shapes: the rank is the largest; a dimension is known when
+/// some operand has it above 1 (the others must be 1 or the same), or when all are 1.
+fn broadcast(shapes: &[Shape]) -> Option<Shape> {
+    let rank = shapes.iter().map(Vec::len).max()?;
+    let dim = |a: usize| {
+        let dims: Vec<Option<u64>> =
+            shapes.iter().filter_map(|s| (a + s.len()).checked_sub(rank).map(|i| s[i])).collect();
+        dims.iter().flatten().copied().find(|&d| d != 1).or_else(|| dims.iter().all(|&d| d == Some(1)).then_some(1))
+    };
+    Some((0..rank).map(dim).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Ir;
+    use crate::onnx::build::{attr_int, attr_ints, f32_tensor, int64_tensor, node, value_info};
+    use crate::onnx::proto::{tensor_proto::DataType, GraphProto};
+
+    fn graph(nodes: Vec<crate::onnx::proto::NodeProto>, inits: Vec<crate::onnx::proto::TensorProto>) -> GraphProto {
+        GraphProto {
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info("ids", DataType::Int64, &[None, None])],
+            ..Default::default()
+        }
+    }
+
+    fn scalar(name: &str, v: i64) -> crate::onnx::proto::TensorProto {
+        crate::onnx::proto::TensorProto { dims: vec![], ..int64_tensor(name, &[v]) }
+    }
+
+    /// TorchScript's `buffer.expand(B, T)`: the target is `Where(Equal(s, -1), ones, s)` of a
+    /// shape vector `s` built from dimensions. Its length, and so the rank, comes from the
+    /// values of `Shape` followed through `Reshape(.., [-1])` and `ConstantOfShape`.
+    #[test]
+    fn a_traced_expand_target_gives_the_rank() {
+        let g = graph(
+            vec![
+                node("Shape", "s", &["ids"], &["shape"], vec![]),
+                node("Gather", "g", &["shape", "zero"], &["b"], vec![attr_int("axis", 0)]),
+                node("Unsqueeze", "u", &["b", "axes"], &["b1"], vec![]),
+                node("Concat", "c", &["b1", "minus1"], &["bt"], vec![attr_int("axis", 0)]),
+                node("Reshape", "r", &["bt", "minus1"], &["s"], vec![]),
+                node("Shape", "s2", &["s"], &["len"], vec![]),
+                node("ConstantOfShape", "ones", &["len"], &["o"], vec![]),
+                node("Equal", "e", &["s", "minus1"], &["eq"], vec![]),
+                node("Where", "w", &["eq", "o", "s"], &["target"], vec![]),
+                node("Expand", "x", &["buffer", "target"], &["tt"], vec![]),
+                node("Gather", "emb", &["table", "tt"], &["y"], vec![]),
+            ],
+            vec![
+                scalar("zero", 0),
+                int64_tensor("axes", &[0]),
+                int64_tensor("minus1", &[-1]),
+                crate::onnx::proto::TensorProto { dims: vec![1, 16], ..int64_tensor("buffer", &[0; 16]) },
+                f32_tensor("table", &[2, 12], &[0.0; 24]),
+            ],
+        );
+        let ir = Ir::build(&g, 17).unwrap();
+        assert_eq!(ir.shape("s"), Some(&[Some(2)][..]));
+        assert_eq!(ir.shape("o"), Some(&[Some(2)][..]));
+        assert_eq!(ir.shape("tt"), Some(&[None, Some(16)][..]));
+        assert_eq!(ir.shape("y"), Some(&[None, Some(16), Some(12)][..]));
+    }
+
+    #[test]
+    fn declared_shapes_win_and_unknown_operators_say_nothing() {
+        let mut g = graph(
+            vec![
+                node("Relu", "a", &["ids"], &["r"], vec![]),
+                node("NoSuchOp", "b", &["r"], &["n"], vec![]),
+                node("Relu", "c", &["n"], &["m"], vec![]),
+                node("Transpose", "t", &["r"], &["rt"], vec![attr_ints("perm", &[1, 0])]),
+            ],
+            vec![],
+        );
+        g.value_info.push(value_info("r", DataType::Int64, &[Some(3), None]));
+        let ir = Ir::build(&g, 17).unwrap();
+        assert_eq!(ir.shape("r"), Some(&[Some(3), None][..]));
+        assert_eq!(ir.shape("n"), None);
+        assert_eq!(ir.shape("m"), None);
+        assert_eq!(ir.shape("rt"), Some(&[None, Some(3)][..]));
+    }
+
+    #[test]
+    fn broadcasting_knows_a_dimension_only_when_an_operand_fixes_it() {
+        let b = |shapes: &[&[Option<u64>]]| super::broadcast(&shapes.iter().map(|s| s.to_vec()).collect::<Vec<_>>());
+        assert_eq!(b(&[&[None, Some(4)], &[Some(4)]]), Some(vec![None, Some(4)]));
+        assert_eq!(b(&[&[Some(1), None], &[Some(3), Some(1)]]), Some(vec![Some(3), None]));
+        assert_eq!(b(&[&[Some(1)], &[Some(1), Some(1)]]), Some(vec![Some(1), Some(1)]));
+    }
+}
