@@ -317,3 +317,54 @@ fn a_conv_bias_of_the_wrong_length_makes_the_conv_opaque() {
         assert!(f.forced.of(v(f, "x")).contains(&KeepReason::Node { node: super::NodeId(0), why }));
     });
 }
+
+/// `x[B, 4] -> Gemm(w1) -> h`, then h's halves `h[:, :n // 2]` and `h[:, n // 2:]` with
+/// `n = h.shape[read]` read back (TorchScript's rotate_half), added, into `Gemm(w2) -> y`.
+/// Rows 1 and 3 of w1 are zero: the pair (1, 3) is constant 0.
+fn halves(read: i64, sink: &str) -> G {
+    let w2: Vec<f32> = vec![1.0; 4];
+    let mut g = G::new(&[None, Some(4)]).matrix("w1", 4, 4, |r| if r % 2 == 1 { 0.0 } else { 1.0 });
+    g.0.initializer.push(f32_tensor("w2", &[2, 2], &w2));
+    g.0.initializer.push(crate::onnx::proto::TensorProto { dims: vec![], ..int64_tensor("read", &[read]) });
+    g.0.initializer.push(crate::onnx::proto::TensorProto { dims: vec![], ..int64_tensor("two", &[2]) });
+    g.ints("zero", &[0])
+        .ints("max", &[i64::MAX])
+        .ints("axis", &[1])
+        .ints("axes0", &[0])
+        .with(node("Gemm", "g1", &["x", "w1"], &["h"], vec![attr_int("transB", 1)]))
+        .op("Shape", &["h"], "shape")
+        .with(node("Gather", "n", &["shape", "read"], &["n"], vec![attr_int("axis", 0)]))
+        .op("Div", &["n", "two"], "half")
+        .op("Unsqueeze", &["half", "axes0"], "mid")
+        .op("Slice", &[sink, "zero", "mid", "axis"], "first")
+        .op("Slice", &["h", "mid", "max", "axis"], "second")
+        .op("Add", &["first", "second"], "sum")
+        .with(node("Gemm", "g2", &["sum", "w2"], &["y"], vec![attr_int("transB", 1)]))
+}
+
+#[test]
+fn a_slice_bounded_by_its_own_size_read_back_loses_pairs_and_writes_its_bounds() {
+    halves(1, "h").facts(|f| {
+        let d = decide(f, InputPolicy::Keep);
+        assert_eq!(d.kept(f, v(f, "h"), 4), vec![0, 2]);
+        let p = plan(f, &d, ClnForm::Ops).expect("a plan");
+        let written: Vec<Vec<i64>> = p
+            .edits
+            .iter()
+            .filter_map(|e| match e {
+                Edit::SetInput { slot: 1 | 2, tensor, .. } => Some(crate::onnx::tensor::int64s(tensor)),
+                _ => None,
+            })
+            .collect();
+        // The first half ends at 1, the second starts there: the halves of the 2 kept.
+        assert_eq!(written, vec![vec![1], vec![1]]);
+    });
+}
+
+#[test]
+fn a_size_read_back_of_another_axis_or_into_another_tensor_keeps_the_channels() {
+    // The batch axis read back: not the channel count.
+    halves(0, "h").facts(|f| assert_eq!(decide(f, InputPolicy::Keep).kept(f, v(f, "h"), 4), vec![0, 1, 2, 3]));
+    // h's size bounds a slice of x: a read of the channel count that nothing follows.
+    halves(1, "x").facts(|f| assert_eq!(decide(f, InputPolicy::Keep).kept(f, v(f, "h"), 4), vec![0, 1, 2, 3]));
+}

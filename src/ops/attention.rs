@@ -362,19 +362,25 @@ impl<'g> ChannelOp<'g> for Weighted {
 /// group. Multi-query attention is `KVH = 1` (the key then has no heads axis of its own).
 pub(crate) struct RepeatKv<'g> {
     input: &'g str,
+    /// Its nodes but the last: the Unsqueeze and the Expand, and the shape computations that
+    /// read sizes back.
     pub inner: Vec<NodeId>,
+    unsqueeze: NodeId,
     expand: NodeId,
     expand_shape: ShapeInput,
     target: ShapeInput,
     /// Rank of the input and output; the heads axis sits at `heads` (from the start).
     rank: usize,
     heads: usize,
-    kv_heads: usize,
     n_rep: usize,
-    head_dim: usize,
-    /// Which written entries name the sizes (the others are 1 or -1, and stay): the expand
-    /// shape's heads and head dimension, the target's head dimension.
-    written: [bool; 3],
+    /// The key/value heads and the head dimension, where a shape writes them; `None` where
+    /// every entry naming it reads the input's own dimension back at run time (TorchScript's
+    /// `x.shape`): the input's layout then tells it, and the entry follows the rewrite by itself.
+    kv_heads: Option<usize>,
+    head_dim: Option<usize>,
+    /// Which written entries name the sizes (the others are 1, -1 or read back, and stay): the
+    /// expand shape's heads and head dimension, the target's heads and head dimension.
+    written: [bool; 4],
 }
 
 /// Every `repeat_kv` in the graph, keyed by its Reshape.
@@ -411,34 +417,106 @@ pub(crate) fn repeated_heads<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, RepeatKv<'g>)> {
             (expand_shape.len() == rank + 1).then_some(())?;
             let target = ShapeInput::of(cx, &g.node[reshape], 1).filter(|s| s.len() == rank)?;
             let n_rep = expand_shape.get(cx, axis).filter(|&r| r > 1)? as usize;
-            let all_heads = target.get(cx, heads).filter(|&h| h > 0 && (h as usize).is_multiple_of(n_rep))? as usize;
-            let kv_heads = all_heads / n_rep;
-            let kv_entry = expand_shape.get(cx, heads)?;
-            let (d_entry, d_target) = (expand_shape.get(cx, rank)?, target.get(cx, rank - 1)?);
+            // Each size is written as a number or read back from x itself (the same axis; the
+            // target's heads times n_rep).
+            let own = |shape: &ShapeInput, k: usize, axis: usize, factor: i64| {
+                shape.read_back(cx, k).filter(|r| r.tensor == x.as_str() && r.axis == axis && r.factor == factor)
+            };
+            let entry = |shape: &ShapeInput, k: usize, axis: usize, factor: i64| match shape.get(cx, k) {
+                Some(v) => Some(Some(v)),
+                None => own(shape, k, axis, factor).map(|_| None),
+            };
+            let all_heads = entry(&target, heads, heads, n_rep as i64)?;
+            let kv_entry = entry(&expand_shape, heads, heads, 1)?;
+            let (d_entry, d_target) =
+                (entry(&expand_shape, rank, rank - 1, 1)?, entry(&target, rank - 1, rank - 1, 1)?);
+            let kv_heads = match (all_heads, kv_entry) {
+                (Some(h), _) => Some((h > 0 && (h as usize).is_multiple_of(n_rep)).then_some(h as usize / n_rep)?),
+                (None, Some(k)) if k > 1 => Some(k as usize),
+                _ => None,
+            };
             // An expand entry of 1 may be a broadcast: the target must then write the size.
-            let head_dim = if d_target > 0 { d_target } else { d_entry };
-            let fits = (kv_entry == 1 || kv_entry == kv_heads as i64)
-                && (d_entry == 1 || d_entry == head_dim)
-                && (d_target == -1 || d_target == head_dim)
-                && (head_dim > 1 || d_target == 1);
-            fits.then(|| RepeatKv {
+            let head_dim = match (d_target, d_entry) {
+                (Some(d), _) if d > 0 => Some(d as usize),
+                (_, Some(d)) if d > 1 => Some(d as usize),
+                _ => None,
+            };
+            let fits = kv_entry.is_none_or(|k| k == 1 || Some(k as usize) == kv_heads)
+                && d_entry.is_none_or(|d| d == 1 || Some(d as usize) == head_dim)
+                && d_target.is_none_or(|d| d == -1 || Some(d as usize) == head_dim)
+                && (head_dim.is_none_or(|d| d > 1) || d_target == Some(1));
+            let written = [
+                kv_entry.is_some_and(|k| k != 1),
+                d_entry.is_some_and(|d| d != 1),
+                all_heads.is_some(),
+                d_target.is_some_and(|d| d != -1),
+            ];
+            let writable = (expand_shape.writable() || !written[0] && !written[1]) && target.writable();
+            let mut inner = vec![NodeId(n), NodeId(expand)];
+            if [kv_entry, d_entry, all_heads, d_target].contains(&None) {
+                // Sizes read back: the pattern answers for the shapes it computes (the Shape of
+                // x among them), which must serve it alone and hold nothing else of x's.
+                let shapes = [&expand_shape, &target];
+                inner.extend(read_back_shapes(cx, x, (heads, rank), shapes, [&g.node[expand], &g.node[reshape]])?);
+                let outside = inner.iter().flat_map(|&n| &g.node[n.0].output).any(|v| {
+                    ir.outputs.contains(v)
+                        || ir.readers(v).iter().any(|(r, _)| !inner.contains(&NodeId(*r)) && *r != reshape)
+                });
+                (!outside).then_some(())?;
+            }
+            (fits && writable).then_some(())?;
+            let repeat = RepeatKv {
                 input: x.as_str(),
-                inner: vec![NodeId(n), NodeId(expand)],
+                inner,
+                unsqueeze: NodeId(n),
                 expand: NodeId(expand),
                 expand_shape,
                 target,
                 rank,
                 heads,
-                kv_heads,
                 n_rep,
-                head_dim: head_dim as usize,
-                written: [kv_entry != 1, d_entry != 1, d_target != -1],
-            })
-            .map(|r| (NodeId(reshape), r))
+                kv_heads,
+                head_dim,
+                written,
+            };
+            Some((NodeId(reshape), repeat))
         })();
         found.extend(matched);
     }
     found
+}
+
+/// The nodes computing `shapes` (read by `readers` at slot 1) when each piece is a constant or
+/// a dimension read back: of x's heads (axis `heads`) only at the heads entry, of its head
+/// dimension (the last axis) only at the last entry, where [`repeated_heads`] checked them;
+/// other axes anywhere (they do not change).
+fn read_back_shapes(
+    cx: &Ctx,
+    x: &str,
+    (heads, rank): (usize, usize),
+    shapes: [&ShapeInput; 2],
+    readers: [&NodeProto; 2],
+) -> Option<Vec<NodeId>> {
+    let mut nodes = vec![];
+    for (shape, reader) in shapes.into_iter().zip(readers) {
+        let last = shape.len() - 1;
+        for k in 0..shape.len() {
+            if shape.get(cx, k).is_some() {
+                continue;
+            }
+            let r = shape.read_back(cx, k)?;
+            let placed = r.tensor != x
+                || (r.axis != heads && r.axis != rank - 1)
+                || (r.axis == heads && k == heads)
+                || (r.axis == rank - 1 && k == last);
+            placed.then_some(())?;
+            nodes.extend(r.nodes);
+        }
+        nodes.extend(shape.assembly(cx, reader, 1));
+    }
+    nodes.sort_unstable_by_key(|n| n.0);
+    nodes.dedup();
+    Some(nodes)
 }
 
 impl RepeatKv<'_> {
@@ -446,9 +524,17 @@ impl RepeatKv<'_> {
         (count > 1).then_some(Heads { axis: self.heads as isize - self.rank as isize, count })
     }
 
+    /// The key/value heads and head dimension: as written, or as the input's (or output's)
+    /// heads are laid out.
+    fn sizes(&self, lx: Layout, lo: Layout) -> Option<(usize, usize)> {
+        let kv = self.kv_heads.or(lx.heads.map(|h| h.count)).or(lo.heads.map(|h| h.count / self.n_rep))?;
+        let per = |l: Layout| l.per_head().filter(|_| l.heads.is_some());
+        let d = self.head_dim.or(per(lx)).or(per(lo)).or(lx.width.filter(|_| kv == 1))?;
+        Some((kv, d))
+    }
+
     /// Input channel of output channel `c`: head `c / D` is input head `c / D / n_rep`.
-    fn source(&self, c: usize) -> usize {
-        let d = self.head_dim;
+    fn source(&self, c: usize, d: usize) -> usize {
         (c / d / self.n_rep) * d + c % d
     }
 }
@@ -464,12 +550,14 @@ impl<'g> ChannelOp<'g> for RepeatKv<'g> {
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
         let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
-        let all = self.kv_heads * self.n_rep;
-        for (v, count) in [(x, self.kv_heads), (o, all)] {
+        for v in [x, o] {
             cx.set_axis(v, -1);
             cx.set_rank(v, self.rank);
             cx.set_block(v, 1);
-            cx.set_width(v, count * self.head_dim);
+        }
+        let Some((kv, d)) = self.sizes(cx.get(x), cx.get(o)) else { return };
+        for (v, count) in [(x, kv), (o, kv * self.n_rep)] {
+            cx.set_width(v, count * d);
             if let Some(h) = self.heads_of(count) {
                 cx.set_heads(v, h);
             }
@@ -479,8 +567,10 @@ impl<'g> ChannelOp<'g> for RepeatKv<'g> {
     fn check(&self, cx: &mut CheckCx<'_, 'g>) {
         let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
         // Heads that some other operator laid out differently (a conflict already forces them),
-        // or a single key head that is not the only head: the copies would not line up.
-        if self.kv_heads == 1 && cx.layout(x).heads.is_some() {
+        // a single key head that is not the only head (the copies would not line up), or sizes
+        // nothing tells.
+        let sizes = self.sizes(cx.layout(x), cx.layout(o));
+        if sizes.is_none_or(|(kv, _)| kv == 1 && cx.layout(x).heads.is_some()) {
             cx.force(x, Why::LayoutConflict);
             cx.force(o, Why::LayoutConflict);
         }
@@ -488,37 +578,42 @@ impl<'g> ChannelOp<'g> for RepeatKv<'g> {
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
-        if cx.width(x) != Some(self.kv_heads * self.head_dim)
-            || cx.width(o) != Some(self.kv_heads * self.n_rep * self.head_dim)
-        {
+        let Some((kv, d)) = self.sizes(cx.layout(x), cx.layout(o)) else { return };
+        if cx.width(x) != Some(kv * d) || cx.width(o) != Some(kv * self.n_rep * d) {
             return;
         }
-        for h in 0..self.kv_heads * self.n_rep {
-            cx.tie(x, self.source(h * self.head_dim), o, h * self.head_dim, self.head_dim);
+        for h in 0..kv * self.n_rep {
+            cx.tie(x, self.source(h * d, d), o, h * d, d);
         }
     }
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
+        let Some((_, d)) = self.sizes(cx.layout(x), cx.layout(o)) else { return };
         let xs = cx.consts(x).to_vec();
-        let r = (0..cx.consts(o).len()).map(|c| xs.get(self.source(c)).copied().flatten()).collect();
+        let r = (0..cx.consts(o).len()).map(|c| xs.get(self.source(c, d)).copied().flatten()).collect();
         cx.set(o, r);
     }
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return };
         let (needed, consts) = (cx.needed(o), cx.consts(x));
-        if needed.len() != self.kv_heads * self.n_rep * self.head_dim || consts.len() != self.kv_heads * self.head_dim {
+        let Some((kv, d)) = self.sizes(cx.layout(x), cx.layout(o)) else { return cx.mark_all(x) };
+        if needed.len() != kv * self.n_rep * d || consts.len() != kv * d {
             return cx.mark_all(x);
         }
-        let marks: Vec<usize> =
-            (0..needed.len()).filter(|&c| needed[c]).map(|c| self.source(c)).filter(|&s| consts[s].is_none()).collect();
+        let marks: Vec<usize> = (0..needed.len())
+            .filter(|&c| needed[c])
+            .map(|c| self.source(c, d))
+            .filter(|&s| consts[s].is_none())
+            .collect();
         marks.into_iter().for_each(|s| cx.mark(x, s));
     }
 
     fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
-        let Some(o) = cx.output(0) else { return Ok(()) };
-        let full = self.kv_heads * self.n_rep * self.head_dim;
+        let (Some(x), Some(o)) = (cx.value(self.input), cx.output(0)) else { return Ok(()) };
+        let Some((kv, d)) = self.sizes(cx.layout(x), cx.layout(o)) else { return Ok(()) };
+        let full = kv * self.n_rep * d;
         let keep = cx.kept(o, full);
         if keep.len() == full {
             return Ok(());
@@ -529,7 +624,7 @@ impl<'g> ChannelOp<'g> for RepeatKv<'g> {
         };
         let (groups, dims) = ((rows.len() / self.n_rep) as i64, cols.len() as i64);
         let (last, heads) = (self.rank, self.heads);
-        let [kv_written, d_written, d_target_written] = self.written;
+        let [kv_written, d_written, heads_written, d_target_written] = self.written;
         let expand_changes: Vec<(usize, i64)> = [(heads, groups, kv_written), (last, dims, d_written)]
             .into_iter()
             .filter(|e| e.2)
@@ -538,18 +633,22 @@ impl<'g> ChannelOp<'g> for RepeatKv<'g> {
         if !expand_changes.is_empty() {
             self.expand_shape.rewrite(cx, self.expand, 1, &expand_changes);
         }
-        let mut target_changes = vec![(heads, groups * self.n_rep as i64)];
-        if d_target_written {
-            target_changes.push((last - 1, dims));
+        let target_changes: Vec<(usize, i64)> =
+            [(heads, groups * self.n_rep as i64, heads_written), (last - 1, dims, d_target_written)]
+                .into_iter()
+                .filter(|e| e.2)
+                .map(|(k, v, _)| (k, v))
+                .collect();
+        if !target_changes.is_empty() {
+            let node = cx.node;
+            self.target.rewrite(cx, node, 1, &target_changes);
         }
-        let node = cx.node;
-        self.target.rewrite(cx, node, 1, &target_changes);
         // The declared shapes of the pattern's inner values, `[.., KVH, 1 | n_rep, T, D]`.
         let heads_axis = self.heads as isize - self.rank as isize - 1;
-        for inner in &self.inner {
-            let value = cx.node_of(*inner).output[0].clone();
-            cx.push(Edit::Width { value: value.clone(), axis: heads_axis, from: self.kv_heads, to: groups as usize });
-            cx.push(Edit::Width { value, axis: -1, from: self.head_dim, to: dims as usize });
+        for inner in [self.unsqueeze, self.expand] {
+            let value = cx.node_of(inner).output[0].clone();
+            cx.push(Edit::Width { value: value.clone(), axis: heads_axis, from: kv, to: groups as usize });
+            cx.push(Edit::Width { value, axis: -1, from: d, to: dims as usize });
         }
         Ok(())
     }

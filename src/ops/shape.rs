@@ -741,7 +741,7 @@ impl AxisMap for Expanded {
         let (Some(axis), Some(w)) = (l.axis, l.width) else { return Ok(()) };
         match self.entry(axis) {
             None | Some((_, Some(1))) => Ok(()),
-            Some((_, Some(e))) if e == w as i64 && l.block == Some(1) => Ok(()),
+            Some((_, Some(e))) if e == w as i64 && l.block == Some(1) && self.shape.writable() => Ok(()),
             _ => Err(Why::Broadcasts),
         }
     }
@@ -758,9 +758,80 @@ impl AxisMap for Expanded {
 /// A shape operand (Expand's or Reshape's) whose entries the rules read one by one: a 1-D
 /// int64 constant, or a `Concat` of one-entry pieces (the exporters' computed shapes), some of
 /// them constants.
+/// A shape entry read back at run time (see [`ShapeInput::read_back`]).
+pub(crate) struct ReadBack<'g> {
+    pub tensor: &'g str,
+    pub axis: usize,
+    pub factor: i64,
+    pub nodes: Vec<NodeId>,
+}
+
 pub(crate) enum ShapeInput {
     Constant(Vec<i64>),
-    Pieces { concat: NodeId, count: usize },
+    /// `guarded`: the Concat is read through TorchScript's guard of an `expand` target (see
+    /// [`unguarded`]), so its -1 entries read as 1, and it cannot be rewritten in place.
+    Pieces {
+        concat: NodeId,
+        count: usize,
+        guarded: bool,
+    },
+}
+
+/// `t` when `name` is TorchScript's guard of an `expand` target, `Where(Equal(t, -1s), 1s, t)`
+/// (torch's -1 keeps a dimension, as ONNX's 1 does), `t` maybe reshaped to `[-1]` first (the
+/// identity on a 1-D tensor); with the guard's nodes.
+fn unguarded<'g>(cx: &Ctx<'g>, name: &str) -> Option<(&'g str, Vec<NodeId>)> {
+    let g = cx.graph;
+    let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
+    let filled = |name: &str, v: i64| {
+        let c = producer(name).filter(|n| n.op_type() == "ConstantOfShape");
+        c.and_then(|c| c.attr("value"))
+            .and_then(|a| a.t.as_ref())
+            .is_some_and(|t| t.data_type() == DataType::Int64 as i32 && int64s(t) == [v])
+    };
+    let scalar = |name: &str, v: i64| {
+        cx.const_tensor(name).is_some_and(|t| t.data_type() == DataType::Int64 as i32 && int64s(t) == [v])
+    };
+    let minus_ones = |name: &str| {
+        producer(name).is_some_and(|m| {
+            m.op_type() == "Mul" && m.input.len() == 2 && {
+                let (a, b) = (&m.input[0], &m.input[1]);
+                (filled(a, 1) && scalar(b, -1)) || (filled(b, 1) && scalar(a, -1))
+            }
+        })
+    };
+    let w = producer(name).filter(|n| n.op_type() == "Where")?;
+    let [c, ones, t] = &w.input[..] else { return None };
+    let eq = producer(c).filter(|n| n.op_type() == "Equal" && n.input.len() == 2)?;
+    let other = if &eq.input[0] == t {
+        &eq.input[1]
+    } else if &eq.input[1] == t {
+        &eq.input[0]
+    } else {
+        return None;
+    };
+    (filled(ones, 1) && minus_ones(other)).then_some(())?;
+    let t = match producer(t) {
+        Some(r) if r.op_type() == "Reshape" && cx.ints(r, 1).as_deref() == Some(&[-1]) => r.input[0].as_str(),
+        _ => t.as_str(),
+    };
+    // The guard's nodes: everything between the Where and `t`, all of it integer steps.
+    let (mut nodes, mut stack) = (vec![], vec![name]);
+    while let Some(v) = stack.pop() {
+        if v == t || cx.ir.is_const(v) {
+            continue;
+        }
+        let n = *cx.ir.producer.get(v)?;
+        let step = ["Where", "Equal", "Mul", "ConstantOfShape", "Shape", "Reshape"].contains(&g.node[n].op_type());
+        if !step || nodes.len() > 16 {
+            return None;
+        }
+        if !nodes.contains(&NodeId(n)) {
+            nodes.push(NodeId(n));
+            stack.extend(g.node[n].input.iter().map(String::as_str).filter(|s| !s.is_empty()));
+        }
+    }
+    Some((t, nodes))
 }
 
 impl ShapeInput {
@@ -770,14 +841,64 @@ impl ShapeInput {
         if let Some(t) = cx.const_tensor(name) {
             return (t.data_type() == DataType::Int64 as i32 && t.dims.len() == 1).then(|| Self::Constant(int64s(t)));
         }
-        let concat = *cx.ir.producer.get(name)?;
+        let inner = unguarded(cx, name).map(|(t, _)| t);
+        let concat = *cx.ir.producer.get(inner.unwrap_or(name))?;
         let c = &cx.graph.node[concat];
         let one_entry = |piece: &String| match cx.const_tensor(piece) {
             Some(t) => t.dims == [1],
             None => cx.ir.shape(piece) == Some(&[Some(1)]),
         };
-        (c.op_type() == "Concat" && c.attr_i("axis", 0) == 0 && c.input.iter().all(one_entry))
-            .then_some(Self::Pieces { concat: NodeId(concat), count: c.input.len() })
+        (c.op_type() == "Concat" && c.attr_i("axis", 0) == 0 && c.input.iter().all(one_entry)).then_some(Self::Pieces {
+            concat: NodeId(concat),
+            count: c.input.len(),
+            guarded: inner.is_some(),
+        })
+    }
+
+    /// Entry `k` when it is dimension `i` of a tensor `t` read back at run time, times a
+    /// constant `f` (`Unsqueeze(Gather(Shape(t), i))`, or `Unsqueeze(Mul(Gather(..), f))` as
+    /// TorchScript writes `t.shape[i] * f`): `t`, `i` from the start, `f`, and the nodes that
+    /// compute it.
+    pub fn read_back<'g>(&self, cx: &Ctx<'g>, k: usize) -> Option<ReadBack<'g>> {
+        let Self::Pieces { concat, .. } = self else { return None };
+        let g = cx.graph;
+        let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
+        let id = |name: &str| cx.ir.producer.get(name).map(|&n| NodeId(n));
+        let piece = g.node[concat.0].input.get(k)?;
+        let unsqueeze = producer(piece).filter(|n| n.op_type() == "Unsqueeze")?;
+        let mut nodes = vec![id(piece)?];
+        let mut scalar = producer(unsqueeze.input.first()?)?;
+        nodes.push(id(&unsqueeze.input[0])?);
+        let mut factor = 1;
+        if scalar.op_type() == "Mul" && scalar.input.len() == 2 {
+            let constant = |s: usize| cx.ints(scalar, s).filter(|v| v.len() == 1).map(|v| v[0]);
+            let (f, other) = match (constant(0), constant(1)) {
+                (None, Some(f)) => (f, &scalar.input[0]),
+                (Some(f), None) => (f, &scalar.input[1]),
+                _ => return None,
+            };
+            factor = f;
+            scalar = producer(other)?;
+            nodes.push(id(other)?);
+        }
+        let index = cx.ints(scalar, 1).filter(|i| i.len() == 1 && scalar.op_type() == "Gather")?[0];
+        let shape = producer(scalar.input.first()?).filter(|n| n.op_type() == "Shape" && n.attribute.is_empty())?;
+        nodes.push(id(&scalar.input[0])?);
+        let tensor = shape.input.first()?.as_str();
+        let rank = cx.ir.rank(tensor)? as i64;
+        let axis = usize::try_from(if index < 0 { index + rank } else { index }).ok().filter(|&a| (a as i64) < rank)?;
+        let plain = scalar.attribute.iter().all(|a| a.name() != "axis" || a.i() == 0);
+        (plain && factor > 0).then_some(ReadBack { tensor, axis, factor, nodes })
+    }
+
+    /// The nodes that compute the shape from its pieces: the Concat, and the guard around it.
+    pub fn assembly(&self, cx: &Ctx, reader: &NodeProto, slot: usize) -> Vec<NodeId> {
+        let Self::Pieces { concat, guarded, .. } = self else { return vec![] };
+        let guard = match guarded {
+            true => reader.input.get(slot).and_then(|s| unguarded(cx, s)).map(|(_, nodes)| nodes).unwrap_or_default(),
+            false => vec![],
+        };
+        [vec![*concat], guard].concat()
     }
 
     pub fn len(&self) -> usize {
@@ -791,15 +912,21 @@ impl ShapeInput {
     pub fn get(&self, cx: &Ctx, k: usize) -> Option<i64> {
         match self {
             Self::Constant(v) => v.get(k).copied(),
-            Self::Pieces { concat, .. } => {
+            Self::Pieces { concat, guarded, .. } => {
                 let t = cx.const_tensor(cx.graph.node[concat.0].input.get(k)?)?;
-                (t.data_type() == DataType::Int64 as i32).then(|| int64s(t)[0])
+                let v = (t.data_type() == DataType::Int64 as i32).then(|| int64s(t)[0])?;
+                Some(if *guarded && v == -1 { 1 } else { v })
             }
         }
     }
 
+    /// Whether [`ShapeInput::rewrite`] can write its entries.
+    pub fn writable(&self) -> bool {
+        !matches!(self, Self::Pieces { guarded: true, .. })
+    }
+
     /// Rewrites constant entries (position, value) of the shape that input `slot` of `reader`
-    /// reads; every position named holds a constant.
+    /// reads; every position named holds a constant, and the shape is [`ShapeInput::writable`].
     pub fn rewrite(&self, cx: &mut PlanCx, reader: NodeId, slot: usize, changes: &[(usize, i64)]) {
         match self {
             Self::Constant(v) => {

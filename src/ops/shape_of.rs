@@ -6,7 +6,8 @@
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::CheckCx;
-use crate::onnx::proto::NodeProto;
+use crate::ir::NodeExt;
+use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 
 pub(crate) struct Shape;
 
@@ -65,36 +66,47 @@ fn read(cx: &Ctx, reader: &NodeProto, x: &str) -> Option<Read> {
     Some(Read { from, to, reshapes_itself: reshapes_itself(cx, reader.output.first()?, x) })
 }
 
-/// Whether `value` reaches, through Squeeze/Unsqueeze steps read by one node each, only
-/// Concats whose results only reshape `x` (the Reshape's rule then follows the new shape).
+/// Whether `value` reaches only places whose rules follow x's new size: Concats whose results
+/// only reshape `x` (the Reshape's rule then follows the new shape), or, through a division by
+/// a constant and Casts, the bounds of a Slice of `x` (the Slice's rule evaluates them on the
+/// layout and writes the new ones); each through Squeeze/Unsqueeze steps.
 fn reshapes_itself(cx: &Ctx, value: &str, x: &str) -> bool {
-    let mut at = value;
-    loop {
-        let [(n, slot)] = cx.ir.readers(at) else { return false };
-        if cx.ir.outputs.contains(at) {
-            return false;
-        }
-        let node = &cx.graph.node[*n];
+    follows_itself(cx, value, x, false, 0)
+}
+
+fn follows_itself(cx: &Ctx, value: &str, x: &str, divided: bool, depth: usize) -> bool {
+    let readers = cx.ir.readers(value);
+    if cx.ir.outputs.contains(value) || readers.is_empty() || depth > 8 {
+        return false;
+    }
+    readers.iter().all(|&(n, slot)| {
+        let node = &cx.graph.node[n];
+        let out = node.output.first().map(String::as_str).unwrap_or("");
+        let reads_x = node.input.first().map(String::as_str) == Some(x);
         match node.op_type() {
-            "Squeeze" | "Unsqueeze" if *slot == 0 => at = node.output.first().map(String::as_str).unwrap_or(""),
-            "Concat" => {
-                let out = node.output.first().map(String::as_str).unwrap_or("");
+            "Squeeze" | "Unsqueeze" if slot == 0 => follows_itself(cx, out, x, divided, depth + 1),
+            "Cast" if node.attr_i("to", 0) == DataType::Int64 as i64 => follows_itself(cx, out, x, divided, depth + 1),
+            "Div" if slot == 0 && cx.ints(node, 1).is_some_and(|c| c.len() == 1 && c[0] > 0) => {
+                follows_itself(cx, out, x, true, depth + 1)
+            }
+            "Slice" => (slot == 1 || slot == 2) && reads_x,
+            "Concat" if !divided => {
                 let readers = cx.ir.readers(out);
                 // The last entry (x's own last dimension read back), or leading entries kept
                 // ahead of a final -1 (`x.flatten(k)`): the places the reshape rules prove.
-                let last = *slot + 1 == node.input.len();
-                let leading = *slot == 0 && node.input.len() == 2;
-                return (last || leading)
+                let last = slot + 1 == node.input.len();
+                let leading = slot == 0 && node.input.len() == 2;
+                (last || leading)
                     && !cx.ir.outputs.contains(out)
                     && !readers.is_empty()
                     && readers.iter().all(|&(r, s)| {
                         let reshape = &cx.graph.node[r];
                         s == 1 && reshape.op_type() == "Reshape" && reshape.input.first().map(String::as_str) == Some(x)
-                    });
+                    })
             }
-            _ => return false,
+            _ => false,
         }
-    }
+    })
 }
 
 impl<'g> ChannelOp<'g> for ShapeOf {

@@ -8,7 +8,7 @@ use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::{ConstCx, Layout, LayoutCx, NeedCx, PlanCx, TieCx};
 use crate::error::Result;
 use crate::ir::NodeExt;
-use crate::onnx::build::attr_ints;
+use crate::onnx::build::{attr_ints, int64_tensor};
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 use crate::onnx::tensor::{int64s, with_int64s};
 use crate::rewrite::Edit;
@@ -25,6 +25,10 @@ enum Bounds {
 struct Sliced {
     starts: Vec<i64>,
     ends: Vec<i64>,
+    /// Starts and ends computed from the sliced tensor's own size, `x.shape[a] // c` (as
+    /// TorchScript writes rotary embeddings' halves): `(a, c)`, the bound one entry, evaluated
+    /// on the layout and written as a constant when the channels change.
+    derived: [Option<(i64, i64)>; 2],
     /// As written (may be negative); absent means `0..starts.len()`.
     axes: Vec<i64>,
     steps: Vec<i64>,
@@ -47,9 +51,18 @@ impl OpRule for Slice {
                 }
             }
         };
+        let x = node.input.first().map(String::as_str).unwrap_or("");
+        let mut derived = [None, None];
+        let mut bound = |slot: usize| match input(slot) {
+            Some(v) => v,
+            None => {
+                derived[slot - 1] = own_size(cx, node.input.get(slot)?, x);
+                derived[slot - 1].map(|_| vec![0])
+            }
+        };
         let parsed = if node.input.len() > 1 {
             (|| {
-                let (starts, ends) = (input(1)??, input(2)??);
+                let (starts, ends) = (bound(1)?, bound(2)?);
                 Some((starts, ends, input(3)?, input(4)?, Bounds::Inputs))
             })()
         } else {
@@ -69,8 +82,29 @@ impl OpRule for Slice {
         if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
             return Role::Opaque(Opaque::Malformed("its starts, ends, axes and steps differ in length"));
         }
-        Role::Op(Box::new(Sliced { starts, ends, axes, steps, bounds }))
+        Role::Op(Box::new(Sliced { starts, ends, derived, axes, steps, bounds }))
     }
+}
+
+/// `(a, c)` when `bound` is `x.shape[a] // c` as one entry: `Unsqueeze(Div(Gather(Shape(x), a),
+/// c))`, through Casts to int64 (or without the division, `c = 1`).
+fn own_size(cx: &Ctx, bound: &str, x: &str) -> Option<(i64, i64)> {
+    let g = cx.graph;
+    let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
+    let unsqueeze = producer(bound).filter(|n| n.op_type() == "Unsqueeze")?;
+    let mut at = producer(unsqueeze.input.first()?)?;
+    while at.op_type() == "Cast" && at.attr_i("to", 0) == DataType::Int64 as i64 {
+        at = producer(at.input.first()?)?;
+    }
+    let mut divisor = 1;
+    if at.op_type() == "Div" {
+        divisor = cx.ints(at, 1).filter(|c| c.len() == 1 && c[0] > 0)?[0];
+        at = producer(at.input.first()?)?;
+    }
+    let gather = at.op_type() == "Gather" && at.attr_i("axis", 0) == 0;
+    let index = cx.ints(at, 1).filter(|i| i.len() == 1 && gather)?[0];
+    let shape = producer(at.input.first()?).filter(|n| n.op_type() == "Shape" && n.attribute.is_empty())?;
+    (shape.input.first().map(String::as_str) == Some(x)).then_some((index, divisor))
 }
 
 impl Sliced {
@@ -84,7 +118,8 @@ impl Sliced {
     fn range(&self, i: usize, width: usize) -> Option<(usize, usize)> {
         let w = width as i64;
         let clamp = |v: i64| (if v < 0 { v + w } else { v }).clamp(0, w);
-        let (s, e) = (clamp(self.starts[i]), clamp(self.ends[i]));
+        let value = |k: usize, written: i64| self.derived[k].map_or(written, |(_, c)| w / c);
+        let (s, e) = (clamp(value(0, self.starts[i])), clamp(value(1, self.ends[i])));
         (self.steps[i] == 1).then_some((s as usize, (e - s).max(0) as usize))
     }
 
@@ -98,6 +133,12 @@ impl Sliced {
             x.heads.is_some_and(|h| self.axes.iter().any(|&a| (if a < 0 { a + r } else { a }) == r + h.axis as i64));
         if on_heads {
             return Some(Err(Why::SplitsHeads));
+        }
+        // A bound read from x's size: of the channel axis, which it slices, and per head.
+        let axis = |a: i64| if a < 0 { a + r } else { a };
+        let own = self.derived.iter().flatten().all(|&(a, _)| Some(axis(a)) == x.position().map(|p| p as i64));
+        if !own || self.derived.iter().any(Option::is_some) && entry.is_none() {
+            return Some(Err(Why::ShapeRead));
         }
         Some(match entry {
             None => Ok(None),
@@ -203,8 +244,15 @@ impl<'g> ChannelOp<'g> for Sliced {
         match self.bounds {
             Bounds::Inputs => {
                 for (slot, vals) in [(1, &starts), (2, &ends)] {
-                    let t = cx.const_input(slot).expect("constant bounds");
-                    cx.push(Edit::Const { node, slot, tensor: with_int64s(t, vals) });
+                    cx.push(match self.derived[slot - 1] {
+                        // The size is fixed by the weights: the bound becomes the number.
+                        Some(_) => Edit::SetInput { node, slot, tensor: int64_tensor("", vals) },
+                        None => Edit::Const {
+                            node,
+                            slot,
+                            tensor: with_int64s(cx.const_input(slot).expect("constant"), vals),
+                        },
+                    });
                 }
             }
             Bounds::Attributes => {
