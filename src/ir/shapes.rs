@@ -18,8 +18,9 @@ use crate::onnx::proto::{tensor_proto::DataType, GraphProto, NodeProto};
 use crate::onnx::tensor::int64s;
 
 type Shape = Vec<Option<u64>>;
-/// Followed values of small int64 tensors, by name.
-type Values = HashMap<String, Vec<i64>>;
+/// Followed values of small int64 tensors, by name; an entry is `None` where it is not known
+/// (a symbolic dimension read back), so that the others still are.
+type Values = HashMap<String, Vec<Option<i64>>>;
 
 /// Operators whose first output has the shape of their first input.
 const SAME_AS_FIRST: &[&str] = &[
@@ -137,29 +138,42 @@ impl Ir {
         self.shapes.get(name).cloned()
     }
 
-    /// The value of a small int64 tensor: a constant, or one followed by [`Ir::propagate`].
-    fn ints(&self, g: &GraphProto, name: &str, values: &Values) -> Option<Vec<i64>> {
+    /// The value of a small int64 tensor, entry by entry: a constant, or one followed by
+    /// [`Ir::propagate`].
+    fn partial(&self, g: &GraphProto, name: &str, values: &Values) -> Option<Vec<Option<i64>>> {
         match self.const_tensor(g, name) {
             Some(t) => (t.data_type() == DataType::Int64 as i32 && t.external_data.is_empty() && t.dims.len() <= 1)
-                .then(|| int64s(t)),
+                .then(|| int64s(t).into_iter().map(Some).collect()),
             None => values.get(name).cloned(),
         }
     }
 
+    /// The value of a small int64 tensor, where every entry is known.
+    fn ints(&self, g: &GraphProto, name: &str, values: &Values) -> Option<Vec<i64>> {
+        self.partial(g, name, values)?.into_iter().collect()
+    }
+
     /// The value of a node's int64 output, where its inputs' values (or known dimensions) fix it.
-    fn propagate(&self, g: &GraphProto, node: &NodeProto, values: &Values) -> Option<Vec<i64>> {
+    fn propagate(&self, g: &GraphProto, node: &NodeProto, values: &Values) -> Option<Vec<Option<i64>>> {
         let input = |slot: usize| node.input.get(slot).filter(|s| !s.is_empty());
-        let value = |slot: usize| self.ints(g, input(slot)?, values);
+        let value = |slot: usize| self.partial(g, input(slot)?, values);
         match node.op_type() {
             "Shape" => {
                 let x = self.known(g, input(0)?)?;
                 let r = x.len() as i64;
                 let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) } as usize;
                 let (start, end) = (clamp(node.attr_i("start", 0)), clamp(node.attr_i("end", r)));
-                x.get(start..end.max(start))?.iter().map(|d| d.and_then(|d| i64::try_from(d).ok())).collect()
+                Some(x.get(start..end.max(start))?.iter().map(|d| d.and_then(|d| i64::try_from(d).ok())).collect())
             }
             "Concat" => {
-                node.input.iter().map(|s| self.ints(g, s, values)).collect::<Option<Vec<_>>>().map(|v| v.concat())
+                // A piece whose value is not followed still has a known length.
+                let piece = |s: &String| {
+                    self.partial(g, s, values).or_else(|| match self.known(g, s)?.as_slice() {
+                        [Some(n)] => Some(vec![None; *n as usize]),
+                        _ => None,
+                    })
+                };
+                node.input.iter().map(piece).collect::<Option<Vec<_>>>().map(|v| v.concat())
             }
             "Unsqueeze" | "Squeeze" | "Identity" => value(0),
             "Cast" if node.attr_i("to", 0) == DataType::Int64 as i64 => value(0),
@@ -167,7 +181,7 @@ impl Ir {
                 let data = value(0)?;
                 let at =
                     |i: i64| data.get(usize::try_from(if i < 0 { i + data.len() as i64 } else { i }).ok()?).copied();
-                value(1)?.into_iter().map(at).collect()
+                self.ints(g, input(1)?, values)?.into_iter().map(at).collect()
             }
             _ => None,
         }
@@ -230,14 +244,14 @@ impl Ir {
                 perm.iter().map(|&p| usize::try_from(p).ok().and_then(|p| x.get(p).copied())).collect()
             }
             "Reshape" => {
-                let target = ints_at(1);
+                let target = node.input.get(1).and_then(|s| self.partial(g, s, values));
                 match target {
                     Some(t) => {
                         let copy = node.attr_i("allowzero", 0) == 0;
                         let mut dims: Shape = t
                             .iter()
                             .enumerate()
-                            .map(|(i, &d)| match d {
+                            .map(|(i, &d)| match d? {
                                 0 if copy => x.as_ref().and_then(|x| x.get(i).copied().flatten()),
                                 d => u64::try_from(d).ok(),
                             })
@@ -247,12 +261,11 @@ impl Ir {
                         let others = dims
                             .iter()
                             .zip(&t)
-                            .filter(|(_, &e)| e != -1)
+                            .filter(|(_, &e)| e != Some(-1))
                             .try_fold(1u64, |n, (&d, _)| n.checked_mul(d?));
-                        if let (Some(free), Some(total), Some(others)) =
-                            (t.iter().position(|&d| d == -1), total, others)
-                        {
-                            if others > 0 && total % others == 0 && t.iter().filter(|&&d| d == -1).count() == 1 {
+                        let free = t.iter().position(|&d| d == Some(-1));
+                        if let (Some(free), Some(total), Some(others)) = (free, total, others) {
+                            if others > 0 && total % others == 0 && t.iter().filter(|&&d| d == Some(-1)).count() == 1 {
                                 dims[free] = Some(total / others);
                             }
                         }
@@ -263,8 +276,8 @@ impl Ir {
                 }
             }
             "Expand" => {
-                let target = match ints_at(1) {
-                    Some(t) => t.into_iter().map(|d| u64::try_from(d).ok()).collect(),
+                let target = match node.input.get(1).and_then(|s| self.partial(g, s, values)) {
+                    Some(t) => t.into_iter().map(|d| u64::try_from(d?).ok()).collect(),
                     None => vec![None; input(1)?.first().copied()?? as usize],
                 };
                 // An entry of 1 keeps the input's dimension: broadcasting, as for Add.

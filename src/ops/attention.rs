@@ -435,10 +435,12 @@ pub(crate) fn repeated_heads<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, RepeatKv<'g>)> {
                 (None, Some(k)) if k > 1 => Some(k as usize),
                 _ => None,
             };
-            // An expand entry of 1 may be a broadcast: the target must then write the size.
+            // An expand entry of 1 may be a broadcast: the target must then write the size. Read
+            // back, it is x's last dimension where shape inference knows it.
             let head_dim = match (d_target, d_entry) {
                 (Some(d), _) if d > 0 => Some(d as usize),
                 (_, Some(d)) if d > 1 => Some(d as usize),
+                (None, None) => ir.dim_from_end(g, x, -1).map(|d| d as usize),
                 _ => None,
             };
             let fits = kv_entry.is_none_or(|k| k == 1 || Some(k as usize) == kv_heads)
@@ -525,11 +527,16 @@ impl RepeatKv<'_> {
     }
 
     /// The key/value heads and head dimension: as written, or as the input's (or output's)
-    /// heads are laid out.
+    /// heads are laid out, or the input's width over the head dimension.
     fn sizes(&self, lx: Layout, lo: Layout) -> Option<(usize, usize)> {
-        let kv = self.kv_heads.or(lx.heads.map(|h| h.count)).or(lo.heads.map(|h| h.count / self.n_rep))?;
         let per = |l: Layout| l.per_head().filter(|_| l.heads.is_some());
-        let d = self.head_dim.or(per(lx)).or(per(lo)).or(lx.width.filter(|_| kv == 1))?;
+        let d = self.head_dim.or(per(lx)).or(per(lo));
+        let kv = self
+            .kv_heads
+            .or(lx.heads.map(|h| h.count))
+            .or(lo.heads.map(|h| h.count / self.n_rep))
+            .or(d.zip(lx.width).filter(|&(d, w)| d > 0 && w % d == 0).map(|(d, w)| w / d))?;
+        let d = d.or(lx.width.filter(|_| kv == 1))?;
         Some((kv, d))
     }
 

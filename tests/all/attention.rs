@@ -60,6 +60,56 @@ struct Block {
     /// Output projection rows zeroed: a dimension in every head, a whole head.
     unread_dim: Option<usize>,
     dead_head: Option<usize>,
+    /// Shapes as TorchScript traces them: every size read back from the tensors at run time
+    /// (`view(B, T, -1, D)`, rotate_half's `x.shape[-1] // 2`, repeat_kv's `expand` behind its
+    /// -1 guard, the merge's `view(B, T, -1)`).
+    traced: bool,
+}
+
+/// `Unsqueeze(Gather(Shape(t), i))`, optionally times or divided by a constant (`("Mul", f)`):
+/// dimension `i` of `t` read back as a one-entry shape piece, as TorchScript traces `t.shape[i]`.
+fn read_back(g: &mut crate::common::G, t: &str, i: i64, step: Option<(&str, i64)>) -> String {
+    use crate::common::int64_tensor;
+    let scalar =
+        |name: &str, v: i64| onnx_minimize::onnx::proto::TensorProto { dims: vec![], ..int64_tensor(name, &[v]) };
+    let id = g.g.node.len();
+    let (shape, at) = (format!("{t}_shape{i}_{id}"), format!("{t}_dim{i}_{id}"));
+    g.g.initializer.push(scalar(&format!("{at}_i"), i));
+    g.op("Shape", &[t], &shape, vec![]);
+    g.op("Gather", &[&shape, &format!("{at}_i")], &at, vec![]);
+    let mut entry = at.clone();
+    if let Some((op, f)) = step {
+        g.g.initializer.push(scalar(&format!("{at}_f"), f));
+        g.op(op, &[&at, &format!("{at}_f")], &format!("{at}_times"), vec![]);
+        entry = format!("{at}_times");
+    }
+    if !g.g.initializer.iter().any(|t| t.name() == "axes0") {
+        g.g.initializer.push(int64_tensor("axes0", &[0]));
+    }
+    g.op("Unsqueeze", &[&entry, "axes0"], &format!("{entry}_1"), vec![]);
+    format!("{entry}_1")
+}
+
+/// TorchScript's guard of an `expand` target `t`: `Where(Equal(t, -1s), 1s, t)` of `t` reshaped
+/// to `[-1]`.
+fn expand_guard(g: &mut crate::common::G, t: &str) -> String {
+    use crate::common::int64_tensor;
+    let ones = onnx_minimize::onnx::proto::AttributeProto {
+        name: Some("value".into()),
+        r#type: Some(onnx_minimize::onnx::proto::attribute_proto::AttributeType::Tensor as i32),
+        t: Some(int64_tensor("", &[1])),
+        ..Default::default()
+    };
+    g.g.initializer.push(int64_tensor(&format!("{t}_flat"), &[-1]));
+    g.g.initializer
+        .push(onnx_minimize::onnx::proto::TensorProto { dims: vec![], ..int64_tensor(&format!("{t}_minus"), &[-1]) });
+    g.op("Reshape", &[t, &format!("{t}_flat")], &format!("{t}_r"), vec![]);
+    g.op("Shape", &[&format!("{t}_r")], &format!("{t}_len"), vec![]);
+    g.op("ConstantOfShape", &[&format!("{t}_len")], &format!("{t}_ones"), vec![ones]);
+    g.op("Mul", &[&format!("{t}_ones"), &format!("{t}_minus")], &format!("{t}_m1"), vec![]);
+    g.op("Equal", &[&format!("{t}_r"), &format!("{t}_m1")], &format!("{t}_eq"), vec![]);
+    g.op("Where", &[&format!("{t}_eq"), &format!("{t}_ones"), &format!("{t}_r")], &format!("{t}_g"), vec![]);
+    format!("{t}_g")
 }
 
 impl Block {
@@ -86,8 +136,18 @@ impl Block {
                 g.op("Identity", &[&y], &format!("{name}_proj"), vec![]);
             }
             // [1, T, n, D] -> [1, n, T, D]
-            g.g.initializer.push(int64_tensor(&format!("shape_{name}"), &[1, t as i64, n_heads as i64, d as i64]));
-            g.op("Reshape", &[&format!("{name}_proj"), &format!("shape_{name}")], &format!("{name}4"), vec![]);
+            let target = if self.traced {
+                let (b, tt) = (read_back(g, "x", 0, None), read_back(g, "x", 1, None));
+                g.g.initializer.push(int64_tensor(&format!("heads_{name}"), &[-1]));
+                g.g.initializer.push(int64_tensor(&format!("dim_{name}"), &[d as i64]));
+                let pieces = [b.as_str(), tt.as_str(), &format!("heads_{name}"), &format!("dim_{name}")];
+                g.op("Concat", &pieces, &format!("shape_{name}"), vec![attr_i("axis", 0)]);
+                format!("shape_{name}")
+            } else {
+                g.g.initializer.push(int64_tensor(&format!("shape_{name}"), &[1, t as i64, n_heads as i64, d as i64]));
+                format!("shape_{name}")
+            };
+            g.op("Reshape", &[&format!("{name}_proj"), &target], &format!("{name}4"), vec![]);
             g.op("Transpose", &[&format!("{name}4")], &format!("{name}t"), vec![attr_ints("perm", &[0, 2, 1, 3])]);
             format!("{name}t")
         };
@@ -104,8 +164,12 @@ impl Block {
             g.g.initializer.push(int64_tensor("last", &[-1]));
             for x in [&mut q, &mut k] {
                 let n = x.clone();
-                g.op("Slice", &[&n, "zero", "half", "last"], &format!("{n}_x1"), vec![]);
-                g.op("Slice", &[&n, "half", "end", "last"], &format!("{n}_x2"), vec![]);
+                let half = match self.traced {
+                    true => read_back(&mut g, &n, 3, Some(("Div", 2))),
+                    false => "half".into(),
+                };
+                g.op("Slice", &[&n, "zero", &half, "last"], &format!("{n}_x1"), vec![]);
+                g.op("Slice", &[&n, &half, "end", "last"], &format!("{n}_x2"), vec![]);
                 g.op("Neg", &[&format!("{n}_x2")], &format!("{n}_nx2"), vec![]);
                 g.op(
                     "Concat",
@@ -136,11 +200,24 @@ impl Block {
                 g.g.initializer.push(int64_tensor("unsq", &[2]));
                 g.g.initializer.push(int64_tensor("rep", &[1, kv as i64, (heads / kv) as i64, t as i64, d as i64]));
                 g.g.initializer.push(int64_tensor("grp", &[1, heads as i64, t as i64, d as i64]));
+                g.g.initializer.push(int64_tensor("n_rep", &[(heads / kv) as i64]));
                 for x in [&mut k, &mut v] {
                     let n = x.clone();
+                    let (rep, grp) = if self.traced {
+                        let dims: Vec<String> = (0..4).map(|i| read_back(&mut g, &n, i, None)).collect();
+                        let pieces = [dims[0].as_str(), &dims[1], "n_rep", &dims[2], &dims[3]];
+                        g.op("Concat", &pieces, &format!("{n}_rep"), vec![attr_i("axis", 0)]);
+                        let rep = expand_guard(&mut g, &format!("{n}_rep"));
+                        let heads = read_back(&mut g, &n, 1, Some(("Mul", (heads / kv) as i64)));
+                        let pieces = [dims[0].as_str(), &heads, &dims[2], &dims[3]];
+                        g.op("Concat", &pieces, &format!("{n}_grp"), vec![attr_i("axis", 0)]);
+                        (rep, format!("{n}_grp"))
+                    } else {
+                        ("rep".into(), "grp".into())
+                    };
                     g.op("Unsqueeze", &[&n, "unsq"], &format!("{n}_u"), vec![]);
-                    g.op("Expand", &[&format!("{n}_u"), "rep"], &format!("{n}_e"), vec![]);
-                    g.op("Reshape", &[&format!("{n}_e"), "grp"], &format!("{n}_g"), vec![]);
+                    g.op("Expand", &[&format!("{n}_u"), &rep], &format!("{n}_e"), vec![]);
+                    g.op("Reshape", &[&format!("{n}_e"), &grp], &format!("{n}_g"), vec![]);
                     *x = format!("{n}_g");
                 }
             }
@@ -157,7 +234,13 @@ impl Block {
             g.op("MatMul", &["p", &v], "o", vec![]);
         }
         g.op("Transpose", &["o"], "ot", vec![attr_ints("perm", &[0, 2, 1, 3])]);
-        g.g.initializer.push(int64_tensor("merge", &[1, t as i64, (heads * d) as i64]));
+        if self.traced {
+            let (b, tt) = (read_back(&mut g, "x", 0, None), read_back(&mut g, "x", 1, None));
+            g.g.initializer.push(int64_tensor("rest", &[-1]));
+            g.op("Concat", &[&b, &tt, "rest"], "merge", vec![attr_i("axis", 0)]);
+        } else {
+            g.g.initializer.push(int64_tensor("merge", &[1, t as i64, (heads * d) as i64]));
+        }
         g.op("Reshape", &["ot", "merge"], "om", vec![]);
         // The output projection: a dimension no head reads, a head nothing reads.
         let mut wo = g.rand(heads * d * c);
@@ -207,6 +290,9 @@ fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool)
         b.bias[p] = rng.random_bool(0.5);
     }
     (b.fused, b.scale_attr, b.mask) = (rng.random_bool(0.3), rng.random_bool(0.5), rng.random_bool(0.5));
+    // Traced shapes with one head: the merge's `view(B, T, -1)` is kept (nothing proves its -1
+    // is the head dimension alone), so only queries and keys may shrink there.
+    b.traced = !b.fused && heads > 1 && rng.random_bool(0.5);
     if rng.random_bool(0.6) {
         b.unread_dim = Some(rng.random_range(0..d));
         removable = true;
