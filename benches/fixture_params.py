@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Parameters after minimization of every committed fixture, for one or more builds side by side.
+"""Parameters after minimization, and opaque nodes, of every committed fixture, for one or more
+builds side by side.
 
     python3 benches/fixture_params.py --binary OLD --binary NEW [--gather-inputs] [--out DIR]
 
@@ -23,13 +24,14 @@ ROOT = os.path.dirname(HERE)
 
 def params_after(binary: str, model: str, gather: bool) -> dict:
     cmd = [binary, model, "--dry-run", "--no-verify", "-q", "--report", "-"] + (["--gather-inputs"] if gather else [])
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     report = json.loads(done.stdout) if done.stdout.strip() else {}
     if done.returncode != 0 or "after" not in report:
         return {"error": (report.get("error") or done.stderr.strip())[-300:]}
     return {
         "before": report["before"]["params"],
         "after": report["after"]["params"],
+        "opaque": len(report.get("opaque", [])),
         "seconds_analysis": report.get("seconds_analysis"),
     }
 
@@ -53,15 +55,24 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "fixture_params.json"), "w") as f:
         json.dump({"binaries": args.binary, "gather_inputs": args.gather_inputs, "rows": rows}, f, indent=1)
-    head = "| fixture | params | " + " | ".join(f"after ({i + 1})" for i in range(len(args.binary))) + " | same |"
-    lines = [head, "|---|---:|" + "---:|" * len(args.binary) + "---|"]
+    n = len(args.binary)
+    head = (
+        "| fixture | params | "
+        + " | ".join(f"after ({i + 1})" for i in range(n))
+        + " | "
+        + " | ".join(f"opaque ({i + 1})" for i in range(n))
+        + " | same |"
+    )
+    lines = [head, "|---|---:|" + "---:|" * (2 * n) + "---|"]
     differ = 0
     for r in rows:
         afters = [run.get("after", run.get("error", "?")) for run in r["runs"]]
         same = len(set(map(str, afters))) == 1
         differ += not same
         before = next((run["before"] for run in r["runs"] if "before" in run), "?")
-        lines.append(f"| {r['model']} | {before} | " + " | ".join(map(str, afters)) + f" | {'yes' if same else 'NO'} |")
+        opaque = [str(run.get("opaque", "?")) for run in r["runs"]]
+        cells = " | ".join(map(str, afters)) + " | " + " | ".join(opaque)
+        lines.append(f"| {r['model']} | {before} | {cells} | {'yes' if same else 'NO'} |")
     lines.append("")
     lines.append(f"{len(rows)} fixtures; builds: " + "; ".join(f"({i + 1}) {b}" for i, b in enumerate(args.binary)))
     table = "\n".join(lines)

@@ -118,6 +118,10 @@ impl Ir {
             if let Some(v) = self.propagate(g, node, &values) {
                 values.insert(node.output[0].clone(), v);
             }
+            if node.op_type() == "Split" {
+                self.split_shapes(g, node, &values);
+                continue;
+            }
             let Some(out) = node.output.first().filter(|o| !o.is_empty() && !self.shapes.contains_key(*o)) else {
                 continue;
             };
@@ -127,6 +131,28 @@ impl Ir {
             if let Some(shape) = self.infer(g, node, &values) {
                 self.shapes.insert(out.clone(), shape);
             }
+        }
+    }
+
+    /// Every output of a Split: the input's shape, the split axis sized where the sizes are
+    /// known (written, or an even split of a known dimension).
+    fn split_shapes(&mut self, g: &GraphProto, node: &NodeProto, values: &Values) {
+        let Some(x) = node.input.first().and_then(|s| self.known(g, s)) else { return };
+        let Some(axis) = normalize(node.attr_i("axis", 0), x.len()) else { return };
+        let n = node.output.len();
+        let sizes = match node.input.get(1).filter(|s| !s.is_empty()) {
+            Some(s) => self.ints(g, s, values),
+            None => node.attr_ints("split"),
+        };
+        let even = x[axis].filter(|d| n > 0 && d % n as u64 == 0).map(|d| vec![(d / n as u64) as i64; n]);
+        let sizes = sizes.filter(|s| s.len() == n).or(even);
+        for (k, out) in node.output.iter().enumerate() {
+            if out.is_empty() || self.shapes.contains_key(out) {
+                continue;
+            }
+            let mut shape = x.clone();
+            shape[axis] = sizes.as_ref().and_then(|s| u64::try_from(s[k]).ok());
+            self.shapes.insert(out.clone(), shape);
         }
     }
 
@@ -177,6 +203,16 @@ impl Ir {
             }
             "Unsqueeze" | "Squeeze" | "Identity" => value(0),
             "Cast" if node.attr_i("to", 0) == DataType::Int64 as i64 => value(0),
+            "Slice" if node.input.len() > 2 => {
+                // One 1-D range, step 1: a piece of a shape vector.
+                let data = value(0)?;
+                let bound = |slot: usize| self.ints(g, input(slot)?, values).filter(|b| b.len() == 1).map(|b| b[0]);
+                let plain = |slot: usize, v: i64| input(slot).is_none_or(|s| self.ints(g, s, values) == Some(vec![v]));
+                let n = data.len() as i64;
+                let clamp = |v: i64| (if v < 0 { v + n } else { v }).clamp(0, n) as usize;
+                let (start, end) = (clamp(bound(1)?), clamp(bound(2)?));
+                (plain(3, 0) && plain(4, 1)).then(|| data[start..end.max(start)].to_vec())
+            }
             "Gather" if node.attr_i("axis", 0) == 0 => {
                 let data = value(0)?;
                 let at =
@@ -194,11 +230,8 @@ impl Ir {
         let x = input(0);
         // Axes, from an input since some opset, an attribute before.
         let axes = |slot: usize| ints_at(slot).or_else(|| node.attr_ints("axes"));
-        let normalized = |axes: &[i64], rank: usize| -> Option<Vec<usize>> {
-            axes.iter()
-                .map(|&a| usize::try_from(if a < 0 { a + rank as i64 } else { a }).ok().filter(|&a| a < rank))
-                .collect()
-        };
+        let normalized =
+            |axes: &[i64], rank: usize| -> Option<Vec<usize>> { axes.iter().map(|&a| normalize(a, rank)).collect() };
         if SAME_AS_FIRST.contains(&op) {
             return x;
         }
@@ -303,11 +336,13 @@ impl Ir {
                         .collect(),
                 )
             }
+            "Slice" if values.contains_key(&node.output[0]) && x.as_ref().is_some_and(|x| x.len() == 1) => {
+                Some(vec![Some(values[&node.output[0]].len() as u64)])
+            }
             "Slice" | "Pad" | "Resize" | "Upsample" | "Tile" | "ReverseSequence" => {
                 // Same rank; the moved axes' sizes are not tracked.
                 Some(vec![None; x?.len()])
             }
-            "Split" => Some(vec![None; x?.len()]),
             "Flatten" => Some(vec![None, None]),
             "Gemm" => Some(vec![None, None]),
             "MatMul" => {
@@ -340,6 +375,11 @@ impl Ir {
             _ => None,
         }
     }
+}
+
+/// Axis `a` of a rank-`rank` value, counted from the start.
+fn normalize(a: i64, rank: usize) -> Option<usize> {
+    usize::try_from(if a < 0 { a + rank as i64 } else { a }).ok().filter(|&a| a < rank)
 }
 
 /// Numpy broadcasting of declared shapes: the rank is the largest; a dimension is known when

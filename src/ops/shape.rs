@@ -31,7 +31,8 @@ impl OpRule for Reshape {
                     let leading = last.and_then(|(m, s)| shape_reads(cx, m, s));
                     let rank = node.input.get(1).and_then(|t| target_length(cx, t));
                     let keeps_leading = leading_kept(node, cx);
-                    let reshape = ReshapeLast { last, split, leading, rank, keeps_leading };
+                    let pieces = if last.is_none() { Pieces::of(cx, node) } else { None };
+                    let reshape = ReshapeLast { last, split, leading, rank, keeps_leading, pieces };
                     Role::Op(Box::new(PerChannel::identity(Box::new(reshape))))
                 }
                 None => {
@@ -289,6 +290,49 @@ struct ReshapeLast {
     /// The target is `Concat(Slice(Shape(x), 0, k), [-1])` (`x.flatten(k)` in TorchScript): the
     /// first `k` axes stay as they are, the rest merge; a channel axis among the first stays.
     keeps_leading: Option<usize>,
+    /// When the last entry is read back: every entry, for a target that keeps x's heads.
+    pieces: Option<Pieces>,
+}
+
+/// The entries of a computed target, one by one.
+struct Pieces(Vec<Piece>);
+
+enum Piece {
+    Constant(i64),
+    /// Dimension `axis` (from the start) of a tensor, read back at run time.
+    Read(String, usize),
+    Other,
+}
+
+impl Pieces {
+    fn of(cx: &Ctx, node: &NodeProto) -> Option<Pieces> {
+        let shape = ShapeInput::of(cx, node, 1)?;
+        let piece = |k: usize| match (shape.get(cx, k), shape.read_back(cx, k)) {
+            (Some(v), _) => Piece::Constant(v),
+            (None, Some(r)) if r.factor == 1 => Piece::Read(r.tensor.to_string(), r.axis),
+            _ => Piece::Other,
+        };
+        Some(Pieces((0..shape.len()).map(piece).collect()))
+    }
+
+    /// Whether the target keeps x's heads where they are (`x.view(B, -1, T, D)` as TorchScript's
+    /// GPT-2 writes it): x's rank, -1 at the heads axis, the last entry x's own (read back),
+    /// every other entry a number or a dimension read back from an axis `stays` accepts (so the
+    /// -1 is the heads count, before and after any rewrite).
+    fn keep_heads(&self, x: crate::analysis::Layout, stays: impl Fn(&str, usize) -> bool) -> bool {
+        let (Some(h), Some(rank)) = (x.heads, x.rank) else { return false };
+        let heads_at = rank as isize + h.axis;
+        let n = self.0.len();
+        x.axis == Some(-1)
+            && n == rank
+            && self.0.iter().enumerate().all(|(k, p)| match p {
+                _ if k + 1 == n => true,
+                Piece::Constant(-1) => k as isize == heads_at,
+                Piece::Constant(v) => *v > 0 && k as isize != heads_at,
+                Piece::Read(t, axis) => k as isize != heads_at && stays(t, *axis),
+                Piece::Other => false,
+            })
+    }
 }
 
 impl ReshapeLast {
@@ -319,7 +363,7 @@ impl ReshapeLast {
         let read_back = last == Some(vec![-1])
             && self.leading.as_ref().is_some_and(|ts| {
                 x.rank == Some(ts.len() + 2)
-                    && ts.iter().all(|t| cx.value(t).is_none_or(|v| cx.get(v).heads.is_none() && v != cx.input(0)))
+                    && ts.iter().all(|t| cx.value(t).is_none_or(|v| cx.get(v).heads.is_none() || v == cx.input(0)))
             });
         // `[.., -1]` with one entry fewer than x's axes, whose output a reader holds to x's
         // width (a projection's weight): row-major order puts head h's entry d at `h * D + d`.
@@ -353,11 +397,24 @@ impl AxisMap for ReshapeLast {
         });
         let kept_axis =
             self.keeps_leading.zip(lx.position()).filter(|&(k, p)| p < k && lx.rank.is_some_and(|r| k <= r));
+        // Dimensions read back of axes that do not carry channels (the layout may not know yet).
+        let stays = |t: &str, axis: usize| {
+            cx.value(t).is_none_or(|v| {
+                let l = cx.get(v);
+                l.position() != Some(axis)
+                    && l.heads.zip(l.rank).is_none_or(|(h, r)| r as isize + h.axis != axis as isize)
+            })
+        };
         if let Some(heads) = heads {
             cx.set_axis(o, -1);
             cx.same_width(x, o);
             cx.set_block(o, 1);
             cx.set_heads(o, heads);
+        } else if let (Some(h), true) = (lx.heads, self.pieces.as_ref().is_some_and(|p| p.keep_heads(lx, stays))) {
+            cx.set_axis(o, -1);
+            cx.same_width(x, o);
+            cx.set_block(o, 1);
+            cx.set_heads(o, h);
         } else if let (Some((k, p)), None, Some(1)) = (kept_axis, lx.heads, lx.block) {
             // The channel axis is one of the axes kept as they are.
             cx.set_axis(o, p as isize - (k as isize + 1));
@@ -379,7 +436,22 @@ impl AxisMap for ReshapeLast {
     }
 
     fn check(&self, cx: &CheckCx, o: ValueId) -> Result<(), Why> {
-        let Some((m, s)) = self.last else { return Ok(()) };
+        let Some((m, s)) = self.last else {
+            // Read back, the last entry follows x; kept heads need every other entry to stay.
+            if cx.layout(o).heads.is_none() || self.split.is_some() {
+                return Ok(());
+            }
+            let stays = |t: &str, axis: usize| {
+                cx.value(t).is_some_and(|v| {
+                    let l = cx.layout(v);
+                    let heads_at = l.heads.zip(l.rank).map(|(h, r)| r as isize + h.axis);
+                    l.position().is_some_and(|p| p != axis) && heads_at != Some(axis as isize)
+                        || l.axis.is_none() && l.width.is_none()
+                })
+            };
+            let kept = self.pieces.as_ref().is_some_and(|p| p.keep_heads(cx.layout(cx.input(0)), stays));
+            return if kept { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
+        };
         let l = cx.layout(o);
         if l.heads.is_some() {
             // A split matched its last two entries to the width; heads from elsewhere did not.
@@ -522,8 +594,11 @@ fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(NodeId, usize)>> 
     }
     let pick = &g.node[at];
     let ints = |slot: usize| cx.ints(pick, slot);
+    // The last axis: -1, or its index counted from the start where the rank is known.
+    let rank = pick.input.first().and_then(|s| producer(s)).and_then(|n| g.node[n].input.first());
+    let rank = rank.and_then(|t| cx.ir.rank(t)).map(|r| r as i64);
     let last_of_shape = match pick.op_type() {
-        "Gather" => ints(1) == Some(vec![-1]),
+        "Gather" => ints(1).is_some_and(|i| i == [-1] || rank.is_some_and(|r| i == [r - 1])),
         "Slice" => {
             ints(1) == Some(vec![-1])
                 && ints(2).is_some_and(|e| e.len() == 1 && e[0] >= i32::MAX as i64)
@@ -536,8 +611,16 @@ fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(NodeId, usize)>> 
     let follows = last_of_shape
         && shape.op_type() == "Shape"
         && shape.attribute.is_empty()
-        && shape.input.first() == node.input.first();
+        && shape.input.first().zip(node.input.first()).is_some_and(|(t, x)| same_last_dim(cx, t, x));
     follows.then_some(None)
+}
+
+/// Whether `t`'s last dimension is `x`'s whatever channels leave: `t` is `x`, or the right
+/// operand of the MatMul that computes `x` (attention's `P @ V`: TorchScript's GPT-2 reads the
+/// head dimension back from V to reshape the output).
+pub(crate) fn same_last_dim(cx: &Ctx, t: &str, x: &str) -> bool {
+    let product = cx.ir.producer.get(x).map(|&n| &cx.graph.node[n]);
+    t == x || product.is_some_and(|m| m.op_type() == "MatMul" && m.input.get(1).map(String::as_str) == Some(t))
 }
 
 impl OpRule for Flatten {

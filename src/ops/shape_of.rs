@@ -3,6 +3,7 @@
 //! back only to reshape the same tensor (`x.view(-1, x.size(-1))`), which must follow the new
 //! width. Any other read (a scale computed from the head size, say) keeps the input whole.
 
+use super::shape::same_last_dim;
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::CheckCx;
@@ -101,7 +102,10 @@ fn follows_itself(cx: &Ctx, value: &str, x: &str, divided: bool, depth: usize) -
                     && !readers.is_empty()
                     && readers.iter().all(|&(r, s)| {
                         let reshape = &cx.graph.node[r];
-                        s == 1 && reshape.op_type() == "Reshape" && reshape.input.first().map(String::as_str) == Some(x)
+                        let of = reshape.input.first().map(String::as_str);
+                        s == 1
+                            && reshape.op_type() == "Reshape"
+                            && of.is_some_and(|r| last && same_last_dim(cx, x, r) || r == x)
                     })
             }
             _ => false,

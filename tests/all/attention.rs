@@ -231,7 +231,17 @@ impl Block {
                 scores = "masked".into();
             }
             g.op("Softmax", &[&scores], "p", vec![attr_i("axis", -1)]);
-            g.op("MatMul", &["p", &v], "o", vec![]);
+            if self.traced {
+                // TorchScript's GPT-2: `o.view(B, -1, T, D)` with T read from Q and D from V.
+                g.op("MatMul", &["p", &v], "pv", vec![]);
+                let (b, tt, dd) =
+                    (read_back(&mut g, "pv", 0, None), read_back(&mut g, &q, 2, None), read_back(&mut g, &v, 3, None));
+                g.g.initializer.push(int64_tensor("any_heads", &[-1]));
+                g.op("Concat", &[&b, "any_heads", &tt, &dd], "pv_shape", vec![attr_i("axis", 0)]);
+                g.op("Reshape", &["pv", "pv_shape"], "o", vec![]);
+            } else {
+                g.op("MatMul", &["p", &v], "o", vec![]);
+            }
         }
         g.op("Transpose", &["o"], "ot", vec![attr_ints("perm", &[0, 2, 1, 3])]);
         if self.traced {
