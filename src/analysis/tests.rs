@@ -163,10 +163,10 @@ fn the_input_policy_changes_the_decision_only() {
 
 #[test]
 fn an_operator_without_a_rule_forces_what_it_touches_with_a_typed_reason() {
-    let g = chain().op("Softmax", &["y"], "s");
+    let g = chain().op("LpNormalization", &["y"], "s");
     let g = G(GraphProto { output: vec![value_info("s", DataType::Float, &[])], ..g.0 });
     g.facts(|f| {
-        let why = Why::Opaque(Opaque::NoRule { domain: String::new(), op: "Softmax".into() });
+        let why = Why::Opaque(Opaque::NoRule { domain: String::new(), op: "LpNormalization".into() });
         let expected = KeepReason::Node { node: super::NodeId(3), why };
         assert_eq!(f.forced.of(v(f, "y")), &[expected]);
         assert!(f.needed[v(f, "y")].iter().all(|&n| n));
@@ -367,4 +367,27 @@ fn a_size_read_back_of_another_axis_or_into_another_tensor_keeps_the_channels() 
     halves(0, "h").facts(|f| assert_eq!(decide(f, InputPolicy::Keep).kept(f, v(f, "h"), 4), vec![0, 1, 2, 3]));
     // h's size bounds a slice of x: a read of the channel count that nothing follows.
     halves(1, "x").facts(|f| assert_eq!(decide(f, InputPolicy::Keep).kept(f, v(f, "h"), 4), vec![0, 1, 2, 3]));
+}
+
+#[test]
+fn size_arithmetic_is_not_opaque_but_a_mask_shaped_like_an_activation_is() {
+    let mut g = chain();
+    g.0.initializer.push(crate::onnx::proto::TensorProto { dims: vec![], ..int64_tensor("i0", &[0]) });
+    let g = g
+        .ints("axes0", &[0])
+        .ints("rest", &[-1])
+        .op("Shape", &["h"], "shape")
+        .with(node("Gather", "batch", &["shape", "i0"], &["batch"], vec![attr_int("axis", 0)]))
+        .op("Unsqueeze", &["batch", "axes0"], "batch1")
+        .with(node("Concat", "target", &["batch1", "rest"], &["target"], vec![attr_int("axis", 0)]))
+        .op("ConstantOfShape", &["shape"], "zeros");
+    g.facts(|f| {
+        let role = |name: &str| {
+            let n = f.graph.order.iter().copied().find(|&n| f.graph.node(n).output[0] == name).unwrap();
+            matches!(f.graph.role(n), crate::ops::Role::Opaque(_))
+        };
+        assert!(!role("batch") && !role("batch1") && !role("target"));
+        // zeros has h's rank: not a size.
+        assert!(role("zeros"));
+    });
 }

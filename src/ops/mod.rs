@@ -170,6 +170,7 @@ static RULES: &[&dyn OpRule] = &[
     &norm::LayerNorm,
     &pool::Pool,
     &pool::Reduce,
+    &pool::Softmax,
     &shape::Reshape,
     &shape::Flatten,
     &shape::Transpose,
@@ -228,6 +229,7 @@ pub(crate) fn roles<'g>(graph: &'g GraphProto, ir: &'g Ir) -> Vec<Role<'g>> {
         swap.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
         roles[last.0] = Role::Op(Box::new(swap));
     }
+    shape_of::size_arithmetic(&cx, &ir.order, &mut roles);
     roles
 }
 

@@ -10,6 +10,7 @@ use crate::onnx::proto::NodeProto;
 
 pub(crate) struct Pool;
 pub(crate) struct Reduce;
+pub(crate) struct Softmax;
 
 impl OpRule for Pool {
     fn op_types(&self) -> &'static [&'static str] {
@@ -67,6 +68,31 @@ impl OpRule for Reduce {
             // Sums, norms and products of a constant depend on how many entries they reduce.
             _ => PerChannel { axes, ..zero_only() },
         }))
+    }
+}
+
+impl OpRule for Softmax {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Softmax", "LogSoftmax", "Hardmax"]
+    }
+
+    /// A normalization along other axes than the channels (attention scores, whose rows have no
+    /// channels at all) keeps each channel to itself; along the channels it mixes them. Before
+    /// opset 13 it normalizes every axis from `axis` on together.
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let modern = cx.ir.opset >= 13;
+        let axis = node.attr_i("axis", if modern { -1 } else { 1 });
+        let axes = match (modern, node.input.first().and_then(|x| cx.ir.rank(x))) {
+            (true, _) => vec![axis],
+            (false, Some(r)) => {
+                let from = if axis < 0 { axis + r as i64 } else { axis };
+                (from.max(0)..r as i64).collect()
+            }
+            (false, None) => return Role::Opaque(Opaque::Unsupported("its rank is not known (opset < 13)".into())),
+        };
+        let axes = Box::new(Reduced { axes, keepdims: true });
+        // Its value depends on the length of the axis: a constant channel is not followed.
+        Role::Op(Box::new(PerChannel { axes, ..PerChannel::new(vec![0], vec![], Box::new(|_| None)) }))
     }
 }
 

@@ -146,3 +146,86 @@ impl<'g> ChannelOp<'g> for ShapeOf {
     /// It reads no values.
     fn needs(&self, _: &mut crate::analysis::NeedCx<'_, 'g>) {}
 }
+
+/// Arithmetic on sizes: a node that computes a shape vector (at most one axis) from sizes read
+/// with `Shape` and from constants (the Gathers, Concats, Casts and guards of traced reshape
+/// and expand targets). It touches no channels, so it is not opaque: the rules of the nodes
+/// reading its result (Reshape, Expand, Slice) say what the sizes mean, and `Shape` what reading
+/// them costs. Anything else computed from sizes (a mask shaped like an activation) keeps its
+/// operator's own role.
+struct SizeArithmetic {
+    slots: Vec<usize>,
+}
+
+/// Operators that compute sizes from sizes.
+const SIZE_STEPS: &[&str] = &[
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Slice",
+    "Cast",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Mod",
+    "Max",
+    "Min",
+    "Neg",
+    "Abs",
+    "Equal",
+    "Less",
+    "Greater",
+    "Not",
+    "And",
+    "Or",
+    "Where",
+    "Reshape",
+    "Identity",
+    "ConstantOfShape",
+];
+
+impl<'g> ChannelOp<'g> for SizeArithmetic {
+    fn activations(&self) -> Activations {
+        Activations { slots: self.slots.clone(), otherwise: "it computes sizes from constants", none: false }
+    }
+
+    fn output_channels(&self) -> bool {
+        false
+    }
+
+    /// It reads no channels.
+    fn needs(&self, _: &mut crate::analysis::NeedCx<'_, 'g>) {}
+}
+
+/// Gives the size computations among the opaque nodes their role, in `order`: a node whose
+/// operands are sizes (what a `Shape` or `Size` returns, or computes from those) or constants,
+/// and whose result has at most one axis, computes sizes too.
+pub(crate) fn size_arithmetic<'g>(cx: &Ctx<'g>, order: &[usize], roles: &mut [Role<'g>]) {
+    let mut sizes: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for &n in order {
+        let node = &cx.graph.node[n];
+        let default_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+        let out = node.output.first().map(String::as_str).unwrap_or("");
+        if !default_domain || out.is_empty() {
+            continue;
+        }
+        if ["Shape", "Size"].contains(&node.op_type()) {
+            sizes.insert(out);
+            continue;
+        }
+        let operands: Vec<(usize, &str)> =
+            node.input.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(k, s)| (k, s.as_str())).collect();
+        let slots: Vec<usize> = operands.iter().filter(|(_, s)| sizes.contains(s)).map(|&(k, _)| k).collect();
+        let from_sizes = !slots.is_empty() && operands.iter().all(|(_, s)| sizes.contains(s) || cx.ir.is_const(s));
+        let small = cx.ir.shape(out).is_some_and(|s| s.len() <= 1) && node.output.len() == 1;
+        if !(from_sizes && small && SIZE_STEPS.contains(&node.op_type())) || cx.ir.outputs.contains(out) {
+            continue;
+        }
+        sizes.insert(out);
+        if matches!(roles[n], Role::Opaque(_)) {
+            roles[n] = Role::Op(Box::new(SizeArithmetic { slots }));
+        }
+    }
+}

@@ -120,7 +120,12 @@ fn residual_adds_and_gating_share_one_space() {
 fn an_opaque_operator_keeps_its_channels_and_says_so() {
     let mut g = G::new("x", &[B, Some(4)]);
     g.weight("w1", 6, 4, &[2]).weight("w2", 3, 6, &[]);
-    g.op("Gemm", &["x", "w1"], "h", vec![attr_i("transB", 1)]).op("Softmax", &["h"], "s", vec![attr_i("axis", 1)]);
+    g.op("Gemm", &["x", "w1"], "h", vec![attr_i("transB", 1)]).op(
+        "LpNormalization",
+        &["h"],
+        "s",
+        vec![attr_i("axis", 1)],
+    );
     g.op("Gemm", &["s", "w2"], "y", vec![attr_i("transB", 1)]);
     let (r, _) = minimize(&g.model("y", &[B, Some(3)]));
     assert_eq!(widths(&r), vec![(4, 6), (6, 3)]);
@@ -128,10 +133,32 @@ fn an_opaque_operator_keeps_its_channels_and_says_so() {
         r.removals
             .blocked
             .iter()
-            .any(|b| b.reasons.iter().any(|w| w.code == "no-rule" && w.message.contains("Softmax"))),
+            .any(|b| b.reasons.iter().any(|w| w.code == "no-rule" && w.message.contains("LpNormalization"))),
         "{:?}",
         r.removals.blocked
     );
+}
+
+#[test]
+fn a_softmax_over_the_channels_keeps_them_and_one_over_other_axes_passes_them() {
+    let build = |axis: i64| {
+        let mut g = G::new("x", &[B, Some(3), Some(4)]);
+        // h = x @ w1 with channel 2 of h zero: dead after a softmax over the tokens (axis 1)
+        // that w2 does not read there either.
+        let mut w1 = g.rand(24);
+        (0..4).for_each(|r| w1[r * 6 + 2] = 0.0);
+        g.init("w1", &[4, 6], &w1);
+        let mut w2 = g.rand(12);
+        w2[4..6].iter_mut().for_each(|v| *v = 0.0);
+        g.init("w2", &[6, 2], &w2);
+        g.op("MatMul", &["x", "w1"], "h", vec![]).op("Softmax", &["h"], "s", vec![attr_i("axis", axis)]);
+        g.op("MatMul", &["s", "w2"], "y", vec![]);
+        minimize(&g.model("y", &[B, Some(3), Some(2)])).0
+    };
+    assert_eq!(widths(&build(1)), vec![(4, 5), (5, 2)]);
+    let r = build(-1);
+    assert_eq!(widths(&r), vec![(4, 6), (6, 2)]);
+    assert!(r.removals.blocked.iter().any(|b| b.reasons.iter().any(|w| w.code == "reduces-channel-axis")));
 }
 
 #[test]
