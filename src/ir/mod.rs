@@ -60,6 +60,8 @@ pub struct Ir {
     /// Shapes, declared (type information) or inferred (`shapes`): a dimension is `None` where
     /// it is symbolic or unknown.
     shapes: HashMap<String, Vec<Option<u64>>>,
+    /// Small int64 tensors computed from constants and known sizes, with their values.
+    computed: HashMap<String, Vec<i64>>,
     /// The default-domain opset, where operators changed form (Split's sizes, Reduce's axes).
     pub opset: i64,
 }
@@ -231,7 +233,8 @@ impl Ir {
             }
         }
         let inputs = g.input.iter().filter_map(|i| i.name.clone()).filter(|n| !consts.contains_key(n)).collect();
-        let mut ir = Ir { order, producer, consumers, inputs, outputs, consts, const_uses, shapes, opset };
+        let computed = HashMap::new();
+        let mut ir = Ir { order, producer, consumers, inputs, outputs, consts, const_uses, shapes, computed, opset };
         ir.infer_shapes(g);
         Ok(ir)
     }

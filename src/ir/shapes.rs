@@ -132,6 +132,15 @@ impl Ir {
                 self.shapes.insert(out.clone(), shape);
             }
         }
+        values.retain(|_, v| v.iter().all(Option::is_some));
+        self.computed = values.into_iter().map(|(k, v)| (k, v.into_iter().flatten().collect())).collect();
+    }
+
+    /// The value of a small int64 tensor that the graph computes from constants and known sizes
+    /// (a `Pad`'s pads built with `ConstantOfShape`, `Reshape`, a reversed `Slice`), where every
+    /// entry is known.
+    pub fn computed_ints(&self, name: &str) -> Option<&[i64]> {
+        self.computed.get(name).map(Vec::as_slice)
     }
 
     /// Every output of a Split: the input's shape, the split axis sized where the sizes are
@@ -202,16 +211,65 @@ impl Ir {
                 node.input.iter().map(piece).collect::<Option<Vec<_>>>().map(|v| v.concat())
             }
             "Unsqueeze" | "Squeeze" | "Identity" => value(0),
-            "Cast" if node.attr_i("to", 0) == DataType::Int64 as i64 => value(0),
+            "Cast" if [DataType::Int64 as i64, DataType::Int32 as i64].contains(&node.attr_i("to", 0)) => value(0),
             "Slice" if node.input.len() > 2 => {
-                // One 1-D range, step 1: a piece of a shape vector.
+                // One axis of a vector or a matrix (TorchScript's pads run through reversed rows).
                 let data = value(0)?;
-                let bound = |slot: usize| self.ints(g, input(slot)?, values).filter(|b| b.len() == 1).map(|b| b[0]);
-                let plain = |slot: usize, v: i64| input(slot).is_none_or(|s| self.ints(g, s, values) == Some(vec![v]));
-                let n = data.len() as i64;
-                let clamp = |v: i64| (if v < 0 { v + n } else { v }).clamp(0, n) as usize;
-                let (start, end) = (clamp(bound(1)?), clamp(bound(2)?));
-                (plain(3, 0) && plain(4, 1)).then(|| data[start..end.max(start)].to_vec())
+                let dims = match self.known(g, input(0)?) {
+                    Some(d) => d.into_iter().map(|d| d.map(|d| d as usize)).collect::<Option<Vec<_>>>()?,
+                    None => vec![data.len()],
+                };
+                let one = |slot: usize, default: i64| match input(slot) {
+                    None => Some(default),
+                    Some(s) => self.ints(g, s, values).filter(|b| b.len() == 1).map(|b| b[0]),
+                };
+                let axis = normalize(one(3, 0)?, dims.len())?;
+                slice_rows(&data, &dims, axis, (one(1, 0)?, one(2, i64::MAX)?, one(4, 1)?))
+            }
+            "Reshape" => value(0),
+            "Transpose" => {
+                let data = value(0)?;
+                let dims = self.known(g, input(0)?)?;
+                let (&[Some(r), Some(c)], Some(&[1, 0])) = (&dims[..], node.attr_ints("perm").as_deref()) else {
+                    return None;
+                };
+                let (r, c) = (r as usize, c as usize);
+                (data.len() == r * c)
+                    .then(|| (0..c).flat_map(|j| (0..r).map(move |i| (i, j))).map(|(i, j)| data[i * c + j]).collect())
+            }
+            "ConstantOfShape" => {
+                let n = self
+                    .ints(g, input(0)?, values)?
+                    .iter()
+                    .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))?;
+                let fill = match node.attr("value").and_then(|a| a.t.as_ref()) {
+                    None => 0,
+                    Some(t) if t.data_type() == DataType::Int64 as i32 => *int64s(t).first()?,
+                    Some(t) => crate::onnx::tensor::Values::of(t)
+                        .ok()
+                        .filter(|v| v.len() == 1)
+                        .map(|v| v.get(0))
+                        .filter(|v| v.fract() == 0.0 && v.abs() < 1e15)? as i64,
+                };
+                (n <= 1 << 16).then(|| vec![Some(fill); n])
+            }
+            "Add" | "Sub" | "Mul" | "Div" => {
+                let (a, b) = (value(0)?, value(1)?);
+                let n = a.len().max(b.len());
+                let at = |v: &[Option<i64>], i: usize| if v.len() == 1 { v[0] } else { v.get(i).copied().flatten() };
+                (a.len() == b.len() || a.len() == 1 || b.len() == 1).then(|| {
+                    (0..n)
+                        .map(|i| {
+                            let (x, y) = (at(&a, i)?, at(&b, i)?);
+                            match node.op_type() {
+                                "Add" => x.checked_add(y),
+                                "Sub" => x.checked_sub(y),
+                                "Mul" => x.checked_mul(y),
+                                _ => x.checked_div(y),
+                            }
+                        })
+                        .collect()
+                })
             }
             "Gather" if node.attr_i("axis", 0) == 0 => {
                 let data = value(0)?;
@@ -336,8 +394,16 @@ impl Ir {
                         .collect(),
                 )
             }
-            "Slice" if values.contains_key(&node.output[0]) && x.as_ref().is_some_and(|x| x.len() == 1) => {
-                Some(vec![Some(values[&node.output[0]].len() as u64)])
+            "Slice" if values.contains_key(&node.output[0]) => {
+                // A followed value: the sliced axis holds what the others leave of its entries.
+                let x = x?;
+                let axis = normalize(ints_at(3).and_then(|a| a.first().copied()).unwrap_or(0), x.len())?;
+                let others =
+                    x.iter().enumerate().filter(|&(a, _)| a != axis).try_fold(1u64, |n, (_, &d)| n.checked_mul(d?))?;
+                let n = values[&node.output[0]].len() as u64;
+                let mut dims = x;
+                dims[axis] = (others > 0 && n.is_multiple_of(others)).then_some(n / others);
+                Some(dims)
             }
             "Slice" | "Pad" | "Resize" | "Upsample" | "Tile" | "ReverseSequence" => {
                 // Same rank; the moved axes' sizes are not tracked.
@@ -375,6 +441,38 @@ impl Ir {
             _ => None,
         }
     }
+}
+
+/// `data` (row-major, `dims`) sliced along `axis` from `start` to `end` by `step`, as ONNX's
+/// Slice clamps them.
+fn slice_rows(
+    data: &[Option<i64>],
+    dims: &[usize],
+    axis: usize,
+    (start, end, step): (i64, i64, i64),
+) -> Option<Vec<Option<i64>>> {
+    let n = *dims.get(axis)? as i64;
+    if step == 0 || dims.iter().product::<usize>() != data.len() {
+        return None;
+    }
+    let wrap = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
+    let picked: Vec<i64> = if step > 0 {
+        let (s, e) = (wrap(start).clamp(0, n), wrap(end).clamp(0, n));
+        (s..e).step_by(step as usize).collect()
+    } else {
+        let (s, e) = (wrap(start).clamp(0, n - 1), wrap(end).clamp(-1, n - 1));
+        (e + 1..=s).rev().step_by(step.unsigned_abs() as usize).collect()
+    };
+    let inner: usize = dims[axis + 1..].iter().product();
+    let outer: usize = dims[..axis].iter().product();
+    let mut out = Vec::with_capacity(outer * picked.len() * inner);
+    for o in 0..outer {
+        for &k in &picked {
+            let at = (o * n as usize + k as usize) * inner;
+            out.extend_from_slice(&data[at..at + inner]);
+        }
+    }
+    Some(out)
 }
 
 /// Axis `a` of a rank-`rank` value, counted from the start.
@@ -445,6 +543,40 @@ mod tests {
         assert_eq!(ir.shape("o"), Some(&[Some(2)][..]));
         assert_eq!(ir.shape("tt"), Some(&[None, Some(16)][..]));
         assert_eq!(ir.shape("y"), Some(&[None, Some(16), Some(12)][..]));
+    }
+
+    /// TorchScript's `F.pad(x, [1, 1, 1, 1])` on a 4-D map: pads as ONNX wants them, computed.
+    #[test]
+    fn torchscript_pads_are_computed_to_their_values() {
+        let zeros = crate::onnx::proto::AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(crate::onnx::proto::attribute_proto::AttributeType::Tensor as i32),
+            t: Some(int64_tensor("", &[0])),
+            ..Default::default()
+        };
+        let g = graph(
+            vec![
+                node("ConstantOfShape", "z", &["four"], &["zeros"], vec![zeros]),
+                node("Concat", "c", &["ones", "zeros"], &["all"], vec![attr_int("axis", 0)]),
+                node("Reshape", "r", &["all", "pairs"], &["rows"], vec![]),
+                node("Slice", "s", &["rows", "minus1", "far", "zero", "minus1"], &["reversed"], vec![]),
+                node("Transpose", "t", &["reversed"], &["columns"], vec![attr_ints("perm", &[1, 0])]),
+                node("Reshape", "f", &["columns", "minus1"], &["flat"], vec![]),
+                node("Cast", "k", &["flat"], &["pads"], vec![attr_int("to", DataType::Int64 as i64)]),
+            ],
+            vec![
+                int64_tensor("four", &[4]),
+                int64_tensor("ones", &[1, 2, 3, 4]),
+                int64_tensor("pairs", &[-1, 2]),
+                int64_tensor("minus1", &[-1]),
+                int64_tensor("far", &[-i64::MAX]),
+                int64_tensor("zero", &[0]),
+            ],
+        );
+        let ir = Ir::build(&g, 17).unwrap();
+        // Rows (1, 2), (3, 4), (0, 0), (0, 0) reversed, then columns: begins, then ends.
+        assert_eq!(ir.computed_ints("pads"), Some(&[0, 0, 3, 1, 0, 0, 4, 2][..]));
+        assert_eq!(ir.shape("rows"), Some(&[Some(4), Some(2)][..]));
     }
 
     #[test]

@@ -32,11 +32,16 @@ impl OpRule for Pad {
     }
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-        // Pads, value and axes are inputs from opset 11 (axes from 18), attributes before.
+        // Pads, value and axes are inputs from opset 11 (axes from 18), attributes before. Pads
+        // computed from constants and sizes (TorchScript's `F.pad`) are read as computed: they
+        // are never rewritten, only checked to leave the channel axis alone.
+        let computed = node.input.get(1).and_then(|s| cx.ir.computed_ints(s)).map(<[i64]>::to_vec);
         let parsed = (|| {
-            let pads = match operand(node, cx, 1)? {
-                Some(t) => ints(t)?,
-                None => node.attr_ints("pads")?,
+            let pads = match (computed, operand(node, cx, 1)) {
+                (Some(p), _) => p,
+                (None, Some(Some(t))) => ints(t)?,
+                (None, Some(None)) => node.attr_ints("pads")?,
+                (None, None) => return None,
             };
             let value = match operand(node, cx, 2)? {
                 Some(t) => Values::of(t).ok().filter(|v| v.len() == 1)?.get(0),
