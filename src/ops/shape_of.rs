@@ -182,13 +182,19 @@ const SIZE_STEPS: &[&str] = &[
     "Or",
     "Where",
     "Reshape",
+    "Transpose",
     "Identity",
     "ConstantOfShape",
 ];
 
 impl<'g> ChannelOp<'g> for SizeArithmetic {
     fn activations(&self) -> Activations {
-        Activations { slots: self.slots.clone(), otherwise: "it computes sizes from constants", none: false }
+        // No sizes among its operands: a constant computed from constants (TorchScript's pads).
+        Activations {
+            slots: self.slots.clone(),
+            otherwise: "it computes sizes from constants",
+            none: self.slots.is_empty(),
+        }
     }
 
     fn output_channels(&self) -> bool {
@@ -201,7 +207,8 @@ impl<'g> ChannelOp<'g> for SizeArithmetic {
 
 /// Gives the size computations among the opaque nodes their role, in `order`: a node whose
 /// operands are sizes (what a `Shape` or `Size` returns, or computes from those) or constants,
-/// and whose result has at most one axis, computes sizes too.
+/// and whose result has at most one axis (or is a small integer tensor whose every entry shape
+/// inference knows), computes sizes too.
 pub(crate) fn size_arithmetic<'g>(cx: &Ctx<'g>, order: &[usize], roles: &mut [Role<'g>]) {
     let mut sizes: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for &n in order {
@@ -218,8 +225,9 @@ pub(crate) fn size_arithmetic<'g>(cx: &Ctx<'g>, order: &[usize], roles: &mut [Ro
         let operands: Vec<(usize, &str)> =
             node.input.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(k, s)| (k, s.as_str())).collect();
         let slots: Vec<usize> = operands.iter().filter(|(_, s)| sizes.contains(s)).map(|&(k, _)| k).collect();
-        let from_sizes = !slots.is_empty() && operands.iter().all(|(_, s)| sizes.contains(s) || cx.ir.is_const(s));
-        let small = cx.ir.shape(out).is_some_and(|s| s.len() <= 1) && node.output.len() == 1;
+        let from_sizes = operands.iter().all(|(_, s)| sizes.contains(s) || cx.ir.is_const(s));
+        let small = (cx.ir.shape(out).is_some_and(|s| s.len() <= 1) || cx.ir.computed_ints(out).is_some())
+            && node.output.len() == 1;
         if !(from_sizes && small && SIZE_STEPS.contains(&node.op_type())) || cx.ir.outputs.contains(out) {
             continue;
         }
