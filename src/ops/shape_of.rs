@@ -147,12 +147,12 @@ impl<'g> ChannelOp<'g> for ShapeOf {
     fn needs(&self, _: &mut crate::analysis::NeedCx<'_, 'g>) {}
 }
 
-/// Arithmetic on sizes: a node that computes a shape vector (at most one axis) from sizes read
-/// with `Shape` and from constants (the Gathers, Concats, Casts and guards of traced reshape
-/// and expand targets). It touches no channels, so it is not opaque: the rules of the nodes
-/// reading its result (Reshape, Expand, Slice) say what the sizes mean, and `Shape` what reading
-/// them costs. Anything else computed from sizes (a mask shaped like an activation) keeps its
-/// operator's own role.
+/// Arithmetic on sizes: a node that computes from sizes read with `Shape` and from constants
+/// only (the Gathers, Concats, Casts and guards of traced reshape and expand targets, computed
+/// pads, causal masks built with `Range` and `Trilu`). It reads no activation, so it is not
+/// opaque: the rules of the nodes reading its result (Reshape, Expand, Slice, Pad) say what the
+/// sizes mean, and `Shape` what reading them costs. A result that its readers give channels (a
+/// tensor shaped like an activation, added to it) cannot follow a rewrite, so it keeps them.
 struct SizeArithmetic {
     slots: Vec<usize>,
 }
@@ -183,6 +183,12 @@ const SIZE_STEPS: &[&str] = &[
     "Where",
     "Reshape",
     "Transpose",
+    "Range",
+    "Trilu",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "Expand",
+    "Tile",
     "Identity",
     "ConstantOfShape",
 ];
@@ -201,14 +207,21 @@ impl<'g> ChannelOp<'g> for SizeArithmetic {
         false
     }
 
+    /// A result its readers give channels (a mask shaped like an activation, added to it)
+    /// cannot follow a rewrite: it keeps them all.
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        if let Some(o) = cx.output(0).filter(|&o| cx.layout(o).width.is_some()) {
+            cx.force(o, Why::ShapeRead);
+        }
+    }
+
     /// It reads no channels.
     fn needs(&self, _: &mut crate::analysis::NeedCx<'_, 'g>) {}
 }
 
 /// Gives the size computations among the opaque nodes their role, in `order`: a node whose
 /// operands are sizes (what a `Shape` or `Size` returns, or computes from those) or constants,
-/// and whose result has at most one axis (or is a small integer tensor whose every entry shape
-/// inference knows), computes sizes too.
+/// computes sizes too.
 pub(crate) fn size_arithmetic<'g>(cx: &Ctx<'g>, order: &[usize], roles: &mut [Role<'g>]) {
     let mut sizes: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for &n in order {
@@ -226,9 +239,8 @@ pub(crate) fn size_arithmetic<'g>(cx: &Ctx<'g>, order: &[usize], roles: &mut [Ro
             node.input.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(k, s)| (k, s.as_str())).collect();
         let slots: Vec<usize> = operands.iter().filter(|(_, s)| sizes.contains(s)).map(|&(k, _)| k).collect();
         let from_sizes = operands.iter().all(|(_, s)| sizes.contains(s) || cx.ir.is_const(s));
-        let small = (cx.ir.shape(out).is_some_and(|s| s.len() <= 1) || cx.ir.computed_ints(out).is_some())
-            && node.output.len() == 1;
-        if !(from_sizes && small && SIZE_STEPS.contains(&node.op_type())) || cx.ir.outputs.contains(out) {
+        let single = node.output.len() == 1;
+        if !(from_sizes && single && SIZE_STEPS.contains(&node.op_type())) || cx.ir.outputs.contains(out) {
             continue;
         }
         sizes.insert(out);
