@@ -491,7 +491,7 @@ pub(crate) fn repeated_heads<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, RepeatKv<'g>)> {
 /// The nodes computing `shapes` (read by `readers` at slot 1) when each piece is a constant or
 /// a dimension read back: of x's heads (axis `heads`) only at the heads entry, of its head
 /// dimension (the last axis) only at the last entry, where [`repeated_heads`] checked them;
-/// other axes anywhere (they do not change).
+/// x's other axes anywhere (they do not change); another tensor's through its own `Shape` rule.
 fn read_back_shapes(
     cx: &Ctx,
     x: &str,
@@ -512,7 +512,9 @@ fn read_back_shapes(
                 || (r.axis == heads && k == heads)
                 || (r.axis == rank - 1 && k == last);
             placed.then_some(())?;
-            nodes.extend(r.nodes);
+            // Another tensor's Shape keeps its own rule, which says what reading it costs.
+            let own = if r.tensor == x { r.nodes.len() } else { r.nodes.len() - 1 };
+            nodes.extend(&r.nodes[..own]);
         }
         nodes.extend(shape.assembly(cx, reader, 1));
     }

@@ -941,7 +941,7 @@ impl ShapeInput {
     /// Entry `k` when it is dimension `i` of a tensor `t` read back at run time, times a
     /// constant `f` (`Unsqueeze(Gather(Shape(t), i))`, or `Unsqueeze(Mul(Gather(..), f))` as
     /// TorchScript writes `t.shape[i] * f`): `t`, `i` from the start, `f`, and the nodes that
-    /// compute it.
+    /// compute it, the `Shape` last.
     pub fn read_back<'g>(&self, cx: &Ctx<'g>, k: usize) -> Option<ReadBack<'g>> {
         let Self::Pieces { concat, .. } = self else { return None };
         let g = cx.graph;
