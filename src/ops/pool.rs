@@ -73,7 +73,7 @@ impl OpRule for Reduce {
 
 impl OpRule for Softmax {
     fn op_types(&self) -> &'static [&'static str] {
-        &["Softmax", "LogSoftmax", "Hardmax"]
+        &["Softmax", "LogSoftmax"]
     }
 
     /// A normalization along other axes than the channels (attention scores, whose rows have no
