@@ -7,9 +7,10 @@
 //! out here simply leaves its outputs unknown, which costs removals, never exactness.
 //!
 //! As ONNX's own shape inference does ("data propagation"), the values of small integer
-//! tensors computed from known dimensions are followed too: `Shape` of a value whose
-//! dimensions are known, and `Concat`, `Gather`, `Slice`, `Unsqueeze` of such values. Traced
-//! exports build `expand` and `view` targets that way, and their ranks follow from them.
+//! tensors computed from known dimensions and constants are followed too, entry by entry:
+//! `Shape`, `Concat`, `Gather`, `Slice`, `Unsqueeze`, `Reshape`, `Transpose`, `ConstantOfShape`,
+//! integer casts and arithmetic. Traced exports build `expand` and `view` targets and pads that
+//! way, and their ranks (and pads) follow from them.
 
 use std::collections::HashMap;
 
@@ -195,10 +196,7 @@ impl Ir {
         match node.op_type() {
             "Shape" => {
                 let x = self.known(g, input(0)?)?;
-                let r = x.len() as i64;
-                let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) } as usize;
-                let (start, end) = (clamp(node.attr_i("start", 0)), clamp(node.attr_i("end", r)));
-                Some(x.get(start..end.max(start))?.iter().map(|d| d.and_then(|d| i64::try_from(d).ok())).collect())
+                Some(x[shape_range(node, x.len())].iter().map(|d| d.and_then(|d| i64::try_from(d).ok())).collect())
             }
             "Concat" => {
                 // A piece whose value is not followed still has a known length.
@@ -273,8 +271,7 @@ impl Ir {
             }
             "Gather" if node.attr_i("axis", 0) == 0 => {
                 let data = value(0)?;
-                let at =
-                    |i: i64| data.get(usize::try_from(if i < 0 { i + data.len() as i64 } else { i }).ok()?).copied();
+                let at = |i: i64| data.get(normalize(i, data.len())?).copied();
                 self.ints(g, input(1)?, values)?.into_iter().map(at).collect()
             }
             _ => None,
@@ -298,12 +295,7 @@ impl Ir {
             return broadcast(&shapes?);
         }
         match op {
-            "Shape" => {
-                let r = x?.len() as i64;
-                let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) };
-                let (start, end) = (clamp(node.attr_i("start", 0)), clamp(node.attr_i("end", r)));
-                Some(vec![Some((end - start).max(0) as u64)])
-            }
+            "Shape" => Some(vec![Some(shape_range(node, x?.len()).len() as u64)]),
             "Size" => Some(vec![]),
             "ConstantOfShape" => match ints_at(0) {
                 Some(dims) => Some(dims.into_iter().map(|d| u64::try_from(d).ok()).collect()),
@@ -313,7 +305,7 @@ impl Ir {
             "NonZero" => Some(vec![Some(x?.len() as u64), None]),
             "Gather" => {
                 let (data, idx) = (x?, input(1)?);
-                let axis = normalized(&[node.attr_i("axis", 0)], data.len())?[0];
+                let axis = normalize(node.attr_i("axis", 0), data.len())?;
                 Some([&data[..axis], &idx[..], &data[axis + 1..]].concat())
             }
             "GatherElements" => input(1),
@@ -381,7 +373,7 @@ impl Ir {
                 if shapes.iter().any(|s| s.len() != rank) {
                     return None;
                 }
-                let axis = normalized(&[node.attr_i("axis", 0)], rank)?[0];
+                let axis = normalize(node.attr_i("axis", 0), rank)?;
                 Some(
                     (0..rank)
                         .map(|a| {
@@ -473,6 +465,14 @@ fn slice_rows(
         }
     }
     Some(out)
+}
+
+/// The dimensions a `Shape` node returns of a rank-`rank` value (its `start` and `end`, clamped).
+fn shape_range(node: &NodeProto, rank: usize) -> std::ops::Range<usize> {
+    let r = rank as i64;
+    let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) } as usize;
+    let (start, end) = (clamp(node.attr_i("start", 0)), clamp(node.attr_i("end", r)));
+    start..end.max(start)
 }
 
 /// Axis `a` of a rank-`rank` value, counted from the start.

@@ -512,9 +512,11 @@ fn read_back_shapes(
                 || (r.axis == heads && k == heads)
                 || (r.axis == rank - 1 && k == last);
             placed.then_some(())?;
+            nodes.extend(r.steps);
             // Another tensor's Shape keeps its own rule, which says what reading it costs.
-            let own = if r.tensor == x { r.nodes.len() } else { r.nodes.len() - 1 };
-            nodes.extend(&r.nodes[..own]);
+            if r.tensor == x {
+                nodes.push(r.shape);
+            }
         }
         nodes.extend(shape.assembly(cx, reader, 1));
     }

@@ -838,17 +838,34 @@ impl AxisMap for Expanded {
     }
 }
 
-/// A shape operand (Expand's or Reshape's) whose entries the rules read one by one: a 1-D
-/// int64 constant, or a `Concat` of one-entry pieces (the exporters' computed shapes), some of
-/// them constants.
 /// A shape entry read back at run time (see [`ShapeInput::read_back`]).
 pub(crate) struct ReadBack<'g> {
     pub tensor: &'g str,
     pub axis: usize,
     pub factor: i64,
-    pub nodes: Vec<NodeId>,
+    /// The nodes between the `Shape` and the entry (Gather, Mul, Unsqueeze).
+    pub steps: Vec<NodeId>,
+    /// The `Shape` of `tensor`.
+    pub shape: NodeId,
 }
 
+/// `Gather(Shape(t), i)` with one constant index, along the shape's only axis: `t`, `i` as
+/// written, the Gather and the Shape: a dimension of `t` read back at run time.
+pub(crate) fn dimension_read<'g>(cx: &Ctx<'g>, scalar: &str) -> Option<(&'g str, i64, NodeId, NodeId)> {
+    let g = cx.graph;
+    let gather = *cx.ir.producer.get(scalar)?;
+    let node = &g.node[gather];
+    let along = node.op_type() == "Gather" && node.attr_i("axis", 0) == 0;
+    let index = cx.ints(node, 1).filter(|i| i.len() == 1 && along)?[0];
+    let shape = *cx.ir.producer.get(node.input.first()?)?;
+    let plain = g.node[shape].op_type() == "Shape" && g.node[shape].attribute.is_empty();
+    let tensor = g.node[shape].input.first().filter(|_| plain)?;
+    Some((tensor.as_str(), index, NodeId(gather), NodeId(shape)))
+}
+
+/// A shape operand (Expand's or Reshape's) whose entries the rules read one by one: a 1-D
+/// int64 constant, or a `Concat` of one-entry pieces (the exporters' computed shapes), some of
+/// them constants.
 pub(crate) enum ShapeInput {
     Constant(Vec<i64>),
     /// `guarded`: the Concat is read through TorchScript's guard of an `expand` target (see
@@ -941,37 +958,31 @@ impl ShapeInput {
     /// Entry `k` when it is dimension `i` of a tensor `t` read back at run time, times a
     /// constant `f` (`Unsqueeze(Gather(Shape(t), i))`, or `Unsqueeze(Mul(Gather(..), f))` as
     /// TorchScript writes `t.shape[i] * f`): `t`, `i` from the start, `f`, and the nodes that
-    /// compute it, the `Shape` last.
+    /// compute it.
     pub fn read_back<'g>(&self, cx: &Ctx<'g>, k: usize) -> Option<ReadBack<'g>> {
         let Self::Pieces { concat, .. } = self else { return None };
         let g = cx.graph;
-        let producer = |name: &str| cx.ir.producer.get(name).map(|&n| &g.node[n]);
         let id = |name: &str| cx.ir.producer.get(name).map(|&n| NodeId(n));
         let piece = g.node[concat.0].input.get(k)?;
-        let unsqueeze = producer(piece).filter(|n| n.op_type() == "Unsqueeze")?;
-        let mut nodes = vec![id(piece)?];
-        let mut scalar = producer(unsqueeze.input.first()?)?;
-        nodes.push(id(&unsqueeze.input[0])?);
+        let unsqueeze = id(piece).filter(|n| g.node[n.0].op_type() == "Unsqueeze")?;
+        let mut steps = vec![unsqueeze];
+        let mut scalar = g.node[unsqueeze.0].input.first()?;
         let mut factor = 1;
-        if scalar.op_type() == "Mul" && scalar.input.len() == 2 {
-            let constant = |s: usize| cx.ints(scalar, s).filter(|v| v.len() == 1).map(|v| v[0]);
-            let (f, other) = match (constant(0), constant(1)) {
-                (None, Some(f)) => (f, &scalar.input[0]),
-                (Some(f), None) => (f, &scalar.input[1]),
+        if let Some(mul) = id(scalar).filter(|n| g.node[n.0].op_type() == "Mul" && g.node[n.0].input.len() == 2) {
+            let m = &g.node[mul.0];
+            let constant = |s: usize| cx.ints(m, s).filter(|v| v.len() == 1).map(|v| v[0]);
+            (factor, scalar) = match (constant(0), constant(1)) {
+                (None, Some(f)) => (f, &m.input[0]),
+                (Some(f), None) => (f, &m.input[1]),
                 _ => return None,
             };
-            factor = f;
-            scalar = producer(other)?;
-            nodes.push(id(other)?);
+            steps.push(mul);
         }
-        let index = cx.ints(scalar, 1).filter(|i| i.len() == 1 && scalar.op_type() == "Gather")?[0];
-        let shape = producer(scalar.input.first()?).filter(|n| n.op_type() == "Shape" && n.attribute.is_empty())?;
-        nodes.push(id(&scalar.input[0])?);
-        let tensor = shape.input.first()?.as_str();
+        let (tensor, index, gather, shape) = dimension_read(cx, scalar)?;
+        steps.push(gather);
         let rank = cx.ir.rank(tensor)? as i64;
         let axis = usize::try_from(if index < 0 { index + rank } else { index }).ok().filter(|&a| (a as i64) < rank)?;
-        let plain = scalar.attribute.iter().all(|a| a.name() != "axis" || a.i() == 0);
-        (plain && factor > 0).then_some(ReadBack { tensor, axis, factor, nodes })
+        (factor > 0).then_some(ReadBack { tensor, axis, factor, steps, shape })
     }
 
     /// The nodes that compute the shape from its pieces: the Concat, and the guard around it.

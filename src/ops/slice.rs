@@ -2,6 +2,7 @@
 //! output channel `k` is input channel `start + k`, and the bounds are rewritten when channels
 //! before or inside the range leave.
 
+use super::shape::dimension_read;
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::{Opaque, Why};
@@ -101,10 +102,8 @@ fn own_size(cx: &Ctx, bound: &str, x: &str) -> Option<(i64, i64)> {
         divisor = cx.ints(at, 1).filter(|c| c.len() == 1 && c[0] > 0)?[0];
         at = producer(at.input.first()?)?;
     }
-    let gather = at.op_type() == "Gather" && at.attr_i("axis", 0) == 0;
-    let index = cx.ints(at, 1).filter(|i| i.len() == 1 && gather)?[0];
-    let shape = producer(at.input.first()?).filter(|n| n.op_type() == "Shape" && n.attribute.is_empty())?;
-    (shape.input.first().map(String::as_str) == Some(x)).then_some((index, divisor))
+    let (tensor, index, ..) = dimension_read(cx, at.output.first()?)?;
+    (tensor == x).then_some((index, divisor))
 }
 
 impl Sliced {
