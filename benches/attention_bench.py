@@ -15,6 +15,9 @@ attention; dynamic batch and sequence):
               rotary embeddings, RMSNorm, SDPA; random weights
 * ``gpt2``    GPT2Model, 4 layers, hidden 384, 6 heads of 64 (fused ``c_attn``); random weights
 * ``vit``     ViTModel, 4 layers, hidden 384, 6 heads of 64, 224x224 images (197 tokens)
+* ``encoder`` nn.TransformerEncoder, 6 layers, hidden 512, 8 heads of 64, MLP 2048 (the original
+              Transformer's base encoder; nn.MultiheadAttention's packed projection); input
+              embeddings ``src`` [batch, seq, 512]
 
 Each gets the structured pruning that minimization turns into smaller dense layers: in every
 layer half of the head dimensions zero in Q (rotary pairs for Llama) and in K, the same in every
@@ -32,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
@@ -157,7 +161,20 @@ def vit(gen):
     return m, 6, 6, 64, "image"
 
 
-MODELS = {"minilm": minilm, "llama": llama, "gpt2": gpt2, "vit": vit}
+def encoder(gen):
+    """nn.TransformerEncoder at the original Transformer's base size (packed ``in_proj``, heads
+    merged with the batch inside nn.MultiheadAttention)."""
+    layer = torch.nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, batch_first=True)
+    m = torch.nn.TransformerEncoder(layer, 6, enable_nested_tensor=False).eval()
+    for blk in m.layers:
+        w, b = blk.self_attn.in_proj_weight, blk.self_attn.in_proj_bias
+        part = lambda i: types.SimpleNamespace(weight=w[i * 512 : (i + 1) * 512], bias=b[i * 512 : (i + 1) * 512])
+        prune_qkv(part(0), part(1), part(2), 8, 8, 64, gen, False)
+        dead_units(blk.linear1, gen)
+    return m, 8, 8, 64, "embeds"
+
+
+MODELS = {"minilm": minilm, "llama": llama, "gpt2": gpt2, "vit": vit, "encoder": encoder}
 
 
 class Hidden(torch.nn.Module):
@@ -168,11 +185,23 @@ class Hidden(torch.nn.Module):
     def forward(self, x, mask=None):
         if self.kind == "image":
             return self.m(pixel_values=x).last_hidden_state
+        if self.kind == "embeds":
+            return self.m(x)
         kw = {"use_cache": False} if self.kind == "decoder" else {}
         return self.m(input_ids=x, attention_mask=mask, **kw).last_hidden_state
 
 
 def export(model, kind, path, exporter="dynamo"):
+    if kind == "embeds":
+        example, names = (torch.randn(2, 16, 512),), ["src"]
+        b, s = torch.export.Dim("batch"), torch.export.Dim("seq", min=2, max=1024)
+        dyn = {"dynamic_axes": {"src": {0: "batch", 1: "seq"}}}
+        if exporter != "ts":
+            dyn = {"dynamic_shapes": ({0: b, 1: s},), "external_data": False}
+        torch.onnx.export(
+            model, example, path, dynamo=exporter != "ts", input_names=names, output_names=["hidden"], **dyn
+        )  # fmt: skip
+        return
     if exporter == "ts":
         if kind == "image":
             example, names, axes = (torch.randn(1, 3, 224, 224),), ["pixel_values"], {"pixel_values": {0: "batch"}}
@@ -227,6 +256,8 @@ def ort_deviation(a, b, kind, seq):
     sa, sb = ort.InferenceSession(a), ort.InferenceSession(b)
     if kind == "image":
         feeds = {"pixel_values": rng.standard_normal((2, 3, 224, 224)).astype(np.float32)}
+    elif kind == "embeds":
+        feeds = {"src": rng.standard_normal((2, seq, 512)).astype(np.float32)}
     else:
         mask = np.ones((2, seq), np.int64)
         mask[1, seq // 2 :] = 0
@@ -239,7 +270,7 @@ def ort_deviation(a, b, kind, seq):
 
 
 def tokens(row: dict, shape: str) -> str:
-    return "197" if row["kind"] == "image" else shape.split(",")[-1]
+    return "197" if row["kind"] == "image" else shape.split(",")[1]
 
 
 def main():
@@ -262,16 +293,10 @@ def main():
         src, dst, rep = (os.path.join(a.out, f"{name}{s}") for s in (".onnx", "_min.onnx", "_report.json"))
         export(Hidden(model, kind).eval(), kind, src, a.exporter)
         t = time.time()
-        shape_args = (
-            []
-            if kind == "image"
-            else [
-                "--input-shape",
-                "input_ids=1,64",
-                "--input-shape",
-                "attention_mask=1,64",
-            ]
-        )
+        shape_args = {
+            "image": [],
+            "embeds": ["--input-shape", "src=1,64,512"],
+        }.get(kind, ["--input-shape", "input_ids=1,64", "--input-shape", "attention_mask=1,64"])
         subprocess.run([a.binary, src, dst, "-q", "--report", rep, *shape_args], check=True)
         seconds = time.time() - t
         with open(rep) as fh:
@@ -288,6 +313,8 @@ def main():
             "verification": r["verification"], "seconds": round(seconds, 2), "changed_layers": layers,
         }  # fmt: skip
         seqs = ["1,3,224,224"] if kind == "image" else [f"1,{s}" for s in a.seqs.split(",")]
+        if kind == "embeds":
+            seqs = [f"{s},512" for s in seqs]
         row["latency"] = {}
         for shape in [] if a.no_latency else seqs:
             lat = latency([src, dst], shape)

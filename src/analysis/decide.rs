@@ -89,16 +89,16 @@ fn linked_heads(facts: &Facts, links: &[(ValueId, Option<ValueId>)], d: &mut Dec
 }
 
 /// Values whose channels span heads keep a product of heads and entries (the same entries in
-/// every kept head), so they stay rectangular; values a grouped convolution reads or writes keep
-/// every group, each with the same entries. Says whether it kept more.
+/// every kept head), so they stay rectangular, or ragged heads as many entries in each; values a grouped convolution reads or writes, or
+/// whose heads are merged with the batch, keep every group or head, each with the same entries. Says whether it kept more.
 fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
     let mut changed = false;
     for v in facts.graph.value_ids() {
         let l = facts.layouts[v];
         let Some(width) = l.width else { continue };
-        let (count, whole_rows) = match (l.heads, l.groups) {
-            (Some(h), _) => (h.count, false),
-            (None, Some(g)) => (g, true),
+        let (count, whole_rows, grouped) = match (l.heads, l.groups) {
+            (Some(h), _) => (h.count, h.merged, false),
+            (None, Some(g)) => (g, true, true),
             (None, None) => continue,
         };
         if count == 0 || !width.is_multiple_of(count) {
@@ -106,12 +106,16 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
         }
         let per = width / count;
         let keep = d.kept(facts, v, 0);
+        if l.heads.is_some_and(|h| h.ragged) {
+            changed |= pad_ragged(facts, v, count, per, &keep, d);
+            continue;
+        }
         let mut rows = vec![whole_rows && !keep.is_empty(); count];
         let mut cols = vec![false; per];
         keep.iter().for_each(|&c| (rows[c / per], cols[c % per]) = (true, true));
         // A grouped Conv left with one entry per group would read as depthwise next time, whose
         // rule removes channels one by one: keep two, so the next pass sees the same operator.
-        if whole_rows && per >= 2 && cols.iter().filter(|&&c| c).count() == 1 {
+        if grouped && per >= 2 && cols.iter().filter(|&&c| c).count() == 1 {
             let spare = cols.iter().position(|&c| !c).expect("per >= 2");
             cols[spare] = true;
         }
@@ -121,6 +125,37 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
                 d.kept_class[k] = true;
                 changed = true;
             }
+        }
+    }
+    changed
+}
+
+/// Ragged heads keep as many entries in every kept head: the ones a head drops pad it, in whole
+/// orbits of the shortest shift that maps its kept entries onto themselves (a part later split
+/// into heads of `D` keeps the same entries in each, so padding one entry in every such head keeps
+/// it rectangular). Says whether it kept more.
+fn pad_ragged(facts: &Facts, v: ValueId, count: usize, per: usize, keep: &[usize], d: &mut Decision) -> bool {
+    let mut rows = vec![vec![false; per]; count];
+    keep.iter().for_each(|&c| rows[c / per][c % per] = true);
+    let n = rows.iter().map(|r| r.iter().filter(|&&k| k).count()).max().unwrap_or(0);
+    let mut changed = false;
+    for (r, kept) in rows.iter().enumerate() {
+        let has = kept.iter().filter(|&&k| k).count();
+        if has == 0 || has == n {
+            continue;
+        }
+        let shifts = |s: usize| (0..per).all(|e| !kept[e] || kept[(e + s) % per]);
+        let period = (1..per).find(|&s| per.is_multiple_of(s) && shifts(s)).unwrap_or(per);
+        let mut need = n - has;
+        for start in (0..period).filter(|&s| !kept[s]) {
+            if need == 0 {
+                break;
+            }
+            for e in (start..per).step_by(period) {
+                d.kept_class[facts.classes.class(v, r * per + e)] = true;
+            }
+            need = need.saturating_sub(per / period);
+            changed = true;
         }
     }
     changed

@@ -15,6 +15,21 @@ pub(crate) struct Heads {
     /// Counted from the end, like the channel axis.
     pub axis: isize,
     pub count: usize,
+    /// The axis holds the batch too, heads innermost: entry `i` is head `i % count`
+    /// (`nn.MultiheadAttention`'s `[T, B * H, D]`). Such heads all stay: dropping one would
+    /// change a size the graph computes from the batch.
+    pub merged: bool,
+    /// Each head keeps entries of its own, as many in every head: the parts of a packed
+    /// projection (`[.., 3, E]`), which only axis moves and Gathers of one part read, need no
+    /// more to stay rectangular.
+    pub ragged: bool,
+}
+
+impl Heads {
+    /// Heads on an axis of their own, the same entries kept in each.
+    pub fn plain(axis: isize, count: usize) -> Heads {
+        Heads { axis, count, merged: false, ragged: false }
+    }
 }
 
 /// What is known of one value's channels. Each fact is set once; a second, different answer is

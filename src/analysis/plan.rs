@@ -130,13 +130,17 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
     Ok(Plan { edits, removals: Removals { layers, blocked, opaque, gathered_inputs: gathered }, channels })
 }
 
-/// The heads and the entries per head that a product of kept channels keeps.
+/// The heads and the entries per head that a product of kept channels keeps. Ragged heads
+/// keep entries of their own: the entries stand for their count, `0..n`.
 pub(crate) fn heads_kept(l: Layout, keep: &[usize]) -> (Vec<usize>, Vec<usize>) {
     let per = l.per_head().expect("heads have a width");
     let (mut rows, mut cols): (Vec<usize>, Vec<usize>) = keep.iter().map(|&c| (c / per, c % per)).unzip();
     for v in [&mut rows, &mut cols] {
         v.sort_unstable();
         v.dedup();
+    }
+    if l.heads.is_some_and(|h| h.ragged) && !rows.is_empty() {
+        cols = (0..keep.len() / rows.len()).collect();
     }
     (rows, cols)
 }

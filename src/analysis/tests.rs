@@ -234,12 +234,9 @@ fn heads(wo_row: impl Fn(usize) -> f32) -> G {
 fn a_head_split_lays_channels_over_two_axes() {
     heads(|_| 1.0).facts(|f| {
         let h = layout(f, "h");
-        assert_eq!(
-            (h.axis, h.width, h.rank, h.heads),
-            (Some(-1), Some(6), Some(4), Some(Heads { axis: -2, count: 2 }))
-        );
-        assert_eq!(layout(f, "t").heads, Some(Heads { axis: -3, count: 2 }));
-        assert_eq!(layout(f, "u").heads, Some(Heads { axis: -2, count: 2 }));
+        assert_eq!((h.axis, h.width, h.rank, h.heads), (Some(-1), Some(6), Some(4), Some(Heads::plain(-2, 2))));
+        assert_eq!(layout(f, "t").heads, Some(Heads::plain(-3, 2)));
+        assert_eq!(layout(f, "u").heads, Some(Heads::plain(-2, 2)));
         assert_eq!((layout(f, "m").heads, layout(f, "m").width), (None, Some(6)));
         let (q, m) = (v(f, "q"), v(f, "m"));
         assert!((0..6).all(|c| f.classes.class(q, c) == f.classes.class(m, c)));
@@ -391,4 +388,32 @@ fn size_arithmetic_is_not_opaque_and_what_it_builds_for_an_activation_keeps_its_
         // A tensor built from sizes that an Add gives h's channels cannot follow a rewrite.
         assert!(f.forced.is_forced(v(f, "zeros")) && f.forced.is_forced(v(f, "h")));
     });
+}
+
+/// A packed projection's `[.., 3, E]` parts keep entries of their own only where Gathers of one
+/// part alone read them (through axis moves); any other reader needs a product.
+#[test]
+fn packed_parts_are_ragged_only_when_read_one_by_one() {
+    for other_reader in [false, true] {
+        let mut g = G::new(&[None, Some(4)])
+            .matrix("w", 4, 6, |_| 1.0)
+            .ints("parts", &[0, 3, 2])
+            .op("MatMul", &["x", "w"], "q")
+            .op("Reshape", &["q", "parts"], "h")
+            .with(node("Transpose", "t", &["h"], &["t"], vec![crate::onnx::build::attr_ints("perm", &[1, 0, 2])]));
+        let mut index = int64_tensor("i", &[1]);
+        index.dims.clear();
+        g.0.initializer.push(index);
+        g = g.with(node("Gather", "p", &["t", "i"], &["y"], vec![attr_int("axis", 0)]));
+        if other_reader {
+            g = g.op("Relu", &["h"], "r");
+        }
+        g.facts(|f| {
+            let h = layout(f, "h").heads.expect("heads");
+            assert_eq!((h.count, h.ragged), (3, !other_reader));
+            assert_eq!(layout(f, "y").width, Some(2));
+            let (t, y) = (v(f, "t"), v(f, "y"));
+            assert!((0..2).all(|c| f.classes.class(y, c) == f.classes.class(t, 2 + c)));
+        });
+    }
 }

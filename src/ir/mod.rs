@@ -60,6 +60,9 @@ pub struct Ir {
     /// Shapes, declared (type information) or inferred (`shapes`): a dimension is `None` where
     /// it is symbolic or unknown.
     shapes: HashMap<String, Vec<Option<u64>>>,
+    /// The named (symbolic) dimensions the graph declares, by value and axis: two axes that
+    /// declare one name have one size, whatever the inputs.
+    symbols: HashMap<(String, usize), String>,
     /// Small int64 tensors computed from constants and known sizes, with their values.
     computed: HashMap<String, Vec<i64>>,
     /// The default-domain opset, where operators changed form (Split's sizes, Reduce's axes).
@@ -214,6 +217,7 @@ impl Ir {
             }
         }
         let mut shapes = HashMap::new();
+        let mut symbols = HashMap::new();
         for vi in g.input.iter().chain(&g.output).chain(&g.value_info) {
             let shape = vi.r#type.as_ref().and_then(|t| match &t.value {
                 Some(crate::onnx::proto::type_proto::Value::TensorType(tt)) => tt.shape.as_ref(),
@@ -221,6 +225,11 @@ impl Ir {
             });
             if let (Some(name), Some(shape)) = (&vi.name, shape) {
                 use crate::onnx::proto::tensor_shape_proto::dimension::Value;
+                for (axis, d) in shape.dim.iter().enumerate() {
+                    if let Some(Value::DimParam(p)) = &d.value {
+                        symbols.insert((name.clone(), axis), p.clone());
+                    }
+                }
                 let dims = shape
                     .dim
                     .iter()
@@ -234,7 +243,8 @@ impl Ir {
         }
         let inputs = g.input.iter().filter_map(|i| i.name.clone()).filter(|n| !consts.contains_key(n)).collect();
         let computed = HashMap::new();
-        let mut ir = Ir { order, producer, consumers, inputs, outputs, consts, const_uses, shapes, computed, opset };
+        let mut ir =
+            Ir { order, producer, consumers, inputs, outputs, consts, const_uses, shapes, symbols, computed, opset };
         ir.infer_shapes(g);
         Ok(ir)
     }
@@ -274,6 +284,15 @@ impl Ir {
             Some(i) => dims[i],
             None => Some(1),
         }
+    }
+
+    /// Whether axis `i` of `a` and axis `j` of `b` (from the start) are declared to have one
+    /// size: the same number, or the same symbol.
+    pub fn same_dim(&self, a: &str, i: usize, b: &str, j: usize) -> bool {
+        let number = |n: &str, k: usize| self.shapes.get(n).and_then(|d| d.get(k).copied().flatten());
+        let symbol = |n: &str, k: usize| self.symbols.get(&(n.to_string(), k));
+        matches!((number(a, i), number(b, j)), (Some(x), Some(y)) if x == y)
+            || matches!((symbol(a, i), symbol(b, j)), (Some(x), Some(y)) if x == y && !x.is_empty())
     }
 
     pub fn readers(&self, name: &str) -> &[(usize, usize)] {

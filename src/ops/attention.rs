@@ -527,7 +527,7 @@ fn read_back_shapes(
 
 impl RepeatKv<'_> {
     fn heads_of(&self, count: usize) -> Option<Heads> {
-        (count > 1).then_some(Heads { axis: self.heads as isize - self.rank as isize, count })
+        (count > 1).then_some(Heads::plain(self.heads as isize - self.rank as isize, count))
     }
 
     /// The key/value heads and head dimension: as written, or as the input's (or output's)

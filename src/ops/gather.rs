@@ -7,12 +7,13 @@
 
 use super::per_channel::{AxisMap, PerChannel};
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
+use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::{Opaque, Why};
-use crate::analysis::{ConstCx, LayoutCx, PlanCx, ValueId};
+use crate::analysis::{CheckCx, ConstCx, Layout, LayoutCx, NeedCx, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
-use crate::onnx::tensor::{int64s, Values};
+use crate::onnx::tensor::{int64s, with_int64s, Values};
 use crate::rewrite::Edit;
 
 pub(crate) struct Select;
@@ -45,6 +46,15 @@ impl OpRule for Select {
                     && cx.ir.inputs.iter().any(|i| i == data) =>
             {
                 Role::Op(Box::new(Selected { indices: int64s(t) }))
+            }
+            // One index along an axis that may be the heads axis (a packed projection's `[3, E]`
+            // parts, `nn.MultiheadAttention`'s `q, k, v = proj.unflatten(-1, (3, E))...`).
+            Some(t)
+                if !cx.ir.is_const(data) && !last && t.dims.is_empty() && t.data_type() == DataType::Int64 as i32 =>
+            {
+                let (axis, index) = (node.attr_i("axis", 0), int64s(t)[0]);
+                let taken = PerChannel::identity(Box::new(Taken { axis, index_rank: 0 }));
+                Role::Op(Box::new(TakenOne { axis, index, taken }))
             }
             // Positions or tokens of an activation picked by constant indices (a ViT's class
             // token, `x[:, 0]`): the channels pass through, unless the axis is theirs.
@@ -181,6 +191,98 @@ impl AxisMap for Taken {
         cx.set_rank(o, out_rank);
         cx.same_width(x, o);
         cx.carry_block(x, o);
+    }
+}
+
+/// `Gather` of one index: along the heads axis, the output is that head's channels (a part of a
+/// packed projection); along any other axis, a [`Taken`].
+struct TakenOne {
+    axis: i64,
+    index: i64,
+    taken: PerChannel,
+}
+
+impl TakenOne {
+    /// The head taken and the channels per head, when the axis is `l`'s heads axis.
+    fn head(&self, l: Layout) -> Option<(usize, usize)> {
+        let (h, r) = (l.heads?, l.rank? as i64);
+        let axis = if self.axis < 0 { self.axis + r } else { self.axis };
+        let index = if self.index < 0 { self.index + h.count as i64 } else { self.index };
+        let taken = axis == r + h.axis as i64 && !h.merged && l.position()? as i64 > axis;
+        usize::try_from(index).ok().filter(|&i| taken && i < h.count).zip(l.per_head())
+    }
+}
+
+impl<'g> ChannelOp<'g> for TakenOne {
+    fn activations(&self) -> Activations {
+        self.taken.activations()
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        let lx = cx.get(x);
+        match (self.head(lx), lx.heads) {
+            (Some((_, per)), _) => {
+                cx.set_axis(o, lx.axis.expect("a position"));
+                cx.set_rank(o, lx.rank.expect("a rank") - 1);
+                cx.set_width(o, per);
+                cx.set_block(o, 1);
+            }
+            (None, Some(_)) => cx.force_both(x, o, Why::SplitsHeads),
+            (None, None) => self.taken.layout(cx),
+        }
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        self.taken.check(cx)
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        match self.head(cx.layout(x)) {
+            Some((h, per)) => cx.tie(o, 0, x, h * per, per),
+            None => self.taken.ties(cx),
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        match self.head(cx.layout(x)) {
+            Some((h, per)) => {
+                let part = cx.consts(x).get(h * per..(h + 1) * per).map(<[_]>::to_vec);
+                cx.set(o, part.unwrap_or_else(|| vec![None; per]));
+            }
+            None => self.taken.constants(cx),
+        }
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return cx.need_all_inputs() };
+        match self.head(cx.layout(x)) {
+            Some((h, per)) => {
+                let needed: Vec<usize> = (0..per).filter(|&c| cx.needed(o)[c]).collect();
+                needed.into_iter().for_each(|c| cx.mark(x, h * per + c));
+            }
+            None => self.taken.needs(cx),
+        }
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let x = cx.input(0);
+        let l = cx.layout(x);
+        let Some((h, _)) = self.head(l) else { return self.taken.rewrite(cx) };
+        // The kept heads before this one move it down.
+        let (rows, _) = heads_kept(l, &cx.kept(x, l.width.expect("heads have a width")));
+        let at = rows.iter().position(|&r| r == h).expect("a head taken keeps a channel") as i64;
+        if at != self.index {
+            let like = cx.const_of(cx.node, 1).expect("a constant index");
+            cx.push(Edit::Const { node: cx.node.0, slot: 1, tensor: with_int64s(like, &[at]) });
+        }
+        Ok(())
     }
 }
 

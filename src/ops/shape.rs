@@ -32,7 +32,9 @@ impl OpRule for Reshape {
                     let rank = node.input.get(1).and_then(|t| target_length(cx, t));
                     let keeps_leading = leading_kept(node, cx);
                     let pieces = if last.is_none() { Pieces::of(cx, node) } else { None };
-                    let reshape = ReshapeLast { last, split, leading, rank, keeps_leading, pieces };
+                    let batch = last.filter(|_| split.is_none()).and_then(|(m, s)| BatchHeads::of(cx, m, s));
+                    let parts = only_parts(cx, &node.output[0], 0);
+                    let reshape = ReshapeLast { last, split, leading, rank, keeps_leading, pieces, batch, parts };
                     Role::Op(Box::new(PerChannel::identity(Box::new(reshape))))
                 }
                 None => {
@@ -47,8 +49,26 @@ impl OpRule for Reshape {
         if node.attr_i("allowzero", 0) != 0 && target.contains(&0) {
             return Role::Opaque(Opaque::Unsupported("it has allowzero with a zero dimension".into()));
         }
-        Role::Op(Box::new(PerChannel::identity(Box::new(Reshaped { target }))))
+        let parts = only_parts(cx, &node.output[0], 0);
+        Role::Op(Box::new(PerChannel::identity(Box::new(Reshaped { target, parts }))))
     }
+}
+
+/// Whether `value` is read only by axis moves (Unsqueeze, Squeeze, Transpose) that end in
+/// Gathers of one index: a split into heads there is a packed projection's parts, each read
+/// alone, which may keep entries of their own ([`Heads::ragged`]).
+fn only_parts(cx: &Ctx, value: &str, depth: usize) -> bool {
+    let readers = cx.ir.readers(value);
+    let read = |&(n, slot): &(usize, usize)| {
+        let node = &cx.graph.node[n];
+        slot == 0
+            && match node.op_type() {
+                "Unsqueeze" | "Squeeze" | "Transpose" => only_parts(cx, &node.output[0], depth + 1),
+                "Gather" => node.input.get(1).and_then(|i| cx.const_tensor(i)).is_some_and(|t| t.dims.is_empty()),
+                _ => false,
+            }
+    };
+    depth < 8 && !readers.is_empty() && !cx.ir.outputs.contains(value) && readers.iter().all(read)
 }
 
 /// A reshape to a constant shape: leading axes merge or split while the channel axis stays
@@ -56,6 +76,8 @@ impl OpRule for Reshape {
 /// feature map flattens into `[batch, features]`.
 struct Reshaped {
     target: Vec<i64>,
+    /// Heads it splits are parts only read one by one ([`only_parts`]).
+    parts: bool,
 }
 
 impl Reshaped {
@@ -70,7 +92,7 @@ impl Reshaped {
             && h > 1
             && d > 0
             && h.checked_mul(d) == Some(w);
-        splits.then_some(Heads { axis: -2, count: h as usize })
+        splits.then_some(Heads { ragged: self.parts, ..Heads::plain(-2, h as usize) })
     }
 
     /// The output's channel axis from the start when it is not the last (a channels-first
@@ -176,7 +198,9 @@ impl AxisMap for Reshaped {
     fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
         let x = acts[0];
         let lx = cx.get(x);
-        if let Some(heads) = self.split(lx) {
+        let batch =
+            BatchHeads::constant(&self.target).and_then(|b| b.either(cx.graph, cx.graph.name(x), cx.graph.name(o), lx));
+        if let Some(heads) = self.split(lx).or(batch) {
             cx.set_axis(o, -1);
             cx.set_rank(o, self.target.len());
             cx.same_width(x, o);
@@ -231,7 +255,10 @@ impl AxisMap for Reshaped {
             // untouched; heads from elsewhere did not.
             let (x, lx) = (cx.input(0), cx.layout(cx.input(0)));
             let kept = self.keeps_heads(cx.graph, cx.graph.name(x), lx);
-            return if kept || self.split(lx).is_some() { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
+            let batch = BatchHeads::constant(&self.target)
+                .and_then(|b| b.either(cx.graph, cx.graph.name(x), cx.graph.name(o), lx));
+            let moved = batch.is_some() && batch == l.heads;
+            return if kept || moved || self.split(lx).is_some() { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
         }
         let entries = l.block.zip(l.width).map(|(b, w)| (w * b) as i64);
         if let Some(p) = self.channels_first(l) {
@@ -253,7 +280,11 @@ impl AxisMap for Reshaped {
         let n = shape.len();
         if let Some(h) = l.heads {
             let (rows, cols) = heads_kept(l, keep);
-            (shape[(n as isize + h.axis) as usize], shape[n - 1]) = (rows.len() as i64, cols.len() as i64);
+            shape[n - 1] = cols.len() as i64;
+            // Merged with the batch, every head stays and the axis holds the batch too.
+            if !h.merged {
+                shape[(n as isize + h.axis) as usize] = rows.len() as i64;
+            }
         } else if let Some(p) = self.channels_first(l) {
             shape[p] = keep.len() as i64;
         } else if shape[n - 1] != -1 {
@@ -292,6 +323,82 @@ struct ReshapeLast {
     keeps_leading: Option<usize>,
     /// When the last entry is read back: every entry, for a target that keeps x's heads.
     pieces: Option<Pieces>,
+    /// When the last entry is a constant and the one before is not: what the target may say
+    /// of heads merged with the batch.
+    batch: Option<BatchHeads>,
+    /// Heads it splits are parts only read one by one ([`only_parts`]).
+    parts: bool,
+}
+
+/// A computed target `[.., M, D]` (`D` constant) as `nn.MultiheadAttention` writes its head
+/// split, `q.view(T, B * H, D)`, and its inverse `[B, H, T, D]`: the constant entries, and a
+/// number `M` is known to be a multiple of.
+struct BatchHeads {
+    entries: Vec<Option<i64>>,
+    multiple: i64,
+}
+
+impl BatchHeads {
+    fn of(cx: &Ctx, concat: NodeId, last: usize) -> Option<BatchHeads> {
+        let c = &cx.graph.node[concat.0];
+        let one = |name: &String| cx.const_tensor(name).map(int64s).filter(|v| v.len() == 1).map(|v| v[0]);
+        let entries = c.input.iter().map(one).collect();
+        Some(BatchHeads { entries, multiple: multiple_of(cx, c.input.get(last.checked_sub(1)?)?, 8) })
+    }
+
+    fn constant(target: &[i64]) -> Option<BatchHeads> {
+        let m = *target.get(target.len().checked_sub(2)?)?;
+        Some(BatchHeads { entries: target.iter().map(|&e| Some(e)).collect(), multiple: m.max(1) })
+    }
+
+    fn either(&self, g: &Graph, x: &str, o: &str, l: crate::analysis::Layout) -> Option<Heads> {
+        self.merges_into_batch(g, x, l).or_else(|| self.splits_out_of_batch(g, x, o, l))
+    }
+
+    /// `[.., M, D]` with `M` a multiple of `x`'s width over `D`: in row-major order entry
+    /// `h * D + d` of row `i` lands in row `i * H + h` (and `M`'s multiple of `H` keeps the head
+    /// `h` the row's index modulo `H`, whatever the axes before), entry `d`.
+    /// An `M` of -1 is a multiple of `H` too when the entries before it are x's own sizes.
+    fn merges_into_batch(&self, g: &Graph, x: &str, l: crate::analysis::Layout) -> Option<Heads> {
+        let (d, w, r) = ((*self.entries.last()?)?, l.width? as i64, self.entries.len());
+        let plain = l.axis == Some(-1) && l.heads.is_none() && l.block == Some(1);
+        let own = |i: usize| {
+            self.entries[i].is_some_and(|e| g.ir.shape(x).and_then(|s| s.get(i).copied().flatten()) == Some(e as u64))
+        };
+        let inferred = self.entries[r - 2] == Some(-1) && l.rank == Some(r) && (0..r - 2).all(own);
+        let count =
+            (d > 0 && w % d == 0).then_some(w / d).filter(|&h| h > 1 && (self.multiple % h == 0 || inferred))?;
+        plain.then_some(Heads { merged: true, ..Heads::plain(-2, count as usize) })
+    }
+
+    /// `[.., B, H, .., D]` from `x`'s heads merged with the batch at `[.., B * H, .., D]`: the
+    /// heads split back out where the other axes are declared to keep their sizes.
+    fn splits_out_of_batch(&self, g: &Graph, x: &str, o: &str, l: crate::analysis::Layout) -> Option<Heads> {
+        let (h, r, per) = (l.heads.filter(|h| h.merged)?, l.rank?, l.per_head()? as i64);
+        let p = usize::try_from(r as isize + h.axis).ok()?;
+        let fits = l.axis == Some(-1)
+            && self.entries.len() == r + 1
+            && self.entries[p + 1] == Some(h.count as i64)
+            && self.entries[r] == Some(per)
+            && (0..p).all(|i| g.ir.same_dim(x, i, o, i))
+            && (p + 1..r - 1).all(|i| g.ir.same_dim(x, i, o, i + 1));
+        fits.then_some(Heads::plain(p as isize - r as isize, h.count))
+    }
+}
+
+/// A number the int64 scalar `name` is a multiple of, as far as `Mul`s by constants tell (1 when
+/// nothing does), through at most `depth` steps.
+fn multiple_of(cx: &Ctx, name: &str, depth: usize) -> i64 {
+    if let Some(v) = cx.const_tensor(name).map(int64s).filter(|v| v.len() == 1) {
+        return if v[0] > 0 { v[0] } else { 1 };
+    }
+    let Some(node) = cx.ir.producer.get(name).map(|&n| &cx.graph.node[n]).filter(|_| depth > 0) else { return 1 };
+    let of = |slot: usize| node.input.get(slot).map_or(1, |s| multiple_of(cx, s, depth - 1));
+    match node.op_type() {
+        "Mul" => of(0).saturating_mul(of(1)),
+        "Reshape" | "Unsqueeze" | "Squeeze" | "Identity" => of(0),
+        _ => 1,
+    }
 }
 
 /// The entries of a computed target, one by one.
@@ -393,7 +500,7 @@ impl AxisMap for ReshapeLast {
             let one_more = h != -1 || (self.rank.is_some() && self.rank == lx.rank.map(|r| r + 1));
             let fits = count.checked_mul(d) == Some(w) && one_more;
             let splits = lx.axis == Some(-1) && lx.heads.is_none() && lx.block == Some(1) && count > 1 && fits;
-            splits.then_some(Heads { axis: -2, count: count as usize })
+            splits.then_some(Heads { ragged: self.parts, ..Heads::plain(-2, count as usize) })
         });
         let kept_axis =
             self.keeps_leading.zip(lx.position()).filter(|&(k, p)| p < k && lx.rank.is_some_and(|r| k <= r));
@@ -405,7 +512,8 @@ impl AxisMap for ReshapeLast {
                     && l.heads.zip(l.rank).is_none_or(|(h, r)| r as isize + h.axis != axis as isize)
             })
         };
-        if let Some(heads) = heads {
+        let batch = self.batch.as_ref().and_then(|b| b.either(cx.graph, cx.graph.name(x), cx.graph.name(o), lx));
+        if let Some(heads) = heads.or(batch) {
             cx.set_axis(o, -1);
             cx.same_width(x, o);
             cx.set_block(o, 1);
@@ -454,9 +562,12 @@ impl AxisMap for ReshapeLast {
         };
         let l = cx.layout(o);
         if l.heads.is_some() {
-            // A split matched its last two entries to the width; heads from elsewhere did not.
-            let x = cx.layout(cx.input(0));
-            return if self.split.is_some() && x.heads.is_none() { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
+            // A split matched its last two entries to the width, or heads moved into or out of
+            // the batch; heads from elsewhere did not.
+            let (x, lx) = (cx.input(0), cx.layout(cx.input(0)));
+            let batch = self.batch.as_ref().and_then(|b| b.either(cx.graph, cx.graph.name(x), cx.graph.name(o), lx));
+            let split = self.split.is_some() && lx.heads.is_none();
+            return if split || batch == l.heads { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
         }
         let last = int64s(cx.const_of(m, s).expect("checked by the rule"))[0];
         if last != -1 && Some(last) != l.block.zip(l.width).map(|(b, w)| (w * b) as i64) {
@@ -476,6 +587,11 @@ impl AxisMap for ReshapeLast {
                 entries.push((h_slot, with_int64s(t, &[rows.len() as i64])));
             }
             return cx.rewrite_producer(m, entries);
+        }
+        if cx.layout(o).heads.is_some() {
+            // Into or out of the batch: the heads stay (merged heads keep them all).
+            let (_, cols) = heads_kept(cx.layout(o), keep);
+            return cx.rewrite_producer(m, vec![(s, with_int64s(t, &[cols.len() as i64]))]);
         }
         if int64s(t)[0] == -1 {
             return;
@@ -738,22 +854,33 @@ impl AxisMap for Squeezed {
         let out_rank = if self.insert { r + self.axes.len() } else { r.saturating_sub(self.axes.len()) };
         let within = if self.insert { out_rank } else { r } as i64;
         let axes: Vec<i64> = self.axes.iter().map(|&a| if a < 0 { a + within } else { a }).collect();
-        let out = if self.insert {
-            // Output positions not inserted take the input axes in order.
-            (0..out_rank as i64).filter(|q| !axes.contains(q)).nth(p).map(|q| q as usize)
-        } else if axes.contains(&(p as i64)) {
-            None
-        } else {
-            Some(p - axes.iter().filter(|&&a| a < p as i64).count())
+        // Where input axis `p` lands: output positions not inserted take the input axes in order.
+        let moved = |p: usize| {
+            if self.insert {
+                (0..out_rank as i64).filter(|q| !axes.contains(q)).nth(p).map(|q| q as usize)
+            } else if axes.contains(&(p as i64)) {
+                None
+            } else {
+                Some(p - axes.iter().filter(|&&a| a < p as i64).count())
+            }
         };
-        let Some(q) = out else {
+        let from_end = |q: usize| q as isize - out_rank as isize;
+        let heads = lx.heads.map(|h| (h, usize::try_from(r as isize + h.axis).ok().and_then(moved)));
+        let (Some(q), None | Some((_, Some(_)))) = (moved(p), heads) else {
             cx.force_both(x, o, Why::ReshapesChannelAxis);
             return;
         };
-        cx.set_axis(o, q as isize - out_rank as isize);
+        cx.set_axis(o, from_end(q));
         cx.set_rank(o, out_rank);
         cx.same_width(x, o);
         cx.carry_block(x, o);
+        if let Some((h, Some(at))) = heads {
+            cx.set_heads(o, Heads { axis: from_end(at), ..h });
+        }
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
     }
 }
 

@@ -31,18 +31,20 @@ impl OpRule for Shape {
     }
 
     fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
-        if !node.attribute.is_empty() {
-            return Role::Opaque(Opaque::Unsupported("it reads a range of the shape (start, end)".into()));
-        }
         let (Some(x), Some(out)) = (node.input.first(), node.output.first()) else {
             return Role::Opaque(Opaque::Malformed("it lacks an input or an output"));
         };
-        let reads: Option<Vec<Read>> = cx
-            .ir
-            .readers(out)
-            .iter()
-            .map(|&(n, slot)| (slot == 0).then(|| read(cx, &cx.graph.node[n], x)).flatten())
-            .collect();
+        let reads: Option<Vec<Read>> = if node.attribute.is_empty() {
+            cx.ir
+                .readers(out)
+                .iter()
+                .map(|&(n, slot)| (slot == 0).then(|| read(cx, &cx.graph.node[n], x)).flatten())
+                .collect()
+        } else {
+            // A range of the shape (opset 15), all of it read: no reshape rule follows it.
+            let (from, to) = (node.attr_i("start", 0), node.attr_i("end", i64::MAX));
+            Some(vec![Read { from, to, reshapes_itself: false }])
+        };
         match reads {
             Some(reads) if !cx.ir.outputs.contains(out) => Role::Op(Box::new(ShapeOf { reads })),
             _ => Role::Opaque(Opaque::Unsupported("its dimensions are read in a way not followed".into())),

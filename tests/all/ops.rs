@@ -1,7 +1,7 @@
 //! Operator patterns exporters emit, each built by hand, minimized, and checked by tract.
 
 use crate::common::{attr_f, attr_i, int64_tensor, write, G};
-use onnx_minimize::onnx::proto::{attribute_proto::AttributeType, AttributeProto, ModelProto};
+use onnx_minimize::onnx::proto::{attribute_proto::AttributeType, AttributeProto, ModelProto, TensorProto};
 use onnx_minimize::onnx::tensor::int64s;
 use onnx_minimize::report::Report;
 use onnx_minimize::{minimize_file, Options};
@@ -446,6 +446,53 @@ fn attention_heads_lose_query_key_and_value_dimensions() {
         let expected =
             if softmax { vec![(6, 2), (6, 2), (6, 2), (2, 6)] } else { vec![(6, 6), (6, 4), (6, 4), (6, 6)] };
         assert_eq!(widths(&r), expected, "softmax: {softmax}");
+    }
+}
+
+/// `nn.MultiheadAttention` as exported (sequence first, 2 heads of 3): one packed projection
+/// unflattened to `[T, B, 3, E]`, each part selected by a Gather, heads merged with the batch
+/// (`[T, B * H, D]`). Q, K and V keep entries of their own, as many in each part (the first
+/// ones dropped pad the others); every head stays, with the same entries.
+#[test]
+fn packed_projection_parts_and_heads_merged_with_the_batch() {
+    for (unread, expected) in [(true, vec![(6, 6), (2, 6)]), (false, vec![(6, 12), (4, 6)])] {
+        let mut g = G::new("x", &[Some(4), B, Some(6)]);
+        let mut w = g.rand(6 * 18);
+        // Output columns zero: query 1 and 4, key 2 and 5, value 0 and 3.
+        (0..6).for_each(|r| [1, 4, 8, 11, 12, 15].iter().for_each(|&c| w[r * 18 + c] = 0.0));
+        let mut b: Vec<f32> = (0..18).map(|i| 0.1 + i as f32 / 20.0).collect();
+        (b[1], b[4]) = (0.0, 0.0);
+        g.init("w", &[6, 18], &w).init("b", &[18], &b).init("scale", &[], &[3f32.sqrt()]);
+        let mut wo = g.rand(36);
+        if unread {
+            [2, 5].iter().for_each(|&r| wo[r * 6..r * 6 + 6].iter_mut().for_each(|v| *v = 0.0));
+        }
+        g.init("wo", &[6, 6], &wo).init("bo", &[6], &[0.0; 6]);
+        g.g.initializer.extend([
+            int64_tensor("parts", &[0, 0, 3, 6]),
+            int64_tensor("heads", &[4, -1, 3]),
+            int64_tensor("merge", &[4, -1, 6]),
+            int64_tensor("first", &[0]),
+            int64_tensor("fourth", &[3]),
+        ]);
+        let perm = |p: &[i64]| vec![crate::common::attr_ints("perm", p)];
+        g.op("MatMul", &["x", "w"], "m", vec![]).op("Add", &["m", "b"], "qkv", vec![]);
+        g.op("Reshape", &["qkv", "parts"], "u", vec![]).op("Unsqueeze", &["u", "first"], "u1", vec![]);
+        g.op("Transpose", &["u1"], "u2", perm(&[3, 1, 2, 0, 4])).op("Squeeze", &["u2", "fourth"], "u3", vec![]);
+        for (i, t) in ["q", "k", "v"].iter().enumerate() {
+            // A scalar index: the part's axis goes.
+            g.g.initializer.push(TensorProto { dims: vec![], ..int64_tensor(&format!("i{t}"), &[i as i64]) });
+            g.op("Gather", &["u3", &format!("i{t}")], &format!("{t}p"), vec![attr_i("axis", 0)]);
+            g.op("Reshape", &[&format!("{t}p"), "heads"], &format!("{t}h"), vec![]);
+            g.op("Transpose", &[&format!("{t}h")], &format!("{t}t"), perm(&[1, 0, 2]));
+        }
+        g.op("Transpose", &["kt"], "ktt", perm(&[0, 2, 1])).op("MatMul", &["qt", "ktt"], "s", vec![]);
+        g.op("Div", &["s", "scale"], "ss", vec![]).op("Softmax", &["ss"], "p", vec![attr_i("axis", -1)]);
+        g.op("MatMul", &["p", "vt"], "o", vec![]).op("Transpose", &["o"], "ot", perm(&[1, 0, 2]));
+        g.op("Reshape", &["ot", "merge"], "om", vec![]).op("MatMul", &["om", "wo"], "y0", vec![]);
+        g.op("Add", &["y0", "bo"], "y", vec![]);
+        let (r, _) = minimize(&g.model("y", &[Some(4), B, Some(6)]));
+        assert_eq!(widths(&r), expected, "value dimension 2 unread: {unread}");
     }
 }
 
