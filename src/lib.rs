@@ -90,6 +90,7 @@ fn minimize_deferred(
     opts: &Options,
     progress: &dyn Fn(Progress),
 ) -> Result<(Removals, verify::ChannelMap)> {
+    model.fold_constants();
     let graph = model.graph();
     let ir = model.ir()?;
     let facts = Facts::of(Graph::new(graph, &ir), progress);

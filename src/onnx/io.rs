@@ -156,16 +156,26 @@ impl Model {
         Ok(model)
     }
 
-    /// The graph's index, built for the model's default-domain opset.
-    pub fn ir(&self) -> Result<crate::ir::Ir> {
-        let opset = self
-            .proto
+    /// The default-domain opset.
+    fn opset(&self) -> i64 {
+        self.proto
             .opset_import
             .iter()
             .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
             .and_then(|o| o.version)
-            .unwrap_or(MAX_OPSET);
-        crate::ir::Ir::build(self.graph(), opset).map_err(|why| Error::Invalid { path: self.path.clone(), why })
+            .unwrap_or(MAX_OPSET)
+    }
+
+    /// The graph's index, built for the model's default-domain opset.
+    pub fn ir(&self) -> Result<crate::ir::Ir> {
+        crate::ir::Ir::build(self.graph(), self.opset()).map_err(|why| Error::Invalid { path: self.path.clone(), why })
+    }
+
+    /// Weights computed from weights (`Split`, `Transpose`) stored as weights; how many nodes
+    /// went (see `onnx/fold.rs`).
+    pub(crate) fn fold_constants(&mut self) -> usize {
+        let opset = self.opset();
+        super::fold::constants(self.graph_mut(), opset)
     }
 
     /// Bytes of the model file and every data file it reads.

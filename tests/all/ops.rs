@@ -496,6 +496,28 @@ fn packed_projection_parts_and_heads_merged_with_the_batch() {
     }
 }
 
+/// A weight the graph computes from a weight (`Split` of a packed projection, `Transpose` of
+/// each part, as cross-attention's `w.split([E, 2E])` exports) is folded into initializers, so
+/// the linear rule sees it; the packed weight is stored in its parts, not twice.
+#[test]
+fn weights_split_and_transposed_in_the_graph_are_folded() {
+    let mut g = G::new("x", &[B, Some(4)]);
+    g.weight("w", 8, 4, &[2]).weight("w2", 4, 2, &[]).weight("w3", 4, 2, &[]);
+    g.g.initializer.push(int64_tensor("sizes", &[4, 4]));
+    let perm = vec![crate::common::attr_ints("perm", &[1, 0])];
+    g.g.node.push(onnx_minimize::onnx::build::node("Split", "split", &["w", "sizes"], &["w0", "w1"], vec![attr_i("axis", 0)]));
+    g.op("Transpose", &["w0"], "t0", perm.clone()).op("Transpose", &["w1"], "t1", perm);
+    g.op("MatMul", &["x", "t0"], "h0", vec![]).op("Relu", &["h0"], "a0", vec![]).op("MatMul", &["a0", "w2"], "y0", vec![]);
+    g.op("MatMul", &["x", "t1"], "h1", vec![]).op("MatMul", &["h1", "w3"], "y1", vec![]);
+    g.op("Add", &["y0", "y1"], "y", vec![]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(2)]));
+    // The second part's layers stay; the first loses unit 2 (its row zero).
+    assert_eq!(widths(&r), vec![(4, 4), (4, 2), (4, 3), (3, 2)]);
+    let graph = m.graph();
+    assert!(graph.node.iter().all(|n| !["Split", "Transpose"].contains(&n.op_type())));
+    assert!(graph.initializer.iter().all(|t| t.name() != "w" && t.name() != "sizes"));
+}
+
 /// A token embedding writes the channels: a table column constant over every row folds into
 /// the next layer's bias, a column nothing reads leaves, and the table loses both.
 #[test]
