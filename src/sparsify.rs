@@ -43,6 +43,12 @@ pub enum Criterion {
     /// non-zero weight also loses its biases, norm scales and embedding entries, which a
     /// channel needs to be constant where LayerNorms, class tokens or position tables write it.
     SpaceCoupled,
+    /// Whole channel spaces, weakest first by the root mean square of their weights (every row
+    /// that writes the channel and every column that reads it, in every layer): a weight goes
+    /// with the weaker of its row's and its column's space, so a cut removes spaces whole (the
+    /// last one reached may go in part) and minimization removes them; their biases, norm scales
+    /// and embedding entries go too, as with space-coupled.
+    SpaceStructured,
 }
 
 /// `--scope`.
@@ -378,7 +384,13 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
         weights.push(read(model, p)?);
     }
     let spaces = match opts.criterion {
-        Criterion::SpaceCoupled => Some(spaces(model, &targets)?),
+        Criterion::SpaceCoupled | Criterion::SpaceStructured => Some(spaces(model, &targets)?),
+        _ => None,
+    };
+    let rms = match (&spaces, opts.criterion) {
+        (Some(s), Criterion::SpaceStructured) => {
+            Some(space_rms(s, &targets, weights.iter().map(|(w, _)| w.as_slice())))
+        }
         _ => None,
     };
     let mass = spaces.as_ref().map(|s| space_mass(s, &targets, weights.iter().map(|(w, _)| w.as_slice())));
@@ -392,6 +404,23 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
             Criterion::SpaceCoupled => {
                 let (s, m) = (spaces.as_ref().expect("computed above"), mass.as_deref().expect("computed above"));
                 coupled(p, w, opts.coupling, Some((&s.slices[t], m)))
+            }
+            Criterion::SpaceStructured => {
+                let (s, rms) = (spaces.as_ref().expect("computed above"), rms.as_deref().expect("computed above"));
+                let slices = &s.slices[t];
+                // A row or column outside every space never goes whole: it scores as the strongest.
+                let of = |k: Option<usize>| k.map_or(f64::INFINITY, |k| rms[k]);
+                w.iter()
+                    .enumerate()
+                    .map(|(i, &x)| {
+                        let (r, c) = position(p, i);
+                        if x == 0.0 {
+                            0.0
+                        } else {
+                            of(slices.rows[r]).min(of(slices.cols[c]))
+                        }
+                    })
+                    .collect()
             }
         })
         .collect();
@@ -444,6 +473,23 @@ fn space_mass<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item 
         }
     }
     mass
+}
+
+/// Each space's root mean square over the weights in its rows and columns (0 for a space with
+/// none): big spaces (a stream channel across every block) and small ones (a hidden unit) on one
+/// scale.
+fn space_rms<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item = &'w [f64]>) -> Vec<f64> {
+    let (mut squares, mut count) = (vec![0.0; s.count], vec![0usize; s.count]);
+    for ((p, slices), w) in targets.iter().zip(&s.slices).zip(weights) {
+        for (i, x) in w.iter().enumerate() {
+            let (r, c) = position(p, i);
+            for k in [slices.rows[r], slices.cols[c]].into_iter().flatten() {
+                squares[k] += x * x;
+                count[k] += 1;
+            }
+        }
+    }
+    squares.iter().zip(&count).map(|(&q, &n)| if n == 0 { 0.0 } else { (q / n as f64).sqrt() }).collect()
 }
 
 /// Zeroes the per-channel writer constants of every space that has weights but none left

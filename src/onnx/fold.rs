@@ -46,8 +46,13 @@ pub(crate) fn constants(g: &mut GraphProto, opset: i64) -> usize {
         folded += 1;
     }
     // A weight (or split sizes) read only by what was folded is now stored in its parts.
-    let read: HashSet<&str> =
-        g.node.iter().flat_map(|n| n.input.iter()).chain(g.output.iter().filter_map(|o| o.name.as_ref())).map(String::as_str).collect();
+    let read: HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter())
+        .chain(g.output.iter().filter_map(|o| o.name.as_ref()))
+        .map(String::as_str)
+        .collect();
     let gone: HashSet<String> = sources.into_iter().filter(|s| !read.contains(s.as_str())).collect();
     g.initializer.retain(|t| !t.name.as_ref().is_some_and(|n| gone.contains(n)));
     g.node.retain(|n| !(n.op_type() == "Constant" && n.output.first().is_some_and(|o| gone.contains(o))));
@@ -56,7 +61,11 @@ pub(crate) fn constants(g: &mut GraphProto, opset: i64) -> usize {
 
 /// The initializers `node` computes, when it is a `Split` or `Transpose` of a float initializer
 /// with constant sizes.
-fn fold<'g>(node: &NodeProto, constant: &impl Fn(&str) -> Option<&'g TensorProto>, opset: i64) -> Option<Vec<TensorProto>> {
+fn fold<'g>(
+    node: &NodeProto,
+    constant: &impl Fn(&str) -> Option<&'g TensorProto>,
+    opset: i64,
+) -> Option<Vec<TensorProto>> {
     let default = node.domain().is_empty() || node.domain() == "ai.onnx";
     let x = constant(node.input.first().filter(|_| default)?)?;
     let values = Values::of(x).ok()?;

@@ -505,9 +505,20 @@ fn weights_split_and_transposed_in_the_graph_are_folded() {
     g.weight("w", 8, 4, &[2]).weight("w2", 4, 2, &[]).weight("w3", 4, 2, &[]);
     g.g.initializer.push(int64_tensor("sizes", &[4, 4]));
     let perm = vec![crate::common::attr_ints("perm", &[1, 0])];
-    g.g.node.push(onnx_minimize::onnx::build::node("Split", "split", &["w", "sizes"], &["w0", "w1"], vec![attr_i("axis", 0)]));
+    g.g.node.push(onnx_minimize::onnx::build::node(
+        "Split",
+        "split",
+        &["w", "sizes"],
+        &["w0", "w1"],
+        vec![attr_i("axis", 0)],
+    ));
     g.op("Transpose", &["w0"], "t0", perm.clone()).op("Transpose", &["w1"], "t1", perm);
-    g.op("MatMul", &["x", "t0"], "h0", vec![]).op("Relu", &["h0"], "a0", vec![]).op("MatMul", &["a0", "w2"], "y0", vec![]);
+    g.op("MatMul", &["x", "t0"], "h0", vec![]).op("Relu", &["h0"], "a0", vec![]).op(
+        "MatMul",
+        &["a0", "w2"],
+        "y0",
+        vec![],
+    );
     g.op("MatMul", &["x", "t1"], "h1", vec![]).op("MatMul", &["h1", "w3"], "y1", vec![]);
     g.op("Add", &["y0", "y1"], "y", vec![]);
     let (r, m) = minimize(&g.model("y", &[B, Some(2)]));
