@@ -17,6 +17,8 @@
 //! weight loses its biases, norm scales and embedding entries too, so that the channel is the
 //! constant 0 that minimization removes. Both rewrites are deterministic under a seed.
 
+use std::collections::HashMap;
+
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
@@ -44,7 +46,9 @@ pub enum Criterion {
     /// channel needs to be constant where LayerNorms, class tokens or position tables write it.
     SpaceCoupled,
     /// Whole channel spaces, weakest first by the root mean square of their weights (every row
-    /// that writes the channel and every column that reads it, in every layer): a weight goes
+    /// that writes the channel and every column that reads it, in every layer), relative to the
+    /// other spaces of the layer that first writes them, so that every layer loses its weakest
+    /// rather than one layer going whole: a weight goes
     /// with the weaker of its row's and its column's space, so a cut removes spaces whole (the
     /// last one reached may go in part) and minimization removes them; their biases, norm scales
     /// and embedding entries go too, as with space-coupled.
@@ -315,12 +319,35 @@ fn spaces(model: &Model, targets: &[Prunable]) -> Result<Spaces> {
     let ir = model.ir()?;
     let g = Graph::new(model.graph(), &ir);
     let (layouts, classes) = analysis::spaces(&g);
+    // Heads leave an entry only from every head at once (or whole): entry `d` of every head is one
+    // space, the way minimization will remove it.
+    let mut parent: Vec<usize> = (0..classes.len()).collect();
+    fn find(parent: &mut [usize], mut k: usize) -> usize {
+        while parent[k] != k {
+            parent[k] = parent[parent[k]];
+            k = parent[k];
+        }
+        k
+    }
+    for v in g.value_ids() {
+        let l = layouts[v];
+        let (Some(h), Some(per)) = (l.heads.filter(|h| !h.ragged), l.per_head()) else { continue };
+        for d in 0..per {
+            let first = find(&mut parent, classes.class(v, d));
+            for head in 1..h.count {
+                let other = find(&mut parent, classes.class(v, head * per + d));
+                parent[other] = first;
+            }
+        }
+    }
+    let space: Vec<usize> = (0..classes.len()).map(|k| find(&mut parent, k)).collect();
+    let class = |v: ValueId, c: usize| space[classes.class(v, c)];
     // The space of each of `entries` entries along a value's channel axis.
     let map = |v: Option<ValueId>, entries: usize| -> Option<Vec<usize>> {
         let v = v?;
         let l = layouts[v];
         let w = l.width.filter(|&w| w > 0 && w * l.block.unwrap_or(1) == entries)?;
-        Some((0..entries).map(|e| classes.class(v, l.channel_of(e, w))).collect())
+        Some((0..entries).map(|e| class(v, l.channel_of(e, w))).collect())
     };
     let lift = |m: Option<Vec<usize>>, n: usize| m.map_or(vec![None; n], |m| m.into_iter().map(Some).collect());
     let slices = targets
@@ -364,7 +391,7 @@ fn spaces(model: &Model, targets: &[Prunable]) -> Result<Spaces> {
             if at < 0 || dims.get(at as usize) != Some(&(width as i64)) {
                 continue;
             }
-            writers.push((cref, at as usize, (0..width).map(|c| classes.class(o, c)).collect::<Vec<usize>>()));
+            writers.push((cref, at as usize, (0..width).map(|c| class(o, c)).collect::<Vec<usize>>()));
         }
     }
     Ok(Spaces { slices, count: classes.len(), writers })
@@ -476,8 +503,8 @@ fn space_mass<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item 
 }
 
 /// Each space's root mean square over the weights in its rows and columns (0 for a space with
-/// none): big spaces (a stream channel across every block) and small ones (a hidden unit) on one
-/// scale.
+/// none), relative to the mean of its layer's spaces: big spaces (a stream channel across every
+/// block) and small ones (a hidden unit) on one scale, and every layer on its own.
 fn space_rms<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item = &'w [f64]>) -> Vec<f64> {
     let (mut squares, mut count) = (vec![0.0; s.count], vec![0usize; s.count]);
     for ((p, slices), w) in targets.iter().zip(&s.slices).zip(weights) {
@@ -489,7 +516,27 @@ fn space_rms<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item =
             }
         }
     }
-    squares.iter().zip(&count).map(|(&q, &n)| if n == 0 { 0.0 } else { (q / n as f64).sqrt() }).collect()
+    let rms: Vec<f64> =
+        squares.iter().zip(&count).map(|(&q, &n)| if n == 0 { 0.0 } else { (q / n as f64).sqrt() }).collect();
+    // Relative to the spaces of the same layer (the first that writes them, else reads them), so
+    // that a cut takes the weakest of every layer rather than a whole layer whose weights are
+    // small (a stage of a network initialised at another scale).
+    let mut home = vec![None; s.count];
+    for (t, slices) in s.slices.iter().enumerate() {
+        slices.rows.iter().flatten().for_each(|&k| home[k] = home[k].or(Some((0, t))));
+    }
+    for (t, slices) in s.slices.iter().enumerate() {
+        slices.cols.iter().flatten().for_each(|&k| home[k] = home[k].or(Some((1, t))));
+    }
+    let mut layers: HashMap<(usize, usize), (f64, usize)> = HashMap::new();
+    for (k, h) in home.iter().enumerate() {
+        if let Some(h) = h {
+            let e = layers.entry(*h).or_default();
+            (e.0, e.1) = (e.0 + rms[k], e.1 + 1);
+        }
+    }
+    let mean = |k: usize| home[k].map(|h| layers[&h]).map_or(1.0, |(sum, n)| (sum / n as f64).max(f64::MIN_POSITIVE));
+    (0..s.count).map(|k| rms[k] / mean(k)).collect()
 }
 
 /// Zeroes the per-channel writer constants of every space that has weights but none left

@@ -999,7 +999,9 @@ pub(crate) enum ShapeInput {
     /// [`unguarded`]), so its -1 entries read as 1, and it cannot be rewritten in place.
     Pieces {
         concat: NodeId,
-        count: usize,
+        /// Entries of each piece, in order (1 but for pieces of known length, such as the
+        /// leading dimensions `Slice(Shape(x), 0, -1)`).
+        lens: Vec<usize>,
         guarded: bool,
     },
 }
@@ -1071,15 +1073,31 @@ impl ShapeInput {
         let inner = unguarded(cx, name).map(|(t, _)| t);
         let concat = *cx.ir.producer.get(inner.unwrap_or(name))?;
         let c = &cx.graph.node[concat];
-        let one_entry = |piece: &String| match cx.const_tensor(piece) {
-            Some(t) => t.dims == [1],
-            None => cx.ir.shape(piece) == Some(&[Some(1)]),
+        let len = |piece: &String| match cx.const_tensor(piece) {
+            Some(t) => (t.dims.len() == 1).then(|| t.dims[0] as usize),
+            None => match cx.ir.shape(piece) {
+                Some(&[Some(n)]) => Some(n as usize),
+                _ => None,
+            },
         };
-        (c.op_type() == "Concat" && c.attr_i("axis", 0) == 0 && c.input.iter().all(one_entry)).then_some(Self::Pieces {
+        let lens = c.input.iter().map(len).collect::<Option<Vec<usize>>>()?;
+        (c.op_type() == "Concat" && c.attr_i("axis", 0) == 0).then_some(Self::Pieces {
             concat: NodeId(concat),
-            count: c.input.len(),
+            lens,
             guarded: inner.is_some(),
         })
+    }
+
+    /// The piece holding entry `k`, and where in it, for pieces of one entry each or more.
+    fn locate(lens: &[usize], k: usize) -> Option<(usize, usize)> {
+        let mut at = 0;
+        for (p, &n) in lens.iter().enumerate() {
+            if k < at + n {
+                return Some((p, k - at));
+            }
+            at += n;
+        }
+        None
     }
 
     /// Entry `k` when it is dimension `i` of a tensor `t` read back at run time, times a
@@ -1087,10 +1105,11 @@ impl ShapeInput {
     /// TorchScript writes `t.shape[i] * f`): `t`, `i` from the start, `f`, and the nodes that
     /// compute it.
     pub fn read_back<'g>(&self, cx: &Ctx<'g>, k: usize) -> Option<ReadBack<'g>> {
-        let Self::Pieces { concat, .. } = self else { return None };
+        let Self::Pieces { concat, lens, .. } = self else { return None };
         let g = cx.graph;
         let id = |name: &str| cx.ir.producer.get(name).map(|&n| NodeId(n));
-        let piece = g.node[concat.0].input.get(k)?;
+        let p = Self::locate(lens, k).filter(|&(p, _)| lens[p] == 1)?.0;
+        let piece = g.node[concat.0].input.get(p)?;
         let unsqueeze = id(piece).filter(|n| g.node[n.0].op_type() == "Unsqueeze")?;
         let mut steps = vec![unsqueeze];
         let mut scalar = g.node[unsqueeze.0].input.first()?;
@@ -1125,7 +1144,7 @@ impl ShapeInput {
     pub fn len(&self) -> usize {
         match self {
             Self::Constant(v) => v.len(),
-            Self::Pieces { count, .. } => *count,
+            Self::Pieces { lens, .. } => lens.iter().sum(),
         }
     }
 
@@ -1133,9 +1152,10 @@ impl ShapeInput {
     pub fn get(&self, cx: &Ctx, k: usize) -> Option<i64> {
         match self {
             Self::Constant(v) => v.get(k).copied(),
-            Self::Pieces { concat, guarded, .. } => {
-                let t = cx.const_tensor(cx.graph.node[concat.0].input.get(k)?)?;
-                let v = (t.data_type() == DataType::Int64 as i32).then(|| int64s(t)[0])?;
+            Self::Pieces { concat, guarded, lens } => {
+                let (p, j) = Self::locate(lens, k)?;
+                let t = cx.const_tensor(cx.graph.node[concat.0].input.get(p)?)?;
+                let v = (t.data_type() == DataType::Int64 as i32).then(|| int64s(t).get(j).copied()).flatten()?;
                 Some(if *guarded && v == -1 { 1 } else { v })
             }
         }
@@ -1156,10 +1176,19 @@ impl ShapeInput {
                 let t = cx.const_of(reader, slot).expect("a constant shape");
                 cx.push(Edit::Const { node: reader.0, slot, tensor: with_int64s(t, &v) });
             }
-            Self::Pieces { concat, .. } => {
-                let entries = changes
-                    .iter()
-                    .map(|&(k, x)| (k, with_int64s(cx.const_of(*concat, k).expect("a constant entry"), &[x])))
+            Self::Pieces { concat, lens, .. } => {
+                // Each piece changed once, all its entries together.
+                let mut pieces: Vec<(usize, Vec<i64>)> = vec![];
+                for &(k, x) in changes {
+                    let (p, j) = Self::locate(lens, k).expect("an entry of the shape");
+                    if !pieces.iter().any(|(q, _)| *q == p) {
+                        pieces.push((p, int64s(cx.const_of(*concat, p).expect("a constant entry"))));
+                    }
+                    pieces.iter_mut().find(|(q, _)| *q == p).expect("pushed").1[j] = x;
+                }
+                let entries = pieces
+                    .into_iter()
+                    .map(|(p, v)| (p, with_int64s(cx.const_of(*concat, p).expect("checked"), &v)))
                     .collect();
                 cx.rewrite_producer_of(reader, slot, *concat, entries);
             }

@@ -278,3 +278,34 @@ fn channel_spaces_group_a_stream_channel_across_blocks() {
     let unit = holding(hidden.spaces[0]);
     assert_eq!(unit.len(), 3, "its row, its bias and its reader's column: {unit:?}");
 }
+
+/// The cycle minimizes its own output again: a stream that a CompensatedLayerNorm in the `concat`
+/// form reads (`LayerNorm(Concat(x, Expand(removed, [..leading, R])))`) shrinks on the next pass,
+/// the compensation's constants carried along.
+#[test]
+fn a_stream_behind_a_concatenated_compensated_layernorm_shrinks_again() {
+    use onnx_minimize::{minimize_file, ClnForm, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { compensated_layernorm: ClnForm::Concat, ..Options::default() };
+    let mut src = fixture("convnext/convnext_hf_dynamo.onnx");
+    let mut widths = vec![];
+    for (pass, amount) in [0.5, 0.7].into_iter().enumerate() {
+        let mut m = Model::load(&src).unwrap();
+        let prune_opts = PruneOptions {
+            amount: Amount::Remaining(amount),
+            scope: Scope::Global,
+            criterion: Criterion::SpaceStructured,
+            coupling: 2.0,
+            include_output_layer: false,
+        };
+        prune(&mut m, &prune_opts).unwrap();
+        let pruned = dir.path().join(format!("pruned{pass}.onnx"));
+        m.write(&pruned, false).unwrap();
+        let small = dir.path().join(format!("small{pass}.onnx"));
+        let report = minimize_file(&pruned, Some(&small), &opts, &|_| {}).unwrap();
+        assert!(report.verification.is_some());
+        widths.push(report.removals.layers[0].outputs_after);
+        src = small;
+    }
+    assert!(widths[1] < widths[0], "the stem's stream channels: {widths:?}");
+}
