@@ -18,6 +18,7 @@ pub(crate) struct Unary;
 pub(crate) struct Binary;
 pub(crate) struct BatchNorm;
 pub(crate) struct PassThrough;
+pub(crate) struct Logical;
 
 fn scalar_input(node: &NodeProto, cx: &Ctx, slot: usize) -> Result<Option<f64>, ()> {
     match node.input.get(slot).filter(|s| !s.is_empty()) {
@@ -238,5 +239,70 @@ impl OpRule for PassThrough {
             }
             _ => Role::Op(Box::new(PerChannel::identity(Box::new(super::per_channel::Same)))),
         }
+    }
+}
+
+impl OpRule for Logical {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Where"]
+    }
+
+    /// Comparisons and boolean logic per channel (true is 1, false 0), and `Where` choosing per
+    /// element (`masked_fill` of an activation, `nan_to_num`): each output channel reads the same
+    /// channel of every operand, or an operand broadcast over the channels (a padding mask).
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        let op = node.op_type();
+        let arity = match op {
+            "Not" => 1,
+            "Where" => 3,
+            _ => 2,
+        };
+        if node.input.len() != arity || node.input.iter().any(|s| s.is_empty()) {
+            return Role::Opaque(Opaque::Malformed("it does not have its operands"));
+        }
+        let (mut acts, mut params) = (vec![], vec![]);
+        for (slot, name) in node.input.iter().enumerate() {
+            if !cx.ir.is_const(name) {
+                acts.push(slot);
+            } else if cx.const_tensor(name).is_some_and(|t| Values::of(t).is_ok()) {
+                params.push(slot);
+            } else {
+                // A boolean or integer constant: no per-channel values to slice.
+                return Role::Opaque(Opaque::Unsupported("a constant operand is not a float tensor".into()));
+            }
+        }
+        if acts.is_empty() {
+            return Role::Opaque(Opaque::ConstantOperand("all its operands are constants"));
+        }
+        let truth = |b: bool| if b { 1.0 } else { 0.0 };
+        let eval: Total = match op {
+            "Equal" => Box::new(move |x| truth(x[0] == x[1])),
+            "Less" => Box::new(move |x| truth(x[0] < x[1])),
+            "LessOrEqual" => Box::new(move |x| truth(x[0] <= x[1])),
+            "Greater" => Box::new(move |x| truth(x[0] > x[1])),
+            "GreaterOrEqual" => Box::new(move |x| truth(x[0] >= x[1])),
+            "And" => Box::new(move |x| truth(x[0] != 0.0 && x[1] != 0.0)),
+            "Or" => Box::new(move |x| truth(x[0] != 0.0 || x[1] != 0.0)),
+            "Not" => Box::new(move |x| truth(x[0] == 0.0)),
+            "Where" => Box::new(|x| if x[0] != 0.0 { x[1] } else { x[2] }),
+            other => unreachable!("{other} is listed in op_types"),
+        };
+        let mut p = PerChannel::new(acts, params, Box::new(move |x| Some(eval(x))));
+        if op == "Where" {
+            // A known condition picks its branch's constant; equal constant branches need no
+            // condition.
+            p.absorb = Some(|x| match x {
+                [Some(c), a, b] => {
+                    if *c != 0.0 {
+                        *a
+                    } else {
+                        *b
+                    }
+                }
+                [None, Some(a), Some(b)] if a == b => Some(*a),
+                _ => None,
+            });
+        }
+        Role::Op(Box::new(p))
     }
 }

@@ -167,6 +167,7 @@ static RULES: &[&dyn OpRule] = &[
     &elementwise::Binary,
     &elementwise::BatchNorm,
     &elementwise::PassThrough,
+    &elementwise::Logical,
     &norm::LayerNorm,
     &pool::Pool,
     &pool::Reduce,

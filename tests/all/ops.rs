@@ -529,6 +529,23 @@ fn weights_split_and_transposed_in_the_graph_are_folded() {
     assert!(graph.initializer.iter().all(|t| t.name() != "w" && t.name() != "sizes"));
 }
 
+/// `torch.where(h > 0, h, 0.1 * h)` (a leaky ReLU written out) and `Not`/`And` of comparisons:
+/// per channel, so the constant units (zero rows with a bias) stay constant through them and
+/// leave, folded into the next layer's bias.
+#[test]
+fn where_and_comparisons_follow_channels() {
+    let mut g = G::new("x", &[B, Some(6)]);
+    g.weight("w1", 8, 6, &[1, 4]).init("b1", &[8], &[0.5, -0.7, 0.2, 0.1, 0.3, -0.2, 0.4, 0.6]);
+    g.weight("w2", 3, 8, &[]).init("zero", &[1], &[0.0]).init("slope", &[1], &[0.1]).init("cap", &[1], &[2.0]);
+    g.op("Gemm", &["x", "w1", "b1"], "h", vec![attr_i("transB", 1)]);
+    g.op("Greater", &["h", "zero"], "pos", vec![]).op("Less", &["h", "cap"], "low", vec![]);
+    g.op("And", &["pos", "low"], "inside", vec![]).op("Not", &["inside"], "outside", vec![]);
+    g.op("Mul", &["h", "slope"], "leak", vec![]).op("Where", &["outside", "leak", "h"], "a", vec![]);
+    g.op("Gemm", &["a", "w2"], "y", vec![attr_i("transB", 1)]);
+    let (r, _) = minimize(&g.model("y", &[B, Some(3)]));
+    assert_eq!(widths(&r), vec![(6, 6), (6, 3)]);
+}
+
 /// A token embedding writes the channels: a table column constant over every row folds into
 /// the next layer's bias, a column nothing reads leaves, and the table loses both.
 #[test]
