@@ -927,10 +927,13 @@ impl AxisMap for Expanded {
     fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
         let Some(&x) = acts.first() else {
             // An expanded constant: its readers place the channel axis, and its size there is
-            // the width (a size of 1 is broadcast over the channels: not a vector of them).
+            // the width (a size of 1 is broadcast over the channels, not a vector of them, unless
+            // the shape keeps the axis at 1: one channel, as a CompensatedLayerNorm that removed
+            // one writes it).
             let (Some(axis), Some(t)) = (cx.get(o).axis, cx.const_input(0)) else { return };
             let dim = usize::try_from(t.dims.len() as isize + axis).ok().and_then(|i| t.dims.get(i).copied());
-            if let Some(w) = dim.filter(|&d| d > 1) {
+            let one = self.entry(axis).is_some_and(|(_, e)| e == Some(1));
+            if let Some(w) = dim.filter(|&d| d > 1 || (d == 1 && one)) {
                 cx.set_width(o, w as usize);
                 cx.set_block(o, 1);
             }

@@ -257,3 +257,27 @@ fn float16_streams_shrink_and_stay_float16() {
     let v = r.verification.unwrap();
     assert!(v.outputs[0].max_relative_deviation < 1e-2, "{v:?}");
 }
+
+/// A stream minimized once in the `concat` form, one channel removed (`Expand` of a one-entry
+/// constant to `[.., 1]`): the compensated norms still tie what they read to what they write, so
+/// the stream is one space from the embedding's outputs to every reader's inputs, and the next
+/// pruning and minimizing pass can shrink it again.
+#[test]
+fn a_stream_behind_a_concatenated_compensated_layernorm_is_one_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.onnx", &pre_ln_stack(11, 8, 2, &[3], true));
+    let out = dir.path().join("out.onnx");
+    let opts = Options { compensated_layernorm: ClnForm::Concat, ..Default::default() };
+    let r = minimize_file(&input, Some(&out), &opts, &|_| {}).unwrap();
+    assert_stream_shrinks(r, 8, 7, "concat form");
+    let m = onnx_minimize::Model::load(&out).unwrap();
+    let spaces = onnx_minimize::sparsify::channel_spaces(&m, true).unwrap();
+    let of = |tensor: &str, axis: usize| {
+        let mut s = spaces.iter().find(|s| s.tensor == tensor && s.axis == axis).unwrap().spaces.clone();
+        s.sort_unstable();
+        s
+    };
+    // The embedding's outputs (axis 1 of `[3, 7]`) are the inputs of the first block and the head.
+    assert_eq!(of("embed_w", 1), of("up0_w", 0));
+    assert_eq!(of("embed_w", 1), of("head_w", 0));
+}
