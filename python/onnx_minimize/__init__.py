@@ -282,7 +282,9 @@ def prune_file(
     `coupling`, which gathers the zeros into whole units that `minimize` can remove) or
     "space-coupled" (the masses of whole channel spaces across layers, a residual stream's
     channel in every block; a channel left without weights loses its biases, norm scales and
-    embedding entries too, listed in the report's `silenced`). Otherwise biases, norms and the
+    embedding entries too, listed in the report's `silenced`) or "space-structured" (whole
+    channel spaces, the weakest of each layer by the root mean square of their weights first:
+    structured pruning that `minimize` turns into smaller layers). Otherwise biases, norms and the
     output layer (unless `include_output_layer`) are left alone.
     """
     report = _native.prune_file(

@@ -242,9 +242,13 @@ impl OpRule for PassThrough {
     }
 }
 
+/// The operators of [`Logical`].
+pub(crate) const LOGICAL: &[&str] =
+    &["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Where"];
+
 impl OpRule for Logical {
     fn op_types(&self) -> &'static [&'static str] {
-        &["Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Where"]
+        LOGICAL
     }
 
     /// Comparisons and boolean logic per channel (true is 1, false 0), and `Where` choosing per

@@ -246,7 +246,10 @@ pub(crate) fn size_arithmetic<'g>(cx: &Ctx<'g>, order: &[usize], roles: &mut [Ro
             continue;
         }
         sizes.insert(out);
-        if matches!(roles[n], Role::Opaque(_)) {
+        // Comparisons and `Where` over sizes are guards of shapes (TorchScript's `expand`), not
+        // channels: size arithmetic, as any node whose rule found nothing to follow.
+        let guard = super::elementwise::LOGICAL.contains(&node.op_type());
+        if guard || matches!(roles[n], Role::Opaque(_)) {
             roles[n] = Role::Op(Box::new(SizeArithmetic { slots }));
         }
     }
