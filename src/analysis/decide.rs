@@ -2,6 +2,8 @@
 //! value. The only pass that depends on what to do with graph inputs, so that both answers can
 //! be planned from one analysis.
 
+use std::collections::HashMap;
+
 use super::ids::ValueId;
 use super::Facts;
 
@@ -47,8 +49,15 @@ pub(crate) fn decide(facts: &Facts, policy: InputPolicy) -> Decision {
     }
     let links: Vec<(ValueId, Option<ValueId>)> =
         facts.graph.ops().flat_map(|(n, op)| op.head_links(&facts.graph, n)).collect();
-    while rectangular_heads(facts, &mut d) | linked_heads(facts, &links, &mut d) | one_channel_each(facts, &mut d) {}
-    d
+    // Ragged heads pad to the count of the fullest only once the products around them have settled
+    // (padding one entry in a part that is later split into merged heads costs an entry per head).
+    loop {
+        while rectangular_heads(facts, &mut d) | linked_heads(facts, &links, &mut d) | one_channel_each(facts, &mut d) {
+        }
+        if !ragged_heads(facts, &mut d) {
+            return d;
+        }
+    }
 }
 
 /// Values linked by an operator keep the same heads: a head either keeps a channel in both or
@@ -89,8 +98,9 @@ fn linked_heads(facts: &Facts, links: &[(ValueId, Option<ValueId>)], d: &mut Dec
 }
 
 /// Values whose channels span heads keep a product of heads and entries (the same entries in
-/// every kept head), so they stay rectangular, or ragged heads as many entries in each; values a grouped convolution reads or writes, or
-/// whose heads are merged with the batch, keep every group or head, each with the same entries. Says whether it kept more.
+/// every kept head), so they stay rectangular; values a grouped convolution reads or writes, or
+/// whose heads are merged with the batch, keep every group or head, each with the same entries.
+/// Ragged heads are `ragged_heads`' (padded afterwards). Says whether it kept more.
 fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
     let mut changed = false;
     for v in facts.graph.value_ids() {
@@ -107,8 +117,7 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
         let per = width / count;
         let keep = d.kept(facts, v, 0);
         if l.heads.is_some_and(|h| h.ragged) {
-            changed |= pad_ragged(facts, v, count, per, &keep, d);
-            continue;
+            continue; // padded by `ragged_heads`
         }
         let mut rows = vec![whole_rows && !keep.is_empty(); count];
         let mut cols = vec![false; per];
@@ -130,11 +139,45 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
     changed
 }
 
-/// Ragged heads keep as many entries in every kept head: the ones a head drops pad it, in whole
-/// orbits of the shortest shift that maps its kept entries onto themselves (a part later split
-/// into heads of `D` keeps the same entries in each, so padding one entry in every such head keeps
-/// it rectangular). Says whether it kept more.
-fn pad_ragged(facts: &Facts, v: ValueId, count: usize, per: usize, keep: &[usize], d: &mut Decision) -> bool {
+/// Pads every value with ragged heads; says whether it kept more.
+fn ragged_heads(facts: &Facts, d: &mut Decision) -> bool {
+    // The head size each channel is later split into (a part of a packed projection becomes
+    // heads of `D`): padding in whole heads' worth keeps those heads a product.
+    let mut head_size: HashMap<usize, usize> = HashMap::new();
+    for v in facts.graph.value_ids() {
+        let l = facts.layouts[v];
+        let (Some(_), Some(per), Some(width)) = (l.heads.filter(|h| !h.ragged), l.per_head(), l.width) else {
+            continue;
+        };
+        for c in 0..width {
+            let size = head_size.entry(facts.classes.class(v, c)).or_insert(per);
+            *size = (*size).min(per);
+        }
+    }
+    let mut changed = false;
+    for v in facts.graph.value_ids() {
+        let l = facts.layouts[v];
+        let (Some(h), Some(width)) = (l.heads.filter(|h| h.ragged), l.width) else { continue };
+        if h.count == 0 || !width.is_multiple_of(h.count) {
+            continue; // forced by the layout: every channel stays
+        }
+        let keep = d.kept(facts, v, 0);
+        changed |= pad_ragged(facts, v, (h.count, width / h.count), &keep, &head_size, d);
+    }
+    changed
+}
+
+/// Ragged heads keep as many entries in every kept head: the ones a head drops pad it, the
+/// same entry of every later head of `D` at once (`head_size`; one by one where nothing splits
+/// the part), so that the part stays a product there. Says whether it kept more.
+fn pad_ragged(
+    facts: &Facts,
+    v: ValueId,
+    (count, per): (usize, usize),
+    keep: &[usize],
+    head_size: &HashMap<usize, usize>,
+    d: &mut Decision,
+) -> bool {
     let mut rows = vec![vec![false; per]; count];
     keep.iter().for_each(|&c| rows[c / per][c % per] = true);
     let n = rows.iter().map(|r| r.iter().filter(|&&k| k).count()).max().unwrap_or(0);
@@ -144,8 +187,8 @@ fn pad_ragged(facts: &Facts, v: ValueId, count: usize, per: usize, keep: &[usize
         if has == 0 || has == n {
             continue;
         }
-        let shifts = |s: usize| (0..per).all(|e| !kept[e] || kept[(e + s) % per]);
-        let period = (1..per).find(|&s| per.is_multiple_of(s) && shifts(s)).unwrap_or(per);
+        let split = (0..per).filter_map(|e| head_size.get(&facts.classes.class(v, r * per + e))).min();
+        let period = split.copied().filter(|&s| s > 0 && per.is_multiple_of(s)).unwrap_or(per);
         let mut need = n - has;
         for start in (0..period).filter(|&s| !kept[s]) {
             if need == 0 {

@@ -64,6 +64,10 @@ struct Block {
     /// (`view(B, T, -1, D)`, rotate_half's `x.shape[-1] // 2`, repeat_kv's `expand` behind its
     /// -1 guard, the merge's `view(B, T, -1)`).
     traced: bool,
+    /// `nn.MultiheadAttention` as the dynamo exporter writes it: one packed projection (biases
+    /// on all three or none) unflattened to `[T, B, 3, E]` and taken part by part, heads merged
+    /// with the batch (`[T, B * H, D]`); no rotary embeddings, no grouping, no fused operator.
+    merged: bool,
 }
 
 /// `Unsqueeze(Gather(Shape(t), i))`, optionally times or divided by a constant (`("Mul", f)`):
@@ -114,6 +118,9 @@ fn expand_guard(g: &mut crate::common::G, t: &str) -> String {
 
 impl Block {
     fn model(&self) -> onnx_minimize::onnx::proto::ModelProto {
+        if self.merged {
+            return self.merged_model();
+        }
         use crate::common::{attr_i, attr_ints, int64_tensor, G};
         let (heads, kv, d, c, t) = (self.heads, self.kv, self.d, self.c, 5usize);
         let mut g = G::new("x", &[Some(1), Some(t), Some(c)]);
@@ -270,6 +277,73 @@ impl Block {
     }
 }
 
+impl Block {
+    /// The `merged` form: `x [1, T, C] -> [T, 1, C]`, one packed projection `[C, 3E]`, parts taken
+    /// by `Gather`, `[T, 1, E] -> [T, H, D] -> [H, T, D]`, attention, and back.
+    fn merged_model(&self) -> onnx_minimize::onnx::proto::ModelProto {
+        use crate::common::{attr_i, attr_ints, int64_tensor, G};
+        let (heads, d, c, t) = (self.heads, self.d, self.c, 5usize);
+        let e = heads * d;
+        let mut g = G::new("x", &[Some(1), Some(t), Some(c)]);
+        let (mut w, mut b) = (g.rand(c * 3 * e), g.rand(3 * e));
+        for (p, zeros) in self.zeros.iter().enumerate() {
+            for &(h, k) in zeros {
+                let col = p * e + h * d + k;
+                (0..c).for_each(|r| w[r * 3 * e + col] = 0.0);
+                if !self.keep_bias[p] {
+                    b[col] = 0.0;
+                }
+            }
+        }
+        g.init("w", &[c, 3 * e], &w).init("b", &[3 * e], &b);
+        let perm = |p: &[i64]| vec![attr_ints("perm", p)];
+        g.op("Transpose", &["x"], "xt", perm(&[1, 0, 2])).op("MatMul", &["xt", "w"], "lin", vec![]);
+        let packed = if self.bias[0] {
+            g.op("Add", &["lin", "b"], "qkv", vec![]);
+            "qkv"
+        } else {
+            "lin"
+        };
+        g.g.initializer.extend([
+            int64_tensor("parts", &[t as i64, 1, 3, e as i64]),
+            int64_tensor("first", &[0]),
+            int64_tensor("fourth", &[3]),
+            int64_tensor("split", &[t as i64, -1, d as i64]),
+            int64_tensor("merge", &[t as i64, -1, e as i64]),
+        ]);
+        g.op("Reshape", &[packed, "parts"], "u", vec![]).op("Unsqueeze", &["u", "first"], "u1", vec![]);
+        g.op("Transpose", &["u1"], "u2", perm(&[3, 1, 2, 0, 4])).op("Squeeze", &["u2", "fourth"], "u3", vec![]);
+        for (i, name) in ["q", "k", "v"].iter().enumerate() {
+            g.g.initializer.push(onnx_minimize::onnx::proto::TensorProto {
+                dims: vec![],
+                ..int64_tensor(&format!("i{name}"), &[i as i64])
+            });
+            g.op("Gather", &["u3", &format!("i{name}")], &format!("{name}p"), vec![attr_i("axis", 0)]);
+            g.op("Reshape", &[&format!("{name}p"), "split"], &format!("{name}h"), vec![]);
+            g.op("Transpose", &[&format!("{name}h")], &format!("{name}t"), perm(&[1, 0, 2]));
+        }
+        g.op("Transpose", &["kt"], "kT", perm(&[0, 2, 1])).op("MatMul", &["qt", "kT"], "s", vec![]);
+        g.init("scale", &[], &[1.0 / (d as f32).sqrt()]);
+        g.op("Mul", &["s", "scale"], "scaled", vec![]);
+        let mut scores = "scaled";
+        if self.mask {
+            let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { -1e4 } else { 0.0 }).collect();
+            g.init("mask", &[t, t], &mask);
+            g.op("Add", &["scaled", "mask"], "masked", vec![]);
+            scores = "masked";
+        }
+        g.op("Softmax", &[scores], "p", vec![attr_i("axis", -1)]).op("MatMul", &["p", "vt"], "o", vec![]);
+        g.op("Transpose", &["o"], "ot", perm(&[1, 0, 2])).op("Reshape", &["ot", "merge"], "om", vec![]);
+        g.op("Transpose", &["om"], "omt", perm(&[1, 0, 2]));
+        let mut wo = g.rand(e * c);
+        if let Some(k) = self.unread_dim {
+            (0..heads).for_each(|h| wo[(h * d + k) * c..(h * d + k + 1) * c].iter_mut().for_each(|x| *x = 0.0));
+        }
+        g.init("wo", &[e, c], &wo).op("MatMul", &["omt", "wo"], "y", vec![]);
+        g.model("y", &[Some(1), Some(t), Some(c)])
+    }
+}
+
 /// A random block: heads, head dimensions, grouped-query ratio, rotary embeddings, biases, a
 /// causal mask and the fused operator drawn at random, with zero patterns in the projections:
 /// query dimensions (or rotary pairs) zero in every head or in one head only, zero or constant
@@ -279,12 +353,16 @@ impl Block {
 fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool) {
     use rand::{rngs::StdRng, Rng, SeedableRng};
     let mut rng = StdRng::seed_from_u64(seed);
-    let heads = rng.random_range(1..5usize);
-    let kv = [heads, 1, if heads % 2 == 0 { heads / 2 } else { heads }][rng.random_range(0..3)];
-    let (rope, d) = (rng.random_bool(0.5), [2usize, 4, 6][rng.random_range(0..3)]);
+    // A quarter of the blocks in nn.MultiheadAttention's layout (several heads, no grouping, no
+    // rotary embeddings).
+    let merged = rng.random_bool(0.25);
+    let heads = rng.random_range(if merged { 2 } else { 1 }..5usize);
+    let kv =
+        [heads, 1, if heads % 2 == 0 { heads / 2 } else { heads }][if merged { 0 } else { rng.random_range(0..3) }];
+    let (rope, d) = (!merged && rng.random_bool(0.5), [2usize, 4, 6][rng.random_range(0..3)]);
     let mut b = Block { heads, kv, d, c: rng.random_range(2..7usize), rope, ..Default::default() };
     let pair = |e: usize| if rope { vec![e, (e + d / 2) % d] } else { vec![e] };
-    let mut removable = false;
+    let (mut removable, mut query_everywhere) = (false, false);
     for (p, n_heads) in [heads, kv, kv].into_iter().enumerate() {
         let every = rng.random_range(0..d);
         let one = (rng.random_range(0..n_heads), rng.random_range(0..d));
@@ -293,6 +371,7 @@ fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool)
             b.zeros[p].extend((0..n_heads).flat_map(|h| pair(every).into_iter().map(move |e| (h, e))));
             // Unless it is every dimension: a live head keeps one.
             removable |= p == 0 && pair(every).len() < d;
+            query_everywhere |= p == 0 && pair(every).len() < d;
         }
         if rng.random_bool(0.5) {
             b.zeros[p].extend(pair(one.1).into_iter().map(|e| (one.0, e)));
@@ -308,6 +387,13 @@ fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool)
         removable = true;
     }
     b.dead_head = rng.random_bool(0.3).then(|| rng.random_range(0..heads));
+    // nn.MultiheadAttention's layout: every head stays, and the parts keep as many entries each,
+    // so something leaves when queries and values both lose a dimension in every head.
+    if merged {
+        (b.merged, b.traced, b.fused) = (true, false, false);
+        b.bias = [b.bias[0]; 3];
+        removable = query_everywhere && b.unread_dim.is_some();
+    }
     (b.model(), removable)
 }
 
