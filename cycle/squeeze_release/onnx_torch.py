@@ -629,6 +629,8 @@ OPS: dict[str, Callable] = {
     "Sub": lambda a, x, y: x - y,
     "Mul": lambda a, x, y: x * y,
     "Div": lambda a, x, y: x / y,
+    # Integer remainder has the divisor's sign, ONNX's default; fmod=1 the dividend's.
+    "Mod": lambda a, x, y: torch.fmod(x, y) if a.get("fmod", 0) else torch.remainder(x, y),
     "Pow": lambda a, x, y: torch.pow(x, y),
     "Max": lambda a, *xs: torch.stack(torch.broadcast_tensors(*xs)).amax(0),
     "Min": lambda a, *xs: torch.stack(torch.broadcast_tensors(*xs)).amin(0),
