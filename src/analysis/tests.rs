@@ -417,3 +417,31 @@ fn packed_parts_are_ragged_only_when_read_one_by_one() {
         });
     }
 }
+
+/// Heads merged with the batch (`[T, B, E] -> [T, B * H, D]`, moved to `[B * H, T, D]`) split back
+/// out only where the target keeps the other axes' declared sizes: `[B, H, T, D]` is the heads
+/// again; `[B * 2, H, T / 2, D]` has the same volume but its second axis is not the head.
+#[test]
+fn heads_merged_with_the_batch_split_out_only_where_the_other_axes_stay() {
+    for (target, splits) in [([2i64, 2, 4, 3], true), ([4, 2, 2, 3], false)] {
+        let mut g = G::new(&[Some(4), Some(2), Some(6)])
+            .matrix("w", 6, 6, |_| 1.0)
+            .ints("merge", &[4, -1, 3])
+            .ints("back", &target)
+            .op("MatMul", &["x", "w"], "q")
+            .op("Reshape", &["q", "merge"], "h")
+            .with(node("Transpose", "t", &["h"], &["t"], vec![crate::onnx::build::attr_ints("perm", &[1, 0, 2])]))
+            .op("Reshape", &["t", "back"], "y");
+        let dims = |d: &[i64]| d.iter().map(|&x| Some(x as usize)).collect::<Vec<_>>();
+        g.0.value_info.push(value_info("t", DataType::Float, &dims(&[4, 4, 3])));
+        g.0.value_info.push(value_info("y", DataType::Float, &dims(&target)));
+        g.facts(|f| {
+            let h = layout(f, "h").heads.expect("merged heads");
+            assert_eq!((h.count, h.merged, h.axis), (2, true, -2));
+            assert_eq!(layout(f, "t").heads.map(|h| (h.axis, h.merged)), Some((-3, true)));
+            let y = layout(f, "y").heads;
+            assert_eq!(y.map(|h| (h.axis, h.count, h.merged)), splits.then_some((-3, 2, false)), "{target:?}");
+            assert_eq!(f.forced.of(v(f, "t")).is_empty(), splits, "{target:?}");
+        });
+    }
+}
