@@ -4,7 +4,9 @@
 //! (and the `Transpose` of each part) into the graph: the linear rules would see a computed
 //! weight and keep everything. Folding `Split` and `Transpose` of float initializers into new
 //! initializers, byte for byte, lets them see the constant; the minimized model then stores the
-//! parts instead of the whole and its split, the same numbers.
+//! parts instead of the whole and its split, the same numbers. A matrix that other nodes read too
+//! (a tied embedding table transposed for the output head) is left alone: folding it would store
+//! it twice.
 
 use std::collections::{HashMap, HashSet};
 
@@ -32,8 +34,20 @@ pub(crate) fn constants(g: &mut GraphProto, opset: i64) -> usize {
             .filter_map(|n| Some((n.output.first()?.as_str(), n.attr("value")?.t.as_ref()?)))
             .collect();
         let constant = |name: &str| index.get(name).map(|&i| &g.initializer[i]).or_else(|| nodes.get(name).copied());
+        // A weight something else reads too (a tied embedding table that a head transposes) would
+        // be stored twice: only a weight read by this node alone is folded, or a vector (a bias
+        // that the exporter shares between two layers because its values are equal).
+        let mut readers: HashMap<&str, usize> = HashMap::new();
+        for name in g.node.iter().flat_map(|n| n.input.iter()).chain(g.output.iter().filter_map(|o| o.name.as_ref())) {
+            *readers.entry(name.as_str()).or_default() += 1;
+        }
+        let alone = |node: &NodeProto| {
+            node.input
+                .first()
+                .is_some_and(|x| readers.get(x.as_str()) == Some(&1) || constant(x).is_some_and(|t| t.dims.len() <= 1))
+        };
         let mut done = None;
-        for (n, node) in g.node.iter().enumerate() {
+        for (n, node) in g.node.iter().enumerate().filter(|(_, n)| alone(n)) {
             if let Some(outputs) = fold(node, &constant, opset) {
                 done = Some((n, outputs));
                 break;

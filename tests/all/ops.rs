@@ -529,6 +529,19 @@ fn weights_split_and_transposed_in_the_graph_are_folded() {
     assert!(graph.initializer.iter().all(|t| t.name() != "w" && t.name() != "sizes"));
 }
 
+/// A matrix read both as it is and transposed (a tied embedding table and its output head) is not
+/// folded: the model would store it twice.
+#[test]
+fn a_weight_read_twice_is_not_folded_into_a_second_copy() {
+    let mut g = G::new("x", &[B, Some(4)]);
+    g.weight("w", 4, 4, &[]).op("MatMul", &["x", "w"], "y1", vec![]);
+    g.op("Transpose", &["w"], "t", vec![crate::common::attr_ints("perm", &[1, 0])]);
+    g.op("MatMul", &["x", "t"], "y2", vec![]).op("Add", &["y1", "y2"], "y", vec![]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(4)]));
+    assert!(r.after.params <= r.before.params, "{} -> {}", r.before.params, r.after.params);
+    assert!(m.graph().node.iter().any(|n| n.op_type() == "Transpose"));
+}
+
 /// `torch.where(h > 0, h, 0.1 * h)` (a leaky ReLU written out) and `Not`/`And` of comparisons:
 /// per channel, so the constant units (zero rows with a bias) stay constant through them and
 /// leave, folded into the next layer's bias.
