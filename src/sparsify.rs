@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 
+use petgraph::unionfind::UnionFind;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
@@ -321,26 +322,17 @@ fn spaces(model: &Model, targets: &[Prunable]) -> Result<Spaces> {
     let (layouts, classes) = analysis::spaces(&g);
     // Heads leave an entry only from every head at once (or whole): entry `d` of every head is one
     // space, the way minimization will remove it.
-    let mut parent: Vec<usize> = (0..classes.len()).collect();
-    fn find(parent: &mut [usize], mut k: usize) -> usize {
-        while parent[k] != k {
-            parent[k] = parent[parent[k]];
-            k = parent[k];
-        }
-        k
-    }
+    let mut heads = UnionFind::<usize>::new(classes.len());
     for v in g.value_ids() {
         let l = layouts[v];
         let (Some(h), Some(per)) = (l.heads.filter(|h| !h.ragged), l.per_head()) else { continue };
         for d in 0..per {
-            let first = find(&mut parent, classes.class(v, d));
-            for head in 1..h.count {
-                let other = find(&mut parent, classes.class(v, head * per + d));
-                parent[other] = first;
-            }
+            (1..h.count).for_each(|head| {
+                heads.union(classes.class(v, d), classes.class(v, head * per + d));
+            });
         }
     }
-    let space: Vec<usize> = (0..classes.len()).map(|k| find(&mut parent, k)).collect();
+    let space: Vec<usize> = (0..classes.len()).map(|k| heads.find(k)).collect();
     let class = |v: ValueId, c: usize| space[classes.class(v, c)];
     // The space of each of `entries` entries along a value's channel axis.
     let map = |v: Option<ValueId>, entries: usize| -> Option<Vec<usize>> {
@@ -490,32 +482,34 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
 
 /// Each space's mass: the magnitudes of every weight in a row or column of it.
 fn space_mass<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item = &'w [f64]>) -> Vec<f64> {
-    let mut mass = vec![0.0; s.count];
+    space_sums(s, targets, weights, f64::abs).0
+}
+
+/// Per space, the sum of `term(w)` over the weights in its rows and columns, and their count.
+fn space_sums<'w>(
+    s: &Spaces,
+    targets: &[Prunable],
+    weights: impl Iterator<Item = &'w [f64]>,
+    term: impl Fn(f64) -> f64,
+) -> (Vec<f64>, Vec<usize>) {
+    let (mut sums, mut count) = (vec![0.0; s.count], vec![0usize; s.count]);
     for ((p, slices), w) in targets.iter().zip(&s.slices).zip(weights) {
-        for (i, x) in w.iter().enumerate() {
+        for (i, &x) in w.iter().enumerate() {
             let (r, c) = position(p, i);
             for k in [slices.rows[r], slices.cols[c]].into_iter().flatten() {
-                mass[k] += x.abs();
+                sums[k] += term(x);
+                count[k] += 1;
             }
         }
     }
-    mass
+    (sums, count)
 }
 
 /// Each space's root mean square over the weights in its rows and columns (0 for a space with
 /// none), relative to the mean of its layer's spaces: big spaces (a stream channel across every
 /// block) and small ones (a hidden unit) on one scale, and every layer on its own.
 fn space_rms<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item = &'w [f64]>) -> Vec<f64> {
-    let (mut squares, mut count) = (vec![0.0; s.count], vec![0usize; s.count]);
-    for ((p, slices), w) in targets.iter().zip(&s.slices).zip(weights) {
-        for (i, x) in w.iter().enumerate() {
-            let (r, c) = position(p, i);
-            for k in [slices.rows[r], slices.cols[c]].into_iter().flatten() {
-                squares[k] += x * x;
-                count[k] += 1;
-            }
-        }
-    }
+    let (squares, count) = space_sums(s, targets, weights, |x| x * x);
     let rms: Vec<f64> =
         squares.iter().zip(&count).map(|(&q, &n)| if n == 0 { 0.0 } else { (q / n as f64).sqrt() }).collect();
     // Relative to the spaces of the same layer (the first that writes them, else reads them), so

@@ -107,6 +107,7 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
         let l = facts.layouts[v];
         let Some(width) = l.width else { continue };
         let (count, whole_rows, grouped) = match (l.heads, l.groups) {
+            (Some(h), _) if h.ragged => continue, // padded by `ragged_heads`
             (Some(h), _) => (h.count, h.merged, false),
             (None, Some(g)) => (g, true, true),
             (None, None) => continue,
@@ -116,9 +117,6 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
         }
         let per = width / count;
         let keep = d.kept(facts, v, 0);
-        if l.heads.is_some_and(|h| h.ragged) {
-            continue; // padded by `ragged_heads`
-        }
         let mut rows = vec![whole_rows && !keep.is_empty(); count];
         let mut cols = vec![false; per];
         keep.iter().for_each(|&c| (rows[c / per], cols[c % per]) = (true, true));

@@ -12,6 +12,8 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 mod shapes;
 
+pub(crate) use shapes::normalize;
+
 use crate::onnx::proto::{AttributeProto, GraphProto, NodeProto, TensorProto};
 
 /// Where a constant tensor is stored in the proto.

@@ -476,7 +476,7 @@ fn shape_range(node: &NodeProto, rank: usize) -> std::ops::Range<usize> {
 }
 
 /// Axis `a` of a rank-`rank` value, counted from the start.
-fn normalize(a: i64, rank: usize) -> Option<usize> {
+pub(crate) fn normalize(a: i64, rank: usize) -> Option<usize> {
     usize::try_from(if a < 0 { a + rank as i64 } else { a }).ok().filter(|&a| a < rank)
 }
 

@@ -12,9 +12,9 @@ use std::collections::{HashMap, HashSet};
 
 use super::proto::{GraphProto, NodeProto, TensorProto};
 use super::tensor::{int64s, with_data, Values};
-use crate::ir::NodeExt;
+use crate::ir::{normalize, NodeExt};
 
-/// Folds what it can, in passes until nothing changes; says how many nodes went.
+/// Folds what it can, a pass at a time until nothing changes; says how many nodes went.
 pub(crate) fn constants(g: &mut GraphProto, opset: i64) -> usize {
     let shadowed: HashSet<String> = g.input.iter().filter_map(|i| i.name.clone()).collect();
     let mut folded = 0;
@@ -46,18 +46,29 @@ pub(crate) fn constants(g: &mut GraphProto, opset: i64) -> usize {
                 .first()
                 .is_some_and(|x| readers.get(x.as_str()) == Some(&1) || constant(x).is_some_and(|t| t.dims.len() <= 1))
         };
-        let mut done = None;
-        for (n, node) in g.node.iter().enumerate().filter(|(_, n)| alone(n)) {
-            if let Some(outputs) = fold(node, &constant, opset) {
-                done = Some((n, outputs));
-                break;
-            }
+        // Every node foldable now, in one pass; what they make may be foldable in the next.
+        let done: Vec<(usize, Vec<TensorProto>)> = g
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| alone(n))
+            .filter_map(|(n, node)| Some((n, fold(node, &constant, opset)?)))
+            .collect();
+        if done.is_empty() {
+            break;
         }
-        let Some((n, outputs)) = done else { break };
-        let node = g.node.remove(n);
-        sources.extend(node.input.into_iter().filter(|i| !i.is_empty()));
-        g.initializer.extend(outputs);
-        folded += 1;
+        let mut gone_nodes = HashSet::new();
+        for (n, outputs) in done {
+            sources.extend(g.node[n].input.iter().filter(|i| !i.is_empty()).cloned());
+            g.initializer.extend(outputs);
+            gone_nodes.insert(n);
+        }
+        folded += gone_nodes.len();
+        let mut at = 0;
+        g.node.retain(|_| {
+            at += 1;
+            !gone_nodes.contains(&(at - 1))
+        });
     }
     // A weight (or split sizes) read only by what was folded is now stored in its parts.
     let read: HashSet<&str> = g
@@ -116,9 +127,7 @@ fn fold<'g>(
             Some(vec![named(node.output.first()?, out, raw)])
         }
         "Split" => {
-            let r = dims.len() as i64;
-            let axis = node.attr_i("axis", 0);
-            let axis = usize::try_from(if axis < 0 { axis + r } else { axis }).ok().filter(|&a| a < dims.len())?;
+            let axis = normalize(node.attr_i("axis", 0), dims.len())?;
             let parts = node.output.len();
             let sizes: Vec<usize> = match node.input.get(1).filter(|s| !s.is_empty()) {
                 Some(s) => int64s(constant(s)?).into_iter().map(|v| usize::try_from(v).ok()).collect::<Option<_>>()?,

@@ -11,7 +11,7 @@ use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::{CheckCx, ConstCx, Layout, LayoutCx, NeedCx, PlanCx, TieCx, ValueId};
 use crate::error::Result;
-use crate::ir::NodeExt;
+use crate::ir::{normalize, NodeExt};
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
 use crate::onnx::tensor::{int64s, with_int64s, Values};
 use crate::rewrite::Edit;
@@ -205,11 +205,10 @@ struct TakenOne {
 impl TakenOne {
     /// The head taken and the channels per head, when the axis is `l`'s heads axis.
     fn head(&self, l: Layout) -> Option<(usize, usize)> {
-        let (h, r) = (l.heads?, l.rank? as i64);
-        let axis = if self.axis < 0 { self.axis + r } else { self.axis };
-        let index = if self.index < 0 { self.index + h.count as i64 } else { self.index };
-        let taken = axis == r + h.axis as i64 && !h.merged && l.position()? as i64 > axis;
-        usize::try_from(index).ok().filter(|&i| taken && i < h.count).zip(l.per_head())
+        let (h, r) = (l.heads?, l.rank?);
+        let axis = normalize(self.axis, r)?;
+        let taken = axis as isize == r as isize + h.axis && !h.merged && l.position()? > axis;
+        normalize(self.index, h.count).filter(|_| taken).zip(l.per_head())
     }
 }
 
