@@ -50,7 +50,8 @@ impl OpRule for Reshape {
             return Role::Opaque(Opaque::Unsupported("it has allowzero with a zero dimension".into()));
         }
         let parts = only_parts(cx, &node.output[0], 0);
-        Role::Op(Box::new(PerChannel::identity(Box::new(Reshaped { target, parts }))))
+        let batch = BatchHeads::constant(&target);
+        Role::Op(Box::new(PerChannel::identity(Box::new(Reshaped { target, parts, batch }))))
     }
 }
 
@@ -78,6 +79,8 @@ struct Reshaped {
     target: Vec<i64>,
     /// Heads it splits are parts only read one by one ([`only_parts`]).
     parts: bool,
+    /// What the target may say of heads merged with the batch.
+    batch: Option<BatchHeads>,
 }
 
 impl Reshaped {
@@ -198,8 +201,7 @@ impl AxisMap for Reshaped {
     fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
         let x = acts[0];
         let lx = cx.get(x);
-        let batch =
-            BatchHeads::constant(&self.target).and_then(|b| b.either(cx.graph, cx.graph.name(x), cx.graph.name(o), lx));
+        let batch = self.batch.as_ref().and_then(|b| b.either(cx.graph, x, o, lx));
         if let Some(heads) = self.split(lx).or(batch) {
             cx.set_axis(o, -1);
             cx.set_rank(o, self.target.len());
@@ -255,8 +257,7 @@ impl AxisMap for Reshaped {
             // untouched; heads from elsewhere did not.
             let (x, lx) = (cx.input(0), cx.layout(cx.input(0)));
             let kept = self.keeps_heads(cx.graph, cx.graph.name(x), lx);
-            let batch = BatchHeads::constant(&self.target)
-                .and_then(|b| b.either(cx.graph, cx.graph.name(x), cx.graph.name(o), lx));
+            let batch = self.batch.as_ref().and_then(|b| b.either(cx.graph, x, o, lx));
             let moved = batch.is_some() && batch == l.heads;
             return if kept || moved || self.split(lx).is_some() { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
         }
@@ -351,7 +352,10 @@ impl BatchHeads {
         Some(BatchHeads { entries: target.iter().map(|&e| Some(e)).collect(), multiple: m.max(1) })
     }
 
-    fn either(&self, g: &Graph, x: &str, o: &str, l: crate::analysis::Layout) -> Option<Heads> {
+    /// The heads of `o = reshape(x)`, merged into the batch or split out of it, if the target
+    /// does either.
+    fn either(&self, g: &Graph, x: ValueId, o: ValueId, l: crate::analysis::Layout) -> Option<Heads> {
+        let (x, o) = (g.name(x), g.name(o));
         self.merges_into_batch(g, x, l).or_else(|| self.splits_out_of_batch(g, x, o, l))
     }
 
@@ -512,7 +516,7 @@ impl AxisMap for ReshapeLast {
                     && l.heads.zip(l.rank).is_none_or(|(h, r)| r as isize + h.axis != axis as isize)
             })
         };
-        let batch = self.batch.as_ref().and_then(|b| b.either(cx.graph, cx.graph.name(x), cx.graph.name(o), lx));
+        let batch = self.batch.as_ref().and_then(|b| b.either(cx.graph, x, o, lx));
         if let Some(heads) = heads.or(batch) {
             cx.set_axis(o, -1);
             cx.same_width(x, o);
@@ -565,7 +569,7 @@ impl AxisMap for ReshapeLast {
             // A split matched its last two entries to the width, or heads moved into or out of
             // the batch; heads from elsewhere did not.
             let (x, lx) = (cx.input(0), cx.layout(cx.input(0)));
-            let batch = self.batch.as_ref().and_then(|b| b.either(cx.graph, cx.graph.name(x), cx.graph.name(o), lx));
+            let batch = self.batch.as_ref().and_then(|b| b.either(cx.graph, x, o, lx));
             let split = self.split.is_some() && lx.heads.is_none();
             return if split || batch == l.heads { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
         }
