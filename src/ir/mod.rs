@@ -71,6 +71,17 @@ pub struct Ir {
     pub opset: i64,
 }
 
+/// Operators whose output has the type of their first input.
+const SAME_TYPE: &[&str] = &[
+    "Abs", "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "ConvTranspose", "Div",
+    "Elu", "Erf", "Exp", "Expand", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
+    "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Log",
+    "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "Pow", "PRelu", "Reciprocal", "ReduceL1",
+    "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape",
+    "Resize", "Sigmoid", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose",
+    "Unsqueeze",
+];
+
 /// Initializers that a runtime would reject or misread: one name twice, negative dimensions, or
 /// stored bytes that do not fill the shape.
 fn validate_initializers(g: &GraphProto) -> Result<(), String> {
@@ -262,6 +273,39 @@ impl Ir {
     /// The tensor behind a constant value name.
     pub fn const_tensor<'g>(&self, g: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
         self.consts.get(name).map(|&c| c.tensor(g))
+    }
+
+    /// The float type of a value: stored, declared, or that of the operand its node computes it
+    /// from (a `Cast` names its own); `None` where the walk meets anything else. A rewrite that
+    /// adds a constant beside an activation must match its type, and exporters declare few.
+    pub fn float_type(&self, g: &GraphProto, name: &str) -> Option<crate::onnx::tensor::FloatType> {
+        use crate::onnx::proto::type_proto::Value;
+        use crate::onnx::tensor::FloatType;
+        let declared = |at: &str| {
+            let vi = g.input.iter().chain(&g.value_info).chain(&g.output).find(|v| v.name() == at)?;
+            match vi.r#type.as_ref()?.value.as_ref()? {
+                Value::TensorType(t) => t.elem_type.filter(|&e| e != 0),
+                _ => None,
+            }
+        };
+        let mut at = name;
+        for _ in 0..self.order.len() + 1 {
+            if let Some(t) = self.const_tensor(g, at) {
+                return FloatType::from_onnx(t.data_type());
+            }
+            if let Some(e) = declared(at) {
+                return FloatType::from_onnx(e);
+            }
+            let node = &g.node[*self.producer.get(at)?];
+            let from = match node.op_type() {
+                "Cast" => return FloatType::from_onnx(node.attr_i("to", 0) as i32),
+                "CastLike" | "Where" => 1,
+                op if SAME_TYPE.contains(&op) => 0,
+                _ => return None,
+            };
+            at = node.input.get(from).filter(|s| !s.is_empty())?;
+        }
+        None
     }
 
     /// The rank of a value, as declared in the graph's type information or inferred from it.

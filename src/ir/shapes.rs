@@ -420,15 +420,22 @@ impl Ir {
             _ if op.starts_with("Reduce") || op == "ArgMax" || op == "ArgMin" => {
                 let x = x?;
                 let keep = node.attr_i("keepdims", 1) != 0;
-                if keep {
-                    return Some(vec![None; x.len()]);
-                }
                 let axes = match op {
-                    "ArgMax" | "ArgMin" => vec![node.attr_i("axis", 0)],
-                    _ => axes(1)?,
+                    "ArgMax" | "ArgMin" => Some(vec![node.attr_i("axis", 0)]),
+                    _ if node.input.get(1).is_none_or(|s| s.is_empty()) && node.attr("axes").is_none() => Some(vec![]),
+                    _ => axes(1),
                 };
-                let axes = normalized(&axes, x.len())?;
-                Some(vec![None; x.len() - axes.len()])
+                let Some(axes) = axes.and_then(|a| normalized(&a, x.len())) else {
+                    return keep.then(|| vec![None; x.len()]);
+                };
+                // No axes: every axis, or none at all with `noop_with_empty_axes`.
+                let axes = match (axes.is_empty(), node.attr_i("noop_with_empty_axes", 0) != 0) {
+                    (true, true) => return Some(x),
+                    (true, false) => (0..x.len()).collect(),
+                    _ => axes,
+                };
+                let kept = x.iter().enumerate().filter(|(i, _)| keep || !axes.contains(i));
+                Some(kept.map(|(i, &d)| if axes.contains(&i) { Some(1) } else { d }).collect())
             }
             _ => None,
         }

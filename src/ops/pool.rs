@@ -2,11 +2,14 @@
 //! summary of channel `c` of the input over positions.
 
 use super::per_channel::{AxisMap, PerChannel, Same};
-use super::{may_pad, Ctx, OpRule, Role};
+use super::{may_pad, Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::reasons::{Opaque, Why};
-use crate::analysis::{LayoutCx, ValueId};
-use crate::ir::NodeExt;
-use crate::onnx::proto::NodeProto;
+use crate::analysis::{CheckCx, ConstCx, Layout, LayoutCx, NeedCx, PlanCx, TieCx, ValueId};
+use crate::error::Result;
+use crate::ir::{normalize, NodeExt};
+use crate::onnx::proto::{NodeProto, TensorProto};
+use crate::onnx::tensor::{encode, with_data, FloatType};
+use crate::rewrite::Edit;
 
 pub(crate) struct Pool;
 pub(crate) struct Reduce;
@@ -61,13 +64,145 @@ impl OpRule for Reduce {
         if axes.is_empty() {
             return Role::Opaque(Opaque::Unsupported("it reduces over every axis, the channels too".into()));
         }
-        let axes = Box::new(Reduced { axes, keepdims: node.attr_i("keepdims", 1) != 0 });
-        Role::Op(Box::new(match node.op_type() {
+        let reduced = Box::new(Reduced { axes: axes.clone(), keepdims: node.attr_i("keepdims", 1) != 0 });
+        let op = node.op_type();
+        let per_channel = match op {
             // Summaries of a constant that are the constant.
-            "ReduceMean" | "ReduceMax" | "ReduceMin" => PerChannel::identity(axes),
+            "ReduceMean" | "ReduceMax" | "ReduceMin" => PerChannel::identity(reduced),
             // Sums, norms and products of a constant depend on how many entries they reduce.
-            _ => PerChannel { axes, ..zero_only() },
-        }))
+            _ => PerChannel { axes: reduced, ..zero_only() },
+        };
+        let across = match op {
+            "ReduceSum" | "ReduceSumSquare" | "ReduceL1" | "ReduceL2" => Across::Sum,
+            // The mean's new divisor is a constant of the activation's type.
+            "ReduceMean" => match node.input.first().and_then(|x| cx.ir.float_type(cx.graph, x)) {
+                Some(dtype) => Across::Mean(dtype),
+                None => Across::No,
+            },
+            _ => Across::No,
+        };
+        Role::Op(Box::new(Reduction { per_channel, axes, across }))
+    }
+}
+
+/// What a reduction over the channel axis lets go of.
+enum Across {
+    /// Sums of (squares, magnitudes of) the channels: a zero channel adds nothing.
+    Sum,
+    /// A mean: a zero channel adds nothing to the sum, whose divisor stays the original width
+    /// (a `Mul` by kept / original after the mean of the kept channels): ConvNeXt V2's global
+    /// response normalization divides by a mean over the channels.
+    Mean(FloatType),
+    /// The others (max, min, product, log-sum-exp) see every channel.
+    No,
+}
+
+/// A reduction: over other axes than the channels it is per channel; over the channels, its
+/// output has none, and what it reads is decided by [`Across`].
+struct Reduction {
+    per_channel: PerChannel,
+    axes: Vec<i64>,
+    across: Across,
+}
+
+impl Reduction {
+    /// Whether the reduced axes include `x`'s channel axis (`None` until it is placed).
+    fn over_channels(&self, x: Layout) -> Option<bool> {
+        let (r, p) = (x.rank?, x.position()?);
+        Some(self.axes.iter().any(|&a| normalize(a, r) == Some(p)))
+    }
+
+    /// A reduction over the channels that lets some go: the input's channels are on one axis.
+    fn across(&self, x: Layout) -> bool {
+        !matches!(self.across, Across::No)
+            && self.over_channels(x) == Some(true)
+            && x.heads.is_none()
+            && x.groups.is_none_or(|g| g == 1)
+    }
+}
+
+impl<'g> ChannelOp<'g> for Reduction {
+    fn activations(&self) -> Activations {
+        self.per_channel.activations()
+    }
+
+    fn follows_heads(&self) -> bool {
+        self.per_channel.follows_heads()
+    }
+
+    /// Over the channels the output has none; otherwise [`ChannelOp::needs`] says what an
+    /// output not laid out costs.
+    fn output_channels(&self) -> bool {
+        false
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let (x, o) = (cx.input(0), cx.output(0));
+        if !self.across(cx.get(x)) {
+            return self.per_channel.layout(cx);
+        }
+        // Something laid out the output as if it had channels: it keeps them all.
+        if let Some(o) = o.filter(|&o| cx.get(o).width.is_some()) {
+            cx.force(o, Why::ReducesChannelAxis);
+        }
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        if !self.across(cx.layout(cx.input(0))) {
+            self.per_channel.check(cx)
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        if !self.across(cx.layout(cx.input(0))) {
+            self.per_channel.ties(cx)
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        if !self.across(cx.layout(cx.input(0))) {
+            self.per_channel.constants(cx)
+        }
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let x = cx.input(0);
+        if self.across(cx.layout(x)) {
+            let consts = cx.consts(x);
+            (0..consts.len()).filter(|&c| consts[c] != Some(0.0)).for_each(|c| cx.mark(x, c));
+            return;
+        }
+        if cx.graph.outputs(cx.node).any(|o| cx.layout(o).width.is_none()) {
+            cx.need_all_inputs();
+        }
+        self.per_channel.needs(cx)
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let x = cx.input(0);
+        if !self.across(cx.layout(x)) {
+            return self.per_channel.rewrite(cx);
+        }
+        let (Across::Mean(dtype), Some(w)) = (&self.across, cx.layout(x).width) else { return Ok(()) };
+        let kept = cx.kept(x, w).len();
+        if kept < w {
+            let node = cx.node_proto();
+            let mut mean = node.clone();
+            mean.output = vec!["$mean".into()];
+            mean.name = Some("$mean_node".into());
+            let mut scale = with_data(&TensorProto::default(), vec![], *dtype, encode(*dtype, &[kept as f64 / w as f64]));
+            scale.name = Some("$scale".into());
+            let mul = NodeProto {
+                name: Some("$scaled_node".into()),
+                op_type: Some("Mul".into()),
+                input: vec!["$mean".into(), "$scale".into()],
+                output: vec![node.output[0].clone()],
+                ..Default::default()
+            };
+            let node = cx.node.0;
+            cx.push(Edit::Replace { node, nodes: vec![mean, mul], initializers: vec![scale] });
+        }
+        Ok(())
     }
 }
 

@@ -238,3 +238,30 @@ fn flattening_the_axes_after_the_channels_keeps_them_apart() {
     let r = minimize(&g.model("y", &[B, Some(16), Some(2)]));
     assert_eq!(widths(&r), vec![(3, 4), (4, 2)]);
 }
+
+/// ConvNeXt V2's global response normalization divides each channel's spatial norm by the mean
+/// of the norms over the channels: a zero channel adds nothing to the sum, so it leaves and the
+/// mean keeps the original divisor. A maximum over the channels sees every channel (a zero one
+/// wins where the others are negative): it keeps them all.
+#[test]
+fn zero_channels_leave_sums_and_means_over_the_channels() {
+    for (over_channels, expected) in
+        [("ReduceMean", vec![(3, 4), (4, 2)]), ("ReduceSumSquare", vec![(3, 4), (4, 2)]), ("ReduceMax", vec![(3, 6), (6, 2)])]
+    {
+        let mut g = image();
+        g.conv_weight("w1", 6, 3, 3, &[1, 4], &[]);
+        bias(&mut g, "b1", &[0.1, 0.0, 0.2, -0.3, 0.0, 0.5]);
+        g.conv("x", "w1", Some("b1"), "h", 1, 1);
+        g.init("eps", &[1], &[1e-6]).init("gamma", &[1, 6, 1, 1], &[0.5, 1.5, -1.0, 2.0, 0.7, 0.3]);
+        let keep = || crate::common::attr_i("keepdims", 1);
+        g.op("ReduceL2", &["h"], "gx", vec![crate::common::attr_ints("axes", &[2, 3]), keep()]);
+        g.op(over_channels, &["gx"], "m", vec![crate::common::attr_ints("axes", &[1]), keep()]);
+        g.op("Add", &["m", "eps"], "me", vec![]).op("Div", &["gx", "me"], "nx", vec![]);
+        g.op("Mul", &["h", "nx"], "hn", vec![]).op("Mul", &["gamma", "hn"], "s", vec![]);
+        g.op("Add", &["s", "h"], "a", vec![]);
+        g.conv_weight("w2", 2, 6, 1, &[], &[]);
+        g.conv("a", "w2", None, "y", 0, 1);
+        let r = minimize(&g.model("y", &[B, Some(2), Some(8), Some(8)]));
+        assert_eq!(widths(&r), expected, "{over_channels}");
+    }
+}
