@@ -25,6 +25,8 @@ pub(crate) trait AxisMap: Sync {
     fn seed(&self, _cx: &mut LayoutCx, _o: ValueId) {}
     /// Carries the layout between the activations `acts` and the output `o`.
     fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, params: &[usize]);
+    /// Ties beyond the input's channels to the output's (a tensor whose size the target reads).
+    fn ties(&self, _cx: &mut TieCx, _x: ValueId) {}
     /// Checks target shapes against the laid-out output.
     fn check(&self, _cx: &CheckCx, _o: ValueId) -> Result<(), Why> {
         Ok(())
@@ -207,6 +209,9 @@ impl<'g> ChannelOp<'g> for PerChannel {
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
+        if let Some(&x) = self.acts.first() {
+            self.axes.ties(cx, cx.input(x));
+        }
         let lo = cx.layout(o);
         let sides = self.sides(cx.graph, cx.node, lo);
         for &s in self.acts.iter().filter(|s| !sides.contains(s)) {

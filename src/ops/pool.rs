@@ -190,7 +190,8 @@ impl<'g> ChannelOp<'g> for Reduction {
             let mut mean = node.clone();
             mean.output = vec!["$mean".into()];
             mean.name = Some("$mean_node".into());
-            let mut scale = with_data(&TensorProto::default(), vec![], *dtype, encode(*dtype, &[kept as f64 / w as f64]));
+            let mut scale =
+                with_data(&TensorProto::default(), vec![], *dtype, encode(*dtype, &[kept as f64 / w as f64]));
             scale.name = Some("$scale".into());
             let mul = NodeProto {
                 name: Some("$scaled_node".into()),

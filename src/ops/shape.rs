@@ -7,7 +7,7 @@ use super::{Ctx, OpRule, Role};
 use crate::analysis::layout::Heads;
 use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::{Opaque, Why};
-use crate::analysis::{CheckCx, Graph, LayoutCx, NodeId, PlanCx, ValueId};
+use crate::analysis::{CheckCx, Graph, LayoutCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 use crate::onnx::tensor::{int64s, with_int64s};
@@ -34,7 +34,9 @@ impl OpRule for Reshape {
                     let pieces = if last.is_none() { Pieces::of(cx, node) } else { None };
                     let batch = last.filter(|_| split.is_none()).and_then(|(m, s)| BatchHeads::of(cx, m, s));
                     let parts = only_parts(cx, &node.output[0], 0);
-                    let reshape = ReshapeLast { last, split, leading, rank, keeps_leading, pieces, batch, parts };
+                    let partner = last.is_none().then(|| read_back_partner(node, cx)).flatten().map(str::to_string);
+                    let reshape =
+                        ReshapeLast { last, split, leading, rank, keeps_leading, pieces, batch, parts, partner };
                     Role::Op(Box::new(PerChannel::identity(Box::new(reshape))))
                 }
                 None => {
@@ -329,6 +331,8 @@ struct ReshapeLast {
     batch: Option<BatchHeads>,
     /// Heads it splits are parts only read one by one ([`only_parts`]).
     parts: bool,
+    /// The tensor whose last dimension the last entry reads back, when not x's own.
+    partner: Option<String>,
 }
 
 /// A computed target `[.., M, D]` (`D` constant) as `nn.MultiheadAttention` writes its head
@@ -491,6 +495,20 @@ impl ReshapeLast {
 }
 
 impl AxisMap for ReshapeLast {
+    /// A partner read back for the last entry keeps x's channels: the entry is its width.
+    fn ties(&self, cx: &mut TieCx, x: ValueId) {
+        let Some(t) = self.partner.as_deref().and_then(|t| cx.value(t)) else { return };
+        let (lx, lt) = (cx.layout(x), cx.layout(t));
+        let plain = |l: crate::analysis::Layout| l.axis == Some(-1) && l.block == Some(1) && l.heads.is_none();
+        match (lx.width, lt.width) {
+            (Some(w), Some(v)) if w == v && plain(lx) && plain(lt) => cx.tie(x, 0, t, 0, w),
+            _ => {
+                cx.force(x, Why::ShapeRead);
+                cx.force(t, Why::ShapeRead);
+            }
+        }
+    }
+
     fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _: &[usize]) {
         let x = acts[0];
         let lx = cx.get(x);
@@ -687,9 +705,9 @@ fn computed_split(cx: &Ctx, concat: NodeId, slot: usize) -> Option<(usize, i64, 
 }
 
 /// For a shape built as `Concat(..., last)`: `Some(Some(loc))` when `last` is a one-element
-/// constant (at node, slot), `Some(None)` when it is the reshaped tensor's own last dimension
-/// read back with `Shape`, `None` otherwise.
-fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(NodeId, usize)>> {
+/// constant (at node, slot), `Some(None)` when it is a tensor's last dimension read back with
+/// `Shape` (the reshaped tensor's own, or a partner's: [`read_back_partner`]), `None` otherwise.
+pub(crate) fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(NodeId, usize)>> {
     let g = cx.graph;
     let producer = |name: &str| cx.ir.producer.get(name).copied();
     let target = node.input.get(1)?;
@@ -706,8 +724,14 @@ fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(NodeId, usize)>> 
         return (t.data_type() == DataType::Int64 as i32 && int64s(t).len() == 1)
             .then_some(Some((NodeId(concat), slot)));
     }
-    // The last dimension of x, the reshaped tensor, read back: Gather(Shape(x), -1) or
-    // Slice(Shape(x), -1, end), through Unsqueeze/Squeeze (TorchScript adds both).
+    last_read_back(cx, last).map(|_| None)
+}
+
+/// The tensor `t` when `last` is its last dimension read back: `Gather(Shape(t), -1)` or
+/// `Slice(Shape(t), -1, end)`, through Unsqueeze/Squeeze (TorchScript adds both).
+pub(crate) fn last_read_back<'g>(cx: &Ctx<'g>, last: &str) -> Option<&'g str> {
+    let g = cx.graph;
+    let producer = |name: &str| cx.ir.producer.get(name).copied();
     let mut at = producer(last)?;
     while matches!(g.node[at].op_type(), "Unsqueeze" | "Squeeze") {
         at = producer(g.node[at].input.first()?)?;
@@ -728,11 +752,18 @@ fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(NodeId, usize)>> 
         _ => false,
     };
     let shape = &g.node[producer(pick.input.first()?)?];
-    let follows = last_of_shape
-        && shape.op_type() == "Shape"
-        && shape.attribute.is_empty()
-        && shape.input.first().zip(node.input.first()).is_some_and(|(t, x)| same_last_dim(cx, t, x));
-    follows.then_some(None)
+    let t = shape.input.first().filter(|t| !cx.ir.is_const(t))?;
+    (last_of_shape && shape.op_type() == "Shape" && shape.attribute.is_empty()).then_some(t.as_str())
+}
+
+/// The tensor whose last dimension a computed target reads back for its last entry, when it is
+/// not the reshaped tensor's own ([`same_last_dim`]): TorchScript's GPT-2 reshapes the final
+/// norm's output to a size read from the embeddings. The reshape ties the two, so that they
+/// keep the same channels.
+fn read_back_partner<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Option<&'g str> {
+    let concat = &cx.graph.node[*cx.ir.producer.get(node.input.get(1)?)?];
+    let t = last_read_back(cx, concat.input.last()?)?;
+    (!same_last_dim(cx, t, node.input.first()?)).then_some(t)
 }
 
 /// Whether `t`'s last dimension is `x`'s whatever channels leave: `t` is `x`, or the right

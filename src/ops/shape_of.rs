@@ -3,7 +3,7 @@
 //! back only to reshape the same tensor (`x.view(-1, x.size(-1))`), which must follow the new
 //! width. Any other read (a scale computed from the head size, say) keeps the input whole.
 
-use super::shape::same_last_dim;
+use super::shape::computed_last;
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::CheckCx;
@@ -105,9 +105,10 @@ fn follows_itself(cx: &Ctx, value: &str, x: &str, divided: bool, depth: usize) -
                     && readers.iter().all(|&(r, s)| {
                         let reshape = &cx.graph.node[r];
                         let of = reshape.input.first().map(String::as_str);
+                        // The last entry: the reshape ties the tensor it reshapes to x.
                         s == 1
                             && reshape.op_type() == "Reshape"
-                            && of.is_some_and(|r| last && same_last_dim(cx, x, r) || r == x)
+                            && (last && computed_last(reshape, cx) == Some(None) || of == Some(x))
                     })
             }
             _ => false,

@@ -245,9 +245,11 @@ fn flattening_the_axes_after_the_channels_keeps_them_apart() {
 /// wins where the others are negative): it keeps them all.
 #[test]
 fn zero_channels_leave_sums_and_means_over_the_channels() {
-    for (over_channels, expected) in
-        [("ReduceMean", vec![(3, 4), (4, 2)]), ("ReduceSumSquare", vec![(3, 4), (4, 2)]), ("ReduceMax", vec![(3, 6), (6, 2)])]
-    {
+    for (over_channels, expected) in [
+        ("ReduceMean", vec![(3, 4), (4, 2)]),
+        ("ReduceSumSquare", vec![(3, 4), (4, 2)]),
+        ("ReduceMax", vec![(3, 6), (6, 2)]),
+    ] {
         let mut g = image();
         g.conv_weight("w1", 6, 3, 3, &[1, 4], &[]);
         bias(&mut g, "b1", &[0.1, 0.0, 0.2, -0.3, 0.0, 0.5]);
