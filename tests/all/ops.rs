@@ -577,6 +577,25 @@ fn embedding_tables_lose_constant_and_unread_columns() {
     assert_eq!(table.dims, vec![10, 4]);
 }
 
+/// `a = relu(x @ w1 + b1)` flattened to `[-1, size]` with the size read back as the last
+/// dimension of `read` (`flat`), and `w2` (`[2, 6]`, transB) that leaves a's channel 2 unread.
+fn flattened_to_a_size_read_back(g: &mut G, read: &str) {
+    g.weight("w1", 4, 6, &[]).init("b1", &[6], &[0.1, -0.2, 0.3, 0.4, 0.5, 0.6]);
+    let mut w2 = g.rand(6 * 2);
+    (w2[2], w2[8]) = (0.0, 0.0);
+    g.init("w2", &[2, 6], &w2);
+    g.g.initializer.extend([
+        int64_tensor("minus_one", &[-1]),
+        int64_tensor("start", &[-1]),
+        int64_tensor("end", &[i64::MAX]),
+        int64_tensor("zero", &[0]),
+    ]);
+    g.op("MatMul", &["x", "w1"], "m", vec![]).op("Add", &["m", "b1"], "h", vec![]).op("Relu", &["h"], "a", vec![]);
+    g.op("Shape", &[read], "s", vec![]).op("Slice", &["s", "start", "end", "zero"], "c", vec![]);
+    g.op("Concat", &["minus_one", "c"], "target", vec![attr_i("axis", 0)]);
+    g.op("Reshape", &["a", "target"], "flat", vec![]);
+}
+
 /// GPT-2's Conv1D as TorchScript writes it: `x.view(-1, x.size(-1))` reads the channel count
 /// back with Shape only to reshape x itself, which follows the new width; reads of other axes
 /// do not change. A Shape whose channel count feeds arithmetic keeps x whole.
@@ -584,20 +603,7 @@ fn embedding_tables_lose_constant_and_unread_columns() {
 fn shape_reads_that_only_reshape_the_tensor_itself_let_it_shrink() {
     for arithmetic in [false, true] {
         let mut g = G::new("x", &[B, Some(3), Some(4)]);
-        g.weight("w1", 4, 6, &[]).init("b1", &[6], &[0.1, -0.2, 0.3, 0.4, 0.5, 0.6]);
-        let mut w2 = g.rand(6 * 2);
-        (w2[2], w2[8]) = (0.0, 0.0); // channel 1 of a unread (w2 is [2, 6], transB)
-        g.init("w2", &[2, 6], &w2);
-        g.g.initializer.extend([
-            int64_tensor("minus_one", &[-1]),
-            int64_tensor("start", &[-1]),
-            int64_tensor("end", &[i64::MAX]),
-            int64_tensor("zero", &[0]),
-        ]);
-        g.op("MatMul", &["x", "w1"], "m", vec![]).op("Add", &["m", "b1"], "h", vec![]).op("Relu", &["h"], "a", vec![]);
-        g.op("Shape", &["a"], "s", vec![]).op("Slice", &["s", "start", "end", "zero"], "c", vec![]);
-        g.op("Concat", &["minus_one", "c"], "target", vec![attr_i("axis", 0)]);
-        g.op("Reshape", &["a", "target"], "flat", vec![]);
+        flattened_to_a_size_read_back(&mut g, "a");
         g.op("Gemm", &["flat", "w2"], "y0", vec![attr_i("transB", 1)]);
         if arithmetic {
             // y = y0 * count: the channel count as a number.
@@ -619,29 +625,16 @@ fn shape_reads_that_only_reshape_the_tensor_itself_let_it_shrink() {
 fn a_last_size_read_back_from_another_tensor_ties_it_to_the_reshaped_one() {
     for unrelated in [false, true] {
         let mut g = G::new("x", &[B, Some(3), Some(4)]);
-        g.weight("w1", 4, 6, &[]).weight("w3", 4, 6, &[]).init("b1", &[6], &[0.1, -0.2, 0.3, 0.4, 0.5, 0.6]);
-        let mut w2 = g.rand(6 * 2);
-        (w2[1], w2[7]) = (0.0, 0.0); // channel 1 of a unread (w2 is [2, 6], transB)
-        g.init("w2", &[2, 6], &w2);
-        g.g.initializer.extend([
-            int64_tensor("minus_one", &[-1]),
-            int64_tensor("start", &[-1]),
-            int64_tensor("end", &[i64::MAX]),
-            int64_tensor("zero", &[0]),
-        ]);
-        g.op("MatMul", &["x", "w1"], "m", vec![]).op("Add", &["m", "b1"], "h", vec![]).op("Relu", &["h"], "a", vec![]);
-        g.op("MatMul", &["x", "w3"], "e", vec![]);
-        g.op("Shape", &[if unrelated { "e" } else { "h" }], "s", vec![]);
-        g.op("Slice", &["s", "start", "end", "zero"], "c", vec![]);
-        g.op("Concat", &["minus_one", "c"], "target", vec![attr_i("axis", 0)]);
-        g.op("Reshape", &["a", "target"], "flat", vec![]).op("Gemm", &["flat", "w2"], "y0", vec![attr_i("transB", 1)]);
+        g.weight("w3", 4, 6, &[]).op("MatMul", &["x", "w3"], "e", vec![]);
+        flattened_to_a_size_read_back(&mut g, if unrelated { "e" } else { "h" });
+        g.op("Gemm", &["flat", "w2"], "y0", vec![attr_i("transB", 1)]);
         // e is read by an output sum in full.
         g.op("ReduceSum", &["e"], "es", vec![attr_i("keepdims", 0)]).op("Unsqueeze", &["es", "zero"], "e1", vec![]);
         g.op("Add", &["y0", "e1"], "y", vec![]);
         let (r, _) = minimize(&g.model("y", &[None, Some(2)]));
         let out = |name: &str| r.removals.layers.iter().find(|l| l.node == name).map(|l| l.outputs_after);
         let m = if unrelated { 6 } else { 5 };
-        assert_eq!((out("MatMul_0"), out("MatMul_3")), (Some(m), Some(6)), "unrelated: {unrelated}");
+        assert_eq!((out("MatMul_1"), out("MatMul_0")), (Some(m), Some(6)), "unrelated: {unrelated}");
     }
 }
 
