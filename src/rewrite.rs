@@ -41,6 +41,11 @@ pub(crate) enum Edit {
         node: usize,
         attr: AttributeProto,
     },
+    /// Optional input `slot` of `node` becomes absent (a recurrent layer's computed zero state).
+    DropInput {
+        node: usize,
+        slot: usize,
+    },
     RemoveAttr {
         node: usize,
         name: String,
@@ -133,7 +138,11 @@ pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
             Edit::CloneProducer { entries, .. } => entries.iter().map(|(_, t)| numel(t)).sum(),
             Edit::AddBias { tensor, .. } => numel(tensor),
             Edit::GatherInput { keep, .. } | Edit::GatherOperand { keep, .. } => keep.len() as i64,
-            Edit::Attr { .. } | Edit::RemoveAttr { .. } | Edit::Remove { .. } | Edit::Width { .. } => 0,
+            Edit::Attr { .. }
+            | Edit::RemoveAttr { .. }
+            | Edit::DropInput { .. }
+            | Edit::Remove { .. }
+            | Edit::Width { .. } => 0,
         })
         .sum()
 }
@@ -282,6 +291,15 @@ impl Apply {
                 inputs[slot] = name;
             }
             Edit::RemoveAttr { node, name } => g.node[node].attribute.retain(|a| a.name() != name),
+            Edit::DropInput { node, slot } => {
+                let inputs = &mut g.node[node].input;
+                if let Some(input) = inputs.get_mut(slot) {
+                    input.clear();
+                }
+                while inputs.last().is_some_and(String::is_empty) {
+                    inputs.pop();
+                }
+            }
             Edit::Attr { node, attr } => {
                 let attrs = &mut g.node[node].attribute;
                 match attrs.iter_mut().find(|a| a.name == attr.name) {

@@ -20,6 +20,7 @@ mod matmul;
 mod norm;
 mod per_channel;
 mod pool;
+mod recurrent;
 mod shape;
 mod shape_of;
 mod slice;
@@ -163,6 +164,7 @@ static RULES: &[&dyn OpRule] = &[
     &matmul::Einsum,
     &attention::Attention,
     &conv::Conv,
+    &recurrent::Recurrent,
     &elementwise::Unary,
     &elementwise::Binary,
     &elementwise::BatchNorm,

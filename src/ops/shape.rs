@@ -186,11 +186,15 @@ impl Reshaped {
     /// Whether the target merges `x`'s heads (just before its channel axis) back into one axis.
     fn merges(&self, x: crate::analysis::Layout) -> bool {
         let (Some(heads), Some(w)) = (x.heads, x.width) else { return false };
-        let last = self.target.last().copied();
+        let (last, n) = (self.target.last().copied(), self.target.len());
         // An explicit last entry of the whole width (with -1 the heads axis could stay apart):
         // in row-major order the last axis then holds exactly `[H, D]`, entry `h * D + d`,
-        // however the axes before merge (`[B, T, H, D] -> [B * T, H * D]` too).
-        x.axis == Some(-1) && heads.axis == -2 && last == Some(w as i64)
+        // however the axes before merge (`[B, T, H, D] -> [B * T, H * D]` too). A -1 after
+        // copies (0) of every axis but the last two merges exactly those (TorchScript's
+        // bidirectional RNN output, `[T, B, 2, H] -> [0, 0, -1]`).
+        let copies_all_but_two =
+            last == Some(-1) && x.rank == Some(n + 1) && self.target[..n - 1].iter().all(|&e| e == 0);
+        x.axis == Some(-1) && heads.axis == -2 && (last == Some(w as i64) || copies_all_but_two)
     }
 }
 

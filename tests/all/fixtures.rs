@@ -137,3 +137,27 @@ fn every_convnext_fixture_shrinks_its_streams_through_compensated_layernorm() {
         assert_eq!(again.after.params, again.before.params, "{name}: one pass reaches the fixed point");
     }
 }
+
+/// Recurrent layers as the TorchScript exporter writes them (LSTM, GRU, RNN, a bidirectional
+/// LSTM whose directions merge into the features): dead and unread hidden units and unread input
+/// features leave, exactly as far as the generator's PyTorch-side algebra says.
+#[test]
+fn every_recurrent_fixture_loses_the_units_its_generator_expects() {
+    let fixtures = manifest("recurrent/manifest.json");
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(fixtures.len(), 4);
+    for f in &fixtures {
+        let name = f["file"].as_str().unwrap();
+        let out = dir.path().join(name);
+        let report = minimize_file(&fixture(&format!("recurrent/{name}")), Some(&out), &Options::default(), &|_| {})
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(report.verification.is_some());
+        let want = &f["recurrent"];
+        let layer = report.removals.layers.iter().find(|l| l.op == want["op"].as_str().unwrap()).unwrap();
+        let count = |k: &str| want[k].as_u64().unwrap() as usize;
+        assert_eq!((layer.inputs_after, layer.outputs_after), (count("inputs_after"), count("units_after")), "{name}");
+        assert_eq!(report.removals.layers[0].outputs_after, count("first_linear_after"), "{name}");
+        let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
+        assert_eq!(again.after.params, again.before.params, "{name}: one pass reaches the fixed point");
+    }
+}
