@@ -34,6 +34,9 @@ TRAINED_INPUTS = {
     "LayerNormalization": (1, 2),
     "RMSNormalization": (1,),
     "BatchNormalization": (1, 2),
+    "LSTM": (1, 2, 3, 7),
+    "GRU": (1, 2, 3),
+    "RNN": (1, 2, 3),
 }
 
 
@@ -264,6 +267,65 @@ def _attention(a, q, k, v, mask=None, *rest):
         scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
     # A row with every key masked attends to nothing (ONNX Runtime's output there is 0, not NaN).
     return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v
+
+
+def _recurrent(kind: str):
+    """LSTM (gates iofc, peepholes iof), GRU (zrh, `linear_before_reset`) and RNN with their default
+    activations, every direction, `layout` 0 or 1; steps unrolled, so gradients flow through time."""
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
+
+    def step(a, xt, h, c, r, rb, p):
+        hidden = h.shape[-1]
+        if kind == "RNN":
+            return torch.tanh(xt + h @ r.T + rb), c
+        if kind == "GRU":
+            (xz, xr, xh), (rz, rr, rh), (bz, br, bh) = xt.split(hidden, -1), r.split(hidden), rb.split(hidden)
+            z, reset = torch.sigmoid(xz + h @ rz.T + bz), torch.sigmoid(xr + h @ rr.T + br)
+            if a.get("linear_before_reset", 0):
+                n = torch.tanh(xh + reset * (h @ rh.T + bh))
+            else:
+                n = torch.tanh(xh + (reset * h) @ rh.T + bh)
+            return (1 - z) * n + z * h, c
+        i, o, f, g = (xt + h @ r.T + rb).split(hidden, -1)
+        pi, po, pf = p.split(hidden) if p is not None else (0, 0, 0)
+        c = torch.sigmoid(f + pf * c) * c + torch.sigmoid(i + pi * c) * torch.tanh(g)
+        return torch.sigmoid(o + po * c) * torch.tanh(c), c
+
+    defaults = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}[kind]
+
+    def run(a, x, w, r, b=None, lengths=None, h0=None, c0=None, p=None):
+        named = [_text(f).lower() for f in a.get("activations", [])]
+        plain = all(f == g.lower() for f, g in zip(named, defaults * 2)) and len(named) in (0, len(defaults) * w.shape[0])
+        if lengths is not None or not plain or any(k in a for k in ("activation_alpha", "activation_beta", "clip")):
+            raise UnsupportedModel(f"{kind} with sequence_lens, clip or other activations is not supported")
+        if a.get("input_forget", 0):
+            raise UnsupportedModel("LSTM with input_forget is not supported")
+        batch_first = a.get("layout", 0) == 1
+        if batch_first:
+            x = x.transpose(0, 1)
+            h0, c0 = (s.transpose(0, 1) if s is not None else None for s in (h0, c0))
+        dirs, hidden = w.shape[0], r.shape[-1]
+        b = b if b is not None else x.new_zeros(dirs, 2 * gates * hidden)
+        ys, hs, cs = [], [], []
+        for d in range(dirs):
+            reverse = _text(a.get("direction", b"forward")) == "reverse" or d == 1
+            h = h0[d] if h0 is not None else x.new_zeros(x.shape[1], hidden)
+            c = c0[d] if c0 is not None else x.new_zeros(x.shape[1], hidden)
+            wb, rb = b[d].split(gates * hidden)
+            xw = x @ w[d].T + wb
+            out = [None] * x.shape[0]
+            for t in reversed(range(x.shape[0])) if reverse else range(x.shape[0]):
+                h, c = step(a, xw[t], h, c, r[d], rb, p[d] if p is not None else None)
+                out[t] = h
+            ys.append(torch.stack(out))
+            hs.append(h)
+            cs.append(c)
+        y, yh, yc = torch.stack(ys, 1), torch.stack(hs), torch.stack(cs)
+        if batch_first:
+            y, yh, yc = y.permute(2, 0, 1, 3), yh.transpose(0, 1), yc.transpose(0, 1)
+        return [y, yh, yc] if kind == "LSTM" else [y, yh]
+
+    return run
 
 
 def _expand(a, x, shape):
@@ -726,6 +788,9 @@ OPS: dict[str, Callable] = {
     "Pad": _pad,
     "Resize": _resize,
     "Upsample": _upsample,
+    "LSTM": _recurrent("LSTM"),
+    "GRU": _recurrent("GRU"),
+    "RNN": _recurrent("RNN"),
 }
 
 
