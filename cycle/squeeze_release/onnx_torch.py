@@ -295,7 +295,10 @@ def _recurrent(kind: str):
 
     def run(a, x, w, r, b=None, lengths=None, h0=None, c0=None, p=None):
         named = [_text(f).lower() for f in a.get("activations", [])]
-        plain = all(f == g.lower() for f, g in zip(named, defaults * 2)) and len(named) in (0, len(defaults) * w.shape[0])
+        plain = all(f == g.lower() for f, g in zip(named, defaults * 2)) and len(named) in (
+            0,
+            len(defaults) * w.shape[0],
+        )
         if lengths is not None or not plain or any(k in a for k in ("activation_alpha", "activation_beta", "clip")):
             raise UnsupportedModel(f"{kind} with sequence_lens, clip or other activations is not supported")
         if a.get("input_forget", 0):
