@@ -21,8 +21,8 @@ use crate::analysis::{ConstCx, LayoutCx, NeedCx, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::build::attr_int;
-use crate::onnx::proto::{NodeProto, TensorProto};
-use crate::onnx::tensor::{encode, with_data, Values};
+use crate::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
+use crate::onnx::tensor::{encode, int64s, with_data, Values};
 use crate::report::LayerReport;
 use crate::rewrite::Edit;
 
@@ -93,19 +93,21 @@ struct RecurrentNode<'g> {
     zero_states: Vec<usize>,
 }
 
-/// Whether `name` is `ConstantOfShape` of zeros.
+/// Whether `name` is zeros of a computed shape: `ConstantOfShape` of 0 (TorchScript's
+/// `zeros(D, B, H)`), or an `Expand` of a constant 0 (the dynamo exporter's), possibly sliced.
 fn zeros(cx: &Ctx, name: &str) -> bool {
+    let zero = |t: &TensorProto| match Values::of(t) {
+        Ok(v) => (0..v.len()).all(|i| v.get(i) == 0.0),
+        Err(_) => t.data_type() == DataType::Int64 as i32 && int64s(t).iter().all(|&v| v == 0),
+    };
     let Some(node) = cx.ir.producer.get(name).map(|&n| &cx.graph.node[n]) else { return false };
-    let fill = node.attr("value").and_then(|a| a.t.as_ref()).map(Values::of);
-    node.op_type() == "ConstantOfShape"
-        && match fill {
-            None => true,
-            Some(Ok(v)) => v.len() == 1 && v.get(0) == 0.0,
-            Some(Err(_)) => node.attr("value").and_then(|a| a.t.as_ref()).is_some_and(|t| {
-                t.data_type() == crate::onnx::proto::tensor_proto::DataType::Int64 as i32
-                    && crate::onnx::tensor::int64s(t) == [0]
-            }),
-        }
+    let input = node.input.first().map(String::as_str).unwrap_or("");
+    match node.op_type() {
+        "ConstantOfShape" => node.attr("value").and_then(|a| a.t.as_ref()).is_none_or(zero),
+        "Expand" => cx.const_tensor(input).is_some_and(zero),
+        "Slice" | "Identity" | "Reshape" | "Unsqueeze" | "Squeeze" => zeros(cx, input),
+        _ => false,
+    }
 }
 
 impl OpRule for Recurrent {

@@ -732,32 +732,75 @@ pub(crate) fn computed_last(node: &NodeProto, cx: &Ctx) -> Option<Option<(NodeId
 }
 
 /// The tensor `t` when `last` is its last dimension read back: `Gather(Shape(t), -1)` or
-/// `Slice(Shape(t), -1, end)`, through Unsqueeze/Squeeze (TorchScript adds both).
+/// `Slice(Shape(t), -1, end)`, through Unsqueeze/Squeeze (TorchScript adds both) and a reshape
+/// to one entry; or that times a dimension of `t` declared 1 (the dynamo exporter flattens a
+/// recurrent layer's `[T, B, 1, H]` output with `Shape(y)[2] * Shape(y)[3]`).
 pub(crate) fn last_read_back<'g>(cx: &Ctx<'g>, last: &str) -> Option<&'g str> {
     let g = cx.graph;
     let producer = |name: &str| cx.ir.producer.get(name).copied();
     let mut at = producer(last)?;
+    loop {
+        let node = &g.node[at];
+        let one_entry = node.op_type() == "Reshape" && cx.ints(node, 1).is_some_and(|t| t == [-1] || t == [1]);
+        if !matches!(node.op_type(), "Unsqueeze" | "Squeeze") && !one_entry {
+            break;
+        }
+        at = producer(node.input.first()?)?;
+    }
+    let node = &g.node[at];
+    if node.op_type() == "Mul" {
+        let (a, b) = (picked(cx, node.input.first()?)?, picked(cx, node.input.get(1)?)?);
+        let unit = |p: &Pick| p.axis.is_some_and(|axis| cx.ir.shape(p.of).and_then(|s| s.get(axis).copied()) == Some(Some(1)));
+        return (a.of == b.of && (a.last && unit(&b) || b.last && unit(&a))).then_some(a.of);
+    }
+    picked(cx, last).filter(|p| p.last).map(|p| p.of)
+}
+
+/// One dimension of a tensor read back (see [`picked`]).
+struct Pick<'g> {
+    of: &'g str,
+    /// From the start, where the rank is known.
+    axis: Option<usize>,
+    last: bool,
+}
+
+/// The dimension `value` reads back: `Gather(Shape(t), i)` or `Slice(Shape(t), i, i + 1)` (to
+/// the end for the last), through Unsqueeze/Squeeze.
+fn picked<'g>(cx: &Ctx<'g>, value: &str) -> Option<Pick<'g>> {
+    let g = cx.graph;
+    let producer = |name: &str| cx.ir.producer.get(name).copied();
+    let mut at = producer(value)?;
     while matches!(g.node[at].op_type(), "Unsqueeze" | "Squeeze") {
         at = producer(g.node[at].input.first()?)?;
     }
     let pick = &g.node[at];
-    let ints = |slot: usize| cx.ints(pick, slot);
-    // The last axis: -1, or its index counted from the start where the rank is known.
-    let rank = pick.input.first().and_then(|s| producer(s)).and_then(|n| g.node[n].input.first());
-    let rank = rank.and_then(|t| cx.ir.rank(t)).map(|r| r as i64);
-    let last_of_shape = match pick.op_type() {
-        "Gather" => ints(1).is_some_and(|i| i == [-1] || rank.is_some_and(|r| i == [r - 1])),
-        "Slice" => {
-            ints(1) == Some(vec![-1])
-                && ints(2).is_some_and(|e| e.len() == 1 && e[0] >= i32::MAX as i64)
-                && cx.absent_or(pick, 3, &[0])
-                && cx.absent_or(pick, 4, &[1])
-        }
-        _ => false,
-    };
     let shape = &g.node[producer(pick.input.first()?)?];
-    let t = shape.input.first().filter(|t| !cx.ir.is_const(t))?;
-    (last_of_shape && shape.op_type() == "Shape" && shape.attribute.is_empty()).then_some(t.as_str())
+    let of = shape.input.first().filter(|t| !cx.ir.is_const(t))?;
+    if !(shape.op_type() == "Shape" && whole_shape(shape)) {
+        return None;
+    }
+    let rank = cx.ir.rank(of).map(|r| r as i64);
+    let ints = |slot: usize| cx.ints(pick, slot).filter(|v| v.len() == 1).map(|v| v[0]);
+    let from_start = |i: i64| if i < 0 { rank.map(|r| i + r) } else { Some(i) };
+    let axis = match pick.op_type() {
+        "Gather" if pick.attr_i("axis", 0) == 0 => ints(1)?,
+        "Slice" if cx.absent_or(pick, 3, &[0]) && cx.absent_or(pick, 4, &[1]) => {
+            let (from, to) = (ints(1)?, ints(2)?);
+            let to_end = to >= i32::MAX as i64 || rank.is_some_and(|r| to >= r);
+            let one = to_end && (from == -1 || rank.is_some_and(|r| from == r - 1))
+                || from_start(from).zip(from_start(to)).is_some_and(|(f, t)| t == f + 1);
+            one.then_some(from)?
+        }
+        _ => return None,
+    };
+    let last = axis == -1 || rank.is_some_and(|r| axis == r - 1);
+    let axis = from_start(axis).and_then(|a| usize::try_from(a).ok());
+    Some(Pick { of: of.as_str(), axis, last })
+}
+
+/// Whether a `Shape` node returns every dimension (no range, or one from 0 to the end).
+pub(crate) fn whole_shape(shape: &NodeProto) -> bool {
+    shape.attr_i("start", 0) == 0 && shape.attribute.iter().all(|a| a.name() != "end")
 }
 
 /// The tensor whose last dimension a computed target reads back for its last entry, when it is

@@ -3,7 +3,7 @@
 //! back only to reshape the same tensor (`x.view(-1, x.size(-1))`), which must follow the new
 //! width. Any other read (a scale computed from the head size, say) keeps the input whole.
 
-use super::shape::computed_last;
+use super::shape::{computed_last, whole_shape};
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::CheckCx;
@@ -34,7 +34,7 @@ impl OpRule for Shape {
         let (Some(x), Some(out)) = (node.input.first(), node.output.first()) else {
             return Role::Opaque(Opaque::Malformed("it lacks an input or an output"));
         };
-        let reads: Option<Vec<Read>> = if node.attribute.is_empty() {
+        let reads: Option<Vec<Read>> = if whole_shape(node) {
             cx.ir
                 .readers(out)
                 .iter()
@@ -88,6 +88,12 @@ fn follows_itself(cx: &Ctx, value: &str, x: &str, divided: bool, depth: usize) -
         let reads_x = node.input.first().map(String::as_str) == Some(x);
         match node.op_type() {
             "Squeeze" | "Unsqueeze" if slot == 0 => follows_itself(cx, out, x, divided, depth + 1),
+            // Times another dimension, or reshaped to one entry: the reshape's rule says whether
+            // the product is the channels (a dimension declared 1 times the channel count).
+            "Mul" => follows_itself(cx, out, x, divided, depth + 1),
+            "Reshape" if slot == 0 && cx.ints(node, 1).is_some_and(|t| t == [-1] || t == [1]) => {
+                follows_itself(cx, out, x, divided, depth + 1)
+            }
             "Cast" if node.attr_i("to", 0) == DataType::Int64 as i64 => follows_itself(cx, out, x, divided, depth + 1),
             "Div" if slot == 0 && cx.ints(node, 1).is_some_and(|c| c.len() == 1 && c[0] > 0) => {
                 follows_itself(cx, out, x, true, depth + 1)

@@ -138,14 +138,14 @@ fn every_convnext_fixture_shrinks_its_streams_through_compensated_layernorm() {
     }
 }
 
-/// Recurrent layers as the TorchScript exporter writes them (LSTM, GRU, RNN, a bidirectional
-/// LSTM whose directions merge into the features): dead and unread hidden units and unread input
-/// features leave, exactly as far as the generator's PyTorch-side algebra says.
+/// Recurrent layers as both exporters write them (LSTM, GRU, RNN, a bidirectional LSTM whose
+/// directions merge into the features): dead and unread hidden units and unread input features
+/// leave, exactly as far as the generator's PyTorch-side algebra says.
 #[test]
 fn every_recurrent_fixture_loses_the_units_its_generator_expects() {
     let fixtures = manifest("recurrent/manifest.json");
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(fixtures.len(), 4);
+    assert_eq!(fixtures.len(), 6);
     for f in &fixtures {
         let name = f["file"].as_str().unwrap();
         let out = dir.path().join(name);
