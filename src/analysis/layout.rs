@@ -23,12 +23,15 @@ pub(crate) struct Heads {
     /// projection (`[.., 3, E]`), which only axis moves and Gathers of one part read, need no
     /// more to stay rectangular.
     pub ragged: bool,
+    /// Every head stays while any entry does: the directions of a bidirectional recurrent layer,
+    /// which share their units (`hidden_size`).
+    pub whole: bool,
 }
 
 impl Heads {
     /// Heads on an axis of their own, the same entries kept in each.
     pub fn plain(axis: isize, count: usize) -> Heads {
-        Heads { axis, count, merged: false, ragged: false }
+        Heads { axis, count, merged: false, ragged: false, whole: false }
     }
 }
 

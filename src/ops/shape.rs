@@ -750,7 +750,8 @@ pub(crate) fn last_read_back<'g>(cx: &Ctx<'g>, last: &str) -> Option<&'g str> {
     let node = &g.node[at];
     if node.op_type() == "Mul" {
         let (a, b) = (picked(cx, node.input.first()?)?, picked(cx, node.input.get(1)?)?);
-        let unit = |p: &Pick| p.axis.is_some_and(|axis| cx.ir.shape(p.of).and_then(|s| s.get(axis).copied()) == Some(Some(1)));
+        let unit =
+            |p: &Pick| p.axis.is_some_and(|axis| cx.ir.shape(p.of).and_then(|s| s.get(axis).copied()) == Some(Some(1)));
         return (a.of == b.of && (a.last && unit(&b) || b.last && unit(&a))).then_some(a.of);
     }
     picked(cx, last).filter(|p| p.last).map(|p| p.of)

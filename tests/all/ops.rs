@@ -645,14 +645,7 @@ fn einsum_products_with_a_matrix_are_linear_layers() {
     let mut g = G::new("x", &[B, Some(3), Some(4)]);
     g.weight("w1", 6, 4, &[2]).init("b1", &[6], &[0.1, 0.2, 0.7, 0.3, 0.4, 0.5]);
     g.weight("w2", 2, 6, &[]);
-    let eq = |e: &str| {
-        vec![onnx_minimize::onnx::proto::AttributeProto {
-            name: Some("equation".into()),
-            r#type: Some(AttributeType::String as i32),
-            s: Some(e.as_bytes().to_vec()),
-            ..Default::default()
-        }]
-    };
+    let eq = |e: &str| vec![onnx_minimize::onnx::build::attr_string("equation", e)];
     g.op("Einsum", &["x", "w1"], "m", eq("bti,ji->btj")).op("Add", &["m", "b1"], "h", vec![]);
     g.op("Relu", &["h"], "a", vec![]).op("Einsum", &["w2", "a"], "y", eq("ji,bti->btj"));
     let (r, _) = minimize(&g.model("y", &[B, Some(3), Some(2)]));
@@ -685,4 +678,45 @@ fn expanded_class_tokens_and_activations_follow_the_channels() {
     assert_eq!(sliced.dims, vec![1, 1, 4]);
     let entries: Vec<Vec<i64>> = m.graph().initializer.iter().filter(|t| t.dims == [1]).map(int64s).collect();
     assert!(entries.contains(&vec![4]), "the activation's Expand shape says 4 channels: {entries:?}");
+}
+
+/// An LSTM unit whose cell candidate reads nothing (zero rows of W and R, zero biases) keeps its
+/// cell at 0, so its output is 0 and it leaves; a non-zero initial cell state, or a GRU's
+/// recurrent bias inside the reset gate (`linear_before_reset`), keeps it.
+#[test]
+fn recurrent_units_with_a_silent_candidate_leave_unless_a_state_or_bias_feeds_them() {
+    use onnx_minimize::onnx::build::node;
+    let (h, i) = (4usize, 3usize);
+    for (op, case, expected) in
+        [("LSTM", "silent", 3), ("LSTM", "initial cell", 4), ("GRU", "silent", 3), ("GRU", "reset bias", 4)]
+    {
+        let (gates, candidate) = if op == "LSTM" { (4, 3) } else { (3, 2) };
+        // One sample: a constant initial state is [directions, batch, hidden].
+        let mut g = G::new("x", &[Some(5), Some(1), Some(i)]);
+        let mut w = g.rand(gates * h * i);
+        let mut r = g.rand(gates * h * h);
+        let mut b = g.rand(2 * gates * h);
+        let row = candidate * h + 1; // unit 1's candidate row
+        w[row * i..(row + 1) * i].iter_mut().for_each(|v| *v = 0.0);
+        r[row * h..(row + 1) * h].iter_mut().for_each(|v| *v = 0.0);
+        (b[row], b[gates * h + row]) = (0.0, if case == "reset bias" { 0.3 } else { 0.0 });
+        g.init("w", &[1, gates * h, i], &w).init("r", &[1, gates * h, h], &r).init("b", &[1, 2 * gates * h], &b);
+        let mut inputs = vec!["x", "w", "r", "b", "", ""];
+        if case == "initial cell" {
+            let mut c0 = vec![0.0; h];
+            c0[1] = 0.5;
+            g.init("c0", &[1, 1, h], &c0);
+            inputs.push("c0");
+        }
+        let mut lstm = node(op, "rec", &inputs, &["y"], vec![attr_i("hidden_size", h as i64)]);
+        if op == "GRU" {
+            lstm.attribute.push(attr_i("linear_before_reset", 1));
+        }
+        g.g.node.push(lstm);
+        g.g.initializer.push(int64_tensor("one", &[1]));
+        g.weight("w2", h, 2, &[]).op("Squeeze", &["y", "one"], "s", vec![]).op("MatMul", &["s", "w2"], "out", vec![]);
+        let (r, _) = minimize(&g.model("out", &[Some(5), Some(1), Some(2)]));
+        let layer = r.removals.layers.iter().find(|l| l.op == op).unwrap();
+        assert_eq!(layer.outputs_after, expected, "{op}: {case}");
+    }
 }

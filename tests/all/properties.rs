@@ -334,3 +334,80 @@ proptest! {
         prop_assert_eq!(head.inputs_after, kept.max(1), "seed {}: {}", seed, report.to_text());
     }
 }
+
+/// `Linear -> ReLU -> {LSTM, GRU, RNN}` (one or both directions, the directions merged into the
+/// features as TorchScript does) `-> MatMul`, with random zero rows and columns in every weight
+/// and zero biases: whole candidate rows (dead units), unread units, unread input features.
+fn random_recurrent(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
+    use crate::common::{attr_i, attr_ints, int64_tensor, G};
+    use onnx_minimize::onnx::build::{attr_string, node};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (op, gates) = [("LSTM", 4), ("GRU", 3), ("RNN", 1)][rng.random_range(0..3)];
+    let (f, i, h, dirs) = (3, rng.random_range(2..6usize), rng.random_range(2..6usize), rng.random_range(1..3usize));
+    let mut g = G::new("x", &[Some(4), None, Some(f)]);
+    let l1_zero: Vec<usize> = (0..i).filter(|_| rng.random_bool(0.3)).collect();
+    let mut w1 = g.rand(f * i);
+    w1.iter_mut().enumerate().filter(|(e, _)| l1_zero.contains(&(e % i))).for_each(|(_, v)| *v = 0.0);
+    let b1: Vec<f32> = (0..i).map(|k| if l1_zero.contains(&k) { 0.0 } else { 0.1 }).collect();
+    g.init("w1", &[f, i], &w1).init("b1", &[i], &b1);
+    g.op("MatMul", &["x", "w1"], "q", vec![]).op("Add", &["q", "b1"], "a", vec![]).op("Relu", &["a"], "p", vec![]);
+    let zero_p = |rng: &mut StdRng, v: &mut [f32], rows: usize, cols: usize, p: f64| {
+        for r in 0..rows {
+            if rng.random_bool(p) {
+                v[r * cols..(r + 1) * cols].iter_mut().for_each(|x| *x = 0.0);
+            }
+        }
+        for c in 0..cols {
+            if rng.random_bool(p) {
+                (0..rows).for_each(|r| v[r * cols + c] = 0.0);
+            }
+        }
+    };
+    let mut w = g.rand(dirs * gates * h * i);
+    let mut r = g.rand(dirs * gates * h * h);
+    let mut b = g.rand(dirs * 2 * gates * h);
+    zero_p(&mut rng, &mut w, dirs * gates * h, i, 0.3);
+    zero_p(&mut rng, &mut r, dirs * gates * h, h, 0.3);
+    b.iter_mut().for_each(|v| {
+        if rng.random_bool(0.4) {
+            *v = 0.0
+        }
+    });
+    g.init("w", &[dirs, gates * h, i], &w).init("r", &[dirs, gates * h, h], &r).init("b", &[dirs, 2 * gates * h], &b);
+    let mut rec = node(op, "rec", &["p", "w", "r", "b"], &["y"], vec![attr_i("hidden_size", h as i64)]);
+    if dirs == 2 {
+        rec.attribute.push(attr_string("direction", "bidirectional"));
+    }
+    if op == "GRU" && rng.random_bool(0.5) {
+        rec.attribute.push(attr_i("linear_before_reset", 1));
+    }
+    g.g.node.push(rec);
+    g.g.initializer.extend([int64_tensor("merge", &[0, 0, -1])]);
+    g.op("Transpose", &["y"], "yt", vec![attr_ints("perm", &[0, 2, 1, 3])]).op(
+        "Reshape",
+        &["yt", "merge"],
+        "m",
+        vec![],
+    );
+    let mut w2 = g.rand(dirs * h * 2);
+    zero_p(&mut rng, &mut w2, dirs * h, 2, 0.4);
+    g.init("w2", &[dirs * h, 2], &w2).op("MatMul", &["m", "w2"], "out", vec![]);
+    g.model("out", &[Some(4), None, Some(2)])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Recurrent layers: exact on fresh inputs whatever the pattern, and idempotent.
+    #[test]
+    fn minimized_recurrent_layers_compute_the_same(seed in any::<u64>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let input = write(dir.path(), "in.onnx", &random_recurrent(seed));
+        let out = dir.path().join("out.onnx");
+        let report = minimize_file(&input, Some(&out), &Options::default(), &|_| {})
+            .map_err(|e| TestCaseError::fail(format!("seed {seed}: {e}")))?;
+        prop_assert!(report.after.params <= report.before.params);
+        let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
+        prop_assert_eq!(again.after.params, again.before.params, "seed {}: a second pass removes nothing more", seed);
+    }
+}
