@@ -118,8 +118,9 @@ struct PruneArgs {
     /// channel across every block that writes or reads it), and a channel left without weights
     /// also loses its biases, norm scales and embedding entries, so that it can leave a
     /// LayerNorm stream (ConvNeXt, transformers); space-structured: whole channel spaces, the
-    /// weakest (root mean square of their weights) first, structured pruning that minimization
-    /// turns into smaller layers.
+    /// weakest (root mean square of their weights, relative to their layer's) first, structured
+    /// pruning that minimization turns into smaller layers; space-uniform: the same share of
+    /// every layer's spaces, each layer's weakest (torch-pruning's uniform ratio).
     #[arg(long, value_enum, default_value_t = Criterion::Magnitude)]
     criterion: Criterion,
     /// How strongly unit-coupled scores follow the units: |w| * (row mass * column mass)^P. 0.5 is the

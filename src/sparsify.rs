@@ -54,6 +54,11 @@ pub enum Criterion {
     /// last one reached may go in part) and minimization removes them; their biases, norm scales
     /// and embedding entries go too, as with space-coupled.
     SpaceStructured,
+    /// As space-structured, ranked within each layer instead: every layer loses the same share
+    /// of its spaces, its weakest by root mean square (torch-pruning's uniform ratio), so a
+    /// residual stream, whose channel costs a row or column in every block, shrinks as fast as
+    /// the hidden layers.
+    SpaceUniform,
 }
 
 /// `--scope`.
@@ -403,12 +408,15 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
         weights.push(read(model, p)?);
     }
     let spaces = match opts.criterion {
-        Criterion::SpaceCoupled | Criterion::SpaceStructured => Some(spaces(model, &targets)?),
+        Criterion::SpaceCoupled | Criterion::SpaceStructured | Criterion::SpaceUniform => {
+            Some(spaces(model, &targets)?)
+        }
         _ => None,
     };
     let rms = match (&spaces, opts.criterion) {
-        (Some(s), Criterion::SpaceStructured) => {
-            Some(space_rms(s, &targets, weights.iter().map(|(w, _)| w.as_slice())))
+        (Some(s), Criterion::SpaceStructured | Criterion::SpaceUniform) => {
+            let uniform = opts.criterion == Criterion::SpaceUniform;
+            Some(space_scores(s, &targets, weights.iter().map(|(w, _)| w.as_slice()), uniform))
         }
         _ => None,
     };
@@ -424,7 +432,7 @@ pub fn prune(model: &mut Model, opts: &PruneOptions) -> Result<SparsifyReport> {
                 let (s, m) = (spaces.as_ref().expect("computed above"), mass.as_deref().expect("computed above"));
                 coupled(p, w, opts.coupling, Some((&s.slices[t], m)))
             }
-            Criterion::SpaceStructured => {
+            Criterion::SpaceStructured | Criterion::SpaceUniform => {
                 let (s, rms) = (spaces.as_ref().expect("computed above"), rms.as_deref().expect("computed above"));
                 let slices = &s.slices[t];
                 // A row or column outside every space never goes whole: it scores as the strongest.
@@ -506,15 +514,22 @@ fn space_sums<'w>(
 }
 
 /// Each space's root mean square over the weights in its rows and columns (0 for a space with
-/// none), relative to the mean of its layer's spaces: big spaces (a stream channel across every
-/// block) and small ones (a hidden unit) on one scale, and every layer on its own.
-fn space_rms<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item = &'w [f64]>) -> Vec<f64> {
+/// none), relative to the other spaces of its layer: big spaces (a stream channel across every
+/// block) and small ones (a hidden unit) on one scale, and every layer on its own. `uniform`:
+/// its rank among them instead, as a share (`(rank + 1/2) / spaces`), so every layer loses the
+/// same share of its spaces.
+fn space_scores<'w>(
+    s: &Spaces,
+    targets: &[Prunable],
+    weights: impl Iterator<Item = &'w [f64]>,
+    uniform: bool,
+) -> Vec<f64> {
     let (squares, count) = space_sums(s, targets, weights, |x| x * x);
     let rms: Vec<f64> =
         squares.iter().zip(&count).map(|(&q, &n)| if n == 0 { 0.0 } else { (q / n as f64).sqrt() }).collect();
-    // Relative to the spaces of the same layer (the first that writes them, else reads them), so
-    // that a cut takes the weakest of every layer rather than a whole layer whose weights are
-    // small (a stage of a network initialised at another scale).
+    // A space's layer is the first that writes it, else the first that reads it, so that a cut
+    // takes the weakest of every layer rather than a whole layer whose weights are small (a
+    // stage of a network initialised at another scale).
     let mut home = vec![None; s.count];
     for (t, slices) in s.slices.iter().enumerate() {
         slices.rows.iter().flatten().for_each(|&k| home[k] = home[k].or(Some((0, t))));
@@ -522,15 +537,24 @@ fn space_rms<'w>(s: &Spaces, targets: &[Prunable], weights: impl Iterator<Item =
     for (t, slices) in s.slices.iter().enumerate() {
         slices.cols.iter().flatten().for_each(|&k| home[k] = home[k].or(Some((1, t))));
     }
-    let mut layers: HashMap<(usize, usize), (f64, usize)> = HashMap::new();
+    let mut layers: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
     for (k, h) in home.iter().enumerate() {
         if let Some(h) = h {
-            let e = layers.entry(*h).or_default();
-            (e.0, e.1) = (e.0 + rms[k], e.1 + 1);
+            layers.entry(*h).or_default().push(k);
         }
     }
-    let mean = |k: usize| home[k].map(|h| layers[&h]).map_or(1.0, |(sum, n)| (sum / n as f64).max(f64::MIN_POSITIVE));
-    (0..s.count).map(|k| rms[k] / mean(k)).collect()
+    let mut score = rms.clone();
+    for spaces in layers.values_mut() {
+        if uniform {
+            spaces.sort_by(|&a, &b| rms[a].total_cmp(&rms[b]).then(a.cmp(&b)));
+            let n = spaces.len() as f64;
+            spaces.iter().enumerate().for_each(|(rank, &k)| score[k] = (rank as f64 + 0.5) / n);
+        } else {
+            let mean = (spaces.iter().map(|&k| rms[k]).sum::<f64>() / spaces.len() as f64).max(f64::MIN_POSITIVE);
+            spaces.iter().for_each(|&k| score[k] = rms[k] / mean);
+        }
+    }
+    score
 }
 
 /// Zeroes the per-channel writer constants of every space that has weights but none left

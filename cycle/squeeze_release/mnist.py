@@ -439,7 +439,7 @@ def main(argv=None) -> dict:
     )
     parser.add_argument(
         "--criterion",
-        choices=["space-structured", "space-coupled", "unit-coupled", "magnitude"],
+        choices=["space-structured", "space-uniform", "space-coupled", "unit-coupled", "magnitude"],
         help="how the cycle prunes (space-structured for the ConvNeXt and the ViT, unit-coupled otherwise)",
     )
     parser.add_argument("--coupling", type=float, default=DEFAULTS.coupling, help="unit-coupled score exponent")

@@ -284,7 +284,8 @@ def prune_file(
     channel in every block; a channel left without weights loses its biases, norm scales and
     embedding entries too, listed in the report's `silenced`) or "space-structured" (whole
     channel spaces, the weakest of each layer by the root mean square of their weights first:
-    structured pruning that `minimize` turns into smaller layers). Otherwise biases, norms and the
+    structured pruning that `minimize` turns into smaller layers) or "space-uniform" (the same
+    share of every layer's spaces, each layer's weakest). Otherwise biases, norms and the
     output layer (unless `include_output_layer`) are left alone.
     """
     report = _native.prune_file(

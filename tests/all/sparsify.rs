@@ -133,7 +133,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn any_sparsity_is_reached_exactly(seed in any::<u64>(), sparsity in 0.0f64..1.0, criterion in 0usize..4, global in any::<bool>()) {
+    fn any_sparsity_is_reached_exactly(seed in any::<u64>(), sparsity in 0.0f64..1.0, criterion in 0usize..5, global in any::<bool>()) {
         let layers: Vec<Layer> = [(5usize, 7usize), (7, 6), (6, 2)].iter().enumerate().map(|(i, &(n_in, n_out))| Layer {
             n_in, n_out,
             w: (0..n_in * n_out).map(|k| (((seed >> (k % 48)) as usize + k * 7 + i) % 13) as f32 - 6.0).collect(),
@@ -146,7 +146,13 @@ proptest! {
         let opts = PruneOptions {
             amount: Amount::Sparsity(sparsity),
             scope: if global { Scope::Global } else { Scope::PerTensor },
-            criterion: [Criterion::Magnitude, Criterion::UnitCoupled, Criterion::SpaceCoupled, Criterion::SpaceStructured][criterion],
+            criterion: [
+                Criterion::Magnitude,
+                Criterion::UnitCoupled,
+                Criterion::SpaceCoupled,
+                Criterion::SpaceStructured,
+                Criterion::SpaceUniform,
+            ][criterion],
             coupling: if global { 0.5 } else { 2.0 },
             include_output_layer: false,
         };
@@ -163,7 +169,8 @@ proptest! {
         // A unit whose row and reader's column space-coupled pruning emptied has its bias zeroed
         // too: it is the constant 0, and minimization removes at least those units, exactly.
         // (A layer keeps one unit at least.)
-        prop_assert!(r.silenced.is_empty() || matches!(opts.criterion, Criterion::SpaceCoupled | Criterion::SpaceStructured));
+        let spaces = matches!(opts.criterion, Criterion::SpaceCoupled | Criterion::SpaceStructured | Criterion::SpaceUniform);
+        prop_assert!(r.silenced.is_empty() || spaces);
         let pruned = dir.path().join("pruned.onnx");
         m.write(&pruned, false).unwrap();
         let small = dir.path().join("small.onnx");
@@ -249,8 +256,10 @@ fn space_coupled_pruning_empties_whole_layernorm_stream_channels() {
     assert_eq!((unit, none), (width, 0), "unit-coupled: the stem's LayerNorm writes every stream channel");
     let (_, space, silenced) = stream(Criterion::SpaceCoupled);
     assert!(space < width && silenced > 0, "space-coupled keeps {space} of {width} stream channels");
-    let (_, structured, silenced) = stream(Criterion::SpaceStructured);
-    assert!(structured < width && silenced > 0, "space-structured keeps {structured} of {width} stream channels");
+    for criterion in [Criterion::SpaceStructured, Criterion::SpaceUniform] {
+        let (_, structured, silenced) = stream(criterion);
+        assert!(structured < width && silenced > 0, "{criterion:?} keeps {structured} of {width} stream channels");
+    }
 }
 
 /// The groups a space-coupled group lasso sums: a stream channel's space holds the stem's row,
