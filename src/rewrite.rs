@@ -69,6 +69,14 @@ pub(crate) enum Edit {
     Remove {
         node: usize,
     },
+    /// `nodes` inserted after `node`: they read its output as `$before` and write what it wrote
+    /// as `$after` (a padded Conv's correction for the constants it no longer reads); other
+    /// names starting with `$` are local, as in `Replace`.
+    Follow {
+        node: usize,
+        nodes: Vec<NodeProto>,
+        initializers: Vec<TensorProto>,
+    },
     /// `Add(output, tensor)` inserted after `node`, which had no bias to fold constants into.
     AddBias {
         node: usize,
@@ -134,7 +142,9 @@ pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
             Edit::Const { node, slot, tensor }
             | Edit::Slice { node, slot, tensor, .. }
             | Edit::SetInput { node, slot, tensor } => numel(tensor) - read(*node, *slot),
-            Edit::Replace { initializers, .. } => initializers.iter().map(numel).sum(),
+            Edit::Replace { initializers, .. } | Edit::Follow { initializers, .. } => {
+                initializers.iter().map(numel).sum()
+            }
             Edit::CloneProducer { entries, .. } => entries.iter().map(|(_, t)| numel(t)).sum(),
             Edit::AddBias { tensor, .. } => numel(tensor),
             Edit::GatherInput { keep, .. } | Edit::GatherOperand { keep, .. } => keep.len() as i64,
@@ -174,9 +184,37 @@ impl Names {
 enum Structural {
     Bias(Box<TensorProto>),
     Replace(Vec<NodeProto>, Vec<TensorProto>),
+    Follow(Vec<NodeProto>, Vec<TensorProto>),
     Remove,
     InsertAfter(Box<NodeProto>),
     InsertBefore(Box<NodeProto>),
+}
+
+/// Gives the `$`-names of inserted nodes and constants fresh names under `base` (or the names
+/// `preset` maps them to).
+fn localize(
+    names: &mut Names,
+    base: &str,
+    mut local: HashMap<String, String>,
+    nodes: &mut [NodeProto],
+    initializers: &mut [TensorProto],
+) {
+    let mut rename = |n: &mut String| {
+        if let Some(l) = n.strip_prefix('$') {
+            *n = local.entry(l.to_string()).or_insert_with(|| names.fresh(&format!("{base}_{l}"))).clone();
+        }
+    };
+    for n in nodes.iter_mut() {
+        n.input.iter_mut().chain(n.output.iter_mut()).for_each(&mut rename);
+        if let Some(name) = n.name.as_mut() {
+            rename(name);
+        }
+    }
+    for t in initializers.iter_mut() {
+        if let Some(name) = t.name.as_mut() {
+            rename(name);
+        }
+    }
 }
 
 /// Applies `edits` to `g`, and returns the tensors whose bytes are still to be copied.
@@ -308,6 +346,7 @@ impl Apply {
                 }
             }
             Edit::AddBias { node, tensor } => structural.push((node, Structural::Bias(Box::new(tensor)))),
+            Edit::Follow { node, nodes, initializers } => structural.push((node, Structural::Follow(nodes, initializers))),
             Edit::Replace { node, nodes, initializers } => {
                 // The replaced node's constants (a LayerNorm's scale and bias) may be read by
                 // nothing else now.
@@ -381,28 +420,18 @@ impl Apply {
                 }
                 Structural::Replace(mut nodes, mut initializers) => {
                     let base = g.node[node].name().to_string();
-                    let mut local: HashMap<String, String> = HashMap::new();
-                    let mut rename = |n: &mut String| {
-                        if let Some(l) = n.strip_prefix('$') {
-                            *n = local
-                                .entry(l.to_string())
-                                .or_insert_with(|| names.fresh(&format!("{base}_{l}")))
-                                .clone();
-                        }
-                    };
-                    for n in nodes.iter_mut() {
-                        n.input.iter_mut().chain(n.output.iter_mut()).for_each(&mut rename);
-                        if let Some(name) = n.name.as_mut() {
-                            rename(name);
-                        }
-                    }
-                    for t in initializers.iter_mut() {
-                        if let Some(name) = t.name.as_mut() {
-                            rename(name);
-                        }
-                    }
+                    localize(&mut names, &base, HashMap::new(), &mut nodes, &mut initializers);
                     g.initializer.extend(initializers);
                     g.node.splice(node..=node, nodes);
+                }
+                Structural::Follow(mut nodes, mut initializers) => {
+                    let (base, out) = (g.node[node].name().to_string(), g.node[node].output[0].clone());
+                    let before = names.fresh(&format!("{out}_uncorrected"));
+                    g.node[node].output[0] = before.clone();
+                    let preset = HashMap::from([("before".to_string(), before), ("after".to_string(), out)]);
+                    localize(&mut names, &base, preset, &mut nodes, &mut initializers);
+                    g.initializer.extend(initializers);
+                    g.node.splice(node + 1..node + 1, nodes);
                 }
                 Structural::Remove => {
                     g.node.remove(node);

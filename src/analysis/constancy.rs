@@ -92,11 +92,20 @@ impl<'g> ConstCx<'_, 'g> {
 /// folded exactly (a padded Conv reading a non-zero constant); `None` overall where the input's
 /// channels do not divide the weight's rows into blocks.
 pub(crate) fn linear_inputs(x: Layout, xc: &[Option<f64>], l: &dyn Linear) -> Option<Vec<Option<f64>>> {
+    inputs_with(x, xc, l, l.folds_constants())
+}
+
+/// [`linear_inputs`] for what the layer needs: a constant a correction after the layer adds back
+/// ([`Linear::border_correction`]) need not be read, though the outputs still vary with it.
+pub(crate) fn foldable_inputs(x: Layout, xc: &[Option<f64>], l: &dyn Linear) -> Option<Vec<Option<f64>>> {
+    inputs_with(x, xc, l, l.folds_constants() || l.corrects_borders())
+}
+
+fn inputs_with(x: Layout, xc: &[Option<f64>], l: &dyn Linear, exact: bool) -> Option<Vec<Option<f64>>> {
     let b = x.block?;
     let k = l.weight().k;
     if xc.len() * b != k {
         return None;
     }
-    let exact = l.folds_constants();
     Some((0..k).map(|kc| xc[x.channel_of(kc, xc.len())].filter(|&v| exact || v == 0.0)).collect())
 }

@@ -1,7 +1,7 @@
 //! Backward need: a channel is needed when it is not constant (or its constant cannot be
 //! folded exactly) and something needed reads it with a non-zero weight.
 
-use super::constancy::{linear_inputs, Consts, Patterns};
+use super::constancy::{foldable_inputs, Consts, Patterns};
 use super::ids::{IdVec, ValueId};
 use super::layout::{Layout, Layouts};
 use super::operands::{Operands, Param};
@@ -106,7 +106,8 @@ impl<'a, 'g> NeedCx<'a, 'g> {
         inputs.into_iter().for_each(|v| self.mark_all(v));
     }
 
+    /// A linear layer's input constants that it need not read (see [`foldable_inputs`]).
     pub fn linear_inputs(&self, x: ValueId, l: &dyn Linear) -> Option<Vec<Option<f64>>> {
-        linear_inputs(self.layouts[x], &self.consts[x], l)
+        foldable_inputs(self.layouts[x], &self.consts[x], l)
     }
 }

@@ -33,6 +33,15 @@ pub fn attr_string(name: &str, v: &str) -> AttributeProto {
     }
 }
 
+pub fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Tensor as i32),
+        t: Some(t),
+        ..Default::default()
+    }
+}
+
 pub fn attr_float(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),

@@ -4,27 +4,32 @@
 //!
 //! Exporters fold BatchNorm into the Conv, so a dead filter arrives as a zero filter with a
 //! non-zero bias: a constant channel. A constant *input* channel folds into the next Conv's bias
-//! only when its kernel cannot see zero padding; otherwise it is kept (never folded inexactly).
+//! when its kernel cannot see zero padding; otherwise an ungrouped Conv adds it back after itself
+//! as the convolution of a map of ones (exact at the borders too), and a grouped one keeps it.
 
-use super::linear::LinearOp;
+use super::linear::{Correction, LinearOp};
 use super::{may_pad, Activations, ChannelOp, Ctx, Linear, OpRule, Role, Weight};
 use crate::analysis::reasons::Opaque;
 use crate::analysis::{ConstCx, LayoutCx, NeedCx, PlanCx, TieCx};
 use crate::error::Result;
 use crate::ir::NodeExt;
-use crate::onnx::build::attr_int;
-use crate::onnx::proto::{NodeProto, TensorProto};
+use crate::onnx::build::{attr_int, attr_tensor, int64_tensor};
+use crate::onnx::proto::{AttributeProto, NodeProto, TensorProto};
 use crate::onnx::tensor::{encode, with_data, Values};
 use crate::rewrite::Edit;
 
 pub struct Conv;
 
 struct ConvNode<'g> {
+    node: &'g NodeProto,
     weight: Weight<'g>,
     bias: Option<(Values<'g>, &'g TensorProto)>,
     /// A constant input contributes the same to every output position: no zero padding in
     /// its view. Never for a transposed convolution, whose border outputs gather fewer taps.
     folds: bool,
+    /// A padded, ungrouped Conv: what a constant input adds is the same convolution of a map of
+    /// ones, computed after it ([`Linear::border_correction`]).
+    corrects: bool,
 }
 
 struct Depthwise<'g> {
@@ -82,7 +87,8 @@ impl OpRule for Conv {
                 spatial: kernel,
                 groups: 1,
             };
-            return Role::Op(Box::new(LinearOp(Box::new(ConvNode { weight, bias, folds: false }))));
+            let conv = ConvNode { node, weight, bias, folds: false, corrects: false };
+            return Role::Op(Box::new(LinearOp(Box::new(conv))));
         }
         if dims[1] == 1 && dims[0] == group && group > 1 {
             Role::Op(Box::new(Depthwise { filters: values, w_tensor, bias, padded, channels: group, kernel }))
@@ -91,7 +97,8 @@ impl OpRule for Conv {
             let (k, n) = (dims[1] * group, dims[0]);
             let weight =
                 Weight { values, tensor: w_tensor, slot: 1, k, n, transposed: true, spatial: kernel, groups: group };
-            Role::Op(Box::new(LinearOp(Box::new(ConvNode { weight, bias, folds: !padded }))))
+            let conv = ConvNode { node, weight, bias, folds: !padded, corrects: padded && group == 1 };
+            Role::Op(Box::new(LinearOp(Box::new(conv))))
         } else {
             Role::Opaque(Opaque::Malformed("its group does not divide its filters"))
         }
@@ -159,6 +166,54 @@ impl Linear for ConvNode<'_> {
     fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>) {
         let w = &self.weight;
         bias_edit(node, &self.bias, &w.values, keep_out, fold, edits);
+    }
+
+    fn corrects_borders(&self) -> bool {
+        self.corrects
+    }
+
+    /// `$after = $before + Conv(ones, sum_c k_c W[:, c])`, the ones shaped `[1, 1, spatial..]`
+    /// after the input's spatial sizes: inside the image each removed input was `k_c`, in the
+    /// padding 0, exactly as the ones map and its padding are.
+    fn border_correction(&self, folded: &[(usize, f64)], keep_out: &[usize]) -> Option<Correction> {
+        if !self.corrects {
+            return None;
+        }
+        let w = &self.weight;
+        let s = w.spatial;
+        let kernel: Vec<f64> = keep_out
+            .iter()
+            .flat_map(|&j| (0..s).map(move |e| folded.iter().map(|&(c, k)| k * w.values.get((j * w.k + c) * s + e)).sum()))
+            .collect();
+        let dtype = w.values.dtype;
+        let mut dims = w.values.dims.to_vec();
+        (dims[0], dims[1]) = (keep_out.len() as i64, 1);
+        let mut weight = with_data(&TensorProto::default(), dims, dtype, encode(dtype, &kernel));
+        weight.name = Some("$kernel".into());
+        let mut one = with_data(&TensorProto::default(), vec![1], dtype, encode(dtype, &[1.0]));
+        one.name = Some("$one".into());
+        let int = |name: &str, v: &[i64]| int64_tensor(name, v);
+        let initializers = vec![weight, int("$two", &[2]), int("$end", &[i64::MAX]), int("$unit", &[1, 1])];
+        let step = |op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>| NodeProto {
+            name: Some(format!("{output}_node")),
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        };
+        let x = self.node.input[0].as_str();
+        // The original's window (kernel, pads, strides, dilations, auto_pad), over one channel.
+        let window: Vec<AttributeProto> = self.node.attribute.iter().filter(|a| a.name() != "group").cloned().collect();
+        let nodes = vec![
+            step("Shape", &[x], "$shape", vec![]),
+            step("Slice", &["$shape", "$two", "$end"], "$spatial", vec![]),
+            step("Concat", &["$unit", "$spatial"], "$ones_shape", vec![attr_int("axis", 0)]),
+            step("ConstantOfShape", &["$ones_shape"], "$ones", vec![attr_tensor("value", one)]),
+            step("Conv", &["$ones", "$kernel"], "$correction", window),
+            step("Add", &["$before", "$correction"], "$after", vec![]),
+        ];
+        Some((nodes, initializers))
     }
 }
 

@@ -314,6 +314,18 @@ pub(crate) trait Linear {
     fn folds_constants(&self) -> bool {
         true
     }
+    /// Whether constants the bias cannot take can still leave, through
+    /// [`Linear::border_correction`].
+    fn corrects_borders(&self) -> bool {
+        false
+    }
+    /// Nodes that add back what the constant inputs `folded` (input channel, value) contributed,
+    /// for a layer that cannot fold them into its bias (a Conv whose kernel sees zero padding):
+    /// reading `$before` (the layer's output without them) and writing `$after`, for the kept
+    /// outputs `keep_out`. Only where [`Linear::corrects_borders`].
+    fn border_correction(&self, _folded: &[(usize, f64)], _keep_out: &[usize]) -> Option<Correction> {
+        None
+    }
     /// The least rank of `x` the channel axes hold for (`W @ x` reads axis -2); a value of
     /// unknown or smaller rank keeps its channels.
     fn min_rank(&self) -> usize {
@@ -332,6 +344,9 @@ pub(crate) trait Linear {
     /// that of `keep_out[i]` (the weight itself is sliced by [`Weight::slice_edit`]).
     fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>);
 }
+
+/// Nodes and constants a rewrite inserts after a layer (see [`Linear::border_correction`]).
+pub(crate) type Correction = (Vec<crate::onnx::proto::NodeProto>, Vec<TensorProto>);
 
 /// The channel semantics every linear layer shares: output channels start a new space, fixed by
 /// the weight; an output channel is constant when its row reads nothing that varies; an input
@@ -457,10 +472,18 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
         if keep_in.len() < w.k {
             let mut removed = vec![true; w.k];
             keep_in.iter().for_each(|&c| removed[c] = false);
-            let xc =
-                crate::analysis::constancy::linear_inputs(lx, cx.consts(x), l).expect("a block means known constants");
+            let xc = crate::analysis::constancy::foldable_inputs(lx, cx.consts(x), l)
+                .expect("a block means known constants");
             let folded: Vec<(usize, f64)> =
                 (0..w.k).filter(|&c| removed[c]).filter_map(|c| xc[c].filter(|&k| k != 0.0).map(|k| (c, k))).collect();
+            // Constants the bias cannot take (zero padding at the borders) come back through a
+            // correction after the layer.
+            if !folded.is_empty() && !l.folds_constants() {
+                let (nodes, initializers) = l.border_correction(&folded, &keep_out).expect("only corrected constants leave");
+                let node = cx.node.0;
+                cx.push(Edit::Follow { node, nodes, initializers });
+            }
+            let folded = if l.folds_constants() { folded } else { vec![] };
             // Reading the few folded columns directly beats scanning the whole matrix.
             if folded.len() * w.spatial * keep_out.len() < w.k * w.n * w.spatial / 4 {
                 w.fold_columns(&folded, &keep_out, &mut fold);

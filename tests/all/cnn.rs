@@ -29,9 +29,11 @@ fn bias(g: &mut G, name: &str, vals: &[f32]) {
 }
 
 /// BatchNorm folded into the conv: a dead filter is a zero filter with a non-zero bias, a
-/// constant channel. A 1x1 unpadded reader folds it; a padded 3x3 reader cannot, unless it is 0.
+/// constant channel. A 1x1 unpadded reader folds it into its bias; a padded 3x3 reader cannot (the
+/// padding reads 0 at the borders, not the constant), so it adds the constant back after itself as
+/// the convolution of a map of ones, exact at the borders too.
 #[test]
-fn constant_channels_fold_only_where_padding_cannot_see_them() {
+fn constant_channels_fold_into_the_bias_or_a_border_correction() {
     let mut g = image();
     g.conv_weight("w1", 6, 3, 3, &[1, 2, 4], &[]);
     bias(&mut g, "b1", &[0.1, 0.7, 0.0, 0.2, -0.3, 0.5]);
@@ -46,9 +48,10 @@ fn constant_channels_fold_only_where_padding_cannot_see_them() {
     g.conv_weight("w4", 2, 5, 1, &[], &[]);
     g.conv("r3", "w4", None, "y", 0, 1);
     let r = minimize(&g.model("y", &[B, Some(2), Some(8), Some(8)]));
-    // Layer 1 keeps channel 1 (0.7 read through padding); channels 2 and 4 (zero) leave.
-    // Layer 3's channel 3 (constant 0.4 after ReLU) folds into the unpadded 1x1 reader.
-    assert_eq!(widths(&r), vec![(3, 4), (4, 4), (4, 4), (4, 2)]);
+    // Layer 1's channel 1 (0.7) leaves through layer 2's border correction; channels 2 and 4
+    // (zero) leave. Layer 3's channel 3 (constant 0.4 after ReLU) folds into the unpadded 1x1
+    // reader's bias.
+    assert_eq!(widths(&r), vec![(3, 3), (3, 4), (4, 4), (4, 2)]);
 }
 
 #[test]

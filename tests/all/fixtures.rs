@@ -65,10 +65,10 @@ fn every_fixture_shrinks_to_its_fixpoint_and_verifies() {
 }
 
 /// Every committed CNN export: verified by tract, and each convolution or linear layer keeps
-/// exactly the channels the generator's own analysis (on the PyTorch side, with the padding rule)
-/// says an exact minimizer must keep.
+/// exactly the channels the generator's own analysis (on the PyTorch side, with the padding rule
+/// and its border correction) says an exact minimizer must keep.
 #[test]
-fn every_cnn_fixture_shrinks_exactly_as_far_as_the_padding_rule_allows() {
+fn every_cnn_fixture_shrinks_exactly_as_far_as_its_generator_expects() {
     let fixtures = manifest("cnn/manifest.json");
     let dir = tempfile::tempdir().unwrap();
     assert!(fixtures.len() >= 14);
