@@ -346,7 +346,9 @@ impl Apply {
                 }
             }
             Edit::AddBias { node, tensor } => structural.push((node, Structural::Bias(Box::new(tensor)))),
-            Edit::Follow { node, nodes, initializers } => structural.push((node, Structural::Follow(nodes, initializers))),
+            Edit::Follow { node, nodes, initializers } => {
+                structural.push((node, Structural::Follow(nodes, initializers)))
+            }
             Edit::Replace { node, nodes, initializers } => {
                 // The replaced node's constants (a LayerNorm's scale and bias) may be read by
                 // nothing else now.

@@ -289,18 +289,24 @@ fn padding_or_resizing_the_channel_axis_keeps_it_whole() {
 }
 
 #[test]
-fn a_merge_that_only_infers_its_last_entry_keeps_the_heads_whole() {
-    // `[0, 0, -1]` could leave the heads axis apart: only an explicit width merges.
-    let mut g = heads(|_| 1.0);
-    let merge = g.0.initializer.iter_mut().find(|t| t.name() == "merge_heads").unwrap();
-    *merge = int64_tensor("merge_heads", &[0, 0, -1]);
-    g.facts(|f| {
-        let reasons = f.forced.of(v(f, "m"));
-        assert!(
-            reasons.iter().any(|r| matches!(r, KeepReason::Node { why: Why::ReshapesChannelAxis, .. })),
-            "{reasons:?}"
-        );
-    });
+fn a_merge_that_copies_every_axis_but_the_last_two_merges_the_heads() {
+    // `[0, 0, -1]` of a rank-4 value copies the first two axes, so its -1 is exactly the heads
+    // times their entries (TorchScript's bidirectional RNN output); `[0, -1]` would fold the
+    // tokens in too, and keeps the channels whole.
+    for (target, merges) in [(vec![0, 0, -1], true), (vec![0, -1], false)] {
+        let mut g = heads(|_| 1.0);
+        let merge = g.0.initializer.iter_mut().find(|t| t.name() == "merge_heads").unwrap();
+        *merge = int64_tensor("merge_heads", &target);
+        g.facts(|f| {
+            let reasons = f.forced.of(v(f, "m"));
+            let reshapes = reasons.iter().any(|r| matches!(r, KeepReason::Node { why: Why::ReshapesChannelAxis, .. }));
+            assert_eq!(reshapes, !merges, "{target:?}: {reasons:?}");
+            if merges {
+                let (q, m) = (v(f, "q"), v(f, "m"));
+                assert!((0..6).all(|c| f.classes.class(q, c) == f.classes.class(m, c)));
+            }
+        });
+    }
 }
 
 #[test]

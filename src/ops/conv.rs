@@ -183,7 +183,9 @@ impl Linear for ConvNode<'_> {
         let s = w.spatial;
         let kernel: Vec<f64> = keep_out
             .iter()
-            .flat_map(|&j| (0..s).map(move |e| folded.iter().map(|&(c, k)| k * w.values.get((j * w.k + c) * s + e)).sum()))
+            .flat_map(|&j| {
+                (0..s).map(move |e| folded.iter().map(|&(c, k)| k * w.values.get((j * w.k + c) * s + e)).sum())
+            })
             .collect();
         let dtype = w.values.dtype;
         let mut dims = w.values.dims.to_vec();

@@ -479,7 +479,8 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
             // Constants the bias cannot take (zero padding at the borders) come back through a
             // correction after the layer.
             if !folded.is_empty() && !l.folds_constants() {
-                let (nodes, initializers) = l.border_correction(&folded, &keep_out).expect("only corrected constants leave");
+                let (nodes, initializers) =
+                    l.border_correction(&folded, &keep_out).expect("only corrected constants leave");
                 let node = cx.node.0;
                 cx.push(Edit::Follow { node, nodes, initializers });
             }
