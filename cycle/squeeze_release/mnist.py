@@ -252,7 +252,7 @@ def methods(args) -> dict[str, cycle.Config]:
         "compensated_layernorm": "concat" if args.arch in vision.MODELS else "ops",
     }
     budget = args.finetune_epochs + args.train_epochs
-    criterion = args.criterion or ("space-structured" if args.arch in vision.MODELS else "unit-coupled")
+    criterion = args.criterion or ("space-uniform" if args.arch in vision.MODELS else "unit-coupled")
     ours = {"criterion": criterion, "coupling": args.coupling, "calibration": args.calibration}
     # Without release the cycle's training time goes to the masked fine-tuning.
     unreleased = {"release": False, "finetune_epochs": budget}
@@ -440,7 +440,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--criterion",
         choices=["space-structured", "space-uniform", "space-coupled", "unit-coupled", "magnitude"],
-        help="how the cycle prunes (space-structured for the ConvNeXt and the ViT, unit-coupled otherwise)",
+        help="how the cycle prunes (space-uniform for the ConvNeXt and the ViT, unit-coupled otherwise)",
     )
     parser.add_argument("--coupling", type=float, default=DEFAULTS.coupling, help="unit-coupled score exponent")
     parser.add_argument(

@@ -34,17 +34,19 @@ impl OpRule for Shape {
         let (Some(x), Some(out)) = (node.input.first(), node.output.first()) else {
             return Role::Opaque(Opaque::Malformed("it lacks an input or an output"));
         };
-        let reads: Option<Vec<Read>> = if whole_shape(node) {
-            cx.ir
-                .readers(out)
-                .iter()
-                .map(|&(n, slot)| (slot == 0).then(|| read(cx, &cx.graph.node[n], x)).flatten())
-                .collect()
-        } else {
-            // A range of the shape (opset 15), all of it read: no reshape rule follows it.
+        let picked: Option<Vec<Read>> = whole_shape(node)
+            .then(|| {
+                let readers = cx.ir.readers(out).iter();
+                readers.map(|&(n, slot)| (slot == 0).then(|| read(cx, &cx.graph.node[n], x)).flatten()).collect()
+            })
+            .flatten();
+        // A range of the shape (opset 15, `start = 0` too), all of it read: no reshape rule
+        // follows it, and only a read of the channel axis keeps the tensor whole.
+        let range = (!node.attribute.is_empty()).then(|| {
             let (from, to) = (node.attr_i("start", 0), node.attr_i("end", i64::MAX));
-            Some(vec![Read { from, to, reshapes_itself: false }])
-        };
+            vec![Read { from, to, reshapes_itself: false }]
+        });
+        let reads = picked.or(range);
         match reads {
             Some(reads) if !cx.ir.outputs.contains(out) => Role::Op(Box::new(ShapeOf { reads })),
             _ => Role::Opaque(Opaque::Unsupported("its dimensions are read in a way not followed".into())),
