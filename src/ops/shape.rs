@@ -35,8 +35,21 @@ impl OpRule for Reshape {
                     let batch = last.filter(|_| split.is_none()).and_then(|(m, s)| BatchHeads::of(cx, m, s));
                     let parts = only_parts(cx, &node.output[0], 0);
                     let partner = last.is_none().then(|| read_back_partner(node, cx)).flatten().map(str::to_string);
-                    let reshape =
-                        ReshapeLast { last, split, leading, rank, keeps_leading, pieces, batch, parts, partner };
+                    let concat = node.input.get(1).and_then(|t| cx.ir.producer.get(t)).map(|&c| &cx.graph.node[c]);
+                    let merges_last_two =
+                        concat.and_then(|c| last_two(cx, c.input.last()?)) == node.input.first().map(String::as_str);
+                    let reshape = ReshapeLast {
+                        last,
+                        split,
+                        leading,
+                        rank,
+                        keeps_leading,
+                        pieces,
+                        batch,
+                        parts,
+                        partner,
+                        merges_last_two,
+                    };
                     Role::Op(Box::new(PerChannel::identity(Box::new(reshape))))
                 }
                 None => {
@@ -337,6 +350,8 @@ struct ReshapeLast {
     parts: bool,
     /// The tensor whose last dimension the last entry reads back, when not x's own.
     partner: Option<String>,
+    /// The last entry is x's own last two dimensions read back and multiplied ([`last_two`]).
+    merges_last_two: bool,
 }
 
 /// A computed target `[.., M, D]` (`D` constant) as `nn.MultiheadAttention` writes its head
@@ -487,7 +502,7 @@ impl ReshapeLast {
         // `[.., -1]` with one entry fewer than x's axes, whose output a reader holds to x's
         // width (a projection's weight): row-major order puts head h's entry d at `h * D + d`.
         let held = self.held(cx, x) && cx.output(0).is_some_and(|o| cx.get(o).width == x.width);
-        heads_last && (whole || read_back || held)
+        heads_last && (whole || read_back || held || self.merges_last_two)
     }
 
     /// Whether the target is `[.., -1]` with one entry fewer than x's axes: a merge of heads
@@ -752,9 +767,25 @@ pub(crate) fn last_read_back<'g>(cx: &Ctx<'g>, last: &str) -> Option<&'g str> {
         let (a, b) = (picked(cx, node.input.first()?)?, picked(cx, node.input.get(1)?)?);
         let unit =
             |p: &Pick| p.axis.is_some_and(|axis| cx.ir.shape(p.of).and_then(|s| s.get(axis).copied()) == Some(Some(1)));
-        return (a.of == b.of && (a.last && unit(&b) || b.last && unit(&a))).then_some(a.of);
+        return (a.of == b.of && (a.last && unit(&b) || b.last && unit(&a))).then_some(a.of).or(last_two(cx, last));
     }
     picked(cx, last).filter(|p| p.last).map(|p| p.of)
+}
+
+/// The tensor `t` when `last` is the product of its last two dimensions read back,
+/// `Shape(t)[-2] * Shape(t)[-1]` (the dynamo exporter flattens a bidirectional recurrent
+/// layer's `[T, B, 2, H]` so): a reshape to it merges heads before the channels into them.
+pub(crate) fn last_two<'g>(cx: &Ctx<'g>, last: &str) -> Option<&'g str> {
+    let g = cx.graph;
+    let mut at = *cx.ir.producer.get(last)?;
+    while g.node[at].op_type() == "Reshape" && cx.ints(&g.node[at], 1).is_some_and(|t| t == [-1] || t == [1]) {
+        at = *cx.ir.producer.get(g.node[at].input.first()?)?;
+    }
+    let node = &g.node[at];
+    let (a, b) = (picked(cx, node.input.first()?)?, picked(cx, node.input.get(1)?)?);
+    let before = |p: &Pick, q: &Pick| p.axis.zip(q.axis).is_some_and(|(p, q)| p + 1 == q);
+    let pair = a.last && before(&b, &a) || b.last && before(&a, &b);
+    (node.op_type() == "Mul" && a.of == b.of && pair).then_some(a.of)
 }
 
 /// One dimension of a tensor read back (see [`picked`]).

@@ -147,8 +147,10 @@ impl<'g> ChannelOp<'g> for ShapeOf {
         let (r, p) = (l.rank.unwrap_or(0) as i64, p as i64);
         let at = |i: i64| if i < 0 { i + r } else { i.min(r) };
         let channel_read = |rd: &Read| (at(rd.from)..at(rd.to)).contains(&p);
-        // Heads on two axes: a read of the heads axis changes too.
-        let heads_read = |rd: &Read| l.heads.is_some_and(|h| (at(rd.from)..at(rd.to)).contains(&(r + h.axis as i64)));
+        // Heads on two axes: a read of the heads axis changes too, unless every head stays.
+        let heads_read = |rd: &Read| {
+            l.heads.is_some_and(|h| !h.whole && !h.merged && (at(rd.from)..at(rd.to)).contains(&(r + h.axis as i64)))
+        };
         if self.reads.iter().any(|rd| heads_read(rd) || (channel_read(rd) && !rd.reshapes_itself)) {
             cx.force(x, Why::ShapeRead);
         }

@@ -145,7 +145,7 @@ fn every_convnext_fixture_shrinks_its_streams_through_compensated_layernorm() {
 fn every_recurrent_fixture_loses_the_units_its_generator_expects() {
     let fixtures = manifest("recurrent/manifest.json");
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(fixtures.len(), 6);
+    assert_eq!(fixtures.len(), 7);
     for f in &fixtures {
         let name = f["file"].as_str().unwrap();
         let out = dir.path().join(name);
