@@ -65,6 +65,16 @@ impl<'g> ChannelOp<'g> for Concatenated {
         let ins: Vec<ValueId> = (0..self.parts).map(|s| cx.input(s)).collect();
         let all: Vec<ValueId> = ins.iter().copied().chain([o]).collect();
         if let Some(l) = all.iter().map(|&v| cx.get(v)).find(|&l| self.stacked(l)) {
+            // Along the heads' axis (a stack of recurrent layers' final states), the heads a
+            // part holds are not the output's: the parts stay whole.
+            let along = |l: crate::analysis::Layout| {
+                l.heads.zip(l.rank).is_some_and(|(h, r)| {
+                    h.axis == if self.axis < 0 { self.axis as isize } else { self.axis as isize - r as isize }
+                })
+            };
+            if all.iter().any(|&v| along(cx.get(v))) {
+                return all.iter().for_each(|&v| cx.force(v, Why::ConcatenatesHeads));
+            }
             for &v in &all {
                 l.axis.inspect(|&a| cx.set_axis(v, a));
                 l.rank.inspect(|&r| cx.set_rank(v, r));

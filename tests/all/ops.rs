@@ -720,3 +720,31 @@ fn recurrent_units_with_a_silent_candidate_leave_unless_a_state_or_bias_feeds_th
         assert_eq!(layer.outputs_after, expected, "{op}: {case}");
     }
 }
+
+/// TorchScript stacks the final states of a two-layer bidirectional LSTM along the directions'
+/// axis and takes the last (`h[-1]`): that axis is the heads axis of each part, so the stack keeps
+/// the parts whole rather than read a head index against the wrong count.
+#[test]
+fn final_states_stacked_along_the_directions_stay_whole() {
+    use onnx_minimize::onnx::build::{attr_string, node};
+    let (h, i) = (3usize, 2usize);
+    let mut g = G::new("x", &[Some(4), B, Some(i)]);
+    for (layer, inputs) in [(0, i), (1, 2 * h)] {
+        let (w, r) = (format!("w{layer}"), format!("r{layer}"));
+        let (wv, rv) = (g.rand(2 * 4 * h * inputs), g.rand(2 * 4 * h * h));
+        g.init(&w, &[2, 4 * h, inputs], &wv).init(&r, &[2, 4 * h, h], &rv);
+    }
+    let mut last = int64_tensor("last", &[-1]);
+    last.dims.clear(); // a scalar index: the axis goes
+    g.g.initializer.extend([int64_tensor("merge", &[0, 0, -1]), last]);
+    let bi = || vec![attr_i("hidden_size", 3), attr_string("direction", "bidirectional")];
+    g.g.node.push(node("LSTM", "l0", &["x", "w0", "r0"], &["y0", "h0"], bi()));
+    g.op("Transpose", &["y0"], "t0", vec![crate::common::attr_ints("perm", &[0, 2, 1, 3])]);
+    g.op("Reshape", &["t0", "merge"], "m0", vec![]);
+    g.g.node.push(node("LSTM", "l1", &["m0", "w1", "r1"], &["", "h1"], bi()));
+    g.op("Concat", &["h0", "h1"], "hs", vec![attr_i("axis", 0)]);
+    g.g.node.push(node("Gather", "pick", &["hs", "last"], &["top"], vec![attr_i("axis", 0)]));
+    g.weight("wo", h, 2, &[]).op("MatMul", &["top", "wo"], "out", vec![]);
+    let (r, _) = minimize(&g.model("out", &[B, Some(2)]));
+    assert!(r.removals.blocked.is_empty() || r.removals.blocked.iter().all(|b| !b.reasons.is_empty()));
+}
