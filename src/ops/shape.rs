@@ -764,7 +764,7 @@ pub(crate) fn last_read_back<'g>(cx: &Ctx<'g>, last: &str) -> Option<&'g str> {
     }
     let node = &g.node[at];
     if node.op_type() == "Mul" {
-        let (a, b) = (picked(cx, node.input.first()?)?, picked(cx, node.input.get(1)?)?);
+        let (a, b) = factors(cx, node)?;
         let unit =
             |p: &Pick| p.axis.is_some_and(|axis| cx.ir.shape(p.of).and_then(|s| s.get(axis).copied()) == Some(Some(1)));
         return (a.of == b.of && (a.last && unit(&b) || b.last && unit(&a))).then_some(a.of).or(last_two(cx, last));
@@ -782,10 +782,15 @@ pub(crate) fn last_two<'g>(cx: &Ctx<'g>, last: &str) -> Option<&'g str> {
         at = *cx.ir.producer.get(g.node[at].input.first()?)?;
     }
     let node = &g.node[at];
-    let (a, b) = (picked(cx, node.input.first()?)?, picked(cx, node.input.get(1)?)?);
+    let (a, b) = factors(cx, node)?;
     let before = |p: &Pick, q: &Pick| p.axis.zip(q.axis).is_some_and(|(p, q)| p + 1 == q);
     let pair = a.last && before(&b, &a) || b.last && before(&a, &b);
     (node.op_type() == "Mul" && a.of == b.of && pair).then_some(a.of)
+}
+
+/// The dimensions read back that a product of two multiplies.
+fn factors<'g>(cx: &Ctx<'g>, product: &NodeProto) -> Option<(Pick<'g>, Pick<'g>)> {
+    Some((picked(cx, product.input.first()?)?, picked(cx, product.input.get(1)?)?))
 }
 
 /// One dimension of a tensor read back (see [`picked`]).
