@@ -85,15 +85,43 @@ pub fn minimize(model: &mut Model, opts: &Options) -> Result<Removals> {
 
 /// [`minimize`], leaving sliced weights to be copied when the model is written; also says which
 /// entries of each value the minimized model keeps.
+///
+/// Sizes computed from declared dimensions (`onnx/fold.rs`) are folded into constants only when
+/// that lets more channels go: a dimension read back follows a new size by itself, while a
+/// constant needs a rule to rewrite it, so neither form is better everywhere. The graph is
+/// planned both ways (its weights are shared, not copied); the fold is kept only where its plan
+/// removes more parameters, so a model nothing more can leave stays as it is (and a second
+/// pass changes nothing).
 fn minimize_deferred(
     model: &mut Model,
     opts: &Options,
     progress: &dyn Fn(Progress),
 ) -> Result<(Removals, verify::ChannelMap)> {
     model.fold_constants();
-    let graph = model.graph();
-    let ir = model.ir()?;
-    let facts = Facts::of(Graph::new(graph, &ir), progress);
+    let mut ir = model.ir()?;
+    let (mut plan, growth) = plan_of(model.graph(), &ir, opts, progress)?;
+    let mut folded = model.graph().clone();
+    if onnx::fold::sizes(&mut folded, &ir) > 0 {
+        let folded_ir = model.ir_of(&folded)?;
+        let (folded_plan, folded_growth) = plan_of(&folded, &folded_ir, opts, &|_| {})?;
+        if folded_growth < growth {
+            (plan, ir) = (folded_plan, folded_ir);
+            *model.graph_mut() = folded;
+        }
+    }
+    let pending = rewrite::apply(model.graph_mut(), &ir, plan.edits);
+    model.defer(pending);
+    Ok((plan.removals, plan.channels))
+}
+
+/// The plan for one graph, and the parameters it adds (negative: removes).
+fn plan_of(
+    graph: &onnx::proto::GraphProto,
+    ir: &ir::Ir,
+    opts: &Options,
+    progress: &dyn Fn(Progress),
+) -> Result<(analysis::plan::Plan, i64)> {
+    let facts = Facts::of(Graph::new(graph, ir), progress);
     let plan =
         |policy| analysis::plan::plan(&facts, &analysis::decide::decide(&facts, policy), opts.compensated_layernorm);
     let mut plan_ = plan(if opts.gather_inputs { InputPolicy::Gather } else { InputPolicy::Keep })?;
@@ -101,14 +129,12 @@ fn minimize_deferred(
         // A Gather stores one index per kept feature: when few features go, reading the input
         // whole is smaller. Only the decision and the plan depend on it.
         let whole = plan(InputPolicy::Keep)?;
-        if rewrite::param_growth(&whole.edits, graph, &ir) <= rewrite::param_growth(&plan_.edits, graph, &ir) {
+        if rewrite::param_growth(&whole.edits, graph, ir) <= rewrite::param_growth(&plan_.edits, graph, ir) {
             plan_ = whole;
         }
     }
-    drop(facts);
-    let pending = rewrite::apply(model.graph_mut(), &ir, plan_.edits);
-    model.defer(pending);
-    Ok((plan_.removals, plan_.channels))
+    let growth = rewrite::param_growth(&plan_.edits, graph, ir);
+    Ok((plan_, growth))
 }
 
 /// A committed fixture, minimized without verification, its sliced weights still pending.

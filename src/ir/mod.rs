@@ -103,6 +103,7 @@ const SAME_TYPE: &[&str] = &[
     "Max",
     "MaxPool",
     "Min",
+    "Mod",
     "Mul",
     "Neg",
     "Pad",
@@ -174,7 +175,7 @@ fn shadowed_by_input(g: &GraphProto) -> HashSet<&str> {
 }
 
 /// Names a node reads inside its subgraphs (If/Loop/Scan bodies read outer values implicitly).
-fn implicit_reads(node: &NodeProto, out: &mut Vec<String>) {
+pub(crate) fn implicit_reads(node: &NodeProto, out: &mut Vec<String>) {
     for a in &node.attribute {
         for g in a.g.iter().chain(a.graphs.iter()) {
             for n in &g.node {
@@ -325,12 +326,17 @@ impl Ir {
         self.consts.get(name).map(|&c| c.tensor(g))
     }
 
-    /// The float type of a value: stored, declared, or that of the operand its node computes it
-    /// from (a `Cast` names its own); `None` where the walk meets anything else. A rewrite that
-    /// adds a constant beside an activation must match its type, and exporters declare few.
+    /// The float type of a value (see [`Ir::elem_type`]). A rewrite that adds a constant beside
+    /// an activation must match its type, and exporters declare few.
     pub fn float_type(&self, g: &GraphProto, name: &str) -> Option<crate::onnx::tensor::FloatType> {
-        use crate::onnx::proto::type_proto::Value;
-        use crate::onnx::tensor::FloatType;
+        crate::onnx::tensor::FloatType::from_onnx(self.elem_type(g, name)?)
+    }
+
+    /// The element type of a value: stored, declared, or that of the operand its node computes
+    /// it from (a `Cast` names its own, `Shape` and `Size` write int64); `None` where the walk
+    /// meets anything else.
+    pub fn elem_type(&self, g: &GraphProto, name: &str) -> Option<i32> {
+        use crate::onnx::proto::{tensor_proto::DataType, type_proto::Value};
         let declared = |at: &str| {
             let vi = g.input.iter().chain(&g.value_info).chain(&g.output).find(|v| v.name() == at)?;
             match vi.r#type.as_ref()?.value.as_ref()? {
@@ -341,14 +347,15 @@ impl Ir {
         let mut at = name;
         for _ in 0..self.order.len() + 1 {
             if let Some(t) = self.const_tensor(g, at) {
-                return FloatType::from_onnx(t.data_type());
+                return Some(t.data_type());
             }
             if let Some(e) = declared(at) {
-                return FloatType::from_onnx(e);
+                return Some(e);
             }
             let node = &g.node[*self.producer.get(at)?];
             let from = match node.op_type() {
-                "Cast" => return FloatType::from_onnx(node.attr_i("to", 0) as i32),
+                "Cast" => return Some(node.attr_i("to", 0) as i32),
+                "Shape" | "Size" => return Some(DataType::Int64 as i32),
                 "CastLike" | "Where" => 1,
                 op if SAME_TYPE.contains(&op) => 0,
                 _ => return None,

@@ -251,7 +251,7 @@ impl Ir {
                 };
                 (n <= 1 << 16).then(|| vec![Some(fill); n])
             }
-            "Add" | "Sub" | "Mul" | "Div" => {
+            "Add" | "Sub" | "Mul" | "Div" | "Mod" if node.attr_i("fmod", 0) == 0 => {
                 let (a, b) = (value(0)?, value(1)?);
                 let n = a.len().max(b.len());
                 let at = |v: &[Option<i64>], i: usize| if v.len() == 1 { v[0] } else { v.get(i).copied().flatten() };
@@ -263,6 +263,8 @@ impl Ir {
                                 "Add" => x.checked_add(y),
                                 "Sub" => x.checked_sub(y),
                                 "Mul" => x.checked_mul(y),
+                                // The remainder takes the divisor's sign (TorchScript's `-1 % 3`).
+                                "Mod" => x.checked_rem(y).map(|r| if r != 0 && (r < 0) != (y < 0) { r + y } else { r }),
                                 _ => x.checked_div(y),
                             }
                         })

@@ -168,7 +168,7 @@ impl Model {
 
     /// The graph's index, built for the model's default-domain opset.
     pub fn ir(&self) -> Result<crate::ir::Ir> {
-        crate::ir::Ir::build(self.graph(), self.opset()).map_err(|why| Error::Invalid { path: self.path.clone(), why })
+        self.ir_of(self.graph())
     }
 
     /// Weights computed from weights (`Split`, `Transpose`) stored as weights; how many nodes
@@ -176,6 +176,11 @@ impl Model {
     pub(crate) fn fold_constants(&mut self) -> usize {
         let opset = self.opset();
         super::fold::constants(self.graph_mut(), opset)
+    }
+
+    /// The index of another graph of this model (the same opset), such as a folded copy.
+    pub(crate) fn ir_of(&self, graph: &super::proto::GraphProto) -> Result<crate::ir::Ir> {
+        crate::ir::Ir::build(graph, self.opset()).map_err(|why| Error::Invalid { path: self.path.clone(), why })
     }
 
     /// Bytes of the model file and every data file it reads.

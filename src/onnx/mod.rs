@@ -2,7 +2,7 @@
 //! tensors, and lossless, memory-mapped reading and atomic writing.
 
 pub mod build;
-mod fold;
+pub(crate) mod fold;
 pub mod io;
 pub mod tensor;
 

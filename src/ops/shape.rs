@@ -32,7 +32,8 @@ impl OpRule for Reshape {
                     let rank = node.input.get(1).and_then(|t| target_length(cx, t));
                     let keeps_leading = leading_kept(node, cx);
                     let pieces = if last.is_none() { Pieces::of(cx, node) } else { None };
-                    let batch = last.filter(|_| split.is_none()).and_then(|(m, s)| BatchHeads::of(cx, m, s));
+                    // Both may hold: `[B, H, T, D]` ends in two constants once `T` is folded.
+                    let batch = last.and_then(|(m, s)| BatchHeads::of(cx, m, s));
                     let parts = only_parts(cx, &node.output[0], 0);
                     let partner = last.is_none().then(|| read_back_partner(node, cx)).flatten().map(str::to_string);
                     let concat = node.input.get(1).and_then(|t| cx.ir.producer.get(t)).map(|&c| &cx.graph.node[c]);
@@ -620,7 +621,8 @@ impl AxisMap for ReshapeLast {
     fn rewrite(&self, cx: &mut PlanCx, o: ValueId, keep: &[usize]) {
         let Some((m, s)) = self.last else { return };
         let t = cx.const_of(m, s).expect("checked by the rule");
-        if let (Some((h_slot, h, _)), true) = (self.split, cx.layout(o).heads.is_some()) {
+        let splits_here = cx.layout(o).heads.is_some() && cx.layout(cx.input(0)).heads.is_none();
+        if let (Some((h_slot, h, _)), true) = (self.split, splits_here) {
             let (rows, cols) = heads_kept(cx.layout(o), keep);
             let mut entries = vec![(s, with_int64s(t, &[cols.len() as i64]))];
             if h != -1 {
