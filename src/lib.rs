@@ -92,11 +92,17 @@ pub fn minimize(model: &mut Model, opts: &Options) -> Result<Removals> {
 /// planned both ways (its weights are shared, not copied); the fold is kept only where its plan
 /// removes more parameters, so a model nothing more can leave stays as it is (and a second
 /// pass changes nothing).
+///
+/// A plan that would add parameters on the whole (a padded Conv's border correction, or a
+/// channel shuffle's Gather indices, costing more than the few channels they free in a tiny
+/// model) is planned again without border corrections, and if it still grows, nothing changes:
+/// a minimized model is never larger.
 fn minimize_deferred(
     model: &mut Model,
     opts: &Options,
     progress: &dyn Fn(Progress),
 ) -> Result<(Removals, verify::ChannelMap)> {
+    let (original, before) = (model.graph().clone(), param_count(model));
     model.fold_constants();
     let mut ir = model.ir()?;
     let (mut plan, growth) = plan_of(model.graph(), &ir, opts, progress)?;
@@ -110,7 +116,16 @@ fn minimize_deferred(
         }
     }
     let pending = rewrite::apply(model.graph_mut(), &ir, plan.edits);
-    model.defer(pending);
+    if param_count(model) > before {
+        *model.graph_mut() = original;
+        plan.channels.clear();
+        for l in &mut plan.removals.layers {
+            (l.inputs_after, l.outputs_after, l.removed_constant, l.removed_dead) =
+                (l.inputs_before, l.outputs_before, 0, 0);
+        }
+    } else {
+        model.defer(pending);
+    }
     Ok((plan.removals, plan.channels))
 }
 
@@ -121,7 +136,23 @@ fn plan_of(
     opts: &Options,
     progress: &dyn Fn(Progress),
 ) -> Result<(analysis::plan::Plan, i64)> {
-    let facts = Facts::of(Graph::new(graph, ir), progress);
+    let (plan, growth) = plan_with(graph, ir, opts, progress, true)?;
+    if growth <= 0 {
+        return Ok((plan, growth));
+    }
+    let (without, less) = plan_with(graph, ir, opts, &|_| {}, false)?;
+    Ok(if less < growth { (without, less) } else { (plan, growth) })
+}
+
+/// [`plan_of`], with border corrections allowed or not.
+fn plan_with(
+    graph: &onnx::proto::GraphProto,
+    ir: &ir::Ir,
+    opts: &Options,
+    progress: &dyn Fn(Progress),
+    corrections: bool,
+) -> Result<(analysis::plan::Plan, i64)> {
+    let facts = Facts::of(Graph::new(graph, ir), progress, corrections);
     let plan =
         |policy| analysis::plan::plan(&facts, &analysis::decide::decide(&facts, policy), opts.compensated_layernorm);
     let mut plan_ = plan(if opts.gather_inputs { InputPolicy::Gather } else { InputPolicy::Keep })?;

@@ -66,8 +66,9 @@ impl<'g> Facts<'g> {
     /// Runs every pass up to the decision, checking each result's invariants in debug builds
     /// before the next pass reads it (rustc's `validate_body` between passes).
     /// Every pass over `graph`; `progress` hears how much of the weights the one that reads
-    /// them has read.
-    pub fn of(graph: Graph<'g>, progress: &dyn Fn(crate::Progress)) -> Facts<'g> {
+    /// them has read. Without `corrections`, a padded Conv reads every non-zero constant it is
+    /// given rather than adding it back after itself.
+    pub fn of(graph: Graph<'g>, progress: &dyn Fn(crate::Progress), corrections: bool) -> Facts<'g> {
         let mut forced = forcing::seed(&graph);
         let layouts = layout::infer(&graph, &mut forced);
         debug_check(&graph, "layout", |v| {
@@ -80,7 +81,7 @@ impl<'g> Facts<'g> {
         let (mut consts, patterns) = constancy::forward(&graph, &layouts, &operands, progress);
         let non_finite = finite::taint(&graph, &patterns, &mut forced, &mut consts);
         debug_check(&graph, "constancy", |v| consts[v].len() == layouts[v].width.unwrap_or(0));
-        let needed = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced);
+        let needed = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced, corrections);
         debug_check(&graph, "need", |v| needed[v].len() == layouts[v].width.unwrap_or(0));
         Facts { graph, forced, layouts, operands, classes, consts, needed, non_finite }
     }

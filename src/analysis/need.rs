@@ -19,6 +19,7 @@ pub(crate) fn backward<'g>(
     consts: &Consts,
     patterns: &Patterns,
     forced: &Forced,
+    corrections: bool,
 ) -> Needed {
     let mut needed: Needed = consts.values().map(|c| vec![false; c.len()]).collect();
     // Graph outputs are needed, and so is everything kept whole for another reason (an opaque
@@ -34,7 +35,7 @@ pub(crate) fn backward<'g>(
     }
     for &n in g.order.iter().rev() {
         let at = At { graph: g, node: n };
-        let mut cx = NeedCx { at, layouts, operands, consts, patterns, needed: &needed, marks: vec![] };
+        let mut cx = NeedCx { at, layouts, operands, consts, patterns, needed: &needed, marks: vec![], corrections };
         match g.role(n) {
             Role::Inner => {}
             Role::Opaque(_) => cx.need_all_inputs(),
@@ -65,6 +66,8 @@ pub(crate) struct NeedCx<'a, 'g> {
     patterns: &'a Patterns,
     needed: &'a Needed,
     marks: Vec<(ValueId, usize)>,
+    /// Whether layers that add back the constants they stop reading ([`foldable_inputs`]) may.
+    corrections: bool,
 }
 
 at_node!(NeedCx);
@@ -108,6 +111,9 @@ impl<'a, 'g> NeedCx<'a, 'g> {
 
     /// A linear layer's input constants that it need not read (see [`foldable_inputs`]).
     pub fn linear_inputs(&self, x: ValueId, l: &dyn Linear) -> Option<Vec<Option<f64>>> {
-        foldable_inputs(self.layouts[x], &self.consts[x], l)
+        match self.corrections {
+            true => foldable_inputs(self.layouts[x], &self.consts[x], l),
+            false => super::constancy::linear_inputs(self.layouts[x], &self.consts[x], l),
+        }
     }
 }

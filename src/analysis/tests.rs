@@ -52,7 +52,7 @@ impl G {
 
     fn facts<T>(&self, f: impl FnOnce(&Facts) -> T) -> T {
         let ir = Ir::build(&self.0, 17).expect("a DAG");
-        let facts = Facts::of(Graph::new(&self.0, &ir), &|_| {});
+        let facts = Facts::of(Graph::new(&self.0, &ir), &|_| {}, true);
         f(&facts)
     }
 }

@@ -399,7 +399,14 @@ impl Ir {
                 dims[axis] = (others > 0 && n.is_multiple_of(others)).then_some(n / others);
                 Some(dims)
             }
-            "Slice" | "Pad" | "Resize" | "Upsample" | "Tile" | "ReverseSequence" => {
+            "Slice" => {
+                let x = x?;
+                Some(
+                    sliced(&x, &ints_at(1)?, &ints_at(2)?, ints_at(3), ints_at(4))
+                        .unwrap_or_else(|| vec![None; x.len()]),
+                )
+            }
+            "Pad" | "Resize" | "Upsample" | "Tile" | "ReverseSequence" => {
                 // Same rank; the moved axes' sizes are not tracked.
                 Some(vec![None; x?.len()])
             }
@@ -413,7 +420,11 @@ impl Ir {
                 let batch = broadcast(&[a[..a.len() - 2].to_vec(), b[..b.len() - 2].to_vec()])?;
                 Some([batch, vec![a[a.len() - 2], b[b.len() - 1]]].concat())
             }
-            "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool" => Some(vec![None; x?.len()]),
+            "Conv" | "MaxPool" | "AveragePool" | "LpPool" => {
+                let x = x?;
+                Some(windowed(node, &x, input(1).as_deref()).unwrap_or_else(|| vec![None; x.len()]))
+            }
+            "ConvTranspose" => Some(vec![None; x?.len()]),
             "GlobalAveragePool" | "GlobalMaxPool" => {
                 let x = x?;
                 let n = x.len().min(2);
@@ -477,6 +488,83 @@ fn slice_rows(
 }
 
 /// The dimensions a `Shape` node returns of a rank-`rank` value (its `start` and `end`, clamped).
+/// The output of a `Slice` (opset 10 on: bounds as inputs) of constant bounds: each sliced axis
+/// of known size clamped as ONNX says, the others as they were.
+fn sliced(
+    x: &[Option<u64>],
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<Vec<i64>>,
+    steps: Option<Vec<i64>>,
+) -> Option<Shape> {
+    let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        return None;
+    }
+    let mut out = x.to_vec();
+    for i in 0..starts.len() {
+        let a = normalize(axes[i], x.len())?;
+        let step = steps[i];
+        let Some(n) = x[a].and_then(|n| i64::try_from(n).ok()) else {
+            out[a] = None;
+            continue;
+        };
+        if step == 0 {
+            return None;
+        }
+        let at = |v: i64, lo: i64, hi: i64| (if v < 0 { v.saturating_add(n) } else { v }).clamp(lo, hi);
+        let count = if step > 0 {
+            let (b, e) = (at(starts[i], 0, n), at(ends[i], 0, n));
+            ((e - b).max(0) as u64).div_ceil(step as u64)
+        } else {
+            let (b, e) = (at(starts[i], -1, n - 1), at(ends[i], -1, n - 1));
+            ((b - e).max(0) as u64).div_ceil(step.unsigned_abs())
+        };
+        out[a] = Some(count);
+    }
+    Some(out)
+}
+
+/// The output of a convolution or pooling over `x` (`w`: a Conv's weight), by ONNX's formulas
+/// where every size they need is known: the batch, the channels (the weight's count, or x's),
+/// and each spatial size from its kernel, stride, dilation and padding. A ceil-mode pooling is
+/// left unknown (its last window's rule varies between runtimes' versions).
+fn windowed(node: &NodeProto, x: &[Option<u64>], w: Option<&[Option<u64>]>) -> Option<Shape> {
+    let spatial = x.len().checked_sub(2).filter(|&n| n > 0)?;
+    let conv = node.op_type() == "Conv";
+    let kernel: Vec<u64> = match node.attr_ints("kernel_shape") {
+        Some(k) => k.iter().map(|&k| u64::try_from(k).ok()).collect::<Option<_>>()?,
+        None if conv => w?.get(2..)?.iter().copied().collect::<Option<_>>()?,
+        None => return None,
+    };
+    let ints = |name: &str, n: usize, default: u64| -> Option<Vec<u64>> {
+        match node.attr_ints(name) {
+            Some(v) if v.len() == n => v.iter().map(|&v| u64::try_from(v).ok()).collect(),
+            Some(_) => None,
+            None => Some(vec![default; n]),
+        }
+    };
+    let (strides, dilations, pads) =
+        (ints("strides", spatial, 1)?, ints("dilations", spatial, 1)?, ints("pads", 2 * spatial, 0)?);
+    if kernel.len() != spatial || node.attr_i("ceil_mode", 0) != 0 || strides.contains(&0) {
+        return None;
+    }
+    let channels = if conv { w?.first().copied()? } else { x[1] };
+    let auto_pad = node.attr_s("auto_pad", "NOTSET");
+    let size = |i: usize| -> Option<u64> {
+        let (input, s) = (x[2 + i]?, strides[i]);
+        let window = (kernel[i].checked_sub(1)?).checked_mul(dilations[i])? + 1;
+        match auto_pad.as_str() {
+            "SAME_UPPER" | "SAME_LOWER" => Some(input.div_ceil(s)),
+            "VALID" => Some(input.checked_sub(window)? / s + 1),
+            "NOTSET" => Some((input + pads[i] + pads[spatial + i]).checked_sub(window)? / s + 1),
+            _ => None,
+        }
+    };
+    Some([vec![x[0], channels], (0..spatial).map(size).collect()].concat())
+}
+
 fn shape_range(node: &NodeProto, rank: usize) -> std::ops::Range<usize> {
     let r = rank as i64;
     let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) } as usize;

@@ -23,6 +23,7 @@ mod pool;
 mod recurrent;
 mod shape;
 mod shape_of;
+mod shuffle;
 mod slice;
 mod spatial;
 
@@ -231,6 +232,10 @@ pub(crate) fn roles<'g>(graph: &'g GraphProto, ir: &'g Ir) -> Vec<Role<'g>> {
     for (last, swap) in attention::swapped_last_axes(&cx) {
         swap.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
         roles[last.0] = Role::Op(Box::new(swap));
+    }
+    for (last, shuffle) in shuffle::shuffled_channels(&cx) {
+        shuffle.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
+        roles[last.0] = Role::Op(Box::new(shuffle));
     }
     shape_of::size_arithmetic(&cx, &ir.order, &mut roles);
     roles

@@ -4,34 +4,12 @@
 //! linear layer keeps exactly what the rules allow, tract verifies, and a second pass finds
 //! nothing more. Then random attention blocks (proptest).
 
-use crate::common::fixture;
+use crate::common::layers_change_as_expected;
 use onnx_minimize::{minimize_file, Options};
 
 #[test]
 fn every_attention_fixture_loses_its_removable_head_dimensions() {
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("attention/expected.json")).unwrap()).unwrap();
-    for (file, e) in expected.as_object().unwrap() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out.onnx");
-        let r = minimize_file(&fixture(&format!("attention/{file}")), Some(&out), &Options::default(), &|_| {})
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert!(r.verification.is_some(), "{file}");
-        // Every linear layer whose widths change, as [in, in', out, out'].
-        let mut changed: Vec<[usize; 4]> = r
-            .removals
-            .layers
-            .iter()
-            .filter(|l| l.inputs_after != l.inputs_before || l.outputs_after != l.outputs_before)
-            .map(|l| [l.inputs_before, l.inputs_after, l.outputs_before, l.outputs_after])
-            .collect();
-        changed.sort();
-        let want: Vec<[usize; 4]> = serde_json::from_value(e["changed_layers"].clone()).unwrap();
-        assert_eq!(changed, want, "{file}");
-        assert!(r.after.params <= r.before.params, "{file}");
-        let again = minimize_file(&out, None, &Options { verify: None, ..Default::default() }, &|_| {}).unwrap();
-        assert_eq!(again.after.params, again.before.params, "{file}: a second pass removes nothing more");
-    }
+    layers_change_as_expected("attention");
 }
 
 /// Elements of the float32 initializers of a model file.

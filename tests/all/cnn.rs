@@ -1,6 +1,6 @@
 //! Convolutional patterns, built by hand, minimized, and checked by tract at several batch sizes.
 
-use crate::common::{attr_i, write, G};
+use crate::common::{attr_i, layers_change_as_expected, write, G};
 use onnx_minimize::onnx::proto::ModelProto;
 use onnx_minimize::report::Report;
 use onnx_minimize::{minimize_file, Options};
@@ -268,5 +268,44 @@ fn zero_channels_leave_sums_and_means_over_the_channels() {
         g.conv("a", "w2", None, "y", 0, 1);
         let r = minimize(&g.model("y", &[B, Some(2), Some(8), Some(8)]));
         assert_eq!(widths(&r), expected, "{over_channels}");
+    }
+}
+
+/// ShuffleNetV2 (torchvision, both exporters; fixtures/generate_shuffle.py): dead channels
+/// travel through the channel shuffles (`view`, `transpose`, `view`: one permutation, written
+/// back as a Gather of the kept channels) and the halves that skip a branch, and every layer
+/// loses exactly what PyTorch sees is zero.
+#[test]
+fn dead_channels_leave_through_channel_shuffles() {
+    layers_change_as_expected("shuffle");
+}
+
+/// A channel shuffle by hand: 8 channels split into 2 x 4, swapped, merged, so output channel
+/// `2b + a` is input channel `4a + b`. The first conv's dead filters 1 and 6 are the shuffled
+/// channels 2 and 5, whose columns leave the second conv. Regrouping the spatial axes as well
+/// (`[-1, 2, 4, 2, 8]`: no longer a permutation of channels) keeps everything.
+#[test]
+fn a_channel_shuffle_moves_dead_channels_to_their_new_places() {
+    for regroups in [false, true] {
+        let mut g = G::new("x", &[B, Some(3), Some(4), Some(4)]);
+        g.conv_weight("w1", 8, 3, 1, &[1, 6], &[]);
+        g.conv("x", "w1", None, "c1", 0, 1);
+        let split: &[i64] = if regroups { &[-1, 2, 4, 2, 8] } else { &[-1, 2, 4, 4, 4] };
+        g.g.initializer.extend([
+            crate::common::int64_tensor("split", split),
+            crate::common::int64_tensor("merge", &[-1, 8, 4, 4]),
+        ]);
+        g.op("Reshape", &["c1", "split"], "s", vec![]).op(
+            "Transpose",
+            &["s"],
+            "t",
+            vec![crate::common::attr_ints("perm", &[0, 2, 1, 3, 4])],
+        );
+        g.op("Reshape", &["t", "merge"], "m", vec![]);
+        g.conv_weight("w2", 5, 8, 1, &[], &[]);
+        g.conv("m", "w2", None, "y", 0, 1);
+        let r = minimize(&g.model("y", &[B, Some(5), Some(4), Some(4)]));
+        let expected = if regroups { vec![(3, 8), (8, 5)] } else { vec![(3, 6), (6, 5)] };
+        assert_eq!(widths(&r), expected, "regroups: {regroups}");
     }
 }

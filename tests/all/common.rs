@@ -90,6 +90,40 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
+/// Every fixture that `fixtures/<dir>/expected.json` lists, minimized and verified, changes
+/// exactly the linear layers it lists (as `[in, in', out, out']`, sorted), grows nothing, and a
+/// second pass removes nothing more.
+pub fn layers_change_as_expected(dir: &str) {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{dir}/expected.json"))).unwrap()).unwrap();
+    for (file, e) in expected.as_object().unwrap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out.onnx");
+        let r = onnx_minimize::minimize_file(
+            &fixture(&format!("{dir}/{file}")),
+            Some(&out),
+            &onnx_minimize::Options::default(),
+            &|_| {},
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(r.verification.is_some(), "{file}");
+        let mut changed: Vec<[usize; 4]> = r
+            .removals
+            .layers
+            .iter()
+            .filter(|l| l.inputs_after != l.inputs_before || l.outputs_after != l.outputs_before)
+            .map(|l| [l.inputs_before, l.inputs_after, l.outputs_before, l.outputs_after])
+            .collect();
+        changed.sort();
+        let want: Vec<[usize; 4]> = serde_json::from_value(e["changed_layers"].clone()).unwrap();
+        assert_eq!(changed, want, "{file}");
+        assert!(r.after.params <= r.before.params, "{file}");
+        let opts = onnx_minimize::Options { verify: None, ..Default::default() };
+        let again = onnx_minimize::minimize_file(&out, None, &opts, &|_| {}).unwrap();
+        assert_eq!(again.after.params, again.before.params, "{file}: a second pass removes nothing more");
+    }
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_onnx-minimize"))
 }

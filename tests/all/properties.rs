@@ -170,7 +170,7 @@ fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
     };
     for i in 0..blocks {
         let cout = rng.random_range(2..7usize);
-        match rng.random_range(0..6) {
+        match rng.random_range(0..7) {
             0 => {
                 let y = conv(&mut g, &mut rng, i, &cur, ch, cout, "c");
                 let a = format!("a{i}");
@@ -241,6 +241,21 @@ fn random_cnn(seed: u64) -> onnx_minimize::onnx::proto::ModelProto {
                 g.op("Relu", &[&p], &pa, vec![]).op("Tanh", &[&q], &qa, vec![]);
                 g.op("Concat", &[&qa, &pa], &a, vec![attr_i("axis", 1)]);
                 (cur, ch) = (a, cout);
+            }
+            6 if (2..ch).any(|a| ch % a == 0) => {
+                // A channel shuffle: the channels split into a x b, the two swapped, merged.
+                let factors: Vec<usize> = (2..ch).filter(|a| ch % a == 0).collect();
+                let a = factors[rng.random_range(0..factors.len())];
+                let (split, merge) = (format!("split{i}"), format!("merge{i}"));
+                g.g.initializer.extend([
+                    crate::common::int64_tensor(&split, &[-1, a as i64, (ch / a) as i64, 6, 6]),
+                    crate::common::int64_tensor(&merge, &[-1, ch as i64, 6, 6]),
+                ]);
+                let (s, t, a) = (format!("s{i}"), format!("t{i}"), format!("a{i}"));
+                g.op("Reshape", &[&cur, &split], &s, vec![]);
+                g.op("Transpose", &[&s], &t, vec![attr_ints("perm", &[0, 2, 1, 3, 4])]);
+                g.op("Reshape", &[&t, &merge], &a, vec![]);
+                cur = a;
             }
             _ => {
                 let c2 = rng.random_range(1..4usize);
