@@ -693,7 +693,8 @@ OPS: dict[str, Callable] = {
     "Add": lambda a, x, y: x + y,
     "Sub": lambda a, x, y: x - y,
     "Mul": lambda a, x, y: x * y,
-    "Div": lambda a, x, y: x / y,
+    # Integer division truncates (TorchScript computes sizes such as `C / 2` with it).
+    "Div": lambda a, x, y: torch.div(x, y, rounding_mode="trunc") if not x.is_floating_point() else x / y,
     # Integer remainder has the divisor's sign, ONNX's default; fmod=1 the dividend's.
     "Mod": lambda a, x, y: torch.fmod(x, y) if a.get("fmod", 0) else torch.remainder(x, y),
     "Pow": lambda a, x, y: torch.pow(x, y),
