@@ -99,7 +99,8 @@ fn linked_heads(facts: &Facts, links: &[(ValueId, Option<ValueId>)], d: &mut Dec
 
 /// Values whose channels span heads keep a product of heads and entries (the same entries in
 /// every kept head), so they stay rectangular; values a grouped convolution reads or writes, or
-/// whose heads are merged with the batch, keep every group or head, each with the same entries.
+/// whose heads are merged with the batch into a size the graph writes, keep every group or head,
+/// each with the same entries.
 /// Ragged heads are `ragged_heads`' (padded afterwards). Says whether it kept more.
 fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
     let mut changed = false;
@@ -108,7 +109,7 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
         let Some(width) = l.width else { continue };
         let (count, whole_rows, grouped) = match (l.heads, l.groups) {
             (Some(h), _) if h.ragged => continue, // padded by `ragged_heads`
-            (Some(h), _) => (h.count, h.merged || h.whole, false),
+            (Some(h), _) => (h.count, h.merged && h.counted || h.whole, false),
             (None, Some(g)) => (g, true, true),
             (None, None) => continue,
         };

@@ -16,9 +16,12 @@ pub(crate) struct Heads {
     pub axis: isize,
     pub count: usize,
     /// The axis holds the batch too, heads innermost: entry `i` is head `i % count`
-    /// (`nn.MultiheadAttention`'s `[T, B * H, D]`). Such heads all stay: dropping one would
-    /// change a size the graph computes from the batch.
+    /// (`nn.MultiheadAttention`'s `[T, B * H, D]`).
     pub merged: bool,
+    /// The graph writes the merged axis's size as a number (`B * H` computed, as TorchScript does,
+    /// or a constant): dropping a head would change it, so every head stays. Where the target
+    /// says -1 (the dynamo exporter), heads may leave whole.
+    pub counted: bool,
     /// Each head keeps entries of its own, as many in every head: the parts of a packed
     /// projection (`[.., 3, E]`), which only axis moves and Gathers of one part read, need no
     /// more to stay rectangular.
@@ -31,7 +34,7 @@ pub(crate) struct Heads {
 impl Heads {
     /// Heads on an axis of their own, the same entries kept in each.
     pub fn plain(axis: isize, count: usize) -> Heads {
-        Heads { axis, count, merged: false, ragged: false, whole: false }
+        Heads { axis, count, merged: false, counted: false, ragged: false, whole: false }
     }
 }
 

@@ -302,7 +302,7 @@ impl AxisMap for Reshaped {
         if let Some(h) = l.heads {
             let (rows, cols) = heads_kept(l, keep);
             shape[n - 1] = cols.len() as i64;
-            // Merged with the batch, every head stays and the axis holds the batch too.
+            // Merged with the batch, the axis holds the batch too: a -1 there follows the heads.
             if !h.merged {
                 shape[(n as isize + h.axis) as usize] = rows.len() as i64;
             }
@@ -396,7 +396,8 @@ impl BatchHeads {
         let inferred = self.entries[r - 2] == Some(-1) && l.rank == Some(r) && (0..r - 2).all(own);
         let count =
             (d > 0 && w % d == 0).then_some(w / d).filter(|&h| h > 1 && (self.multiple % h == 0 || inferred))?;
-        plain.then_some(Heads { merged: true, ..Heads::plain(-2, count as usize) })
+        let counted = self.entries[r - 2] != Some(-1);
+        plain.then_some(Heads { merged: true, counted, ..Heads::plain(-2, count as usize) })
     }
 
     /// `[.., B, H, .., D]` from `x`'s heads merged with the batch at `[.., B * H, .., D]`: the
@@ -631,10 +632,18 @@ impl AxisMap for ReshapeLast {
             }
             return cx.rewrite_producer(m, entries);
         }
-        if cx.layout(o).heads.is_some() {
-            // Into or out of the batch: the heads stay (merged heads keep them all).
-            let (_, cols) = heads_kept(cx.layout(o), keep);
-            return cx.rewrite_producer(m, vec![(s, with_int64s(t, &[cols.len() as i64]))]);
+        if let Some(h) = cx.layout(o).heads {
+            // Into or out of the batch. Merged heads that leave shrink an inferred -1; split back
+            // out, the heads entry (a constant, `BatchHeads::splits_out_of_batch`) is rewritten.
+            let (rows, cols) = heads_kept(cx.layout(o), keep);
+            let mut entries = vec![(s, with_int64s(t, &[cols.len() as i64]))];
+            if !h.merged && rows.len() < h.count {
+                let n = self.batch.as_ref().map_or(0, |b| b.entries.len());
+                let slot = (n as isize + h.axis) as usize;
+                let count = cx.const_of(m, slot).expect("splits_out_of_batch checked the heads entry");
+                entries.push((slot, with_int64s(count, &[rows.len() as i64])));
+            }
+            return cx.rewrite_producer(m, entries);
         }
         if int64s(t)[0] == -1 {
             return;

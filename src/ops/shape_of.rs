@@ -149,7 +149,8 @@ impl<'g> ChannelOp<'g> for ShapeOf {
         let channel_read = |rd: &Read| (at(rd.from)..at(rd.to)).contains(&p);
         // Heads on two axes: a read of the heads axis changes too, unless every head stays.
         let heads_read = |rd: &Read| {
-            l.heads.is_some_and(|h| !h.whole && !h.merged && (at(rd.from)..at(rd.to)).contains(&(r + h.axis as i64)))
+            let fixed = |h: crate::analysis::layout::Heads| h.whole || h.merged && h.counted;
+            l.heads.is_some_and(|h| !fixed(h) && (at(rd.from)..at(rd.to)).contains(&(r + h.axis as i64)))
         };
         if self.reads.iter().any(|rd| heads_read(rd) || (channel_read(rd) && !rd.reshapes_itself)) {
             cx.force(x, Why::ShapeRead);
