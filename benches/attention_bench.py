@@ -18,6 +18,8 @@ attention; dynamic batch and sequence):
 * ``encoder`` nn.TransformerEncoder, 6 layers, hidden 512, 8 heads of 64, MLP 2048 (the original
               Transformer's base encoder; nn.MultiheadAttention's packed projection); input
               embeddings ``src`` [batch, seq, 512]
+* ``encoder_heads`` the same, with half of the heads of every layer pruned whole (nothing reads
+              their values) instead of half of every head's dimensions
 
 Each gets the structured pruning that minimization turns into smaller dense layers: in every
 layer half of the head dimensions zero in Q (rotary pairs for Llama) and in K, the same in every
@@ -174,7 +176,28 @@ def encoder(gen):
     return m, 8, 8, 64, "embeds"
 
 
-MODELS = {"minilm": minilm, "llama": llama, "gpt2": gpt2, "vit": vit, "encoder": encoder}
+def encoder_heads(gen):
+    """The same encoder with half of its heads pruned whole instead (nothing reads their values:
+    their output projection columns are zero), as head pruning leaves it; the heads are merged
+    with the batch inside nn.MultiheadAttention."""
+    layer = torch.nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, batch_first=True)
+    m = torch.nn.TransformerEncoder(layer, 6, enable_nested_tensor=False).eval()
+    with torch.no_grad():
+        for blk in m.layers:
+            for h in half(8, gen).tolist():
+                blk.self_attn.out_proj.weight[:, h * 64 : (h + 1) * 64] = 0.0
+            dead_units(blk.linear1, gen)
+    return m, 8, 8, 64, "embeds"
+
+
+MODELS = {
+    "minilm": minilm,
+    "llama": llama,
+    "gpt2": gpt2,
+    "vit": vit,
+    "encoder": encoder,
+    "encoder_heads": encoder_heads,
+}
 
 
 class Hidden(torch.nn.Module):

@@ -223,6 +223,16 @@ impl<'g> PlanCx<'_, 'g> {
         self.edits.push(edit)
     }
 
+    /// New contents for the constant input `slot` of `node`, which several rules may set alike
+    /// (a size that the targets of Q, K and V all read): the first setting stands.
+    pub fn set_shared_const(&mut self, node: NodeId, slot: usize, tensor: TensorProto) {
+        let set =
+            self.edits.iter().any(|e| matches!(e, Edit::Const { node: n, slot: s, .. } if *n == node.0 && *s == slot));
+        if !set {
+            self.edits.push(Edit::Const { node: node.0, slot, tensor });
+        }
+    }
+
     /// Sets constant inputs of `producer`, whose output this node reads at input 1 (a computed
     /// target shape): in place when this node is its only reader, else on a private copy, since
     /// exporters compute one target and hand it to several reshapes.

@@ -386,14 +386,7 @@ pub(crate) struct RepeatKv<'g> {
 /// Every `repeat_kv` in the graph, keyed by its Reshape.
 pub(crate) fn repeated_heads<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, RepeatKv<'g>)> {
     let (g, ir) = (cx.graph, cx.ir);
-    let sole = |value: &str, op: &str| -> Option<usize> {
-        match ir.readers(value) {
-            [(n, 0)] if !ir.outputs.contains(value) && g.node[*n].op_type() == op && g.node[*n].domain().is_empty() => {
-                Some(*n)
-            }
-            _ => None,
-        }
-    };
+    let sole = |value: &str, op: &str| cx.sole_reader(value, op);
     let mut found = vec![];
     for (n, unsqueeze) in g.node.iter().enumerate() {
         let matched = (|| {

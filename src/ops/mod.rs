@@ -54,6 +54,18 @@ impl<'g> Ctx<'g> {
         node.input.get(slot).filter(|s| !s.is_empty()).and_then(|s| self.const_tensor(s)).map(int64s)
     }
 
+    /// The node that alone reads `value`, at its first input, when it is an `op` of the default
+    /// domain and `value` is no graph output: the next step of a multi-node pattern.
+    pub fn sole_reader(&self, value: &str, op: &str) -> Option<usize> {
+        let (g, ir) = (self.graph, self.ir);
+        match ir.readers(value) {
+            [(n, 0)] if !ir.outputs.contains(value) && g.node[*n].op_type() == op && g.node[*n].domain().is_empty() => {
+                Some(*n)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether optional input `slot` of `node` is absent or the constant `default`: a computed
     /// one could be anything.
     pub fn absent_or(&self, node: &NodeProto, slot: usize, default: &[i64]) -> bool {

@@ -361,6 +361,9 @@ struct ReshapeLast {
 struct BatchHeads {
     entries: Vec<Option<i64>>,
     multiple: i64,
+    /// `M` computed as `B * H` by one `Mul` with a constant (the dynamo exporter with a dynamic
+    /// sequence): that Mul, the constant's slot and value, which a rewrite may change.
+    factor: Option<(NodeId, usize, i64)>,
 }
 
 impl BatchHeads {
@@ -368,12 +371,13 @@ impl BatchHeads {
         let c = &cx.graph.node[concat.0];
         let one = |name: &String| cx.const_tensor(name).map(int64s).filter(|v| v.len() == 1).map(|v| v[0]);
         let entries = c.input.iter().map(one).collect();
-        Some(BatchHeads { entries, multiple: multiple_of(cx, c.input.get(last.checked_sub(1)?)?, 8) })
+        let m = c.input.get(last.checked_sub(1)?)?;
+        Some(BatchHeads { entries, multiple: multiple_of(cx, m, 8), factor: factor_of(cx, m, 4) })
     }
 
     fn constant(target: &[i64]) -> Option<BatchHeads> {
         let m = *target.get(target.len().checked_sub(2)?)?;
-        Some(BatchHeads { entries: target.iter().map(|&e| Some(e)).collect(), multiple: m.max(1) })
+        Some(BatchHeads { entries: target.iter().map(|&e| Some(e)).collect(), multiple: m.max(1), factor: None })
     }
 
     /// The heads of `o = reshape(x)`, merged into the batch or split out of it, if the target
@@ -396,7 +400,8 @@ impl BatchHeads {
         let inferred = self.entries[r - 2] == Some(-1) && l.rank == Some(r) && (0..r - 2).all(own);
         let count =
             (d > 0 && w % d == 0).then_some(w / d).filter(|&h| h > 1 && (self.multiple % h == 0 || inferred))?;
-        let counted = self.entries[r - 2] != Some(-1);
+        // The size follows the heads where it is inferred, or where the one factor written is H.
+        let counted = self.entries[r - 2] != Some(-1) && self.factor.is_none_or(|f| f.2 != count);
         plain.then_some(Heads { merged: true, counted, ..Heads::plain(-2, count as usize) })
     }
 
@@ -412,6 +417,25 @@ impl BatchHeads {
             && (0..p).all(|i| g.ir.same_dim(x, i, o, i))
             && (p + 1..r - 1).all(|i| g.ir.same_dim(x, i, o, i + 1));
         fits.then_some(Heads::plain(p as isize - r as isize, h.count))
+    }
+}
+
+/// The `Mul` of a scalar by a constant that computes `name` (through reshapes to one entry), its
+/// constant's slot and value, within `depth` steps.
+fn factor_of(cx: &Ctx, name: &str, depth: usize) -> Option<(NodeId, usize, i64)> {
+    let n = *cx.ir.producer.get(name)?;
+    let node = &cx.graph.node[n];
+    match node.op_type() {
+        "Reshape" | "Unsqueeze" | "Squeeze" | "Identity" if depth > 0 => factor_of(cx, node.input.first()?, depth - 1),
+        "Mul" if node.input.len() == 2 => {
+            let constant = |s: usize| cx.ints(node, s).filter(|v| v.len() == 1).map(|v| v[0]);
+            match (constant(0), constant(1)) {
+                (None, Some(f)) => Some((NodeId(n), 1, f)),
+                (Some(f), None) => Some((NodeId(n), 0, f)),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 
@@ -637,6 +661,12 @@ impl AxisMap for ReshapeLast {
             // out, the heads entry (a constant, `BatchHeads::splits_out_of_batch`) is rewritten.
             let (rows, cols) = heads_kept(cx.layout(o), keep);
             let mut entries = vec![(s, with_int64s(t, &[cols.len() as i64]))];
+            if let (true, Some((mul, slot, _))) =
+                (h.merged && rows.len() < h.count, self.batch.as_ref().and_then(|b| b.factor))
+            {
+                let factor = cx.const_of(mul, slot).expect("a constant factor");
+                cx.set_shared_const(mul, slot, with_int64s(factor, &[rows.len() as i64]));
+            }
             if !h.merged && rows.len() < h.count {
                 let n = self.batch.as_ref().map_or(0, |b| b.entries.len());
                 let slot = (n as isize + h.axis) as usize;

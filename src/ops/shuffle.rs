@@ -31,14 +31,7 @@ pub(crate) struct Shuffle<'g> {
 /// Every channel shuffle in the graph, keyed by its merging Reshape.
 pub(crate) fn shuffled_channels<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Shuffle<'g>)> {
     let (g, ir) = (cx.graph, cx.ir);
-    let sole = |value: &str, op: &str| -> Option<usize> {
-        match ir.readers(value) {
-            [(n, 0)] if !ir.outputs.contains(value) && g.node[*n].op_type() == op && g.node[*n].domain().is_empty() => {
-                Some(*n)
-            }
-            _ => None,
-        }
-    };
+    let sole = |value: &str, op: &str| cx.sole_reader(value, op);
     let mut found = vec![];
     for (t, swap) in g.node.iter().enumerate().filter(|(_, n)| n.op_type() == "Transpose" && n.domain().is_empty()) {
         let matched = (|| {
