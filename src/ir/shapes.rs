@@ -401,10 +401,10 @@ impl Ir {
             }
             "Slice" => {
                 let x = x?;
-                Some(
-                    sliced(&x, &ints_at(1)?, &ints_at(2)?, ints_at(3), ints_at(4))
-                        .unwrap_or_else(|| vec![None; x.len()]),
-                )
+                // Computed bounds still keep the rank.
+                let bounds = ints_at(1).zip(ints_at(2));
+                let known = bounds.and_then(|(starts, ends)| sliced(&x, &starts, &ends, ints_at(3), ints_at(4)));
+                Some(known.unwrap_or_else(|| vec![None; x.len()]))
             }
             "Pad" | "Resize" | "Upsample" | "Tile" | "ReverseSequence" => {
                 // Same rank; the moved axes' sizes are not tracked.
@@ -674,6 +674,35 @@ mod tests {
         // Rows (1, 2), (3, 4), (0, 0), (0, 0) reversed, then columns: begins, then ends.
         assert_eq!(ir.computed_ints("pads"), Some(&[0, 0, 3, 1, 0, 0, 4, 2][..]));
         assert_eq!(ir.shape("rows"), Some(&[Some(4), Some(2)][..]));
+    }
+
+    /// A `Slice` of constant bounds has its sizes (negative starts, clamped ends, a negative step);
+    /// one of computed bounds (ALBERT's `position_ids[:, :seq]`) still has its rank, which the
+    /// `Shape` reads of other axes need.
+    #[test]
+    fn slices_keep_their_rank_and_constant_bounds_give_their_sizes() {
+        let mut g = graph(
+            vec![
+                node("Slice", "a", &["x", "starts", "ends", "axes", "steps"], &["sliced"], vec![]),
+                node("Shape", "s", &["x"], &["shape"], vec![]),
+                node("Gather", "g", &["shape", "zero"], &["n"], vec![]),
+                node("Unsqueeze", "u", &["n", "axes0"], &["end"], vec![]),
+                node("Slice", "b", &["x", "start0", "end", "axes0"], &["computed"], vec![]),
+            ],
+            vec![
+                int64_tensor("starts", &[-3, 9]),
+                int64_tensor("ends", &[i64::MAX, -i64::MAX]),
+                int64_tensor("axes", &[1, 2]),
+                int64_tensor("steps", &[1, -2]),
+                scalar("zero", 0),
+                int64_tensor("axes0", &[0]),
+                int64_tensor("start0", &[0]),
+            ],
+        );
+        g.input = vec![value_info("x", DataType::Float, &[None, Some(5), Some(10)])];
+        let ir = Ir::build(&g, 17).unwrap();
+        assert_eq!(ir.shape("sliced"), Some(&[None, Some(3), Some(5)][..]));
+        assert_eq!(ir.shape("computed"), Some(&[None, None, None][..]));
     }
 
     #[test]
