@@ -93,16 +93,17 @@ pub fn minimize(model: &mut Model, opts: &Options) -> Result<Removals> {
 /// removes more parameters, so a model nothing more can leave stays as it is (and a second
 /// pass changes nothing).
 ///
-/// A plan that would add parameters on the whole (a padded Conv's border correction, or a
-/// channel shuffle's Gather indices, costing more than the few channels they free in a tiny
-/// model) is planned again without border corrections, and if it still grows, nothing changes:
-/// a minimized model is never larger.
+/// A plan that would add parameters on the whole (a padded Conv's border correction costing more
+/// than the few channels it frees in a tiny model) is planned again without border corrections,
+/// and if the written graph would still hold more weights (float elements) than the original,
+/// nothing changes: a minimized model never has more weights. Shape constants do not count: a
+/// tiny attention block's shared targets get private copies that can outnumber what left.
 fn minimize_deferred(
     model: &mut Model,
     opts: &Options,
     progress: &dyn Fn(Progress),
 ) -> Result<(Removals, verify::ChannelMap)> {
-    let (original, before) = (model.graph().clone(), param_count(model));
+    let (original, before) = (model.graph().clone(), weight_count(model.graph()));
     model.fold_constants();
     let mut ir = model.ir()?;
     let (mut plan, growth) = plan_of(model.graph(), &ir, opts, progress)?;
@@ -116,7 +117,7 @@ fn minimize_deferred(
         }
     }
     let pending = rewrite::apply(model.graph_mut(), &ir, plan.edits);
-    if param_count(model) > before {
+    if weight_count(model.graph()) > before {
         *model.graph_mut() = original;
         plan.channels.clear();
         for l in &mut plan.removals.layers {
@@ -188,9 +189,18 @@ pub fn emitted_operators() -> Vec<&'static str> {
     ops::emitted()
 }
 
+/// Elements of the float tensors (weights, biases, norms) stored in a graph.
+fn weight_count(g: &onnx::proto::GraphProto) -> u64 {
+    elements(g, |t| onnx::tensor::FloatType::from_onnx(t.data_type()).is_some())
+}
+
 /// Parameters (elements of every stored tensor) of a model.
 pub fn param_count(model: &Model) -> u64 {
-    let g = model.graph();
+    elements(model.graph(), |_| true)
+}
+
+/// Elements of the tensors `counted` accepts, initializers and `Constant` nodes alike.
+fn elements(g: &onnx::proto::GraphProto, counted: impl Fn(&onnx::proto::TensorProto) -> bool) -> u64 {
     let constants = g
         .node
         .iter()
@@ -199,6 +209,7 @@ pub fn param_count(model: &Model) -> u64 {
     g.initializer
         .iter()
         .chain(constants)
+        .filter(|t| counted(t))
         .map(|t| onnx::tensor::numel(&t.dims).unwrap_or(0))
         .fold(0, u64::saturating_add)
 }

@@ -4,19 +4,12 @@
 //! linear layer keeps exactly what the rules allow, tract verifies, and a second pass finds
 //! nothing more. Then random attention blocks (proptest).
 
-use crate::common::layers_change_as_expected;
+use crate::common::{float_params, layers_change_as_expected};
 use onnx_minimize::{minimize_file, Options};
 
 #[test]
 fn every_attention_fixture_loses_its_removable_head_dimensions() {
     layers_change_as_expected("attention");
-}
-
-/// Elements of the float32 initializers of a model file.
-fn float_params(path: &std::path::Path) -> u64 {
-    let m = onnx_minimize::Model::load(path).unwrap();
-    let floats = m.graph().initializer.iter().filter(|t| t.data_type == Some(1));
-    floats.map(|t| t.dims.iter().product::<i64>() as u64).sum()
 }
 
 /// An attention block `y = Attention(x) W_o`, written out or as opset 23's `Attention`.

@@ -124,6 +124,14 @@ pub fn layers_change_as_expected(dir: &str) {
     }
 }
 
+/// Elements of the float32 initializers of a model file: its weights, which minimization never
+/// grows (shape constants it may copy do not count).
+pub fn float_params(path: &Path) -> u64 {
+    let m = onnx_minimize::Model::load(path).unwrap();
+    let floats = m.graph().initializer.iter().filter(|t| t.data_type == Some(1));
+    floats.map(|t| t.dims.iter().product::<i64>() as u64).sum()
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_onnx-minimize"))
 }
