@@ -384,14 +384,14 @@ impl BatchHeads {
     /// does either.
     fn either(&self, g: &Graph, x: ValueId, o: ValueId, l: crate::analysis::Layout) -> Option<Heads> {
         let (x, o) = (g.name(x), g.name(o));
-        self.merges_into_batch(g, x, l).or_else(|| self.splits_out_of_batch(g, x, o, l))
+        self.merges_into_batch(g, x, o, l).or_else(|| self.splits_out_of_batch(g, x, o, l))
     }
 
     /// `[.., M, D]` with `M` a multiple of `x`'s width over `D`: in row-major order entry
     /// `h * D + d` of row `i` lands in row `i * H + h` (and `M`'s multiple of `H` keeps the head
     /// `h` the row's index modulo `H`, whatever the axes before), entry `d`.
     /// An `M` of -1 is a multiple of `H` too when the entries before it are x's own sizes.
-    fn merges_into_batch(&self, g: &Graph, x: &str, l: crate::analysis::Layout) -> Option<Heads> {
+    fn merges_into_batch(&self, g: &Graph, x: &str, o: &str, l: crate::analysis::Layout) -> Option<Heads> {
         let (d, w, r) = ((*self.entries.last()?)?, l.width? as i64, self.entries.len());
         let plain = l.axis == Some(-1) && l.heads.is_none() && l.block == Some(1);
         let own = |i: usize| {
@@ -400,8 +400,11 @@ impl BatchHeads {
         let inferred = self.entries[r - 2] == Some(-1) && l.rank == Some(r) && (0..r - 2).all(own);
         let count =
             (d > 0 && w % d == 0).then_some(w / d).filter(|&h| h > 1 && (self.multiple % h == 0 || inferred))?;
-        // The size follows the heads where it is inferred, or where the one factor written is H.
-        let counted = self.entries[r - 2] != Some(-1) && self.factor.is_none_or(|f| f.2 != count);
+        // The size follows the heads where it is inferred, or where the one factor written is H,
+        // and the heads only move until a reshape splits them back out: attention computed on
+        // merged heads (`need_weights`) reshapes its weights with a heads count of its own.
+        let follows = self.entries[r - 2] == Some(-1) || self.factor.is_some_and(|f| f.2 == count);
+        let counted = !follows || !split_back_out(g, o, 4);
         plain.then_some(Heads { merged: true, counted, ..Heads::plain(-2, count as usize) })
     }
 
@@ -418,6 +421,21 @@ impl BatchHeads {
             && (p + 1..r - 1).all(|i| g.ir.same_dim(x, i, o, i + 1));
         fits.then_some(Heads::plain(p as isize - r as isize, h.count))
     }
+}
+
+/// Whether everything that reads `value` only moves axes (`Transpose`) until a `Reshape` takes it.
+fn split_back_out(g: &Graph, value: &str, depth: usize) -> bool {
+    let readers = g.ir.readers(value);
+    !readers.is_empty()
+        && !g.ir.outputs.contains(value)
+        && readers.iter().all(|&(n, slot)| {
+            let node = &g.proto.node[n];
+            match node.op_type() {
+                "Reshape" => slot == 0,
+                "Transpose" if depth > 0 => node.output.first().is_some_and(|t| split_back_out(g, t, depth - 1)),
+                _ => false,
+            }
+        })
 }
 
 /// The `Mul` of a scalar by a constant that computes `name` (through reshapes to one entry), its
