@@ -107,8 +107,7 @@ fn minimize_deferred(
     model.fold_constants();
     let mut ir = model.ir()?;
     let (mut plan, growth) = plan_of(model.graph(), &ir, opts, progress)?;
-    let mut folded = model.graph().clone();
-    if onnx::fold::sizes(&mut folded, &ir) > 0 {
+    if let Some(folded) = onnx::fold::sizes(model.graph(), &ir) {
         let folded_ir = model.ir_of(&folded)?;
         let (folded_plan, folded_growth) = plan_of(&folded, &folded_ir, opts, &|_| {})?;
         if folded_growth < growth {

@@ -109,7 +109,7 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
         let Some(width) = l.width else { continue };
         let (count, whole_rows, grouped) = match (l.heads, l.groups) {
             (Some(h), _) if h.ragged => continue, // padded by `ragged_heads`
-            (Some(h), _) => (h.count, h.merged && h.counted || h.whole, false),
+            (Some(h), _) => (h.count, h.all_stay(), false),
             (None, Some(g)) => (g, true, true),
             (None, None) => continue,
         };

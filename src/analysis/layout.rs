@@ -36,6 +36,12 @@ impl Heads {
     pub fn plain(axis: isize, count: usize) -> Heads {
         Heads { axis, count, merged: false, counted: false, ragged: false, whole: false }
     }
+
+    /// Whether no head may leave on its own ([`Heads::whole`], or merged into a size the graph
+    /// writes: [`Heads::counted`]).
+    pub fn all_stay(&self) -> bool {
+        self.whole || self.merged && self.counted
+    }
 }
 
 /// What is known of one value's channels. Each fact is set once; a second, different answer is

@@ -249,7 +249,7 @@ impl Ir {
         // Constant nodes and Identity chains, in order, so an alias of an alias resolves.
         for &i in &order {
             let n = &g.node[i];
-            if n.domain().is_empty() || n.domain() == "ai.onnx" {
+            if n.default_domain() {
                 let out = n.output.first().cloned().unwrap_or_default();
                 match n.op_type() {
                     "Constant" if n.attribute.iter().any(|a| a.name() == "value" && a.t.is_some()) => {
@@ -406,6 +406,9 @@ impl Ir {
 /// Attribute lookup with ONNX defaults, shared by the operator rules.
 pub trait NodeExt {
     fn attr(&self, name: &str) -> Option<&AttributeProto>;
+    /// Whether the operator is ONNX's own (the empty domain or `ai.onnx`), the only ones the rules
+    /// and inference read.
+    fn default_domain(&self) -> bool;
     fn attr_i(&self, name: &str, default: i64) -> i64 {
         self.attr(name).and_then(|a| a.i).unwrap_or(default)
     }
@@ -427,5 +430,9 @@ pub trait NodeExt {
 impl NodeExt for NodeProto {
     fn attr(&self, name: &str) -> Option<&AttributeProto> {
         self.attribute.iter().find(|a| a.name() == name)
+    }
+
+    fn default_domain(&self) -> bool {
+        matches!(self.domain(), "" | "ai.onnx")
     }
 }

@@ -113,7 +113,7 @@ impl Ir {
         let mut values = HashMap::new();
         for i in self.order.clone() {
             let node = &g.node[i];
-            if !(node.domain().is_empty() || node.domain() == "ai.onnx") {
+            if !node.default_domain() {
                 continue;
             }
             if let Some(v) = self.propagate(g, node, &values) {
@@ -487,7 +487,6 @@ fn slice_rows(
     Some(out)
 }
 
-/// The dimensions a `Shape` node returns of a rank-`rank` value (its `start` and `end`, clamped).
 /// The output of a `Slice` (opset 10 on: bounds as inputs) of constant bounds: each sliced axis
 /// of known size clamped as ONNX says, the others as they were.
 fn sliced(
@@ -565,6 +564,7 @@ fn windowed(node: &NodeProto, x: &[Option<u64>], w: Option<&[Option<u64>]>) -> O
     Some([vec![x[0], channels], (0..spatial).map(size).collect()].concat())
 }
 
+/// The dimensions a `Shape` node returns of a rank-`rank` value (its `start` and `end`, clamped).
 fn shape_range(node: &NodeProto, rank: usize) -> std::ops::Range<usize> {
     let r = rank as i64;
     let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) } as usize;

@@ -65,11 +65,7 @@ pub(crate) fn constants(g: &mut GraphProto, opset: i64) -> usize {
             gone_nodes.insert(n);
         }
         folded += gone_nodes.len();
-        let mut at = 0;
-        g.node.retain(|_| {
-            at += 1;
-            !gone_nodes.contains(&(at - 1))
-        });
+        remove_nodes(g, &gone_nodes);
     }
     // A weight (or split sizes) read only by what was folded is now stored in its parts.
     let read: HashSet<&str> = g
@@ -92,8 +88,7 @@ fn fold<'g>(
     constant: &impl Fn(&str) -> Option<&'g TensorProto>,
     opset: i64,
 ) -> Option<Vec<TensorProto>> {
-    let default = node.domain().is_empty() || node.domain() == "ai.onnx";
-    let x = constant(node.input.first().filter(|_| default)?)?;
+    let x = constant(node.input.first().filter(|_| node.default_domain())?)?;
     let values = Values::of(x).ok()?;
     let dims: Vec<usize> = values.dims.iter().map(|&d| d as usize).collect();
     let named = |name: &String, dims: Vec<usize>, raw: Vec<u8>| TensorProto {
@@ -170,9 +165,8 @@ fn fold<'g>(
 /// that keeps its meaning (the scale stays the original `1 / sqrt(head_dim)` when the head
 /// shrinks). Only values every entry of which the graph fixes are folded (`Ir::computed_ints`,
 /// from declared and inferred dimensions), so any input the model accepts computes them alike.
-/// Says how many nodes went.
-pub(crate) fn sizes(g: &mut GraphProto, ir: &Ir) -> usize {
-    let default = |n: &NodeProto| n.domain().is_empty() || n.domain() == "ai.onnx";
+/// Returns the folded copy of `g`, or `None` where nothing folds (and nothing was copied).
+pub(crate) fn sizes(g: &GraphProto, ir: &Ir) -> Option<GraphProto> {
     let int64 = DataType::Int64 as i32;
     // Float scalars computed so far (the scale's steps), by name.
     let mut floats: HashMap<String, (FloatType, f64)> = HashMap::new();
@@ -180,7 +174,7 @@ pub(crate) fn sizes(g: &mut GraphProto, ir: &Ir) -> usize {
     for &i in &ir.order {
         let node = &g.node[i];
         let Some(out) = node.output.first().filter(|o| !o.is_empty() && node.output.len() == 1) else { continue };
-        if !default(node) || node.op_type() == "Constant" || ir.outputs.contains(out) || ir.is_const(out) {
+        if !node.default_domain() || node.op_type() == "Constant" || ir.outputs.contains(out) || ir.is_const(out) {
             continue;
         }
         let dims: Option<Vec<i64>> =
@@ -199,17 +193,25 @@ pub(crate) fn sizes(g: &mut GraphProto, ir: &Ir) -> usize {
         }
     }
     if folded.is_empty() {
-        return 0;
+        return None;
     }
+    let mut g = g.clone();
     let gone: HashSet<usize> = folded.iter().map(|&(i, _)| i).collect();
     let sources: Vec<String> = gone.iter().flat_map(|&i| g.node[i].input.clone()).collect();
     g.initializer.extend(folded.into_iter().map(|(_, t)| t));
+    remove_nodes(&mut g, &gone);
+    split_shape_pieces(&mut g);
+    drop_unread(&mut g, sources);
+    Some(g)
+}
+
+/// Removes the nodes at the indices `gone`.
+fn remove_nodes(g: &mut GraphProto, gone: &HashSet<usize>) {
     let mut at = 0;
     g.node.retain(|_| {
         at += 1;
         !gone.contains(&(at - 1))
     });
-    gone.len() + split_shape_pieces(g) + drop_unread(g, sources)
 }
 
 /// Whether `value` is dimensions of tensors read back plainly (`Shape`, then picks and
@@ -305,7 +307,7 @@ fn float_step(
 /// A shape assembled from read dimensions and folded sizes (`Concat(Slice(Shape(x), 0, 2),
 /// [3, E], [])`) lists each folded entry on its own, as the exporters write constant entries,
 /// so that the reshape rules find them by position; empty pieces go.
-fn split_shape_pieces(g: &mut GraphProto) -> usize {
+fn split_shape_pieces(g: &mut GraphProto) {
     let ints: HashMap<String, Vec<i64>> = g
         .initializer
         .iter()
@@ -316,7 +318,6 @@ fn split_shape_pieces(g: &mut GraphProto) -> usize {
     taken.extend(g.node.iter().flat_map(|n| n.output.iter().cloned()));
     let mut added = vec![];
     let mut split = HashSet::new();
-    let mut changed = 0;
     for node in g.node.iter_mut().filter(|n| n.op_type() == "Concat" && n.attr_i("axis", 0) == 0) {
         let pieces: Vec<Option<&Vec<i64>>> = node.input.iter().map(|s| ints.get(s)).collect();
         let splits = pieces.iter().any(|p| p.is_some_and(|v| v.len() != 1));
@@ -340,18 +341,16 @@ fn split_shape_pieces(g: &mut GraphProto) -> usize {
             }
         }
         node.input = inputs;
-        changed += 1;
     }
     g.initializer.extend(added);
     let read: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter()).map(String::as_str).collect();
     let unread: HashSet<String> = split.into_iter().filter(|n| !read.contains(n.as_str())).collect();
     g.initializer.retain(|t| t.name.as_ref().is_none_or(|n| !unread.contains(n)));
-    changed
 }
 
 /// Removes what computed only the folded values: nodes of the size steps nothing reads any
 /// more, starting from the producers of `sources`, and the constants they alone read.
-fn drop_unread(g: &mut GraphProto, mut sources: Vec<String>) -> usize {
+fn drop_unread(g: &mut GraphProto, mut sources: Vec<String>) {
     const STEPS: &[&str] = &[
         "Shape",
         "Size",
@@ -392,7 +391,7 @@ fn drop_unread(g: &mut GraphProto, mut sources: Vec<String>) -> usize {
         };
         let n = &g.node[i];
         let unread = n.output.iter().all(|o| reads.get(o).is_none_or(|&r| r == 0));
-        let step = STEPS.contains(&n.op_type()) && (n.domain().is_empty() || n.domain() == "ai.onnx");
+        let step = STEPS.contains(&n.op_type()) && n.default_domain();
         if gone.contains(&i) || !unread || !step {
             continue;
         }
@@ -402,18 +401,13 @@ fn drop_unread(g: &mut GraphProto, mut sources: Vec<String>) -> usize {
             sources.push(s.clone());
         }
     }
-    let mut at = 0;
-    g.node.retain(|_| {
-        at += 1;
-        !gone.contains(&(at - 1))
-    });
+    remove_nodes(g, &gone);
     let graph_inputs: HashSet<String> = g.input.iter().filter_map(|i| i.name.clone()).collect();
     let unread: HashSet<String> = dropped_inputs
         .into_iter()
         .filter(|s| reads.get(s).is_none_or(|&r| r == 0) && !graph_inputs.contains(s))
         .collect();
     g.initializer.retain(|t| t.name.as_ref().is_none_or(|n| !unread.contains(n)));
-    gone.len()
 }
 
 #[cfg(test)]
@@ -466,7 +460,7 @@ mod tests {
         g.output = vec![named("y"), named("z"), named("m")];
         let ir = Ir::build(&g, 17).unwrap();
         assert_eq!(ir.computed_ints("m"), Some(&[2][..]), "computed, but a graph output stays as it is");
-        assert!(sizes(&mut g, &ir) > 0);
+        let g = sizes(&g, &ir).expect("sizes fold");
         let ops: Vec<&str> = g.node.iter().map(|n| n.op_type()).collect();
         assert_eq!(ops, ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape", "Mul", "Mod"]);
         let t = |name: &str| g.initializer.iter().find(|t| t.name() == name).unwrap_or_else(|| panic!("{name}"));

@@ -212,7 +212,7 @@ fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         _ => {}
     }
     let (domain, op) = (node.domain(), node.op_type());
-    let rule = RULES.iter().find(|r| r.op_types().contains(&op)).filter(|_| domain.is_empty() || domain == "ai.onnx");
+    let rule = RULES.iter().find(|r| r.op_types().contains(&op)).filter(|_| node.default_domain());
     let Some(rule) = rule else {
         return Role::Opaque(Opaque::NoRule { domain: domain.into(), op: op.into() });
     };

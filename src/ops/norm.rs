@@ -400,7 +400,7 @@ fn sole(ir: &crate::ir::Ir, value: &str) -> Option<usize> {
 /// The axes of a `ReduceMean` keeping its dimensions, as an attribute or (opset 18) an input.
 fn mean_axes(cx: &Ctx, n: usize) -> Option<Vec<i64>> {
     let node = &cx.graph.node[n];
-    if node.op_type() != "ReduceMean" || !matches!(node.domain(), "" | "ai.onnx") || node.attr_i("keepdims", 1) != 1 {
+    if node.op_type() != "ReduceMean" || !node.default_domain() || node.attr_i("keepdims", 1) != 1 {
         return None;
     }
     match node.input.get(1).filter(|s| !s.is_empty()) {

@@ -149,8 +149,7 @@ impl<'g> ChannelOp<'g> for ShapeOf {
         let channel_read = |rd: &Read| (at(rd.from)..at(rd.to)).contains(&p);
         // Heads on two axes: a read of the heads axis changes too, unless every head stays.
         let heads_read = |rd: &Read| {
-            let fixed = |h: crate::analysis::layout::Heads| h.whole || h.merged && h.counted;
-            l.heads.is_some_and(|h| !fixed(h) && (at(rd.from)..at(rd.to)).contains(&(r + h.axis as i64)))
+            l.heads.is_some_and(|h| !h.all_stay() && (at(rd.from)..at(rd.to)).contains(&(r + h.axis as i64)))
         };
         if self.reads.iter().any(|rd| heads_read(rd) || (channel_read(rd) && !rd.reshapes_itself)) {
             cx.force(x, Why::ShapeRead);
@@ -240,7 +239,7 @@ pub(crate) fn size_arithmetic<'g>(cx: &Ctx<'g>, order: &[usize], roles: &mut [Ro
     let mut sizes: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for &n in order {
         let node = &cx.graph.node[n];
-        let default_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+        let default_domain = node.default_domain();
         let out = node.output.first().map(String::as_str).unwrap_or("");
         if !default_domain || out.is_empty() {
             continue;

@@ -66,7 +66,7 @@ pub(crate) fn shuffled_channels<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Shuffle<'g>)> 
                     let read =
                         shape.read_back(cx, k).filter(|r| r.tensor == x.as_str() && r.axis == from_x && r.factor == 1);
                     match (shape.get(cx, k), read) {
-                        (Some(v), _) if which == 1 && k == q => merged = Some(v).filter(|&v| v != -1),
+                        (Some(v), _) if which == 1 && k == q && v != -1 => merged = Some(v),
                         (Some(-1), _) => free += 1,
                         (Some(v), _) => (ir.shape(x)?.get(from_x).copied()?? == u64::try_from(v).ok()?).then_some(())?,
                         (None, Some(r)) => {
@@ -74,9 +74,6 @@ pub(crate) fn shuffled_channels<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, Shuffle<'g>)> 
                             inner.push(r.shape);
                         }
                         (None, None) => return None,
-                    }
-                    if which == 1 && k == q && shape.get(cx, k) == Some(-1) {
-                        free += 1;
                     }
                 }
                 (free <= 1).then_some(())?;
