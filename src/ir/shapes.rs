@@ -342,7 +342,7 @@ impl Ir {
                             })
                             .collect();
                         // The one -1 is what the others leave of the input's elements.
-                        let total = x.and_then(|x| x.iter().try_fold(1u64, |n, &d| n.checked_mul(d?)));
+                        let total = x.as_ref().and_then(|x| x.iter().try_fold(1u64, |n, &d| n.checked_mul(d?)));
                         let others = dims
                             .iter()
                             .zip(&t)
@@ -353,6 +353,13 @@ impl Ir {
                             if others > 0 && total % others == 0 && t.iter().filter(|&&d| d == Some(-1)).count() == 1 {
                                 dims[free] = Some(total / others);
                             }
+                        }
+                        // `flatten(k)` as TorchScript writes it: x's leading sizes read back, the
+                        // rest merged into the -1, whatever the leading sizes are.
+                        if let Some(k) = self.flattened_from(g, node) {
+                            let x = x?;
+                            let merged = x.get(k..).and_then(|r| r.iter().try_fold(1u64, |n, &d| n.checked_mul(d?)));
+                            dims = x.get(..k)?.iter().copied().chain([merged]).collect();
                         }
                         Some(dims)
                     }
@@ -406,7 +413,14 @@ impl Ir {
                 let known = bounds.and_then(|(starts, ends)| sliced(&x, &starts, &ends, ints_at(3), ints_at(4)));
                 Some(known.unwrap_or_else(|| vec![None; x.len()]))
             }
-            "Pad" | "Resize" | "Upsample" | "Tile" | "ReverseSequence" => {
+            "Tile" => {
+                // Each axis repeated: sizes known where the input's and the repeat are.
+                let x = x?;
+                let repeats = ints_at(1).filter(|r| r.len() == x.len());
+                let times = |a: usize| repeats.as_ref().and_then(|r| u64::try_from(r[a]).ok());
+                Some(x.iter().enumerate().map(|(a, d)| d.zip(times(a)).and_then(|(d, t)| d.checked_mul(t))).collect())
+            }
+            "Pad" | "Resize" | "Upsample" | "ReverseSequence" => {
                 // Same rank; the moved axes' sizes are not tracked.
                 Some(vec![None; x?.len()])
             }
@@ -452,6 +466,26 @@ impl Ir {
             }
             _ => None,
         }
+    }
+}
+
+impl Ir {
+    /// `k` when `reshape`'s target is `Concat(Slice(Shape(x), [0], [e]), [-1])` of its own input
+    /// `x`, `k` the leading sizes kept (`e` from the end if negative).
+    fn flattened_from(&self, g: &GraphProto, reshape: &NodeProto) -> Option<usize> {
+        let producer = |name: &str| self.producer.get(name).map(|&n| &g.node[n]);
+        let ints = |name: &str| self.const_tensor(g, name).map(int64s);
+        let concat = producer(reshape.input.get(1)?).filter(|c| c.op_type() == "Concat")?;
+        let [leading, minus_one] = &concat.input[..] else { return None };
+        let slice = producer(leading).filter(|s| s.op_type() == "Slice" && (3..=4).contains(&s.input.len()))?;
+        let shape = producer(slice.input.first()?).filter(|s| s.op_type() == "Shape" && s.attribute.is_empty())?;
+        let x = reshape.input.first()?;
+        let along_0 = slice.input.get(3).is_none_or(|a| ints(a).is_some_and(|a| a == [0]));
+        let plain = ints(minus_one)? == [-1] && ints(&slice.input[1])? == [0] && along_0 && shape.input.first() == Some(x);
+        let end = *ints(&slice.input[2])?.first()?;
+        let rank = self.known(g, x)?.len() as i64;
+        let k = if end < 0 { end + rank } else { end.min(rank) };
+        plain.then_some(()).and(usize::try_from(k).ok())
     }
 }
 

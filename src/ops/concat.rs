@@ -20,11 +20,23 @@ impl OpRule for Concat {
         &["Concat"]
     }
 
-    fn role<'g>(&self, node: &'g NodeProto, _: &Ctx<'g>) -> Role<'g> {
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         if !node.has_attr("axis") {
             return Role::Opaque(Opaque::Malformed("it has no axis"));
         }
-        Role::Op(Box::new(Concatenated { axis: node.attr_i("axis", 0), parts: node.input.len() }))
+        let axis = node.attr_i("axis", 0);
+        // A part known to be empty along the axis adds nothing (TorchScript's pass-through
+        // `x[.., rotary_dim:]` when the rotation takes every entry): it is not a part.
+        let empty = |s: &String| {
+            let shape = cx.ir.shape(s);
+            let at = shape.and_then(|d| crate::ir::normalize(axis, d.len()));
+            shape.zip(at).is_some_and(|(d, a)| d[a] == Some(0))
+        };
+        let slots: Vec<usize> = (0..node.input.len()).filter(|&s| !empty(&node.input[s])).collect();
+        if slots.is_empty() {
+            return Role::Opaque(Opaque::Malformed("every part is empty"));
+        }
+        Role::Op(Box::new(Concatenated { axis, slots }))
     }
 }
 
@@ -33,7 +45,8 @@ impl OpRule for Concat {
 /// (stacked: a class token before the patches, a key cache along the tokens).
 struct Concatenated {
     axis: i64,
-    parts: usize,
+    /// The input slots of the parts that are not empty.
+    slots: Vec<usize>,
 }
 
 impl Concatenated {
@@ -46,8 +59,7 @@ impl Concatenated {
 
 /// Forces every value of the node when a part's width is unknown: its segments cannot be
 /// followed. Says whether all are known.
-fn widths_known(cx: &mut TieCx) -> bool {
-    let values = cx.values();
+fn widths_known(cx: &mut TieCx, values: Vec<ValueId>) -> bool {
     let known = values.iter().all(|&v| cx.width(v).is_some());
     if !known {
         values.into_iter().for_each(|v| cx.force(v, Why::UnknownPartWidths));
@@ -57,12 +69,12 @@ fn widths_known(cx: &mut TieCx) -> bool {
 
 impl<'g> ChannelOp<'g> for Concatenated {
     fn activations(&self) -> Activations {
-        Activations { slots: (0..self.parts).collect(), otherwise: "it concatenates constants", none: false }
+        Activations { slots: self.slots.clone(), otherwise: "it concatenates constants", none: false }
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
-        let ins: Vec<ValueId> = (0..self.parts).map(|s| cx.input(s)).collect();
+        let ins: Vec<ValueId> = self.slots.iter().map(|&s| cx.input(s)).collect();
         let all: Vec<ValueId> = ins.iter().copied().chain([o]).collect();
         if let Some(l) = all.iter().map(|&v| cx.get(v)).find(|&l| self.stacked(l)) {
             // Along the heads' axis (a stack of recurrent layers' final states), the heads a
@@ -103,12 +115,12 @@ impl<'g> ChannelOp<'g> for Concatenated {
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let Some(o) = cx.output(0) else { return };
-        if !widths_known(cx) {
+        let parts: Vec<ValueId> = self.slots.iter().map(|&s| cx.input(s)).collect();
+        if !widths_known(cx, parts.iter().copied().chain([o]).collect()) {
             return;
         }
         if self.stacked(cx.layout(o)) {
-            for s in 0..self.parts {
-                let x = cx.input(s);
+            for &x in &parts {
                 match (cx.width(x), cx.width(o)) {
                     (Some(a), Some(b)) if a == b => cx.tie(x, 0, o, 0, a),
                     _ => [x, o].into_iter().for_each(|v| cx.force(v, Why::Broadcasts)),
@@ -116,9 +128,9 @@ impl<'g> ChannelOp<'g> for Concatenated {
             }
             return;
         }
-        let runs = segments(cx.layout(o), &(0..self.parts).map(|s| cx.width(cx.input(s))).collect::<Vec<_>>());
+        let runs = segments(cx.layout(o), &parts.iter().map(|&x| cx.width(x)).collect::<Vec<_>>());
         for (s, from, to, count) in runs {
-            cx.tie(cx.input(s), from, o, to, count);
+            cx.tie(parts[s], from, o, to, count);
         }
     }
 
@@ -126,7 +138,7 @@ impl<'g> ChannelOp<'g> for Concatenated {
         let Some(o) = cx.output(0) else { return };
         if self.stacked(cx.layout(o)) {
             // A channel is constant when every part holds the same constant in it.
-            let parts: Vec<&[Option<f64>]> = (0..self.parts).map(|s| cx.consts(cx.input(s))).collect();
+            let parts: Vec<&[Option<f64>]> = self.slots.iter().map(|&s| cx.consts(cx.input(s))).collect();
             let r = (0..cx.consts(o).len())
                 .map(|c| {
                     let first = parts.first()?.get(c).copied().flatten()?;
@@ -135,10 +147,10 @@ impl<'g> ChannelOp<'g> for Concatenated {
                 .collect();
             return cx.set(o, r);
         }
-        let widths: Vec<_> = (0..self.parts).map(|s| Some(cx.consts(cx.input(s)).len())).collect();
+        let widths: Vec<_> = self.slots.iter().map(|&s| Some(cx.consts(cx.input(s)).len())).collect();
         let mut r = vec![None; cx.consts(o).len()];
         for (s, from, to, count) in segments(cx.layout(o), &widths) {
-            let xs = cx.consts(cx.input(s));
+            let xs = cx.consts(cx.input(self.slots[s]));
             r[to..to + count].copy_from_slice(&xs[from..from + count]);
         }
         cx.set(o, r);
@@ -148,7 +160,7 @@ impl<'g> ChannelOp<'g> for Concatenated {
         let Some(o) = cx.output(0) else { return };
         if self.stacked(cx.layout(o)) {
             let needed: Vec<usize> = (0..cx.needed(o).len()).filter(|&c| cx.needed(o)[c]).collect();
-            for s in 0..self.parts {
+            for &s in &self.slots {
                 let x = cx.input(s);
                 if cx.needed(x).len() == cx.needed(o).len() {
                     needed.iter().for_each(|&c| cx.mark(x, c));
@@ -158,14 +170,15 @@ impl<'g> ChannelOp<'g> for Concatenated {
             }
             return;
         }
-        let widths: Vec<_> = (0..self.parts).map(|s| Some(cx.needed(cx.input(s)).len())).collect();
+        let widths: Vec<_> = self.slots.iter().map(|&s| Some(cx.needed(cx.input(s)).len())).collect();
         let needed = cx.needed(o);
         let runs = segments(cx.layout(o), &widths);
         if runs.is_empty() {
-            return (0..self.parts).for_each(|s| cx.mark_all(cx.input(s)));
+            return self.slots.iter().for_each(|&s| cx.mark_all(cx.input(s)));
         }
         let mut marks = vec![];
         for (s, from, to, count) in runs {
+            let s = self.slots[s];
             marks.extend((0..count).filter(|&k| needed.get(to + k).copied().unwrap_or(true)).map(|k| (s, from + k)));
         }
         marks.into_iter().for_each(|(s, c)| cx.mark(cx.input(s), c));
@@ -283,7 +296,7 @@ impl<'g> ChannelOp<'g> for Splitted {
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let x = cx.input(0);
-        if !widths_known(cx) || (0..self.parts).any(|s| cx.output(s).is_none()) {
+        if !widths_known(cx, cx.values()) || (0..self.parts).any(|s| cx.output(s).is_none()) {
             return;
         }
         let outs: Vec<ValueId> = (0..self.parts).map(|s| cx.output(s).expect("named")).collect();

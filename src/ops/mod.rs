@@ -21,6 +21,7 @@ mod norm;
 mod per_channel;
 mod pool;
 mod recurrent;
+mod rotary;
 mod shape;
 mod shape_of;
 mod shuffle;
@@ -244,6 +245,10 @@ pub(crate) fn roles<'g>(graph: &'g GraphProto, ir: &'g Ir) -> Vec<Role<'g>> {
     for (last, swap) in attention::swapped_last_axes(&cx) {
         swap.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
         roles[last.0] = Role::Op(Box::new(swap));
+    }
+    for (last, rotation) in rotary::interleaved_rotations(&cx) {
+        rotation.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);
+        roles[last.0] = Role::Op(Box::new(rotation));
     }
     for (last, shuffle) in shuffle::shuffled_channels(&cx) {
         shuffle.inner.iter().for_each(|&i| roles[i.0] = Role::Inner);

@@ -34,6 +34,8 @@ struct Sliced {
     axes: Vec<i64>,
     steps: Vec<i64>,
     bounds: Bounds,
+    /// It takes nothing ([`stays_empty`]): it reads no channel, and what reads it none.
+    empty: bool,
 }
 
 impl OpRule for Slice {
@@ -83,8 +85,22 @@ impl OpRule for Slice {
         if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
             return Role::Opaque(Opaque::Malformed("its starts, ends, axes and steps differ in length"));
         }
-        Role::Op(Box::new(Sliced { starts, ends, derived, axes, steps, bounds }))
+        // Bounds read from x's size are placeholders here.
+        let empty = derived.iter().all(Option::is_none) && stays_empty(cx, x, &starts, &ends, &axes);
+        Role::Op(Box::new(Sliced { starts, ends, derived, axes, steps, bounds, empty }))
     }
+}
+
+/// Whether the slice takes nothing along some axis and still takes nothing once that axis
+/// shrinks: a start from the beginning at or past the axis' declared size, or an end before the
+/// start (TorchScript's pass-through `x[.., rotary_dim:]` when the rotation takes every entry).
+fn stays_empty(cx: &Ctx, x: &str, starts: &[i64], ends: &[i64], axes: &[i64]) -> bool {
+    let Some(dims) = cx.ir.shape(x) else { return false };
+    (0..starts.len()).any(|i| {
+        let n = crate::ir::normalize(axes[i], dims.len()).and_then(|a| dims[a]);
+        let (s, e) = (starts[i], ends[i]);
+        s >= 0 && (n.is_some_and(|n| s as u64 >= n) || (0..=s).contains(&e))
+    })
 }
 
 /// `(a, c)` when `bound` is `x.shape[a] // c` as one entry: `Unsqueeze(Div(Gather(Shape(x), a),
@@ -154,8 +170,15 @@ impl<'g> ChannelOp<'g> for Sliced {
         Activations { slots: vec![0], otherwise: "it slices a constant", none: false }
     }
 
+    fn output_channels(&self) -> bool {
+        !self.empty
+    }
+
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        if self.empty {
+            return;
+        }
         let lx = cx.get(x);
         if let (Some(a), Some(r)) = (lx.axis, lx.rank) {
             cx.set_axis(o, a);
@@ -207,6 +230,9 @@ impl<'g> ChannelOp<'g> for Sliced {
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        if self.empty {
+            return;
+        }
         match self.mapped(cx.layout(x), Some(cx.needed(o).len())) {
             Some(runs) => {
                 let needed = cx.needed(o);
@@ -222,6 +248,9 @@ impl<'g> ChannelOp<'g> for Sliced {
 
     fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return Ok(()) };
+        if self.empty {
+            return Ok(());
+        }
         let (lx, Some(w)) = (cx.layout(x), cx.layout(x).width) else { return Ok(()) };
         let (Some(Some(i)), Some(Ok(Some((start, count))))) = (self.channel_entry(lx), self.channels(lx)) else {
             return Ok(());
