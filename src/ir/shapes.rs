@@ -481,7 +481,8 @@ impl Ir {
         let shape = producer(slice.input.first()?).filter(|s| s.op_type() == "Shape" && s.attribute.is_empty())?;
         let x = reshape.input.first()?;
         let along_0 = slice.input.get(3).is_none_or(|a| ints(a).is_some_and(|a| a == [0]));
-        let plain = ints(minus_one)? == [-1] && ints(&slice.input[1])? == [0] && along_0 && shape.input.first() == Some(x);
+        let plain =
+            ints(minus_one)? == [-1] && ints(&slice.input[1])? == [0] && along_0 && shape.input.first() == Some(x);
         let end = *ints(&slice.input[2])?.first()?;
         let rank = self.known(g, x)?.len() as i64;
         let k = if end < 0 { end + rank } else { end.min(rank) };

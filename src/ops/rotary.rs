@@ -154,7 +154,7 @@ impl EveryTwo<'_> {
     /// Whether x's channels are where the pattern rotates them: the last axis, in heads of an
     /// even width, and no constraint that could keep one entry of a pair without the other.
     fn fits(&self, l: Layout) -> bool {
-        let heads_fit = l.heads.is_none_or(|h| h.axis == -2 && !h.ragged && !h.merged);
+        let heads_fit = l.heads.is_none_or(|h| h.axis < -1 && !h.ragged && !h.merged);
         l.axis == Some(-1)
             && (self.axis == -1 || l.rank.is_some_and(|r| self.axis == r as i64 - 1))
             && l.block == Some(1)
@@ -251,8 +251,9 @@ impl<'g> ChannelOp<'g> for EveryTwo<'g> {
             if v[n - 1] != -1 {
                 changes.push((n - 1, cols.len() as i64));
             }
-            if l.heads.is_some() && v[n - 2] > 0 {
-                changes.push((n - 2, rows.len() as i64));
+            // The target is x's own shape, so the layout's heads axis indexes it.
+            if let Some(at) = l.heads.and_then(|h| n.checked_add_signed(h.axis)).filter(|&at| v.get(at) > Some(&0)) {
+                changes.push((at, rows.len() as i64));
             }
             if !changes.is_empty() {
                 let node = cx.node;
@@ -262,8 +263,9 @@ impl<'g> ChannelOp<'g> for EveryTwo<'g> {
         // The declared shapes between: half-width heads, with the pairs' axis after them or not.
         for &(value, axis) in &self.halves {
             cx.push(Edit::Width { value: value.into(), axis, from: per / 2, to: cols.len() / 2 });
-            if l.heads.is_some() {
-                cx.push(Edit::Width { value: value.into(), axis: axis - 1, from: count, to: rows.len() });
+            if let Some(h) = l.heads {
+                let heads_axis = h.axis + axis + 1;
+                cx.push(Edit::Width { value: value.into(), axis: heads_axis, from: count, to: rows.len() });
             }
         }
         Ok(())

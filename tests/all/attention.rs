@@ -20,6 +20,10 @@ struct Block {
     d: usize,
     c: usize,
     rope: bool,
+    /// Rotary pairs `(2i, 2i + 1)` as GPT-J writes them (`stack((-x[.., 1::2], x[.., ::2]), -1)
+    /// .flatten(-2)`), not `(i, i + D/2)`; traced, with TorchScript's pass-through part
+    /// `x[.., D:]`, empty, concatenated back.
+    interleaved: bool,
     /// Per projection (Q, K, V): zeroed (head, dimension) columns, and whether the bias (if
     /// any) keeps its entry there, making the dimension a constant rather than zero.
     zeros: [Vec<(usize, usize)>; 3],
@@ -140,21 +144,25 @@ impl Block {
             g.g.initializer.push(int64_tensor("zero", &[0]));
             g.g.initializer.push(int64_tensor("end", &[d as i64]));
             g.g.initializer.push(int64_tensor("last", &[-1]));
-            for x in [&mut q, &mut k] {
+            for (x, n_heads) in [(&mut q, heads), (&mut k, kv)] {
                 let n = x.clone();
-                let half = match self.traced {
-                    true => read_back(&mut g, &n, 3, Some(("Div", 2))),
-                    false => "half".into(),
-                };
-                g.op("Slice", &[&n, "zero", &half, "last"], &format!("{n}_x1"), vec![]);
-                g.op("Slice", &[&n, &half, "end", "last"], &format!("{n}_x2"), vec![]);
-                g.op("Neg", &[&format!("{n}_x2")], &format!("{n}_nx2"), vec![]);
-                g.op(
-                    "Concat",
-                    &[&format!("{n}_nx2"), &format!("{n}_x1")],
-                    &format!("{n}_rot"),
-                    vec![attr_i("axis", -1)],
-                );
+                if self.interleaved {
+                    self.rotate_every_two(&mut g, &n, n_heads);
+                } else {
+                    let half = match self.traced {
+                        true => read_back(&mut g, &n, 3, Some(("Div", 2))),
+                        false => "half".into(),
+                    };
+                    g.op("Slice", &[&n, "zero", &half, "last"], &format!("{n}_x1"), vec![]);
+                    g.op("Slice", &[&n, &half, "end", "last"], &format!("{n}_x2"), vec![]);
+                    g.op("Neg", &[&format!("{n}_x2")], &format!("{n}_nx2"), vec![]);
+                    g.op(
+                        "Concat",
+                        &[&format!("{n}_nx2"), &format!("{n}_x1")],
+                        &format!("{n}_rot"),
+                        vec![attr_i("axis", -1)],
+                    );
+                }
                 g.op("Mul", &[&n, "cos"], &format!("{n}_c"), vec![]);
                 g.op("Mul", &[&format!("{n}_rot"), "sin"], &format!("{n}_s"), vec![]);
                 g.op("Add", &[&format!("{n}_c"), &format!("{n}_s")], &format!("{n}_r"), vec![]);
@@ -249,6 +257,51 @@ impl Block {
 }
 
 impl Block {
+    /// `{n}_rot`: GPT-J's `rotate_every_two` of `n` (`[1, H, T, D]`), as the exporters write it:
+    /// step-2 slices, `Neg`, `Unsqueeze` to a new last axis, `Concat` along it, and a `Reshape`
+    /// to `n`'s shape (constant; traced, `Concat(Shape(..)[:-2], [-1])` after a rotated part
+    /// `x[.., :D]` and an empty pass-through `x[.., D:]` concatenated back).
+    fn rotate_every_two(&self, g: &mut crate::common::G, n: &str, heads: usize) {
+        use crate::common::{attr_i, int64_tensor};
+        let (d, t) = (self.d as i64, 5);
+        let name = |s: &str| format!("{n}_{s}");
+        let rotated = if self.traced { name("part") } else { n.to_string() };
+        if self.traced {
+            g.g.initializer.push(int64_tensor(&name("d"), &[d]));
+            g.op("Slice", &[n, "zero", &name("d"), "last"], &rotated, vec![]);
+            g.g.initializer.push(int64_tensor(&name("max"), &[i64::MAX]));
+            g.op("Slice", &[n, &name("d"), &name("max"), "last"], &name("pass"), vec![]);
+        }
+        g.g.initializer.push(int64_tensor(&name("one"), &[1]));
+        g.g.initializer.push(int64_tensor(&name("two"), &[2]));
+        g.g.initializer.push(int64_tensor(&name("to_end"), &[i64::MAX]));
+        let slice = |g: &mut crate::common::G, start: &str, out: &str| {
+            g.op("Slice", &[&rotated, start, &name("to_end"), "last", &name("two")], out, vec![]);
+        };
+        slice(g, "zero", &name("even"));
+        slice(g, &name("one"), &name("odd"));
+        g.op("Neg", &[&name("odd")], &name("nodd"), vec![]);
+        g.op("Unsqueeze", &[&name("nodd"), "last"], &name("u0"), vec![]);
+        g.op("Unsqueeze", &[&name("even"), "last"], &name("u1"), vec![]);
+        g.op("Concat", &[&name("u0"), &name("u1")], &name("stack"), vec![attr_i("axis", -1)]);
+        let target = if self.traced {
+            g.op("Shape", &[&name("stack")], &name("shape"), vec![]);
+            g.g.initializer.push(int64_tensor(&name("minus_two"), &[-2]));
+            g.op("Slice", &[&name("shape"), "zero", &name("minus_two")], &name("leading"), vec![]);
+            g.op("Concat", &[&name("leading"), "last"], &name("flat"), vec![attr_i("axis", 0)]);
+            name("flat")
+        } else {
+            g.g.initializer.push(int64_tensor(&name("flat"), &[1, heads as i64, t, d]));
+            name("flat")
+        };
+        if self.traced {
+            g.op("Reshape", &[&name("stack"), &target], &name("turned"), vec![]);
+            g.op("Concat", &[&name("turned"), &name("pass")], &name("rot"), vec![attr_i("axis", -1)]);
+        } else {
+            g.op("Reshape", &[&name("stack"), &target], &name("rot"), vec![]);
+        }
+    }
+
     /// The `merged` form: `x [1, T, C] -> [T, 1, C]`, one packed projection `[C, 3E]`, parts taken
     /// by `Gather`, `[T, 1, E] -> [T, H, D] -> [H, T, D]`, attention, and back.
     fn merged_model(&self) -> onnx_minimize::onnx::proto::ModelProto {
@@ -331,8 +384,13 @@ fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool)
     let kv =
         [heads, 1, if heads % 2 == 0 { heads / 2 } else { heads }][if merged { 0 } else { rng.random_range(0..3) }];
     let (rope, d) = (!merged && rng.random_bool(0.5), [2usize, 4, 6][rng.random_range(0..3)]);
-    let mut b = Block { heads, kv, d, c: rng.random_range(2..7usize), rope, ..Default::default() };
-    let pair = |e: usize| if rope { vec![e, (e + d / 2) % d] } else { vec![e] };
+    let interleaved = rope && rng.random_bool(0.5);
+    let mut b = Block { heads, kv, d, c: rng.random_range(2..7usize), rope, interleaved, ..Default::default() };
+    let pair = |e: usize| match (rope, interleaved) {
+        (true, true) => vec![e, e ^ 1],
+        (true, false) => vec![e, (e + d / 2) % d],
+        _ => vec![e],
+    };
     let (mut removable, mut query_everywhere) = (false, false);
     for (p, n_heads) in [heads, kv, kv].into_iter().enumerate() {
         let every = rng.random_range(0..d);
@@ -371,11 +429,16 @@ fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool)
 /// Output widths of the Q, K and V projections after minimizing `b` (verified by tract).
 fn qkv_after(b: &Block) -> [usize; 3] {
     let dir = tempfile::tempdir().unwrap();
-    let input = crate::common::write(dir.path(), "in.onnx", &b.model());
+    let model = b.model();
+    let input = crate::common::write(dir.path(), "in.onnx", &model);
     let r = minimize_file(&input, Some(&dir.path().join("out.onnx")), &Options::default(), &|_| {}).unwrap();
-    let width = |node: &str| r.removals.layers.iter().find(|l| l.node == node).map_or(usize::MAX, |l| l.outputs_after);
-    // The Q, K and V projections, by the names `G` gives them.
-    [width("MatMul_0"), width("MatMul_4"), width("MatMul_8")]
+    // The Q, K and V projections, by their weights.
+    let width = |weight: &str| {
+        let node = model.graph.as_ref().unwrap().node.iter().find(|n| n.input.get(1).is_some_and(|w| w == weight));
+        let name = node.map(|n| n.name().to_string()).unwrap_or_default();
+        r.removals.layers.iter().find(|l| l.node == name).map_or(usize::MAX, |l| l.outputs_after)
+    };
+    [width("wq"), width("wk"), width("wv")]
 }
 
 /// Rotary embeddings: a zero key pair rotates to zero and leaves Q and K; a constant non-zero
@@ -388,6 +451,25 @@ fn a_constant_key_under_rotary_embeddings_stays_and_a_zero_one_leaves() {
     assert_eq!(qkv_after(&zero)[..2], [4, 4]);
     let constant = Block { zeros: [vec![], zero_pair, vec![]], keep_bias: [false, true, false], ..b };
     assert_eq!(qkv_after(&constant)[..2], [8, 8]);
+}
+
+/// GPT-J's interleaved rotary pairs `(2i, 2i + 1)`: a pair zero in every query head leaves Q
+/// and K (written shapes, and traced ones behind an empty pass-through part); half a pair zero
+/// stays, as does a constant non-zero key pair (it rotates into a position-dependent key).
+#[test]
+fn interleaved_rotary_pairs_leave_whole_and_only_when_exact() {
+    let b = Block { heads: 2, kv: 2, d: 4, c: 3, rope: true, interleaved: true, bias: [true; 3], ..Default::default() };
+    let every = |dims: &[usize]| (0..2).flat_map(|h| dims.iter().map(move |&e| (h, e))).collect::<Vec<_>>();
+    for traced in [false, true] {
+        let queries = Block { zeros: [every(&[2, 3]), vec![], vec![]], traced, ..b.clone() };
+        assert_eq!(qkv_after(&queries)[..2], [4, 4], "traced {traced}");
+        let half = Block { zeros: [every(&[2]), vec![], vec![]], traced, ..b.clone() };
+        assert_eq!(qkv_after(&half)[..2], [8, 8], "traced {traced}");
+    }
+    let constant = Block { zeros: [vec![], every(&[0, 1]), vec![]], keep_bias: [false, true, false], ..b.clone() };
+    assert_eq!(qkv_after(&constant)[..2], [8, 8]);
+    let zero = Block { zeros: [vec![], every(&[0, 1]), vec![]], ..b };
+    assert_eq!(qkv_after(&zero)[..2], [4, 4]);
 }
 
 /// Grouped-query attention: a query dimension zero in one group's heads stays (every head keeps
