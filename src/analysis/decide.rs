@@ -2,7 +2,7 @@
 //! value. The only pass that depends on what to do with graph inputs, so that both answers can
 //! be planned from one analysis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::ids::ValueId;
 use super::Facts;
@@ -99,11 +99,18 @@ fn linked_heads(facts: &Facts, links: &[(ValueId, Option<ValueId>)], d: &mut Dec
 
 /// Values whose channels span heads keep a product of heads and entries (the same entries in
 /// every kept head), so they stay rectangular; values a grouped convolution reads or writes, or
-/// whose heads are merged with the batch into a size the graph writes, keep every group or head,
-/// each with the same entries.
+/// a 3-D attention operator (heads inside the last axis), or whose heads are merged with the batch
+/// into a size the graph writes, keep every group or head, each with the same entries.
 /// Ragged heads are `ragged_heads`' (padded afterwards). Says whether it kept more.
 fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
     let mut changed = false;
+    // Values a grouped convolution reads or writes (other groups are heads inside one axis).
+    let convolved: HashSet<ValueId> = facts
+        .graph
+        .ops()
+        .filter(|(_, op)| op.linear().is_some_and(|l| l.weight().groups > 1))
+        .flat_map(|(n, _)| facts.graph.inputs(n).chain(facts.graph.outputs(n)).collect::<Vec<_>>())
+        .collect();
     for v in facts.graph.value_ids() {
         let l = facts.layouts[v];
         let Some(width) = l.width else { continue };
@@ -123,7 +130,7 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
         keep.iter().for_each(|&c| (rows[c / per], cols[c % per]) = (true, true));
         // A grouped Conv left with one entry per group would read as depthwise next time, whose
         // rule removes channels one by one: keep two, so the next pass sees the same operator.
-        if grouped && per >= 2 && cols.iter().filter(|&&c| c).count() == 1 {
+        if grouped && convolved.contains(&v) && per >= 2 && cols.iter().filter(|&&c| c).count() == 1 {
             let spare = cols.iter().position(|&c| !c).expect("per >= 2");
             cols[spare] = true;
         }

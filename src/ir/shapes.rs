@@ -63,6 +63,7 @@ const SAME_AS_FIRST: &[&str] = &[
     "QuantizeLinear",
     "Reciprocal",
     "Relu",
+    "RotaryEmbedding",
     "Round",
     "Selu",
     "Shrink",

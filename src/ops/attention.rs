@@ -774,6 +774,9 @@ impl<'g> ChannelOp<'g> for SwapLast<'g> {
 /// whose output nothing needs leaves, and the scale is written out when the head dimension
 /// shrinks (its default, `1 / sqrt(D)`, would follow the new width).
 pub(crate) struct AttentionOp {
+    /// `(q_num_heads, kv_num_heads)` of 3-D inputs, whose heads are inside the last axis: every
+    /// head stays and keeps the same entries (grouped layouts), so the operator can split them.
+    merged: Option<(usize, usize)>,
     scale_written: bool,
     /// Softcapping (`softcap * tanh(S / softcap)`) breaks the softmax's shift invariance.
     shift_invariant: bool,
@@ -796,11 +799,14 @@ impl OpRule for Attention {
         if node.input.iter().skip(4).any(|i| !i.is_empty()) {
             return Role::Opaque(Opaque::Unsupported("it reads a key/value cache".into()));
         }
-        if node.attr("q_num_heads").is_some() || node.attr("kv_num_heads").is_some() {
-            return Role::Opaque(Opaque::Unsupported("it takes 3-D inputs (heads inside the last axis)".into()));
-        }
+        let merged = match (node.attr_i("q_num_heads", 0), node.attr_i("kv_num_heads", 0)) {
+            (0, 0) => None,
+            (q, kv) if q > 0 && kv > 0 => Some((q as usize, kv as usize)),
+            _ => return Role::Opaque(Opaque::Malformed("it has one of q_num_heads and kv_num_heads only")),
+        };
         let has_mask = node.input.get(3).is_some_and(|m| !m.is_empty());
         Role::Op(Box::new(AttentionOp {
+            merged,
             scale_written: node.attr("scale").is_some(),
             shift_invariant: node.attr_f("softcap", 0.0) == 0.0,
             // A mask may leave a row with no key at all: its weights are then not a softmax row.
@@ -813,6 +819,11 @@ impl OpRule for Attention {
 impl AttentionOp {
     /// `(Hq, Hkv, D, Dv)` when the layouts of Q, K and V line up.
     fn shape(&self, l: [Layout; 3]) -> Option<(usize, usize, usize, usize)> {
+        if let Some((hq, hkv)) = self.merged {
+            let per = |l: Layout, h: usize| l.width.filter(|w| l.heads.is_none() && w.is_multiple_of(h)).map(|w| w / h);
+            let (d, dk, dv) = (per(l[0], hq)?, per(l[1], hkv)?, per(l[2], hkv)?);
+            return (hq.is_multiple_of(hkv) && d == dk).then_some((hq, hkv, d, dv));
+        }
         // A 4-D operand laid out without heads has one (multi-query attention's keys).
         let count = |l: Layout| l.width.map(|_| l.heads.map_or(1, |h| h.count));
         let (hq, hkv) = (count(l[0])?, count(l[1])?);
@@ -834,10 +845,18 @@ impl<'g> ChannelOp<'g> for AttentionOp {
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
         let Some(y) = cx.output(0) else { return };
         let (q, v) = (cx.input(0), cx.input(2));
-        for x in [q, cx.input(1), v, y] {
+        let (k, rank) = (cx.input(1), if self.merged.is_some() { 3 } else { 4 });
+        for x in [q, k, v, y] {
             cx.set_axis(x, -1);
-            cx.set_rank(x, 4);
+            cx.set_rank(x, rank);
             cx.set_block(x, 1);
+        }
+        if let Some((hq, hkv)) = self.merged {
+            [(q, hq), (k, hkv), (v, hkv), (y, hq)].into_iter().for_each(|(x, h)| cx.set_groups(x, h));
+            if let Some(w) = cx.get(v).width.filter(|w| w.is_multiple_of(hkv)) {
+                cx.set_width(y, hq * (w / hkv));
+            }
+            return;
         }
         let lq = cx.get(q);
         if let (Some(_), Some(dv)) = (lq.width, cx.get(v).per_head()) {
@@ -915,9 +934,11 @@ impl<'g> ChannelOp<'g> for AttentionOp {
     fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
         let q = cx.input(0);
         let l = cx.layout(q);
-        let (Some(w), Some(d)) = (l.width, l.per_head()) else { return Ok(()) };
-        let keep = cx.kept(q, w);
-        if !self.scale_written && heads_kept(l, &keep).1.len() < d {
+        let Some((_, _, d, _)) = self.shape([l, cx.layout(cx.input(1)), cx.layout(cx.input(2))]) else { return Ok(()) };
+        let keep = cx.kept(q, l.width.expect("shaped"));
+        // Every kept head keeps the same entries: count the first's.
+        let first = keep.first().map_or(0, |&c| c / d);
+        if !self.scale_written && keep.iter().filter(|&&c| c / d == first).count() < d {
             let node = cx.node.0;
             cx.push(Edit::Attr { node, attr: attr_float("scale", 1.0 / (d as f32).sqrt()) });
         }

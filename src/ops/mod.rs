@@ -185,6 +185,7 @@ static RULES: &[&dyn OpRule] = &[
     &elementwise::PassThrough,
     &elementwise::Logical,
     &norm::LayerNorm,
+    &rotary::RotaryEmbedding,
     &pool::Pool,
     &pool::Reduce,
     &pool::Softmax,

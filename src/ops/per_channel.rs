@@ -313,18 +313,7 @@ impl<'g> ChannelOp<'g> for PerChannel {
             if cx.graph.ir.dim_from_end(cx.graph.proto, input, axis) != Some(per as u64) || entries.len() == per {
                 continue;
             }
-            let node = cx.node.0;
-            match cx.const_input(slot) {
-                Some(t) => {
-                    let values = Values::of(t).expect("checked");
-                    let pos = (t.dims.len() as isize + axis) as usize;
-                    let mut dims = t.dims.clone();
-                    dims[pos] = entries.len() as i64;
-                    let raw = values.gather_axis(pos, &entries);
-                    cx.push(Edit::Const { node, slot, tensor: with_data(t, dims, values.dtype, raw) });
-                }
-                None => cx.push(Edit::GatherOperand { node, slot, axis, keep: entries.clone() }),
-            }
+            take_entries(cx, slot, axis, &entries);
         }
         let node = cx.node_proto();
         for &slot in &self.params {
@@ -347,6 +336,22 @@ impl<'g> ChannelOp<'g> for PerChannel {
         }
         self.axes.rewrite(cx, o, &keep);
         Ok(())
+    }
+}
+
+/// Input `slot` of the node reads only `entries` along `axis` (counted from the end): a constant
+/// is sliced, an activation (or a constant of a type not read here) gathered.
+pub(super) fn take_entries(cx: &mut PlanCx, slot: usize, axis: isize, entries: &[usize]) {
+    let node = cx.node.0;
+    match cx.const_input(slot).and_then(|t| Some((t, Values::of(t).ok()?))) {
+        Some((t, values)) => {
+            let pos = (t.dims.len() as isize + axis) as usize;
+            let mut dims = t.dims.clone();
+            dims[pos] = entries.len() as i64;
+            let raw = values.gather_axis(pos, entries);
+            cx.push(Edit::Const { node, slot, tensor: with_data(t, dims, values.dtype, raw) });
+        }
+        None => cx.push(Edit::GatherOperand { node, slot, axis, keep: entries.to_vec() }),
     }
 }
 

@@ -11,13 +11,16 @@
 //! A constant key entry is not constant after the rotation (`k_d * cos_d(t)` varies with the
 //! position), which the elementwise rules see by themselves: this rule only moves entries.
 
+use super::per_channel::take_entries;
 use super::shape::ShapeInput;
-use super::{Activations, ChannelOp, Ctx};
+use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::plan::heads_kept;
-use crate::analysis::reasons::Why;
+use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::{CheckCx, ConstCx, Layout, LayoutCx, NeedCx, NodeId, PlanCx, TieCx};
 use crate::error::Result;
 use crate::ir::NodeExt;
+use crate::onnx::build::attr_int;
+use crate::onnx::proto::NodeProto;
 use crate::rewrite::Edit;
 
 pub(crate) struct EveryTwo<'g> {
@@ -266,6 +269,189 @@ impl<'g> ChannelOp<'g> for EveryTwo<'g> {
             if let Some(h) = l.heads {
                 let heads_axis = h.axis + axis + 1;
                 cx.push(Edit::Width { value: value.into(), axis: heads_axis, from: count, to: rows.len() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opset 23's `RotaryEmbedding`: the rotation above (or rotate_half's, `interleaved = 0`) as one
+/// operator, on the first `rotary_embedding_dim` entries of each head (all when 0), the rest
+/// passed through. 4-D inputs `[B, H, S, D]` carry their heads on an axis of their own; 3-D
+/// inputs `[B, S, H * D]` inside the last (`num_heads`), where every head stays and keeps the
+/// same entries (a grouped layout), so that the operator can split them again.
+pub(crate) struct RotaryEmbedding;
+
+impl OpRule for RotaryEmbedding {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["RotaryEmbedding"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, _cx: &Ctx<'g>) -> Role<'g> {
+        let (heads, dim) = (node.attr_i("num_heads", 0), node.attr_i("rotary_embedding_dim", 0));
+        let (Ok(heads), Ok(dim)) = (usize::try_from(heads), usize::try_from(dim)) else {
+            return Role::Opaque(Opaque::Malformed("its num_heads or rotary_embedding_dim is negative"));
+        };
+        Role::Op(Box::new(Rotation { interleaved: node.attr_i("interleaved", 0) != 0, heads, dim }))
+    }
+}
+
+pub(crate) struct Rotation {
+    interleaved: bool,
+    /// `num_heads` of a 3-D input; 0 for a 4-D one.
+    heads: usize,
+    /// Rotated entries per head; 0 for all of them.
+    dim: usize,
+}
+
+/// The cos and sin caches' slots: their last axis has one entry per rotated pair.
+const CACHES: [usize; 2] = [1, 2];
+
+impl Rotation {
+    /// Entries per head and how many of them rotate, when x's layout is the operator's.
+    fn sizes(&self, l: Layout) -> Option<(usize, usize)> {
+        let per = if self.heads > 0 {
+            let w = l.width?;
+            (l.rank == Some(3) && l.heads.is_none() && w.is_multiple_of(self.heads)).then_some(w / self.heads)?
+        } else {
+            let own_axis = l.heads.is_none_or(|h| h.axis < -1 && !h.ragged && !h.merged);
+            (l.rank == Some(4) && own_axis && l.groups.is_none()).then_some(l.per_head()?)?
+        };
+        let rotated = if self.dim == 0 { per } else { self.dim };
+        let fits = l.axis == Some(-1) && l.block == Some(1) && rotated <= per && rotated % 2 == 0 && rotated > 0;
+        fits.then_some((per, rotated))
+    }
+
+    /// The entry of a head that entry `e` rotates with (none past the rotated ones).
+    fn partner(&self, e: usize, rotated: usize) -> Option<usize> {
+        (e < rotated).then(|| if self.interleaved { e ^ 1 } else { (e + rotated / 2) % rotated })
+    }
+
+    /// The pair (the caches' entry) that rotated entry `e` belongs to.
+    fn pair(&self, e: usize, rotated: usize) -> usize {
+        if self.interleaved {
+            e / 2
+        } else {
+            e % (rotated / 2)
+        }
+    }
+}
+
+impl<'g> ChannelOp<'g> for Rotation {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0], otherwise: "it rotates a constant", none: false }
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        cx.copy(x, o);
+        cx.copy(o, x);
+        for v in [x, o] {
+            cx.set_axis(v, -1);
+            cx.set_block(v, 1);
+            cx.set_rank(v, if self.heads > 0 { 3 } else { 4 });
+            if self.heads > 0 {
+                cx.set_groups(v, self.heads);
+            }
+        }
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        let (g, node) = (cx.graph, cx.node_proto());
+        // The caches' last axis must be the pairs the layout gives (a wrong model keeps all).
+        let caches_fit = |rotated: usize| {
+            CACHES.iter().all(|&s| {
+                node.input.get(s).is_some_and(|c| g.ir.dim_from_end(g.proto, c, -1) == Some(rotated as u64 / 2))
+            })
+        };
+        let fits = self.sizes(cx.layout(x)).is_some_and(|(_, r)| caches_fit(r));
+        if !fits || cx.layout(x) != cx.layout(o) {
+            cx.force(x, Why::UnknownPartWidths);
+            cx.force(o, Why::UnknownPartWidths);
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        let Some((per, rotated)) = self.sizes(cx.layout(x)) else { return };
+        let (Some(w), true) = (cx.width(x), cx.width(x) == cx.width(o)) else { return };
+        for c in 0..w {
+            cx.tie(x, c, o, c, 1);
+            if let Some(p) = self.partner(c % per, rotated) {
+                cx.tie(x, c - c % per + p, o, c, 1);
+            }
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        let Some((per, rotated)) = self.sizes(cx.layout(x)) else { return };
+        let xs = cx.consts(x).to_vec();
+        if cx.consts(o).len() != xs.len() {
+            return;
+        }
+        // A pair of zeros rotates to zeros; any other constant turns with the position.
+        let r = (0..xs.len())
+            .map(|c| match self.partner(c % per, rotated) {
+                None => xs[c],
+                Some(p) => (xs[c] == Some(0.0) && xs[c - c % per + p] == Some(0.0)).then_some(0.0),
+            })
+            .collect();
+        cx.set(o, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        // The caches and the positions have no channels: read whole.
+        let read: Vec<_> = [CACHES[0], CACHES[1], 3].iter().filter_map(|&s| cx.graph.input(cx.node, s)).collect();
+        read.into_iter().for_each(|v| cx.mark_all(v));
+        let Some((per, rotated)) = self.sizes(cx.layout(x)) else { return cx.mark_all(x) };
+        let (needed, out) = (cx.needed(o).to_vec(), cx.consts(o).to_vec());
+        if needed.len() != out.len() || cx.needed(x).len() != needed.len() {
+            return cx.mark_all(x);
+        }
+        for c in (0..needed.len()).filter(|&c| needed[c] && out[c].is_none()) {
+            cx.mark(x, c);
+            if let Some(p) = self.partner(c % per, rotated) {
+                cx.mark(x, c - c % per + p);
+            }
+        }
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return Ok(()) };
+        let l = cx.layout(x);
+        let (Some(w), Some((per, rotated))) = (l.width, self.sizes(l)) else { return Ok(()) };
+        let keep = cx.kept(o, w);
+        if keep.len() == w {
+            return Ok(());
+        }
+        // Every kept head keeps the same entries (heads, or groups): those of the first.
+        let first = keep.first().map_or(0, |&c| c - c % per);
+        let cols: Vec<usize> = keep.iter().filter(|&&c| c - c % per == first).map(|&c| c % per).collect();
+        let mut pairs: Vec<usize> = cols.iter().filter(|&&e| e < rotated).map(|&e| self.pair(e, rotated)).collect();
+        let kept_rotated = pairs.len();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let node = cx.node.0;
+        if kept_rotated == 0 {
+            // Nothing left rotates: the operator passes its input through.
+            let (input, output) = (cx.node_proto().input[0].clone(), cx.node_proto().output[0].clone());
+            let identity = crate::onnx::build::node("Identity", "$passed", &[&input], &[&output], vec![]);
+            cx.push(Edit::Replace { node, nodes: vec![identity], initializers: vec![] });
+            return Ok(());
+        }
+        if kept_rotated < rotated {
+            for slot in CACHES {
+                take_entries(cx, slot, -1, &pairs);
+            }
+            if self.dim != 0 {
+                cx.push(Edit::Attr { node, attr: attr_int("rotary_embedding_dim", kept_rotated as i64) });
             }
         }
         Ok(())
