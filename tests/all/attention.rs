@@ -536,6 +536,31 @@ fn rotary_embedding_and_attention_operators_lose_pairs_in_every_head() {
     }
 }
 
+/// Partial rotary embeddings whose every rotated pair leaves: the operator becomes an Identity
+/// (`rotary_embedding_dim = 0` would mean "all"), the pass-through entries stay.
+#[test]
+fn a_rotary_embedding_with_no_pair_left_passes_its_input_through() {
+    use crate::common::{attr_i, G};
+    let mut g = G::new("x", &[Some(1), Some(5), Some(6)]);
+    let mut w = g.rand(6 * 8);
+    // Two heads of 4, the pair (0, 1) rotates: zero in both heads.
+    (0..6).for_each(|r| [0, 1, 4, 5].iter().for_each(|&c| w[r * 8 + c] = 0.0));
+    let (cos, sin, w2) = (g.rand(5), g.rand(5), g.rand(8 * 3));
+    g.init("w", &[6, 8], &w).init("cos", &[1, 5, 1], &cos).init("sin", &[1, 5, 1], &sin).init("w2", &[8, 3], &w2);
+    let attrs = vec![attr_i("num_heads", 2), attr_i("rotary_embedding_dim", 2)];
+    g.op("MatMul", &["x", "w"], "a", vec![]).op("RotaryEmbedding", &["a", "cos", "sin"], "r", attrs);
+    g.op("MatMul", &["r", "w2"], "y", vec![]);
+    let mut model = g.model("y", &[Some(1), Some(5), Some(3)]);
+    model.opset_import[0].version = Some(23);
+    let dir = tempfile::tempdir().unwrap();
+    let input = crate::common::write(dir.path(), "in.onnx", &model);
+    let out = dir.path().join("out.onnx");
+    minimize_file(&input, Some(&out), &Options::default(), &|_| {}).unwrap();
+    assert_eq!(float_params(&out), 6 * 4 + 4 * 3);
+    let ops: Vec<String> = crate::common::read(&out).graph.unwrap().node.iter().map(|n| n.op_type().into()).collect();
+    assert_eq!(ops, ["MatMul", "Identity", "MatMul"]);
+}
+
 /// Grouped-query attention: a query dimension zero in one group's heads stays (every head keeps
 /// the same dimensions); zero in every query head, it leaves Q and the shared K.
 #[test]

@@ -80,6 +80,10 @@ pub fn mlp(layers: &[Layer]) -> ModelProto {
     }
 }
 
+pub fn read(path: &Path) -> ModelProto {
+    ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+}
+
 pub fn write(dir: &Path, name: &str, m: &ModelProto) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, m.encode_to_vec()).unwrap();

@@ -1,13 +1,8 @@
 //! Lossless reading and writing.
 
-use crate::common::fixture;
+use crate::common::{fixture, read};
 use onnx_minimize::onnx::proto::ModelProto;
 use onnx_minimize::Model;
-use prost::Message;
-
-fn decode(path: &std::path::Path) -> ModelProto {
-    ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
-}
 
 #[test]
 fn a_model_read_and_written_unchanged_is_identical() {
@@ -15,7 +10,7 @@ fn a_model_read_and_written_unchanged_is_identical() {
     for name in ["lenet300_pruned_dynamo.onnx", "mlp_gelu_erf_ts.onnx", "mlp_constants_f16_ts.onnx"] {
         let out = dir.path().join(name);
         Model::load(&fixture(name)).unwrap().write(&out, false).unwrap();
-        assert_eq!(decode(&fixture(name)), decode(&out), "{name}");
+        assert_eq!(read(&fixture(name)), read(&out), "{name}");
         // Byte-identical too: prost writes fields in the canonical order exporters use.
         assert_eq!(std::fs::read(fixture(name)).unwrap(), std::fs::read(&out).unwrap(), "{name}");
     }
@@ -217,7 +212,7 @@ fn large_external_tensors_are_aligned() {
     let src = write(dir.path(), "m.onnx", &m);
     let out = dir.path().join("ext.onnx");
     Model::load(&src).unwrap().write(&out, true).unwrap();
-    let stored = decode(&out);
+    let stored = read(&out);
     let mut large = 0;
     for t in &stored.graph.unwrap().initializer {
         let entry =
