@@ -6,6 +6,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use prost::Message;
+
 use crate::ir::{ConstRef, Ir};
 use crate::onnx::build::{attr_int, int64_tensor};
 use crate::onnx::proto::{type_proto, AttributeProto, GraphProto, NodeProto, TensorProto};
@@ -227,6 +229,7 @@ pub(crate) fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) -> Pending {
         pending: Pending::new(),
         gathers: vec![],
         operand_gathers: HashMap::new(),
+        clones: HashMap::new(),
     };
     for edit in edits {
         cx.edit(g, ir, edit);
@@ -251,7 +254,13 @@ struct Apply {
     /// Gathers of operands by (value, axis, entries): their output and first reader.
     /// Each such Gather and its first reader.
     operand_gathers: HashMap<OperandGather, (NodeProto, usize)>,
+    /// Private copies of shared producers by what they were given: readers that need the same
+    /// copy (the K targets of every layer) share one.
+    clones: HashMap<CloneKey, String>,
 }
+
+/// A producer and its new constant inputs (slot, encoded tensor without its name).
+type CloneKey = (usize, Vec<(usize, Vec<u8>)>);
 
 impl Apply {
     /// New contents for the constant at `slot` of `node`, with bytes now (`data` none) or later.
@@ -314,7 +323,7 @@ impl Apply {
     }
 
     fn edit(&mut self, g: &mut GraphProto, ir: &Ir, edit: Edit) {
-        let Apply { names, orphaned, structural, gathers, .. } = self;
+        let Apply { names, orphaned, structural, gathers, clones, .. } = self;
         match edit {
             Edit::Const { node, slot, tensor } => self.set_const(g, ir, node, slot, tensor, None),
             Edit::Slice { node, slot, tensor, data } => self.set_const(g, ir, node, slot, tensor, Some(data)),
@@ -356,6 +365,12 @@ impl Apply {
                 structural.push((node, Structural::Replace(nodes, initializers)));
             }
             Edit::CloneProducer { node, slot, producer, entries } => {
+                let content = |t: &TensorProto| TensorProto { name: None, ..t.clone() }.encode_to_vec();
+                let key = (producer, entries.iter().map(|(s, t)| (*s, content(t))).collect());
+                if let Some(out) = clones.get(&key) {
+                    g.node[node].input[slot] = out.clone();
+                    return;
+                }
                 let mut copy = g.node[producer].clone();
                 let base = format!("{}_for_{}", copy.output[0], g.node[node].name());
                 let out = names.fresh(&base);
@@ -367,7 +382,8 @@ impl Apply {
                 }
                 copy.name = Some(names.fresh(&format!("{}_copy", copy.name())));
                 copy.output = vec![out.clone()];
-                g.node[node].input[slot] = out;
+                g.node[node].input[slot] = out.clone();
+                clones.insert(key, out);
                 structural.push((producer, Structural::InsertAfter(Box::new(copy))));
             }
             Edit::Remove { node } => {

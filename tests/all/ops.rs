@@ -275,34 +275,41 @@ fn a_layout_the_analysis_cannot_follow_keeps_its_inputs_needed() {
 }
 
 /// Regression (GPT-2, dynamo): one computed target shape shared by the reshapes of two layers
-/// that lose different units: each reshape gets its own copy of the shape, with its own width.
+/// that lose different units: each reshape gets a copy of the shape with its own width, and
+/// reshapes that need the same width share one copy.
 #[test]
 fn a_computed_shape_shared_by_two_reshapes_is_copied_for_each() {
-    let mut g = G::new("x", &[B, Some(2), Some(4)]);
-    g.g.initializer.extend([
-        int64_tensor("zero", &[0]),
-        int64_tensor("minus_one", &[-1]),
-        int64_tensor("hidden", &[6]),
-    ]);
-    g.op("Shape", &["x"], "shape", vec![]).op("Gather", &["shape", "zero"], "batch", vec![attr_i("axis", 0)]);
-    g.op("Concat", &["batch", "minus_one", "hidden"], "target", vec![attr_i("axis", 0)]);
-    let mut cur = "x".to_string();
-    for (i, zero_cols) in [[1usize, 2], [0, 5]].iter().enumerate() {
-        let mut w = g.rand(4 * 6);
-        (0..4).for_each(|c| zero_cols.iter().for_each(|&j| w[c * 6 + j] = 0.0));
-        let v = g.rand(24);
-        g.init(&format!("w{i}"), &[4, 6], &w).init(&format!("v{i}"), &[6, 4], &v);
-        g.op("MatMul", &[&cur, &format!("w{i}")], &format!("h{i}"), vec![]);
-        g.op("Reshape", &[&format!("h{i}"), "target"], &format!("r{i}"), vec![]);
-        g.op("Tanh", &[&format!("r{i}")], &format!("a{i}"), vec![]);
-        g.op("MatMul", &[&format!("a{i}"), &format!("v{i}")], &format!("o{i}"), vec![]);
-        cur = format!("o{i}");
+    let cases: [(&[&[usize]], _, _); 2] = [
+        (&[&[1, 2], &[0, 5]], vec![(4, 4), (4, 4), (4, 4), (4, 4)], 2),
+        (&[&[1, 2], &[0]], vec![(4, 4), (4, 4), (4, 5), (5, 4)], 3),
+    ];
+    for (zeros, expected, concats) in cases {
+        let mut g = G::new("x", &[B, Some(2), Some(4)]);
+        g.g.initializer.extend([
+            int64_tensor("zero", &[0]),
+            int64_tensor("minus_one", &[-1]),
+            int64_tensor("hidden", &[6]),
+        ]);
+        g.op("Shape", &["x"], "shape", vec![]).op("Gather", &["shape", "zero"], "batch", vec![attr_i("axis", 0)]);
+        g.op("Concat", &["batch", "minus_one", "hidden"], "target", vec![attr_i("axis", 0)]);
+        let mut cur = "x".to_string();
+        for (i, zero_cols) in zeros.iter().enumerate() {
+            let mut w = g.rand(4 * 6);
+            (0..4).for_each(|c| zero_cols.iter().for_each(|&j| w[c * 6 + j] = 0.0));
+            let v = g.rand(24);
+            g.init(&format!("w{i}"), &[4, 6], &w).init(&format!("v{i}"), &[6, 4], &v);
+            g.op("MatMul", &[&cur, &format!("w{i}")], &format!("h{i}"), vec![]);
+            g.op("Reshape", &[&format!("h{i}"), "target"], &format!("r{i}"), vec![]);
+            g.op("Tanh", &[&format!("r{i}")], &format!("a{i}"), vec![]);
+            g.op("MatMul", &[&format!("a{i}"), &format!("v{i}")], &format!("o{i}"), vec![]);
+            cur = format!("o{i}");
+        }
+        g.op("Identity", &[&cur], "y", vec![]);
+        let (r, m) = minimize(&g.model("y", &[B, Some(2), Some(4)]));
+        assert_eq!(widths(&r), expected);
+        let found = m.graph().node.iter().filter(|n| n.op_type() == "Concat").count();
+        assert_eq!(found, concats, "the shared shape and one copy per width needed");
     }
-    g.op("Identity", &[&cur], "y", vec![]);
-    let (r, m) = minimize(&g.model("y", &[B, Some(2), Some(4)]));
-    assert_eq!(widths(&r), vec![(4, 4), (4, 4), (4, 4), (4, 4)]);
-    let concats = m.graph().node.iter().filter(|n| n.op_type() == "Concat").count();
-    assert_eq!(concats, 3, "the shared shape and one copy per reshape that changed");
 }
 
 /// A Gather stores one index per kept feature: an input losing one feature of eight to a two-unit layer
