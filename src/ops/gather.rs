@@ -47,6 +47,12 @@ impl OpRule for Select {
             {
                 Role::Op(Box::new(Selected { indices: int64s(t) }))
             }
+            // Channels of an activation picked along its last axis (`x[..., idx]`): a channel map.
+            Some(t)
+                if !cx.ir.is_const(data) && last && t.dims.len() == 1 && t.data_type() == DataType::Int64 as i32 =>
+            {
+                Role::Op(Box::new(Chosen { indices: int64s(t) }))
+            }
             // One index along an axis that may be the heads axis (a packed projection's `[3, E]`
             // parts, `nn.MultiheadAttention`'s `q, k, v = proj.unflatten(-1, (3, E))...`).
             Some(t)
@@ -89,6 +95,92 @@ impl<'g> ChannelOp<'g> for Selected {
 
     fn selected(&self) -> Option<&[i64]> {
         Some(&self.indices)
+    }
+}
+
+/// Output channel `k` is channel `indices[k]` of the activation (a channel may be picked twice):
+/// tied one to one, so a pick leaves with its channel and a channel nothing picks is not read.
+/// The plan renumbers the indices of the kept picks among the kept channels.
+struct Chosen {
+    indices: Vec<i64>,
+}
+
+impl Chosen {
+    /// The input channel of each output channel, for an input of `width` channels; none when an
+    /// index is out of range (a wrong model: both sides keep every channel).
+    fn sources(&self, width: Option<usize>) -> Option<Vec<usize>> {
+        let w = width? as i64;
+        self.indices
+            .iter()
+            .map(|&i| usize::try_from(if i < 0 { i + w } else { i }).ok().filter(|&i| i < w as usize))
+            .collect()
+    }
+}
+
+impl<'g> ChannelOp<'g> for Chosen {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0], otherwise: "it gathers from a constant", none: false }
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        for v in [x, o] {
+            cx.set_axis(v, -1);
+            cx.set_block(v, 1);
+        }
+        cx.set_width(o, self.indices.len());
+        cx.get(x).rank.inspect(|&r| cx.set_rank(o, r));
+        cx.get(o).rank.inspect(|&r| cx.set_rank(x, r));
+    }
+
+    fn check(&self, cx: &mut CheckCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        if self.sources(cx.layout(x).width).is_none() {
+            cx.force(x, Why::UnknownPartWidths);
+            cx.force(o, Why::UnknownPartWidths);
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        let Some(sources) = self.sources(cx.width(x)) else { return };
+        sources.iter().enumerate().for_each(|(k, &c)| cx.tie(x, c, o, k, 1));
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        let Some(sources) = self.sources(cx.layout(x).width) else { return };
+        let xs = cx.consts(x).to_vec();
+        let r = sources.iter().map(|&c| xs.get(c).copied().flatten()).collect();
+        cx.set(o, r);
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        let Some(sources) = self.sources(cx.layout(x).width) else { return cx.mark_all(x) };
+        let (needed, out) = (cx.needed(o).to_vec(), cx.consts(o).to_vec());
+        if needed.len() != sources.len() || out.len() != sources.len() {
+            return cx.mark_all(x);
+        }
+        let marks: Vec<usize> =
+            (0..sources.len()).filter(|&k| needed[k] && out[k].is_none()).map(|k| sources[k]).collect();
+        marks.into_iter().for_each(|c| cx.mark(x, c));
+    }
+
+    fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
+        let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return Ok(()) };
+        let (Some(w), Some(sources)) = (cx.layout(x).width, self.sources(cx.layout(x).width)) else { return Ok(()) };
+        let (kept_x, keep) = (cx.kept(x, w), cx.kept(o, sources.len()));
+        if kept_x.len() == w && keep.len() == sources.len() {
+            return Ok(());
+        }
+        let at = |c: usize| kept_x.binary_search(&c).expect("a kept pick keeps its channel") as i64;
+        let indices: Vec<i64> = keep.iter().map(|&k| at(sources[k])).collect();
+        let like = cx.const_input(1).expect("constant indices");
+        let mut tensor = with_int64s(like, &indices);
+        tensor.dims = vec![indices.len() as i64];
+        cx.push(Edit::Const { node: cx.node.0, slot: 1, tensor });
+        Ok(())
     }
 }
 

@@ -755,3 +755,23 @@ fn final_states_stacked_along_the_directions_stay_whole() {
     let (r, _) = minimize(&g.model("out", &[B, Some(2)]));
     assert!(r.removals.blocked.is_empty() || r.removals.blocked.iter().all(|b| !b.reasons.is_empty()));
 }
+
+/// `x[..., idx]` on an activation's channels: a pick of a constant channel folds into the next
+/// layer, a channel nothing picks is not read, a channel picked twice stays once upstream, and
+/// the indices are renumbered among the kept channels.
+#[test]
+fn a_gather_of_an_activation_s_channels_is_a_channel_map() {
+    let mut g = G::new("x", &[B, Some(3), Some(6)]);
+    let mut w = g.rand(6 * 8);
+    (0..6).for_each(|r| [1, 2, 3].iter().for_each(|&c| w[r * 8 + c] = 0.0));
+    let v = g.rand(5 * 4);
+    g.init("w", &[6, 8], &w).init("v", &[5, 4], &v);
+    g.g.initializer.push(int64_tensor("picks", &[7, 0, 0, 3, -3]));
+    g.op("MatMul", &["x", "w"], "h", vec![]).op("Gather", &["h", "picks"], "p", vec![attr_i("axis", -1)]);
+    g.op("Tanh", &["p"], "t", vec![]).op("MatMul", &["t", "v"], "y", vec![]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(3), Some(4)]));
+    // Channels 7, 0 and 5 stay; the pick of channel 3 (zero) leaves.
+    assert_eq!(widths(&r), vec![(6, 3), (4, 4)]);
+    let picks = m.graph().initializer.iter().find(|t| t.name() == "picks").map(int64s);
+    assert_eq!(picks, Some(vec![2, 0, 0, 1]));
+}
