@@ -98,9 +98,11 @@ impl<'g> ChannelOp<'g> for Selected {
     }
 }
 
-/// Output channel `k` is channel `indices[k]` of the activation (a channel may be picked twice):
-/// tied one to one, so a pick leaves with its channel and a channel nothing picks is not read.
-/// The plan renumbers the indices of the kept picks among the kept channels.
+/// Output channel `k` is channel `indices[k]` of the activation: tied, so a pick leaves with its
+/// channel and a channel nothing picks is not read. A channel picked twice is one class with
+/// both picks, so an unread pick of a read channel stays (the picks could not otherwise be kept
+/// for a graph output while their constant channel leaves). The plan renumbers the indices of
+/// the kept picks among the kept channels.
 struct Chosen {
     indices: Vec<i64>,
 }
