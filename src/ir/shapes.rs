@@ -124,14 +124,21 @@ impl Ir {
                 self.split_shapes(g, node, &values);
                 continue;
             }
-            let Some(out) = node.output.first().filter(|o| !o.is_empty() && !self.shapes.contains_key(*o)) else {
-                continue;
-            };
-            if self.is_const(out) {
+            let Some(out) = node.output.first().filter(|o| !o.is_empty()) else { continue };
+            let declared = self.shapes.get(out.as_str());
+            if self.is_const(out) || declared.is_some_and(|d| d.iter().all(Option::is_some)) {
                 continue;
             }
-            if let Some(shape) = self.infer(g, node, &values) {
-                self.shapes.insert(out.clone(), shape);
+            // Entries declared as symbols (TorchScript's `unk__N`) take what inference knows; a
+            // number declared stays, and a declared rank that differs keeps the declaration.
+            match (self.infer(g, node, &values), self.shapes.get_mut(out.as_str())) {
+                (Some(shape), None) => {
+                    self.shapes.insert(out.clone(), shape);
+                }
+                (Some(shape), Some(known)) if known.len() == shape.len() => {
+                    known.iter_mut().zip(shape).filter(|(k, _)| k.is_none()).for_each(|(k, s)| *k = s);
+                }
+                _ => {}
             }
         }
         values.retain(|_, v| v.iter().all(Option::is_some));

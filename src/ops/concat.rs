@@ -230,8 +230,117 @@ impl OpRule for Split {
         if sizes.iter().any(|&s| s < 0) {
             return Role::Opaque(Opaque::Unsupported("its split sizes are negative".into()));
         }
-        let sizes = sizes.into_iter().map(|s| s as usize).collect();
+        let sizes: Vec<usize> = sizes.into_iter().map(|s| s as usize).collect();
+        if heads_axis_split(cx, node) && !sizes.is_empty() {
+            return Role::Op(Box::new(HeadsSplit { sizes }));
+        }
         Role::Op(Box::new(Splitted { axis, sizes, form, parts: node.output.len() }))
+    }
+}
+
+/// Whether `node` splits the axis before the last of what a Reshape wrote: the heads axis of
+/// `qkv.view(B, T, H + 2 * KV, D)` (Falcon's fused multi-query projection, split into query, key
+/// and value heads along it).
+pub(super) fn heads_axis_split(cx: &Ctx, node: &NodeProto) -> bool {
+    let Some(x) = node.input.first() else { return false };
+    let reshaped = cx.ir.producer.get(x).is_some_and(|&n| cx.graph.node[n].op_type() == "Reshape");
+    let rank = cx.ir.rank(x).unwrap_or(0);
+    reshaped && rank >= 3 && crate::ir::normalize(node.attr_i("axis", 0), rank) == Some(rank - 2)
+}
+
+/// A split of the heads axis into parts of `sizes[p]` heads, every head with all its entries:
+/// part `p`'s channel `c` is channel `a_p * D + c` of the input (`a_p` the heads before it). The
+/// input's heads are ragged (the Reshape sees only such splits read them, [`super::shape`]): each
+/// part keeps entries of its own, as many as the others, so no size here changes; a part of one
+/// head has no heads axis left to follow.
+struct HeadsSplit {
+    sizes: Vec<usize>,
+}
+
+impl HeadsSplit {
+    /// Per output: the first input channel and the width, for heads of `per` entries.
+    fn runs(&self, per: usize) -> Vec<(usize, usize)> {
+        let starts = self.sizes.iter().scan(0, |a, &n| Some(std::mem::replace(a, *a + n)));
+        starts.zip(&self.sizes).map(|(a, &n)| (a * per, n * per)).collect()
+    }
+
+    /// The runs, when x's heads are the ragged heads this split needs and the widths agree.
+    fn laid_out(&self, x: crate::analysis::Layout, widths: &[Option<usize>]) -> Option<Vec<(usize, usize)>> {
+        let h = x.heads.filter(|h| h.axis == -2 && h.ragged && h.count == self.sizes.iter().sum::<usize>())?;
+        let runs = self.runs(x.width? / h.count);
+        let agree = runs.len() == widths.len() && runs.iter().zip(widths).all(|(&(_, w), &o)| o == Some(w));
+        agree.then_some(runs)
+    }
+}
+
+impl<'g> ChannelOp<'g> for HeadsSplit {
+    fn activations(&self) -> Activations {
+        Activations { slots: vec![0], otherwise: "it splits a constant", none: false }
+    }
+
+    fn covers_all_outputs(&self) -> bool {
+        true
+    }
+
+    fn follows_heads(&self) -> bool {
+        true
+    }
+
+    fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
+        let x = cx.input(0);
+        let lx = cx.get(x);
+        let Some(outs) = (0..self.sizes.len()).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else { return };
+        let (Some(h), Some(per)) = (lx.heads, lx.per_head()) else { return };
+        if h.axis != -2 || !h.ragged || h.count != self.sizes.iter().sum::<usize>() {
+            return [x].into_iter().chain(outs).for_each(|v| cx.force(v, Why::LayoutConflict));
+        }
+        for (&o, &n) in outs.iter().zip(&self.sizes) {
+            cx.set_axis(o, -1);
+            cx.set_block(o, 1);
+            lx.rank.inspect(|&r| cx.set_rank(o, r));
+            cx.set_width(o, n * per);
+            if n > 1 {
+                cx.set_heads(o, crate::analysis::layout::Heads::plain(-2, n));
+            }
+        }
+    }
+
+    fn ties(&self, cx: &mut TieCx<'_, 'g>) {
+        let x = cx.input(0);
+        let Some(outs) = (0..self.sizes.len()).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else { return };
+        let widths: Vec<_> = outs.iter().map(|&o| cx.width(o)).collect();
+        let Some(runs) = self.laid_out(cx.layout(x), &widths) else { return };
+        for (&o, (start, w)) in outs.iter().zip(runs) {
+            cx.tie(o, 0, x, start, w);
+        }
+    }
+
+    fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
+        let x = cx.input(0);
+        let Some(outs) = (0..self.sizes.len()).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else { return };
+        let widths: Vec<_> = outs.iter().map(|&o| Some(cx.consts(o).len())).collect();
+        let Some(runs) = self.laid_out(cx.layout(x), &widths) else { return };
+        let xs = cx.consts(x).to_vec();
+        for (o, (start, w)) in outs.into_iter().zip(runs) {
+            if let Some(part) = xs.get(start..start + w) {
+                cx.set(o, part.to_vec());
+            }
+        }
+    }
+
+    fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
+        let x = cx.input(0);
+        let Some(outs) = (0..self.sizes.len()).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else {
+            return cx.mark_all(x);
+        };
+        let widths: Vec<_> = outs.iter().map(|&o| Some(cx.needed(o).len())).collect();
+        let Some(runs) = self.laid_out(cx.layout(x), &widths) else { return cx.mark_all(x) };
+        let mut marks = vec![];
+        for (o, (start, w)) in outs.into_iter().zip(runs) {
+            let needed = cx.needed(o);
+            marks.extend((0..w).filter(|&c| needed[c]).map(|c| start + c));
+        }
+        marks.into_iter().for_each(|c| cx.mark(x, c));
     }
 }
 

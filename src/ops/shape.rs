@@ -72,8 +72,8 @@ impl OpRule for Reshape {
 }
 
 /// Whether `value` is read only by axis moves (Unsqueeze, Squeeze, Transpose) that end in
-/// Gathers of one index: a split into heads there is a packed projection's parts, each read
-/// alone, which may keep entries of their own ([`Heads::ragged`]).
+/// Gathers of one index, or by Splits of its heads axis: a split into heads there is a packed
+/// projection's parts, each read alone, which may keep entries of their own ([`Heads::ragged`]).
 fn only_parts(cx: &Ctx, value: &str, depth: usize) -> bool {
     let readers = cx.ir.readers(value);
     let read = |&(n, slot): &(usize, usize)| {
@@ -82,6 +82,8 @@ fn only_parts(cx: &Ctx, value: &str, depth: usize) -> bool {
             && match node.op_type() {
                 "Unsqueeze" | "Squeeze" | "Transpose" => only_parts(cx, &node.output[0], depth + 1),
                 "Gather" => node.input.get(1).and_then(|i| cx.const_tensor(i)).is_some_and(|t| t.dims.is_empty()),
+                // Query, key and value heads split apart (Falcon's multi-query projection).
+                "Split" => depth == 0 && super::concat::heads_axis_split(cx, node),
                 _ => false,
             }
     };

@@ -48,10 +48,13 @@ impl OpRule for Slice {
         let input = |slot: usize| -> Option<Option<Vec<i64>>> {
             match node.input.get(slot).filter(|s| !s.is_empty()) {
                 None => Some(None),
-                Some(s) => {
-                    let t = cx.const_tensor(s)?;
-                    (t.data_type() == DataType::Int64 as i32 && t.dims.len() == 1).then(|| Some(int64s(t)))
-                }
+                Some(s) => match cx.const_tensor(s) {
+                    Some(t) => (t.data_type() == DataType::Int64 as i32 && t.dims.len() == 1).then(|| Some(int64s(t))),
+                    // Computed from sizes the graph fixes (TorchScript's `q[..., :cos.shape[-1]]`
+                    // with a declared last axis): the same for every input, as `fold::sizes`
+                    // argues; written as a constant when the channels change.
+                    None => cx.ir.computed_ints(s).filter(|_| cx.ir.rank(s) == Some(1)).map(|v| Some(v.to_vec())),
+                },
             }
         };
         let x = node.input.first().map(String::as_str).unwrap_or("");
@@ -272,14 +275,11 @@ impl<'g> ChannelOp<'g> for Sliced {
         match self.bounds {
             Bounds::Inputs => {
                 for (slot, vals) in [(1, &starts), (2, &ends)] {
-                    cx.push(match self.derived[slot - 1] {
-                        // The size is fixed by the weights: the bound becomes the number.
-                        Some(_) => Edit::SetInput { node, slot, tensor: int64_tensor("", vals) },
-                        None => Edit::Const {
-                            node,
-                            slot,
-                            tensor: with_int64s(cx.const_input(slot).expect("constant"), vals),
-                        },
+                    cx.push(match cx.const_input(slot) {
+                        Some(like) => Edit::Const { node, slot, tensor: with_int64s(like, vals) },
+                        // Read from a size (x's own, or one the graph fixes): the bound becomes
+                        // the number.
+                        None => Edit::SetInput { node, slot, tensor: int64_tensor("", vals) },
                     });
                 }
             }
