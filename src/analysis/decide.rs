@@ -173,7 +173,31 @@ fn ragged_heads(facts: &Facts, d: &mut Decision) -> bool {
     changed
 }
 
-/// Ragged heads keep as many entries in every kept head: the ones a head drops pad it, the
+/// For each head of the ragged value `v`, the heads of `v` that a value with plain heads holds
+/// together with it: its part once the parts are split apart (Falcon's query heads; queries and
+/// keys are tied, so they count as one part).
+fn parts_of(facts: &Facts, v: ValueId, count: usize, per: usize) -> Vec<Vec<usize>> {
+    let mut heads_of: HashMap<usize, Vec<usize>> = HashMap::new();
+    for c in 0..count * per {
+        heads_of.entry(facts.classes.class(v, c)).or_default().push(c / per);
+    }
+    let mut parts = vec![vec![]; count];
+    for w in facts.graph.value_ids().filter(|&w| w != v) {
+        let l = facts.layouts[w];
+        let (Some(h), Some(width)) = (l.heads.filter(|h| !h.ragged), l.width) else { continue };
+        if h.count == 0 || !width.is_multiple_of(h.count) {
+            continue;
+        }
+        let mut held: Vec<usize> =
+            (0..width).filter_map(|c| heads_of.get(&facts.classes.class(w, c))).flatten().copied().collect();
+        held.sort_unstable();
+        held.dedup();
+        held.iter().for_each(|&r| parts[r].extend(held.iter().copied()));
+    }
+    parts
+}
+
+/// Ragged heads keep as many entries in every head: the ones a head drops pad it, the
 /// same entry of every later head of `D` at once (`head_size`; one by one where nothing splits
 /// the part), so that the part stays a product there. Says whether it kept more.
 fn pad_ragged(
@@ -187,16 +211,29 @@ fn pad_ragged(
     let mut rows = vec![vec![false; per]; count];
     keep.iter().for_each(|&c| rows[c / per][c % per] = true);
     let n = rows.iter().map(|r| r.iter().filter(|&&k| k).count()).max().unwrap_or(0);
+    let full = |q: usize| rows[q].iter().filter(|&&k| k).count() == n;
+    // Only a head that keeps nothing needs to know its part.
+    let parts = rows.iter().any(|r| !r.contains(&true)).then(|| parts_of(facts, v, count, per));
     let mut changed = false;
     for (r, kept) in rows.iter().enumerate() {
         let has = kept.iter().filter(|&&k| k).count();
-        if has == 0 || has == n {
+        if has == n {
             continue;
         }
+        // A head that keeps nothing is padded too: ragged heads never leave (the parts of a
+        // packed projection, Falcon's heads split into parts, are read by index and by count).
+        // Entries the nearest full head of its part keeps come first (the part's other heads
+        // keep them: they keep the part a product at no cost).
+        let by_distance = (1..count).flat_map(|k| [r.checked_sub(k), Some(r + k)]).flatten().filter(|&q| q < count);
+        let sibling = |q: &usize| parts.as_ref().is_none_or(|p| p[r].contains(q));
+        let nearest =
+            by_distance.clone().find(|q| full(*q) && sibling(q)).or_else(|| by_distance.clone().find(|&q| full(q)));
         let split = (0..per).filter_map(|e| head_size.get(&facts.classes.class(v, r * per + e))).min();
         let period = split.copied().filter(|&s| s > 0 && per.is_multiple_of(s)).unwrap_or(per);
+        let mut starts: Vec<usize> = (0..period).filter(|&s| !kept[s]).collect();
+        starts.sort_by_key(|&s| !nearest.is_some_and(|q| rows[q][s]));
         let mut need = n - has;
-        for start in (0..period).filter(|&s| !kept[s]) {
+        for start in starts {
             if need == 0 {
                 break;
             }

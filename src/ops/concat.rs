@@ -251,8 +251,9 @@ pub(super) fn heads_axis_split(cx: &Ctx, node: &NodeProto) -> bool {
 /// A split of the heads axis into parts of `sizes[p]` heads, every head with all its entries:
 /// part `p`'s channel `c` is channel `a_p * D + c` of the input (`a_p` the heads before it). The
 /// input's heads are ragged (the Reshape sees only such splits read them, [`super::shape`]): each
-/// part keeps entries of its own, as many as the others, so no size here changes; a part of one
-/// head has no heads axis left to follow.
+/// part keeps entries of its own, as many as the others, and no head leaves (ragged heads are
+/// padded even where they keep nothing), so no size here changes; a part of one head has no
+/// heads axis left to follow.
 struct HeadsSplit {
     sizes: Vec<usize>,
 }

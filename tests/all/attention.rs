@@ -45,6 +45,9 @@ struct Block {
     /// (`view(B, T, -1, D)`, rotate_half's `x.shape[-1] // 2`, repeat_kv's `expand` behind its
     /// -1 guard, the merge's `view(B, T, -1)`).
     traced: bool,
+    /// Falcon's fused projection: one MatMul (bias from `bias[0]`) viewed as `[1, T, H + 2 KV,
+    /// D]` and split along the heads axis into the query, key and value heads.
+    packed_heads: bool,
     /// `nn.MultiheadAttention` as the dynamo exporter writes it: one packed projection (biases
     /// on all three or none) unflattened to `[T, B, 3, E]` and taken part by part, heads merged
     /// with the batch (`[T, B * H, D]`); no rotary embeddings, no grouping, no fused operator.
@@ -142,9 +145,11 @@ impl Block {
             g.op("Transpose", &[&format!("{name}4")], &format!("{name}t"), vec![attr_ints("perm", &[0, 2, 1, 3])]);
             format!("{name}t")
         };
-        let mut q = projection(&mut g, 0, "q", heads);
-        let mut k = projection(&mut g, 1, "k", kv);
-        let mut v = projection(&mut g, 2, "v", kv);
+        let (mut q, mut k, mut v) = if self.packed_heads {
+            self.packed_by_heads(&mut g)
+        } else {
+            (projection(&mut g, 0, "q", heads), projection(&mut g, 1, "k", kv), projection(&mut g, 2, "v", kv))
+        };
         if self.rope && self.rope_op {
             let ang: Vec<f32> =
                 (0..t * d / 2).map(|i| (i / (d / 2)) as f32 * (1.0 + (i % (d / 2)) as f32) * 0.3).collect();
@@ -284,6 +289,43 @@ impl Block {
 }
 
 impl Block {
+    /// The [`Block::packed_heads`] projection: `(q, k, v)` as `[1, n, T, D]`.
+    fn packed_by_heads(&self, g: &mut crate::common::G) -> (String, String, String) {
+        use crate::common::{attr_i, attr_ints, int64_tensor};
+        let (heads, kv, d, c, t) = (self.heads, self.kv, self.d, self.c, 5usize);
+        let cols = (heads + 2 * kv) * d;
+        let (mut w, mut b) = (g.rand(c * cols), g.rand(cols));
+        // Columns of part p's head h: the query heads, then the key heads, then the value heads.
+        let base = [0, heads * d, (heads + kv) * d];
+        for (p, zeros) in self.zeros.iter().enumerate() {
+            for &(h, e) in zeros {
+                let col = base[p] + h * d + e;
+                (0..c).for_each(|r| w[r * cols + col] = 0.0);
+                if !self.keep_bias[p] {
+                    b[col] = 0.0;
+                }
+            }
+        }
+        g.init("wqkv", &[c, cols], &w);
+        g.op("MatMul", &["x", "wqkv"], "qkv_lin", vec![]);
+        let packed = if self.bias[0] {
+            g.init("bqkv", &[cols], &b);
+            g.op("Add", &["qkv_lin", "bqkv"], "qkv", vec![]);
+            "qkv"
+        } else {
+            "qkv_lin"
+        };
+        g.g.initializer.push(int64_tensor("qkv_shape", &[1, t as i64, (heads + 2 * kv) as i64, d as i64]));
+        g.g.initializer.push(int64_tensor("qkv_split", &[heads as i64, kv as i64, kv as i64]));
+        g.op("Reshape", &[packed, "qkv_shape"], "qkv4", vec![]);
+        g.op("Split", &["qkv4", "qkv_split"], "q4", vec![attr_i("axis", 2)]);
+        g.g.node.last_mut().unwrap().output = vec!["q4".into(), "k4".into(), "v4".into()];
+        for name in ["q", "k", "v"] {
+            g.op("Transpose", &[&format!("{name}4")], &format!("{name}t"), vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        }
+        ("qt".into(), "kt".into(), "vt".into())
+    }
+
     /// `{n}_rot`: GPT-J's `rotate_every_two` of `n` (`[1, H, T, D]`), as the exporters write it:
     /// step-2 slices, `Neg`, `Unsqueeze` to a new last axis, `Concat` along it, and a `Reshape`
     /// to `n`'s shape (constant; traced, `Concat(Shape(..)[:-2], [-1])` after a rotated part
@@ -448,6 +490,13 @@ fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool)
     b.dead_head = rng.random_bool(0.3).then(|| rng.random_range(0..heads));
     // nn.MultiheadAttention's layout: every head stays, and the parts keep as many entries each,
     // so something leaves when queries and values both lose a dimension in every head.
+    // A fifth of the others with Q, K and V heads packed in one projection (Falcon's).
+    // Its parts keep as many entries each: something leaves when queries and values both lose
+    // a dimension in every head (without rotary pairs, which pad two at a time).
+    b.packed_heads = !merged && !b.traced && !b.three_d && rng.random_bool(0.2);
+    if b.packed_heads {
+        removable = query_everywhere && b.unread_dim.is_some() && !rope;
+    }
     if merged {
         (b.merged, b.traced, b.fused) = (true, false, false);
         b.bias = [b.bias[0]; 3];
