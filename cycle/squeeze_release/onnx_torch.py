@@ -252,9 +252,17 @@ def _rms_norm(a, x, scale):
 
 
 def _attention(a, q, k, v, mask=None, *rest):
-    """Attention (opset 23), 4-D form: query head h reads key/value head h // (Hq / Hkv)."""
-    if "q_num_heads" in a or any(r is not None for r in rest) or a.get("softcap", 0.0):
-        raise UnsupportedModel("Attention with 3-D inputs, a key/value cache or softcap is not supported")
+    """Attention (opset 23): query head h reads key/value head h // (Hq / Hkv). 3-D inputs hold their
+    heads inside the last axis (`q_num_heads`, `kv_num_heads`), and so does the output."""
+    if any(r is not None for r in rest) or a.get("softcap", 0.0):
+        raise UnsupportedModel("Attention with a key/value cache or softcap is not supported")
+    merged = q.dim() == 3
+    if merged:
+
+        def split(x, heads):
+            return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+        q, k, v = split(q, a["q_num_heads"]), split(k, a["kv_num_heads"]), split(v, a["kv_num_heads"])
     rep = q.shape[-3] // k.shape[-3]
     k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
     scores = (q @ k.transpose(-1, -2)) * a.get("scale", 1.0 / q.shape[-1] ** 0.5)
@@ -266,7 +274,27 @@ def _attention(a, q, k, v, mask=None, *rest):
     if mask is not None:
         scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
     # A row with every key masked attends to nothing (ONNX Runtime's output there is 0, not NaN).
-    return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v
+    y = torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v
+    return y.transpose(1, 2).flatten(-2) if merged else y
+
+
+def _rotary_embedding(a, x, cos, sin, position_ids=None):
+    """RotaryEmbedding (opset 23): the first `rotary_embedding_dim` entries of each head (all when 0)
+    rotate, as halves or as interleaved pairs, the rest pass; 4-D inputs are `[B, H, S, D]`, 3-D
+    ones `[B, S, H * D]` (`num_heads`)."""
+    four_d = x.dim() == 4
+    x = x.transpose(1, 2) if four_d else x.reshape(x.shape[0], x.shape[1], a["num_heads"], -1)
+    r = a.get("rotary_embedding_dim", 0) or x.shape[-1]
+    if position_ids is not None:
+        cos, sin = cos[position_ids], sin[position_ids]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    rot, rest = x[..., :r], x[..., r:]
+    interleaved = a.get("interleaved", 0)
+    x1, x2 = (rot[..., 0::2], rot[..., 1::2]) if interleaved else (rot[..., : r // 2], rot[..., r // 2 :])
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+    rot = torch.stack((real, imag), -1).flatten(-2) if interleaved else torch.cat((real, imag), -1)
+    y = torch.cat((rot, rest), -1)
+    return y.transpose(1, 2) if four_d else y.flatten(-2)
 
 
 def _recurrent(kind: str):
@@ -745,6 +773,8 @@ OPS: dict[str, Callable] = {
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
     "Attention": _attention,
+    "RotaryEmbedding": _rotary_embedding,
+    "Tile": lambda a, x, repeats: x.repeat(*repeats.tolist()),
     # Attention masks, as the exporters write them (padding, causal, SDPA's NaN guard).
     "Where": lambda a, c, x, y: torch.where(c.bool(), x, y),
     "IsNaN": lambda a, x: torch.isnan(x),

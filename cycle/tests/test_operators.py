@@ -252,6 +252,44 @@ CASES = {
         ),
         None,
     ),
+    "Attention with 3-D inputs and grouped heads": (
+        model(
+            [helper.make_node("Attention", ["q", "k", "v"], ["y"], q_num_heads=4, kv_num_heads=2)],
+            {"q": [2, 3, 8], "k": [2, 5, 4], "v": [2, 5, 6]},
+            ["y"],
+            23,
+        ),
+        None,
+    ),
+    "RotaryEmbedding 3-D, halves, partial": (
+        model(
+            [helper.make_node("RotaryEmbedding", ["x", "c", "s"], ["y"], num_heads=2, rotary_embedding_dim=4)],
+            {"x": [2, 3, 12], "c": [2, 3, 2], "s": [2, 3, 2]},
+            ["y"],
+            23,
+        ),
+        None,
+    ),
+    "RotaryEmbedding 4-D, interleaved, positions": (
+        model(
+            [helper.make_node("RotaryEmbedding", ["x", "c", "s", "p"], ["y"], interleaved=1)],
+            {"x": [1, 2, 3, 4], "c": [5, 2], "s": [5, 2]},
+            ["y"],
+            23,
+            {"p": np.array([[4, 0, 2]], np.int64)},
+        ),
+        None,
+    ),
+    "Tile": (
+        model(
+            [helper.make_node("Tile", ["x", "r"], ["y"])],
+            {"x": [2, 3]},
+            ["y"],
+            13,
+            {"r": np.array([2, 1], np.int64)},
+        ),
+        None,
+    ),
     "emitted LayerNormalization": (concatenated_norm("LayerNormalization"), None),
     "emitted LayerNormalization without bias": (concatenated_norm("LayerNormalization", beta=False), None),
     "emitted RMSNormalization": (concatenated_norm("RMSNormalization"), None),

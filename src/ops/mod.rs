@@ -269,7 +269,7 @@ pub fn supported() -> Vec<&'static str> {
 /// Every operator type a rewrite can add to a model (bias adds, CompensatedLayerNorms in both
 /// forms, input Gathers), so that executors of minimized models know what to cover.
 pub fn emitted() -> Vec<&'static str> {
-    let mut v: Vec<_> = [linear::EMITS, norm::EMITS, crate::rewrite::EMITS].concat();
+    let mut v: Vec<_> = [linear::EMITS, norm::EMITS, rotary::EMITS, crate::rewrite::EMITS].concat();
     v.sort();
     v.dedup();
     v

@@ -304,6 +304,9 @@ pub(crate) struct Rotation {
     dim: usize,
 }
 
+/// What a rewrite of a `RotaryEmbedding` may write: the pass-through left when no pair rotates.
+pub(crate) const EMITS: &[&str] = &["Identity"];
+
 /// The cos and sin caches' slots: their last axis has one entry per rotated pair.
 const CACHES: [usize; 2] = [1, 2];
 
