@@ -3,6 +3,8 @@
 Standard library only, so that the benchmark runner's own memory stays small.
 """
 
+import math
+
 
 def size_tag(n: int) -> str:
     """Compact, file-name friendly spelling of a parameter count: 1e9, 5e7, 15e5, 266610."""
@@ -24,3 +26,8 @@ def parse_count(s: str) -> int:
         return int(s)
     except ValueError:
         return int(round(float(s)))
+
+
+def initializer_elements(model) -> int:
+    """Elements of an ONNX model's initializers: its parameters as deployed."""
+    return sum(math.prod(t.dims) for t in model.graph.initializer)

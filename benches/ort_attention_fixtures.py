@@ -20,6 +20,9 @@ import onnxruntime as ort
 
 import onnx
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from counts import initializer_elements
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -37,11 +40,6 @@ def feeds(session, batch, rng):
         else:
             out[i.name] = rng.integers(0, 40, (batch, 7)).astype(np.int64)
     return out
-
-
-def params(path):
-    """Initializer elements: the deployable size (dynamo exports' bytes are mostly node metadata)."""
-    return sum(int(np.prod(t.dims)) for t in onnx.load(path).graph.initializer)
 
 
 def main():
@@ -63,7 +61,8 @@ def main():
                 worst = max(worst, float(np.abs(x - y).max() / (np.abs(x).max() + 1e-12)))
             worst_all = max(worst_all, worst)
             name = os.path.basename(path)
-            sizes = f"{params(path):,} -> {params(out):,} parameters, {os.path.getsize(path):,} -> {os.path.getsize(out):,} bytes"
+            params = [initializer_elements(onnx.load(p)) for p in (path, out)]
+            sizes = f"{params[0]:,} -> {params[1]:,} parameters, {os.path.getsize(path):,} -> {os.path.getsize(out):,} bytes"
             print(f"{name:28} max rel dev {worst:.1e}  {sizes}")
     return 1 if worst_all > 1e-5 else 0
 

@@ -29,6 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from counts import initializer_elements
+
 
 def timed(fn, repeat: int) -> tuple[float, object]:
     times, result = [], None
@@ -46,12 +49,6 @@ def startup(code: str, n: int) -> float:
         subprocess.run([sys.executable, "-c", code], check=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def params(model) -> int:
-    import numpy as np
-
-    return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
 
 
 def main() -> None:
@@ -91,21 +88,25 @@ def main() -> None:
         rows = results["runs"]
 
         t, _ = timed(lambda: subprocess.run([args.binary, args.model, dst, "--quiet", *flags], check=True), args.repeat)
-        rows["onnx-minimize (command line)"] = {"seconds": t, "params_after": params(onnx.load(dst))}
+        rows["onnx-minimize (command line)"] = {"seconds": t, "params_after": initializer_elements(onnx.load(dst))}
 
         t, report = timed(lambda: onnx_minimize.minimize_file(args.model, dst, verify=args.verify), args.repeat)
         rows["onnx_minimize.minimize_file"] = {"seconds": t, "params_after": report.after.params}
 
         proto = onnx.load(args.model)
         t, (small, report) = timed(lambda: onnx_minimize.minimize(proto, verify=args.verify), args.repeat)
-        rows["onnx_minimize.minimize (ModelProto)"] = {"seconds": t, "params_after": params(small)}
+        rows["onnx_minimize.minimize (ModelProto)"] = {"seconds": t, "params_after": initializer_elements(small)}
 
         t, (simplified, ok) = timed(lambda: onnxsim.simplify(proto), args.repeat)
-        rows["onnxsim.simplify (ModelProto)"] = {"seconds": t, "params_after": params(simplified), "ok": ok}
+        rows["onnxsim.simplify (ModelProto)"] = {
+            "seconds": t,
+            "params_after": initializer_elements(simplified),
+            "ok": ok,
+        }
 
         t, _ = timed(lambda: onnx.save(onnx.load(args.model), dst), args.repeat)
-        rows["onnx.load + onnx.save"] = {"seconds": t, "params_after": params(proto)}
-    results["params_before"] = params(proto)
+        rows["onnx.load + onnx.save"] = {"seconds": t, "params_after": initializer_elements(proto)}
+    results["params_before"] = initializer_elements(proto)
 
     (out / "python_bench.json").write_text(json.dumps(results, indent=2))
     lines = [

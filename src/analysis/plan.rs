@@ -130,6 +130,14 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
     Ok(Plan { edits, removals: Removals { layers, blocked, opaque, gathered_inputs: gathered }, channels })
 }
 
+/// The entries the first kept head keeps, for channels in heads (or groups) of `per` entries
+/// that keep the same entries in every kept head; the heads need not be the layout's own (3-D
+/// attention's heads are groups of the last axis).
+pub(crate) fn first_head_entries(keep: &[usize], per: usize) -> Vec<usize> {
+    let first = keep.first().map_or(0, |&c| c / per);
+    keep.iter().filter(|&&c| c / per == first).map(|&c| c % per).collect()
+}
+
 /// The heads and the entries per head that a product of kept channels keeps. Ragged heads
 /// keep entries of their own: the entries stand for their count, `0..n`.
 pub(crate) fn heads_kept(l: Layout, keep: &[usize]) -> (Vec<usize>, Vec<usize>) {

@@ -125,6 +125,11 @@ impl<'a, 'g> At<'a, 'g> {
         self.graph.output(self.node, slot)
     }
 
+    /// Its first `n` outputs, when every one is named (a Split's parts).
+    pub fn outputs(&self, n: usize) -> Option<Vec<ValueId>> {
+        (0..n).map(|s| self.output(s)).collect()
+    }
+
     /// The activation named `name` (a multi-node pattern's input).
     pub fn value(&self, name: &str) -> Option<ValueId> {
         self.graph.value(name)

@@ -16,7 +16,7 @@
 use super::shape::ShapeInput;
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::layout::Heads;
-use crate::analysis::plan::heads_kept;
+use crate::analysis::plan::{first_head_entries, heads_kept};
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::Layout;
 use crate::analysis::{CheckCx, ConstCx, Graph, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
@@ -936,9 +936,7 @@ impl<'g> ChannelOp<'g> for AttentionOp {
         let l = cx.layout(q);
         let Some((_, _, d, _)) = self.shape([l, cx.layout(cx.input(1)), cx.layout(cx.input(2))]) else { return Ok(()) };
         let keep = cx.kept(q, l.width.expect("shaped"));
-        // Every kept head keeps the same entries: count the first's.
-        let first = keep.first().map_or(0, |&c| c / d);
-        if !self.scale_written && keep.iter().filter(|&&c| c / d == first).count() < d {
+        if !self.scale_written && first_head_entries(&keep, d).len() < d {
             let node = cx.node.0;
             cx.push(Edit::Attr { node, attr: attr_float("scale", 1.0 / (d as f32).sqrt()) });
         }

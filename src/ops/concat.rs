@@ -185,10 +185,14 @@ impl<'g> ChannelOp<'g> for Concatenated {
     }
 }
 
-/// Runs `(part, part channel, whole channel, count)`: the parts' channels laid end to end in
-/// the whole, within every head when the whole is split into heads (rotary halves, the per-head
-/// q/k/v of a packed projection). Empty when a width is unknown or does not add up.
-fn segments(whole: crate::analysis::Layout, widths: &[Option<usize>]) -> Vec<(usize, usize, usize, usize)> {
+/// `(part, part channel, whole channel, count)`: channels `from..from + count` of part `s` are
+/// channels `to..to + count` of the whole.
+type Run = (usize, usize, usize, usize);
+
+/// The parts' channels laid end to end in the whole, within every head when the whole is split
+/// into heads (rotary halves, the per-head q/k/v of a packed projection). Empty when a width is
+/// unknown or does not add up.
+fn segments(whole: crate::analysis::Layout, widths: &[Option<usize>]) -> Vec<Run> {
     let Some(widths) = widths.iter().copied().collect::<Option<Vec<usize>>>() else { return vec![] };
     let heads = whole.heads.map_or(1, |h| h.count);
     if widths.iter().any(|w| w % heads != 0) || whole.width != Some(widths.iter().sum()) {
@@ -205,6 +209,35 @@ fn segments(whole: crate::analysis::Layout, widths: &[Option<usize>]) -> Vec<(us
         }
     }
     runs
+}
+
+/// Each part's channels are the whole's along `runs`, one class each.
+fn tie_runs(cx: &mut TieCx, whole: ValueId, parts: &[ValueId], runs: &[Run]) {
+    for &(s, from, to, count) in runs {
+        cx.tie(parts[s], from, whole, to, count);
+    }
+}
+
+/// Each part holds the whole's constants along `runs` (unknown where no run reaches).
+fn run_constants(cx: &mut ConstCx, whole: ValueId, parts: Vec<ValueId>, runs: &[Run]) {
+    let mut consts: Vec<Vec<Option<f64>>> = parts.iter().map(|&o| vec![None; cx.consts(o).len()]).collect();
+    let xs = cx.consts(whole);
+    for &(s, from, to, count) in runs {
+        if let Some(src) = xs.get(to..to + count) {
+            consts[s][from..from + count].copy_from_slice(src);
+        }
+    }
+    parts.into_iter().zip(consts).for_each(|(o, r)| cx.set(o, r));
+}
+
+/// The whole's channels that needed channels of the parts are, along `runs`.
+fn run_needs(cx: &mut NeedCx, whole: ValueId, parts: &[ValueId], runs: &[Run]) {
+    let mut marks = vec![];
+    for &(s, from, to, count) in runs {
+        let needed = cx.needed(parts[s]);
+        marks.extend((0..count).filter(|&k| needed[from + k]).map(|k| to + k));
+    }
+    marks.into_iter().for_each(|c| cx.mark(whole, c));
 }
 
 impl OpRule for Split {
@@ -259,17 +292,14 @@ struct HeadsSplit {
 }
 
 impl HeadsSplit {
-    /// Per output: the first input channel and the width, for heads of `per` entries.
-    fn runs(&self, per: usize) -> Vec<(usize, usize)> {
-        let starts = self.sizes.iter().scan(0, |a, &n| Some(std::mem::replace(a, *a + n)));
-        starts.zip(&self.sizes).map(|(a, &n)| (a * per, n * per)).collect()
-    }
-
-    /// The runs, when x's heads are the ragged heads this split needs and the widths agree.
-    fn laid_out(&self, x: crate::analysis::Layout, widths: &[Option<usize>]) -> Option<Vec<(usize, usize)>> {
+    /// Output `p` whole is the run of its heads, when x's heads are the ragged heads this split
+    /// needs and the outputs' widths agree.
+    fn runs(&self, x: crate::analysis::Layout, widths: &[Option<usize>]) -> Option<Vec<Run>> {
         let h = x.heads.filter(|h| h.axis == -2 && h.ragged && h.count == self.sizes.iter().sum::<usize>())?;
-        let runs = self.runs(x.width? / h.count);
-        let agree = runs.len() == widths.len() && runs.iter().zip(widths).all(|(&(_, w), &o)| o == Some(w));
+        let per = x.width? / h.count;
+        let starts = self.sizes.iter().scan(0, |a, &n| Some(std::mem::replace(a, *a + n)));
+        let runs: Vec<Run> = starts.zip(&self.sizes).enumerate().map(|(p, (a, &n))| (p, 0, a * per, n * per)).collect();
+        let agree = runs.len() == widths.len() && runs.iter().zip(widths).all(|(&(.., w), &o)| o == Some(w));
         agree.then_some(runs)
     }
 }
@@ -290,7 +320,7 @@ impl<'g> ChannelOp<'g> for HeadsSplit {
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
         let x = cx.input(0);
         let lx = cx.get(x);
-        let Some(outs) = (0..self.sizes.len()).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else { return };
+        let Some(outs) = cx.outputs(self.sizes.len()) else { return };
         let (Some(h), Some(per)) = (lx.heads, lx.per_head()) else { return };
         if h.axis != -2 || !h.ragged || h.count != self.sizes.iter().sum::<usize>() {
             return [x].into_iter().chain(outs).for_each(|v| cx.force(v, Why::LayoutConflict));
@@ -308,40 +338,30 @@ impl<'g> ChannelOp<'g> for HeadsSplit {
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let x = cx.input(0);
-        let Some(outs) = (0..self.sizes.len()).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else { return };
+        let Some(outs) = cx.outputs(self.sizes.len()) else { return };
         let widths: Vec<_> = outs.iter().map(|&o| cx.width(o)).collect();
-        let Some(runs) = self.laid_out(cx.layout(x), &widths) else { return };
-        for (&o, (start, w)) in outs.iter().zip(runs) {
-            cx.tie(o, 0, x, start, w);
+        if let Some(runs) = self.runs(cx.layout(x), &widths) {
+            tie_runs(cx, x, &outs, &runs);
         }
     }
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let x = cx.input(0);
-        let Some(outs) = (0..self.sizes.len()).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else { return };
+        let Some(outs) = cx.outputs(self.sizes.len()) else { return };
         let widths: Vec<_> = outs.iter().map(|&o| Some(cx.consts(o).len())).collect();
-        let Some(runs) = self.laid_out(cx.layout(x), &widths) else { return };
-        let xs = cx.consts(x).to_vec();
-        for (o, (start, w)) in outs.into_iter().zip(runs) {
-            if let Some(part) = xs.get(start..start + w) {
-                cx.set(o, part.to_vec());
-            }
+        if let Some(runs) = self.runs(cx.layout(x), &widths) {
+            run_constants(cx, x, outs, &runs);
         }
     }
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let x = cx.input(0);
-        let Some(outs) = (0..self.sizes.len()).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else {
-            return cx.mark_all(x);
-        };
+        let Some(outs) = cx.outputs(self.sizes.len()) else { return cx.mark_all(x) };
         let widths: Vec<_> = outs.iter().map(|&o| Some(cx.needed(o).len())).collect();
-        let Some(runs) = self.laid_out(cx.layout(x), &widths) else { return cx.mark_all(x) };
-        let mut marks = vec![];
-        for (o, (start, w)) in outs.into_iter().zip(runs) {
-            let needed = cx.needed(o);
-            marks.extend((0..w).filter(|&c| needed[c]).map(|c| start + c));
+        match self.runs(cx.layout(x), &widths) {
+            Some(runs) => run_needs(cx, x, &outs, &runs),
+            None => cx.mark_all(x),
         }
-        marks.into_iter().for_each(|c| cx.mark(x, c));
     }
 }
 
@@ -374,10 +394,7 @@ impl<'g> ChannelOp<'g> for Splitted {
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
         let x = cx.input(0);
-        let outs: Vec<ValueId> = (0..self.parts).filter_map(|s| cx.output(s)).collect();
-        if outs.len() != self.parts {
-            return;
-        }
+        let Some(outs) = cx.outputs(self.parts) else { return };
         let all: Vec<ValueId> = outs.iter().copied().chain([x]).collect();
         cx.along(&all, self.axis);
         let sizes = if self.sizes.is_empty() {
@@ -406,45 +423,31 @@ impl<'g> ChannelOp<'g> for Splitted {
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let x = cx.input(0);
-        if !widths_known(cx, cx.values()) || (0..self.parts).any(|s| cx.output(s).is_none()) {
+        if !widths_known(cx, cx.values()) {
             return;
         }
-        let outs: Vec<ValueId> = (0..self.parts).map(|s| cx.output(s).expect("named")).collect();
-        for (s, from, to, count) in segments(cx.layout(x), &outs.iter().map(|&o| cx.width(o)).collect::<Vec<_>>()) {
-            cx.tie(outs[s], from, x, to, count);
-        }
+        let Some(outs) = cx.outputs(self.parts) else { return };
+        let runs = segments(cx.layout(x), &outs.iter().map(|&o| cx.width(o)).collect::<Vec<_>>());
+        tie_runs(cx, x, &outs, &runs);
     }
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let x = cx.input(0);
-        let Some(outs) = (0..self.parts).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else { return };
+        let Some(outs) = cx.outputs(self.parts) else { return };
         let widths: Vec<_> = outs.iter().map(|&o| Some(cx.consts(o).len())).collect();
-        let mut parts: Vec<Vec<Option<f64>>> = widths.iter().map(|w| vec![None; w.unwrap_or(0)]).collect();
-        let xs = cx.consts(x);
-        for (s, from, to, count) in segments(cx.layout(x), &widths) {
-            if let Some(src) = xs.get(to..to + count) {
-                parts[s][from..from + count].copy_from_slice(src);
-            }
-        }
-        outs.into_iter().zip(parts).for_each(|(o, r)| cx.set(o, r));
+        let runs = segments(cx.layout(x), &widths);
+        run_constants(cx, x, outs, &runs);
     }
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let x = cx.input(0);
-        let Some(outs) = (0..self.parts).map(|s| cx.output(s)).collect::<Option<Vec<ValueId>>>() else {
-            return cx.mark_all(x);
-        };
+        let Some(outs) = cx.outputs(self.parts) else { return cx.mark_all(x) };
         let widths: Vec<_> = outs.iter().map(|&o| Some(cx.needed(o).len())).collect();
         let runs = segments(cx.layout(x), &widths);
         if runs.is_empty() {
             return cx.mark_all(x);
         }
-        let mut marks = vec![];
-        for (s, from, to, count) in runs {
-            let needed = cx.needed(outs[s]);
-            marks.extend((0..count).filter(|&k| needed[from + k]).map(|k| to + k));
-        }
-        marks.into_iter().for_each(|c| cx.mark(x, c));
+        run_needs(cx, x, &outs, &runs);
     }
 
     fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {

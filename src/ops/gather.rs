@@ -160,7 +160,7 @@ impl<'g> ChannelOp<'g> for Chosen {
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
         let Some(sources) = self.sources(cx.layout(x).width) else { return cx.mark_all(x) };
-        let (needed, out) = (cx.needed(o).to_vec(), cx.consts(o).to_vec());
+        let (needed, out) = (cx.needed(o), cx.consts(o));
         if needed.len() != sources.len() || out.len() != sources.len() {
             return cx.mark_all(x);
         }

@@ -14,7 +14,7 @@
 use super::per_channel::take_entries;
 use super::shape::ShapeInput;
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
-use crate::analysis::plan::heads_kept;
+use crate::analysis::plan::{first_head_entries, heads_kept};
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::{CheckCx, ConstCx, Layout, LayoutCx, NeedCx, NodeId, PlanCx, TieCx};
 use crate::error::Result;
@@ -108,6 +108,12 @@ pub(crate) fn interleaved_rotations<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, EveryTwo<'
     found
 }
 
+/// Whether x's heads, if any, are on an axis of their own before the channels, the same entries
+/// kept in each: where a rotation within every head keeps its pairs.
+fn own_heads(l: Layout) -> bool {
+    l.heads.is_none_or(|h| h.axis < -1 && !h.ragged && !h.merged)
+}
+
 /// Whether `axes` is one axis, the new last one after the `last` axis.
 fn after(last: i64, axes: &[i64]) -> bool {
     matches!(axes, [a] if *a == -1 || last >= 0 && *a == last + 1)
@@ -157,12 +163,11 @@ impl EveryTwo<'_> {
     /// Whether x's channels are where the pattern rotates them: the last axis, in heads of an
     /// even width, and no constraint that could keep one entry of a pair without the other.
     fn fits(&self, l: Layout) -> bool {
-        let heads_fit = l.heads.is_none_or(|h| h.axis < -1 && !h.ragged && !h.merged);
         l.axis == Some(-1)
             && (self.axis == -1 || l.rank.is_some_and(|r| self.axis == r as i64 - 1))
             && l.block == Some(1)
             && l.groups.is_none()
-            && heads_fit
+            && own_heads(l)
             && l.per_head().is_some_and(|d| d % 2 == 0 && d > 0)
             && match &self.target {
                 Some(ShapeInput::Constant(v)) => v.last().is_some_and(|&e| e == -1 || Some(e as usize) == l.per_head()),
@@ -317,8 +322,7 @@ impl Rotation {
             let w = l.width?;
             (l.rank == Some(3) && l.heads.is_none() && w.is_multiple_of(self.heads)).then_some(w / self.heads)?
         } else {
-            let own_axis = l.heads.is_none_or(|h| h.axis < -1 && !h.ragged && !h.merged);
-            (l.rank == Some(4) && own_axis && l.groups.is_none()).then_some(l.per_head()?)?
+            (l.rank == Some(4) && own_heads(l) && l.groups.is_none()).then_some(l.per_head()?)?
         };
         let rotated = if self.dim == 0 { per } else { self.dim };
         let fits = l.axis == Some(-1) && l.block == Some(1) && rotated <= per && rotated % 2 == 0 && rotated > 0;
@@ -414,7 +418,7 @@ impl<'g> ChannelOp<'g> for Rotation {
         let read: Vec<_> = [CACHES[0], CACHES[1], 3].iter().filter_map(|&s| cx.graph.input(cx.node, s)).collect();
         read.into_iter().for_each(|v| cx.mark_all(v));
         let Some((per, rotated)) = self.sizes(cx.layout(x)) else { return cx.mark_all(x) };
-        let (needed, out) = (cx.needed(o).to_vec(), cx.consts(o).to_vec());
+        let (needed, out) = (cx.needed(o), cx.consts(o));
         if needed.len() != out.len() || cx.needed(x).len() != needed.len() {
             return cx.mark_all(x);
         }
@@ -434,9 +438,7 @@ impl<'g> ChannelOp<'g> for Rotation {
         if keep.len() == w {
             return Ok(());
         }
-        // Every kept head keeps the same entries (heads, or groups): those of the first.
-        let first = keep.first().map_or(0, |&c| c - c % per);
-        let cols: Vec<usize> = keep.iter().filter(|&&c| c - c % per == first).map(|&c| c % per).collect();
+        let cols = first_head_entries(&keep, per);
         let mut pairs: Vec<usize> = cols.iter().filter(|&&e| e < rotated).map(|&e| self.pair(e, rotated)).collect();
         let kept_rotated = pairs.len();
         pairs.sort_unstable();

@@ -110,13 +110,7 @@ impl Block {
         let mut g = G::new("x", &[Some(1), Some(t), Some(c)]);
         let projection = |g: &mut G, p: usize, name: &str, n_heads: usize| {
             let cols = n_heads * d;
-            let (mut w, mut b) = (g.rand(c * cols), g.rand(cols));
-            for &(h, e) in &self.zeros[p] {
-                (0..c).for_each(|r| w[r * cols + h * d + e] = 0.0);
-                if !self.keep_bias[p] {
-                    b[h * d + e] = 0.0;
-                }
-            }
+            let (w, b) = self.weight_and_bias(g, cols, &[(p, 0)]);
             g.init(&format!("w{name}"), &[c, cols], &w);
             let y = format!("{name}_lin");
             g.op("MatMul", &["x", &format!("w{name}")], &y, vec![]);
@@ -289,23 +283,31 @@ impl Block {
 }
 
 impl Block {
-    /// The [`Block::packed_heads`] projection: `(q, k, v)` as `[1, n, T, D]`.
-    fn packed_by_heads(&self, g: &mut crate::common::G) -> (String, String, String) {
-        use crate::common::{attr_i, attr_ints, int64_tensor};
-        let (heads, kv, d, c, t) = (self.heads, self.kv, self.d, self.c, 5usize);
-        let cols = (heads + 2 * kv) * d;
+    /// A random weight `[C, cols]` and bias `[cols]` for the projections `parts` (projection `p`
+    /// from column `base` on): the columns of `zeros[p]` are zero, and so are their bias entries
+    /// unless `keep_bias[p]`.
+    fn weight_and_bias(&self, g: &mut crate::common::G, cols: usize, parts: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
+        let (c, d) = (self.c, self.d);
         let (mut w, mut b) = (g.rand(c * cols), g.rand(cols));
-        // Columns of part p's head h: the query heads, then the key heads, then the value heads.
-        let base = [0, heads * d, (heads + kv) * d];
-        for (p, zeros) in self.zeros.iter().enumerate() {
-            for &(h, e) in zeros {
-                let col = base[p] + h * d + e;
+        for &(p, base) in parts {
+            for &(h, e) in &self.zeros[p] {
+                let col = base + h * d + e;
                 (0..c).for_each(|r| w[r * cols + col] = 0.0);
                 if !self.keep_bias[p] {
                     b[col] = 0.0;
                 }
             }
         }
+        (w, b)
+    }
+
+    /// The [`Block::packed_heads`] projection: `(q, k, v)` as `[1, n, T, D]`.
+    fn packed_by_heads(&self, g: &mut crate::common::G) -> (String, String, String) {
+        use crate::common::{attr_i, attr_ints, int64_tensor};
+        let (heads, kv, d, c, t) = (self.heads, self.kv, self.d, self.c, 5usize);
+        let cols = (heads + 2 * kv) * d;
+        // The query heads, then the key heads, then the value heads.
+        let (w, b) = self.weight_and_bias(g, cols, &[(0, 0), (1, heads * d), (2, (heads + kv) * d)]);
         g.init("wqkv", &[c, cols], &w);
         g.op("MatMul", &["x", "wqkv"], "qkv_lin", vec![]);
         let packed = if self.bias[0] {
@@ -378,16 +380,7 @@ impl Block {
         let (heads, d, c, t) = (self.heads, self.d, self.c, 5usize);
         let e = heads * d;
         let mut g = G::new("x", &[Some(1), Some(t), Some(c)]);
-        let (mut w, mut b) = (g.rand(c * 3 * e), g.rand(3 * e));
-        for (p, zeros) in self.zeros.iter().enumerate() {
-            for &(h, k) in zeros {
-                let col = p * e + h * d + k;
-                (0..c).for_each(|r| w[r * 3 * e + col] = 0.0);
-                if !self.keep_bias[p] {
-                    b[col] = 0.0;
-                }
-            }
-        }
+        let (w, b) = self.weight_and_bias(&mut g, 3 * e, &[(0, 0), (1, e), (2, 2 * e)]);
         g.init("w", &[c, 3 * e], &w).init("b", &[3 * e], &b);
         let perm = |p: &[i64]| vec![attr_ints("perm", p)];
         g.op("Transpose", &["x"], "xt", perm(&[1, 0, 2])).op("MatMul", &["xt", "w"], "lin", vec![]);
@@ -532,22 +525,27 @@ fn a_constant_key_under_rotary_embeddings_stays_and_a_zero_one_leaves() {
     assert_eq!(qkv_after(&constant)[..2], [8, 8]);
 }
 
+/// `(head, dimension)` for each of `dims` in both heads of a two-head block.
+fn in_both_heads(dims: &[usize]) -> Vec<(usize, usize)> {
+    (0..2).flat_map(|h| dims.iter().map(move |&e| (h, e))).collect()
+}
+
 /// GPT-J's interleaved rotary pairs `(2i, 2i + 1)`: a pair zero in every query head leaves Q
 /// and K (written shapes, and traced ones behind an empty pass-through part); half a pair zero
 /// stays, as does a constant non-zero key pair (it rotates into a position-dependent key).
 #[test]
 fn interleaved_rotary_pairs_leave_whole_and_only_when_exact() {
     let b = Block { heads: 2, kv: 2, d: 4, c: 3, rope: true, interleaved: true, bias: [true; 3], ..Default::default() };
-    let every = |dims: &[usize]| (0..2).flat_map(|h| dims.iter().map(move |&e| (h, e))).collect::<Vec<_>>();
     for traced in [false, true] {
-        let queries = Block { zeros: [every(&[2, 3]), vec![], vec![]], traced, ..b.clone() };
+        let queries = Block { zeros: [in_both_heads(&[2, 3]), vec![], vec![]], traced, ..b.clone() };
         assert_eq!(qkv_after(&queries)[..2], [4, 4], "traced {traced}");
-        let half = Block { zeros: [every(&[2]), vec![], vec![]], traced, ..b.clone() };
+        let half = Block { zeros: [in_both_heads(&[2]), vec![], vec![]], traced, ..b.clone() };
         assert_eq!(qkv_after(&half)[..2], [8, 8], "traced {traced}");
     }
-    let constant = Block { zeros: [vec![], every(&[0, 1]), vec![]], keep_bias: [false, true, false], ..b.clone() };
+    let constant =
+        Block { zeros: [vec![], in_both_heads(&[0, 1]), vec![]], keep_bias: [false, true, false], ..b.clone() };
     assert_eq!(qkv_after(&constant)[..2], [8, 8]);
-    let zero = Block { zeros: [vec![], every(&[0, 1]), vec![]], ..b };
+    let zero = Block { zeros: [vec![], in_both_heads(&[0, 1]), vec![]], ..b };
     assert_eq!(qkv_after(&zero)[..2], [4, 4]);
 }
 
@@ -557,7 +555,6 @@ fn interleaved_rotary_pairs_leave_whole_and_only_when_exact() {
 /// head keeps the same entries).
 #[test]
 fn rotary_embedding_and_attention_operators_lose_pairs_in_every_head() {
-    let every = |dims: &[usize]| (0..2).flat_map(|h| dims.iter().map(move |&e| (h, e))).collect::<Vec<_>>();
     for (three_d, interleaved) in [(false, false), (false, true), (true, false), (true, true)] {
         let b = Block {
             heads: 2,
@@ -574,11 +571,12 @@ fn rotary_embedding_and_attention_operators_lose_pairs_in_every_head() {
         };
         let pair = if interleaved { [2, 3] } else { [1, 3] };
         let case = format!("3-D {three_d}, interleaved {interleaved}");
-        let queries = Block { zeros: [every(&pair), vec![], vec![]], ..b.clone() };
+        let queries = Block { zeros: [in_both_heads(&pair), vec![], vec![]], ..b.clone() };
         assert_eq!(qkv_after(&queries)[..2], [4, 4], "{case}");
-        let half = Block { zeros: [every(&pair[..1]), vec![], vec![]], ..b.clone() };
+        let half = Block { zeros: [in_both_heads(&pair[..1]), vec![], vec![]], ..b.clone() };
         assert_eq!(qkv_after(&half)[..2], [8, 8], "{case}");
-        let constant = Block { zeros: [vec![], every(&pair), vec![]], keep_bias: [false, true, false], ..b.clone() };
+        let constant =
+            Block { zeros: [vec![], in_both_heads(&pair), vec![]], keep_bias: [false, true, false], ..b.clone() };
         assert_eq!(qkv_after(&constant)[..2], [8, 8], "{case}");
         let one_head = Block { zeros: [pair.iter().map(|&e| (0, e)).collect(), vec![], vec![]], ..b };
         assert_eq!(qkv_after(&one_head)[..2], [8, 8], "{case}");
