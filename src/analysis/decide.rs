@@ -223,11 +223,16 @@ fn pad_ragged(
         // A head that keeps nothing is padded too: ragged heads never leave (the parts of a
         // packed projection, Falcon's heads split into parts, are read by index and by count).
         // Entries the nearest full head of its part keeps come first (the part's other heads
-        // keep them: they keep the part a product at no cost).
+        // keep them: they keep the part a product at no cost); where none of its part is full
+        // yet, the nearest head of its part that keeps any (it is padded alike).
         let by_distance = (1..count).flat_map(|k| [r.checked_sub(k), Some(r + k)]).flatten().filter(|&q| q < count);
         let sibling = |q: &usize| parts.as_ref().is_none_or(|p| p[r].contains(q));
-        let nearest =
-            by_distance.clone().find(|q| full(*q) && sibling(q)).or_else(|| by_distance.clone().find(|&q| full(q)));
+        let kept_any = |q: &usize| rows[*q].contains(&true);
+        let nearest = by_distance
+            .clone()
+            .find(|q| full(*q) && sibling(q))
+            .or_else(|| by_distance.clone().find(|q| kept_any(q) && sibling(q)))
+            .or_else(|| by_distance.clone().find(|&q| full(q)));
         let split = (0..per).filter_map(|e| head_size.get(&facts.classes.class(v, r * per + e))).min();
         let period = split.copied().filter(|&s| s > 0 && per.is_multiple_of(s)).unwrap_or(per);
         let mut starts: Vec<usize> = (0..period).filter(|&s| !kept[s]).collect();
