@@ -43,7 +43,7 @@ pub(crate) use constancy::{ConstCx, Consts};
 pub(crate) use decide::InputPolicy;
 pub(crate) use ids::{NodeId, ValueId};
 pub(crate) use layout::{Layout, LayoutCx, Layouts};
-pub(crate) use need::{NeedCx, Needed};
+pub(crate) use need::{NeedCx, Needed, NeededBy};
 pub(crate) use operands::{CheckCx, Operands};
 pub(crate) use plan::PlanCx;
 pub(crate) use reasons::Forced;
@@ -58,6 +58,7 @@ pub(crate) struct Facts<'g> {
     pub classes: Classes,
     pub consts: Consts,
     pub needed: Needed,
+    pub needed_by: NeededBy,
     /// Nodes reading a constant that holds Inf or NaN (see [`finite`]).
     pub non_finite: Vec<NodeId>,
 }
@@ -81,9 +82,9 @@ impl<'g> Facts<'g> {
         let (mut consts, patterns) = constancy::forward(&graph, &layouts, &operands, progress);
         let non_finite = finite::taint(&graph, &patterns, &mut forced, &mut consts);
         debug_check(&graph, "constancy", |v| consts[v].len() == layouts[v].width.unwrap_or(0));
-        let needed = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced, corrections);
+        let (needed, needed_by) = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced, corrections);
         debug_check(&graph, "need", |v| needed[v].len() == layouts[v].width.unwrap_or(0));
-        Facts { graph, forced, layouts, operands, classes, consts, needed, non_finite }
+        Facts { graph, forced, layouts, operands, classes, consts, needed, needed_by, non_finite }
     }
 }
 

@@ -1,8 +1,10 @@
 //! Backward need: a channel is needed when it is not constant (or its constant cannot be
 //! folded exactly) and something needed reads it with a non-zero weight.
 
+use std::collections::HashMap;
+
 use super::constancy::{foldable_inputs, Consts, Patterns};
-use super::ids::{IdVec, ValueId};
+use super::ids::{IdVec, NodeId, ValueId};
 use super::layout::{Layout, Layouts};
 use super::operands::{Operands, Param};
 use super::reasons::Forced;
@@ -12,6 +14,12 @@ use crate::ops::{Linear, NonZero, Role};
 
 pub(crate) type Needed = IdVec<ValueId, Vec<bool>>;
 
+/// For a constant channel that something needs, the node whose rule first needed it (the
+/// graph's last reader of it that did): the report's answer when a constant channel stays
+/// although nothing that varies needs its class. Channels needed because their value is kept
+/// whole for another reason have no entry; that reason is reported with the value.
+pub(crate) type NeededBy = HashMap<(ValueId, usize), NodeId>;
+
 pub(crate) fn backward<'g>(
     g: &Graph<'g>,
     layouts: &Layouts,
@@ -20,7 +28,8 @@ pub(crate) fn backward<'g>(
     patterns: &Patterns,
     forced: &Forced,
     corrections: bool,
-) -> Needed {
+) -> (Needed, NeededBy) {
+    let mut by = NeededBy::new();
     let mut needed: Needed = consts.values().map(|c| vec![false; c.len()]).collect();
     // Graph outputs are needed, and so is everything kept whole for another reason (an opaque
     // producer, a layout the analysis cannot follow): whatever reads it may use every channel.
@@ -48,12 +57,15 @@ pub(crate) fn backward<'g>(
             }
         }
         for (v, c) in cx.marks {
-            if let Some(m) = needed[v].get_mut(c) {
+            if let Some(m) = needed[v].get_mut(c).filter(|m| !**m) {
                 *m = true;
+                if consts[v][c].is_some() {
+                    by.insert((v, c), n);
+                }
             }
         }
     }
-    needed
+    (needed, by)
 }
 
 /// What an operator's `needs` may read (the needs of its outputs, constants, layouts) and do:

@@ -1,12 +1,12 @@
 //! Plan: the decision as edits to the model, and the report of what left and what was kept.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::decide::{Decision, InputPolicy};
 use super::ids::{NodeId, ValueId};
 use super::layout::Layout;
 use super::operands::Param;
-use super::reasons::{KeepReason, Opaque};
+use super::reasons::{KeepReason, Opaque, Why};
 use super::values::{at_node, At};
 use super::Facts;
 use crate::error::Result;
@@ -177,6 +177,20 @@ fn blocked(facts: &Facts, decision: &Decision) -> Vec<Blocked> {
             out.push(Blocked { values: vec![g.name(v).to_string()], width: w, removable, reasons });
         }
     }
+    // Constant channels that a rule needed (it could not fold their values into what it computes)
+    // in classes that nothing varying needs: they would have left but for that node.
+    let mut held: BTreeMap<(ValueId, NodeId), usize> = BTreeMap::new();
+    for (&(v, c), &n) in &facts.needed_by {
+        if !bound[facts.classes.class(v, c)] && !decision.forced(facts, v) {
+            *held.entry((v, n)).or_default() += 1;
+        }
+    }
+    out.extend(held.into_iter().map(|((v, n), removable)| Blocked {
+        values: vec![g.name(v).to_string()],
+        width: facts.layouts[v].width.unwrap_or(0),
+        removable,
+        reasons: vec![KeepReason::Node { node: n, why: Why::NeedsConstant }.render(g)],
+    }));
     out
 }
 

@@ -107,6 +107,8 @@ pub(crate) enum Why {
     NonFinite,
     /// A shape in the model would give its channel axis no entry, or more than 2^32.
     ImplausibleSize,
+    /// Its rule reads constant channels whose values it cannot fold into what it computes.
+    NeedsConstant,
 }
 
 impl Why {
@@ -136,6 +138,7 @@ impl Why {
             Why::ResizesChannelAxis => "resizes-channel-axis",
             Why::NonFinite => "non-finite",
             Why::ImplausibleSize => "implausible-size",
+            Why::NeedsConstant => "needs-constant",
         }
     }
 }
@@ -170,6 +173,9 @@ impl fmt::Display for Why {
             Why::ImplausibleSize => {
                 f.write_str("a shape in the model would give its channel axis no entry, or more than 2^32 (is it wrong?)")
             }
+            Why::NeedsConstant => f.write_str(
+                "it reads them as constants whose values its rule cannot fold into what it computes (or it does not follow their channels)",
+            ),
             Why::NonFinite => f.write_str(
                 "it may hold Inf or NaN, as a constant it is computed from does (0 * Inf is NaN: no channel can be proven removable)",
             ),

@@ -51,8 +51,13 @@ impl G {
     }
 
     fn facts<T>(&self, f: impl FnOnce(&Facts) -> T) -> T {
+        self.facts_with(true, f)
+    }
+
+    /// [`Self::facts`], with padded convolutions' border corrections allowed or not.
+    fn facts_with<T>(&self, corrections: bool, f: impl FnOnce(&Facts) -> T) -> T {
         let ir = Ir::build(&self.0, 17).expect("a DAG");
-        let facts = Facts::of(Graph::new(&self.0, &ir), &|_| {}, true);
+        let facts = Facts::of(Graph::new(&self.0, &ir), &|_| {}, corrections);
         f(&facts)
     }
 }
@@ -450,4 +455,52 @@ fn heads_merged_with_the_batch_split_out_only_where_the_other_axes_stay() {
             assert_eq!(f.forced.of(v(f, "t")).is_empty(), splits, "{target:?}");
         });
     }
+}
+
+/// Bloom's packed projection, `[B, E] -> [B, H, 3, D]`: the target's last entry is not the
+/// channel entries, so the reshape is followed by nothing. Its output gets no channels (a reader
+/// tied to 12 channels there would bind the projection's constant ones), and the report names
+/// the reshape with the projection's removable channels.
+#[test]
+fn a_reshape_splitting_channels_over_three_axes_lays_nothing_out_and_is_reported() {
+    // Columns 0 and 7 of the projection are zero: constant (0) channels.
+    let w: Vec<f32> = (0..4 * 12).map(|i| if i % 12 == 0 || i % 12 == 7 { 0.0 } else { 1.0 + i as f32 }).collect();
+    let mut g = G::new(&[None, Some(4)]).ints("parts", &[-1, 2, 3, 2]).op("MatMul", &["x", "w"], "q");
+    g.0.initializer.push(f32_tensor("w", &[4, 12], &w));
+    let mut index = int64_tensor("i", &[0]);
+    index.dims.clear();
+    g.0.initializer.push(index);
+    let g =
+        g.op("Reshape", &["q", "parts"], "h").with(node("Gather", "p", &["h", "i"], &["y"], vec![attr_int("axis", 2)]));
+    g.facts(|f| {
+        assert_eq!(layout(f, "h").width, None);
+        assert_eq!(layout(f, "y").width, None);
+        assert!(f.forced.is_forced(v(f, "q")));
+        let p = plan(f, &decide(f, InputPolicy::Keep), ClnForm::Ops).expect("a plan");
+        let b = p.removals.blocked.iter().find(|b| b.values == ["q"]).expect("q is reported");
+        assert_eq!((b.width, b.removable), (12, 2));
+        assert_eq!(b.reasons[0].node.as_deref(), Some("h"));
+    });
+}
+
+/// A constant channel that a rule needs (a padded Conv without border corrections reads a
+/// non-zero constant at the borders) is reported with that node, though nothing is forced.
+#[test]
+fn a_constant_a_rule_needs_is_reported_with_the_node_that_needs_it() {
+    let w1: Vec<f32> = (0..3 * 2).map(|i| if i / 2 == 1 { 0.0 } else { 1.0 }).collect();
+    let mut g = G::new(&[Some(1), Some(2), Some(4), Some(4)]).vector("b1", &[0.5, 2.0, -1.0]);
+    g.0.initializer.push(f32_tensor("w1", &[3, 2, 1, 1], &w1));
+    g.0.initializer.push(f32_tensor("w2", &[2, 3, 3, 3], &[1.0; 2 * 3 * 9]));
+    let pads = crate::onnx::build::attr_ints("pads", &[1, 1, 1, 1]);
+    let g = g.op("Conv", &["x", "w1", "b1"], "h").with(node("Conv", "c2", &["h", "w2"], &["y"], vec![pads]));
+    g.facts_with(false, |f| {
+        assert_eq!(f.consts[v(f, "h")], vec![None, Some(2.0), None]);
+        assert_eq!(f.needed[v(f, "h")], vec![true; 3]);
+        let p = plan(f, &decide(f, InputPolicy::Keep), ClnForm::Ops).expect("a plan");
+        let [b] = &p.removals.blocked[..] else { panic!("one block: {:?}", p.removals.blocked) };
+        assert_eq!((b.values.as_slice(), b.width, b.removable), (&["h".to_string()][..], 3, 1));
+        assert_eq!((b.reasons[0].code.as_str(), b.reasons[0].node.as_deref()), ("needs-constant", Some("c2")));
+    });
+    // With corrections the Conv adds the constant back itself: nothing to report.
+    g.facts(|f| assert_eq!(f.needed[v(f, "h")], vec![true, false, true]));
 }

@@ -128,7 +128,12 @@ impl Reshaped {
     /// against the width later.
     fn last_is_whole(&self, x: crate::analysis::Layout) -> bool {
         let Some((&last, leading)) = self.target.split_last() else { return false };
-        last != -1 || (x.rank == Some(self.target.len()) && leading.iter().all(|&e| e == 0))
+        // A last entry that is not the channel entries splits them (Bloom's `[B, T, H, 3, D]`):
+        // laying the output out as if it were whole would tie whatever reads it to channels it
+        // does not hold.
+        let entries = x.width.zip(x.block).map(|(w, b)| (w * b) as i64);
+        (last != -1 && entries.is_none_or(|e| e == last))
+            || (x.rank == Some(self.target.len()) && leading.iter().all(|&e| e == 0))
     }
 
     /// The channel axis' position when the target keeps a channels-first axis where it is and
