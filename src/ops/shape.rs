@@ -521,13 +521,15 @@ impl Pieces {
 }
 
 impl ReshapeLast {
-    /// Whether the last entry is the channel axis whole: a number (checked against the width
-    /// later), x's own last dimension read back, or -1 after x's own other dimensions read back
+    /// Whether the last entry is the channel axis whole: the number of channel entries (or one
+    /// not known yet, checked against the width later), x's own last dimension read back, or -1 after x's own other dimensions read back
     /// in order (or a proven merge of heads).
     fn last_is_whole(&self, cx: &LayoutCx, x: crate::analysis::Layout) -> bool {
         let last = self.last.and_then(|(m, s)| cx.const_of(m, s)).map(int64s);
         if last != Some(vec![-1]) {
-            return true;
+            // A number other than the channel entries splits them (as in `Reshaped`).
+            let entries = x.width.zip(x.block).map(|(w, b)| vec![(w * b) as i64]);
+            return last.is_none() || entries.is_none() || last == entries;
         }
         let me = cx.input(0);
         let own = self
