@@ -72,12 +72,18 @@ impl Layout {
         usize::try_from(self.rank? as isize + self.axis?).ok()
     }
 
-    /// The channel that entry `e` of the channel axis belongs to (`width` channels).
+    /// Entries along the channel axis: each channel's block of them (a flattened feature map's
+    /// positions) times the width. What a reshape target must name to keep the channels whole.
+    pub fn entries(&self) -> Option<usize> {
+        Some(self.width? * self.block?)
+    }
+
     /// The entries, of `entries` along the axis, whose channel (of `width`) `keep` holds.
     pub fn entries_where(&self, width: usize, entries: usize, keep: impl Fn(usize) -> bool) -> Vec<usize> {
         (0..entries).filter(|&e| keep(self.channel_of(e, width))).collect()
     }
 
+    /// The channel that entry `e` of the channel axis belongs to (`width` channels).
     pub fn channel_of(&self, e: usize, width: usize) -> usize {
         if self.interleaved == Some(true) {
             e % width

@@ -11,7 +11,7 @@ use super::values::{at_node, At};
 use super::Facts;
 use crate::error::Result;
 use crate::onnx::proto::{NodeProto, TensorProto};
-use crate::onnx::tensor::{with_int64s, FloatType};
+use crate::onnx::tensor::{int64_vector_like, FloatType};
 use crate::ops::{ClnForm, Role};
 use crate::report::{Blocked, GatheredInput, LayerReport, Reason, Removals};
 use crate::rewrite::Edit;
@@ -91,7 +91,7 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
             gathered.push(GatheredInput { input: data, features: w, kept: keep.len() });
             let kept: Vec<i64> = keep.iter().map(|&c| indices[c]).collect();
             let like = g.const_input(n, 1).expect("constant indices");
-            let tensor = TensorProto { dims: vec![kept.len() as i64], ..with_int64s(like, &kept) };
+            let tensor = int64_vector_like(like, &kept);
             edits.push(Edit::Const { node: n.0, slot: 1, tensor });
             edits.push(Edit::Width { value: name, axis, from: w, to: keep.len() });
         } else if gathered_input {

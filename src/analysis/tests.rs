@@ -40,6 +40,14 @@ impl G {
         self
     }
 
+    /// A scalar int64 (a Gather's index that drops its axis).
+    fn scalar(mut self, name: &str, value: i64) -> G {
+        let mut t = int64_tensor(name, &[value]);
+        t.dims.clear();
+        self.0.initializer.push(t);
+        self
+    }
+
     fn op(mut self, op: &str, ins: &[&str], out: &str) -> G {
         self.0.node.push(node(op, out, ins, &[out], vec![]));
         self
@@ -412,10 +420,7 @@ fn packed_parts_are_ragged_only_when_read_one_by_one() {
             .op("MatMul", &["x", "w"], "q")
             .op("Reshape", &["q", "parts"], "h")
             .with(node("Transpose", "t", &["h"], &["t"], vec![crate::onnx::build::attr_ints("perm", &[1, 0, 2])]));
-        let mut index = int64_tensor("i", &[1]);
-        index.dims.clear();
-        g.0.initializer.push(index);
-        g = g.with(node("Gather", "p", &["t", "i"], &["y"], vec![attr_int("axis", 0)]));
+        g = g.scalar("i", 1).with(node("Gather", "p", &["t", "i"], &["y"], vec![attr_int("axis", 0)]));
         if other_reader {
             g = g.op("Relu", &["h"], "r");
         }
@@ -467,11 +472,13 @@ fn a_reshape_splitting_channels_over_three_axes_lays_nothing_out_and_is_reported
     let w: Vec<f32> = (0..4 * 12).map(|i| if i % 12 == 0 || i % 12 == 7 { 0.0 } else { 1.0 + i as f32 }).collect();
     let mut g = G::new(&[None, Some(4)]).ints("parts", &[-1, 2, 3, 2]).op("MatMul", &["x", "w"], "q");
     g.0.initializer.push(f32_tensor("w", &[4, 12], &w));
-    let mut index = int64_tensor("i", &[0]);
-    index.dims.clear();
-    g.0.initializer.push(index);
-    let g =
-        g.op("Reshape", &["q", "parts"], "h").with(node("Gather", "p", &["h", "i"], &["y"], vec![attr_int("axis", 2)]));
+    let g = g.scalar("i", 0).op("Reshape", &["q", "parts"], "h").with(node(
+        "Gather",
+        "p",
+        &["h", "i"],
+        &["y"],
+        vec![attr_int("axis", 2)],
+    ));
     g.facts(|f| {
         assert_eq!(layout(f, "h").width, None);
         assert_eq!(layout(f, "y").width, None);

@@ -521,6 +521,11 @@ pub fn with_int64s(like: &TensorProto, vals: &[i64]) -> TensorProto {
     }
 }
 
+/// [`with_int64s`] as a vector of `vals.len()` entries (a Gather's indices, fewer than before).
+pub fn int64_vector_like(like: &TensorProto, vals: &[i64]) -> TensorProto {
+    TensorProto { dims: vec![vals.len() as i64], ..with_int64s(like, vals) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -222,7 +222,7 @@ impl Scores<'_> {
 
 impl<'g> ChannelOp<'g> for Scores<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0, 1], otherwise: "its operands are constants or missing", none: false }
+        Activations::new(vec![0, 1], "its operands are constants or missing")
     }
 
     fn follows_heads(&self) -> bool {
@@ -305,7 +305,7 @@ struct Weighted {
 
 impl<'g> ChannelOp<'g> for Weighted {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0, 1], otherwise: "its operands are constants or missing", none: false }
+        Activations::new(vec![0, 1], "its operands are constants or missing")
     }
 
     fn follows_heads(&self) -> bool {
@@ -545,7 +545,7 @@ impl RepeatKv<'_> {
 
 impl<'g> ChannelOp<'g> for RepeatKv<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it repeats constant heads", none: false }
+        Activations::new(vec![0], "it repeats constant heads")
     }
 
     fn follows_heads(&self) -> bool {
@@ -720,7 +720,7 @@ pub(crate) fn swapped_last_axes<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, SwapLast<'g>)>
 
 impl<'g> ChannelOp<'g> for SwapLast<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it transposes a constant", none: false }
+        Activations::new(vec![0], "it transposes a constant")
     }
 
     fn follows_heads(&self) -> bool {
@@ -835,7 +835,7 @@ impl AttentionOp {
 
 impl<'g> ChannelOp<'g> for AttentionOp {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0, 1, 2], otherwise: "its query, key or value is a constant or missing", none: false }
+        Activations::new(vec![0, 1, 2], "its query, key or value is a constant or missing")
     }
 
     fn follows_heads(&self) -> bool {

@@ -69,7 +69,7 @@ fn widths_known(cx: &mut TieCx, values: Vec<ValueId>) -> bool {
 
 impl<'g> ChannelOp<'g> for Concatenated {
     fn activations(&self) -> Activations {
-        Activations { slots: self.slots.clone(), otherwise: "it concatenates constants", none: false }
+        Activations::new(self.slots.clone(), "it concatenates constants")
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
@@ -306,7 +306,7 @@ impl HeadsSplit {
 
 impl<'g> ChannelOp<'g> for HeadsSplit {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it splits a constant", none: false }
+        Activations::new(vec![0], "it splits a constant")
     }
 
     fn covers_all_outputs(&self) -> bool {
@@ -385,7 +385,7 @@ struct Splitted {
 
 impl<'g> ChannelOp<'g> for Splitted {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it splits a constant", none: false }
+        Activations::new(vec![0], "it splits a constant")
     }
 
     fn covers_all_outputs(&self) -> bool {

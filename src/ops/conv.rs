@@ -250,7 +250,7 @@ impl Depthwise<'_> {
 /// Output channel `c` is a per-channel filter of input channel `c`.
 impl<'g> ChannelOp<'g> for Depthwise<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "its data operand is a constant or missing", none: false }
+        Activations::new(vec![0], "its data operand is a constant or missing")
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {

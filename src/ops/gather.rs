@@ -13,7 +13,7 @@ use crate::analysis::{CheckCx, ConstCx, Layout, LayoutCx, NeedCx, PlanCx, TieCx,
 use crate::error::Result;
 use crate::ir::{normalize, NodeExt};
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto, TensorProto};
-use crate::onnx::tensor::{int64s, with_int64s, Values};
+use crate::onnx::tensor::{int64_vector_like, int64s, with_int64s, Values};
 use crate::rewrite::Edit;
 
 pub(crate) struct Select;
@@ -84,7 +84,7 @@ struct Selected {
 
 impl<'g> ChannelOp<'g> for Selected {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it gathers from a constant", none: false }
+        Activations::new(vec![0], "it gathers from a constant")
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
@@ -121,7 +121,7 @@ impl Chosen {
 
 impl<'g> ChannelOp<'g> for Chosen {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it gathers from a constant", none: false }
+        Activations::new(vec![0], "it gathers from a constant")
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
@@ -179,9 +179,7 @@ impl<'g> ChannelOp<'g> for Chosen {
         let at = |c: usize| kept_x.binary_search(&c).expect("a kept pick keeps its channel") as i64;
         let indices: Vec<i64> = keep.iter().map(|&k| at(sources[k])).collect();
         let like = cx.const_input(1).expect("constant indices");
-        let mut tensor = with_int64s(like, &indices);
-        tensor.dims = vec![indices.len() as i64];
-        cx.push(Edit::Const { node: cx.node.0, slot: 1, tensor });
+        cx.push(Edit::Const { node: cx.node.0, slot: 1, tensor: int64_vector_like(like, &indices) });
         Ok(())
     }
 }
@@ -200,7 +198,7 @@ impl Embedding<'_> {
 
 impl<'g> ChannelOp<'g> for Embedding<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![1], otherwise: "its indices are constants", none: false }
+        Activations::new(vec![1], "its indices are constants")
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {

@@ -355,11 +355,7 @@ pub(crate) struct LinearOp<'g>(pub Box<dyn Linear + 'g>);
 
 impl<'g> ChannelOp<'g> for LinearOp<'g> {
     fn activations(&self) -> Activations {
-        Activations {
-            slots: vec![self.0.input_slot()],
-            otherwise: "its data operand is a constant or missing",
-            none: false,
-        }
+        Activations::new(vec![self.0.input_slot()], "its data operand is a constant or missing")
     }
 
     fn linear(&self) -> Option<&dyn Linear> {

@@ -104,6 +104,14 @@ pub(crate) struct Activations {
     pub none: bool,
 }
 
+impl Activations {
+    /// The usual case: the node reads activations at `slots` (`otherwise` says what it does
+    /// when they are constants), and at least one of them.
+    pub fn new(slots: Vec<usize>, otherwise: &'static str) -> Self {
+        Activations { slots, otherwise, none: false }
+    }
+}
+
 /// An operator's meaning for channels, one method per analysis pass. The passes call them in
 /// this order; each gets a context that exposes the facts of the passes before it.
 pub(crate) trait ChannelOp<'g> {

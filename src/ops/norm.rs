@@ -479,7 +479,7 @@ fn keras_layernorm<'g>(
 /// leave only as constants the compensation accounts for.
 impl<'g> ChannelOp<'g> for Norm<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it normalizes a constant", none: false }
+        Activations::new(vec![0], "it normalizes a constant")
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {

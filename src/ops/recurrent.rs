@@ -318,7 +318,7 @@ impl RecurrentNode<'_> {
 impl<'g> ChannelOp<'g> for RecurrentNode<'g> {
     fn activations(&self) -> Activations {
         let slots = [vec![0], self.state_acts.clone()].concat();
-        Activations { slots, otherwise: "its input or an initial state is a constant or missing", none: false }
+        Activations::new(slots, "its input or an initial state is a constant or missing")
     }
 
     fn covers_all_outputs(&self) -> bool {

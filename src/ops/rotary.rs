@@ -184,7 +184,7 @@ impl EveryTwo<'_> {
 
 impl<'g> ChannelOp<'g> for EveryTwo<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it rotates a constant", none: false }
+        Activations::new(vec![0], "it rotates a constant")
     }
 
     fn follows_heads(&self) -> bool {
@@ -346,7 +346,7 @@ impl Rotation {
 
 impl<'g> ChannelOp<'g> for Rotation {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it rotates a constant", none: false }
+        Activations::new(vec![0], "it rotates a constant")
     }
 
     fn follows_heads(&self) -> bool {

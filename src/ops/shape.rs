@@ -131,7 +131,7 @@ impl Reshaped {
         // A last entry that is not the channel entries splits them (Bloom's `[B, T, H, 3, D]`):
         // laying the output out as if it were whole would tie whatever reads it to channels it
         // does not hold.
-        let entries = x.width.zip(x.block).map(|(w, b)| (w * b) as i64);
+        let entries = x.entries().map(|e| e as i64);
         (last != -1 && entries.is_none_or(|e| e == last))
             || (x.rank == Some(self.target.len()) && leading.iter().all(|&e| e == 0))
     }
@@ -288,7 +288,7 @@ impl AxisMap for Reshaped {
             let moved = batch.is_some() && batch == l.heads;
             return if kept || moved || self.split(lx).is_some() { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
         }
-        let entries = l.block.zip(l.width).map(|(b, w)| (w * b) as i64);
+        let entries = l.entries().map(|e| e as i64);
         if let Some(p) = self.channels_first(l) {
             // Channels first, the axes after them merged: the entry at the axis is the width.
             return if Some(self.target[p]) == entries { Ok(()) } else { Err(Why::TargetShape(self.target.clone())) };
@@ -528,7 +528,7 @@ impl ReshapeLast {
         let last = self.last.and_then(|(m, s)| cx.const_of(m, s)).map(int64s);
         if last != Some(vec![-1]) {
             // A number other than the channel entries splits them (as in `Reshaped`).
-            let entries = x.width.zip(x.block).map(|(w, b)| vec![(w * b) as i64]);
+            let entries = x.entries().map(|e| vec![e as i64]);
             return last.is_none() || entries.is_none() || last == entries;
         }
         let me = cx.input(0);
@@ -664,7 +664,7 @@ impl AxisMap for ReshapeLast {
             return if split || batch == l.heads { Ok(()) } else { Err(Why::ReshapesChannelAxis) };
         }
         let last = int64s(cx.const_of(m, s).expect("checked by the rule"))[0];
-        if last != -1 && Some(last) != l.block.zip(l.width).map(|(b, w)| (w * b) as i64) {
+        if last != -1 && Some(last) != l.entries().map(|e| e as i64) {
             return Err(Why::TargetShapeEnd(last));
         }
         Ok(())

@@ -126,7 +126,7 @@ fn follows_itself(cx: &Ctx, value: &str, x: &str, divided: bool, depth: usize) -
 
 impl<'g> ChannelOp<'g> for ShapeOf {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it reads the shape of a constant", none: false }
+        Activations::new(vec![0], "it reads the shape of a constant")
     }
 
     fn follows_heads(&self) -> bool {

@@ -118,7 +118,7 @@ impl Shuffle<'_> {
 
 impl<'g> ChannelOp<'g> for Shuffle<'g> {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it shuffles constant channels", none: false }
+        Activations::new(vec![0], "it shuffles constant channels")
     }
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {

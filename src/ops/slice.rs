@@ -170,7 +170,7 @@ impl Sliced {
 
 impl<'g> ChannelOp<'g> for Sliced {
     fn activations(&self) -> Activations {
-        Activations { slots: vec![0], otherwise: "it slices a constant", none: false }
+        Activations::new(vec![0], "it slices a constant")
     }
 
     fn output_channels(&self) -> bool {
