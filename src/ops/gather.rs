@@ -51,7 +51,7 @@ impl OpRule for Select {
             Some(t)
                 if !cx.ir.is_const(data) && last && t.dims.len() == 1 && t.data_type() == DataType::Int64 as i32 =>
             {
-                Role::Op(Box::new(Chosen { indices: int64s(t) }))
+                Role::Op(Box::new(Chosen { indices: int64s(t), other: None }))
             }
             // One index along an axis that may be the heads axis (a packed projection's `[3, E]`
             // parts, `nn.MultiheadAttention`'s `q, k, v = proj.unflatten(-1, (3, E))...`).
@@ -61,6 +61,13 @@ impl OpRule for Select {
                 let (axis, index) = (node.attr_i("axis", 0), int64s(t)[0]);
                 let taken = PerChannel::identity(Box::new(Taken { axis, index_rank: 0 }));
                 Role::Op(Box::new(TakenOne { axis, index, taken }))
+            }
+            // A vector of indices along another axis: channels picked where the axis is theirs
+            // (`x[:, idx]` on a channels-first map), positions or tokens otherwise.
+            Some(t) if !cx.ir.is_const(data) && t.dims.len() == 1 && t.data_type() == DataType::Int64 as i32 => {
+                let axis = node.attr_i("axis", 0);
+                let positions = PerChannel::identity(Box::new(Taken { axis, index_rank: 1 }));
+                Role::Op(Box::new(Chosen { indices: int64s(t), other: Some((axis, positions)) }))
             }
             // Positions or tokens of an activation picked by constant indices (a ViT's class
             // token, `x[:, 0]`): the channels pass through, unless the axis is theirs.
@@ -103,11 +110,26 @@ impl<'g> ChannelOp<'g> for Selected {
 /// both picks, so an unread pick of a read channel stays (the picks could not otherwise be kept
 /// for a graph output while their constant channel leaves). The plan renumbers the indices of
 /// the kept picks among the kept channels.
+///
+/// Along the last axis the picks are channels by definition (that axis becomes the channel
+/// axis). Along another axis they are channels only where the layout puts the channel axis
+/// there (`x[:, idx]` on a channels-first map); elsewhere they pick positions or tokens, and
+/// every pass asks the [`Taken`] rule instead.
 struct Chosen {
     indices: Vec<i64>,
+    /// Another axis than the last, as written, and the rule for positions picked along it.
+    other: Option<(i64, PerChannel)>,
 }
 
 impl Chosen {
+    /// The rule for positions picked, when the gather's axis is not `x`'s channel axis as laid
+    /// out (or that is not known yet).
+    fn positions(&self, lx: Layout) -> Option<&PerChannel> {
+        let (axis, taken) = self.other.as_ref()?;
+        let along = lx.rank.and_then(|r| normalize(*axis, r)).is_some_and(|a| lx.position() == Some(a));
+        (!along).then_some(taken)
+    }
+
     /// The input channel of each output channel, for an input of `width` channels; none when an
     /// index is out of range (a wrong model: both sides keep every channel).
     fn sources(&self, width: Option<usize>) -> Option<Vec<usize>> {
@@ -126,8 +148,12 @@ impl<'g> ChannelOp<'g> for Chosen {
 
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        if let Some(taken) = self.positions(cx.get(x)) {
+            return taken.layout(cx);
+        }
+        let axis = if self.other.is_some() { cx.get(x).axis.expect("laid out along the axis") } else { -1 };
         for v in [x, o] {
-            cx.set_axis(v, -1);
+            cx.set_axis(v, axis);
             cx.set_block(v, 1);
         }
         cx.set_width(o, self.indices.len());
@@ -137,6 +163,9 @@ impl<'g> ChannelOp<'g> for Chosen {
 
     fn check(&self, cx: &mut CheckCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        if let Some(taken) = self.positions(cx.layout(x)) {
+            return taken.check(cx);
+        }
         if self.sources(cx.layout(x).width).is_none() {
             cx.force(x, Why::UnknownPartWidths);
             cx.force(o, Why::UnknownPartWidths);
@@ -145,12 +174,18 @@ impl<'g> ChannelOp<'g> for Chosen {
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        if let Some(taken) = self.positions(cx.layout(x)) {
+            return taken.ties(cx);
+        }
         let Some(sources) = self.sources(cx.width(x)) else { return };
         sources.iter().enumerate().for_each(|(k, &c)| cx.tie(x, c, o, k, 1));
     }
 
     fn constants(&self, cx: &mut ConstCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        if let Some(taken) = self.positions(cx.layout(x)) {
+            return taken.constants(cx);
+        }
         let Some(sources) = self.sources(cx.layout(x).width) else { return };
         let xs = cx.consts(x).to_vec();
         let r = sources.iter().map(|&c| xs.get(c).copied().flatten()).collect();
@@ -159,6 +194,9 @@ impl<'g> ChannelOp<'g> for Chosen {
 
     fn needs(&self, cx: &mut NeedCx<'_, 'g>) {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return };
+        if let Some(taken) = self.positions(cx.layout(x)) {
+            return taken.needs(cx);
+        }
         let Some(sources) = self.sources(cx.layout(x).width) else { return cx.mark_all(x) };
         let (needed, out) = (cx.needed(o), cx.consts(o));
         if needed.len() != sources.len() || out.len() != sources.len() {
@@ -171,6 +209,9 @@ impl<'g> ChannelOp<'g> for Chosen {
 
     fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
         let (x, Some(o)) = (cx.input(0), cx.output(0)) else { return Ok(()) };
+        if let Some(taken) = self.positions(cx.layout(x)) {
+            return taken.rewrite(cx);
+        }
         let (Some(w), Some(sources)) = (cx.layout(x).width, self.sources(cx.layout(x).width)) else { return Ok(()) };
         let (kept_x, keep) = (cx.kept(x, w), cx.kept(o, sources.len()));
         if kept_x.len() == w && keep.len() == sources.len() {

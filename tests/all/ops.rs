@@ -775,3 +775,31 @@ fn a_gather_of_an_activation_s_channels_is_a_channel_map() {
     let picks = m.graph().initializer.iter().find(|t| t.name() == "picks").map(int64s);
     assert_eq!(picks, Some(vec![2, 0, 0, 1]));
 }
+
+/// `x[:, idx]` on a channels-first map: the picks are channels (the Gather's axis is the
+/// channel axis), so a pick of a constant channel folds into the next convolution, a channel
+/// nothing picks is not read, and the indices are renumbered among the kept channels. Along
+/// another axis (the rows of the map) the same Gather picks positions: the channels pass.
+#[test]
+fn a_gather_along_a_channels_first_axis_picks_channels() {
+    for (axis, picks, after) in [(1, vec![5, 0, 1, 1, 4], vec![1, 0]), (2, vec![3, 0], vec![3, 0])] {
+        let mut g = G::new("x", &[B, Some(3), Some(4), Some(4)]);
+        let mut w = g.rand(6 * 3);
+        (0..3).for_each(|i| [1, 2, 3, 4].iter().for_each(|&o| w[o * 3 + i] = 0.0));
+        g.init("w", &[6, 3, 1, 1], &w).init("b", &[6], &[0.1, 0.3, 0.2, 0.0, -1.0, 0.4]);
+        g.g.initializer.push(int64_tensor("picks", &picks));
+        g.op("Conv", &["x", "w", "b"], "c", vec![]).op("Relu", &["c"], "r", vec![]);
+        g.op("Gather", &["r", "picks"], "p", vec![attr_i("axis", axis)]);
+        let c_in = if axis == 1 { picks.len() } else { 6 };
+        let v = g.rand(2 * c_in);
+        g.init("v", &[2, c_in, 1, 1], &v).op("Conv", &["p", "v"], "y", vec![]);
+        let rows = if axis == 1 { 4 } else { picks.len() };
+        let (r, m) = minimize(&g.model("y", &[B, Some(2), Some(rows), Some(4)]));
+        let kept = picks.iter().filter(|&&c| c == 0 || c == 5).count();
+        // Channels 0 and 5 vary; 1 (relu(0.3)) and 4 (relu(-1)) are constant, 2 and 3 too.
+        let expected = if axis == 1 { vec![(3, 2), (kept, 2)] } else { vec![(3, 2), (2, 2)] };
+        assert_eq!(widths(&r), expected, "axis {axis}");
+        let written = m.graph().initializer.iter().find(|t| t.name() == "picks").map(int64s);
+        assert_eq!(written, Some(after), "axis {axis}");
+    }
+}
