@@ -34,7 +34,7 @@ pub mod verify;
 use std::path::Path;
 use std::time::Instant;
 
-use analysis::{Facts, Graph, InputPolicy};
+use analysis::{Additions, Facts, Graph, InputPolicy};
 pub use error::{Error, Result};
 pub use onnx::io::Model;
 pub use ops::ClnForm;
@@ -95,64 +95,78 @@ pub fn minimize(model: &mut Model, opts: &Options) -> Result<Removals> {
 ///
 /// A plan that would add parameters on the whole (a padded Conv's border correction costing more
 /// than the few channels it frees in a tiny model) is planned again without border corrections,
-/// and if the written graph would still hold more weights (float elements) than the original,
-/// nothing changes: a minimized model never has more weights. Shape constants do not count: a
-/// tiny attention block's shared targets get private copies that can outnumber what left.
+/// and if the written graph would still hold more weights (bytes of float tensors and of the
+/// integers of quantized ones) than the original, nothing changes: a minimized model never has
+/// more weights. Shape constants do not count: a tiny attention block's shared targets get
+/// private copies that can outnumber what left.
 fn minimize_deferred(
     model: &mut Model,
     opts: &Options,
     progress: &dyn Fn(Progress),
 ) -> Result<(Removals, verify::ChannelMap)> {
-    let (original, before) = (model.graph().clone(), weight_count(model.graph()));
+    let (original, before) = (model.graph().clone(), weight_bytes(model.graph()));
     model.fold_constants();
+    let dequantized = onnx::quant::dequantize(model.graph_mut());
+    // Nodes added so that constants can leave (a border correction, a bias Add after a MatMul)
+    // are float: in a quantized model they cost four bytes per element where the channel they
+    // free saved one, and they break the `DequantizeLinear -> layer -> QuantizeLinear` pattern
+    // runtimes fuse into integer kernels. There, such constants stay.
+    let quantized = !dequantized.is_empty();
     let mut ir = model.ir()?;
-    let (mut plan, growth) = plan_of(model.graph(), &ir, opts, progress)?;
+    let (mut plan, growth) = plan_of(model.graph(), &ir, opts, quantized, progress)?;
     if let Some(folded) = onnx::fold::sizes(model.graph(), &ir) {
         let folded_ir = model.ir_of(&folded)?;
-        let (folded_plan, folded_growth) = plan_of(&folded, &folded_ir, opts, &|_| {})?;
+        let (folded_plan, folded_growth) = plan_of(&folded, &folded_ir, opts, quantized, &|_| {})?;
         if folded_growth < growth {
             (plan, ir) = (folded_plan, folded_ir);
             *model.graph_mut() = folded;
         }
     }
-    let pending = rewrite::apply(model.graph_mut(), &ir, plan.edits);
-    if weight_count(model.graph()) > before {
+    let mut applied = rewrite::apply(model.graph_mut(), &ir, plan.edits);
+    plan.removals.stored_float = onnx::quant::requantize(model.graph_mut(), &mut applied, &dequantized);
+    if weight_bytes(model.graph()) > before {
         *model.graph_mut() = original;
         plan.channels.clear();
+        plan.removals.stored_float.clear();
         for l in &mut plan.removals.layers {
             (l.inputs_after, l.outputs_after, l.removed_constant, l.removed_dead) =
                 (l.inputs_before, l.outputs_before, 0, 0);
         }
     } else {
-        model.defer(pending);
+        model.defer(applied.pending);
     }
     Ok((plan.removals, plan.channels))
 }
 
-/// The plan for one graph, and the parameters it adds (negative: removes).
+/// The plan for one graph, and the parameters it adds (negative: removes): with border
+/// corrections where they pay, and in a `quantized` graph without any node added for constants.
 fn plan_of(
     graph: &onnx::proto::GraphProto,
     ir: &ir::Ir,
     opts: &Options,
+    quantized: bool,
     progress: &dyn Fn(Progress),
 ) -> Result<(analysis::plan::Plan, i64)> {
-    let (plan, growth) = plan_with(graph, ir, opts, progress, true)?;
+    if quantized {
+        return plan_with(graph, ir, opts, progress, Additions { corrections: false, biases: false });
+    }
+    let (plan, growth) = plan_with(graph, ir, opts, progress, Additions { corrections: true, biases: true })?;
     if growth <= 0 {
         return Ok((plan, growth));
     }
-    let (without, less) = plan_with(graph, ir, opts, &|_| {}, false)?;
+    let (without, less) = plan_with(graph, ir, opts, &|_| {}, Additions { corrections: false, biases: true })?;
     Ok(if less < growth { (without, less) } else { (plan, growth) })
 }
 
-/// [`plan_of`], with border corrections allowed or not.
+/// [`plan_of`], with the additions given.
 fn plan_with(
     graph: &onnx::proto::GraphProto,
     ir: &ir::Ir,
     opts: &Options,
     progress: &dyn Fn(Progress),
-    corrections: bool,
+    additions: Additions,
 ) -> Result<(analysis::plan::Plan, i64)> {
-    let facts = Facts::of(Graph::new(graph, ir), progress, corrections);
+    let facts = Facts::of(Graph::new(graph, ir), progress, additions);
     let plan =
         |policy| analysis::plan::plan(&facts, &analysis::decide::decide(&facts, policy), opts.compensated_layernorm);
     let mut plan_ = plan(if opts.gather_inputs { InputPolicy::Gather } else { InputPolicy::Keep })?;
@@ -188,29 +202,36 @@ pub fn emitted_operators() -> Vec<&'static str> {
     ops::emitted()
 }
 
-/// Elements of the float tensors (weights, biases, norms) stored in a graph.
-fn weight_count(g: &onnx::proto::GraphProto) -> u64 {
-    elements(g, |t| onnx::tensor::FloatType::from_onnx(t.data_type()).is_some())
+/// Bytes of the weights stored in a graph: float tensors (weights, biases, norms) and the
+/// integers that a `DequantizeLinear` reads (quantized weights).
+fn weight_bytes(g: &onnx::proto::GraphProto) -> u64 {
+    let quantized: std::collections::HashSet<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "DequantizeLinear")
+        .filter_map(|n| n.input.first().map(String::as_str))
+        .collect();
+    let size = |t: &onnx::proto::TensorProto| match onnx::tensor::FloatType::from_onnx(t.data_type()) {
+        Some(f) => f.size() as u64,
+        None if quantized.contains(t.name()) => onnx::quant::int_size(t.data_type()).unwrap_or(0),
+        None => 0,
+    };
+    tensors(g).map(|t| onnx::tensor::numel(&t.dims).unwrap_or(0).saturating_mul(size(t))).fold(0, u64::saturating_add)
 }
 
 /// Parameters (elements of every stored tensor) of a model.
 pub fn param_count(model: &Model) -> u64 {
-    elements(model.graph(), |_| true)
+    tensors(model.graph()).map(|t| onnx::tensor::numel(&t.dims).unwrap_or(0)).fold(0, u64::saturating_add)
 }
 
-/// Elements of the tensors `counted` accepts, initializers and `Constant` nodes alike.
-fn elements(g: &onnx::proto::GraphProto, counted: impl Fn(&onnx::proto::TensorProto) -> bool) -> u64 {
+/// The tensors a graph stores, initializers and `Constant` nodes alike.
+fn tensors(g: &onnx::proto::GraphProto) -> impl Iterator<Item = &onnx::proto::TensorProto> {
     let constants = g
         .node
         .iter()
         .filter(|n| n.op_type() == "Constant")
         .flat_map(|n| n.attribute.iter().filter_map(|a| a.t.as_ref()));
-    g.initializer
-        .iter()
-        .chain(constants)
-        .filter(|t| counted(t))
-        .map(|t| onnx::tensor::numel(&t.dims).unwrap_or(0))
-        .fold(0, u64::saturating_add)
+    g.initializer.iter().chain(constants)
 }
 
 /// Refuses to overwrite the input with the output.

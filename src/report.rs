@@ -45,6 +45,9 @@ pub struct Removals {
     /// Nodes without a channel rule (or whose operands it does not cover), with the reason.
     pub opaque: Vec<Reason>,
     pub gathered_inputs: Vec<GatheredInput>,
+    /// Quantized weights the output stores as float: their new values (a bias that absorbed
+    /// removed channels' constants) have no exact integer form at the original scales.
+    pub stored_float: Vec<String>,
 }
 
 /// A graph input whose unused features a Gather now drops (`--gather-inputs`).
@@ -139,6 +142,14 @@ impl Report {
                 s,
                 "input '{}' is read through a Gather of the {} of its {} features in use",
                 i.input, i.kept, i.features
+            );
+        }
+        if !self.removals.stored_float.is_empty() {
+            let _ = writeln!(
+                s,
+                "note: {} quantized weight(s) stored as float, since their new values (constants folded in) have no exact integer form at the original scales: {}",
+                self.removals.stored_float.len(),
+                self.removals.stored_float.join(", ")
             );
         }
         for b in &self.removals.blocked {

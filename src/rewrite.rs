@@ -131,6 +131,14 @@ impl Edit {
 /// Tensor bytes to be copied when the model is written, by initializer name.
 pub(crate) type Pending = HashMap<String, RowSlice>;
 
+/// What applying a plan leaves besides the graph: slices to copy when writing, and the
+/// constant each private copy was made of (so that a copy of a quantized weight is stored
+/// quantized again, `onnx/quant.rs`).
+pub(crate) struct Applied {
+    pub pending: Pending,
+    pub copied_from: HashMap<String, String>,
+}
+
 /// How many parameters `edits` add to the graph (negative: remove), counting each edited constant as if
 /// private; enough to compare two plans for the same graph.
 pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
@@ -159,10 +167,10 @@ pub(crate) fn param_growth(edits: &[Edit], g: &GraphProto, ir: &Ir) -> i64 {
         .sum()
 }
 
-struct Names(HashSet<String>);
+pub(crate) struct Names(HashSet<String>);
 
 impl Names {
-    fn of(g: &GraphProto) -> Names {
+    pub(crate) fn of(g: &GraphProto) -> Names {
         let mut s: HashSet<String> = g.initializer.iter().filter_map(|t| t.name.clone()).collect();
         for n in &g.node {
             s.extend(n.input.iter().chain(&n.output).cloned());
@@ -171,7 +179,7 @@ impl Names {
         Names(s)
     }
 
-    fn fresh(&mut self, base: &str) -> String {
+    pub(crate) fn fresh(&mut self, base: &str) -> String {
         let mut name = base.to_string();
         let mut i = 1;
         while self.0.contains(&name) {
@@ -220,12 +228,13 @@ fn localize(
 }
 
 /// Applies `edits` to `g`, and returns the tensors whose bytes are still to be copied.
-pub(crate) fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) -> Pending {
+pub(crate) fn apply(g: &mut GraphProto, ir: &Ir, edits: Vec<Edit>) -> Applied {
     let mut cx = Apply {
         names: Names::of(g),
         orphaned: HashSet::new(),
         structural: vec![],
         copies: HashMap::new(),
+        copied_from: HashMap::new(),
         pending: Pending::new(),
         gathers: vec![],
         operand_gathers: HashMap::new(),
@@ -249,6 +258,8 @@ struct Apply {
     structural: Vec<(usize, Structural)>,
     /// Private copies made of each shared constant.
     copies: HashMap<ConstRef, Vec<usize>>,
+    /// The constant each private copy was made of, by the copy's name.
+    copied_from: HashMap<String, String>,
     pending: Pending,
     gathers: Vec<(String, isize, Vec<usize>)>,
     /// Gathers of operands by (value, axis, entries): their output and first reader.
@@ -303,6 +314,7 @@ impl Apply {
                 self.store(true, &mut tensor, data);
                 g.initializer.push(tensor);
                 self.copies.entry(cref).or_default().push(g.initializer.len() - 1);
+                self.copied_from.insert(name.clone(), input.clone());
                 name
             }
         };
@@ -404,8 +416,8 @@ impl Apply {
         }
     }
 
-    fn finish(self, g: &mut GraphProto) -> Pending {
-        let Apply { mut names, orphaned, mut structural, gathers, pending, operand_gathers, .. } = self;
+    fn finish(self, g: &mut GraphProto) -> Applied {
+        let Apply { mut names, orphaned, mut structural, gathers, pending, operand_gathers, copied_from, .. } = self;
         // In a fixed order: gathers in front of one node go in by name, not by hash.
         let mut operand_gathers: Vec<(NodeProto, usize)> = operand_gathers.into_values().collect();
         operand_gathers.sort_by(|(a, m), (b, n)| (m, &a.output).cmp(&(n, &b.output)));
@@ -467,7 +479,7 @@ impl Apply {
             g.node.insert(0, gather);
         }
         drop_unread(g, &orphaned);
-        pending
+        Applied { pending, copied_from }
     }
 }
 

@@ -66,7 +66,10 @@ class Executor(unittest.TestCase):
         import onnxruntime
 
         # The transformer exports (fixtures/attention) included: their masks' Where, Equal, Range, Trilu...
-        fixtures = sorted((REPO / "fixtures").rglob("*.onnx"))
+        # Quantized models (fixtures/quantized) are not: the cycle trains float models (quantize
+        # after it), and ONNX Runtime runs them in fused integer kernels, which only approximate
+        # the QDQ float semantics an executor computes.
+        fixtures = sorted(p for p in (REPO / "fixtures").rglob("*.onnx") if "quantized" not in p.parts)
         self.assertGreater(len(fixtures), 30)
         rng = np.random.default_rng(0)
         with tempfile.TemporaryDirectory() as tmp:

@@ -101,6 +101,12 @@ pub(crate) fn foldable_inputs(x: Layout, xc: &[Option<f64>], l: &dyn Linear) -> 
     inputs_with(x, xc, l, l.folds_constants() || l.corrects_borders())
 }
 
+/// [`linear_inputs`] for a layer that may take no constant at all (it has no bias to take it,
+/// and none may be added): only zeros need not be read.
+pub(crate) fn zero_inputs(x: Layout, xc: &[Option<f64>], l: &dyn Linear) -> Option<Vec<Option<f64>>> {
+    inputs_with(x, xc, l, false)
+}
+
 fn inputs_with(x: Layout, xc: &[Option<f64>], l: &dyn Linear, exact: bool) -> Option<Vec<Option<f64>>> {
     let b = x.block?;
     let k = l.weight().k;

@@ -67,9 +67,9 @@ impl<'g> Facts<'g> {
     /// Runs every pass up to the decision, checking each result's invariants in debug builds
     /// before the next pass reads it (rustc's `validate_body` between passes).
     /// Every pass over `graph`; `progress` hears how much of the weights the one that reads
-    /// them has read. Without `corrections`, a padded Conv reads every non-zero constant it is
-    /// given rather than adding it back after itself.
-    pub fn of(graph: Graph<'g>, progress: &dyn Fn(crate::Progress), corrections: bool) -> Facts<'g> {
+    /// them has read; `additions` says which nodes the rewrite may add so that a layer stops
+    /// reading its constant inputs.
+    pub fn of(graph: Graph<'g>, progress: &dyn Fn(crate::Progress), additions: Additions) -> Facts<'g> {
         let mut forced = forcing::seed(&graph);
         let layouts = layout::infer(&graph, &mut forced);
         debug_check(&graph, "layout", |v| {
@@ -82,10 +82,20 @@ impl<'g> Facts<'g> {
         let (mut consts, patterns) = constancy::forward(&graph, &layouts, &operands, progress);
         let non_finite = finite::taint(&graph, &patterns, &mut forced, &mut consts);
         debug_check(&graph, "constancy", |v| consts[v].len() == layouts[v].width.unwrap_or(0));
-        let (needed, needed_by) = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced, corrections);
+        let (needed, needed_by) = need::backward(&graph, &layouts, &operands, &consts, &patterns, &forced, additions);
         debug_check(&graph, "need", |v| needed[v].len() == layouts[v].width.unwrap_or(0));
         Facts { graph, forced, layouts, operands, classes, consts, needed, needed_by, non_finite }
     }
+}
+
+/// What a rewrite may add to a model so that a layer stops reading constant input channels:
+/// without them, such a layer reads every non-zero constant it is given, and the channel stays.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Additions {
+    /// A padded Conv adds the constants back after itself, as the convolution of a map of ones.
+    pub corrections: bool,
+    /// A layer without a bias (a MatMul, a Gemm without C, a Conv without B) gets one.
+    pub biases: bool,
 }
 
 /// The channel spaces alone (layouts and classes; no weight is read): what pruning couples

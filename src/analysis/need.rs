@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use super::constancy::{foldable_inputs, Consts, Patterns};
+use super::constancy::{foldable_inputs, zero_inputs, Consts, Patterns};
 use super::ids::{IdVec, NodeId, ValueId};
 use super::layout::{Layout, Layouts};
 use super::operands::{Operands, Param};
 use super::reasons::Forced;
 use super::values::{at_node, At};
-use super::Graph;
+use super::{Additions, Graph};
 use crate::ops::{Linear, NonZero, Role};
 
 pub(crate) type Needed = IdVec<ValueId, Vec<bool>>;
@@ -27,7 +27,7 @@ pub(crate) fn backward<'g>(
     consts: &Consts,
     patterns: &Patterns,
     forced: &Forced,
-    corrections: bool,
+    additions: Additions,
 ) -> (Needed, NeededBy) {
     let mut by = NeededBy::new();
     let mut needed: Needed = consts.values().map(|c| vec![false; c.len()]).collect();
@@ -44,7 +44,7 @@ pub(crate) fn backward<'g>(
     }
     for &n in g.order.iter().rev() {
         let at = At { graph: g, node: n };
-        let mut cx = NeedCx { at, layouts, operands, consts, patterns, needed: &needed, marks: vec![], corrections };
+        let mut cx = NeedCx { at, layouts, operands, consts, patterns, needed: &needed, marks: vec![], additions };
         match g.role(n) {
             Role::Inner => {}
             Role::Opaque(_) => cx.need_all_inputs(),
@@ -78,8 +78,8 @@ pub(crate) struct NeedCx<'a, 'g> {
     patterns: &'a Patterns,
     needed: &'a Needed,
     marks: Vec<(ValueId, usize)>,
-    /// Whether layers that add back the constants they stop reading ([`foldable_inputs`]) may.
-    corrections: bool,
+    /// What layers may add to stop reading constants ([`foldable_inputs`], a new bias).
+    additions: Additions,
 }
 
 at_node!(NeedCx);
@@ -121,11 +121,14 @@ impl<'a, 'g> NeedCx<'a, 'g> {
         inputs.into_iter().for_each(|v| self.mark_all(v));
     }
 
-    /// A linear layer's input constants that it need not read (see [`foldable_inputs`]).
+    /// A linear layer's input constants that it need not read (see [`foldable_inputs`]): none
+    /// but zeros where taking them would add what `additions` forbids.
     pub fn linear_inputs(&self, x: ValueId, l: &dyn Linear) -> Option<Vec<Option<f64>>> {
-        match self.corrections {
-            true => foldable_inputs(self.layouts[x], &self.consts[x], l),
-            false => super::constancy::linear_inputs(self.layouts[x], &self.consts[x], l),
+        let (x, xc) = (self.layouts[x], &self.consts[x]);
+        match (self.additions, l.has_bias()) {
+            (Additions { biases: false, .. }, false) => zero_inputs(x, xc, l),
+            (Additions { corrections: true, .. }, _) => foldable_inputs(x, xc, l),
+            _ => super::constancy::linear_inputs(x, xc, l),
         }
     }
 }

@@ -5,7 +5,7 @@ use super::decide::{decide, InputPolicy};
 use super::layout::{Heads, Layout};
 use super::plan::plan;
 use super::reasons::{KeepReason, Opaque, Why};
-use super::{Facts, Graph, ValueId};
+use super::{Additions, Facts, Graph, ValueId};
 use crate::ir::Ir;
 use crate::onnx::build::{attr_int, f32_tensor, int64_tensor, node, value_info};
 use crate::onnx::proto::{tensor_proto::DataType, GraphProto, NodeProto};
@@ -65,7 +65,7 @@ impl G {
     /// [`Self::facts`], with padded convolutions' border corrections allowed or not.
     fn facts_with<T>(&self, corrections: bool, f: impl FnOnce(&Facts) -> T) -> T {
         let ir = Ir::build(&self.0, 17).expect("a DAG");
-        let facts = Facts::of(Graph::new(&self.0, &ir), &|_| {}, corrections);
+        let facts = Facts::of(Graph::new(&self.0, &ir), &|_| {}, Additions { corrections, biases: true });
         f(&facts)
     }
 }

@@ -356,6 +356,16 @@ impl Ir {
             let from = match node.op_type() {
                 "Cast" => return Some(node.attr_i("to", 0) as i32),
                 "Shape" | "Size" => return Some(DataType::Int64 as i32),
+                // A dequantized value has its scale's type; a quantized one its zero point's,
+                // or the type `output_dtype` names (uint8 by default).
+                "DequantizeLinear" => 1,
+                "QuantizeLinear" if node.input.get(2).is_none_or(|z| z.is_empty()) => {
+                    return Some(match node.attr_i("output_dtype", 0) as i32 {
+                        0 => DataType::Uint8 as i32,
+                        t => t,
+                    })
+                }
+                "QuantizeLinear" => 2,
                 "CastLike" | "Where" => 1,
                 op if SAME_TYPE.contains(&op) => 0,
                 _ => return None,

@@ -206,7 +206,7 @@ pub(crate) fn sizes(g: &GraphProto, ir: &Ir) -> Option<GraphProto> {
 }
 
 /// Removes the nodes at the indices `gone`.
-fn remove_nodes(g: &mut GraphProto, gone: &HashSet<usize>) {
+pub(crate) fn remove_nodes(g: &mut GraphProto, gone: &HashSet<usize>) {
     let mut at = 0;
     g.node.retain(|_| {
         at += 1;

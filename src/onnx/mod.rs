@@ -3,6 +3,7 @@
 
 pub mod build;
 pub(crate) mod fold;
+pub(crate) mod quant;
 pub mod io;
 pub mod tensor;
 

@@ -473,6 +473,21 @@ impl RowSlice {
         out
     }
 
+    /// The same rows and columns of another tensor of the same shape whose elements take `elem`
+    /// bytes: where `self` slices a quantized weight's dequantized floats, the integers it
+    /// stores.
+    pub fn with_source(&self, source: Bytes, elem: usize) -> RowSlice {
+        debug_assert_eq!(source.len() / elem, self.source.len() / self.elem);
+        RowSlice { source, elem, ..self.clone() }
+    }
+
+    /// Where each element of the slice is in the tensor it slices (flat, row-major), in order.
+    pub fn source_indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rows.iter().flat_map(move |&r| {
+            self.runs.iter().flat_map(move |&(first, count)| (first..first + count).map(move |c| r * self.row_len + c))
+        })
+    }
+
     /// Whether both slices copy the same elements of the same stored tensor.
     pub fn same(&self, other: &RowSlice) -> bool {
         self.source.as_ptr() == other.source.as_ptr()

@@ -163,6 +163,10 @@ impl Linear for ConvNode<'_> {
         Some(self.bias.as_ref().map_or(0.0, |(b, _)| b.get(j)))
     }
 
+    fn has_bias(&self) -> bool {
+        self.bias.is_some()
+    }
+
     fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>) {
         let w = &self.weight;
         bias_edit(node, &self.bias, &w.values, keep_out, fold, edits);
@@ -174,7 +178,8 @@ impl Linear for ConvNode<'_> {
 
     /// `$after = $before + Conv(ones, sum_c k_c W[:, c])`, the ones shaped `[1, 1, spatial..]`
     /// after the input's spatial sizes: inside the image each removed input was `k_c`, in the
-    /// padding 0, exactly as the ones map and its padding are.
+    /// padding 0, exactly as the ones map and its padding are. Nothing where the kept outputs
+    /// read the removed constants through zero weights only (the kernel is zero).
     fn border_correction(&self, folded: &[(usize, f64)], keep_out: &[usize]) -> Option<Correction> {
         if !self.corrects {
             return None;
@@ -187,6 +192,9 @@ impl Linear for ConvNode<'_> {
                 (0..s).map(move |e| folded.iter().map(|&(c, k)| k * w.values.get((j * w.k + c) * s + e)).sum())
             })
             .collect();
+        if kernel.iter().all(|&v| v == 0.0) {
+            return Some((vec![], vec![]));
+        }
         let dtype = w.values.dtype;
         let mut dims = w.values.dims.to_vec();
         (dims[0], dims[1]) = (keep_out.len() as i64, 1);

@@ -98,6 +98,10 @@ impl Linear for GemmNode<'_> {
         Some(self.beta * c.get(if per_channel { j } else { 0 }))
     }
 
+    fn has_bias(&self) -> bool {
+        self.c.is_some() && self.beta != 0.0
+    }
+
     fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>) {
         let w = &self.weight;
         let folds = fold.iter().any(|&f| f != 0.0);

@@ -340,6 +340,11 @@ pub(crate) trait Linear {
     fn alpha(&self) -> f64;
     /// The constant added to output `j`, or `None` where it varies along another axis.
     fn bias(&self, j: usize) -> Option<f64>;
+    /// Whether the layer stores a bias that folded constants can join; one without gets a new
+    /// bias (or a bias `Add` after it), which a quantized model cannot take as integers.
+    fn has_bias(&self) -> bool {
+        true
+    }
     /// Emits the edits that keep the bias of the outputs `keep_out` only and add `fold[i]` to
     /// that of `keep_out[i]` (the weight itself is sliced by [`Weight::slice_edit`]).
     fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>);
@@ -477,8 +482,10 @@ impl<'g> ChannelOp<'g> for LinearOp<'g> {
             if !folded.is_empty() && !l.folds_constants() {
                 let (nodes, initializers) =
                     l.border_correction(&folded, &keep_out).expect("only corrected constants leave");
-                let node = cx.node.0;
-                cx.push(Edit::Follow { node, nodes, initializers });
+                if !nodes.is_empty() {
+                    let node = cx.node.0;
+                    cx.push(Edit::Follow { node, nodes, initializers });
+                }
             }
             let folded = if l.folds_constants() { folded } else { vec![] };
             // Reading the few folded columns directly beats scanning the whole matrix.

@@ -149,6 +149,10 @@ impl Linear for MatMulNode<'_> {
         Some(0.0)
     }
 
+    fn has_bias(&self) -> bool {
+        false
+    }
+
     fn rewrite_bias(&self, node: usize, keep_out: &[usize], fold: &[f64], edits: &mut Vec<Edit>) {
         let w = &self.weight;
         if fold.iter().any(|&f| f != 0.0) {

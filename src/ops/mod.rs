@@ -20,6 +20,7 @@ mod matmul;
 mod norm;
 mod per_channel;
 mod pool;
+mod quant;
 mod recurrent;
 mod rotary;
 mod shape;
@@ -192,6 +193,7 @@ static RULES: &[&dyn OpRule] = &[
     &elementwise::BatchNorm,
     &elementwise::PassThrough,
     &elementwise::Logical,
+    &quant::QuantDequant,
     &norm::LayerNorm,
     &rotary::RotaryEmbedding,
     &pool::Pool,

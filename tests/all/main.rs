@@ -11,4 +11,5 @@ mod nonfinite;
 mod norm;
 mod ops;
 mod properties;
+mod quantized;
 mod sparsify;

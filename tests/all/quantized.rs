@@ -1,0 +1,60 @@
+//! Models quantized by ONNX Runtime's static quantizer in the QDQ format
+//! (fixtures/generate_quantized.py): int8 and uint8 weights, per tensor and per channel, int32
+//! biases, activation quantizers, constants behind a `QuantizeLinear`. Each shrinks, exactly (tract
+//! runs both on fresh inputs), to the widths the generator expects, and stays quantized: every
+//! weight is still stored as integers, nothing is stored as float that was not, no node is added
+//! for the constants that left, and a second pass changes nothing.
+
+use std::collections::HashSet;
+
+use crate::common::fixture;
+use onnx_minimize::onnx::proto::GraphProto;
+use onnx_minimize::{minimize_file, Model, Options};
+
+/// Elements of the float tensors stored in a graph (scales, and whatever is not quantized).
+fn float_elements(g: &GraphProto) -> i64 {
+    let floats = g.initializer.iter().filter(|t| t.data_type == Some(1));
+    floats.map(|t| t.dims.iter().product::<i64>()).sum()
+}
+
+/// The inputs of weighted layers that no `DequantizeLinear` makes: weights left float.
+fn float_weights(g: &GraphProto) -> Vec<String> {
+    let dequantized: HashSet<&str> =
+        g.node.iter().filter(|n| n.op_type() == "DequantizeLinear").flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let layers = g.node.iter().filter(|n| matches!(n.op_type(), "Conv" | "Gemm" | "MatMul"));
+    layers
+        .flat_map(|n| n.input.iter().skip(1))
+        .filter(|i| g.initializer.iter().any(|t| t.name() == i.as_str()) && !dequantized.contains(i.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn quantized_models_shrink_exactly_and_stay_quantized() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("quantized/expected.json")).unwrap()).unwrap();
+    for (file, e) in expected.as_object().unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, out) = (fixture(&format!("quantized/{file}")), dir.path().join("out.onnx"));
+        let r = minimize_file(&src, Some(&out), &Options::default(), &|_| {}).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(r.verification.is_some(), "{file}");
+        assert!(r.after.params < r.before.params && r.after.bytes < r.before.bytes, "{file}: {:?}", r.after);
+        assert!(r.removals.stored_float.is_empty(), "{file}: {:?}", r.removals.stored_float);
+        if let Some(hidden) = e.get("hidden") {
+            let hidden: Vec<usize> = serde_json::from_value(hidden.clone()).unwrap();
+            let layers = &r.removals.layers;
+            let widths: Vec<usize> = layers[..layers.len() - 1].iter().map(|l| l.outputs_after).collect();
+            assert_eq!(widths, hidden, "{file}");
+        }
+
+        let (before, after) = (Model::load(&src).unwrap(), Model::load(&out).unwrap());
+        let (g0, g1) = (before.graph(), after.graph());
+        assert!(float_weights(g1).is_empty(), "{file}: float weights {:?}", float_weights(g1));
+        assert!(float_elements(g1) <= float_elements(g0), "{file}: floats grew");
+        assert!(g1.node.len() <= g0.node.len(), "{file}: nodes were added");
+
+        let opts = Options { verify: None, ..Default::default() };
+        let again = minimize_file(&out, None, &opts, &|_| {}).unwrap();
+        assert_eq!(again.after.params, again.before.params, "{file}: a second pass removes nothing more");
+    }
+}
