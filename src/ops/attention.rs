@@ -78,7 +78,8 @@ fn is_pass_through(node: &NodeProto) -> bool {
 enum Rows {
     One,
     /// 1, or 0 where a row was all NaN (the dynamo exporter's `Where(IsNaN(P), 0, P)` after the
-    /// softmax, for rows masked out entirely): only a zero value dimension stays constant.
+    /// softmax, for rows masked out entirely), or about 1 (weights quantized after the softmax,
+    /// each rounded on its own): only a zero value dimension stays constant.
     OneOrZero,
 }
 
@@ -100,7 +101,7 @@ fn softmax_rows(cx: &Ctx, value: &str) -> Option<Rows> {
         if is_row_softmax(cx, node) {
             return Some(rows);
         }
-        if let Some(p) = nan_to_zero(cx, node) {
+        if let Some(p) = nan_to_zero(cx, node).or_else(|| quantized(cx, node)) {
             rows = Rows::OneOrZero;
             at = p;
             continue;
@@ -110,6 +111,15 @@ fn softmax_rows(cx: &Ctx, value: &str) -> Option<Rows> {
         }
         at = &node.input[0];
     }
+}
+
+/// `p` when `node` is `DequantizeLinear(QuantizeLinear(p))` (ONNX Runtime's QDQ format).
+fn quantized<'g>(cx: &Ctx<'g>, node: &'g NodeProto) -> Option<&'g str> {
+    if node.op_type() != "DequantizeLinear" {
+        return None;
+    }
+    let q = &cx.graph.node[*cx.ir.producer.get(node.input.first()?)?];
+    (q.op_type() == "QuantizeLinear").then(|| q.input.first().map(String::as_str)).flatten()
 }
 
 /// `p` when `node` is `Where(IsNaN(p), 0, p)`.

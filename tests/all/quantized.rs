@@ -46,6 +46,18 @@ fn quantized_models_shrink_exactly_and_stay_quantized() {
             let widths: Vec<usize> = layers[..layers.len() - 1].iter().map(|l| l.outputs_after).collect();
             assert_eq!(widths, hidden, "{file}");
         }
+        if let Some(changed) = e.get("changed_layers") {
+            let want: Vec<[usize; 4]> = serde_json::from_value(changed.clone()).unwrap();
+            let mut got: Vec<[usize; 4]> = r
+                .removals
+                .layers
+                .iter()
+                .map(|l| [l.inputs_before, l.inputs_after, l.outputs_before, l.outputs_after])
+                .filter(|[a, b, c, d]| a != b || c != d)
+                .collect();
+            got.sort();
+            assert_eq!(got, want, "{file}");
+        }
 
         let (before, after) = (Model::load(&src).unwrap(), Model::load(&out).unwrap());
         let (g0, g1) = (before.graph(), after.graph());
