@@ -479,6 +479,7 @@ impl Apply {
             g.node.insert(0, gather);
         }
         drop_unread(g, &orphaned);
+        declare_stored_shapes(g);
         Applied { pending, copied_from }
     }
 }
@@ -534,6 +535,23 @@ fn drop_unread(g: &mut GraphProto, candidates: &HashSet<String>) {
         });
         g.initializer.retain(|t| !t.name.as_deref().is_some_and(dead));
         candidates = upstream;
+    }
+}
+
+/// Declares every stored tensor's shape as it now is where the graph declares one (the dynamo
+/// exporter and ONNX Runtime's quantizer write shapes for weights too): a stale one makes shape
+/// inference refuse the model, and runtimes warn.
+fn declare_stored_shapes(g: &mut GraphProto) {
+    use crate::onnx::proto::tensor_shape_proto::{dimension::Value as Dim, Dimension};
+    let dims: HashMap<&str, &[i64]> = g.initializer.iter().map(|t| (t.name(), t.dims.as_slice())).collect();
+    for vi in &mut g.value_info {
+        let Some(&stored) = dims.get(vi.name()) else { continue };
+        if let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            if let Some(shape) = t.shape.as_mut() {
+                shape.dim =
+                    stored.iter().map(|&n| Dimension { value: Some(Dim::DimValue(n)), ..Default::default() }).collect();
+            }
+        }
     }
 }
 

@@ -127,7 +127,11 @@ pub(crate) fn plan(facts: &Facts, decision: &Decision, cln_form: ClnForm) -> Res
         }))
         .collect();
     let blocked = blocked(facts, decision);
-    Ok(Plan { edits, removals: Removals { layers, blocked, opaque, gathered_inputs: gathered, stored_float: vec![] }, channels })
+    Ok(Plan {
+        edits,
+        removals: Removals { layers, blocked, opaque, gathered_inputs: gathered, stored_float: vec![] },
+        channels,
+    })
 }
 
 /// The entries the first kept head keeps, for channels in heads (or groups) of `per` entries

@@ -3,8 +3,8 @@
 
 pub mod build;
 pub(crate) mod fold;
-pub(crate) mod quant;
 pub mod io;
+pub(crate) mod quant;
 pub mod tensor;
 
 #[allow(clippy::all, missing_docs)]

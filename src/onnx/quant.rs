@@ -250,7 +250,9 @@ impl Quantized {
     fn requantized(&self, values: &Values, dims: &[i64], entries: &[usize]) -> Option<Vec<u8>> {
         let (stride, m) = match self.axis {
             None => (values.len().max(1), 1),
-            Some(a) if dims.len() == self.dims.len() => (dims[a + 1..].iter().product::<i64>() as usize, dims[a] as usize),
+            Some(a) if dims.len() == self.dims.len() => {
+                (dims[a + 1..].iter().product::<i64>() as usize, dims[a] as usize)
+            }
             Some(_) => return None,
         };
         if values.dtype != FloatType::F32 || entries.len() != m {
@@ -323,8 +325,11 @@ fn dequantize_stored(g: &mut GraphProto, weights: &mut HashMap<String, Quantized
 /// nodes, and the `Identity` chains exporters write to share one tensor under two names.
 fn constants(g: &GraphProto) -> HashMap<&str, &TensorProto> {
     let shadowed: HashSet<&str> = g.input.iter().filter_map(|i| i.name.as_deref()).collect();
-    let mut stored: HashMap<&str, &TensorProto> =
-        g.initializer.iter().filter_map(|t| t.name.as_deref().filter(|n| !shadowed.contains(n)).map(|n| (n, t))).collect();
+    let mut stored: HashMap<&str, &TensorProto> = g
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref().filter(|n| !shadowed.contains(n)).map(|n| (n, t)))
+        .collect();
     // Nodes come in topological order: an alias's source is known before the alias.
     for node in g.node.iter().filter(|n| n.domain().is_empty() && n.output.len() == 1) {
         let source = match node.op_type() {
@@ -360,7 +365,8 @@ fn quantize_constants(g: &mut GraphProto) -> bool {
         if node.attr_i("block_size", 0) != 0 || outputs.contains(node.output[0].as_str()) {
             continue;
         }
-        let (Some(x), Some(scale)) = (node.input.first().and_then(|x| stored.get(x.as_str())), scalar(node.input.get(1)))
+        let (Some(x), Some(scale)) =
+            (node.input.first().and_then(|x| stored.get(x.as_str())), scalar(node.input.get(1)))
         else {
             continue;
         };
@@ -413,8 +419,7 @@ fn quantize_constants(g: &mut GraphProto) -> bool {
     super::fold::remove_nodes(g, &folded.iter().map(|(n, ..)| *n).collect());
     g.initializer.extend(folded.into_iter().map(|(_, t, _)| t));
     // The floats quantized, where nothing else reads them.
-    let read: HashSet<&str> =
-        g.node.iter().flat_map(|n| n.input.iter()).chain(&outputs).map(String::as_str).collect();
+    let read: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter()).chain(&outputs).map(String::as_str).collect();
     let unread: HashSet<&String> = floats.iter().filter(|n| !read.contains(n.as_str())).collect();
     g.initializer.retain(|t| !unread.contains(&t.name().to_string()));
     true
@@ -514,7 +519,6 @@ pub(crate) fn requantize(g: &mut GraphProto, applied: &mut Applied, dequantized:
     for (name, s) in stored {
         let w = origin(&name).expect("stored tensors come from quantized weights");
         applied.pending.remove(&name);
-        declare(g, &name, s.ints.as_ref().map_or(&w.dims, |t| &t.dims));
         let q = match s.ints {
             None => out.whole(&w.q),
             Some(ints) => {
@@ -582,19 +586,6 @@ impl Emitted {
     }
 }
 
-/// Declares the shape a dequantized weight now has where the graph declares one (quantizers
-/// write shapes for every value; a stale one makes runtimes warn or refuse).
-fn declare(g: &mut GraphProto, name: &str, dims: &[i64]) {
-    use super::proto::{tensor_shape_proto::dimension::Value as Dim, type_proto::Value};
-    for vi in g.value_info.iter_mut().filter(|v| v.name() == name) {
-        if let Some(Value::TensorType(t)) = vi.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-            if let Some(shape) = t.shape.as_mut().filter(|s| s.dim.len() == dims.len()) {
-                shape.dim.iter_mut().zip(dims).for_each(|(d, &n)| d.value = Some(Dim::DimValue(n)));
-            }
-        }
-    }
-}
-
 /// A tensor of `w`'s integer type.
 fn int_tensor(w: &Quantized, dims: &[i64], raw: Option<Bytes>) -> TensorProto {
     TensorProto { dims: dims.to_vec(), data_type: Some(int_type(w.ty) as i32), raw_data: raw, ..Default::default() }
@@ -630,12 +621,7 @@ fn int_type(ty: Int) -> DataType {
 
 /// A 1-D tensor of `len` elements stored as `raw`.
 fn vector(ty: DataType, len: usize, raw: Vec<u8>) -> TensorProto {
-    TensorProto {
-        dims: vec![len as i64],
-        data_type: Some(ty as i32),
-        raw_data: Some(raw.into()),
-        ..Default::default()
-    }
+    TensorProto { dims: vec![len as i64], data_type: Some(ty as i32), raw_data: Some(raw.into()), ..Default::default() }
 }
 
 #[cfg(test)]
@@ -713,7 +699,10 @@ mod tests {
         let (wq, bq) = (dq("w"), dq("b"));
         assert_eq!(applied.pending[&wq[0]].to_vec(), vec![1u8, (-2i8) as u8, (-5i8) as u8, 6]);
         assert_eq!(Values::of(by(&wq[1])).unwrap().get(1), 0.125, "row 2's scale");
-        assert_eq!(by(&bq[0]).raw_data.as_deref().unwrap(), [10i32, 33].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        assert_eq!(
+            by(&bq[0]).raw_data.as_deref().unwrap(),
+            [10i32, 33].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
+        );
         assert_eq!(Values::of(by(&bq[1])).unwrap().get(1), 0.0125_f32 as f64, "the bias takes the weight's rows");
         assert!(!g.initializer.iter().any(|t| matches!(t.name(), "w" | "b")), "no float weight is left");
     }

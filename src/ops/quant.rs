@@ -43,8 +43,12 @@ fn scalar(node: &NodeProto, cx: &Ctx, slot: usize) -> Option<(f64, i32)> {
             let v = match DataType::try_from(t.data_type()).ok()? {
                 DataType::Int8 => raw.map_or(t.int32_data.first().copied(), |r| Some(r[0] as i8 as i32))?,
                 DataType::Uint8 => raw.map_or(t.int32_data.first().copied(), |r| Some(r[0] as i32))?,
-                DataType::Int16 => raw.map_or(t.int32_data.first().copied(), |r| Some(i16::from_le_bytes([r[0], r[1]]) as i32))?,
-                DataType::Uint16 => raw.map_or(t.int32_data.first().copied(), |r| Some(u16::from_le_bytes([r[0], r[1]]) as i32))?,
+                DataType::Int16 => {
+                    raw.map_or(t.int32_data.first().copied(), |r| Some(i16::from_le_bytes([r[0], r[1]]) as i32))?
+                }
+                DataType::Uint16 => {
+                    raw.map_or(t.int32_data.first().copied(), |r| Some(u16::from_le_bytes([r[0], r[1]]) as i32))?
+                }
                 _ => return None,
             };
             Some((v as f64, t.data_type()))

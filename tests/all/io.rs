@@ -262,3 +262,38 @@ fn a_model_tract_cannot_run_on_guessed_shapes_names_the_input() {
         assert!(!out.exists());
     }
 }
+
+/// The dynamo exporter (and ONNX Runtime's quantizer) declare shapes for weights too: a weight
+/// that shrinks is declared at its new shape, or shape inference refuses the model.
+#[test]
+fn shrunk_weights_are_declared_at_their_new_shapes() {
+    use onnx_minimize::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let opts = onnx_minimize::Options { verify: None, ..Default::default() };
+    onnx_minimize::minimize_file(&fixture("mlp_constants_dynamo.onnx"), Some(&out), &opts, &|_| {}).unwrap();
+    let m = Model::load(&out).unwrap();
+    let g = m.graph();
+    let mut declared = 0;
+    for t in &g.initializer {
+        for vi in g.value_info.iter().filter(|v| v.name() == t.name()) {
+            let Some(type_proto::Value::TensorType(tt)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+                continue;
+            };
+            let dims: Vec<i64> = tt
+                .shape
+                .as_ref()
+                .unwrap()
+                .dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(Value::DimValue(n)) => n,
+                    _ => -1,
+                })
+                .collect();
+            assert_eq!(dims, t.dims, "{}", t.name());
+            declared += 1;
+        }
+    }
+    assert!(declared >= 10, "the export declares its weights' shapes");
+}

@@ -19,8 +19,12 @@ fn float_elements(g: &GraphProto) -> i64 {
 
 /// The inputs of weighted layers that no `DequantizeLinear` makes: weights left float.
 fn float_weights(g: &GraphProto) -> Vec<String> {
-    let dequantized: HashSet<&str> =
-        g.node.iter().filter(|n| n.op_type() == "DequantizeLinear").flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let dequantized: HashSet<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "DequantizeLinear")
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
     let layers = g.node.iter().filter(|n| matches!(n.op_type(), "Conv" | "Gemm" | "MatMul"));
     layers
         .flat_map(|n| n.input.iter().skip(1))
