@@ -132,7 +132,9 @@ def report(binary: str, path: Path, out: Path) -> dict:
     return {
         "status": "ok",
         "wall_s": run["wall_s"],
-        "peak_rss_mb": round(run["maxrss_kb"] / 1024, 1),
+        # Sampled from /proc: ru_maxrss would charge this process's own peak (the models it
+        # quantized) to the child.
+        "peak_rss_mb": round(run["sampled_peak_kb"]["VmHWM"] / 1024, 1),
         "params": [r["before"]["params"], r["after"]["params"]],
         "bytes": [r["before"]["bytes"], r["after"]["bytes"]],
         "stored_float": r["stored_float"],

@@ -71,6 +71,9 @@ pub struct OutputCheck {
     pub output: String,
     /// Largest |original - minimized| over all runs, divided by the largest |original|.
     pub max_relative_deviation: f64,
+    /// For an output read from an activation quantizer: one of its steps, the absolute deviation
+    /// accepted besides the tolerance (float rounding can move a quantized value by one step).
+    pub quantization_step: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,9 +185,13 @@ impl Report {
                     Some(n) => format!(", block-wise in {n} pieces"),
                     None => String::new(),
                 };
+                let step = match v.outputs.iter().filter_map(|o| o.quantization_step).reduce(f64::max) {
+                    Some(q) => format!(", or one quantization step of the output, {q:.2e}"),
+                    None => String::new(),
+                };
                 let _ = writeln!(
                     s,
-                    "verified with tract on {} input sets{whole}{how}: max relative deviation {:.2e} (tolerance {:.0e})",
+                    "verified with tract on {} input sets{whole}{how}: max relative deviation {:.2e} (tolerance {:.0e}{step})",
                     v.runs, worst, v.tolerance
                 );
             }

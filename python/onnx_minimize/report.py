@@ -64,6 +64,9 @@ class OutputCheck:
     output: str
     #: Largest |original - minimized| over all runs, divided by the largest |original|.
     max_relative_deviation: float
+    #: For an output read from an activation quantizer: one of its steps, the absolute
+    #: deviation accepted besides the tolerance (float rounding can move a quantized value by one).
+    quantization_step: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class Report:
     #: Nodes without a channel rule (or whose operands it does not cover), with the reason.
     opaque: list[Reason]
     gathered_inputs: list[GatheredInput]
+    #: Quantized weights stored as float: their new values have no exact integer form.
+    stored_float: list[str]
     before: Size
     after: Size
     verification: Verification | None
@@ -127,6 +132,7 @@ class Report:
             blocked=[Blocked(**{**b, "reasons": [Reason(**r) for r in b["reasons"]]}) for b in d["blocked"]],
             opaque=[Reason(**r) for r in d["opaque"]],
             gathered_inputs=[GatheredInput(**g) for g in d["gathered_inputs"]],
+            stored_float=d["stored_float"],
             before=Size(**d["before"]),
             after=Size(**d["after"]),
             verification=None

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::onnx::proto::{
     tensor_proto::DataType, type_proto, GraphProto, ModelProto, TensorProto, TypeProto, ValueInfoProto,
 };
-use crate::report::Verification;
+use crate::report::{OutputCheck, Verification};
 use crate::{Model, Progress};
 
 /// A run of the original's nodes, and the values it hands on.
@@ -303,7 +303,7 @@ fn kept_deviation(theirs: &Tensor, ours: &Tensor, name: &str, k: &Kept) -> Resul
         }
         None => (theirs, ours.clone()),
     };
-    deviation(&theirs, &ours).map_err(|why| shape_err(name, why))
+    deviation(&theirs, &ours).map(|(diff, scale)| diff / scale).map_err(|why| shape_err(name, why))
 }
 
 fn axis_of(t: &Tensor, name: &str, k: &Kept) -> Result<usize> {
@@ -353,7 +353,10 @@ fn judge(name: &str, theirs: &Tensor, ours: &Tensor, kept: Option<&Kept>, output
                 (d, name.to_string())
             }
         }
-        None if output => (deviation(theirs, ours).map_err(|why| shape_err(name, why))?, name.to_string()),
+        None if output => {
+            let (diff, scale) = deviation(theirs, ours).map_err(|why| shape_err(name, why))?;
+            (diff / scale, name.to_string())
+        }
         None => (0.0, name.to_string()),
     })
 }
@@ -470,8 +473,12 @@ pub(super) fn verify(
         seen += piece.bytes;
         progress(Progress::Bytes { done: seen, total, items: k + 1, of: pieces.len(), unit: "pieces" });
     }
-    let mut v =
-        verification(shapes, tolerance, graph_outputs.into_iter().zip(worst), start, "blockwise", Some(pieces.len()));
+    let checks = graph_outputs.into_iter().zip(worst).map(|(output, max_relative_deviation)| OutputCheck {
+        output,
+        max_relative_deviation,
+        quantization_step: None,
+    });
+    let mut v = verification(shapes, tolerance, checks, start, "blockwise", Some(pieces.len()));
     v.as_float32 = as_f32;
     Ok(v)
 }
