@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +38,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "fixtures"))
 
-from run import measure  # noqa: E402
+from run import measure
 
 
 def session(path: Path, fused: bool):
@@ -95,9 +95,10 @@ def latencies_ms(paths: list[Path], rounds: int = 7, repeats: int = 30) -> list[
 
 
 def quantize(src: Path, dst: Path, per_channel: bool, weights: str) -> None:
-    import onnx
     from generate_quantized import Calibration
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    import onnx
 
     quantize_static(
         str(src),
@@ -157,10 +158,15 @@ def main() -> None:
         gen = args.out / "generated"
         gen.mkdir(exist_ok=True)
         if not (gen / "sparse_mlp_5e7.onnx").exists():
-            subprocess.run([sys.executable, str(HERE / "gen_sparse_mlp.py"), "--params", "5e7", "--out", str(gen)], check=True)
+            subprocess.run(
+                [sys.executable, str(HERE / "gen_sparse_mlp.py"), "--params", "5e7", "--out", str(gen)], check=True
+            )
         if not (gen / "resnet50_sparse.onnx").exists():
             subprocess.run([sys.executable, str(HERE / "gen_cnn.py"), "--out", str(gen)], check=True)
-        for src, name in ((gen / "sparse_mlp_5e7.onnx", "sparse_mlp_5e7_qdq_ext.onnx"), (gen / "resnet50_sparse.onnx", "resnet50_qdq.onnx")):
+        for src, name in (
+            (gen / "sparse_mlp_5e7.onnx", "sparse_mlp_5e7_qdq_ext.onnx"),
+            (gen / "resnet50_sparse.onnx", "resnet50_qdq.onnx"),
+        ):
             dst = gen / name
             if not dst.exists():
                 quantize(src, dst, True, "QInt8")
@@ -169,7 +175,8 @@ def main() -> None:
     rows = []
     for name, path, source, per_channel, weights in models:
         work = args.out / name.removesuffix(".onnx")
-        work.mkdir(exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
         small = work / "minimized.onnx"
         row = {"model": name, "per_channel": per_channel, "weights": weights}
         row.update(report(args.binary, path, small))
@@ -187,12 +194,12 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     (args.out / "quantized.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = [
+    header = (
         "| model | params before -> after | bytes before -> after | quantize(minimize(float)) bytes "
         "| ORT fused diff (ORT's own fused vs reference) | reference diff | ORT fused ms before -> after "
-        "| minimize s (load+save s) | peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| minimize s (load+save s) | peak RSS MB |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['status']} | | | | | | | |")

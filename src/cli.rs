@@ -41,6 +41,9 @@ HOW IT WORKS:
   tract on fresh random inputs (whole, or piece by piece where it would not fit in memory); if any
   output deviates past --tolerance, nothing is written. Kept weights are copied from the
   memory-mapped input straight into the output, so memory stays far below the model's size.
+  Quantized models (ONNX Runtime's QDQ format) stay quantized: weights are written back as the
+  same integers with the scales of what they keep, and an output read from a quantizer may differ
+  by one of its steps (float rounding in a re-ordered sum can cross a rounding boundary).
 
 EXIT STATUS:
   0 success; 1 bad input or I/O error; 2 usage error; 3 verification found a difference

@@ -121,8 +121,8 @@ fn dequantized(q: i64, zp: i64, scale: f32) -> f32 {
 /// trip gives `v` back, bit for bit), or for an int32 bias, up to float rounding.
 ///
 /// A bias is stored at the scale `s_x * s_w` of the product it is added to. The constant of a
-/// removed channel is a quantized activation `(q_c - zp_x) * s_x` and its weights `(q_w - zp_w)
-/// * s_w`, so what a bias absorbs is an integer multiple of that scale, which the integer
+/// removed channel is a quantized activation `(q_c - zp_x) * s_x` and its weights are
+/// `(q_w - zp_w) * s_w`, so what a bias absorbs is an integer multiple of that scale, which the integer
 /// kernels (ONNX Runtime's fused QLinear operators) add exactly; the float fold only approximates
 /// it, to a few units in the last place of its terms. Rounding it back to the integer is what
 /// those kernels compute; a float bias would stop them fusing, and they would round differently.
