@@ -510,7 +510,7 @@ fn kept_gather(
 
 /// Removes the constants in `candidates` that nothing reads any more, and the Identity or
 /// Constant nodes that only fed them, following alias chains back to the stored tensor.
-fn drop_unread(g: &mut GraphProto, candidates: &HashSet<String>) {
+pub(crate) fn drop_unread(g: &mut GraphProto, candidates: &HashSet<String>) {
     let mut candidates = candidates.clone();
     while !candidates.is_empty() {
         let mut read: HashSet<String> = g.output.iter().filter_map(|o| o.name.clone()).collect();

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use super::proto::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
 use super::tensor::{numel, FloatType, RowSlice, Values};
 use crate::ir::NodeExt;
-use crate::rewrite::{Applied, Names};
+use crate::rewrite::{drop_unread, Applied, Names};
 
 /// The integer types a weight is stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,10 +418,8 @@ fn quantize_constants(g: &mut GraphProto) -> bool {
     let floats: HashSet<String> = folded.iter().map(|(.., x)| x.clone()).collect();
     super::fold::remove_nodes(g, &folded.iter().map(|(n, ..)| *n).collect());
     g.initializer.extend(folded.into_iter().map(|(_, t, _)| t));
-    // The floats quantized, where nothing else reads them.
-    let read: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter()).chain(&outputs).map(String::as_str).collect();
-    let unread: HashSet<&String> = floats.iter().filter(|n| !read.contains(n.as_str())).collect();
-    g.initializer.retain(|t| !unread.contains(&t.name().to_string()));
+    // The floats quantized, and the aliases that led to them, where nothing else reads them.
+    drop_unread(g, &floats);
     true
 }
 
@@ -549,6 +547,8 @@ pub(crate) fn requantize(g: &mut GraphProto, applied: &mut Applied, dequantized:
     }
     g.initializer.extend(out.tensors);
     g.node.splice(0..0, nodes);
+    // Originals read through an alias (an `Identity` of the integers) that nothing reads now.
+    drop_unread(g, &originals);
     stay_float.sort();
     stay_float
 }

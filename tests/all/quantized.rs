@@ -68,6 +68,16 @@ fn quantized_models_shrink_exactly_and_stay_quantized() {
         assert!(float_weights(g1).is_empty(), "{file}: float weights {:?}", float_weights(g1));
         assert!(float_elements(g1) <= float_elements(g0), "{file}: floats grew");
         assert!(g1.node.len() <= g0.node.len(), "{file}: nodes were added");
+        let read: HashSet<&str> = g1
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter())
+            .chain(g1.output.iter().filter_map(|o| o.name.as_ref()))
+            .map(String::as_str)
+            .collect();
+        let unread: Vec<&str> =
+            g1.node.iter().flat_map(|n| n.output.iter()).map(String::as_str).filter(|o| !read.contains(o)).collect();
+        assert!(unread.is_empty(), "{file}: nothing reads {unread:?}");
 
         let opts = Options { verify: None, ..Default::default() };
         let again = minimize_file(&out, None, &opts, &|_| {}).unwrap();
