@@ -452,6 +452,43 @@ def _squeeze(a, x, axes=None):
     return x.squeeze(tuple(axis % x.dim() for axis in axes))
 
 
+_INT_RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-32768, 32767)}
+_ONNX_INT_RANGES = {
+    onnx.TensorProto.UINT8: (0, 255),
+    onnx.TensorProto.INT8: (-128, 127),
+    onnx.TensorProto.UINT16: (0, 65535),
+    onnx.TensorProto.INT16: (-32768, 32767),
+}
+
+
+def _per_axis(a, t, x):
+    """A quantizer's scale or zero point: one for the tensor as it is, one per entry of `axis` shaped to broadcast."""
+    if a.get("block_size", 0):
+        raise UnsupportedModel("blocked quantization (block_size) is not supported")
+    if t.numel() == 1:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[a.get("axis", 1) % x.dim()] = -1
+    return t.reshape(shape)
+
+
+def _quantize_linear(a, x, scale, zero_point=None):
+    """QuantizeLinear: saturate(round_half_even(x / scale) + zero_point) in the range of the zero point's type (or of
+    `output_dtype`, uint8 by default). The integers come back as float32, which DequantizeLinear reads."""
+    if zero_point is None:
+        (lo, hi), zp = _ONNX_INT_RANGES[a.get("output_dtype") or onnx.TensorProto.UINT8], 0.0
+    else:
+        (lo, hi), zp = _INT_RANGES[zero_point.dtype], _per_axis(a, zero_point.float(), x)
+    return torch.clamp(torch.round(x / _per_axis(a, scale.float(), x)) + zp, lo, hi)
+
+
+def _dequantize_linear(a, x, scale, zero_point=None):
+    """DequantizeLinear: (x - zero_point) * scale, per tensor or along `axis`, of stored integers or of what
+    QuantizeLinear computed."""
+    zp = 0.0 if zero_point is None else _per_axis(a, zero_point.float(), x)
+    return (x.float() - zp) * _per_axis(a, scale.float(), x)
+
+
 def _clip(a, x, lo=None, hi=None):
     lo = a.get("min", lo)
     hi = a.get("max", hi)
@@ -760,6 +797,8 @@ OPS: dict[str, Callable] = {
     "Sin": lambda a, x: torch.sin(x),
     "Cos": lambda a, x: torch.cos(x),
     "Clip": _clip,
+    "QuantizeLinear": _quantize_linear,
+    "DequantizeLinear": _dequantize_linear,
     "Softmax": lambda a, x: torch.softmax(x, a.get("axis", -1)),
     "LogSoftmax": lambda a, x: torch.log_softmax(x, a.get("axis", -1)),
     "Identity": lambda a, x: x,

@@ -68,7 +68,7 @@ class Executor(unittest.TestCase):
         # The transformer exports (fixtures/attention) included: their masks' Where, Equal, Range, Trilu...
         # Quantized models (fixtures/quantized) are not: the cycle trains float models (quantize
         # after it), and ONNX Runtime runs them in fused integer kernels, which only approximate
-        # the QDQ float semantics an executor computes.
+        # the QDQ float semantics the executor computes (test_operators.Quantized checks those).
         fixtures = sorted(p for p in (REPO / "fixtures").rglob("*.onnx") if "quantized" not in p.parts)
         self.assertGreater(len(fixtures), 30)
         rng = np.random.default_rng(0)

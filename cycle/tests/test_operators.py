@@ -5,6 +5,7 @@ Run: python3 -m unittest discover -s cycle/tests -t cycle   (needs the onnx-mini
 """
 
 import unittest
+from pathlib import Path
 
 import numpy as np
 import onnx_minimize
@@ -623,6 +624,32 @@ class Operators(unittest.TestCase):
         )
         module = OnnxModule(onnx_model)
         self.assertIsInstance(module.stored("scale"), torch.nn.Parameter)
+
+
+class Quantized(unittest.TestCase):
+    def test_quantized_fixtures_run_as_their_float_semantics_define(self):
+        """ONNX Runtime's QDQ fixtures (fixtures/quantized), against ONNX Runtime without graph optimizations: the
+        QDQ float semantics, which its fused integer kernels only approximate."""
+        import onnxruntime
+
+        fixtures = sorted((Path(__file__).resolve().parents[2] / "fixtures" / "quantized").glob("*.onnx"))
+        self.assertTrue(fixtures)
+        rng = np.random.default_rng(0)
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        for path in fixtures:
+            session = onnxruntime.InferenceSession(str(path), options)
+            feeds = {}
+            for i in session.get_inputs():
+                shape = [d if isinstance(d, int) else 2 for d in i.shape]
+                if i.type == "tensor(int64)":
+                    feeds[i.name] = rng.integers(0, 2, shape)
+                else:
+                    feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+            want = session.run(None, feeds)[0]
+            with torch.no_grad():
+                got = onnx_torch.load(path)(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+            self.assertLess(np.abs(got - want).max() / (np.abs(want).max() + 1e-6), 1e-5, path.name)
 
 
 class Coverage(unittest.TestCase):

@@ -33,9 +33,10 @@ pub(crate) fn role<'g>(node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
         Role::Op(Box::new(Weighted { rows }))
     } else {
         let softmax = into_softmax(cx, &node.output[0]);
-        let weighted = softmax.and_then(|p| weighted_by(cx, p));
+        let weighted = softmax.and_then(|(p, _)| weighted_by(cx, p));
         let scores = score_values(cx, &node.output[0]);
-        Role::Op(Box::new(Scores { shift_invariant: softmax.is_some(), weighted, scores }))
+        let shift_invariant = softmax.is_some_and(|(_, shift)| shift);
+        Role::Op(Box::new(Scores { shift_invariant, weighted, scores }))
     }
 }
 
@@ -134,14 +135,22 @@ fn nan_to_zero<'g>(cx: &Ctx<'g>, node: &'g NodeProto) -> Option<&'g str> {
 
 /// The softmax over the last axis that `scores` reach through steps that keep a constant added
 /// to a row a constant added to the row: scalings by a scalar constant, additions of anything
-/// (masks), identities; each value read by the next step alone.
-fn into_softmax<'g>(cx: &Ctx<'g>, scores: &str) -> Option<&'g str> {
+/// (masks), identities; each value read by the next step alone. Quantizers may sit between them
+/// too, and then the constant is not kept (`false`).
+fn into_softmax<'g>(cx: &Ctx<'g>, scores: &str) -> Option<(&'g str, bool)> {
     let scalar = |name: &str| cx.const_tensor(name).is_some_and(|t| crate::onnx::tensor::numel(&t.dims) == Some(1));
     let mut at = scores;
+    let mut shift = true;
     loop {
+        // A quantizer rounds `s + c` otherwise than `s`: the softmax is found, its shift
+        // invariance lost.
+        if let Some(next) = through_quantizer(cx, at) {
+            (at, shift) = (next, false);
+            continue;
+        }
         let node = sole_reader(cx, at)?;
         if is_row_softmax(cx, node) {
-            return node.output.first().map(String::as_str);
+            return Some((node.output.first()?.as_str(), shift));
         }
         let two = node.input.len() == 2;
         let keeps_shift = match node.op_type() {
@@ -155,6 +164,14 @@ fn into_softmax<'g>(cx: &Ctx<'g>, scores: &str) -> Option<&'g str> {
             _ => return None,
         }
     }
+}
+
+/// The dequantized `at` where its sole reader quantizes it and the quantized value's sole reader
+/// dequantizes it (ONNX Runtime's QDQ format around an activation).
+fn through_quantizer<'g>(cx: &Ctx<'g>, at: &str) -> Option<&'g str> {
+    let q = sole_reader(cx, at).filter(|n| n.op_type() == "QuantizeLinear")?;
+    let dq = sole_reader(cx, q.output.first()?).filter(|n| n.op_type() == "DequantizeLinear")?;
+    dq.output.first().map(String::as_str)
 }
 
 /// `scores` and the values computed from it alone (each read by the next step only) up to the
@@ -182,11 +199,15 @@ fn score_values<'g>(cx: &Ctx<'g>, scores: &'g str) -> Vec<&'g str> {
     values
 }
 
-/// `(V, O)` of the `O = P @ V` that alone reads the softmax `p` (through identities and the
-/// NaN guard): the attention whose heads the scores serve.
+/// `(V, O)` of the `O = P @ V` that alone reads the softmax `p` (through identities, the NaN
+/// guard and quantizers): the attention whose heads the scores serve.
 fn weighted_by<'g>(cx: &Ctx<'g>, p: &str) -> Option<(&'g str, &'g str)> {
     let mut at = p;
     loop {
+        if let Some(next) = through_quantizer(cx, at) {
+            at = next;
+            continue;
+        }
         let node = sole_reader(cx, at)?;
         if node.op_type() == "MatMul" && node.input.first().map(String::as_str) == Some(at) {
             return Some((node.input.get(1)?.as_str(), node.output.first()?.as_str()));
