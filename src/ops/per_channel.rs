@@ -36,6 +36,11 @@ pub(crate) trait AxisMap: Sync {
     fn follows_heads(&self) -> bool {
         false
     }
+    /// Whether the output's entries along the channel axis are the activations' (so a block a
+    /// reader has yet to fix is the output's to fix too).
+    fn keeps_block(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) struct PerChannel {
@@ -168,6 +173,11 @@ impl<'g> ChannelOp<'g> for PerChannel {
     fn seed(&self, cx: &mut LayoutCx<'_, 'g>) {
         if let Some(o) = cx.output(0) {
             self.axes.seed(cx, o);
+            // A flattened map's block waits for the layer that reads it; through an activation
+            // or a quantizer in between, so does the output's.
+            if self.axes.keeps_block() && self.acts.iter().any(|&s| cx.get(cx.input(s)).block.is_none()) {
+                cx.unknown_block(o);
+            }
         }
     }
 
@@ -381,6 +391,10 @@ impl AxisMap for Same {
     }
 
     fn follows_heads(&self) -> bool {
+        true
+    }
+
+    fn keeps_block(&self) -> bool {
         true
     }
 }

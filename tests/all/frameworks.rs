@@ -43,3 +43,24 @@ fn exports_from_other_converters_shrink_and_verify() {
         assert!(again.after.params <= r.after.params && again.after.params < r.before.params, "{file}");
     }
 }
+
+/// An activation (or a quantizer) between an NHWC flatten and the dense layer reading it: its
+/// output's block is the dense layer's to fix, as the flatten's is. It used to default to 1 and
+/// clash, and the layer kept every channel.
+#[test]
+fn an_activation_after_a_channels_last_flatten_keeps_the_flatten_s_layout() {
+    use crate::common::{read, write};
+    use onnx_minimize::onnx::build::node;
+    let mut m = read(&fixture("frameworks/tf_style_nhwc.onnx"));
+    let g = m.graph.as_mut().unwrap();
+    let at = g.node.iter().position(|n| n.op_type() == "MatMul" && n.input.iter().any(|i| i == "flat")).unwrap();
+    g.node[at].input.iter_mut().filter(|i| *i == "flat").for_each(|i| *i = "flat_relu".into());
+    g.node.insert(at, node("Relu", "relu_after_flatten", &["flat"], &["flat_relu"], vec![]));
+    let dir = tempfile::tempdir().unwrap();
+    let with_relu = write(dir.path(), "relu.onnx", &m);
+    let out = dir.path().join("out.onnx");
+    let plain = minimize_file(&fixture("frameworks/tf_style_nhwc.onnx"), None, &Options::default(), &|_| {}).unwrap();
+    let r = minimize_file(&with_relu, Some(&out), &Options::default(), &|_| {}).unwrap();
+    assert!(r.verification.is_some());
+    assert_eq!(r.after.params, plain.after.params, "{:?}", r.removals.blocked);
+}
