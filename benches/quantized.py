@@ -3,7 +3,7 @@
 would do instead (minimize the float model, then quantize it), in one run.
 
     python3 benches/quantized.py --binary target/release/onnx-minimize [--out bench-out/quantized]
-        [--large]
+        [--large] [--sweep]
 
 For each model: the committed fixtures of fixtures/quantized (their float sources beside them),
 and with ``--large`` a pruned 5e7-parameter MLP (benches/gen_sparse_mlp.py) and a pruned
@@ -18,7 +18,9 @@ ResNet-50 (benches/gen_cnn.py), quantized here with per-channel int8 weights. It
   and the fused latency of both models;
 * the other order, quantize(minimize(float)): its bytes, with the same calibration.
 
-Writes ``quantized.json`` and ``quantized.md`` in ``--out``.
+Writes ``quantized.json`` and ``quantized.md`` in ``--out``. With ``--sweep``, it also quantizes
+every committed float32 fixture both ways (per tensor and per channel) and minimizes each:
+``sweep.json`` lists, per model, the status and the parameters before and after.
 """
 
 from __future__ import annotations
@@ -142,13 +144,64 @@ def report(binary: str, path: Path, out: Path) -> dict:
     }
 
 
+def sweep(binary: str, out: Path) -> None:
+    """Every committed float32 fixture, quantized per tensor and per channel, minimized and verified."""
+    import onnx
+
+    rows = []
+    work = out / "sweep"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    for src in sorted((ROOT / "fixtures").rglob("*.onnx")):
+        stored = onnx.load(str(src), load_external_data=False).graph.initializer
+        if "quantized" in src.parts or any(t.data_type in (10, 11, 16) for t in stored):
+            continue
+        for per_channel in (False, True):
+            q = work / f"{src.stem}_{'channel' if per_channel else 'tensor'}.onnx"
+            try:
+                quantize(src, q, per_channel, "QInt8")
+            except Exception as e:  # noqa: BLE001 - what the quantizer refuses is reported, not fatal
+                rows.append({"model": q.name, "status": f"quantizer failed: {e}"[:200]})
+                continue
+            done = subprocess.run(
+                [binary, str(q), str(work / "min.onnx"), "-q", "--report", "-"],
+                check=False,
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                rows.append({"model": q.name, "status": f"exit {done.returncode}", "log": done.stderr[-300:]})
+                continue
+            r = json.loads(done.stdout)
+            rows.append(
+                {
+                    "model": q.name,
+                    "status": "ok",
+                    "params": [r["before"]["params"], r["after"]["params"]],
+                    "stored_float": r["stored_float"],
+                }
+            )
+    (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    ok = [r for r in rows if r["status"] == "ok"]
+    shrunk = [r for r in ok if r["params"][1] < r["params"][0]]
+    print(
+        f"sweep: {len(rows)} models, {len(ok)} minimized and verified, {len(shrunk)} smaller, "
+        f"{sum(1 for r in ok if r['stored_float'])} with a weight left float"
+    )
+    print("failed:", [r["model"] for r in rows if r["status"] != "ok"])
+    print("unchanged:", [r["model"] for r in ok if r not in shrunk])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", default=str(ROOT / "target/release/onnx-minimize"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out/quantized")
     ap.add_argument("--large", action="store_true")
+    ap.add_argument("--sweep", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        sweep(args.binary, args.out)
     expected = json.loads((ROOT / "fixtures/quantized/expected.json").read_text())
     models = [
         (name, ROOT / "fixtures/quantized" / name, ROOT / "fixtures" / e["source"], e["per_channel"], e["weights"])
