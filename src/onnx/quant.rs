@@ -33,7 +33,7 @@ use crate::rewrite::{drop_unread, Applied, Names};
 
 /// The integer types a weight is stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Int {
+pub(crate) enum Int {
     I8,
     U8,
     I16,
@@ -113,8 +113,39 @@ fn int_bytes(t: &TensorProto, ty: Int) -> Option<Bytes> {
 }
 
 /// How the runtime dequantizes one element: `(q - zp)` converted to float32, times the scale.
-fn dequantized(q: i64, zp: i64, scale: f32) -> f32 {
+pub(crate) fn dequantized(q: i64, zp: i64, scale: f32) -> f32 {
     (q - zp) as f32 * scale
+}
+
+/// What a `QuantizeLinear` stores for `x`, `saturate(round_half_even(x / scale) + zp)` in float32,
+/// where the runtimes agree on it: ONNX Runtime divides by the scale, tract multiplies by its
+/// reciprocal, and the two can round to different integers. `None` there, and for a non-finite
+/// `x` (or scale).
+pub(crate) fn quantize(x: f32, scale: f32, zp: i64, ty: Int) -> Option<i64> {
+    let (lo, hi) = ty.range();
+    let q = |y: f32| (y.round_ties_even() + zp as f32).clamp(lo as f32, hi as f32);
+    let divided = q(x / scale);
+    (x.is_finite() && divided == q(x * (1.0 / scale))).then_some(divided as i64)
+}
+
+/// A quantizer's zero point where it is one stored integer: its type and value. Absent, it is 0
+/// of the type `output_dtype` names (uint8 by default, and always for a `DequantizeLinear`, which
+/// has no such attribute).
+pub(crate) fn scalar_zero_point<'g>(
+    node: &NodeProto,
+    constant: impl Fn(&str) -> Option<&'g TensorProto>,
+) -> Option<(Int, i64)> {
+    match node.input.get(2).filter(|z| !z.is_empty()) {
+        Some(z) => {
+            let t = constant(z).filter(|t| numel(&t.dims) == Some(1))?;
+            let ty = Int::from_onnx(t.data_type())?;
+            Some((ty, ty.get(&int_bytes(t, ty)?, 0)))
+        }
+        None => match node.attr_i("output_dtype", 0) as i32 {
+            0 => Some((Int::U8, 0)),
+            t => Some((Int::from_onnx(t)?, 0)),
+        },
+    }
 }
 
 /// The integer that stores `v` at this scale and zero point, if one does: exactly (the round
@@ -145,6 +176,12 @@ fn quantized(v: f32, zp: i64, scale: f32, ty: Int) -> Option<i64> {
 /// and far below a step. A fold whose terms cancel to much less than their size can miss it; the
 /// bias then stays float (exact, but unfused).
 const BIAS_ROUNDING: f64 = 1.0 / 1_048_576.0;
+
+/// Along axis `a` of a tensor of `dims`: the elements between two entries (the stride), and the
+/// entries.
+fn along(dims: &[i64], a: usize) -> (usize, usize) {
+    (dims[a + 1..].iter().product::<i64>() as usize, dims[a] as usize)
+}
 
 /// A stored weight and how the graph dequantized it.
 struct Quantized {
@@ -201,7 +238,7 @@ impl Quantized {
                 Some((scale_t.dims.len() == 1 && q_t.dims[a] as usize == n).then_some(a)?)
             }
         };
-        let (stride, n) = axis.map_or((1, 1), |a| (q_t.dims[a + 1..].iter().product::<i64>() as usize, scales.len()));
+        let (stride, n) = axis.map_or((1, 1), |a| along(&q_t.dims, a));
         let count = ints.len() / ty.size();
         let mut floats = Vec::with_capacity(count * 4);
         for i in 0..count {
@@ -230,8 +267,7 @@ impl Quantized {
         if dims.len() != self.dims.len() {
             return None;
         }
-        let (stride, n) = (self.dims[a + 1..].iter().product::<i64>() as usize, self.dims[a] as usize);
-        let (new_stride, m) = (dims[a + 1..].iter().product::<i64>() as usize, dims[a] as usize);
+        let ((stride, n), (new_stride, m)) = (along(&self.dims, a), along(dims, a));
         let mut map = vec![None; m];
         for (i, old) in slice.source_indices().enumerate() {
             let (k, j) = ((i / new_stride) % m, (old / stride) % n);
@@ -250,9 +286,7 @@ impl Quantized {
     fn requantized(&self, values: &Values, dims: &[i64], entries: &[usize]) -> Option<Vec<u8>> {
         let (stride, m) = match self.axis {
             None => (values.len().max(1), 1),
-            Some(a) if dims.len() == self.dims.len() => {
-                (dims[a + 1..].iter().product::<i64>() as usize, dims[a] as usize)
-            }
+            Some(a) if dims.len() == self.dims.len() => along(dims, a),
             Some(_) => return None,
         };
         if values.dtype != FloatType::F32 || entries.len() != m {
@@ -281,6 +315,9 @@ impl Dequantized {
 /// Replaces every `DequantizeLinear` of stored constants by a float initializer of its values.
 pub(crate) fn dequantize(g: &mut GraphProto) -> Dequantized {
     let mut weights = HashMap::new();
+    if !g.node.iter().any(|n| matches!(n.op_type(), "QuantizeLinear" | "DequantizeLinear")) {
+        return Dequantized(weights);
+    }
     // ONNX Runtime quantizes some weights twice over (a `QuantizeLinear` of a dequantized tensor
     // that an `Identity` shares): each round makes constant what the last one left computed.
     while quantize_constants(g) | dequantize_stored(g, &mut weights) {}
@@ -374,33 +411,14 @@ fn quantize_constants(g: &mut GraphProto) -> bool {
         if x.dtype != FloatType::F32 || scale.dtype != FloatType::F32 {
             continue;
         }
-        let (ty, zero_point) = match node.input.get(2).filter(|z| !z.is_empty()) {
-            Some(_) => match scalar(node.input.get(2)).and_then(|t| Some((Int::from_onnx(t.data_type())?, t))) {
-                Some((ty, t)) => (ty, ty.get(&int_bytes(t, ty).unwrap_or_default(), 0)),
-                None => continue,
-            },
-            None => match node.attr_i("output_dtype", 0) as i32 {
-                0 => (Int::U8, 0),
-                t => match Int::from_onnx(t) {
-                    Some(ty) => (ty, 0),
-                    None => continue,
-                },
-            },
-        };
+        let Some((ty, zero_point)) = scalar_zero_point(node, |name| stored.get(name).copied()) else { continue };
         if ty == Int::I32 {
             continue;
         }
         let scale = scale.get(0) as f32;
-        let (lo, hi) = ty.range();
-        let reciprocal = 1.0 / scale;
-        let q = |y: f32| ((y.round_ties_even() as i64).saturating_add(zero_point)).clamp(lo, hi);
         let mut ints = Vec::with_capacity(x.len() * ty.size());
-        let agreed = (0..x.len()).all(|i| {
-            let v = x.get(i) as f32;
-            let (divided, multiplied) = (q(v / scale), q(v * reciprocal));
-            ty.put(divided, &mut ints);
-            v.is_finite() && divided == multiplied
-        });
+        let agreed = (0..x.len())
+            .all(|i| quantize(x.get(i) as f32, scale, zero_point, ty).map(|q| ty.put(q, &mut ints)).is_some());
         if agreed {
             let t = TensorProto {
                 name: Some(node.output[0].clone()),

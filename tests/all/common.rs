@@ -111,14 +111,7 @@ pub fn layers_change_as_expected(dir: &str) {
         )
         .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(r.verification.is_some(), "{file}");
-        let mut changed: Vec<[usize; 4]> = r
-            .removals
-            .layers
-            .iter()
-            .filter(|l| l.inputs_after != l.inputs_before || l.outputs_after != l.outputs_before)
-            .map(|l| [l.inputs_before, l.inputs_after, l.outputs_before, l.outputs_after])
-            .collect();
-        changed.sort();
+        let changed = changed_layers(&r);
         let want: Vec<[usize; 4]> = serde_json::from_value(e["changed_layers"].clone()).unwrap();
         assert_eq!(changed, want, "{file}");
         assert!(r.after.params <= r.before.params, "{file}");
@@ -126,6 +119,20 @@ pub fn layers_change_as_expected(dir: &str) {
         let again = onnx_minimize::minimize_file(&out, None, &opts, &|_| {}).unwrap();
         assert_eq!(again.after.params, again.before.params, "{file}: a second pass removes nothing more");
     }
+}
+
+/// The linear layers a run changed, as `[in, in', out, out']`, sorted: what the generators'
+/// `expected.json` files list.
+pub fn changed_layers(r: &onnx_minimize::Report) -> Vec<[usize; 4]> {
+    let mut changed: Vec<[usize; 4]> = r
+        .removals
+        .layers
+        .iter()
+        .filter(|l| l.inputs_after != l.inputs_before || l.outputs_after != l.outputs_before)
+        .map(|l| [l.inputs_before, l.inputs_after, l.outputs_before, l.outputs_after])
+        .collect();
+    changed.sort();
+    changed
 }
 
 /// Elements of the float32 initializers of a model file: its weights, which minimization never
