@@ -104,8 +104,27 @@ fn minimize_deferred(
     opts: &Options,
     progress: &dyn Fn(Progress),
 ) -> Result<(Removals, verify::ChannelMap)> {
-    let (original, before) = (model.graph().clone(), weight_bytes(model.graph()));
-    model.fold_constants();
+    let original = model.graph().clone();
+    if let Some(done) = minimize_with(model, opts, progress, original.clone(), true)? {
+        return Ok(done);
+    }
+    // A tied table would be stored twice (its two sides kept different slices): plan again with
+    // the table read whole through its `Transpose`, as the export wrote it.
+    *model.graph_mut() = original.clone();
+    Ok(minimize_with(model, opts, &|_| {}, original, false)?.expect("nothing tied, nothing to retie"))
+}
+
+/// [`minimize_deferred`], folding tied tables (`onnx/fold.rs`) or not; `None` where the rewrite
+/// cannot write a tied table back once.
+fn minimize_with(
+    model: &mut Model,
+    opts: &Options,
+    progress: &dyn Fn(Progress),
+    original: onnx::proto::GraphProto,
+    tie: bool,
+) -> Result<Option<(Removals, verify::ChannelMap)>> {
+    let before = weight_bytes(&original);
+    let ties = model.fold_constants(tie);
     let dequantized = onnx::quant::dequantize(model.graph_mut());
     // Nodes added so that constants can leave (a border correction, a bias Add after a MatMul)
     // are float: in a quantized model they cost four bytes per element where the channel they
@@ -123,6 +142,9 @@ fn minimize_deferred(
         }
     }
     let mut applied = rewrite::apply(model.graph_mut(), &ir, plan.edits);
+    if !onnx::fold::retie(model.graph_mut(), &mut applied, &ties) {
+        return Ok(None);
+    }
     plan.removals.stored_float = onnx::quant::requantize(model.graph_mut(), &mut applied, &dequantized);
     if weight_bytes(model.graph()) > before {
         *model.graph_mut() = original;
@@ -135,7 +157,7 @@ fn minimize_deferred(
     } else {
         model.defer(applied.pending);
     }
-    Ok((plan.removals, plan.channels))
+    Ok(Some((plan.removals, plan.channels)))
 }
 
 /// The plan for one graph, and the parameters it adds (negative: removes): with border

@@ -109,6 +109,9 @@ pub(crate) enum Why {
     ImplausibleSize,
     /// Its rule reads constant channels whose values it cannot fold into what it computes.
     NeedsConstant,
+    /// A product of two activations: its output's last axis indexes the second operand's
+    /// columns (keys, or the rows of a computed weight), not channels it can drop.
+    ProductOfActivations,
 }
 
 impl Why {
@@ -139,6 +142,7 @@ impl Why {
             Why::NonFinite => "non-finite",
             Why::ImplausibleSize => "implausible-size",
             Why::NeedsConstant => "needs-constant",
+            Why::ProductOfActivations => "product-of-activations",
         }
     }
 }
@@ -182,6 +186,9 @@ impl fmt::Display for Why {
             Why::StridedChannelSlice => {
                 f.write_str("it slices the channel axis with a step, or a flattened or split channel axis")
             }
+            Why::ProductOfActivations => f.write_str(
+                "it multiplies two computed tensors: its last axis indexes the second operand's columns (keys, or a weight the graph computes), which it cannot drop",
+            ),
         }
     }
 }

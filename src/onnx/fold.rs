@@ -4,21 +4,40 @@
 //! (and the `Transpose` of each part) into the graph: the linear rules would see a computed
 //! weight and keep everything. Folding `Split` and `Transpose` of float initializers into new
 //! initializers, byte for byte, lets them see the constant; the minimized model then stores the
-//! parts instead of the whole and its split, the same numbers. A matrix that other nodes read too
-//! (a tied embedding table transposed for the output head) is left alone: folding it would store
-//! it twice.
+//! parts instead of the whole and its split, the same numbers.
+//!
+//! A matrix that other nodes read too (a tied embedding table, read by a `Gather` and transposed
+//! for the output head) is folded as well, so that the head's rule sees its weight, and recorded
+//! as a [`Tie`]: once the rewrite has sliced both sides, [`retie`] writes the `Transpose` back
+//! where the head's slice is the transpose of the table's, so the table is stored once. Where it
+//! is not, the caller plans again without such folds (a second copy of the table would cost more
+//! than the stream channels it frees).
 
 use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
 
 use super::build;
 use super::proto::{tensor_proto::DataType, GraphProto, NodeProto, TensorProto};
 use super::tensor::{encode, int64s, numel, with_data, FloatType, Values};
 use crate::ir::{normalize, Ir, NodeExt};
+use crate::rewrite::{Applied, Names, Pending};
 
-/// Folds what it can, a pass at a time until nothing changes; says how many nodes went.
-pub(crate) fn constants(g: &mut GraphProto, opset: i64) -> usize {
+/// A `Transpose` of a weight that other nodes read too, folded into `folded`: the node to write
+/// back, and the bytes of both sides (slices of them are recognised by their source).
+pub(crate) struct Tie {
+    node: NodeProto,
+    source: String,
+    source_bytes: Bytes,
+    folded: String,
+    folded_bytes: Bytes,
+}
+
+/// Folds what it can, a pass at a time until nothing changes, and returns the ties it made
+/// (none unless `tie`: see the module's comment).
+pub(crate) fn constants(g: &mut GraphProto, opset: i64, tie: bool) -> Vec<Tie> {
     let shadowed: HashSet<String> = g.input.iter().filter_map(|i| i.name.clone()).collect();
-    let mut folded = 0;
+    let mut ties = vec![];
     let mut sources = HashSet::new();
     loop {
         let index: HashMap<String, usize> = g
@@ -35,36 +54,66 @@ pub(crate) fn constants(g: &mut GraphProto, opset: i64) -> usize {
             .filter_map(|n| Some((n.output.first()?.as_str(), n.attr("value")?.t.as_ref()?)))
             .collect();
         let constant = |name: &str| index.get(name).map(|&i| &g.initializer[i]).or_else(|| nodes.get(name).copied());
-        // A weight something else reads too (a tied embedding table that a head transposes) would
-        // be stored twice: only a weight read by this node alone is folded, or a vector (a bias
-        // that the exporter shares between two layers because its values are equal).
+        // A weight something else reads too would be stored twice: only a weight read by this
+        // node alone is folded, a vector (a bias that the exporter shares between two layers
+        // because its values are equal), or a tied matrix (a `Transpose` of an initializer that
+        // something other than a `Transpose` reads, to be written back by `retie`).
         let mut readers: HashMap<&str, usize> = HashMap::new();
-        for name in g.node.iter().flat_map(|n| n.input.iter()).chain(g.output.iter().filter_map(|o| o.name.as_ref())) {
-            *readers.entry(name.as_str()).or_default() += 1;
+        let mut plain: HashSet<&str> = HashSet::new();
+        for n in &g.node {
+            for x in &n.input {
+                *readers.entry(x.as_str()).or_default() += 1;
+                if n.op_type() != "Transpose" {
+                    plain.insert(x);
+                }
+            }
+        }
+        for o in g.output.iter().filter_map(|o| o.name.as_ref()) {
+            *readers.entry(o.as_str()).or_default() += 1;
+            plain.insert(o);
         }
         let alone = |node: &NodeProto| {
             node.input
                 .first()
                 .is_some_and(|x| readers.get(x.as_str()) == Some(&1) || constant(x).is_some_and(|t| t.dims.len() <= 1))
         };
+        let tied = |node: &NodeProto| {
+            let x = node.input.first()?;
+            let t = index.get(x.as_str()).map(|&i| &g.initializer[i])?;
+            let plain_transpose = node.op_type() == "Transpose"
+                && node.attr_ints("perm").is_none_or(|p| p == [1, 0])
+                && t.dims.len() == 2;
+            (tie && plain_transpose && plain.contains(x.as_str())).then(|| t.raw_data.clone()).flatten()
+        };
         // Every node foldable now, in one pass; what they make may be foldable in the next.
-        let done: Vec<(usize, Vec<TensorProto>)> = g
+        let done: Vec<(usize, Vec<TensorProto>, Option<Bytes>)> = g
             .node
             .iter()
             .enumerate()
-            .filter(|(_, n)| alone(n))
-            .filter_map(|(n, node)| Some((n, fold(node, &constant, opset)?)))
+            .filter_map(|(n, node)| {
+                let source = if alone(node) { None } else { Some(tied(node)?) };
+                Some((n, fold(node, &constant, opset)?, source))
+            })
             .collect();
         if done.is_empty() {
             break;
         }
         let mut gone_nodes = HashSet::new();
-        for (n, outputs) in done {
-            sources.extend(g.node[n].input.iter().filter(|i| !i.is_empty()).cloned());
+        for (n, outputs, source) in done {
+            let node = &g.node[n];
+            match (source, outputs.first()) {
+                (Some(source_bytes), Some(t)) => ties.push(Tie {
+                    node: node.clone(),
+                    source: node.input[0].clone(),
+                    source_bytes,
+                    folded: t.name().to_string(),
+                    folded_bytes: t.raw_data.clone().unwrap_or_default(),
+                }),
+                _ => sources.extend(node.input.iter().filter(|i| !i.is_empty()).cloned()),
+            }
             g.initializer.extend(outputs);
             gone_nodes.insert(n);
         }
-        folded += gone_nodes.len();
         remove_nodes(g, &gone_nodes);
     }
     // A weight (or split sizes) read only by what was folded is now stored in its parts.
@@ -78,7 +127,59 @@ pub(crate) fn constants(g: &mut GraphProto, opset: i64) -> usize {
     let gone: HashSet<String> = sources.into_iter().filter(|s| !read.contains(s.as_str())).collect();
     g.initializer.retain(|t| !t.name.as_ref().is_some_and(|n| gone.contains(n)));
     g.node.retain(|n| !(n.op_type() == "Constant" && n.output.first().is_some_and(|o| gone.contains(o))));
-    folded
+    ties
+}
+
+/// Writes each tie's `Transpose` back in place of every version of its folded weight (the weight
+/// itself or the private copies the rewrite made of it, `copied_from`) that is the transpose of
+/// a version of the source: the rows of one are the columns of the other, as slices of the
+/// bytes the fold saw or whole. Returns false, changing nothing, when a version has no such
+/// partner: the minimized model would store the table twice.
+pub(crate) fn retie(g: &mut GraphProto, applied: &mut Applied, ties: &[Tie]) -> bool {
+    let versions = |of: &str| -> Vec<String> {
+        let from = |n: &str| n == of || applied.copied_from.get(n).is_some_and(|c| c == of);
+        g.initializer.iter().map(|t| t.name()).filter(|n| from(n)).map(str::to_string).collect()
+    };
+    let mut writes = vec![];
+    for tie in ties {
+        let kept = |name: &str, bytes: &Bytes| kept(g, &applied.pending, name, bytes);
+        let sources: Vec<(String, (Vec<usize>, Vec<usize>))> =
+            versions(&tie.source).into_iter().filter_map(|v| Some((v.clone(), kept(&v, &tie.source_bytes)?))).collect();
+        for folded in versions(&tie.folded) {
+            let Some((rows, cols)) = kept(&folded, &tie.folded_bytes) else { return false };
+            let Some((source, _)) = sources.iter().find(|(_, (r, c))| *r == cols && *c == rows) else { return false };
+            writes.push((&tie.node, source.clone(), folded));
+        }
+    }
+    let mut names = Names::of(g);
+    for (node, source, folded) in writes {
+        g.initializer.retain(|t| t.name() != folded);
+        applied.pending.remove(&folded);
+        let at = g.node.iter().position(|n| n.input.contains(&folded)).unwrap_or(0);
+        let transpose = NodeProto {
+            name: Some(names.fresh(node.name())),
+            input: vec![source],
+            output: vec![folded],
+            ..node.clone()
+        };
+        g.node.insert(at, transpose);
+    }
+    true
+}
+
+/// The rows and columns of `bytes` (a 2-D tensor) that initializer `name` holds: a slice of them
+/// the rewrite left pending, or all of them where it is still that tensor.
+fn kept(g: &GraphProto, pending: &Pending, name: &str, bytes: &Bytes) -> Option<(Vec<usize>, Vec<usize>)> {
+    let t = g.initializer.iter().find(|t| t.name() == name)?;
+    match pending.get(name) {
+        Some(slice) => slice.kept(bytes).map(|(rows, cols)| (rows.to_vec(), cols)),
+        None => {
+            let raw = t.raw_data.as_ref()?;
+            let [r, c] = t.dims[..] else { return None };
+            let whole = raw.as_ptr() == bytes.as_ptr() && raw.len() == bytes.len();
+            whole.then(|| ((0..r as usize).collect(), (0..c as usize).collect()))
+        }
+    }
 }
 
 /// The initializers `node` computes, when it is a `Split` or `Transpose` of a float initializer

@@ -171,11 +171,11 @@ impl Model {
         self.ir_of(self.graph())
     }
 
-    /// Weights computed from weights (`Split`, `Transpose`) stored as weights; how many nodes
-    /// went (see `onnx/fold.rs`).
-    pub(crate) fn fold_constants(&mut self) -> usize {
+    /// Weights computed from weights (`Split`, `Transpose`) stored as weights, and the tied
+    /// tables among them where `tie` (see `onnx/fold.rs`).
+    pub(crate) fn fold_constants(&mut self, tie: bool) -> Vec<super::fold::Tie> {
         let opset = self.opset();
-        super::fold::constants(self.graph_mut(), opset)
+        super::fold::constants(self.graph_mut(), opset, tie)
     }
 
     /// The index of another graph of this model (the same opset), such as a folded copy.

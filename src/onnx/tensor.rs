@@ -488,6 +488,13 @@ impl RowSlice {
         })
     }
 
+    /// The rows and columns it keeps, where it slices `source` (as a matrix of `row_len` columns).
+    pub fn kept(&self, source: &[u8]) -> Option<(&[usize], Vec<usize>)> {
+        let same = self.source.as_ptr() == source.as_ptr() && self.source.len() == source.len();
+        let cols = self.runs.iter().flat_map(|&(first, count)| first..first + count).collect();
+        same.then_some((&self.rows[..], cols))
+    }
+
     /// Whether both slices copy the same elements of the same stored tensor.
     pub fn same(&self, other: &RowSlice) -> bool {
         self.source.as_ptr() == other.source.as_ptr()

@@ -264,8 +264,14 @@ impl<'g> ChannelOp<'g> for Scores<'g> {
         false
     }
 
+    /// The scores' last axis indexes keys (or, where this is no attention, the columns of a
+    /// weight the graph computes): a reader that drops some of them (a linear layer with zero
+    /// rows reading `x @ Transpose(W)`) could not have them dropped here, so they stay.
     fn layout(&self, cx: &mut LayoutCx<'_, 'g>) {
         let (q, kt) = (cx.input(0), cx.input(1));
+        if let Some(s) = cx.output(0) {
+            cx.force(s, Why::ProductOfActivations);
+        }
         cx.set_axis(q, -1);
         cx.set_axis(kt, -2);
         cx.same_width(q, kt);

@@ -803,3 +803,43 @@ fn a_gather_along_a_channels_first_axis_picks_channels() {
         assert_eq!(written, Some(after), "axis {axis}");
     }
 }
+
+/// A table read by an embedding `Gather` and, transposed, by an output head (`MatMul`): the
+/// head's rule sees the table through the `Transpose`, and the stream entry both sides lose
+/// (column 2 of the table, zero) leaves once, the `Transpose` written back. Where the head's
+/// readers also drop vocabulary entries (rows of the table that the `Gather` must keep), the
+/// two slices differ: the table is then read whole, as exported, never stored twice.
+#[test]
+fn a_tied_table_is_stored_once_whatever_its_two_sides_keep() {
+    use onnx_minimize::onnx::proto::tensor_proto::DataType;
+    for dead_vocab in [false, true] {
+        let (v, c) = (8, 6);
+        let mut g = G::new("ids", &[B, Some(3)]);
+        g.g.input[0] = crate::common::value_info("ids", DataType::Int64, &[B, Some(3)]);
+        let mut table = g.rand(v * c);
+        (0..v).for_each(|r| table[r * c + 2] = 0.0);
+        g.init("table", &[v, c], &table);
+        g.op("Gather", &["table", "ids"], "x", vec![attr_i("axis", 0)]);
+        g.op("Relu", &["x"], "h", vec![]);
+        g.op("Transpose", &["table"], "head", vec![crate::common::attr_ints("perm", &[1, 0])]);
+        g.op("MatMul", &["h", "head"], "logits", vec![]);
+        let out = if dead_vocab {
+            g.weight("w2", v, 3, &[1, 4]).op("MatMul", &["logits", "w2"], "z", vec![]);
+            "z"
+        } else {
+            "logits"
+        };
+        let m = g.model(out, &[B, Some(3), Some(if dead_vocab { 3 } else { v })]);
+        let (r, small) = minimize(&m);
+        let tables: Vec<&[i64]> =
+            small.graph().initializer.iter().filter(|t| t.dims.contains(&(v as i64))).map(|t| &t.dims[..]).collect();
+        let transposes = small.graph().node.iter().filter(|n| n.op_type() == "Transpose").count();
+        assert_eq!(transposes, 1, "dead vocabulary: {dead_vocab}");
+        if dead_vocab {
+            assert_eq!(r.after.params, r.before.params, "read whole: nothing changes");
+        } else {
+            assert_eq!(tables, [&[v as i64, c as i64 - 1][..]], "one table, without column 2");
+            assert_eq!(widths(&r), [(c - 1, v)], "the head loses the entry");
+        }
+    }
+}
