@@ -143,7 +143,7 @@ pub(crate) fn retie(g: &mut GraphProto, applied: &mut Applied, ties: &[Tie]) -> 
     let mut writes = vec![];
     for tie in ties {
         let kept = |name: &str, bytes: &Bytes| kept(g, &applied.pending, name, bytes);
-        let sources: Vec<(String, (Vec<usize>, Vec<usize>))> =
+        let sources: Vec<(String, Kept)> =
             versions(&tie.source).into_iter().filter_map(|v| Some((v.clone(), kept(&v, &tie.source_bytes)?))).collect();
         for folded in versions(&tie.folded) {
             let Some((rows, cols)) = kept(&folded, &tie.folded_bytes) else { return false };
@@ -167,9 +167,12 @@ pub(crate) fn retie(g: &mut GraphProto, applied: &mut Applied, ties: &[Tie]) -> 
     true
 }
 
+/// Rows and columns of a matrix.
+type Kept = (Vec<usize>, Vec<usize>);
+
 /// The rows and columns of `bytes` (a 2-D tensor) that initializer `name` holds: a slice of them
 /// the rewrite left pending, or all of them where it is still that tensor.
-fn kept(g: &GraphProto, pending: &Pending, name: &str, bytes: &Bytes) -> Option<(Vec<usize>, Vec<usize>)> {
+fn kept(g: &GraphProto, pending: &Pending, name: &str, bytes: &Bytes) -> Option<Kept> {
     let t = g.initializer.iter().find(|t| t.name() == name)?;
     match pending.get(name) {
         Some(slice) => slice.kept(bytes).map(|(rows, cols)| (rows.to_vec(), cols)),
