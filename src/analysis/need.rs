@@ -26,7 +26,7 @@ pub(crate) fn backward<'g>(
     operands: &Operands<'g>,
     consts: &Consts,
     patterns: &Patterns,
-    forced: &Forced,
+    forced: Option<&Forced>,
     additions: Additions,
 ) -> (Needed, NeededBy) {
     let mut by = NeededBy::new();
@@ -34,8 +34,10 @@ pub(crate) fn backward<'g>(
     // Graph outputs are needed, and so is everything kept whole for another reason (an opaque
     // producer, a layout the analysis cannot follow): whatever reads it may use every channel.
     // Graph inputs have nothing upstream; their unused features are the decision's business.
+    // Without `forced`, what the graph's readers demand: the report's measure of what a forced
+    // value keeps only for the reason it was forced.
     for v in g.value_ids() {
-        if forced.is_forced(v) && !g.is_graph_input(v) {
+        if forced.is_some_and(|f| f.is_forced(v)) && !g.is_graph_input(v) {
             needed[v].iter_mut().for_each(|x| *x = true);
         }
     }
@@ -54,6 +56,15 @@ pub(crate) fn backward<'g>(
                     cx.need_all_inputs();
                 }
                 op.needs(&mut cx);
+                if forced.is_none() {
+                    // A computed operand (a size, indices) is read whole; in the forced run it
+                    // is forced, and so needed whole, already.
+                    let slots = op.activations().slots;
+                    let operands = (0..g.node(n).input.len()).filter(|s| !slots.contains(s));
+                    for v in operands.filter_map(|s| g.input(n, s)).collect::<Vec<_>>() {
+                        cx.mark_all(v);
+                    }
+                }
             }
         }
         for (v, c) in cx.marks {

@@ -8,7 +8,7 @@ use super::layout::Layout;
 use super::operands::Param;
 use super::reasons::{KeepReason, Opaque, Why};
 use super::values::{at_node, At};
-use super::Facts;
+use super::{Facts, Needed};
 use crate::error::Result;
 use crate::onnx::proto::{NodeProto, TensorProto};
 use crate::onnx::tensor::{int64_vector_like, FloatType};
@@ -161,19 +161,29 @@ pub(crate) fn heads_kept(l: Layout, keep: &[usize]) -> (Vec<usize>, Vec<usize>) 
 /// to "why did this not shrink?".
 fn blocked(facts: &Facts, decision: &Decision) -> Vec<Blocked> {
     let g = &facts.graph;
-    // A class is free when each of its channels is unneeded or constant.
-    let mut bound = vec![false; facts.classes.len()];
-    for v in g.value_ids() {
-        for c in 0..facts.layouts[v].width.unwrap_or(0) {
-            if facts.needed[v][c] && facts.consts[v][c].is_none() {
-                bound[facts.classes.class(v, c)] = true;
+    // A class is free when each of its channels is unneeded or constant: needed by the graph's
+    // readers (`demanded`), for forced values, whose own forcing needs every channel.
+    let bound_by = |needed: &Needed| {
+        let mut bound = vec![false; facts.classes.len()];
+        for v in g.value_ids() {
+            for c in 0..facts.layouts[v].width.unwrap_or(0) {
+                if needed[v][c] && facts.consts[v][c].is_none() {
+                    bound[facts.classes.class(v, c)] = true;
+                }
             }
         }
-    }
+        bound
+    };
+    let (bound, demanded) = (bound_by(&facts.needed), bound_by(&facts.demanded));
     let mut out = vec![];
     for v in g.value_ids() {
         let Some(w) = facts.layouts[v].width.filter(|_| decision.forced(facts, v)) else { continue };
-        let removable = (0..w).filter(|&c| !bound[facts.classes.class(v, c)]).count();
+        // Sizes computed from shapes are laid out like channels, but no channel of theirs leaves.
+        let integer = g.ir.elem_type(g.proto, g.name(v)).is_some_and(|t| FloatType::from_onnx(t).is_none());
+        if integer {
+            continue;
+        }
+        let removable = (0..w).filter(|&c| !demanded[facts.classes.class(v, c)]).count();
         if removable > 0 {
             let input =
                 (decision.policy == InputPolicy::Keep && g.is_graph_input(v)).then_some(KeepReason::GraphInput(v));
