@@ -837,6 +837,10 @@ fn a_tied_table_is_stored_once_whatever_its_two_sides_keep() {
         assert_eq!(transposes, 1, "dead vocabulary: {dead_vocab}");
         if dead_vocab {
             assert_eq!(r.after.params, r.before.params, "read whole: nothing changes");
+            // The two vocabulary entries the last layer does not read stay, and the report says
+            // why (they were hidden by the forcing's own need).
+            let logits = r.removals.blocked.iter().find(|b| b.values == ["logits"]).expect("reported");
+            assert_eq!((logits.removable, logits.reasons[0].code.as_str()), (2, "product-of-activations"));
         } else {
             assert_eq!(tables, [&[v as i64, c as i64 - 1][..]], "one table, without column 2");
             assert_eq!(widths(&r), [(c - 1, v)], "the head loses the entry");
