@@ -112,6 +112,9 @@ pub(crate) enum Why {
     /// A product of two activations: its output's last axis indexes the second operand's
     /// columns (keys, or the rows of a computed weight), not channels it can drop.
     ProductOfActivations,
+    /// It computes a tensor from constants alone, which no rule slices (a weight the graph
+    /// transposes or reshapes at run time).
+    ComputedConstant,
 }
 
 impl Why {
@@ -143,6 +146,7 @@ impl Why {
             Why::ImplausibleSize => "implausible-size",
             Why::NeedsConstant => "needs-constant",
             Why::ProductOfActivations => "product-of-activations",
+            Why::ComputedConstant => "computed-constant",
         }
     }
 }
@@ -185,6 +189,9 @@ impl fmt::Display for Why {
             ),
             Why::StridedChannelSlice => {
                 f.write_str("it slices the channel axis with a step, or a flattened or split channel axis")
+            }
+            Why::ComputedConstant => {
+                f.write_str("it computes a tensor from constants alone (a weight the graph computes), which no rule slices")
             }
             Why::ProductOfActivations => f.write_str(
                 "it multiplies two computed tensors: its last axis indexes the second operand's columns (keys, or a weight the graph computes), which it cannot drop",

@@ -224,7 +224,8 @@ impl<'g> ChannelOp<'g> for SizeArithmetic {
     /// cannot follow a rewrite: it keeps them all.
     fn check(&self, cx: &mut CheckCx<'_, 'g>) {
         if let Some(o) = cx.output(0).filter(|&o| cx.layout(o).width.is_some()) {
-            cx.force(o, Why::ShapeRead);
+            // From constants alone it is a tensor the graph computes (a transposed weight).
+            cx.force(o, if self.slots.is_empty() { Why::ComputedConstant } else { Why::ShapeRead });
         }
     }
 
