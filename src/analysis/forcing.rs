@@ -1,6 +1,7 @@
 //! Forcing seeds: values that keep every channel whatever the weights say, because something
 //! outside the analysis reads or writes them. Graph inputs are left to the decision's policy.
 
+use super::layout::Layouts;
 use super::reasons::{Forced, KeepReason, Why};
 use super::Graph;
 use crate::ops::Role;
@@ -34,4 +35,17 @@ pub(crate) fn seed(g: &Graph) -> Forced {
         }
     }
     forced
+}
+
+/// After the layout: an operator that carries channels to an output the layout could not give a
+/// width (a rotary table computed from positions, a reshape to sizes the graph computes) may use
+/// every channel of the activations it reads, so they stay; forced, so the report names it.
+pub(crate) fn unlaid_outputs(g: &Graph, layouts: &Layouts, forced: &mut Forced) {
+    for (n, op) in g.ops() {
+        if op.output_channels() && g.outputs(n).any(|v| layouts[v].width.is_none()) {
+            for v in op.activations().slots.into_iter().filter_map(|slot| g.input(n, slot)) {
+                forced.by_node(v, n, Why::OutputNotLaidOut);
+            }
+        }
+    }
 }

@@ -59,8 +59,9 @@ pub(crate) struct Facts<'g> {
     pub consts: Consts,
     pub needed: Needed,
     pub needed_by: NeededBy,
-    /// What the readers need without forced values being needed whole: channels of a forced
-    /// value that nothing demands stay only for the reason it was forced (the report says so).
+    /// What the readers need, forced values needed whole only where a node keeping them reads
+    /// them: channels of a forced value that nothing demands stay only because their producer
+    /// cannot drop them (the report says so).
     pub demanded: Needed,
     /// Nodes reading a constant that holds Inf or NaN (see [`finite`]).
     pub non_finite: Vec<NodeId>,
@@ -82,12 +83,13 @@ impl<'g> Facts<'g> {
         });
         let operands = operands::check(&graph, &layouts, &mut forced);
         let classes = classes::build(&graph, &layouts, &mut forced);
+        forcing::unlaid_outputs(&graph, &layouts, &mut forced);
         let (mut consts, patterns) = constancy::forward(&graph, &layouts, &operands, progress);
         let non_finite = finite::taint(&graph, &patterns, &mut forced, &mut consts);
         debug_check(&graph, "constancy", |v| consts[v].len() == layouts[v].width.unwrap_or(0));
-        let backward = |forced| need::backward(&graph, &layouts, &operands, &consts, &patterns, forced, additions);
-        let (needed, needed_by) = backward(Some(&forced));
-        let (demanded, _) = backward(None);
+        let backward = |seeds| need::backward(&graph, &layouts, &operands, &consts, &patterns, seeds, additions);
+        let (needed, needed_by) = backward(need::Seeds::Forced(&forced));
+        let (demanded, _) = backward(need::Seeds::Read(&forced));
         debug_check(&graph, "need", |v| needed[v].len() == layouts[v].width.unwrap_or(0));
         Facts { graph, forced, layouts, operands, classes, consts, needed, needed_by, demanded, non_finite }
     }

@@ -7,7 +7,7 @@ use super::constancy::{foldable_inputs, zero_inputs, Consts, Patterns};
 use super::ids::{IdVec, NodeId, ValueId};
 use super::layout::{Layout, Layouts};
 use super::operands::{Operands, Param};
-use super::reasons::Forced;
+use super::reasons::{Forced, KeepReason};
 use super::values::{at_node, At};
 use super::{Additions, Graph};
 use crate::ops::{Linear, NonZero, Role};
@@ -20,13 +20,23 @@ pub(crate) type Needed = IdVec<ValueId, Vec<bool>>;
 /// whole for another reason have no entry; that reason is reported with the value.
 pub(crate) type NeededBy = HashMap<(ValueId, usize), NodeId>;
 
+/// Which forced values the backward pass starts from needed whole: every one (what the
+/// decision keeps), or those that a node keeping them reads (what the graph's readers demand:
+/// the report's measure of channels kept only because their producer cannot drop them, an
+/// opaque node's outputs or attention scores).
+#[derive(Clone, Copy)]
+pub(crate) enum Seeds<'a> {
+    Forced(&'a Forced),
+    Read(&'a Forced),
+}
+
 pub(crate) fn backward<'g>(
     g: &Graph<'g>,
     layouts: &Layouts,
     operands: &Operands<'g>,
     consts: &Consts,
     patterns: &Patterns,
-    forced: Option<&Forced>,
+    seeds: Seeds,
     additions: Additions,
 ) -> (Needed, NeededBy) {
     let mut by = NeededBy::new();
@@ -34,10 +44,15 @@ pub(crate) fn backward<'g>(
     // Graph outputs are needed, and so is everything kept whole for another reason (an opaque
     // producer, a layout the analysis cannot follow): whatever reads it may use every channel.
     // Graph inputs have nothing upstream; their unused features are the decision's business.
-    // Without `forced`, what the graph's readers demand: the report's measure of what a forced
-    // value keeps only for the reason it was forced.
     for v in g.value_ids() {
-        if forced.is_some_and(|f| f.is_forced(v)) && !g.is_graph_input(v) {
+        let seeded = match seeds {
+            Seeds::Forced(forced) => forced.is_forced(v),
+            Seeds::Read(forced) => forced.of(v).iter().any(|r| match r {
+                KeepReason::Node { node, .. } => g.inputs(*node).any(|x| x == v),
+                KeepReason::GraphOutput(_) | KeepReason::GraphInput(_) => false,
+            }),
+        };
+        if seeded && !g.is_graph_input(v) {
             needed[v].iter_mut().for_each(|x| *x = true);
         }
     }
@@ -51,12 +66,10 @@ pub(crate) fn backward<'g>(
             Role::Inner => {}
             Role::Opaque(_) => cx.need_all_inputs(),
             Role::Op(op) => {
-                // An output whose channels the analysis could not lay out may be used in full.
-                if op.output_channels() && g.outputs(n).any(|v| layouts[v].width.is_none()) {
-                    cx.need_all_inputs();
-                }
+                // (What an operator reads whose output the layout could not lay out is forced:
+                // `forcing::unlaid_outputs`.)
                 op.needs(&mut cx);
-                if forced.is_none() {
+                if let Seeds::Read(_) = seeds {
                     // A computed operand (a size, indices) is read whole; in the forced run it
                     // is forced, and so needed whole, already.
                     let slots = op.activations().slots;

@@ -115,6 +115,8 @@ pub(crate) enum Why {
     /// It computes a tensor from constants alone, which no rule slices (a weight the graph
     /// transposes or reshapes at run time).
     ComputedConstant,
+    /// Its output's channels could not be laid out, so it may read every channel.
+    OutputNotLaidOut,
 }
 
 impl Why {
@@ -147,6 +149,7 @@ impl Why {
             Why::NeedsConstant => "needs-constant",
             Why::ProductOfActivations => "product-of-activations",
             Why::ComputedConstant => "computed-constant",
+            Why::OutputNotLaidOut => "output-not-laid-out",
         }
     }
 }
@@ -190,6 +193,9 @@ impl fmt::Display for Why {
             Why::StridedChannelSlice => {
                 f.write_str("it slices the channel axis with a step, or a flattened or split channel axis")
             }
+            Why::OutputNotLaidOut => f.write_str(
+                "the channels of its output could not be laid out (sizes the graph computes, or an operand no rule lays out), so it may read every channel",
+            ),
             Why::ComputedConstant => {
                 f.write_str("it computes a tensor from constants alone (a weight the graph computes), which no rule slices")
             }
