@@ -210,6 +210,54 @@ pub(crate) fn verify(
     channels: &ChannelMap,
     progress: &dyn Fn(crate::Progress),
 ) -> Result<Verification> {
+    guarded(original, || compare_models(original, minimized, graph, opts, channels, progress))
+}
+
+thread_local! {
+    /// Set while tract runs under [`guarded`]: its panics are reported as errors, not printed.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into [`Error::Tract`]. tract panics on some inputs its
+/// checks let through (a `Gather` index past its table, which a model can compute from the
+/// random inputs' shapes); that is a model tract cannot check at those shapes, not a crash of
+/// this tool. The panic hook stays quiet for such panics and prints every other one as before.
+fn guarded<T>(model: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = GUARDED.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    result.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(Error::Tract {
+            model: model.display().to_string(),
+            why: format!(
+                "tract hit an internal error running it or the minimized model ({what}); at the verification's input shapes the model may index past a table (positions from a padded length): pass shapes it accepts with --input-shape, or inputs with --inputs"
+            ),
+        })
+    })
+}
+
+fn compare_models(
+    original: &Path,
+    minimized: &Path,
+    graph: &GraphProto,
+    opts: &VerifyOptions,
+    channels: &ChannelMap,
+    progress: &dyn Fn(crate::Progress),
+) -> Result<Verification> {
     // Folded biases are rounded to the weights' type: 16-bit floats carry ~3 decimal digits.
     let sixteen = graph
         .initializer

@@ -145,6 +145,17 @@ fn bad_input_gets_a_clear_error_and_no_file() {
         String::from_utf8_lossy(&o.stdout)
     );
 
+    // A model that indexes past its table at the verification's shapes makes tract panic: an
+    // error naming the model, exit 4, and no panic message.
+    let mut g = crate::common::G::new("ids", &[None]);
+    g.g.input[0] = crate::common::value_info("ids", onnx_minimize::onnx::proto::tensor_proto::DataType::Int64, &[None]);
+    g.g.initializer.push(crate::common::int64_tensor("past", &[7]));
+    g.weight("table", 4, 2, &[1]).weight("w", 2, 3, &[0]);
+    g.op("Add", &["ids", "past"], "at", vec![]).op("Gather", &["table", "at"], "rows", vec![]);
+    g.op("MatMul", &["rows", "w"], "y", vec![]);
+    let past = write(d, "past.onnx", &g.model("y", &[None, Some(3)]));
+    check(vec![past.as_os_str(), out.as_os_str()], 4, &["past.onnx", "internal error", "--input-shape"]);
+
     let mut m = tiny();
     let w = &mut m.graph.as_mut().unwrap().initializer[0];
     w.data_type = Some(onnx_minimize::onnx::proto::tensor_proto::DataType::Int32 as i32);
