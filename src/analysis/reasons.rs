@@ -117,6 +117,8 @@ pub(crate) enum Why {
     ComputedConstant,
     /// Its output's channels could not be laid out, so it may read every channel.
     OutputNotLaidOut,
+    /// It splits an axis other than the channels (not followed yet).
+    SplitsOtherAxis,
 }
 
 impl Why {
@@ -150,6 +152,7 @@ impl Why {
             Why::ProductOfActivations => "product-of-activations",
             Why::ComputedConstant => "computed-constant",
             Why::OutputNotLaidOut => "output-not-laid-out",
+            Why::SplitsOtherAxis => "splits-other-axis",
         }
     }
 }
@@ -193,6 +196,7 @@ impl fmt::Display for Why {
             Why::StridedChannelSlice => {
                 f.write_str("it slices the channel axis with a step, or a flattened or split channel axis")
             }
+            Why::SplitsOtherAxis => f.write_str("it splits an axis other than the channels (not followed yet)"),
             Why::OutputNotLaidOut => f.write_str(
                 "the channels of its output could not be laid out (sizes the graph computes, or an operand no rule lays out), so it may read every channel",
             ),

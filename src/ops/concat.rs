@@ -97,7 +97,10 @@ impl<'g> ChannelOp<'g> for Concatenated {
                 cx.carry_block(v, o);
                 cx.carry_block(o, v);
             }
-        } else if cx.along(&all, self.axis) {
+        } else if all.iter().any(|&v| cx.get(v).axis.is_some()) && cx.along(&all, self.axis) {
+            // A part (or the output) whose channel axis is the concatenation's: along the
+            // channels. With no axis known anywhere yet this waits: a guess here would lay out
+            // a concatenation of tokens (a class token before the patches) as channels.
             if let Some(total) = ins.iter().map(|&v| cx.get(v).width).sum::<Option<usize>>() {
                 cx.set_width(o, total);
             }
@@ -396,7 +399,19 @@ impl<'g> ChannelOp<'g> for Splitted {
         let x = cx.input(0);
         let Some(outs) = cx.outputs(self.parts) else { return };
         let all: Vec<ValueId> = outs.iter().copied().chain([x]).collect();
-        cx.along(&all, self.axis);
+        // Along the channels only where a known channel axis says so: with none known yet this
+        // waits, and a split along another axis (a class token split off the patches) keeps
+        // everything it touches, rather than lay out positions as channels.
+        let known = all.iter().find_map(|&v| cx.get(v).axis.zip(cx.get(v).rank));
+        match known {
+            None => return,
+            Some((a, r)) if a != if self.axis < 0 { self.axis as isize } else { self.axis as isize - r as isize } => {
+                return all.iter().for_each(|&v| cx.force(v, Why::SplitsOtherAxis));
+            }
+            Some(_) => {
+                cx.along(&all, self.axis);
+            }
+        }
         let sizes = if self.sizes.is_empty() {
             match cx.get(x).per_head() {
                 Some(w) if w % outs.len() == 0 => vec![w / outs.len(); outs.len()],

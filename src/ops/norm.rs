@@ -497,6 +497,11 @@ impl<'g> ChannelOp<'g> for Norm<'g> {
             let channels_alone = !self.to_end || axis == r as i64 - 1;
             if !channels_alone || cx.get(x).position().is_some_and(|p| p as i64 != axis) {
                 cx.force_both(x, y, Why::NormOverOtherAxes);
+            } else {
+                // The normalized axis is the channel axis: said here, so that a layout guessed
+                // elsewhere for the same tensor conflicts instead of passing through the norm.
+                cx.set_axis(x, axis as isize - r as isize);
+                cx.set_axis(y, axis as isize - r as isize);
             }
         }
     }

@@ -847,3 +847,48 @@ fn a_tied_table_is_stored_once_whatever_its_two_sides_keep() {
         }
     }
 }
+
+/// CvT's attention (both exporters): a class token concatenated before the patch tokens, a
+/// LayerNorm, the tokens split (`Split`) or sliced (`Slice`) apart again, transposed and
+/// reshaped into a map for a depthwise Conv. The split is along the tokens: laying it out as
+/// channels (the split and the concatenation used to claim their axis for the channels when
+/// nothing else was known) rewrote the Conv for "channels" that were tokens, and tract refused
+/// the output. Now nothing there is taken for channels, and the output verifies.
+#[test]
+fn a_class_token_split_off_the_patches_is_not_a_channel_split() {
+    for split in [true, false] {
+        let c = 6;
+        let mut g = G::new("x", &[Some(1), Some(4), Some(c)]);
+        let cls = g.rand(c);
+        g.init("cls", &[1, 1, c], &cls).init("g", &[c], &[1.5; 6]);
+        let b = g.rand(c);
+        g.init("b", &[c], &b);
+        let mut dw = g.rand(c);
+        dw[1] = 0.0;
+        dw[3] = 0.0;
+        g.init("dw", &[c, 1, 1, 1], &dw).init("db", &[c], &[0.5, 0.0, -0.3, 0.0, 0.2, 0.1]);
+        g.weight("w", c, 3, &[]);
+        for (name, v) in [("sizes", vec![1, 4]), ("grid", vec![-1, c as i64, 2, 2]), ("flat", vec![1, c as i64, 4])] {
+            g.g.initializer.push(int64_tensor(name, &v));
+        }
+        for (name, v) in [("start", 1), ("end", 5), ("axis", 1)] {
+            g.g.initializer.push(int64_tensor(name, &[v]));
+        }
+        g.op("Concat", &["cls", "x"], "cat", vec![attr_i("axis", 1)]);
+        g.op("LayerNormalization", &["cat", "g", "b"], "ln", vec![attr_i("axis", -1)]);
+        if split {
+            let node =
+                crate::common::node("Split", "split", &["ln", "sizes"], &["cls_out", "t"], vec![attr_i("axis", 1)]);
+            g.g.node.push(node);
+        } else {
+            g.op("Slice", &["ln", "start", "end", "axis"], "t", vec![]);
+        }
+        let perm = || vec![crate::common::attr_ints("perm", &[0, 2, 1])];
+        g.op("Transpose", &["t"], "tt", perm()).op("Reshape", &["tt", "grid"], "map", vec![]);
+        let conv = vec![attr_i("group", c as i64), crate::common::attr_ints("kernel_shape", &[1, 1])];
+        g.op("Conv", &["map", "dw", "db"], "y", conv).op("Reshape", &["y", "flat"], "yf", vec![]);
+        g.op("Transpose", &["yf"], "yt", perm()).op("MatMul", &["yt", "w"], "out", vec![]);
+        let (r, _) = minimize(&g.model("out", &[Some(1), Some(4), Some(3)]));
+        assert!(r.after.params <= r.before.params, "split: {split}");
+    }
+}
