@@ -413,7 +413,7 @@ def fam_nemotron():
 
 
 def fam_glm():
-    return _decoder("GlmModel", "GlmConfig", head_dim=16)
+    return _decoder("GlmModel", "GlmConfig", head_dim=16, pad_token_id=0)
 
 
 def fam_qwen2_moe():
@@ -508,7 +508,7 @@ def fam_segformer():
 
 def fam_cvt():
     T = _t()
-    cfg = T.CvtConfig(embed_dim=[16, 32, 48], num_heads=[1, 2, 4], depth=[1, 1, 1])
+    cfg = T.CvtConfig(embed_dim=[16, 32, 48], num_heads=[1, 2, 4], depth=[1, 2, 3])
     return image(T.CvtModel(cfg, add_pooling_layer=False), 64)
 
 
@@ -589,13 +589,15 @@ def fam_pvt_v2():
 
 def fam_efficientnet():
     T = _t()
-    cfg = T.EfficientNetConfig(image_size=64, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=64)
+    cfg = T.EfficientNetConfig(image_size=64, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=320)
     return image(T.EfficientNetModel(cfg), 64)
 
 
 def fam_bit():
     T = _t()
-    cfg = T.BitConfig(embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], layer_type="bottleneck")
+    cfg = T.BitConfig(
+        embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], layer_type="bottleneck", num_groups=8
+    )
     return image(T.BitModel(cfg), 64)
 
 
@@ -843,6 +845,9 @@ def read_report(path: str) -> dict:
     }
 
 
+NV_KEYS = ("params_before", "params_after", "opaque", "blocked_codes", "blocked_removable")
+
+
 def minimize(binary: str, d: str, shapes: list[str], extra: list[str], tag: str) -> tuple[list[str], dict]:
     src, dst, rep = (os.path.join(d, f) for f in ("model.onnx", f"min{tag}.onnx", f"report{tag}.json"))
     for f in (dst, rep):
@@ -897,14 +902,15 @@ def run_one(family: str, exporter: str, wrapper, kind: str, size: int, binary: s
         cmd2, res2 = minimize(binary, d, shapes, ["--verify", "none"], "_nv")
         rec["nv"] = {"cmd": shlex.join(cmd2), "exit": res2["exit"], "stderr_tail": res2["stderr_tail"]}
         mini = os.path.join(d, "min_nv.onnx") if res2["written"] else None
-        for k in ("params_before", "params_after", "opaque", "blocked_codes", "blocked_removable"):
-            rec.setdefault(k, res2.get(k))
-            if rec.get(k) is None:
-                rec[k] = res2.get(k)
+        for k in NV_KEYS:  # the exit-4 report holds no analysis: take the unverified run's
+            if res2.get(k) is not None:
+                rec[k] = res2[k]
     if mini and os.path.exists(mini):
-        rec["ort_dev"], rec["ort_note"] = ort_dev(
-            os.path.join(d, "model.onnx"), mini, inputs_for(kind, size, BATCH, 12345)
-        )
+        orig = os.path.join(d, "model.onnx")
+        rec["ort_dev"], rec["ort_note"] = ort_dev(orig, mini, inputs_for(kind, size, BATCH, 12345))
+        if rec["ort_dev"] is None:  # the original itself fails at batch 2: try batch 1
+            dev, note = ort_dev(orig, mini, inputs_for(kind, size, 1, 12345))
+            rec["ort_dev"], rec["ort_note"] = dev, f"batch 1 ({note}); batch 2: {rec['ort_note']}"
         rec["ort_checked"] = os.path.basename(mini)
     return rec
 
@@ -950,14 +956,19 @@ def collect(out: str) -> list[dict]:
             p = os.path.join(out, fam, ex, "record.json")
             if os.path.exists(p):
                 with open(p) as f:
-                    recs.append(json.load(f))
+                    rec = json.load(f)
+                nv = read_report(os.path.join(out, fam, ex, "report_nv.json")) if rec.get("exit") == 4 else {}
+                rec.update({k: nv[k] for k in NV_KEYS if nv.get(k) is not None})
+                recs.append(rec)
     return recs
 
 
 def failure(r: dict) -> str:
     why = []
     if r.get("exit") not in (None, 0):
-        why.append(f"exit {r['exit']}")
+        why.append(
+            f"exit {r['exit']}" + (f" (tract fails on {r['tract_fails_on']})" if r.get("tract_fails_on") else "")
+        )
     if r.get("panic"):
         why.append("panic")
     dev = r.get("ort_dev")

@@ -35,7 +35,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sweep import zero_norm_gamma, zero_out_units  # noqa: E402
+from sweep import zero_norm_gamma, zero_out_units
 
 LAYERS = 4
 
@@ -70,8 +70,14 @@ def gpt2(gen):
 
 def smollm(gen):
     cfg = transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=LAYERS,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True,
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
     )
     lm = transformers.LlamaForCausalLM(cfg).eval()
     cs, m = stream(576), lm.model
@@ -102,21 +108,31 @@ class Logits(torch.nn.Module):
 
 def export(lm, exporter: str, path: Path) -> None:
     ids, mask = torch.randint(0, 1000, (2, 16)), torch.ones(2, 16, dtype=torch.int64)
-    names = dict(input_names=["input_ids", "attention_mask"], output_names=["logits"])
+    names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
     if exporter == "ts":
         axes = {n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "logits")}
-        torch.onnx.export(Logits(lm), (ids, mask), str(path), dynamo=False, opset_version=17,
-                          dynamic_axes=axes, **names)
+        torch.onnx.export(
+            Logits(lm), (ids, mask), str(path), dynamo=False, opset_version=17, dynamic_axes=axes, **names
+        )
     else:
         b, s = torch.export.Dim("batch"), torch.export.Dim("seq", max=1024)
-        torch.onnx.export(Logits(lm), (ids, mask), str(path), dynamo=True, external_data=False,
-                          dynamic_shapes=({0: b, 1: s}, {0: b, 1: s}), **names)
+        torch.onnx.export(
+            Logits(lm),
+            (ids, mask),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes=({0: b, 1: s}, {0: b, 1: s}),
+            **names,
+        )
 
 
 def ort_deviation(a: Path, b: Path) -> float:
     rng = np.random.default_rng(1)
-    feeds = {"input_ids": rng.integers(0, 50000, (2, 24)).astype(np.int64),
-             "attention_mask": np.ones((2, 24), np.int64)}
+    feeds = {
+        "input_ids": rng.integers(0, 50000, (2, 24)).astype(np.int64),
+        "attention_mask": np.ones((2, 24), np.int64),
+    }
     x = ort.InferenceSession(str(a)).run(None, feeds)[0]
     y = ort.InferenceSession(str(b)).run(None, feeds)[0]
     return float(np.abs(x - y).max() / np.abs(x).max())
@@ -144,29 +160,57 @@ def main() -> None:
             for i, binary in enumerate(args.binary):
                 dst, rep = out / f"{name}_{exporter}_min{i}.onnx", out / f"{name}_{exporter}_{i}.json"
                 t0 = time.perf_counter()
-                p = subprocess.run([binary, str(src), str(dst), "--report", str(rep), "-q",
-                                    "--input-shape", "input_ids=1,16", "--input-shape", "attention_mask=1,16"],
-                                   capture_output=True, text=True)
+                p = subprocess.run(
+                    [
+                        binary,
+                        str(src),
+                        str(dst),
+                        "--report",
+                        str(rep),
+                        "-q",
+                        "--input-shape",
+                        "input_ids=1,16",
+                        "--input-shape",
+                        "attention_mask=1,16",
+                    ],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                )
                 seconds = time.perf_counter() - t0
-                row = dict(model=name, exporter=exporter, binary=binary, exit=p.returncode, seconds=round(seconds, 2))
+                row = {
+                    "model": name,
+                    "exporter": exporter,
+                    "binary": binary,
+                    "exit": p.returncode,
+                    "seconds": round(seconds, 2),
+                }
                 if p.returncode == 0:
                     r = json.loads(rep.read_text())
-                    row |= dict(params=r["before"]["params"], params_after=r["after"]["params"],
-                                bytes=r["before"]["bytes"], bytes_after=r["after"]["bytes"],
-                                ort=ort_deviation(src, dst))
+                    row |= {
+                        "params": r["before"]["params"],
+                        "params_after": r["after"]["params"],
+                        "bytes": r["before"]["bytes"],
+                        "bytes_after": r["after"]["bytes"],
+                        "ort": ort_deviation(src, dst),
+                    }
                 else:
                     row["stderr"] = p.stderr[-400:]
                 rows.append(row)
                 print(row, flush=True)
     (out / "tied.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["| model | exporter | binary | params | after | MB | after MB | minimize s | ORT rel. deviation |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | exporter | binary | params | after | MB | after MB | minimize s | ORT rel. deviation |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if r["exit"] != 0:
             lines.append(f"| {r['model']} | {r['exporter']} | {r['binary']} | exit {r['exit']} | | | | | |")
             continue
-        lines.append(f"| {r['model']} | {r['exporter']} | {r['binary']} | {r['params']:,} | {r['params_after']:,} | "
-                     f"{r['bytes'] / 1e6:.1f} | {r['bytes_after'] / 1e6:.1f} | {r['seconds']:.1f} | {r['ort']:.1e} |")
+        lines.append(
+            f"| {r['model']} | {r['exporter']} | {r['binary']} | {r['params']:,} | {r['params_after']:,} | "
+            f"{r['bytes'] / 1e6:.1f} | {r['bytes_after'] / 1e6:.1f} | {r['seconds']:.1f} | {r['ort']:.1e} |"
+        )
     (out / "tied.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
