@@ -197,22 +197,6 @@ fn run(model: &InferenceModel, path: &Path, inputs: &[(String, Tensor)]) -> Resu
     plan(model, path, &facts)?.run(values).map_err(tract_err(path))
 }
 
-/// Runs both models and returns the deviations, or [`Error::Diverged`] past the tolerance.
-///
-/// tract does not run every operator in float16 or float64 (Gemm among them). When it cannot run
-/// either model in its own types, both are compared as float32 copies instead (every
-/// float16/bfloat16 value is exact in float32), and the report says so.
-pub(crate) fn verify(
-    original: &Path,
-    minimized: &Path,
-    graph: &GraphProto,
-    opts: &VerifyOptions,
-    channels: &ChannelMap,
-    progress: &dyn Fn(crate::Progress),
-) -> Result<Verification> {
-    guarded(original, || compare_models(original, minimized, graph, opts, channels, progress))
-}
-
 thread_local! {
     /// Set while tract runs under [`guarded`]: its panics are reported as errors, not printed.
     static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -222,7 +206,7 @@ thread_local! {
 /// checks let through (a `Gather` index past its table, which a model can compute from the
 /// random inputs' shapes); that is a model tract cannot check at those shapes, not a crash of
 /// this tool. The panic hook stays quiet for such panics and prints every other one as before.
-fn guarded<T>(model: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn guarded<T>(model: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
@@ -250,7 +234,12 @@ fn guarded<T>(model: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-fn compare_models(
+/// Runs both models and returns the deviations, or [`Error::Diverged`] past the tolerance.
+///
+/// tract does not run every operator in float16 or float64 (Gemm among them). When it cannot run
+/// either model in its own types, both are compared as float32 copies instead (every
+/// float16/bfloat16 value is exact in float32), and the report says so.
+pub(crate) fn verify(
     original: &Path,
     minimized: &Path,
     graph: &GraphProto,
