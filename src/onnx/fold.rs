@@ -23,13 +23,12 @@ use super::tensor::{encode, int64s, numel, with_data, FloatType, Values};
 use crate::ir::{normalize, Ir, NodeExt};
 use crate::rewrite::{Applied, Names, Pending};
 
-/// A `Transpose` of a weight that other nodes read too, folded into `folded`: the node to write
-/// back, and the bytes of both sides (slices of them are recognised by their source).
+/// A `Transpose` of a weight that other nodes read too, folded into its output: the node to
+/// write back (its input names the weight, its output the folded copy), and the bytes of both
+/// sides (slices of them are recognised by their source).
 pub(crate) struct Tie {
     node: NodeProto,
-    source: String,
     source_bytes: Bytes,
-    folded: String,
     folded_bytes: Bytes,
 }
 
@@ -104,9 +103,7 @@ pub(crate) fn constants(g: &mut GraphProto, opset: i64, tie: bool) -> Vec<Tie> {
             match (source, outputs.first()) {
                 (Some(source_bytes), Some(t)) => ties.push(Tie {
                     node: node.clone(),
-                    source: node.input[0].clone(),
                     source_bytes,
-                    folded: t.name().to_string(),
                     folded_bytes: t.raw_data.clone().unwrap_or_default(),
                 }),
                 _ => sources.extend(node.input.iter().filter(|i| !i.is_empty()).cloned()),
@@ -143,9 +140,11 @@ pub(crate) fn retie(g: &mut GraphProto, applied: &mut Applied, ties: &[Tie]) -> 
     let mut writes = vec![];
     for tie in ties {
         let kept = |name: &str, bytes: &Bytes| kept(g, &applied.pending, name, bytes);
-        let sources: Vec<(String, Kept)> =
-            versions(&tie.source).into_iter().filter_map(|v| Some((v.clone(), kept(&v, &tie.source_bytes)?))).collect();
-        for folded in versions(&tie.folded) {
+        let sources: Vec<(String, Kept)> = versions(&tie.node.input[0])
+            .into_iter()
+            .filter_map(|v| Some((v.clone(), kept(&v, &tie.source_bytes)?)))
+            .collect();
+        for folded in versions(&tie.node.output[0]) {
             let Some((rows, cols)) = kept(&folded, &tie.folded_bytes) else { return false };
             let Some((source, _)) = sources.iter().find(|(_, (r, c))| *r == cols && *c == rows) else { return false };
             writes.push((&tie.node, source.clone(), folded));

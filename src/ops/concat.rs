@@ -53,7 +53,16 @@ impl Concatenated {
     /// Whether `l` puts the channels on an axis other than the concatenation's.
     fn stacked(&self, l: crate::analysis::Layout) -> bool {
         let (Some(a), Some(r)) = (l.axis, l.rank) else { return false };
-        a != if self.axis < 0 { self.axis as isize } else { self.axis as isize - r as isize }
+        a != from_end(self.axis, r)
+    }
+}
+
+/// An `axis` attribute of a node over values of rank `r`, counted from the end as layouts count.
+fn from_end(axis: i64, r: usize) -> isize {
+    if axis < 0 {
+        axis as isize
+    } else {
+        axis as isize - r as isize
     }
 }
 
@@ -79,11 +88,8 @@ impl<'g> ChannelOp<'g> for Concatenated {
         if let Some(l) = all.iter().map(|&v| cx.get(v)).find(|&l| self.stacked(l)) {
             // Along the heads' axis (a stack of recurrent layers' final states), the heads a
             // part holds are not the output's: the parts stay whole.
-            let along = |l: crate::analysis::Layout| {
-                l.heads.zip(l.rank).is_some_and(|(h, r)| {
-                    h.axis == if self.axis < 0 { self.axis as isize } else { self.axis as isize - r as isize }
-                })
-            };
+            let along =
+                |l: crate::analysis::Layout| l.heads.zip(l.rank).is_some_and(|(h, r)| h.axis == from_end(self.axis, r));
             if all.iter().any(|&v| along(cx.get(v))) {
                 return all.iter().for_each(|&v| cx.force(v, Why::ConcatenatesHeads));
             }
@@ -405,7 +411,7 @@ impl<'g> ChannelOp<'g> for Splitted {
         let known = all.iter().find_map(|&v| cx.get(v).axis.zip(cx.get(v).rank));
         match known {
             None => return,
-            Some((a, r)) if a != if self.axis < 0 { self.axis as isize } else { self.axis as isize - r as isize } => {
+            Some((a, r)) if a != from_end(self.axis, r) => {
                 return all.iter().for_each(|&v| cx.force(v, Why::SplitsOtherAxis));
             }
             Some(_) => {
