@@ -17,10 +17,7 @@ use std::time::Instant;
 use prost::Message;
 use tract_onnx::prelude::*;
 
-use super::{
-    deviation, graph_to_f32, has_non_f32_floats, input_sets, plan, tract_err, verification, ChannelMap, Kept,
-    VerifyOptions,
-};
+use super::{deviation, for_tract, input_sets, plan, tract_err, verification, ChannelMap, Kept, VerifyOptions};
 use crate::error::{Error, Result};
 use crate::onnx::proto::{
     tensor_proto::DataType, type_proto, GraphProto, ModelProto, TensorProto, TypeProto, ValueInfoProto,
@@ -226,9 +223,7 @@ impl Loaded<'_> {
                 .collect(),
             ..Default::default()
         };
-        if self.as_f32 {
-            graph_to_f32(&mut graph);
-        }
+        for_tract::prepare(&mut graph, self.as_f32);
         let piece = ModelProto {
             ir_version: self.model.ir_version,
             opset_import: self.model.opset_import.clone(),
@@ -372,7 +367,7 @@ pub(super) fn verify(
     let start = Instant::now();
     let (o, m) = (Model::load(original)?, Model::load(minimized)?);
     let (og, mg) = (o.graph(), m.graph());
-    let as_f32 = has_non_f32_floats(og) || has_non_f32_floats(mg);
+    let as_f32 = for_tract::has_non_f32_floats(og) || for_tract::has_non_f32_floats(mg);
     let order = o.ir()?.order;
     let budget = opts.block_bytes.unwrap_or(super::BLOCK_BYTES);
     let pieces = cut(og, &order, budget)?;

@@ -6,6 +6,7 @@
 //! piece by piece instead: see [`blockwise`].
 
 mod blockwise;
+mod for_tract;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -265,63 +266,34 @@ pub(crate) fn verify(
     if !whole {
         return blockwise::verify(original, minimized, channels, opts, tolerance, progress);
     }
-    match compare(original, minimized, graph, opts, tolerance) {
-        Err(Error::Tract { model, why }) if has_non_f32_floats(graph) => {
-            let dir = tempfile::tempdir().map_err(|source| Error::Write { path: std::env::temp_dir(), source })?;
-            let (a, a_path) = as_f32_copy(original, &dir.path().join("original.onnx"))?;
-            let (_, b_path) = as_f32_copy(minimized, &dir.path().join("minimized.onnx"))?;
-            let mut v = compare(&a_path, &b_path, a.graph(), opts, tolerance).map_err(|e| match e {
-                Error::Tract { why: second, .. } => {
-                    Error::Tract { model, why: format!("{why}\n  and as float32: {second}") }
-                }
-                e => e,
-            })?;
-            v.as_float32 = true;
-            Ok(v)
-        }
-        other => other,
-    }
-}
-
-fn is_other_float(dt: i32) -> bool {
-    [DataType::Float16 as i32, DataType::Bfloat16 as i32, DataType::Double as i32].contains(&dt)
-}
-
-fn has_non_f32_floats(g: &GraphProto) -> bool {
-    g.initializer.iter().any(|t| is_other_float(t.data_type()))
-}
-
-/// A float32 copy of a model: float tensors, declared types and float casts all become float32.
-fn as_f32_copy(path: &Path, to: &Path) -> Result<(crate::Model, std::path::PathBuf)> {
-    let mut m = crate::Model::load(path)?;
-    graph_to_f32(m.graph_mut());
-    m.write(to, false)?;
-    Ok((m, to.to_path_buf()))
-}
-
-/// Makes every float tensor, declared type and float cast of `g` float32.
-fn graph_to_f32(g: &mut GraphProto) {
-    use crate::onnx::tensor::{with_data, FloatType, Values};
-    let convert = |t: &mut crate::onnx::proto::TensorProto| {
-        if let (true, Ok(v)) = (is_other_float(t.data_type()), Values::of(t)) {
-            *t = with_data(t, t.dims.clone(), FloatType::F32, v.to_f32_bytes());
-        }
+    // Copies tract can run, only where the model needs them: a copy costs a write of each model.
+    let copies = |f32: bool| -> Result<Verification> {
+        let dir = tempfile::tempdir().map_err(|source| Error::Write { path: std::env::temp_dir(), source })?;
+        let (a, a_path) = for_tract::copy(original, &dir.path().join("original.onnx"), f32)?;
+        let (_, b_path) = for_tract::copy(minimized, &dir.path().join("minimized.onnx"), f32)?;
+        // Errors name the user's files, not the copies.
+        let named = |model: String| match model {
+            m if m == a_path.display().to_string() => original.display().to_string(),
+            m if m == b_path.display().to_string() => minimized.display().to_string(),
+            m => m,
+        };
+        let mut v = compare(&a_path, &b_path, a.graph(), opts, tolerance).map_err(|e| match e {
+            Error::Tract { model, why } => Error::Tract { model: named(model), why },
+            e => e,
+        })?;
+        v.as_float32 = f32;
+        Ok(v)
     };
-    g.initializer.iter_mut().for_each(convert);
-    for a in g.node.iter_mut().flat_map(|n| n.attribute.iter_mut()) {
-        if let Some(t) = a.t.as_mut() {
-            convert(t);
-        }
-        if a.name() == "to" && a.i.is_some_and(|i| is_other_float(i as i32)) {
-            a.i = Some(DataType::Float as i64);
-        }
-    }
-    for vi in g.input.iter_mut().chain(g.output.iter_mut()).chain(g.value_info.iter_mut()) {
-        if let Some(type_proto::Value::TensorType(t)) = vi.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-            if is_other_float(t.elem_type()) {
-                t.elem_type = Some(DataType::Float as i32);
+    let first =
+        if for_tract::has_quirks(graph) { copies(false) } else { compare(original, minimized, graph, opts, tolerance) };
+    match first {
+        Err(Error::Tract { model, why }) if for_tract::has_non_f32_floats(graph) => copies(true).map_err(|e| match e {
+            Error::Tract { why: second, .. } => {
+                Error::Tract { model, why: format!("{why}\n  and as float32: {second}") }
             }
-        }
+            e => e,
+        }),
+        other => other,
     }
 }
 

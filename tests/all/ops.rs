@@ -584,6 +584,29 @@ fn embedding_tables_lose_constant_and_unread_columns() {
     assert_eq!(table.dims, vec![10, 4]);
 }
 
+/// RoBERTa's position ids as the dynamo exporter writes them: a padding mask summed along the
+/// tokens in int64, which tract cannot sum (it types the cast as a dimension); verification
+/// runs on copies that sum in float64.
+#[test]
+fn position_ids_summed_over_a_padding_mask_are_verified() {
+    use onnx_minimize::onnx::proto::tensor_proto::DataType;
+    let mut g = G::new("ids", &[B, Some(5)]);
+    g.g.input[0] = crate::common::value_info("ids", DataType::Int64, &[B, Some(5)]);
+    g.g.initializer.push(int64_tensor("one", &[1]));
+    g.g.initializer.last_mut().unwrap().dims = vec![];
+    let positions = g.rand(10 * 6);
+    g.init("positions", &[10, 6], &positions).weight("w", 6, 3, &[4]);
+    g.op("Equal", &["ids", "one"], "pad", vec![]).op("Not", &["pad"], "real", vec![]);
+    g.op("Cast", &["real"], "r32", vec![attr_i("to", DataType::Int32 as i64)]);
+    g.op("Cast", &["r32"], "r64", vec![attr_i("to", DataType::Int64 as i64)]);
+    g.op("CumSum", &["r64", "one"], "count", vec![]).op("Mul", &["count", "r64"], "masked", vec![]);
+    g.op("Add", &["masked", "one"], "at", vec![]).op("Gather", &["positions", "at"], "e", vec![attr_i("axis", 0)]);
+    g.op("MatMul", &["e", "w"], "y", vec![]);
+    let (r, m) = minimize(&g.model("y", &[B, Some(5), Some(3)]));
+    assert_eq!(widths(&r), vec![(5, 3)]);
+    assert_eq!(m.graph().node.iter().filter(|n| n.op_type() == "CumSum").count(), 1, "the copies are tract's alone");
+}
+
 /// `a = relu(x @ w1 + b1)` flattened to `[-1, size]` with the size read back as the last
 /// dimension of `read` (`flat`), and `w2` (`[2, 6]`, transB) that leaves a's channel 2 unread.
 fn flattened_to_a_size_read_back(g: &mut G, read: &str) {
