@@ -85,6 +85,9 @@ pub struct Verification {
     pub seconds: f64,
     /// tract could not run the model in its own float types, so both were compared as float32.
     pub as_float32: bool,
+    /// Input sets with guessed dynamic sizes that the *original* model cannot run on (a batch
+    /// size baked into a reshape, positions past a table), as tried: nothing to compare there.
+    pub skipped: Vec<String>,
     /// "whole", or "blockwise" (piece by piece, `pieces` of them).
     pub mode: String,
     pub pieces: Option<usize>,
@@ -194,6 +197,9 @@ impl Report {
                     "verified with tract on {} input sets{whole}{how}: max relative deviation {:.2e} (tolerance {:.0e}{step})",
                     v.runs, worst, v.tolerance
                 );
+                for skipped in &v.skipped {
+                    let _ = writeln!(s, "  not compared: the original model cannot run on {skipped}");
+                }
             }
             None => {
                 let _ = writeln!(s, "not verified (--no-verify)");

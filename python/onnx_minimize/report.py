@@ -83,6 +83,9 @@ class Verification:
     #: "whole", or "blockwise" (piece by piece, `pieces` of them).
     mode: str
     pieces: int | None
+    #: Input sets with guessed dynamic sizes the *original* model cannot run on (a batch size
+    #: baked into a reshape), as tried: nothing to compare there.
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)

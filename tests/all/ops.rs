@@ -607,6 +607,22 @@ fn position_ids_summed_over_a_padding_mask_are_verified() {
     assert_eq!(m.graph().node.iter().filter(|n| n.op_type() == "CumSum").count(), 1, "the copies are tract's alone");
 }
 
+/// TorchScript exports bake the example's batch size into reshapes while declaring it dynamic:
+/// the original runs at that size only, so the other sizes tried are skipped and reported.
+#[test]
+fn shapes_the_original_cannot_run_at_are_skipped_and_reported() {
+    let mut g = G::new("x", &[B, Some(4)]);
+    g.g.initializer.push(int64_tensor("baked", &[1, 4]));
+    g.weight("w1", 4, 5, &[]).weight("w2", 5, 3, &[2]);
+    g.op("Reshape", &["x", "baked"], "r", vec![]).op("MatMul", &["r", "w1"], "h", vec![]);
+    g.op("Relu", &["h"], "a", vec![]).op("MatMul", &["a", "w2"], "y", vec![]);
+    let (r, _) = minimize(&g.model("y", &[Some(1), Some(3)]));
+    assert_eq!(widths(&r), vec![(4, 4), (4, 3)]);
+    let v = r.verification.unwrap();
+    assert_eq!((v.runs, v.skipped.len()), (1, 2), "{:?}", v.skipped);
+    assert!(v.skipped[0].contains("'x' F32 [3, 4]"), "{:?}", v.skipped);
+}
+
 /// `a = relu(x @ w1 + b1)` flattened to `[-1, size]` with the size read back as the last
 /// dimension of `read` (`flat`), and `w2` (`[2, 6]`, transB) that leaves a's channel 2 unread.
 fn flattened_to_a_size_read_back(g: &mut G, read: &str) {
