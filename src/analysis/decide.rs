@@ -49,11 +49,15 @@ pub(crate) fn decide(facts: &Facts, policy: InputPolicy) -> Decision {
     }
     let links: Vec<(ValueId, Option<ValueId>)> =
         facts.graph.ops().flat_map(|(n, op)| op.head_links(&facts.graph, n)).collect();
+    let own = own_entries(facts);
     // Ragged heads pad to the count of the fullest only once the products around them have settled
     // (padding one entry in a part that is later split into merged heads costs an entry per head).
     loop {
-        while rectangular_heads(facts, &mut d) | linked_heads(facts, &links, &mut d) | one_channel_each(facts, &mut d) {
-        }
+        while rectangular_heads(facts, &own, &mut d)
+            | equal_heads(facts, &own, &mut d)
+            | linked_heads(facts, &links, &mut d)
+            | one_channel_each(facts, &mut d)
+        {}
         if !ragged_heads(facts, &mut d) {
             return d;
         }
@@ -102,7 +106,7 @@ fn linked_heads(facts: &Facts, links: &[(ValueId, Option<ValueId>)], d: &mut Dec
 /// a 3-D attention operator (heads inside the last axis), or whose heads are merged with the batch
 /// into a size the graph writes, keep every group or head, each with the same entries.
 /// Ragged heads are `ragged_heads`' (padded afterwards). Says whether it kept more.
-fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
+fn rectangular_heads(facts: &Facts, own: &HashSet<ValueId>, d: &mut Decision) -> bool {
     let mut changed = false;
     // Values a grouped convolution reads or writes (other groups are heads inside one axis).
     let convolved: HashSet<ValueId> = facts
@@ -116,6 +120,7 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
         let Some(width) = l.width else { continue };
         let (count, whole_rows, grouped) = match (l.heads, l.groups) {
             (Some(h), _) if h.ragged => continue, // padded by `ragged_heads`
+            _ if own.contains(&v) => continue,    // kept alike in count by `equal_heads`
             (Some(h), _) => (h.count, h.all_stay(), false),
             (None, Some(g)) => (g, true, true),
             (None, None) => continue,
@@ -139,6 +144,66 @@ fn rectangular_heads(facts: &Facts, d: &mut Decision) -> bool {
             if rows[c / per] && cols[c % per] && !d.kept_class[k] {
                 d.kept_class[k] = true;
                 changed = true;
+            }
+        }
+    }
+    changed
+}
+
+/// Values with heads whose every head may keep entries of its own: no operator around them
+/// needs the same entries in each head (see [`ChannelOp::same_entries_in_heads`]), through
+/// any value sharing their classes. Attention's queries, keys and values scaled and
+/// multiplied, not rotated or normalized per head dimension: each head then keeps what it needs,
+/// padded to the fullest head's count, where a product keeps the union of every head's.
+fn own_entries(facts: &Facts) -> HashSet<ValueId> {
+    let g = &facts.graph;
+    let with_heads = |v: &ValueId| facts.layouts[*v].heads.is_some() && facts.layouts[*v].width.is_some();
+    let mut alike: HashSet<usize> = HashSet::new();
+    for (n, op) in g.ops() {
+        if op.follows_heads() && op.same_entries_in_heads(g, n, &facts.layouts) {
+            for v in g.inputs(n).chain(g.outputs(n)).filter(with_heads) {
+                let w = facts.layouts[v].width.expect("with heads");
+                alike.extend((0..w).map(|c| facts.classes.class(v, c)));
+            }
+        }
+    }
+    g.value_ids()
+        .filter(|v| {
+            let l = facts.layouts[*v];
+            let plain = l.heads.is_some_and(|h| !h.ragged && !h.merged && !h.whole) && l.groups.is_none();
+            plain
+                && with_heads(v)
+                && (0..l.width.expect("with heads")).all(|c| !alike.contains(&facts.classes.class(*v, c)))
+        })
+        .collect()
+}
+
+/// Heads that keep entries of their own keep as many each: a head short of the fullest keeps
+/// its first entries it dropped as well (their weights stay; the tensor stays rectangular).
+/// A head that keeps nothing leaves whole. Says whether it kept more.
+fn equal_heads(facts: &Facts, own: &HashSet<ValueId>, d: &mut Decision) -> bool {
+    let mut changed = false;
+    for &v in own {
+        let l = facts.layouts[v];
+        let (Some(h), Some(width)) = (l.heads, l.width) else { continue };
+        if h.count == 0 || !width.is_multiple_of(h.count) {
+            continue;
+        }
+        let per = width / h.count;
+        let kept = |d: &Decision, c: usize| d.kept_class[facts.classes.class(v, c)];
+        let counts: Vec<usize> = (0..h.count).map(|r| (0..per).filter(|&e| kept(d, r * per + e)).count()).collect();
+        let n = counts.iter().copied().max().unwrap_or(0);
+        for (r, &has) in counts.iter().enumerate().filter(|(_, &has)| has > 0 && has < n) {
+            let mut short = n - has;
+            for e in 0..per {
+                if short == 0 {
+                    break;
+                }
+                if !kept(d, r * per + e) {
+                    d.kept_class[facts.classes.class(v, r * per + e)] = true;
+                    short -= 1;
+                    changed = true;
+                }
             }
         }
     }

@@ -142,8 +142,9 @@ pub(crate) fn first_head_entries(keep: &[usize], per: usize) -> Vec<usize> {
     keep.iter().filter(|&&c| c / per == first).map(|&c| c % per).collect()
 }
 
-/// The heads and the entries per head that a product of kept channels keeps. Ragged heads
-/// keep entries of their own: the entries stand for their count, `0..n`.
+/// The heads and the entries per head that a product of kept channels keeps. Ragged heads,
+/// and heads that keep entries of their own (as many each: `decide::equal_heads`), stand for
+/// their entries' count, `0..n`.
 pub(crate) fn heads_kept(l: Layout, keep: &[usize]) -> (Vec<usize>, Vec<usize>) {
     let per = l.per_head().expect("heads have a width");
     let (mut rows, mut cols): (Vec<usize>, Vec<usize>) = keep.iter().map(|&c| (c / per, c % per)).unzip();
@@ -151,7 +152,9 @@ pub(crate) fn heads_kept(l: Layout, keep: &[usize]) -> (Vec<usize>, Vec<usize>) 
         v.sort_unstable();
         v.dedup();
     }
-    if l.heads.is_some_and(|h| h.ragged) && !rows.is_empty() {
+    let own = rows.len() * cols.len() != keep.len();
+    debug_assert!(!own || keep.len().is_multiple_of(rows.len()), "heads keep as many entries each");
+    if (own || l.heads.is_some_and(|h| h.ragged)) && !rows.is_empty() {
         cols = (0..keep.len() / rows.len()).collect();
     }
     (rows, cols)

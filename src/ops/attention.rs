@@ -19,7 +19,7 @@ use crate::analysis::layout::Heads;
 use crate::analysis::plan::{first_head_entries, heads_kept};
 use crate::analysis::reasons::{Opaque, Why};
 use crate::analysis::Layout;
-use crate::analysis::{CheckCx, ConstCx, Graph, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
+use crate::analysis::{CheckCx, ConstCx, Graph, LayoutCx, Layouts, NeedCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::build::attr_float;
@@ -256,6 +256,10 @@ impl<'g> ChannelOp<'g> for Scores<'g> {
         Activations::new(vec![0, 1], "its operands are constants or missing")
     }
 
+    fn same_entries_in_heads(&self, _g: &Graph<'g>, _node: NodeId, _layouts: &Layouts) -> bool {
+        false
+    }
+
     fn follows_heads(&self) -> bool {
         true
     }
@@ -343,6 +347,10 @@ struct Weighted {
 impl<'g> ChannelOp<'g> for Weighted {
     fn activations(&self) -> Activations {
         Activations::new(vec![0, 1], "its operands are constants or missing")
+    }
+
+    fn same_entries_in_heads(&self, _g: &Graph<'g>, _node: NodeId, _layouts: &Layouts) -> bool {
+        false
     }
 
     fn follows_heads(&self) -> bool {
@@ -585,6 +593,10 @@ impl<'g> ChannelOp<'g> for RepeatKv<'g> {
         Activations::new(vec![0], "it repeats constant heads")
     }
 
+    fn same_entries_in_heads(&self, _g: &Graph<'g>, _node: NodeId, _layouts: &Layouts) -> bool {
+        false
+    }
+
     fn follows_heads(&self) -> bool {
         true
     }
@@ -758,6 +770,10 @@ pub(crate) fn swapped_last_axes<'g>(cx: &Ctx<'g>) -> Vec<(NodeId, SwapLast<'g>)>
 impl<'g> ChannelOp<'g> for SwapLast<'g> {
     fn activations(&self) -> Activations {
         Activations::new(vec![0], "it transposes a constant")
+    }
+
+    fn same_entries_in_heads(&self, _g: &Graph<'g>, _node: NodeId, _layouts: &Layouts) -> bool {
+        false
     }
 
     fn follows_heads(&self) -> bool {

@@ -33,7 +33,7 @@ pub(crate) use linear::{Linear, NonZero, Weight};
 pub use norm::ClnForm;
 
 use crate::analysis::reasons::Opaque;
-use crate::analysis::{CheckCx, ConstCx, Graph, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
+use crate::analysis::{CheckCx, ConstCx, Graph, LayoutCx, Layouts, NeedCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::ir::{Ir, NodeExt};
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
@@ -161,6 +161,14 @@ pub(crate) trait ChannelOp<'g> {
     /// Plan: the edits that keep only the decided channels.
     fn rewrite(&self, _cx: &mut PlanCx<'_, 'g>) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether its rewrite needs every head of the values it touches to keep the same entries:
+    /// it slices something broadcast over the heads (a rotary table, a per-dimension scale) or
+    /// pairs entries within a head. Operators that only move, reshape or multiply whole heads
+    /// answer no, so that each head may keep entries of its own (as many in each).
+    fn same_entries_in_heads(&self, _g: &Graph<'g>, _node: NodeId, _layouts: &Layouts) -> bool {
+        true
     }
 
     /// Pairs of values split into heads whose kept heads must be the same though no channel

@@ -6,7 +6,7 @@
 use super::{Activations, ChannelOp};
 use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::Why;
-use crate::analysis::{CheckCx, ConstCx, Graph, Layout, LayoutCx, NeedCx, NodeId, PlanCx, TieCx, ValueId};
+use crate::analysis::{CheckCx, ConstCx, Graph, Layout, LayoutCx, Layouts, NeedCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::onnx::tensor::{encode, with_data, Values};
 use crate::rewrite::Edit;
@@ -35,6 +35,11 @@ pub(crate) trait AxisMap: Sync {
     fn rewrite(&self, _cx: &mut PlanCx, _o: ValueId, _keep: &[usize]) {}
     fn follows_heads(&self) -> bool {
         false
+    }
+    /// Whether every head must keep the same entries (see [`ChannelOp::same_entries_in_heads`]);
+    /// maps that move or reshape whole heads say no.
+    fn same_entries_in_heads(&self) -> bool {
+        true
     }
     /// Whether the output's entries along the channel axis are the activations' (so a block a
     /// reader has yet to fix is the output's to fix too).
@@ -168,6 +173,21 @@ impl<'g> ChannelOp<'g> for PerChannel {
 
     fn follows_heads(&self) -> bool {
         self.axes.follows_heads()
+    }
+
+    /// A scalar operand (attention's scale) or another tensor with the same heads reads each
+    /// head's entries where they are; anything else broadcast over the heads (a per-dimension
+    /// table) is sliced alike in every head.
+    fn same_entries_in_heads(&self, g: &Graph<'g>, node: NodeId, layouts: &Layouts) -> bool {
+        let name = |s: usize| g.node(node).input.get(s).map(String::as_str).unwrap_or("");
+        let one_entry = |s: usize| match g.ir.const_tensor(g.proto, name(s)) {
+            Some(t) => t.dims.iter().product::<i64>() <= 1,
+            None => g.ir.shape(name(s)).is_some_and(|d| d.iter().all(|&x| x == Some(1))),
+        };
+        let with_heads = |s: usize| g.value(name(s)).is_some_and(|v| layouts[v].heads.is_some());
+        self.axes.same_entries_in_heads()
+            || self.params.iter().any(|&s| !one_entry(s))
+            || self.acts.len() > 1 && self.acts.iter().any(|&s| !with_heads(s) && !one_entry(s))
     }
 
     fn seed(&self, cx: &mut LayoutCx<'_, 'g>) {
@@ -390,6 +410,9 @@ impl AxisMap for Same {
         }
     }
 
+    fn same_entries_in_heads(&self) -> bool {
+        false
+    }
     fn follows_heads(&self) -> bool {
         true
     }

@@ -324,6 +324,9 @@ impl AxisMap for Reshaped {
         cx.push(Edit::Const { node, slot: 1, tensor: with_int64s(t, &shape) });
     }
 
+    fn same_entries_in_heads(&self) -> bool {
+        false
+    }
     fn follows_heads(&self) -> bool {
         true
     }
@@ -709,6 +712,9 @@ impl AxisMap for ReshapeLast {
         cx.rewrite_producer(m, vec![(s, with_int64s(t, &[entries]))]);
     }
 
+    fn same_entries_in_heads(&self) -> bool {
+        false
+    }
     fn follows_heads(&self) -> bool {
         true
     }
@@ -999,6 +1005,9 @@ impl AxisMap for Permuted {
         }
     }
 
+    fn same_entries_in_heads(&self) -> bool {
+        false
+    }
     fn follows_heads(&self) -> bool {
         true
     }
@@ -1066,6 +1075,9 @@ impl AxisMap for Squeezed {
         }
     }
 
+    fn same_entries_in_heads(&self) -> bool {
+        false
+    }
     fn follows_heads(&self) -> bool {
         true
     }

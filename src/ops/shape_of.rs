@@ -6,7 +6,7 @@
 use super::shape::{computed_last, whole_shape};
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::reasons::{Opaque, Why};
-use crate::analysis::CheckCx;
+use crate::analysis::{CheckCx, Graph, Layouts, NodeId};
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 
@@ -131,6 +131,11 @@ impl<'g> ChannelOp<'g> for ShapeOf {
 
     fn follows_heads(&self) -> bool {
         true
+    }
+
+    /// Sizes are counts: which entries a head keeps is no matter to them.
+    fn same_entries_in_heads(&self, _g: &Graph<'g>, _node: NodeId, _layouts: &Layouts) -> bool {
+        false
     }
 
     fn output_channels(&self) -> bool {

@@ -619,6 +619,26 @@ fn a_query_dimension_leaves_only_when_every_head_of_every_group_loses_it() {
     assert_eq!(qkv_after(&all)[..2], [12, 6]);
 }
 
+/// Heads keep dimensions of their own, as many in each, where nothing is broadcast over them: a
+/// query dimension zero in one head and another in the other both leave Q and K (a head short
+/// of the fullest keeps a dimension it could drop), a value dimension constant in each head
+/// leaves V and O's columns; with grouped queries, per group. Under rotary embeddings the
+/// tables are shared by every head, so a dimension leaves only from every head.
+#[test]
+fn each_head_keeps_dimensions_of_its_own_unless_a_table_spans_the_heads() {
+    let b = Block { heads: 2, kv: 2, d: 4, c: 3, bias: [false, true, true], ..Default::default() };
+    for traced in [false, true] {
+        let own = Block { zeros: [vec![(0, 1), (1, 2)], vec![], vec![(0, 0), (1, 3)]], traced, ..b.clone() };
+        assert_eq!(qkv_after(&own), [6, 6, 6], "traced {traced}");
+        let uneven = Block { zeros: [vec![(0, 1), (0, 2), (1, 3)], vec![], vec![]], traced, ..b.clone() };
+        assert_eq!(qkv_after(&uneven), [6, 6, 8], "traced {traced}");
+    }
+    let grouped = Block { heads: 4, kv: 2, zeros: [vec![(0, 1), (1, 1), (2, 2), (3, 2)], vec![], vec![]], ..b.clone() };
+    assert_eq!(qkv_after(&grouped)[..2], [12, 6]);
+    let rotary = Block { rope: true, zeros: [vec![(0, 0), (0, 2), (1, 1), (1, 3)], vec![], vec![]], ..b };
+    assert_eq!(qkv_after(&rotary)[..2], [8, 8]);
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, failure_persistence: None, ..Default::default() })]
 
