@@ -2,7 +2,7 @@
 //! value. The only pass that depends on what to do with graph inputs, so that both answers can
 //! be planned from one analysis.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::ids::ValueId;
 use super::Facts;
@@ -106,7 +106,7 @@ fn linked_heads(facts: &Facts, links: &[(ValueId, Option<ValueId>)], d: &mut Dec
 /// a 3-D attention operator (heads inside the last axis), or whose heads are merged with the batch
 /// into a size the graph writes, keep every group or head, each with the same entries.
 /// Ragged heads are `ragged_heads`' (padded afterwards). Says whether it kept more.
-fn rectangular_heads(facts: &Facts, own: &HashSet<ValueId>, d: &mut Decision) -> bool {
+fn rectangular_heads(facts: &Facts, own: &BTreeSet<ValueId>, d: &mut Decision) -> bool {
     let mut changed = false;
     // Values a grouped convolution reads or writes (other groups are heads inside one axis).
     let convolved: HashSet<ValueId> = facts
@@ -155,7 +155,7 @@ fn rectangular_heads(facts: &Facts, own: &HashSet<ValueId>, d: &mut Decision) ->
 /// any value sharing their classes. Attention's queries, keys and values scaled and
 /// multiplied, not rotated or normalized per head dimension: each head then keeps what it needs,
 /// padded to the fullest head's count, where a product keeps the union of every head's.
-fn own_entries(facts: &Facts) -> HashSet<ValueId> {
+fn own_entries(facts: &Facts) -> BTreeSet<ValueId> {
     let g = &facts.graph;
     let with_heads = |v: &ValueId| facts.layouts[*v].heads.is_some() && facts.layouts[*v].width.is_some();
     let mut alike: HashSet<usize> = HashSet::new();
@@ -181,7 +181,7 @@ fn own_entries(facts: &Facts) -> HashSet<ValueId> {
 /// Heads that keep entries of their own keep as many each: a head short of the fullest keeps
 /// its first entries it dropped as well (their weights stay; the tensor stays rectangular).
 /// A head that keeps nothing leaves whole. Says whether it kept more.
-fn equal_heads(facts: &Facts, own: &HashSet<ValueId>, d: &mut Decision) -> bool {
+fn equal_heads(facts: &Facts, own: &BTreeSet<ValueId>, d: &mut Decision) -> bool {
     let mut changed = false;
     for &v in own {
         let l = facts.layouts[v];
@@ -191,10 +191,15 @@ fn equal_heads(facts: &Facts, own: &HashSet<ValueId>, d: &mut Decision) -> bool 
         }
         let per = width / h.count;
         let kept = |d: &Decision, c: usize| d.kept_class[facts.classes.class(v, c)];
-        let counts: Vec<usize> = (0..h.count).map(|r| (0..per).filter(|&e| kept(d, r * per + e)).count()).collect();
-        let n = counts.iter().copied().max().unwrap_or(0);
-        for (r, &has) in counts.iter().enumerate().filter(|(_, &has)| has > 0 && has < n) {
-            let mut short = n - has;
+        let count = |d: &Decision, r: usize| (0..per).filter(|&e| kept(d, r * per + e)).count();
+        let n = (0..h.count).map(|r| count(d, r)).max().unwrap_or(0);
+        // Counted as padding goes: heads may share classes (the query heads of one key/value
+        // head), so padding one pads the others.
+        for r in 0..h.count {
+            let mut short = match count(d, r) {
+                0 => continue,
+                has => n - has,
+            };
             for e in 0..per {
                 if short == 0 {
                     break;
