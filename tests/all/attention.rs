@@ -467,6 +467,13 @@ fn random_attention(seed: u64) -> (onnx_minimize::onnx::proto::ModelProto, bool)
         if rng.random_bool(0.5) {
             b.zeros[p].extend(pair(one.1).into_iter().map(|e| (one.0, e)));
         }
+        // Dimensions of each head's own (heads then keep entries of their own, padded alike).
+        if rng.random_bool(0.4) {
+            for h in 0..n_heads {
+                let e = rng.random_range(0..d);
+                b.zeros[p].extend(pair(e).into_iter().map(|e| (h, e)));
+            }
+        }
         b.bias[p] = rng.random_bool(0.5);
     }
     (b.fused, b.scale_attr, b.mask) = (rng.random_bool(0.3), rng.random_bool(0.5), rng.random_bool(0.5));
