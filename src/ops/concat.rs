@@ -4,7 +4,7 @@
 use super::{Activations, ChannelOp, Ctx, OpRule, Role};
 use crate::analysis::plan::heads_kept;
 use crate::analysis::reasons::{Opaque, Why};
-use crate::analysis::{ConstCx, LayoutCx, NeedCx, PlanCx, TieCx, ValueId};
+use crate::analysis::{ConstCx, Graph, LayoutCx, Layouts, NeedCx, NodeId, PlanCx, TieCx, ValueId};
 use crate::error::Result;
 use crate::ir::NodeExt;
 use crate::onnx::build::{attr_ints, int64_tensor};
@@ -120,6 +120,12 @@ impl<'g> ChannelOp<'g> for Concatenated {
 
     fn follows_heads(&self) -> bool {
         true
+    }
+
+    /// Stacked along another axis (a key/value cache's tokens), every part keeps the output's
+    /// channels where they are; along the channels (rotate_half's halves) it pairs entries.
+    fn same_entries_in_heads(&self, g: &Graph<'g>, node: NodeId, layouts: &Layouts) -> bool {
+        g.output(node, 0).is_none_or(|o| !self.stacked(layouts[o]))
     }
 
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
