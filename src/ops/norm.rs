@@ -506,10 +506,13 @@ impl<'g> ChannelOp<'g> for Norm<'g> {
         }
     }
 
+    /// Output channel `c` is input channel `c`, normalized, unless its scale is zero: it is then
+    /// the constant `beta_c` whatever the input holds, so it may leave while the input channel
+    /// stays (a live residual stream read by a norm that silences some channels).
     fn ties(&self, cx: &mut TieCx<'_, 'g>) {
         let (Some(x), Some(y)) = (cx.value(self.input), cx.output(0)) else { return };
         if let (Some(w), true) = (cx.width(x), cx.width(x) == cx.width(y)) {
-            cx.tie(x, 0, y, 0, w);
+            (0..w).filter(|&c| self.constant(c).is_none()).for_each(|c| cx.tie(x, c, y, c, 1));
         }
     }
 
@@ -528,24 +531,66 @@ impl<'g> ChannelOp<'g> for Norm<'g> {
             let consts = cx.consts(x);
             (0..cx.needed(x).len()).filter(|&c| consts[c].is_none()).for_each(|c| cx.mark(x, c));
         }
+        // A needed output whose scale is zero keeps its input channel: the rewrite then reads it
+        // from its place (an output kept but not needed is written as its constant instead).
+        let silenced: Vec<usize> = (0..cx.needed(y).len().min(cx.needed(x).len()))
+            .filter(|&c| cx.needed(y)[c] && self.constant(c).is_some())
+            .collect();
+        silenced.into_iter().for_each(|c| cx.mark(x, c));
     }
 
     fn rewrite(&self, cx: &mut PlanCx<'_, 'g>) -> Result<()> {
-        let Some(x) = cx.value(self.input) else { return Ok(()) };
+        let (Some(x), Some(yv)) = (cx.value(self.input), cx.output(0)) else { return Ok(()) };
         let (Some(w), Some(axis)) = (cx.layout(x).width, cx.layout(x).axis) else { return Ok(()) };
-        let keep = cx.kept(x, w);
-        if keep.len() < w {
+        let (keep, keep_y) = (cx.kept(x, w), cx.kept(yv, w));
+        if keep.len() == w && keep_y.len() == w {
+            return Ok(());
+        }
+        let y = cx.node_proto().output[0].clone();
+        // Outputs that leave while their input stays (a zero scale) are dropped by a Gather
+        // after the norm.
+        let out = if keep_y == keep { y.clone() } else { "$normalized_kept".to_string() };
+        let (mut nodes, mut initializers) = if keep.len() < w {
             let mut kept = vec![false; w];
             keep.iter().for_each(|&c| kept[c] = true);
             // Removed channels are constants whenever a normalized output is needed; otherwise
             // nothing reads the result and any value will do.
             let removed: Vec<f64> = (0..w).filter(|&c| !kept[c]).map(|c| cx.consts(x)[c].unwrap_or(0.0)).collect();
-            let y = &cx.node_proto().output[0];
-            let (nodes, initializers) = self.compensated(cx.cln_form, self.input, y, axis, &keep, &removed);
-            let node = cx.node.0;
-            cx.push(Edit::Replace { node, nodes, initializers });
+            let (nodes, initializers) = self.compensated(cx.cln_form, self.input, &out, axis, &keep, &removed);
             cx.extend(self.inner.iter().map(|&n| Edit::Remove { node: n.0 }));
+            (nodes, initializers)
+        } else {
+            let mut node = cx.node_proto().clone();
+            node.output[0] = out.clone();
+            (vec![node], vec![])
+        };
+        if out != y {
+            let at: Vec<i64> = keep_y.iter().map(|c| keep.binary_search(c).unwrap_or(0) as i64).collect();
+            initializers.push(int64_tensor("$kept_outputs", &at));
+            let extra: Vec<usize> = keep_y.iter().copied().filter(|c| keep.binary_search(c).is_err()).collect();
+            let gathered = if extra.is_empty() { y.clone() } else { "$gathered".to_string() };
+            nodes.push(local_node("Gather", &[&out, "$kept_outputs"], &gathered, vec![attr_int("axis", axis as i64)]));
+            if !extra.is_empty() {
+                // An output kept though its input left (its class is kept by a reader that could
+                // have folded it) is its constant beta: `0 * any entry + beta`, exact as the
+                // original's `0 * normalized + beta`.
+                let mut dims = vec![keep_y.len() as i64];
+                dims.resize((-axis) as usize, 1);
+                let constant = |c: usize| self.constant(c).expect("untied outputs have a zero scale");
+                let mask: Vec<f64> = keep_y.iter().map(|c| if extra.contains(c) { 0.0 } else { 1.0 }).collect();
+                let offset: Vec<f64> =
+                    keep_y.iter().map(|&c| if extra.contains(&c) { constant(c) } else { 0.0 }).collect();
+                for (name, vals) in [("$silenced", mask), ("$silenced_beta", offset)] {
+                    let mut t = with_data(&TensorProto::default(), dims.clone(), self.dtype, encode(self.dtype, &vals));
+                    t.name = Some(name.into());
+                    initializers.push(t);
+                }
+                nodes.push(local_node("Mul", &["$gathered", "$silenced"], "$gathered_masked", vec![]));
+                nodes.push(local_node("Add", &["$gathered_masked", "$silenced_beta"], &y, vec![]));
+            }
         }
+        let node = cx.node.0;
+        cx.push(Edit::Replace { node, nodes, initializers });
         Ok(())
     }
 }

@@ -126,10 +126,13 @@ fn every_convnext_fixture_shrinks_its_streams_through_compensated_layernorm() {
         );
         let like = if decomposed { name.replace("decomposed", "own") } else { name.to_string() };
         let f = fixtures.iter().find(|g| g["file"] == like.as_str()).unwrap();
-        // Beyond the generator's count: the compensation constants, a few per LayerNorm.
+        // Beyond the generator's count: the compensation constants (a few per LayerNorm), and
+        // per LayerNorm whose zero scales silence outputs its readers folded, the Gather's
+        // indices of the outputs it keeps (and the stem's constants for outputs kept whose
+        // input left).
         let expected = f["expected"]["parameters_after"].as_u64().unwrap();
         assert!(
-            report.after.params >= expected && report.after.params <= expected + 80,
+            report.after.params >= expected && report.after.params <= expected + 300,
             "{name}: {} vs {expected}",
             report.after.params
         );

@@ -216,6 +216,37 @@ fn a_constant_channel_whose_normalized_value_is_used_stays() {
     );
 }
 
+/// A norm whose scale is zero on a channel writes the constant beta there whatever its input
+/// holds: its readers fold it into their bias and drop the column, while the input channel (a
+/// graph input here, live) stays for the statistics.
+#[test]
+fn outputs_a_norm_silences_leave_its_readers_while_their_inputs_stay() {
+    let mut g = G::new("x", &[None, Some(5), Some(6)]);
+    let gamma = [1.0, 0.0, 0.5, -1.0, 0.0, 2.0];
+    let beta = [0.1, 0.7, -0.2, 0.3, -0.5, 0.0];
+    g.init("gamma", &[6], &gamma).init("beta", &[6], &beta).weight("w", 6, 3, &[]).init("b", &[3], &[0.1, 0.2, 0.3]);
+    g.op("LayerNormalization", &["x", "gamma", "beta"], "n", vec![attr_i("axis", -1)]);
+    g.op("MatMul", &["n", "w"], "m", vec![]).op("Add", &["m", "b"], "y", vec![]);
+    let r = minimize(&g.model("y", &[None, Some(5), Some(3)]));
+    assert_eq!(r.removals.layers.iter().map(|l| (l.inputs_after, l.outputs_after)).collect::<Vec<_>>(), [(4, 3)]);
+    assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5);
+    // With constant stream channels besides (compensated), in both forms.
+    for form in [ClnForm::Ops, ClnForm::Concat] {
+        let mut m = stack(13, 8, 2, &[1, 6], true, Kind::LayerNorm);
+        let graph = m.graph.as_mut().unwrap();
+        for t in graph.initializer.iter_mut().filter(|t| t.name().starts_with("ln") && t.name().ends_with("_g")) {
+            let mut v: Vec<f32> = t.raw_data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            v[3] = 0.0;
+            t.raw_data = Some(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into());
+        }
+        let r = minimize_as(&m, form);
+        let readers: Vec<_> =
+            r.removals.layers.iter().filter(|l| l.inputs_before == 8).map(|l| l.inputs_after).collect();
+        assert!(readers.contains(&5), "{form:?}: {:?}", r.removals.layers);
+        assert!(r.verification.unwrap().outputs[0].max_relative_deviation < 1e-5, "{form:?}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
