@@ -4,9 +4,10 @@
 //! `k * scale`). Exported GELU in its Erf form (`x * 0.5 * (1 + erf(x / sqrt 2))`) is a chain of
 //! these, so it needs no pattern of its own.
 
-use super::per_channel::PerChannel;
+use super::per_channel::{AxisMap, PerChannel};
 use super::{Ctx, OpRule, Role};
 use crate::analysis::reasons::Opaque;
+use crate::analysis::{LayoutCx, ValueId};
 use crate::ir::NodeExt;
 use crate::onnx::proto::{tensor_proto::DataType, NodeProto};
 use crate::onnx::tensor::Values;
@@ -17,6 +18,7 @@ type Total = Box<dyn Fn(&[f64]) -> f64 + Sync>;
 pub(crate) struct Unary;
 pub(crate) struct Binary;
 pub(crate) struct BatchNorm;
+pub(crate) struct InstanceNorm;
 pub(crate) struct PassThrough;
 pub(crate) struct Logical;
 
@@ -207,6 +209,49 @@ impl OpRule for BatchNorm {
         // A zero scale makes the output the bias, whatever the input is.
         p.absorb = Some(|x| if x[1] == Some(0.0) { x[2] } else { None });
         Role::Op(Box::new(p))
+    }
+}
+
+/// InstanceNormalization normalizes each channel of each sample over its own positions: output
+/// channel `c` reads input channel `c` alone (the statistics of no other channel), so it is a
+/// per-channel operator on the axis after the batch. A constant channel normalizes to 0, so its
+/// output is the bias, as is every output whose scale is zero. (GroupNorm as exporters write it,
+/// a reshape into `[N, G, -1]` around it, merges channels unless `G` is the channel count: the
+/// reshape keeps those whole.)
+impl OpRule for InstanceNorm {
+    fn op_types(&self) -> &'static [&'static str] {
+        &["InstanceNormalization"]
+    }
+
+    fn role<'g>(&self, node: &'g NodeProto, cx: &Ctx<'g>) -> Role<'g> {
+        if node.input.len() != 3 || !node.input[1..].iter().all(|i| cx.ir.is_const(i)) {
+            return Role::Opaque(Opaque::NotConstant("its scale and bias are not constants"));
+        }
+        // (k - mean) is 0 for a constant channel: only the bias is left (up to the rounding of
+        // the mean, which the division by sqrt(eps) magnifies: verification bounds it).
+        let mut p = PerChannel::new(vec![0], vec![1, 2], Box::new(|x| Some(x[2])));
+        p.channel_params = true;
+        p.absorb = Some(|x| if x[1] == Some(0.0) { x[2] } else { None });
+        p.axes = Box::new(ChannelsFirst);
+        Role::Op(Box::new(p))
+    }
+}
+
+/// The output has the input's layout, whose channel axis is the one after the batch (the
+/// statistics run over the axes after it, which must not be taken for channels).
+struct ChannelsFirst;
+
+impl AxisMap for ChannelsFirst {
+    fn layout(&self, cx: &mut LayoutCx, acts: &[ValueId], o: ValueId, _params: &[usize]) {
+        let x = acts[0];
+        cx.copy(x, o);
+        cx.copy(o, x);
+        if let Some(r) = cx.get(x).rank.or(cx.get(o).rank).filter(|&r| r >= 2) {
+            for v in [x, o] {
+                cx.set_rank(v, r);
+                cx.set_axis(v, 1 - r as isize);
+            }
+        }
     }
 }
 

@@ -199,6 +199,7 @@ static RULES: &[&dyn OpRule] = &[
     &elementwise::Unary,
     &elementwise::Binary,
     &elementwise::BatchNorm,
+    &elementwise::InstanceNorm,
     &elementwise::PassThrough,
     &elementwise::Logical,
     &quant::QuantDequant,

@@ -145,6 +145,20 @@ impl Reshaped {
         if x.block != Some(1) || x.heads.is_some() || p + 1 >= r || p + 1 >= self.target.len() {
             return None;
         }
+        // The axes before copy x's own sizes (0) and a -1 merges every axis after (GroupNorm's
+        // export with as many groups as channels, `[0, C, -1]`), or, at the same rank, every
+        // other entry copies x's size but for one -1 standing for the one left.
+        let (before, after) = (&self.target[..p], &self.target[p + 1..]);
+        let copies = |d: &[i64]| d.iter().all(|&e| e == 0);
+        if self.target[p] == w && copies(before) {
+            let merged = after == [-1];
+            let same = self.target.len() == r
+                && after.iter().all(|&e| e == 0 || e == -1)
+                && after.iter().filter(|&&e| e == -1).count() <= 1;
+            if merged || same {
+                return Some(p);
+            }
+        }
         let after = (1..(r - p) as isize).try_fold(1u64, |n, k| n.checked_mul(g.ir.dim_from_end(g.proto, name, -k)?));
         let target_after = self.target[p + 1..].iter().try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?));
         let prefix = &self.target[..p];

@@ -623,6 +623,26 @@ fn shapes_the_original_cannot_run_at_are_skipped_and_reported() {
     assert!(v.skipped[0].contains("'x' F32 [3, 4]"), "{:?}", v.skipped);
 }
 
+/// InstanceNormalization (GroupNorm with a group per channel, as the dynamo exporter writes it
+/// behind a `[0, C, -1]` reshape) normalizes each channel alone: a constant channel comes out as
+/// the bias, as does one whose scale is zero, and both leave the convolution before and the
+/// layer after.
+#[test]
+fn instance_norm_is_per_channel_behind_a_reshape_that_keeps_the_channels() {
+    let mut g = G::new("x", &[B, Some(3), Some(6), Some(6)]);
+    g.conv_weight("w1", 5, 3, 3, &[1, 3], &[]).init("b1", &[5], &[0.1, 0.5, -0.2, 0.3, 0.4]);
+    g.g.initializer.push(int64_tensor("groups", &[0, 5, -1]));
+    g.init("scale", &[5], &[1.0, 0.7, -1.2, 0.9, 0.0]).init("bias", &[5], &[0.1, -0.3, 0.2, 0.4, 0.6]);
+    let w2 = g.rand(20);
+    g.init("w2", &[5, 4], &w2);
+    g.conv("x", "w1", Some("b1"), "c", 1, 1).op("Reshape", &["c", "groups"], "r", vec![]);
+    g.op("InstanceNormalization", &["r", "scale", "bias"], "n", vec![]).op("Relu", &["n"], "a", vec![]);
+    g.op("Transpose", &["a"], "t", vec![crate::common::attr_ints("perm", &[0, 2, 1])]);
+    g.op("MatMul", &["t", "w2"], "y", vec![]);
+    let (r, _) = minimize(&g.model("y", &[B, Some(36), Some(4)]));
+    assert_eq!(widths(&r), vec![(3, 2), (2, 4)]);
+}
+
 /// `a = relu(x @ w1 + b1)` flattened to `[-1, size]` with the size read back as the last
 /// dimension of `read` (`flat`), and `w2` (`[2, 6]`, transB) that leaves a's channel 2 unread.
 fn flattened_to_a_size_read_back(g: &mut G, read: &str) {
