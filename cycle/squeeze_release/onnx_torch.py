@@ -34,6 +34,7 @@ TRAINED_INPUTS = {
     "LayerNormalization": (1, 2),
     "RMSNormalization": (1,),
     "BatchNormalization": (1, 2),
+    "InstanceNormalization": (1, 2),
     "LSTM": (1, 2, 3, 7),
     "GRU": (1, 2, 3),
     "RNN": (1, 2, 3),
@@ -387,6 +388,10 @@ def _batch_norm(a, x, scale, bias, mean, var):
     shape = [1, -1] + [1] * (x.dim() - 2)
     inv = scale.reshape(shape) / torch.sqrt(var.reshape(shape) + a.get("epsilon", 1e-5))
     return (x - mean.reshape(shape)) * inv + bias.reshape(shape)
+
+
+def _instance_norm(a, x, scale, bias):
+    return torch.nn.functional.instance_norm(x, weight=scale, bias=bias, eps=a.get("epsilon", 1e-5))
 
 
 def _cast(a, x):
@@ -847,6 +852,7 @@ OPS: dict[str, Callable] = {
     "LpPool": _lp_pool,
     "GlobalLpPool": _global_lp_pool,
     "BatchNormalization": _batch_norm,
+    "InstanceNormalization": _instance_norm,
     "LayerNormalization": _layer_norm,
     "RMSNormalization": _rms_norm,
     "ReduceMean": _reduce(torch.mean),

@@ -160,6 +160,16 @@ CASES = {
     "Floor": (unary("Floor"), None),
     "Sin": (unary("Sin"), None),
     "Cos": (unary("Cos"), None),
+    "InstanceNormalization": (
+        model(
+            [helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["y"], epsilon=1e-3)],
+            {"x": [2, 3, 4, 5]},
+            ["y"],
+            13,
+            {"scale": np.array([1.0, 0.0, -0.5], np.float32), "bias": np.array([0.1, 0.2, -0.3], np.float32)},
+        ),
+        None,
+    ),
     "LpPool opset 11": (lp_pool([2, 3, 6, 6], opset=13, kernel_shape=[3, 3]), None),
     "LpPool p1 strides": (lp_pool([2, 3, 7, 7], kernel_shape=[3, 2], strides=[2, 2], p=1), None),
     "LpPool p3 pads": (lp_pool([2, 3, 6, 5], kernel_shape=[3, 3], pads=[1, 1, 1, 1], p=3), None),
