@@ -36,11 +36,12 @@ pub(super) fn prepare(g: &mut GraphProto, f32: bool) {
     sum_int64_in_f64(g);
 }
 
-/// A copy of the model at `path`, [`prepare`]d, written to `to`.
+/// A copy of the model at `path`, [`prepare`]d, written to `to` (its weights beside it past
+/// 1 GiB: protobuf cannot encode a message of 2 GiB).
 pub(super) fn copy(path: &Path, to: &Path, f32: bool) -> Result<(crate::Model, PathBuf)> {
     let mut m = crate::Model::load(path)?;
     prepare(m.graph_mut(), f32);
-    m.write(to, false)?;
+    m.write(to, m.encoded_len() > 1 << 30)?;
     Ok((m, to.to_path_buf()))
 }
 
