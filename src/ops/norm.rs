@@ -114,6 +114,11 @@ impl OpRule for LayerNorm {
     }
 }
 
+/// A constant of the replacement of type `ty`, named `name` (a local `$` name).
+fn named_floats(name: &str, dims: Vec<i64>, ty: FloatType, vals: &[f64]) -> TensorProto {
+    TensorProto { name: Some(name.into()), ..with_data(&TensorProto::default(), dims, ty, encode(ty, vals)) }
+}
+
 /// A node of the replacement, named after its output (a local `$` name, made unique later).
 fn local_node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
     NodeProto {
@@ -170,11 +175,8 @@ impl Norm<'_> {
         };
         let mut nodes = vec![];
         let mut inits = vec![];
-        let mut constant = |name: &str, dims: Vec<i64>, vals: &[f64], ty: FloatType| {
-            let mut t = with_data(&TensorProto::default(), dims, ty, encode(ty, vals));
-            t.name = Some(name.into());
-            inits.push(t);
-        };
+        let mut constant =
+            |name: &str, dims: Vec<i64>, vals: &[f64], ty: FloatType| inits.push(named_floats(name, dims, ty, vals));
         let width = (keep.len() + removed.len()) as f64;
         if self.affine.is_some() {
             let gamma: Vec<f64> = keep.iter().map(|&c| self.gamma(c)).collect();
@@ -255,11 +257,7 @@ impl Norm<'_> {
     fn concatenated(&self, x: &str, y: &str, keep: &[usize], removed: &[f64]) -> (Vec<NodeProto>, Vec<TensorProto>) {
         let dtype = self.dtype;
         let ints = int64_tensor;
-        let floats = |name: &str, vals: &[f64]| {
-            let mut t = with_data(&TensorProto::default(), vec![vals.len() as i64], dtype, encode(dtype, vals));
-            t.name = Some(name.into());
-            t
-        };
+        let floats = |name: &str, vals: &[f64]| named_floats(name, vec![vals.len() as i64], dtype, vals);
         let r = removed.len();
         let gamma: Vec<f64> = keep.iter().map(|&c| self.gamma(c)).chain(std::iter::repeat_n(0.0, r)).collect();
         let mut inits = vec![
@@ -581,9 +579,7 @@ impl<'g> ChannelOp<'g> for Norm<'g> {
                 let offset: Vec<f64> =
                     keep_y.iter().map(|&c| if extra.contains(&c) { constant(c) } else { 0.0 }).collect();
                 for (name, vals) in [("$silenced", mask), ("$silenced_beta", offset)] {
-                    let mut t = with_data(&TensorProto::default(), dims.clone(), self.dtype, encode(self.dtype, &vals));
-                    t.name = Some(name.into());
-                    initializers.push(t);
+                    initializers.push(named_floats(name, dims.clone(), self.dtype, &vals));
                 }
                 nodes.push(local_node("Mul", &["$gathered", "$silenced"], "$gathered_masked", vec![]));
                 nodes.push(local_node("Add", &["$gathered_masked", "$silenced_beta"], &y, vec![]));
