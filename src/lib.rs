@@ -305,7 +305,7 @@ pub fn minimize_file(
                 after.bytes = onnx::io::file_bytes(staged);
                 if let Some(v) = &opts.verify {
                     progress(Progress::Stage("verifying with tract"));
-                    let check = || verify::verify(input, staged, model.graph(), v, &channels, progress);
+                    let check = || verify::verify(input, staged, &model, v, &channels, progress);
                     verification = Some(verify::guarded(input, check)?);
                 }
                 Ok(())

@@ -150,6 +150,8 @@ struct Loaded<'m> {
     nodes: &'m [usize],
     outputs: &'m [String],
     as_f32: bool,
+    /// The model's int64 `CumSum`s, which tract sums in float64 ([`for_tract::int64_sums`]).
+    sums: &'m HashSet<String>,
     label: String,
     last: Option<(Vec<u8>, InferenceModel)>,
     /// tract's optimized plan of `last` for the input facts it was made for.
@@ -223,7 +225,7 @@ impl Loaded<'_> {
                 .collect(),
             ..Default::default()
         };
-        for_tract::prepare(&mut graph, self.as_f32);
+        for_tract::prepare(&mut graph, self.sums, self.as_f32);
         let piece = ModelProto {
             ir_version: self.model.ir_version,
             opset_import: self.model.opset_import.clone(),
@@ -368,7 +370,9 @@ pub(super) fn verify(
     let (o, m) = (Model::load(original)?, Model::load(minimized)?);
     let (og, mg) = (o.graph(), m.graph());
     let as_f32 = for_tract::has_non_f32_floats(og) || for_tract::has_non_f32_floats(mg);
-    let order = o.ir()?.order;
+    let o_ir = o.ir()?;
+    let (o_sums, m_sums) = (for_tract::int64_sums(og, &o_ir), for_tract::int64_sums(mg, &m.ir()?));
+    let order = o_ir.order;
     let budget = opts.block_bytes.unwrap_or(super::BLOCK_BYTES);
     let pieces = cut(og, &order, budget)?;
     let total: u64 = pieces.iter().map(|p| p.bytes).sum();
@@ -407,6 +411,7 @@ pub(super) fn verify(
             nodes: &piece.nodes,
             outputs: &piece.outputs,
             as_f32,
+            sums: &o_sums,
             label: label("original"),
             last: None,
             planned: None,
@@ -435,6 +440,7 @@ pub(super) fn verify(
             nodes: &nodes,
             outputs: &targets,
             as_f32,
+            sums: &m_sums,
             label: label("minimized"),
             last: None,
             planned: None,

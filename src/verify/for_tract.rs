@@ -8,11 +8,13 @@
 //!   them, `CumSum(Cast(Not(Equal(ids, pad)), int64), 1)` (XLM-R, CamemBERT, MPNet, M2M-100, ...).
 //!   Such a sum is taken in float64 and cast back, exact for sums below 2^53.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::Result;
-use crate::onnx::build::attr_int;
-use crate::onnx::proto::{tensor_proto::DataType, type_proto, GraphProto, NodeProto};
+use crate::ir::{Ir, NodeExt};
+use crate::onnx::build::{attr_int, node};
+use crate::onnx::proto::{tensor_proto::DataType, type_proto, GraphProto};
 
 fn is_other_float(dt: i32) -> bool {
     [DataType::Float16 as i32, DataType::Bfloat16 as i32, DataType::Double as i32].contains(&dt)
@@ -22,69 +24,43 @@ pub(super) fn has_non_f32_floats(g: &GraphProto) -> bool {
     g.initializer.iter().any(|t| is_other_float(t.data_type()))
 }
 
-/// Whether `g` has a form tract cannot run whatever its types (see the module's list).
-pub(super) fn has_quirks(g: &GraphProto) -> bool {
-    int64_cumsums(g).next().is_some()
+/// The outputs of `g`'s `CumSum`s over an int64 tensor (the module's list), found once per model
+/// on its index: its pieces are rewritten by these names.
+pub(super) fn int64_sums(g: &GraphProto, ir: &Ir) -> HashSet<String> {
+    let int64 = |x: &String| ir.elem_type(g, x) == Some(DataType::Int64 as i32);
+    let sums =
+        g.node.iter().filter(|n| n.op_type() == "CumSum" && n.default_domain() && n.input.first().is_some_and(int64));
+    sums.filter_map(|n| n.output.first().cloned()).collect()
 }
 
-/// `g` rewritten for tract: the forms of the module's list, and float32 everywhere if `f32`.
-pub(super) fn prepare(g: &mut GraphProto, f32: bool) {
+/// `g` rewritten for tract: the `CumSum`s writing `sums`, and float32 everywhere if `f32`.
+pub(super) fn prepare(g: &mut GraphProto, sums: &HashSet<String>, f32: bool) {
     // First: the float32 copy would turn the sums' float64 casts into float32 ones.
     if f32 {
         graph_to_f32(g);
     }
-    sum_int64_in_f64(g);
+    sum_in_f64(g, sums);
 }
 
 /// A copy of the model at `path`, [`prepare`]d, written to `to` (its weights beside it past
 /// 1 GiB: protobuf cannot encode a message of 2 GiB).
 pub(super) fn copy(path: &Path, to: &Path, f32: bool) -> Result<(crate::Model, PathBuf)> {
     let mut m = crate::Model::load(path)?;
-    prepare(m.graph_mut(), f32);
+    let sums = int64_sums(m.graph(), &m.ir()?);
+    prepare(m.graph_mut(), &sums, f32);
     m.write(to, m.encoded_len() > 1 << 30)?;
     Ok((m, to.to_path_buf()))
 }
 
-/// The element type of `value`, where the graph declares it or a `Cast` or constant fixes it.
-fn elem_type(g: &GraphProto, value: &str) -> Option<i32> {
-    let declared =
-        g.input.iter().chain(&g.value_info).chain(&g.output).find(|v| v.name() == value).and_then(|v| {
-            match v.r#type.as_ref()?.value.as_ref()? {
-                type_proto::Value::TensorType(t) => t.elem_type.filter(|&e| e != 0),
-                _ => None,
-            }
-        });
-    let initializer = || g.initializer.iter().find(|t| t.name() == value).map(|t| t.data_type());
-    let cast = || {
-        let n = g.node.iter().find(|n| n.output.iter().any(|o| o == value))?;
-        (n.op_type() == "Cast").then(|| n.attribute.iter().find(|a| a.name() == "to")?.i.map(|i| i as i32))?
-    };
-    declared.or_else(initializer).or_else(cast)
-}
-
-/// The `CumSum` nodes of `g` over an int64 tensor.
-fn int64_cumsums(g: &GraphProto) -> impl Iterator<Item = usize> + '_ {
-    (0..g.node.len()).filter(|&n| {
-        let node = &g.node[n];
-        node.op_type() == "CumSum"
-            && node.domain.as_deref().unwrap_or("").is_empty()
-            && node.input.first().is_some_and(|x| elem_type(g, x) == Some(DataType::Int64 as i32))
-    })
-}
-
-/// `CumSum(x: int64)` becomes `Cast(CumSum(Cast(x, double)), int64)`.
-fn sum_int64_in_f64(g: &mut GraphProto) {
-    let sums: Vec<usize> = int64_cumsums(g).collect();
-    let cast = |input: &str, output: &str, to: DataType| NodeProto {
-        name: Some(format!("{output}_cast")),
-        op_type: Some("Cast".into()),
-        input: vec![input.into()],
-        output: vec![output.into()],
-        attribute: vec![attr_int("to", to as i64)],
-        ..Default::default()
+/// `CumSum(x)` writing one of `sums` becomes `Cast(CumSum(Cast(x, double)), int64)`.
+fn sum_in_f64(g: &mut GraphProto, sums: &HashSet<String>) {
+    let at: Vec<usize> =
+        (0..g.node.len()).filter(|&n| g.node[n].output.first().is_some_and(|y| sums.contains(y))).collect();
+    let cast = |input: &str, output: &str, to: DataType| {
+        node("Cast", &format!("{output}_cast"), &[input], &[output], vec![attr_int("to", to as i64)])
     };
     // Inserted from the last, so earlier positions stay put; each pair is placed around its sum.
-    for &n in sums.iter().rev() {
+    for &n in at.iter().rev() {
         let (x, y) = (g.node[n].input[0].clone(), g.node[n].output[0].clone());
         let (wide_in, wide_out) = (format!("{x}__for_tract_f64"), format!("{y}__for_tract_f64"));
         g.node[n].input[0] = wide_in.clone();

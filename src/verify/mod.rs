@@ -243,11 +243,12 @@ pub(crate) fn guarded<T>(model: &Path, f: impl FnOnce() -> Result<T>) -> Result<
 pub(crate) fn verify(
     original: &Path,
     minimized: &Path,
-    graph: &GraphProto,
+    model: &crate::Model,
     opts: &VerifyOptions,
     channels: &ChannelMap,
     progress: &dyn Fn(crate::Progress),
 ) -> Result<Verification> {
+    let graph = model.graph();
     // Folded biases are rounded to the weights' type: 16-bit floats carry ~3 decimal digits.
     let sixteen = graph
         .initializer
@@ -284,8 +285,8 @@ pub(crate) fn verify(
         v.as_float32 = f32;
         Ok(v)
     };
-    let first =
-        if for_tract::has_quirks(graph) { copies(false) } else { compare(original, minimized, graph, opts, tolerance) };
+    let quirks = !for_tract::int64_sums(graph, &model.ir()?).is_empty();
+    let first = if quirks { copies(false) } else { compare(original, minimized, graph, opts, tolerance) };
     match first {
         Err(Error::Tract { model, why }) if for_tract::has_non_f32_floats(graph) => copies(true).map_err(|e| match e {
             Error::Tract { why: second, .. } => {
