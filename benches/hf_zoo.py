@@ -44,6 +44,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 import torch
+from attention_families import ort_run  # one CPU thread, the feeds the model takes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -785,16 +786,6 @@ def last_line(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- minimize, compare
-
-
-def ort_run(path: str, feeds: dict) -> np.ndarray:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    names = {i.name for i in s.get_inputs()}
-    return s.run(None, {k: v.numpy() for k, v in feeds.items() if k in names})[0]
 
 
 def ort_dev(orig: str, mini: str, feeds: dict) -> tuple[float | None, str]:
